@@ -1,0 +1,2 @@
+//! matyan-rs: a Rust backend for the Matyan experiment tracker.
+pub mod storage;

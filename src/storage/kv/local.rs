@@ -1,0 +1,517 @@
+//! FoundationDB's transaction semantics over a local engine: read-your-writes, optimistic
+//! serializable commits (read-conflict ranges checked against later commits' write ranges, as
+//! FoundationDB's resolvers do), snapshot reads, atomic add, size accounting and limits.
+//!
+//! Commits are serialised by one lock; readers never block writers. A transaction's read version is
+//! taken at its first read (as FoundationDB does), and it fails with `transaction_too_old` once that
+//! version is older than the lifetime limit.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::engine::{Engine, EngineSnapshot, PointOp, WriteBatch, resolve_add};
+use super::error::KvError;
+use super::types::{KeyValue, Limits, RangeOption};
+
+/// The key after `key` in byte order (`key + \x00`).
+fn key_after(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.extend_from_slice(key);
+    k.push(0);
+    k
+}
+
+/// Sorts and merges half-open ranges into a disjoint ascending list.
+fn coalesce(mut ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    ranges.sort();
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(ranges.len());
+    for (b, e) in ranges {
+        if b >= e {
+            continue;
+        }
+        match out.last_mut() {
+            Some(last) if b <= last.1 => {
+                if e > last.1 {
+                    last.1 = e;
+                }
+            }
+            _ => out.push((b, e)),
+        }
+    }
+    out
+}
+
+/// Whether `key` lies in one of the disjoint ascending `ranges`.
+fn in_ranges(ranges: &[(Vec<u8>, Vec<u8>)], key: &[u8]) -> bool {
+    let i = ranges.partition_point(|r| r.1.as_slice() <= key);
+    i < ranges.len() && ranges[i].0.as_slice() <= key
+}
+
+/// Whether `[b, e)` intersects one of the disjoint ascending `ranges`.
+fn intersects(ranges: &[(Vec<u8>, Vec<u8>)], b: &[u8], e: &[u8]) -> bool {
+    let i = ranges.partition_point(|r| r.1.as_slice() <= b);
+    i < ranges.len() && ranges[i].0.as_slice() < e
+}
+
+/// Write ranges of recent commits, kept while some live transaction's read version predates them.
+#[derive(Default)]
+struct CommitLog {
+    entries: VecDeque<(u64, Vec<(Vec<u8>, Vec<u8>)>)>,
+}
+
+/// A database over a local engine.
+pub struct LocalDb {
+    engine: Box<dyn Engine>,
+    limits: Limits,
+    version: AtomicU64,
+    log: Mutex<CommitLog>,
+    /// Read versions of live transactions, with counts: commits older than the smallest are pruned.
+    active: Mutex<BTreeMap<u64, usize>>,
+}
+
+impl LocalDb {
+    /// A database over `engine`, enforcing `limits`.
+    pub fn new(engine: Box<dyn Engine>, limits: Limits) -> Arc<Self> {
+        Arc::new(Self {
+            engine,
+            limits,
+            version: AtomicU64::new(1),
+            log: Mutex::new(CommitLog::default()),
+            active: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The limits this database enforces.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Bytes on disk used by the engine.
+    pub fn disk_bytes(&self) -> u64 {
+        self.engine.disk_bytes()
+    }
+
+    /// A new transaction.
+    pub fn create_trx(self: &Arc<Self>) -> LocalTxn {
+        LocalTxn {
+            db: Arc::clone(self),
+            state: Mutex::new(TxnState::default()),
+        }
+    }
+
+    fn acquire_read(self: &Arc<Self>) -> Result<ReadView, KvError> {
+        let version = {
+            let mut active = self.active.lock();
+            let v = self.version.load(Ordering::SeqCst);
+            *active.entry(v).or_insert(0) += 1;
+            v
+        };
+        let registration = Registration { db: Arc::clone(self), version };
+        let snapshot = self.engine.snapshot()?;
+        Ok(ReadView {
+            version,
+            snapshot,
+            started: Instant::now(),
+            _registration: registration,
+        })
+    }
+
+    fn release(&self, version: u64) {
+        let mut active = self.active.lock();
+        if let Some(n) = active.get_mut(&version) {
+            *n -= 1;
+            if *n == 0 {
+                active.remove(&version);
+            }
+        }
+    }
+
+    fn commit_batch(
+        &self,
+        read_version: Option<u64>,
+        read_conflicts: &[(Vec<u8>, Vec<u8>)],
+        batch: &WriteBatch,
+    ) -> Result<(), KvError> {
+        let mut log = self.log.lock();
+        if let Some(rv) = read_version {
+            let reads = coalesce(read_conflicts.to_vec());
+            for (version, writes) in log.entries.iter().rev() {
+                if *version <= rv {
+                    break;
+                }
+                if reads.iter().any(|(b, e)| intersects(writes, b, e)) {
+                    return Err(KvError::NotCommitted);
+                }
+            }
+        }
+        self.engine.apply(batch)?;
+        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = batch.cleared.clone();
+        writes.extend(batch.ops.iter().map(|(k, _)| (k.clone(), key_after(k))));
+        let writes = coalesce(writes);
+        let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
+        log.entries.push_back((version, writes));
+        // Prune every commit no live transaction can conflict with.
+        let min_active = self.active.lock().keys().next().copied();
+        match min_active {
+            None => log.entries.clear(),
+            Some(min) => {
+                while log.entries.front().is_some_and(|(v, _)| *v <= min) {
+                    log.entries.pop_front();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Unregisters a read version when the transaction holding it is dropped or finished.
+struct Registration {
+    db: Arc<LocalDb>,
+    version: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.db.release(self.version);
+    }
+}
+
+struct ReadView {
+    version: u64,
+    snapshot: Arc<dyn EngineSnapshot>,
+    started: Instant,
+    _registration: Registration,
+}
+
+#[derive(Default)]
+struct TxnState {
+    read: Option<ReadView>,
+    writes: BTreeMap<Vec<u8>, PointOp>,
+    /// Disjoint ascending ranges cleared by this transaction (before any later point write).
+    cleared: Vec<(Vec<u8>, Vec<u8>)>,
+    read_conflicts: Vec<(Vec<u8>, Vec<u8>)>,
+    size: usize,
+    deferred: Option<KvError>,
+    done: bool,
+}
+
+/// A transaction on a [`LocalDb`].
+pub struct LocalTxn {
+    db: Arc<LocalDb>,
+    state: Mutex<TxnState>,
+}
+
+impl LocalTxn {
+    fn read_view<'a>(&self, st: &'a mut TxnState) -> Result<&'a ReadView, KvError> {
+        if st.done {
+            return Err(KvError::TransactionCancelled);
+        }
+        if st.read.is_none() {
+            st.read = Some(self.db.acquire_read()?);
+        }
+        let view = st.read.as_ref().expect("read view set above");
+        let lifetime = self.db.limits.txn_lifetime;
+        if view.started.elapsed() > lifetime {
+            return Err(KvError::TransactionTooOld {
+                lifetime_ms: lifetime.as_millis() as u64,
+            });
+        }
+        Ok(view)
+    }
+
+    /// Reads `key`, seeing this transaction's own writes; a non-snapshot read adds a read conflict.
+    pub fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
+        let mut st = self.state.lock();
+        let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
+        let committed = match st.writes.get(key) {
+            Some(PointOp::Set(v)) => return Ok(Some(v.clone())),
+            Some(PointOp::Clear) => return Ok(None),
+            Some(PointOp::Add(ps)) => {
+                let ps = ps.clone();
+                let base = snap.get(key)?;
+                Some(resolve_add(base, &ps))
+            }
+            None if in_ranges(&st.cleared, key) => return Ok(None),
+            None => snap.get(key)?,
+        };
+        if !snapshot {
+            let end = key_after(key);
+            st.size += key.len() + end.len();
+            st.read_conflicts.push((key.to_vec(), end));
+        }
+        Ok(committed)
+    }
+
+    /// Reads a range, merging this transaction's writes over the snapshot.
+    pub fn get_range(&self, opt: &RangeOption, snapshot: bool) -> Result<Vec<KeyValue>, KvError> {
+        let (begin, end) = opt.bounds();
+        let mut st = self.state.lock();
+        let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
+        if begin >= end {
+            return Ok(Vec::new());
+        }
+        let (out, limited) = merged_range(&st, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?;
+        if !snapshot {
+            let range = match (limited, out.last()) {
+                (true, Some(last)) if !opt.reverse => (begin, key_after(&last.key)),
+                (true, Some(last)) => (last.key.clone(), end),
+                _ => (begin, end),
+            };
+            st.size += range.0.len() + range.1.len();
+            st.read_conflicts.push(range);
+        }
+        Ok(out)
+    }
+
+    fn check_key(&self, st: &mut TxnState, key: &[u8]) -> bool {
+        let limit = self.db.limits.max_key_bytes;
+        let err = if key.len() > limit {
+            Some(KvError::KeyTooLarge { size: key.len(), limit })
+        } else if key.first() == Some(&0xff) {
+            Some(KvError::KeyOutsideLegalRange)
+        } else {
+            None
+        };
+        match err {
+            Some(e) => {
+                st.deferred.get_or_insert(e);
+                false
+            }
+            None => !st.done,
+        }
+    }
+
+    /// Sets `key` to `value`.
+    pub fn set(&self, key: &[u8], value: &[u8]) {
+        let mut st = self.state.lock();
+        if !self.check_key(&mut st, key) {
+            return;
+        }
+        let limit = self.db.limits.max_value_bytes;
+        if value.len() > limit {
+            st.deferred
+                .get_or_insert(KvError::ValueTooLarge { size: value.len(), limit });
+            return;
+        }
+        st.size += key.len() + value.len() + 2 * key.len() + 1;
+        st.writes.insert(key.to_vec(), PointOp::Set(value.to_vec()));
+    }
+
+    /// Removes `key`.
+    pub fn clear(&self, key: &[u8]) {
+        let mut st = self.state.lock();
+        if !self.check_key(&mut st, key) {
+            return;
+        }
+        st.size += 2 * (2 * key.len() + 1);
+        st.writes.insert(key.to_vec(), PointOp::Clear);
+    }
+
+    /// Removes every key in `[begin, end)`.
+    pub fn clear_range(&self, begin: &[u8], end: &[u8]) {
+        let mut st = self.state.lock();
+        if st.done {
+            return;
+        }
+        if begin > end {
+            st.deferred.get_or_insert(KvError::InvertedRange);
+            return;
+        }
+        if begin.first() == Some(&0xff) {
+            st.deferred.get_or_insert(KvError::KeyOutsideLegalRange);
+            return;
+        }
+        st.size += 2 * (begin.len() + end.len());
+        if begin == end {
+            return;
+        }
+        let doomed: Vec<Vec<u8>> = st
+            .writes
+            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in doomed {
+            st.writes.remove(&k);
+        }
+        let mut cleared = std::mem::take(&mut st.cleared);
+        cleared.push((begin.to_vec(), end.to_vec()));
+        st.cleared = coalesce(cleared);
+    }
+
+    /// Adds `param` (little-endian) to the value of `key` at commit time, without a read conflict.
+    pub fn atomic_add(&self, key: &[u8], param: &[u8]) {
+        let mut st = self.state.lock();
+        if !self.check_key(&mut st, key) {
+            return;
+        }
+        st.size += key.len() + param.len() + 2 * key.len() + 1;
+        let cleared = in_ranges(&st.cleared, key);
+        let op = match st.writes.remove(key) {
+            Some(PointOp::Set(v)) => PointOp::Set(resolve_add(Some(v), &[param.to_vec()])),
+            Some(PointOp::Clear) => PointOp::Set(resolve_add(None, &[param.to_vec()])),
+            Some(PointOp::Add(mut ps)) => {
+                ps.push(param.to_vec());
+                PointOp::Add(ps)
+            }
+            None if cleared => PointOp::Set(resolve_add(None, &[param.to_vec()])),
+            None => PointOp::Add(vec![param.to_vec()]),
+        };
+        st.writes.insert(key.to_vec(), op);
+    }
+
+    /// The transaction's size as FoundationDB accounts it: mutation parameters plus the bounds of
+    /// read and write conflict ranges.
+    pub fn approximate_size(&self) -> usize {
+        self.state.lock().size
+    }
+
+    /// Commits: checks limits and conflicts, then applies the writes durably.
+    pub fn commit(&self) -> Result<(), KvError> {
+        let mut st = self.state.lock();
+        if st.done {
+            return Err(KvError::TransactionCancelled);
+        }
+        st.done = true;
+        if let Some(e) = st.deferred.take() {
+            return Err(e);
+        }
+        let limit = self.db.limits.max_txn_bytes;
+        if st.size > limit {
+            return Err(KvError::TransactionTooLarge { size: st.size, limit });
+        }
+        let read = st.read.take();
+        if let Some(view) = &read {
+            let lifetime = self.db.limits.txn_lifetime;
+            if view.started.elapsed() > lifetime {
+                return Err(KvError::TransactionTooOld {
+                    lifetime_ms: lifetime.as_millis() as u64,
+                });
+            }
+        }
+        let batch = WriteBatch {
+            cleared: std::mem::take(&mut st.cleared),
+            ops: std::mem::take(&mut st.writes).into_iter().collect(),
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let read_version = read.as_ref().map(|r| r.version);
+        let result = self.db.commit_batch(read_version, &st.read_conflicts, &batch);
+        drop(read);
+        result
+    }
+
+    /// Abandons the transaction: further operations fail with `transaction_cancelled`.
+    pub fn cancel(&self) {
+        let mut st = self.state.lock();
+        st.done = true;
+        st.read = None;
+    }
+}
+
+/// Reads `[begin, end)` from the snapshot in chunks and merges the transaction's point writes and
+/// cleared ranges over it. Returns the pairs and whether the limit cut the result short.
+fn merged_range(
+    st: &TxnState,
+    snap: &dyn EngineSnapshot,
+    begin: &[u8],
+    end: &[u8],
+    reverse: bool,
+    limit: usize,
+) -> Result<(Vec<KeyValue>, bool), KvError> {
+    let mut out: Vec<KeyValue> = Vec::new();
+    let (mut lo, mut hi) = (begin.to_vec(), end.to_vec());
+    loop {
+        let fetch = if limit == 0 { 0 } else { (limit - out.len()) + 16 };
+        let items = snap.range(&lo, &hi, reverse, fetch)?;
+        let exhausted = fetch == 0 || items.len() < fetch;
+        // The key span these items cover completely.
+        let (seg_lo, seg_hi) = match (exhausted, items.last()) {
+            (false, Some((k, _))) if !reverse => (lo.clone(), key_after(k)),
+            (false, Some((k, _))) => (k.clone(), hi.clone()),
+            _ => (lo.clone(), hi.clone()),
+        };
+        let ops = st
+            .writes
+            .range::<[u8], _>((Bound::Included(seg_lo.as_slice()), Bound::Excluded(seg_hi.as_slice())));
+        let ops: Vec<(&Vec<u8>, &PointOp)> = if reverse { ops.rev().collect() } else { ops.collect() };
+        let mut items_it = items.iter().peekable();
+        let mut ops_it = ops.into_iter().peekable();
+        loop {
+            if limit != 0 && out.len() >= limit {
+                return Ok((out, true));
+            }
+            let next_item = items_it.peek().map(|(k, _)| k.as_slice());
+            let next_op = ops_it.peek().map(|(k, _)| k.as_slice());
+            let take_op = match (next_item, next_op) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some(i), Some(o)) => {
+                    if reverse {
+                        o >= i
+                    } else {
+                        o <= i
+                    }
+                }
+            };
+            if take_op {
+                let (k, op) = ops_it.next().expect("peeked");
+                let base = match items_it.peek() {
+                    Some((ik, iv)) if ik == k => {
+                        let v = iv.clone();
+                        items_it.next();
+                        Some(v)
+                    }
+                    _ => None,
+                };
+                match op {
+                    PointOp::Set(v) => out.push(KeyValue { key: k.clone(), value: v.clone() }),
+                    PointOp::Clear => {}
+                    PointOp::Add(ps) => out.push(KeyValue {
+                        key: k.clone(),
+                        value: resolve_add(base, ps),
+                    }),
+                }
+            } else {
+                let (k, v) = items_it.next().expect("peeked");
+                if !in_ranges(&st.cleared, k) {
+                    out.push(KeyValue { key: k.clone(), value: v.clone() });
+                }
+            }
+        }
+        if exhausted {
+            return Ok((out, false));
+        }
+        if reverse {
+            hi = seg_lo;
+        } else {
+            lo = seg_hi;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesce_merges_overlapping_and_adjacent_ranges() {
+        let r = coalesce(vec![
+            (b"c".to_vec(), b"e".to_vec()),
+            (b"a".to_vec(), b"b".to_vec()),
+            (b"b".to_vec(), b"c".to_vec()),
+            (b"x".to_vec(), b"x".to_vec()),
+        ]);
+        assert_eq!(r, vec![(b"a".to_vec(), b"e".to_vec())]);
+        assert!(in_ranges(&r, b"d"));
+        assert!(!in_ranges(&r, b"e"));
+        assert!(intersects(&r, b"d", b"z"));
+        assert!(!intersects(&r, b"e", b"z"));
+    }
+}

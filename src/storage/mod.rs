@@ -1,0 +1,2 @@
+//! Storage: the transactional KV contract, its backends, and the Matyan key layout.
+pub mod kv;
