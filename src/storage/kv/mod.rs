@@ -1,1 +1,24 @@
-//! The transactional KV contract.
+//! The transactional KV contract, modelled on FoundationDB, and its backends.
+//!
+//! - `database.rs`: [`Database`] / [`Transaction`], the API the rest of the crate uses, and the retry loop;
+//! - `local.rs`: FoundationDB semantics (read-your-writes, conflicts, limits) over a local engine;
+//! - `engine.rs`: the engine interface; `memory.rs`, `fjall_engine.rs`, `redb_engine.rs` implement it;
+//! - `directory.rs`: the FoundationDB directory layer's format for local backends;
+//! - `fdb.rs` (feature `fdb`): FoundationDB itself;
+//! - `types.rs`, `error.rs`: value types, limits and typed errors (FoundationDB's codes).
+
+mod database;
+pub mod directory;
+pub mod engine;
+mod error;
+mod fjall_engine;
+mod local;
+mod memory;
+mod redb_engine;
+mod types;
+#[cfg(feature = "fdb")]
+mod fdb;
+
+pub use database::{Database, EmbeddedEngine, RetryOptions, Transaction};
+pub use error::{KvError, RetryableError};
+pub use types::{KeySelector, KeyValue, Limits, RangeOption, atomic_add, strinc};

@@ -1,0 +1,304 @@
+//! The public face of the KV contract: [`Database`] and [`Transaction`], dispatching to the local
+//! transaction layer (memory, embedded) or to FoundationDB, plus the retry loop.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::error::{KvError, RetryableError};
+use super::local::{LocalDb, LocalTxn};
+use super::types::{KeyValue, Limits, RangeOption};
+
+/// Which local engine backs the embedded store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddedEngine {
+    /// fjall (LSM tree): chosen by the benchmark in docs/adr/0002.
+    #[default]
+    Fjall,
+    /// redb (B-tree).
+    Redb,
+}
+
+/// Settings of the retry loop ([`Database::run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryOptions {
+    /// Total time for all attempts; past it the loop fails with `transaction_timed_out`.
+    pub timeout: Duration,
+    /// Retries after the first attempt.
+    pub retry_limit: u32,
+    /// First backoff; doubles per retry with jitter.
+    pub initial_backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            retry_limit: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum DbInner {
+    Local(Arc<LocalDb>),
+    #[cfg(feature = "fdb")]
+    Fdb(Arc<super::fdb::FdbDatabase>),
+}
+
+/// A transactional key-value database with FoundationDB's semantics and limits.
+#[derive(Clone)]
+pub struct Database {
+    inner: DbInner,
+    backend: &'static str,
+}
+
+impl Database {
+    /// An in-memory database with FoundationDB's limits.
+    pub fn memory() -> Self {
+        Self::memory_with_limits(Limits::FDB)
+    }
+
+    /// An in-memory database with custom limits (tests shorten the lifetime).
+    pub fn memory_with_limits(limits: Limits) -> Self {
+        Self {
+            inner: DbInner::Local(LocalDb::new(Box::<super::memory::MemoryEngine>::default(), limits)),
+            backend: "memory",
+        }
+    }
+
+    /// Opens (creating if needed) the embedded store in `dir`.
+    pub fn open_embedded(dir: &Path, engine: EmbeddedEngine, limits: Limits) -> Result<Self, KvError> {
+        let (engine, backend): (Box<dyn super::engine::Engine>, _) = match engine {
+            EmbeddedEngine::Fjall => (Box::new(super::fjall_engine::FjallEngine::open(dir)?), "fjall"),
+            EmbeddedEngine::Redb => (Box::new(super::redb_engine::RedbEngine::open(dir)?), "redb"),
+        };
+        Ok(Self {
+            inner: DbInner::Local(LocalDb::new(engine, limits)),
+            backend,
+        })
+    }
+
+    /// Opens FoundationDB through `cluster_file` (the default cluster file when `None`).
+    #[cfg(feature = "fdb")]
+    pub fn open_fdb(cluster_file: Option<&Path>) -> Result<Self, KvError> {
+        Ok(Self {
+            inner: DbInner::Fdb(Arc::new(super::fdb::FdbDatabase::open(cluster_file)?)),
+            backend: "fdb",
+        })
+    }
+
+    /// The backend's name: `memory`, `fjall`, `redb` or `fdb`.
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The limits every transaction is held to.
+    pub fn limits(&self) -> Limits {
+        match &self.inner {
+            DbInner::Local(db) => db.limits(),
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => Limits::FDB,
+        }
+    }
+
+    /// Bytes on disk (0 for memory and FoundationDB).
+    pub fn disk_bytes(&self) -> u64 {
+        match &self.inner {
+            DbInner::Local(db) => db.disk_bytes(),
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => 0,
+        }
+    }
+
+    /// Opens (creating if needed) the directory at `path` through the directory layer and returns
+    /// its raw key prefix.
+    pub async fn open_directory(&self, path: &[&str]) -> Result<Vec<u8>, KvError> {
+        match &self.inner {
+            DbInner::Local(_) => {
+                let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+                self.run(&RetryOptions::default(), |tx| {
+                    let path = path.clone();
+                    async move {
+                        let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+                        super::directory::create_or_open(&tx, &refs).await
+                    }
+                })
+                .await
+            }
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(db) => db.open_directory(path).await,
+        }
+    }
+
+    /// A new transaction. Prefer [`Database::run`], which retries.
+    pub fn create_trx(&self) -> Result<Transaction, KvError> {
+        Ok(Transaction {
+            inner: match &self.inner {
+                DbInner::Local(db) => TxnInner::Local(Arc::new(db.create_trx())),
+                #[cfg(feature = "fdb")]
+                DbInner::Fdb(db) => TxnInner::Fdb(Arc::new(db.create_trx()?)),
+            },
+        })
+    }
+
+    /// Runs `body` in a transaction and commits it, retrying retryable errors with exponential
+    /// backoff up to `opts.retry_limit` times and within `opts.timeout`. The body may run more than
+    /// once, so it must be idempotent: make ids and timestamps before calling.
+    pub async fn run<T, E, F, Fut>(&self, opts: &RetryOptions, mut body: F) -> Result<T, E>
+    where
+        F: FnMut(Transaction) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: RetryableError,
+    {
+        let deadline = Instant::now() + opts.timeout;
+        let mut attempt: u32 = 0;
+        loop {
+            let tx = self.create_trx()?;
+            let attempt_fut = async {
+                let value = body(tx.clone()).await?;
+                tx.commit().await?;
+                Ok::<T, E>(value)
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let result = match tokio::time::timeout(remaining, attempt_fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tx.cancel();
+                    return Err(KvError::TransactionTimedOut.into());
+                }
+            };
+            let err = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            let retryable = err.kv_error().is_some_and(KvError::is_retryable);
+            if !retryable || attempt >= opts.retry_limit {
+                return Err(err);
+            }
+            crate::metrics::kv_retry(err.kv_error().map_or("other", KvError::name));
+            let backoff = backoff(opts, attempt);
+            if Instant::now() + backoff >= deadline {
+                return Err(KvError::TransactionTimedOut.into());
+            }
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+}
+
+/// `min(initial * 2^attempt + U(0, initial / 4), max)`, the reference's backoff.
+fn backoff(opts: &RetryOptions, attempt: u32) -> Duration {
+    let base = opts.initial_backoff.saturating_mul(1u32 << attempt.min(20));
+    let jitter_max = opts.initial_backoff.as_micros() as u64 / 4;
+    let jitter = Duration::from_micros(if jitter_max == 0 { 0 } else { rand::random_range(0..=jitter_max) });
+    (base + jitter).min(opts.max_backoff)
+}
+
+#[derive(Clone)]
+enum TxnInner {
+    Local(Arc<LocalTxn>),
+    #[cfg(feature = "fdb")]
+    Fdb(Arc<super::fdb::FdbTransaction>),
+}
+
+/// A read-your-writes transaction. Cheap to clone: clones share the transaction.
+#[derive(Clone)]
+pub struct Transaction {
+    inner: TxnInner,
+}
+
+impl Transaction {
+    /// Reads `key`; a `snapshot` read adds no read conflict.
+    pub async fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
+        match &self.inner {
+            TxnInner::Local(t) => t.get(key, snapshot),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.get(key, snapshot).await,
+        }
+    }
+
+    /// Reads the pairs of a range (all of them up to `opt.limit`, 0 meaning no limit).
+    pub async fn get_range(&self, opt: &RangeOption, snapshot: bool) -> Result<Vec<KeyValue>, KvError> {
+        match &self.inner {
+            TxnInner::Local(t) => t.get_range(opt, snapshot),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.get_range(opt, snapshot).await,
+        }
+    }
+
+    /// Sets `key` to `value`. Limit violations surface at commit.
+    pub fn set(&self, key: &[u8], value: &[u8]) {
+        match &self.inner {
+            TxnInner::Local(t) => t.set(key, value),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.set(key, value),
+        }
+    }
+
+    /// Removes `key`.
+    pub fn clear(&self, key: &[u8]) {
+        match &self.inner {
+            TxnInner::Local(t) => t.clear(key),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.clear(key),
+        }
+    }
+
+    /// Removes every key in `[begin, end)`.
+    pub fn clear_range(&self, begin: &[u8], end: &[u8]) {
+        match &self.inner {
+            TxnInner::Local(t) => t.clear_range(begin, end),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.clear_range(begin, end),
+        }
+    }
+
+    /// Adds the little-endian integer `param` to the value of `key`, without a read conflict.
+    pub fn atomic_add(&self, key: &[u8], param: &[u8]) {
+        match &self.inner {
+            TxnInner::Local(t) => t.atomic_add(key, param),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.atomic_add(key, param),
+        }
+    }
+
+    /// The transaction's size so far, as counted against the 10 MB limit.
+    pub async fn approximate_size(&self) -> Result<usize, KvError> {
+        match &self.inner {
+            TxnInner::Local(t) => Ok(t.approximate_size()),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.approximate_size().await,
+        }
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(&self) -> Result<(), KvError> {
+        match &self.inner {
+            TxnInner::Local(t) => {
+                let t = Arc::clone(t);
+                // Engines fsync on commit: keep that off the async worker threads.
+                tokio::task::spawn_blocking(move || t.commit())
+                    .await
+                    .map_err(|e| KvError::Engine(format!("commit task failed: {e}")))?
+            }
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.commit().await,
+        }
+    }
+
+    /// Abandons the transaction.
+    pub fn cancel(&self) {
+        match &self.inner {
+            TxnInner::Local(t) => t.cancel(),
+            #[cfg(feature = "fdb")]
+            TxnInner::Fdb(t) => t.cancel(),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Embedded engine on fjall: an LSM tree with a write-ahead journal, synced on every commit.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+
+use super::engine::{Engine, EngineSnapshot, PointOp, WriteBatch, resolve_add};
+use super::error::KvError;
+
+fn engine_err(e: impl std::fmt::Display) -> KvError {
+    KvError::Engine(e.to_string())
+}
+
+/// The fjall engine: one database directory, one keyspace.
+pub struct FjallEngine {
+    db: Database,
+    ks: Keyspace,
+}
+
+impl FjallEngine {
+    /// Opens or creates the store under `dir/fjall`.
+    pub fn open(dir: &Path) -> Result<Self, KvError> {
+        let path = dir.join("fjall");
+        let db = Database::builder(&path).open().map_err(|e| match e {
+            fjall::Error::Locked => KvError::Locked(path.display().to_string()),
+            other => engine_err(other),
+        })?;
+        let ks = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(engine_err)?;
+        Ok(Self { db, ks })
+    }
+}
+
+struct FjallSnapshot {
+    snap: Snapshot,
+    ks: Keyspace,
+}
+
+impl EngineSnapshot for FjallSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.snap.get(&self.ks, key).map_err(engine_err)?.map(|v| v.to_vec()))
+    }
+
+    fn range(
+        &self,
+        begin: &[u8],
+        end: &[u8],
+        reverse: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+        let it = self.snap.range(&self.ks, begin..end);
+        let take = if limit == 0 { usize::MAX } else { limit };
+        let pair = |g: fjall::Guard| {
+            g.into_inner()
+                .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(engine_err)
+        };
+        if reverse {
+            it.rev().take(take).map(pair).collect()
+        } else {
+            it.take(take).map(pair).collect()
+        }
+    }
+}
+
+impl Engine for FjallEngine {
+    fn snapshot(&self) -> Result<Arc<dyn EngineSnapshot>, KvError> {
+        Ok(Arc::new(FjallSnapshot {
+            snap: self.db.snapshot(),
+            ks: self.ks.clone(),
+        }))
+    }
+
+    fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
+        // Commits are serialised by the caller, so reading the latest state here is race-free.
+        let snap = self.db.snapshot();
+        let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (b, e) in &batch.cleared {
+            for g in snap.range(&self.ks, b.as_slice()..e.as_slice()) {
+                let key = g.key().map_err(engine_err)?;
+                // Entries of one batch share a sequence number: never remove and insert one key.
+                let rewritten = batch
+                    .ops
+                    .binary_search_by(|(k, _)| k.as_slice().cmp(&key))
+                    .is_ok();
+                if !rewritten {
+                    wb.remove(&self.ks, key);
+                }
+            }
+        }
+        for (k, op) in &batch.ops {
+            match op {
+                PointOp::Set(v) => wb.insert(&self.ks, k.as_slice(), v.as_slice()),
+                PointOp::Clear => wb.remove(&self.ks, k.as_slice()),
+                PointOp::Add(ps) => {
+                    let cur = snap.get(&self.ks, k).map_err(engine_err)?.map(|v| v.to_vec());
+                    wb.insert(&self.ks, k.as_slice(), resolve_add(cur, ps));
+                }
+            }
+        }
+        wb.commit().map_err(engine_err)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
