@@ -1,0 +1,108 @@
+//! The Matyan key layout over the KV contract, byte compatible with the reference
+//! (`ingest-storage.md` §3): tuple keys, msgpack values, trees, indexes with `_rev` twins.
+//!
+//! - `dirs.rs`: the four directories (three of the reference, one of ours);
+//! - `runs.rs`: ⟨runs⟩ keys and the run operations that keep indexes in step;
+//! - `indexes.rs`: ⟨indexes⟩ entries, twins and tombstones;
+//! - `system.rs`: ⟨system⟩ entities, names, run links, settings, job locks;
+//! - `sequences.rs`: the sequence interface and its one-key-per-step layout.
+
+pub mod dirs;
+pub mod indexes;
+pub mod runs;
+pub mod sequences;
+pub mod system;
+
+use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
+
+pub use dirs::Dirs;
+pub use indexes::Indexes;
+pub use runs::{RunOps, Runs};
+pub use sequences::{Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite};
+pub use system::{EntityKind, System};
+
+/// Errors of the layout layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// The KV layer failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A stored key or value does not decode as the layout says.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// A value cannot be encoded.
+    #[error("cannot encode value: {0}")]
+    Encode(String),
+    /// A unique name is taken.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request makes no sense for this entity.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl RetryableError for LayoutError {
+    fn kv_error(&self) -> Option<&KvError> {
+        match self {
+            LayoutError::Kv(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<sequences::SeqError> for LayoutError {
+    fn from(e: sequences::SeqError) -> Self {
+        match e {
+            sequences::SeqError::Kv(k) => LayoutError::Kv(k),
+            sequences::SeqError::Corrupt(c) => LayoutError::Corrupt(c),
+        }
+    }
+}
+
+/// Everything needed to read and write the Matyan layout of one store.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// The directory prefixes.
+    pub dirs: Dirs,
+    /// Run data and run-level operations.
+    pub runs: RunOps,
+    /// ⟨system⟩.
+    pub system: System,
+    /// Sequences.
+    pub seqs: KeyPerStep,
+}
+
+impl Layout {
+    /// Opens the directories of `db` and builds the layout on them.
+    pub async fn open(db: &Database) -> Result<Self, KvError> {
+        Ok(Self::new(Dirs::open(db).await?))
+    }
+
+    /// The layout on known directory prefixes.
+    pub fn new(dirs: Dirs) -> Self {
+        Self {
+            runs: RunOps {
+                runs: Runs::new(&dirs.runs),
+                indexes: Indexes::new(&dirs.indexes),
+            },
+            system: System::new(&dirs.system),
+            seqs: KeyPerStep::new(&dirs.runs),
+            dirs,
+        }
+    }
+
+    /// ⟨indexes⟩.
+    pub fn indexes(&self) -> &Indexes {
+        &self.runs.indexes
+    }
+
+    /// `delete_run` in one transaction: de-index, remove associations, clear `(R,)`, tombstone.
+    /// Huge runs need the resumable form the ingestion layer builds on these steps.
+    pub async fn delete_run(&self, tx: &Transaction, run: &str, now: f64) -> Result<(), LayoutError> {
+        self.indexes().deindex_run(tx, run, None).await?;
+        self.system.remove_associations(tx, self.indexes(), run).await?;
+        self.runs.runs.clear_run(tx, run);
+        self.indexes().mark_deleted(tx, run, now);
+        Ok(())
+    }
+}

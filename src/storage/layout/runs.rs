@@ -1,0 +1,349 @@
+//! `data/runs` (⟨runs⟩) and the run operations that keep ⟨indexes⟩ in step with it.
+//!
+//! | Key | Value |
+//! |---|---|
+//! | `(R,"meta",field,"__leaf__")` | mp(v): name, description, created_at, updated_at, finalized_at, is_archived, active, experiment_id, client_start_ts, duration, pending_deletion |
+//! | `(R,"attrs",*path,…sentinel)` | tree (see `tree.rs`): `hparams`, `__system_params`, `__blobs__` |
+//! | `(R,"traces",ctx_id,name,"dtype"/"last"/"last_step")` | mp(str) / mp(number) / mp(int) |
+//! | `(R,"contexts",ctx_id)` | mp(context dict) |
+//! | `(R,"tags",tag_uuid)` | mp(True) |
+//! | `(R,"seqs",ctx_id,name,col,step)` | see `sequences.rs` |
+//!
+//! Times are passed in by the caller (never read from the clock here), so a replayed batch writes
+//! the same values.
+
+use crate::storage::kv::{RangeOption, Transaction};
+use crate::storage::tree;
+use crate::storage::tuple::{self, Elem};
+use crate::storage::value::{self, Value};
+
+use super::LayoutError;
+use super::indexes::Indexes;
+
+/// The ten meta leaves a new run gets, in the reference's order.
+pub const META_FIELDS: [&str; 10] = [
+    "name",
+    "description",
+    "created_at",
+    "updated_at",
+    "finalized_at",
+    "is_archived",
+    "active",
+    "experiment_id",
+    "client_start_ts",
+    "duration",
+];
+
+/// Key-level access to ⟨runs⟩.
+#[derive(Debug, Clone)]
+pub struct Runs {
+    prefix: Vec<u8>,
+}
+
+fn run_path(run: &str, rest: &[Elem]) -> Vec<Elem> {
+    let mut elems = Vec::with_capacity(rest.len() + 1);
+    elems.push(Elem::from(run));
+    elems.extend_from_slice(rest);
+    elems
+}
+
+fn enc(v: &Value) -> Result<Vec<u8>, LayoutError> {
+    value::encode(v).map_err(|e| LayoutError::Encode(e.to_string()))
+}
+
+impl Runs {
+    /// ⟨runs⟩ under `prefix`.
+    pub fn new(prefix: &[u8]) -> Self {
+        Self { prefix: prefix.to_vec() }
+    }
+
+    /// The key `⟨runs⟩ + pack((R, *rest))`.
+    pub fn key(&self, run: &str, rest: &[Elem]) -> Vec<u8> {
+        tuple::pack_with_prefix(&self.prefix, &run_path(run, rest))
+    }
+
+    /// `[begin, end)` of every key strictly under `(R, *rest)`.
+    pub fn range(&self, run: &str, rest: &[Elem]) -> (Vec<u8>, Vec<u8>) {
+        tuple::range(&self.prefix, &run_path(run, rest))
+    }
+
+    /// `(R,"meta",field,"__leaf__")`.
+    pub fn meta_key(&self, run: &str, field: &str) -> Vec<u8> {
+        self.key(run, &[Elem::from("meta"), Elem::from(field), Elem::from(tree::LEAF)])
+    }
+
+    /// Sets one meta leaf.
+    pub fn set_meta(&self, tx: &Transaction, run: &str, field: &str, v: &Value) -> Result<(), LayoutError> {
+        tx.set(&self.meta_key(run, field), &enc(v)?);
+        Ok(())
+    }
+
+    /// Reads one meta leaf (`None` when absent).
+    pub async fn meta_field(&self, tx: &Transaction, run: &str, field: &str) -> Result<Option<Value>, LayoutError> {
+        match tx.get(&self.meta_key(run, field), false).await? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(value::decode(&bytes).map_err(|e| LayoutError::Corrupt(e.to_string()))?)),
+        }
+    }
+
+    /// A run exists iff any key lies under `(R,"meta")`.
+    pub async fn exists(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<bool, LayoutError> {
+        let (b, e) = self.range(run, &[Elem::from("meta")]);
+        Ok(!tx.get_range(&RangeOption::new(b, e).limit(1), snapshot).await?.is_empty())
+    }
+
+    /// Tree-set: clears everything under `(R, *path)` and writes the flattened value.
+    pub fn tree_set(&self, tx: &Transaction, run: &str, path: &[Elem], v: &Value) -> Result<(), LayoutError> {
+        let base = run_path(run, path);
+        let (b, e) = tuple::range(&self.prefix, &base);
+        tx.clear_range(&b, &e);
+        for (rel, bytes) in tree::flatten(v).map_err(|e| LayoutError::Encode(e.to_string()))? {
+            let mut full = base.clone();
+            full.extend(rel);
+            tx.set(&tuple::pack_with_prefix(&self.prefix, &full), &bytes);
+        }
+        Ok(())
+    }
+
+    /// Tree-get: the value stored under `(R, *path)`, `None` when nothing is.
+    pub async fn tree_get(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        path: &[Elem],
+        snapshot: bool,
+    ) -> Result<Option<Value>, LayoutError> {
+        let base = run_path(run, path);
+        let (b, e) = tuple::range(&self.prefix, &base);
+        let base_key = tuple::pack_with_prefix(&self.prefix, &base);
+        let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
+        let mut rows = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let rel = tuple::unpack(&kv.key[base_key.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            let v = value::decode(&kv.value).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            rows.push((rel, v));
+        }
+        Ok(tree::unflatten(rows))
+    }
+
+    /// `(R,"contexts",ctx_id) = mp(ctx)`.
+    pub fn set_context(&self, tx: &Transaction, run: &str, ctx_id: u32, ctx: &Value) -> Result<(), LayoutError> {
+        tx.set(&self.key(run, &[Elem::from("contexts"), Elem::from(ctx_id)]), &enc(ctx)?);
+        Ok(())
+    }
+
+    /// Trace info of a sequence: `dtype`, `last` (only when given) and `last_step`.
+    pub fn set_trace_info(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        ctx_id: u32,
+        name: &str,
+        dtype: &str,
+        last: Option<&Value>,
+        last_step: i64,
+    ) -> Result<(), LayoutError> {
+        let field = |f: &str| self.key(run, &[Elem::from("traces"), Elem::from(ctx_id), Elem::from(name), Elem::from(f)]);
+        tx.set(&field("dtype"), &enc(&Value::from(dtype))?);
+        if let Some(last) = last {
+            tx.set(&field("last"), &enc(last)?);
+        }
+        tx.set(&field("last_step"), &enc(&Value::from(last_step))?);
+        Ok(())
+    }
+
+    /// `(R,"tags",tag_uuid) = mp(True)`.
+    pub fn set_tag(&self, tx: &Transaction, run: &str, tag_uuid: &str) -> Result<(), LayoutError> {
+        tx.set(&self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]), &enc(&Value::Bool(true))?);
+        Ok(())
+    }
+
+    /// Removes `(R,"tags",tag_uuid)`.
+    pub fn clear_tag(&self, tx: &Transaction, run: &str, tag_uuid: &str) {
+        tx.clear(&self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]));
+    }
+
+    /// Clears everything of the run: meta, attrs, traces, contexts, tags, seqs.
+    pub fn clear_run(&self, tx: &Transaction, run: &str) {
+        let (b, e) = self.range(run, &[]);
+        tx.clear_range(&b, &e);
+    }
+}
+
+/// The index name of an indexed meta field.
+fn indexed_meta(field: &str) -> Option<&'static str> {
+    match field {
+        "is_archived" => Some("archived"),
+        "active" => Some("active"),
+        _ => None,
+    }
+}
+
+/// A tuple element for an index entry: only scalars are indexable.
+pub fn index_elem(v: &Value) -> Option<Elem> {
+    match v {
+        Value::Bool(b) => Some(Elem::Bool(*b)),
+        Value::Int(i) => Some(Elem::Int(*i)),
+        Value::Float(f) => Some(Elem::Float(*f)),
+        Value::Str(s) => Some(Elem::Str(s.clone())),
+        _ => None,
+    }
+}
+
+/// Run operations spanning ⟨runs⟩ and ⟨indexes⟩, as the reference's storage functions do them.
+#[derive(Debug, Clone)]
+pub struct RunOps {
+    /// ⟨runs⟩.
+    pub runs: Runs,
+    /// ⟨indexes⟩.
+    pub indexes: Indexes,
+}
+
+impl RunOps {
+    /// `update_meta(fields)`: swaps the `archived`/`active` index entries when those fields change,
+    /// then writes `updated_at = now` and each field.
+    pub async fn update_meta(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        now: f64,
+        fields: &[(&str, Value)],
+    ) -> Result<(), LayoutError> {
+        for (field, new) in fields {
+            let Some(index) = indexed_meta(field) else { continue };
+            let old = self.runs.meta_field(tx, run, field).await?.unwrap_or(Value::Nil);
+            if &old == new {
+                continue;
+            }
+            if let Some(old) = index_elem(&old) {
+                self.indexes.remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
+            }
+            if let Some(new) = index_elem(new) {
+                self.indexes.add(tx, run, &[Elem::from(index), new, Elem::from(run)]);
+            }
+        }
+        self.runs.set_meta(tx, run, "updated_at", &Value::Float(now))?;
+        for (field, v) in fields {
+            self.runs.set_meta(tx, run, field, v)?;
+        }
+        Ok(())
+    }
+
+    /// The create path of `create_run`: resets meta to the ten defaults and writes the tier-1
+    /// indexes, then applies `client_start_ts` through `update_meta` when given.
+    ///
+    /// Unlike the reference (quirk 4 of `ingest-storage.md` §6), tier-1 entries of an existing meta
+    /// are removed first, so a second create never leaves stale `created_at`/`archived` entries.
+    pub async fn create_run(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        now: f64,
+        client_start_ts: Option<f64>,
+    ) -> Result<(), LayoutError> {
+        for (field, index) in [("is_archived", "archived"), ("active", "active"), ("created_at", "created_at")] {
+            if let Some(old) = self.runs.meta_field(tx, run, field).await?.as_ref().and_then(index_elem) {
+                self.indexes.remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
+            }
+        }
+        let (b, e) = self.runs.range(run, &[Elem::from("meta")]);
+        tx.clear_range(&b, &e);
+        let defaults: [(&str, Value); 10] = [
+            ("name", Value::Str(format!("Run: {run}"))),
+            ("description", Value::from("")),
+            ("created_at", Value::Float(now)),
+            ("updated_at", Value::Float(now)),
+            ("finalized_at", Value::Nil),
+            ("is_archived", Value::Bool(false)),
+            ("active", Value::Bool(true)),
+            ("experiment_id", Value::Nil),
+            ("client_start_ts", Value::Nil),
+            ("duration", Value::Nil),
+        ];
+        for (field, v) in &defaults {
+            self.runs.set_meta(tx, run, field, v)?;
+        }
+        self.indexes.add(tx, run, &[Elem::from("archived"), Elem::Bool(false), Elem::from(run)]);
+        self.indexes.add(tx, run, &[Elem::from("active"), Elem::Bool(true), Elem::from(run)]);
+        self.indexes.add(tx, run, &[Elem::from("created_at"), Elem::Float(now), Elem::from(run)]);
+        if let Some(ts) = client_start_ts {
+            self.update_meta(tx, run, now, &[("client_start_ts", Value::Float(ts))]).await?;
+        }
+        Ok(())
+    }
+
+    /// `set_attrs(path, node)`: tree-sets the attrs path, writes `updated_at`, and re-indexes the
+    /// run's hparams when the path is under `hparams`.
+    pub async fn set_attrs(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        path: &[String],
+        node: &Value,
+        now: f64,
+    ) -> Result<(), LayoutError> {
+        let mut full = vec![Elem::from("attrs")];
+        full.extend(path.iter().map(Elem::from));
+        self.runs.tree_set(tx, run, &full, node)?;
+        self.runs.set_meta(tx, run, "updated_at", &Value::Float(now))?;
+        let hparams = match path {
+            [only] if only == "hparams" => Some(node.clone()),
+            [first, ..] if first == "hparams" => {
+                self.runs
+                    .tree_get(tx, run, &[Elem::from("attrs"), Elem::from("hparams")], false)
+                    .await?
+            }
+            _ => None,
+        };
+        if let Some(Value::Map(entries)) = hparams {
+            self.reindex_hparams(tx, run, &entries).await?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the run's hparam index entries with one per top-level scalar.
+    pub async fn reindex_hparams(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        entries: &[(Value, Value)],
+    ) -> Result<(), LayoutError> {
+        self.indexes.deindex_run(tx, run, Some("hparam")).await?;
+        for (k, v) in entries {
+            let (Value::Str(k), Some(v)) = (k, index_elem(v)) else { continue };
+            self.indexes
+                .add(tx, run, &[Elem::from("hparam"), Elem::from(k.as_str()), v, Elem::from(run)]);
+        }
+        Ok(())
+    }
+
+    /// Trace info plus the tier-3 index entry `("trace", name, R)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_trace(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        ctx_id: u32,
+        name: &str,
+        dtype: &str,
+        last: Option<&Value>,
+        last_step: i64,
+    ) -> Result<(), LayoutError> {
+        self.runs.set_trace_info(tx, run, ctx_id, name, dtype, last, last_step)?;
+        self.indexes.add(tx, run, &[Elem::from("trace"), Elem::from(name), Elem::from(run)]);
+        Ok(())
+    }
+
+    /// The run's meta as a map with `hash` first, or `None` when the run has no meta.
+    pub async fn get_run(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<Option<Value>, LayoutError> {
+        let meta = self.runs.tree_get(tx, run, &[Elem::from("meta")], snapshot).await?;
+        Ok(match meta {
+            Some(Value::Map(fields)) => {
+                let mut out = vec![(Value::from("hash"), Value::from(run))];
+                out.extend(fields);
+                Some(Value::Map(out))
+            }
+            Some(_) | None => None,
+        })
+    }
+}
