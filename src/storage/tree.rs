@@ -37,11 +37,17 @@ pub enum TreeError {
     IndexTooLarge(i128),
 }
 
+/// One flattened leaf: the full key tuple and the msgpack bytes stored under it.
+pub type FlatEntry = (Vec<Elem>, Vec<u8>);
+
+/// Keys of one group during unflattening: the group head and its members' remaining keys.
+type Group<'a> = (&'a Elem, Vec<(&'a [Elem], Value)>);
+
 /// Flattens `value` at path `prefix` into `(key tuple, msgpack bytes)` pairs, in the order the
 /// reference writes them (dict insertion order, list index order).
 ///
 /// Each returned key is the full tuple, `prefix` included, relative to the directory subspace.
-pub fn flatten(prefix: &[Elem], value: &Value) -> Result<Vec<(Vec<Elem>, Vec<u8>)>, TreeError> {
+pub fn flatten(prefix: &[Elem], value: &Value) -> Result<Vec<FlatEntry>, TreeError> {
     let mut out = Vec::new();
     let mut path = prefix.to_vec();
     flatten_into(&mut path, value, &mut out)?;
@@ -51,7 +57,7 @@ pub fn flatten(prefix: &[Elem], value: &Value) -> Result<Vec<(Vec<Elem>, Vec<u8>
 fn flatten_into(
     path: &mut Vec<Elem>,
     value: &Value,
-    out: &mut Vec<(Vec<Elem>, Vec<u8>)>,
+    out: &mut Vec<FlatEntry>,
 ) -> Result<(), TreeError> {
     match value {
         Value::Map(entries) if entries.is_empty() => {
@@ -129,11 +135,8 @@ fn elem_key(elem: &Elem) -> Value {
 /// literal `"__leaf__"` entry in the mixed scalar-and-children case. A key that ends exactly at a
 /// group head (possible only in such a mixed case) contributes its value directly.
 pub fn unflatten(entries: Vec<(Vec<Elem>, Value)>) -> Result<Option<Value>, TreeError> {
-    let items: Vec<(&[Elem], Value)> = entries
-        .iter()
-        .map(|(k, _)| k.as_slice())
-        .zip(entries.iter().map(|(_, v)| v.clone()))
-        .collect();
+    let (keys, values): (Vec<Vec<Elem>>, Vec<Value>) = entries.into_iter().unzip();
+    let items: Vec<(&[Elem], Value)> = keys.iter().map(Vec::as_slice).zip(values).collect();
     build(items)
 }
 
@@ -149,7 +152,7 @@ fn build(items: Vec<(&[Elem], Value)>) -> Result<Option<Value>, TreeError> {
         }
     }
     // Group by head, keeping first-seen order (key order from the range read).
-    let mut groups: Vec<(&Elem, Vec<(&[Elem], Value)>)> = Vec::new();
+    let mut groups: Vec<Group<'_>> = Vec::new();
     for (key, v) in items {
         let Some((head, rest)) = key.split_first() else {
             // A key equal to the path itself next to deeper keys: nothing to place it under.

@@ -731,7 +731,7 @@ mod tests {
         roundtrip(Value::Str("x".repeat(70000)));
         roundtrip(Value::Bin(vec![0, 255, 3]));
         roundtrip(Value::Bin(vec![7; 300]));
-        roundtrip(Value::Array((0..20).map(|i| Value::Int(i)).collect()));
+        roundtrip(Value::Array((0..20).map(Value::Int).collect()));
         roundtrip(Value::Map(
             (0..20)
                 .map(|i| (Value::Str(format!("k{i}")), Value::Int(i)))
