@@ -197,14 +197,33 @@ pub fn python_float_repr(f: f64) -> String {
         return if f > 0.0 { "Infinity" } else { "-Infinity" }.to_owned();
     }
     // `{:e}` gives the shortest round-trip digits, e.g. "-1.2345678901234568e17" or "1e-5".
-    let sci = format!("{f:e}");
+    // When two strings of that length both round-trip (an exact tie such as x.25 printed with
+    // one decimal), Rust rounds the tie up while Python's dtoa picks the correctly rounded,
+    // half-even one; formatting with that many digits in exact mode gives Python's choice.
+    let shortest = format!("{f:e}");
+    let n_digits = shortest
+        .split('e')
+        .next()
+        .map_or(1, |m| m.bytes().filter(u8::is_ascii_digit).count());
+    let exact = format!("{:.*e}", n_digits.saturating_sub(1), f);
+    let sci = if exact
+        .parse::<f64>()
+        .is_ok_and(|g| g.to_bits() == f.to_bits())
+    {
+        exact
+    } else {
+        shortest
+    };
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
         Some(m) => ("-", m),
         None => ("", mantissa),
     };
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let mut digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    while digits.len() > 1 && digits.ends_with('0') {
+        digits.pop();
+    }
     let mut out = String::from(sign);
     if (-4..16).contains(&exp) {
         if exp >= 0 {
@@ -561,6 +580,10 @@ mod tests {
             (123.456, "123.456"),
             (5e-324, "5e-324"),
             (f64::MAX, "1.7976931348623157e+308"),
+            // Exact ties between two shortest candidates resolve half-even, as in Python.
+            (-1288995545113573.25, "-1288995545113573.2"),
+            (135440930876108.125, "135440930876108.12"),
+            (0.125, "0.125"),
             (f64::NAN, "NaN"),
             (f64::INFINITY, "Infinity"),
             (f64::NEG_INFINITY, "-Infinity"),
