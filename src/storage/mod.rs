@@ -1,5 +1,10 @@
 //! Storage: the transactional KV contract and its backends (`kv`), the codecs of the reference's
-//! bytes (`tuple`, `value`, `tree`, `context_id`), and the Matyan key layout on top (`layout`).
+//! bytes (`tuple`, `value`, `tree`, `context_id`), the Matyan key layout on top (`layout`), and the
+//! operator's dump (`dump`).
+pub mod context_id;
 pub mod dump;
 pub mod kv;
 pub mod layout;
+pub mod tree;
+pub mod tuple;
+pub mod value;

@@ -10,20 +10,20 @@
 //! Content prefixes are `pack((n,))` for the smallest free `n ≥ 1`; each allocation is also marked
 //! in the high-contention allocator's "recent" subspace so an FDB client never hands it out again.
 
-use foundationdb_tuple::{Bytes, pack};
+use crate::storage::tuple::{Elem, pack};
 
 use super::database::Transaction;
 use super::error::KvError;
 use super::types::{RangeOption, strinc};
 
 const NODE_PREFIX: u8 = 0xfe;
-const SUBDIRS: i64 = 0;
+const SUBDIRS: i128 = 0;
 /// Upper bound of the prefix search: far more directories than this layout will ever create.
-const MAX_CANDIDATES: i64 = 1 << 20;
+const MAX_CANDIDATES: i128 = 1 << 20;
 
 fn node_key(prefix: &[u8]) -> Vec<u8> {
     let mut k = vec![NODE_PREFIX];
-    k.extend(pack(&(Bytes::from(prefix),)));
+    k.extend(pack(&[Elem::Bytes(prefix.to_vec())]));
     k
 }
 
@@ -40,7 +40,7 @@ fn with_suffix(mut base: Vec<u8>, suffix: Vec<u8>) -> Vec<u8> {
 /// its raw content prefix.
 pub async fn create_or_open(tx: &Transaction, path: &[&str]) -> Result<Vec<u8>, KvError> {
     let root = root_node();
-    let version_key = with_suffix(root.clone(), pack(&(Bytes::from(&b"version"[..]),)));
+    let version_key = with_suffix(root.clone(), pack(&[Elem::Bytes(b"version".to_vec())]));
     if tx.get(&version_key, false).await?.is_none() {
         let mut v = Vec::with_capacity(12);
         for part in [1u32, 0, 0] {
@@ -51,13 +51,19 @@ pub async fn create_or_open(tx: &Transaction, path: &[&str]) -> Result<Vec<u8>, 
     let mut parent_node = root.clone();
     let mut prefix = Vec::new();
     for name in path {
-        let entry = with_suffix(parent_node.clone(), pack(&(SUBDIRS, *name)));
+        let entry = with_suffix(
+            parent_node.clone(),
+            pack(&[Elem::Int(SUBDIRS), Elem::from(*name)]),
+        );
         prefix = match tx.get(&entry, false).await? {
             Some(p) => p,
             None => {
                 let p = allocate(tx, &root).await?;
                 tx.set(&entry, &p);
-                tx.set(&with_suffix(node_key(&p), pack(&(Bytes::from(&b"layer"[..]),))), b"");
+                tx.set(
+                    &with_suffix(node_key(&p), pack(&[Elem::Bytes(b"layer".to_vec())])),
+                    b"",
+                );
                 p
             }
         };
@@ -67,10 +73,10 @@ pub async fn create_or_open(tx: &Transaction, path: &[&str]) -> Result<Vec<u8>, 
 }
 
 async fn allocate(tx: &Transaction, root: &[u8]) -> Result<Vec<u8>, KvError> {
-    let hca = with_suffix(root.to_vec(), pack(&(Bytes::from(&b"hca"[..]),)));
+    let hca = with_suffix(root.to_vec(), pack(&[Elem::Bytes(b"hca".to_vec())]));
     for n in 1..MAX_CANDIDATES {
-        let candidate = pack(&(n,));
-        let recent = with_suffix(hca.clone(), pack(&(1i64, n)));
+        let candidate = pack(&[Elem::Int(n)]);
+        let recent = with_suffix(hca.clone(), pack(&[Elem::Int(1), Elem::Int(n)]));
         if tx.get(&recent, false).await?.is_some() {
             continue;
         }
@@ -78,7 +84,11 @@ async fn allocate(tx: &Transaction, root: &[u8]) -> Result<Vec<u8>, KvError> {
         if !tx.get_range(&content, false).await?.is_empty() {
             continue;
         }
-        if !tx.get_range(&RangeOption::prefix(&node_key(&candidate)).limit(1), false).await?.is_empty() {
+        if !tx
+            .get_range(&RangeOption::prefix(&node_key(&candidate)).limit(1), false)
+            .await?
+            .is_empty()
+        {
             continue;
         }
         tx.set(&recent, b"");
@@ -95,7 +105,10 @@ mod tests {
     fn root_node_matches_the_reference_bytes() {
         assert_eq!(root_node(), vec![0xfe, 0x01, 0xfe, 0x00]);
         // `fe01fe00 14 02 "data" 00` is the root's entry for child `data`.
-        let entry = with_suffix(root_node(), pack(&(SUBDIRS, "data")));
-        assert_eq!(hex::encode(entry), "fe01fe00140264617461" .to_string() + "00");
+        let entry = with_suffix(root_node(), pack(&[Elem::Int(SUBDIRS), Elem::from("data")]));
+        assert_eq!(
+            hex::encode(entry),
+            "fe01fe00140264617461".to_string() + "00"
+        );
     }
 }

@@ -6,6 +6,9 @@
 
 use super::error::KvError;
 
+/// Key-value pairs in key order, as engines return them.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// A write that survives conflict resolution, applied by the engine in order: first every cleared
 /// range, then the point operations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +48,7 @@ pub trait EngineSnapshot: Send + Sync + 'static {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError>;
+    ) -> Result<Pairs, KvError>;
 }
 
 /// A local ordered key-value engine.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
-use super::engine::{Engine, EngineSnapshot, PointOp, WriteBatch, resolve_add};
+use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
 
 fn engine_err(e: impl std::fmt::Display) -> KvError {
@@ -26,7 +26,9 @@ impl FjallEngine {
             fjall::Error::Locked => KvError::Locked(path.display().to_string()),
             other => engine_err(other),
         })?;
-        let ks = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(engine_err)?;
+        let ks = db
+            .keyspace("kv", KeyspaceCreateOptions::default)
+            .map_err(engine_err)?;
         Ok(Self { db, ks })
     }
 }
@@ -38,7 +40,11 @@ struct FjallSnapshot {
 
 impl EngineSnapshot for FjallSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.snap.get(&self.ks, key).map_err(engine_err)?.map(|v| v.to_vec()))
+        Ok(self
+            .snap
+            .get(&self.ks, key)
+            .map_err(engine_err)?
+            .map(|v| v.to_vec()))
     }
 
     fn range(
@@ -47,7 +53,7 @@ impl EngineSnapshot for FjallSnapshot {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         let it = self.snap.range(&self.ks, begin..end);
         let take = if limit == 0 { usize::MAX } else { limit };
         let pair = |g: fjall::Guard| {
@@ -93,7 +99,10 @@ impl Engine for FjallEngine {
                 PointOp::Set(v) => wb.insert(&self.ks, k.as_slice(), v.as_slice()),
                 PointOp::Clear => wb.remove(&self.ks, k.as_slice()),
                 PointOp::Add(ps) => {
-                    let cur = snap.get(&self.ks, k).map_err(engine_err)?.map(|v| v.to_vec());
+                    let cur = snap
+                        .get(&self.ks, k)
+                        .map_err(engine_err)?
+                        .map(|v| v.to_vec());
                     wb.insert(&self.ks, k.as_slice(), resolve_add(cur, ps));
                 }
             }

@@ -26,6 +26,9 @@ fn key_after(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Half-open key ranges `[begin, end)`.
+type Ranges = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Sorts and merges half-open ranges into a disjoint ascending list.
 fn coalesce(mut ranges: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
     ranges.sort();
@@ -61,7 +64,7 @@ fn intersects(ranges: &[(Vec<u8>, Vec<u8>)], b: &[u8], e: &[u8]) -> bool {
 /// Write ranges of recent commits, kept while some live transaction's read version predates them.
 #[derive(Default)]
 struct CommitLog {
-    entries: VecDeque<(u64, Vec<(Vec<u8>, Vec<u8>)>)>,
+    entries: VecDeque<(u64, Ranges)>,
 }
 
 /// A database over a local engine.
@@ -111,7 +114,10 @@ impl LocalDb {
             *active.entry(v).or_insert(0) += 1;
             v
         };
-        let registration = Registration { db: Arc::clone(self), version };
+        let registration = Registration {
+            db: Arc::clone(self),
+            version,
+        };
         let snapshot = self.engine.snapshot()?;
         Ok(ReadView {
             version,
@@ -255,7 +261,8 @@ impl LocalTxn {
         if begin >= end {
             return Ok(Vec::new());
         }
-        let (out, limited) = merged_range(&st, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?;
+        let (out, limited) =
+            merged_range(&st, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?;
         if !snapshot {
             let range = match (limited, out.last()) {
                 (true, Some(last)) if !opt.reverse => (begin, key_after(&last.key)),
@@ -271,7 +278,10 @@ impl LocalTxn {
     fn check_key(&self, st: &mut TxnState, key: &[u8]) -> bool {
         let limit = self.db.limits.max_key_bytes;
         let err = if key.len() > limit {
-            Some(KvError::KeyTooLarge { size: key.len(), limit })
+            Some(KvError::KeyTooLarge {
+                size: key.len(),
+                limit,
+            })
         } else if key.first() == Some(&0xff) {
             Some(KvError::KeyOutsideLegalRange)
         } else {
@@ -294,8 +304,10 @@ impl LocalTxn {
         }
         let limit = self.db.limits.max_value_bytes;
         if value.len() > limit {
-            st.deferred
-                .get_or_insert(KvError::ValueTooLarge { size: value.len(), limit });
+            st.deferred.get_or_insert(KvError::ValueTooLarge {
+                size: value.len(),
+                limit,
+            });
             return;
         }
         st.size += key.len() + value.len() + 2 * key.len() + 1;
@@ -382,7 +394,10 @@ impl LocalTxn {
         }
         let limit = self.db.limits.max_txn_bytes;
         if st.size > limit {
-            return Err(KvError::TransactionTooLarge { size: st.size, limit });
+            return Err(KvError::TransactionTooLarge {
+                size: st.size,
+                limit,
+            });
         }
         let read = st.read.take();
         if let Some(view) = &read {
@@ -401,7 +416,9 @@ impl LocalTxn {
             return Ok(());
         }
         let read_version = read.as_ref().map(|r| r.version);
-        let result = self.db.commit_batch(read_version, &st.read_conflicts, &batch);
+        let result = self
+            .db
+            .commit_batch(read_version, &st.read_conflicts, &batch);
         drop(read);
         result
     }
@@ -427,7 +444,11 @@ fn merged_range(
     let mut out: Vec<KeyValue> = Vec::new();
     let (mut lo, mut hi) = (begin.to_vec(), end.to_vec());
     loop {
-        let fetch = if limit == 0 { 0 } else { (limit - out.len()) + 16 };
+        let fetch = if limit == 0 {
+            0
+        } else {
+            (limit - out.len()) + 16
+        };
         let items = snap.range(&lo, &hi, reverse, fetch)?;
         let exhausted = fetch == 0 || items.len() < fetch;
         // The key span these items cover completely.
@@ -436,10 +457,15 @@ fn merged_range(
             (false, Some((k, _))) => (k.clone(), hi.clone()),
             _ => (lo.clone(), hi.clone()),
         };
-        let ops = st
-            .writes
-            .range::<[u8], _>((Bound::Included(seg_lo.as_slice()), Bound::Excluded(seg_hi.as_slice())));
-        let ops: Vec<(&Vec<u8>, &PointOp)> = if reverse { ops.rev().collect() } else { ops.collect() };
+        let ops = st.writes.range::<[u8], _>((
+            Bound::Included(seg_lo.as_slice()),
+            Bound::Excluded(seg_hi.as_slice()),
+        ));
+        let ops: Vec<(&Vec<u8>, &PointOp)> = if reverse {
+            ops.rev().collect()
+        } else {
+            ops.collect()
+        };
         let mut items_it = items.iter().peekable();
         let mut ops_it = ops.into_iter().peekable();
         loop {
@@ -471,7 +497,10 @@ fn merged_range(
                     _ => None,
                 };
                 match op {
-                    PointOp::Set(v) => out.push(KeyValue { key: k.clone(), value: v.clone() }),
+                    PointOp::Set(v) => out.push(KeyValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                    }),
                     PointOp::Clear => {}
                     PointOp::Add(ps) => out.push(KeyValue {
                         key: k.clone(),
@@ -481,7 +510,10 @@ fn merged_range(
             } else {
                 let (k, v) = items_it.next().expect("peeked");
                 if !in_ranges(&st.cleared, k) {
-                    out.push(KeyValue { key: k.clone(), value: v.clone() });
+                    out.push(KeyValue {
+                        key: k.clone(),
+                        value: v.clone(),
+                    });
                 }
             }
         }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use imbl::OrdMap;
 use parking_lot::RwLock;
 
-use super::engine::{Engine, EngineSnapshot, PointOp, WriteBatch, resolve_add};
+use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
 
 type Map = OrdMap<Vec<u8>, Vec<u8>>;
@@ -29,7 +29,7 @@ impl EngineSnapshot for MemorySnapshot {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         let it = self.0.range(begin.to_vec()..end.to_vec());
         let take = if limit == 0 { usize::MAX } else { limit };
         let pairs = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
@@ -49,7 +49,10 @@ impl Engine for MemoryEngine {
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         let mut map = self.map.read().clone();
         for (b, e) in &batch.cleared {
-            let doomed: Vec<Vec<u8>> = map.range(b.clone()..e.clone()).map(|(k, _)| k.clone()).collect();
+            let doomed: Vec<Vec<u8>> = map
+                .range(b.clone()..e.clone())
+                .map(|(k, _)| k.clone())
+                .collect();
             for k in doomed {
                 map.remove(&k);
             }

@@ -11,13 +11,13 @@ mod database;
 pub mod directory;
 pub mod engine;
 mod error;
+#[cfg(feature = "fdb")]
+mod fdb;
 mod fjall_engine;
 mod local;
 mod memory;
 mod redb_engine;
 mod types;
-#[cfg(feature = "fdb")]
-mod fdb;
 
 pub use database::{Database, EmbeddedEngine, RetryOptions, Transaction};
 pub use error::{KvError, RetryableError};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::engine::{Engine, EngineSnapshot, PointOp, WriteBatch, resolve_add};
+use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
 
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
@@ -36,11 +36,25 @@ impl RedbEngine {
     }
 }
 
+type GuardPair = (
+    redb::AccessGuard<'static, &'static [u8]>,
+    redb::AccessGuard<'static, &'static [u8]>,
+);
+
+fn owned_pair(r: Result<GuardPair, redb::StorageError>) -> Result<(Vec<u8>, Vec<u8>), KvError> {
+    r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+        .map_err(engine_err)
+}
+
 struct RedbSnapshot(ReadOnlyTable<&'static [u8], &'static [u8]>);
 
 impl EngineSnapshot for RedbSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.0.get(key).map_err(engine_err)?.map(|v| v.value().to_vec()))
+        Ok(self
+            .0
+            .get(key)
+            .map_err(engine_err)?
+            .map(|v| v.value().to_vec()))
     }
 
     fn range(
@@ -49,16 +63,13 @@ impl EngineSnapshot for RedbSnapshot {
         end: &[u8],
         reverse: bool,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, KvError> {
+    ) -> Result<Pairs, KvError> {
         let it = self.0.range::<&[u8]>(begin..end).map_err(engine_err)?;
         let take = if limit == 0 { usize::MAX } else { limit };
-        let pair = |r: Result<(redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>), redb::StorageError>| {
-            r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).map_err(engine_err)
-        };
         if reverse {
-            it.rev().take(take).map(pair).collect()
+            it.rev().take(take).map(owned_pair).collect()
         } else {
-            it.take(take).map(pair).collect()
+            it.take(take).map(owned_pair).collect()
         }
     }
 }
@@ -66,12 +77,15 @@ impl EngineSnapshot for RedbSnapshot {
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Arc<dyn EngineSnapshot>, KvError> {
         let tx = self.db.begin_read().map_err(engine_err)?;
-        Ok(Arc::new(RedbSnapshot(tx.open_table(TABLE).map_err(engine_err)?)))
+        Ok(Arc::new(RedbSnapshot(
+            tx.open_table(TABLE).map_err(engine_err)?,
+        )))
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         let mut tx = self.db.begin_write().map_err(engine_err)?;
-        tx.set_durability(Durability::Immediate).map_err(engine_err)?;
+        tx.set_durability(Durability::Immediate)
+            .map_err(engine_err)?;
         {
             let mut table = tx.open_table(TABLE).map_err(engine_err)?;
             for (b, e) in &batch.cleared {
@@ -82,15 +96,22 @@ impl Engine for RedbEngine {
             for (k, op) in &batch.ops {
                 match op {
                     PointOp::Set(v) => {
-                        table.insert(k.as_slice(), v.as_slice()).map_err(engine_err)?;
+                        table
+                            .insert(k.as_slice(), v.as_slice())
+                            .map_err(engine_err)?;
                     }
                     PointOp::Clear => {
                         table.remove(k.as_slice()).map_err(engine_err)?;
                     }
                     PointOp::Add(ps) => {
-                        let cur = table.get(k.as_slice()).map_err(engine_err)?.map(|v| v.value().to_vec());
+                        let cur = table
+                            .get(k.as_slice())
+                            .map_err(engine_err)?
+                            .map(|v| v.value().to_vec());
                         let v = resolve_add(cur, ps);
-                        table.insert(k.as_slice(), v.as_slice()).map_err(engine_err)?;
+                        table
+                            .insert(k.as_slice(), v.as_slice())
+                            .map_err(engine_err)?;
                     }
                 }
             }

@@ -30,7 +30,9 @@ pub struct Indexes {
 impl Indexes {
     /// Indexes under `prefix`.
     pub fn new(prefix: &[u8]) -> Self {
-        Self { prefix: prefix.to_vec() }
+        Self {
+            prefix: prefix.to_vec(),
+        }
     }
 
     fn forward_key(&self, entry: &[Elem]) -> Vec<u8> {
@@ -81,7 +83,12 @@ impl Indexes {
     }
 
     /// Removes every index entry of `run` (forward and reverse), optionally only one `kind`.
-    pub async fn deindex_run(&self, tx: &Transaction, run: &str, kind: Option<&str>) -> Result<usize, LayoutError> {
+    pub async fn deindex_run(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        kind: Option<&str>,
+    ) -> Result<usize, LayoutError> {
         let entries = self.entries_of_run(tx, run, kind).await?;
         for entry in &entries {
             self.remove(tx, run, entry);
@@ -90,13 +97,19 @@ impl Indexes {
     }
 
     /// Runs listed under a forward prefix such as `("trace", "loss")` or `("archived", false)`.
-    pub async fn runs_under(&self, tx: &Transaction, scope: &[Elem], snapshot: bool) -> Result<Vec<String>, LayoutError> {
+    pub async fn runs_under(
+        &self,
+        tx: &Transaction,
+        scope: &[Elem],
+        snapshot: bool,
+    ) -> Result<Vec<String>, LayoutError> {
         let (b, e) = tuple::range(&self.prefix, scope);
         let base = tuple::pack_with_prefix(&self.prefix, scope);
         let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(format!("index entry: {e}")))?;
+            let rest = tuple::unpack(&kv.key[base.len()..])
+                .map_err(|e| LayoutError::Corrupt(format!("index entry: {e}")))?;
             if let Some(Elem::Str(run)) = rest.last() {
                 out.push(run.clone());
             }
@@ -111,7 +124,7 @@ impl Indexes {
     /// Writes (or refreshes) the tombstone of `run` with deletion time `now`.
     pub fn mark_deleted(&self, tx: &Transaction, run: &str, now: f64) {
         let mut buf = Vec::with_capacity(9);
-        value::encode_float(now, &mut buf);
+        value::encode_f64(now, &mut buf);
         tx.set(&self.tombstone_key(run), &buf);
     }
 
@@ -133,8 +146,11 @@ impl Indexes {
         let kvs = tx.get_range(&RangeOption::new(b, e), false).await?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(format!("tombstone: {e}")))?;
-            let Some(Elem::Str(run)) = rest.first() else { continue };
+            let rest = tuple::unpack(&kv.key[base.len()..])
+                .map_err(|e| LayoutError::Corrupt(format!("tombstone: {e}")))?;
+            let Some(Elem::Str(run)) = rest.first() else {
+                continue;
+            };
             let ts = match value::decode(&kv.value) {
                 Ok(Value::Float(f)) => f,
                 Ok(Value::Int(i)) => i as f64,

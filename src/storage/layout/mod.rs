@@ -17,7 +17,7 @@ use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
 
 pub use dirs::Dirs;
 pub use indexes::Indexes;
-pub use runs::{RunOps, Runs};
+pub use runs::{RunOps, Runs, TraceInfo};
 pub use sequences::{Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite};
 pub use system::{EntityKind, System};
 
@@ -98,9 +98,16 @@ impl Layout {
 
     /// `delete_run` in one transaction: de-index, remove associations, clear `(R,)`, tombstone.
     /// Huge runs need the resumable form the ingestion layer builds on these steps.
-    pub async fn delete_run(&self, tx: &Transaction, run: &str, now: f64) -> Result<(), LayoutError> {
+    pub async fn delete_run(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        now: f64,
+    ) -> Result<(), LayoutError> {
         self.indexes().deindex_run(tx, run, None).await?;
-        self.system.remove_associations(tx, self.indexes(), run).await?;
+        self.system
+            .remove_associations(tx, self.indexes(), run)
+            .await?;
         self.runs.runs.clear_run(tx, run);
         self.indexes().mark_deleted(tx, run, now);
         Ok(())

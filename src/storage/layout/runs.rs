@@ -34,6 +34,21 @@ pub const META_FIELDS: [&str; 10] = [
     "duration",
 ];
 
+/// What a trace records about its sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceInfo<'a> {
+    /// Context id.
+    pub ctx_id: u32,
+    /// Sequence name.
+    pub name: &'a str,
+    /// `float`, `int`, `image`, `text`, `logs`, ...
+    pub dtype: &'a str,
+    /// The most recently written value; `None` leaves the stored `last` unchanged.
+    pub last: Option<&'a Value>,
+    /// The most recently written step.
+    pub last_step: i64,
+}
+
 /// Key-level access to ⟨runs⟩.
 #[derive(Debug, Clone)]
 pub struct Runs {
@@ -54,7 +69,9 @@ fn enc(v: &Value) -> Result<Vec<u8>, LayoutError> {
 impl Runs {
     /// ⟨runs⟩ under `prefix`.
     pub fn new(prefix: &[u8]) -> Self {
-        Self { prefix: prefix.to_vec() }
+        Self {
+            prefix: prefix.to_vec(),
+        }
     }
 
     /// The key `⟨runs⟩ + pack((R, *rest))`.
@@ -69,38 +86,72 @@ impl Runs {
 
     /// `(R,"meta",field,"__leaf__")`.
     pub fn meta_key(&self, run: &str, field: &str) -> Vec<u8> {
-        self.key(run, &[Elem::from("meta"), Elem::from(field), Elem::from(tree::LEAF)])
+        self.key(
+            run,
+            &[
+                Elem::from("meta"),
+                Elem::from(field),
+                Elem::from(tree::LEAF),
+            ],
+        )
     }
 
     /// Sets one meta leaf.
-    pub fn set_meta(&self, tx: &Transaction, run: &str, field: &str, v: &Value) -> Result<(), LayoutError> {
+    pub fn set_meta(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        field: &str,
+        v: &Value,
+    ) -> Result<(), LayoutError> {
         tx.set(&self.meta_key(run, field), &enc(v)?);
         Ok(())
     }
 
     /// Reads one meta leaf (`None` when absent).
-    pub async fn meta_field(&self, tx: &Transaction, run: &str, field: &str) -> Result<Option<Value>, LayoutError> {
+    pub async fn meta_field(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        field: &str,
+    ) -> Result<Option<Value>, LayoutError> {
         match tx.get(&self.meta_key(run, field), false).await? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(value::decode(&bytes).map_err(|e| LayoutError::Corrupt(e.to_string()))?)),
+            Some(bytes) => Ok(Some(
+                value::decode(&bytes).map_err(|e| LayoutError::Corrupt(e.to_string()))?,
+            )),
         }
     }
 
     /// A run exists iff any key lies under `(R,"meta")`.
-    pub async fn exists(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<bool, LayoutError> {
+    pub async fn exists(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        snapshot: bool,
+    ) -> Result<bool, LayoutError> {
         let (b, e) = self.range(run, &[Elem::from("meta")]);
-        Ok(!tx.get_range(&RangeOption::new(b, e).limit(1), snapshot).await?.is_empty())
+        Ok(!tx
+            .get_range(&RangeOption::new(b, e).limit(1), snapshot)
+            .await?
+            .is_empty())
     }
 
     /// Tree-set: clears everything under `(R, *path)` and writes the flattened value.
-    pub fn tree_set(&self, tx: &Transaction, run: &str, path: &[Elem], v: &Value) -> Result<(), LayoutError> {
+    pub fn tree_set(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        path: &[Elem],
+        v: &Value,
+    ) -> Result<(), LayoutError> {
         let base = run_path(run, path);
         let (b, e) = tuple::range(&self.prefix, &base);
         tx.clear_range(&b, &e);
-        for (rel, bytes) in tree::flatten(v).map_err(|e| LayoutError::Encode(e.to_string()))? {
-            let mut full = base.clone();
-            full.extend(rel);
-            tx.set(&tuple::pack_with_prefix(&self.prefix, &full), &bytes);
+        for (key, bytes) in
+            tree::flatten(&base, v).map_err(|e| LayoutError::Encode(e.to_string()))?
+        {
+            tx.set(&tuple::pack_with_prefix(&self.prefix, &key), &bytes);
         }
         Ok(())
     }
@@ -119,16 +170,26 @@ impl Runs {
         let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
         let mut rows = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rel = tuple::unpack(&kv.key[base_key.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            let rel = tuple::unpack(&kv.key[base_key.len()..])
+                .map_err(|e| LayoutError::Corrupt(e.to_string()))?;
             let v = value::decode(&kv.value).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
             rows.push((rel, v));
         }
-        Ok(tree::unflatten(rows))
+        tree::unflatten(rows).map_err(|e| LayoutError::Corrupt(e.to_string()))
     }
 
     /// `(R,"contexts",ctx_id) = mp(ctx)`.
-    pub fn set_context(&self, tx: &Transaction, run: &str, ctx_id: u32, ctx: &Value) -> Result<(), LayoutError> {
-        tx.set(&self.key(run, &[Elem::from("contexts"), Elem::from(ctx_id)]), &enc(ctx)?);
+    pub fn set_context(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        ctx_id: u32,
+        ctx: &Value,
+    ) -> Result<(), LayoutError> {
+        tx.set(
+            &self.key(run, &[Elem::from("contexts"), Elem::from(ctx_id)]),
+            &enc(ctx)?,
+        );
         Ok(())
     }
 
@@ -137,24 +198,33 @@ impl Runs {
         &self,
         tx: &Transaction,
         run: &str,
-        ctx_id: u32,
-        name: &str,
-        dtype: &str,
-        last: Option<&Value>,
-        last_step: i64,
+        t: &TraceInfo<'_>,
     ) -> Result<(), LayoutError> {
-        let field = |f: &str| self.key(run, &[Elem::from("traces"), Elem::from(ctx_id), Elem::from(name), Elem::from(f)]);
-        tx.set(&field("dtype"), &enc(&Value::from(dtype))?);
-        if let Some(last) = last {
+        let field = |f: &str| {
+            self.key(
+                run,
+                &[
+                    Elem::from("traces"),
+                    Elem::from(t.ctx_id),
+                    Elem::from(t.name),
+                    Elem::from(f),
+                ],
+            )
+        };
+        tx.set(&field("dtype"), &enc(&Value::from(t.dtype))?);
+        if let Some(last) = t.last {
             tx.set(&field("last"), &enc(last)?);
         }
-        tx.set(&field("last_step"), &enc(&Value::from(last_step))?);
+        tx.set(&field("last_step"), &enc(&Value::from(t.last_step))?);
         Ok(())
     }
 
     /// `(R,"tags",tag_uuid) = mp(True)`.
     pub fn set_tag(&self, tx: &Transaction, run: &str, tag_uuid: &str) -> Result<(), LayoutError> {
-        tx.set(&self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]), &enc(&Value::Bool(true))?);
+        tx.set(
+            &self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]),
+            &enc(&Value::Bool(true))?,
+        );
         Ok(())
     }
 
@@ -210,19 +280,28 @@ impl RunOps {
         fields: &[(&str, Value)],
     ) -> Result<(), LayoutError> {
         for (field, new) in fields {
-            let Some(index) = indexed_meta(field) else { continue };
-            let old = self.runs.meta_field(tx, run, field).await?.unwrap_or(Value::Nil);
+            let Some(index) = indexed_meta(field) else {
+                continue;
+            };
+            let old = self
+                .runs
+                .meta_field(tx, run, field)
+                .await?
+                .unwrap_or(Value::Nil);
             if &old == new {
                 continue;
             }
             if let Some(old) = index_elem(&old) {
-                self.indexes.remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
+                self.indexes
+                    .remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
             }
             if let Some(new) = index_elem(new) {
-                self.indexes.add(tx, run, &[Elem::from(index), new, Elem::from(run)]);
+                self.indexes
+                    .add(tx, run, &[Elem::from(index), new, Elem::from(run)]);
             }
         }
-        self.runs.set_meta(tx, run, "updated_at", &Value::Float(now))?;
+        self.runs
+            .set_meta(tx, run, "updated_at", &Value::Float(now))?;
         for (field, v) in fields {
             self.runs.set_meta(tx, run, field, v)?;
         }
@@ -241,9 +320,20 @@ impl RunOps {
         now: f64,
         client_start_ts: Option<f64>,
     ) -> Result<(), LayoutError> {
-        for (field, index) in [("is_archived", "archived"), ("active", "active"), ("created_at", "created_at")] {
-            if let Some(old) = self.runs.meta_field(tx, run, field).await?.as_ref().and_then(index_elem) {
-                self.indexes.remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
+        for (field, index) in [
+            ("is_archived", "archived"),
+            ("active", "active"),
+            ("created_at", "created_at"),
+        ] {
+            if let Some(old) = self
+                .runs
+                .meta_field(tx, run, field)
+                .await?
+                .as_ref()
+                .and_then(index_elem)
+            {
+                self.indexes
+                    .remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
             }
         }
         let (b, e) = self.runs.range(run, &[Elem::from("meta")]);
@@ -263,11 +353,24 @@ impl RunOps {
         for (field, v) in &defaults {
             self.runs.set_meta(tx, run, field, v)?;
         }
-        self.indexes.add(tx, run, &[Elem::from("archived"), Elem::Bool(false), Elem::from(run)]);
-        self.indexes.add(tx, run, &[Elem::from("active"), Elem::Bool(true), Elem::from(run)]);
-        self.indexes.add(tx, run, &[Elem::from("created_at"), Elem::Float(now), Elem::from(run)]);
+        self.indexes.add(
+            tx,
+            run,
+            &[Elem::from("archived"), Elem::Bool(false), Elem::from(run)],
+        );
+        self.indexes.add(
+            tx,
+            run,
+            &[Elem::from("active"), Elem::Bool(true), Elem::from(run)],
+        );
+        self.indexes.add(
+            tx,
+            run,
+            &[Elem::from("created_at"), Elem::Float(now), Elem::from(run)],
+        );
         if let Some(ts) = client_start_ts {
-            self.update_meta(tx, run, now, &[("client_start_ts", Value::Float(ts))]).await?;
+            self.update_meta(tx, run, now, &[("client_start_ts", Value::Float(ts))])
+                .await?;
         }
         Ok(())
     }
@@ -285,12 +388,18 @@ impl RunOps {
         let mut full = vec![Elem::from("attrs")];
         full.extend(path.iter().map(Elem::from));
         self.runs.tree_set(tx, run, &full, node)?;
-        self.runs.set_meta(tx, run, "updated_at", &Value::Float(now))?;
+        self.runs
+            .set_meta(tx, run, "updated_at", &Value::Float(now))?;
         let hparams = match path {
             [only] if only == "hparams" => Some(node.clone()),
             [first, ..] if first == "hparams" => {
                 self.runs
-                    .tree_get(tx, run, &[Elem::from("attrs"), Elem::from("hparams")], false)
+                    .tree_get(
+                        tx,
+                        run,
+                        &[Elem::from("attrs"), Elem::from("hparams")],
+                        false,
+                    )
                     .await?
             }
             _ => None,
@@ -310,33 +419,50 @@ impl RunOps {
     ) -> Result<(), LayoutError> {
         self.indexes.deindex_run(tx, run, Some("hparam")).await?;
         for (k, v) in entries {
-            let (Value::Str(k), Some(v)) = (k, index_elem(v)) else { continue };
-            self.indexes
-                .add(tx, run, &[Elem::from("hparam"), Elem::from(k.as_str()), v, Elem::from(run)]);
+            let (Value::Str(k), Some(v)) = (k, index_elem(v)) else {
+                continue;
+            };
+            self.indexes.add(
+                tx,
+                run,
+                &[
+                    Elem::from("hparam"),
+                    Elem::from(k.as_str()),
+                    v,
+                    Elem::from(run),
+                ],
+            );
         }
         Ok(())
     }
 
     /// Trace info plus the tier-3 index entry `("trace", name, R)`.
-    #[allow(clippy::too_many_arguments)]
     pub fn record_trace(
         &self,
         tx: &Transaction,
         run: &str,
-        ctx_id: u32,
-        name: &str,
-        dtype: &str,
-        last: Option<&Value>,
-        last_step: i64,
+        t: &TraceInfo<'_>,
     ) -> Result<(), LayoutError> {
-        self.runs.set_trace_info(tx, run, ctx_id, name, dtype, last, last_step)?;
-        self.indexes.add(tx, run, &[Elem::from("trace"), Elem::from(name), Elem::from(run)]);
+        self.runs.set_trace_info(tx, run, t)?;
+        self.indexes.add(
+            tx,
+            run,
+            &[Elem::from("trace"), Elem::from(t.name), Elem::from(run)],
+        );
         Ok(())
     }
 
     /// The run's meta as a map with `hash` first, or `None` when the run has no meta.
-    pub async fn get_run(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<Option<Value>, LayoutError> {
-        let meta = self.runs.tree_get(tx, run, &[Elem::from("meta")], snapshot).await?;
+    pub async fn get_run(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        snapshot: bool,
+    ) -> Result<Option<Value>, LayoutError> {
+        let meta = self
+            .runs
+            .tree_get(tx, run, &[Elem::from("meta")], snapshot)
+            .await?;
         Ok(match meta {
             Some(Value::Map(fields)) => {
                 let mut out = vec![(Value::from("hash"), Value::from(run))];

@@ -4,9 +4,8 @@
 //! and column, `⟨runs⟩(R, "seqs", ctx_id, name, col, step)` with `col` ∈ `val`, `step`, `epoch`,
 //! `time`. A chunked column layout can implement the same operations later, chosen per store.
 
-use foundationdb_tuple::{pack, unpack};
-
 use crate::storage::kv::{KeyValue, KvError, RangeOption, Transaction};
+use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
 
 /// One sequence: run, context id and name.
@@ -84,20 +83,29 @@ pub struct KeyPerStep {
 impl KeyPerStep {
     /// The layout under the `data/runs` prefix.
     pub fn new(runs_prefix: &[u8]) -> Self {
-        Self { runs: runs_prefix.to_vec() }
+        Self {
+            runs: runs_prefix.to_vec(),
+        }
     }
 
     /// `⟨runs⟩ + pack((R, "seqs", ctx_id, name, col))`: the prefix of one column.
     pub fn column_prefix(&self, id: SeqId<'_>, col: &str) -> Vec<u8> {
-        let mut k = self.runs.clone();
-        k.extend(pack(&(id.run, "seqs", id.ctx_id, id.name, col)));
-        k
+        tuple::pack_with_prefix(
+            &self.runs,
+            &[
+                Elem::from(id.run),
+                Elem::from("seqs"),
+                Elem::from(id.ctx_id),
+                Elem::from(id.name),
+                Elem::from(col),
+            ],
+        )
     }
 
     fn step_key(prefix: &[u8], step: i64) -> Vec<u8> {
         let mut k = Vec::with_capacity(prefix.len() + 10);
         k.extend_from_slice(prefix);
-        k.extend(pack(&(step,)));
+        tuple::pack_into(&[Elem::Int(i128::from(step))], &mut k);
         k
     }
 
@@ -111,24 +119,30 @@ impl KeyPerStep {
         for p in points {
             tx.set(&Self::step_key(&val, p.step), p.val);
             buf.clear();
-            value::encode_int(p.step, &mut buf);
+            value::encode_i64(p.step, &mut buf);
             tx.set(&Self::step_key(&step, p.step), &buf);
             if let Some(e) = p.epoch {
                 buf.clear();
-                value::encode_int(e, &mut buf);
+                value::encode_i64(e, &mut buf);
                 tx.set(&Self::step_key(&epoch, p.step), &buf);
             }
             buf.clear();
-            value::encode_float(p.time, &mut buf);
+            value::encode_f64(p.time, &mut buf);
             tx.set(&Self::step_key(&time, p.step), &buf);
         }
     }
 
     /// The highest step of the `val` column, seeing this transaction's writes.
-    pub async fn last_step(&self, tx: &Transaction, id: SeqId<'_>) -> Result<Option<i64>, SeqError> {
+    pub async fn last_step(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+    ) -> Result<Option<i64>, SeqError> {
         let prefix = self.column_prefix(id, "val");
-        let (b, e) = crate::storage::tuple::range(&prefix, &[]);
-        let last = tx.get_range(&RangeOption::new(b, e).reverse(true).limit(1), false).await?;
+        let (b, e) = tuple::range(&prefix, &[]);
+        let last = tx
+            .get_range(&RangeOption::new(b, e).reverse(true).limit(1), false)
+            .await?;
         last.first().map(|kv| step_of(&prefix, kv)).transpose()
     }
 
@@ -147,20 +161,31 @@ impl KeyPerStep {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
-        let vals = self.read_column(tx, id, "val", start, end, snapshot).await?;
+        let vals = self
+            .read_column(tx, id, "val", start, end, snapshot)
+            .await?;
         let mut points: Vec<SeqPoint> = vals
             .into_iter()
-            .map(|(step, val)| SeqPoint { step, val, epoch: None, time: None })
+            .map(|(step, val)| SeqPoint {
+                step,
+                val,
+                epoch: None,
+                time: None,
+            })
             .collect();
         if cols.epoch {
-            let epochs = self.read_column(tx, id, "epoch", start, end, snapshot).await?;
+            let epochs = self
+                .read_column(tx, id, "epoch", start, end, snapshot)
+                .await?;
             merge_column(&mut points, epochs, |p, v| {
                 p.epoch = decode_int(&v)?;
                 Ok(())
             })?;
         }
         if cols.time {
-            let times = self.read_column(tx, id, "time", start, end, snapshot).await?;
+            let times = self
+                .read_column(tx, id, "time", start, end, snapshot)
+                .await?;
             merge_column(&mut points, times, |p, v| {
                 p.time = match value::decode(&v).map_err(|e| SeqError::Corrupt(e.to_string()))? {
                     Value::Float(f) => Some(f),
@@ -183,14 +208,12 @@ impl KeyPerStep {
         snapshot: bool,
     ) -> Result<Vec<(i64, Vec<u8>)>, SeqError> {
         let prefix = self.column_prefix(id, col);
-        let (mut b, mut e) = crate::storage::tuple::range(&prefix, &[]);
+        let (mut b, mut e) = tuple::range(&prefix, &[]);
         if let Some(s) = start {
             b = Self::step_key(&prefix, s);
         }
-        if let Some(s) = end {
-            if s < i64::MAX {
-                e = Self::step_key(&prefix, s + 1);
-            }
+        if let Some(s) = end.filter(|s| *s < i64::MAX) {
+            e = Self::step_key(&prefix, s + 1);
         }
         let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
         kvs.into_iter()
@@ -204,15 +227,25 @@ fn step_of(prefix: &[u8], kv: &KeyValue) -> Result<i64, SeqError> {
         .key
         .strip_prefix(prefix)
         .ok_or_else(|| SeqError::Corrupt("key outside its column".into()))?;
-    let (step,): (i64,) = unpack(suffix).map_err(|e| SeqError::Corrupt(format!("step: {e}")))?;
-    Ok(step)
+    match tuple::unpack(suffix)
+        .map_err(|e| SeqError::Corrupt(format!("step: {e}")))?
+        .as_slice()
+    {
+        [Elem::Int(step)] => {
+            i64::try_from(*step).map_err(|_| SeqError::Corrupt("step out of range".into()))
+        }
+        _ => Err(SeqError::Corrupt("step is not one integer".into())),
+    }
 }
 
 fn decode_int(v: &[u8]) -> Result<Option<i64>, SeqError> {
     match value::decode(v).map_err(|e| SeqError::Corrupt(e.to_string()))? {
         Value::Int(i) => Ok(i64::try_from(i).ok()),
         Value::Nil => Ok(None),
-        other => Err(SeqError::Corrupt(format!("expected an int, found {}", other.type_name()))),
+        other => Err(SeqError::Corrupt(format!(
+            "expected an int, found {}",
+            other.type_name()
+        ))),
     }
 }
 
