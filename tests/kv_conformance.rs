@@ -68,6 +68,24 @@ pub async fn read_your_writes(db: Database, p: Vec<u8>) {
     );
 }
 
+/// A transaction that only writes: repeated writes of one key resolve to the last one.
+pub async fn write_only_last_write_wins(db: Database, p: Vec<u8>) {
+    clean(&db, &p).await;
+    commit_pairs(&db, &[(k(&p, "c"), b"old")]).await;
+    let tx = db.create_trx().unwrap();
+    tx.set(&k(&p, "a"), b"1");
+    tx.set(&k(&p, "a"), b"2");
+    tx.clear(&k(&p, "b"));
+    tx.set(&k(&p, "b"), b"3");
+    tx.set(&k(&p, "c"), b"4");
+    tx.clear(&k(&p, "c"));
+    tx.commit().await.unwrap();
+    let tx = db.create_trx().unwrap();
+    let r = tx.get_range(&RangeOption::prefix(&p), false).await.unwrap();
+    let got: Vec<_> = r.iter().map(|kv| (kv.key[p.len()..].to_vec(), kv.value.clone())).collect();
+    assert_eq!(got, vec![(b"a".to_vec(), b"2".to_vec()), (b"b".to_vec(), b"3".to_vec())]);
+}
+
 pub async fn range_semantics_and_limits(db: Database, p: Vec<u8>) {
     clean(&db, &p).await;
     let pairs: Vec<(Vec<u8>, &[u8])> = ["a", "b", "c", "d", "e"]
@@ -540,6 +558,7 @@ macro_rules! kv_conformance_suite {
 
             case!(read_your_writes);
             case!(range_semantics_and_limits);
+            case!(write_only_last_write_wins);
             case!(clear_range_then_set);
             case!(atomic_add_counts);
             case!(conflicting_transactions);

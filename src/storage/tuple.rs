@@ -39,6 +39,9 @@ pub enum TupleError {
     /// An integer does not fit the `i128` this layer uses.
     #[error("tuple integer at byte {0} does not fit 128 bits")]
     IntTooLarge(usize),
+    /// Bytes follow the one element that was expected.
+    #[error("trailing bytes after the tuple element at byte {0}")]
+    Trailing(usize),
     /// The JSON given as a tuple is not in the accepted syntax.
     #[error("invalid tuple json: {0}")]
     BadJson(String),
@@ -277,6 +280,19 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<Elem>, TupleError> {
         elems.push(dec.elem(false)?);
     }
     Ok(elems)
+}
+
+/// Unpacks bytes that hold exactly one element, without allocating a vector (sequence steps).
+pub fn unpack_one(bytes: &[u8]) -> Result<Elem, TupleError> {
+    let mut dec = Decoder {
+        data: bytes,
+        pos: 0,
+    };
+    let elem = dec.elem(false)?;
+    if dec.pos != bytes.len() {
+        return Err(TupleError::Trailing(dec.pos));
+    }
+    Ok(elem)
 }
 
 /// Unpacks a key that starts with `prefix`, or returns `None` when it does not.

@@ -61,10 +61,24 @@ fn intersects(ranges: &[(Vec<u8>, Vec<u8>)], b: &[u8], e: &[u8]) -> bool {
     i < ranges.len() && ranges[i].0.as_slice() < e
 }
 
-/// Write ranges of recent commits, kept while some live transaction's read version predates them.
+/// What one commit wrote, for conflict checks: its point keys (sorted) and cleared ranges.
+struct WriteSet {
+    points: Vec<Vec<u8>>,
+    ranges: Ranges,
+}
+
+impl WriteSet {
+    /// Whether `[b, e)` contains a written key or meets a cleared range.
+    fn intersects(&self, b: &[u8], e: &[u8]) -> bool {
+        let i = self.points.partition_point(|p| p.as_slice() < b);
+        (i < self.points.len() && self.points[i].as_slice() < e) || intersects(&self.ranges, b, e)
+    }
+}
+
+/// Write sets of recent commits, kept only while some live transaction's read version predates them.
 #[derive(Default)]
 struct CommitLog {
-    entries: VecDeque<(u64, Ranges)>,
+    entries: VecDeque<(u64, WriteSet)>,
 }
 
 /// A database over a local engine.
@@ -137,31 +151,31 @@ impl LocalDb {
         }
     }
 
+    /// Checks conflicts, applies the batch and records its write set for transactions still
+    /// reading at older versions. `read` is the committing transaction's own read view: it is
+    /// released under the log lock, so no commit can prune history it still needs.
     fn commit_batch(
         &self,
-        read_version: Option<u64>,
-        read_conflicts: &[(Vec<u8>, Vec<u8>)],
-        batch: &WriteBatch,
+        read: Option<ReadView>,
+        read_conflicts: Ranges,
+        batch: WriteBatch,
     ) -> Result<(), KvError> {
         let mut log = self.log.lock();
-        if let Some(rv) = read_version {
-            let reads = coalesce(read_conflicts.to_vec());
+        if let Some(rv) = read.as_ref().map(|r| r.version) {
+            let reads = coalesce(read_conflicts);
             for (version, writes) in log.entries.iter().rev() {
                 if *version <= rv {
                     break;
                 }
-                if reads.iter().any(|(b, e)| intersects(writes, b, e)) {
+                if reads.iter().any(|(b, e)| writes.intersects(b, e)) {
                     return Err(KvError::NotCommitted);
                 }
             }
         }
-        self.engine.apply(batch)?;
-        let mut writes: Vec<(Vec<u8>, Vec<u8>)> = batch.cleared.clone();
-        writes.extend(batch.ops.iter().map(|(k, _)| (k.clone(), key_after(k))));
-        let writes = coalesce(writes);
+        self.engine.apply(&batch)?;
         let version = self.version.fetch_add(1, Ordering::SeqCst) + 1;
-        log.entries.push_back((version, writes));
-        // Prune every commit no live transaction can conflict with.
+        drop(read);
+        // Only transactions that took their read version before this commit can conflict with it.
         let min_active = self.active.lock().keys().next().copied();
         match min_active {
             None => log.entries.clear(),
@@ -169,6 +183,14 @@ impl LocalDb {
                 while log.entries.front().is_some_and(|(v, _)| *v <= min) {
                     log.entries.pop_front();
                 }
+                let points = batch.ops.into_iter().map(|(k, _)| k).collect();
+                log.entries.push_back((
+                    version,
+                    WriteSet {
+                        points,
+                        ranges: batch.cleared,
+                    },
+                ));
             }
         }
         Ok(())
@@ -197,6 +219,9 @@ struct ReadView {
 #[derive(Default)]
 struct TxnState {
     read: Option<ReadView>,
+    /// Sets and clears not yet merged into `writes`, in call order: a write-only transaction
+    /// sorts them once at commit instead of keeping a tree up to date.
+    pending: Vec<(Vec<u8>, PointOp)>,
     writes: BTreeMap<Vec<u8>, PointOp>,
     /// Disjoint ascending ranges cleared by this transaction (before any later point write).
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
@@ -204,6 +229,39 @@ struct TxnState {
     size: usize,
     deferred: Option<KvError>,
     done: bool,
+}
+
+impl TxnState {
+    /// Merges pending writes into the tree, in call order.
+    fn flush_pending(&mut self) {
+        for (k, op) in self.pending.drain(..) {
+            self.writes.insert(k, op);
+        }
+    }
+
+    /// Whether reads must merge this transaction's writes.
+    fn has_writes(&self) -> bool {
+        !(self.pending.is_empty() && self.writes.is_empty() && self.cleared.is_empty())
+    }
+
+    /// The final point operations in key order (the last write of a key wins).
+    fn take_ops(&mut self) -> Vec<(Vec<u8>, PointOp)> {
+        if !self.writes.is_empty() {
+            self.flush_pending();
+            return std::mem::take(&mut self.writes).into_iter().collect();
+        }
+        let mut ops = std::mem::take(&mut self.pending);
+        // Stable: equal keys keep call order, and the dedup below keeps the last of them.
+        ops.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Vec<u8>, PointOp)> = Vec::with_capacity(ops.len());
+        for (k, op) in ops {
+            match out.last_mut() {
+                Some(last) if last.0 == k => last.1 = op,
+                _ => out.push((k, op)),
+            }
+        }
+        out
+    }
 }
 
 /// A transaction on a [`LocalDb`].
@@ -234,6 +292,7 @@ impl LocalTxn {
     pub fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
         let mut st = self.state.lock();
         let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
+        st.flush_pending();
         let committed = match st.writes.get(key) {
             Some(PointOp::Set(v)) => return Ok(Some(v.clone())),
             Some(PointOp::Clear) => return Ok(None),
@@ -261,8 +320,20 @@ impl LocalTxn {
         if begin >= end {
             return Ok(Vec::new());
         }
-        let (out, limited) =
-            merged_range(&st, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?;
+        let (out, limited) = if st.has_writes() {
+            st.flush_pending();
+            merged_range(&st, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?
+        } else {
+            let pairs = snap.range(&begin, &end, opt.reverse, opt.limit)?;
+            let limited = opt.limit != 0 && pairs.len() == opt.limit;
+            (
+                pairs
+                    .into_iter()
+                    .map(|(key, value)| KeyValue { key, value })
+                    .collect(),
+                limited,
+            )
+        };
         if !snapshot {
             let range = match (limited, out.last()) {
                 (true, Some(last)) if !opt.reverse => (begin, key_after(&last.key)),
@@ -311,7 +382,8 @@ impl LocalTxn {
             return;
         }
         st.size += key.len() + value.len() + 2 * key.len() + 1;
-        st.writes.insert(key.to_vec(), PointOp::Set(value.to_vec()));
+        st.pending
+            .push((key.to_vec(), PointOp::Set(value.to_vec())));
     }
 
     /// Removes `key`.
@@ -321,7 +393,7 @@ impl LocalTxn {
             return;
         }
         st.size += 2 * (2 * key.len() + 1);
-        st.writes.insert(key.to_vec(), PointOp::Clear);
+        st.pending.push((key.to_vec(), PointOp::Clear));
     }
 
     /// Removes every key in `[begin, end)`.
@@ -342,6 +414,7 @@ impl LocalTxn {
         if begin == end {
             return;
         }
+        st.flush_pending();
         let doomed: Vec<Vec<u8>> = st
             .writes
             .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
@@ -362,6 +435,7 @@ impl LocalTxn {
             return;
         }
         st.size += key.len() + param.len() + 2 * key.len() + 1;
+        st.flush_pending();
         let cleared = in_ranges(&st.cleared, key);
         let op = match st.writes.remove(key) {
             Some(PointOp::Set(v)) => PointOp::Set(resolve_add(Some(v), &[param.to_vec()])),
@@ -410,17 +484,14 @@ impl LocalTxn {
         }
         let batch = WriteBatch {
             cleared: std::mem::take(&mut st.cleared),
-            ops: std::mem::take(&mut st.writes).into_iter().collect(),
+            ops: st.take_ops(),
         };
         if batch.is_empty() {
             return Ok(());
         }
-        let read_version = read.as_ref().map(|r| r.version);
-        let result = self
-            .db
-            .commit_batch(read_version, &st.read_conflicts, &batch);
-        drop(read);
-        result
+        let reads = std::mem::take(&mut st.read_conflicts);
+        drop(st);
+        self.db.commit_batch(read, reads, batch)
     }
 
     /// Abandons the transaction: further operations fail with `transaction_cancelled`.
@@ -466,7 +537,7 @@ fn merged_range(
         } else {
             ops.collect()
         };
-        let mut items_it = items.iter().peekable();
+        let mut items_it = items.into_iter().peekable();
         let mut ops_it = ops.into_iter().peekable();
         loop {
             if limit != 0 && out.len() >= limit {
@@ -489,11 +560,7 @@ fn merged_range(
             if take_op {
                 let (k, op) = ops_it.next().expect("peeked");
                 let base = match items_it.peek() {
-                    Some((ik, iv)) if ik == k => {
-                        let v = iv.clone();
-                        items_it.next();
-                        Some(v)
-                    }
+                    Some((ik, _)) if ik == k => items_it.next().map(|(_, v)| v),
                     _ => None,
                 };
                 match op {
@@ -508,12 +575,9 @@ fn merged_range(
                     }),
                 }
             } else {
-                let (k, v) = items_it.next().expect("peeked");
-                if !in_ranges(&st.cleared, k) {
-                    out.push(KeyValue {
-                        key: k.clone(),
-                        value: v.clone(),
-                    });
+                let (key, value) = items_it.next().expect("peeked");
+                if !in_ranges(&st.cleared, &key) {
+                    out.push(KeyValue { key, value });
                 }
             }
         }
