@@ -1,8 +1,16 @@
 //! matyan-rs: a Rust backend for the Matyan experiment tracker.
 //!
 //! Module map:
+//! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
+//! - [`app`]: the process's shared state: opened storage, directory prefixes, metrics handle;
+//! - [`http`]: the axum router (health probes, metrics; the REST API later);
 //! - [`storage`]: the transactional KV contract, its backends (memory, embedded, FoundationDB)
 //!   and the Matyan key layout on top;
 //! - [`metrics`]: the metrics catalogue.
+//!
+//! The binary's command-line glue lives in `src/main.rs` and `src/cli/`.
+pub mod app;
+pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod storage;
