@@ -4,7 +4,6 @@ mod serve;
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use matyan::config::Config;
 
@@ -53,7 +52,7 @@ impl ConfigArgs {
             config.storage.data_dir = dir.clone();
         }
         overrides(&mut config);
-        config.validate().context("configuration rejected")?;
+        config.validate()?;
         Ok(config)
     }
 }

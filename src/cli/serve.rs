@@ -14,6 +14,9 @@ use super::ConfigArgs;
 /// The file under the data directory holding the address of a running server.
 pub const ADDR_FILE: &str = "serve.addr";
 
+/// How long open requests may run after a shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Flags of `matyan serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -71,7 +74,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     write_addr_file(&addr_file, connectable(bound)).with_context(|| format!("cannot write {}", addr_file.display()))?;
     tracing::info!(addr = %bound, addr_file = %addr_file.display(), "listening");
 
-    let served = matyan::http::serve(listener, state, shutdown_signal()).await;
+    // After the signal, open requests get a grace period; a client holding a connection open
+    // must not keep the process (and the store) alive forever.
+    let stopping = std::sync::Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let stopping = std::sync::Arc::clone(&stopping);
+        async move {
+            shutdown_signal().await;
+            stopping.notify_one();
+        }
+    };
+    let served = tokio::select! {
+        r = matyan::http::serve(listener, state, signal) => r,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "open connections cut after the grace period");
+            Ok(())
+        }
+    };
     // Whatever the outcome, the address is no longer served.
     if let Err(e) = std::fs::remove_file(&addr_file) {
         tracing::warn!(error = %e, path = %addr_file.display(), "cannot remove address file");
