@@ -1,10 +1,18 @@
 //! matyan-rs: a Rust backend for the Matyan experiment tracker.
 //!
 //! Module map:
+//! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
+//! - [`app`]: the process's shared state: opened storage, the Matyan layout, metrics handle;
+//! - [`http`]: the axum router (health probes, metrics, admin routes; the REST API later);
 //! - [`storage`]: the transactional KV contract, its backends (memory, embedded, FoundationDB),
 //!   the reference's byte codecs and the Matyan key layout on top;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`bench`]: benchmarks that print figures.
+//!
+//! The binary's command-line glue lives in `src/main.rs` and `src/cli/`.
+pub mod app;
 pub mod bench;
+pub mod config;
+pub mod http;
 pub mod metrics;
 pub mod storage;

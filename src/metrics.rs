@@ -1,6 +1,76 @@
 //! The metrics catalogue: every metric name, its labels and help text, declared once.
+//!
+//! Names follow `matyan_<subsystem>_<name>_<unit>[_total]`; labels take bounded values only (never a
+//! run id or a user string). Where the reference Matyan has a metric for the same thing, its name is
+//! kept so its dashboards keep working.
+
+use metrics::{Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// `matyan_build_info{version}`: always 1; tells which build is running.
+pub const BUILD_INFO: &str = "matyan_build_info";
+/// `matyan_http_requests_total{method,path_template,status_class}` (the reference's name).
+pub const HTTP_REQUESTS_TOTAL: &str = "matyan_http_requests_total";
+/// `matyan_http_request_duration_seconds{method,path_template,status_class}` (the reference's name).
+pub const HTTP_REQUEST_DURATION_SECONDS: &str = "matyan_http_request_duration_seconds";
+/// `matyan_health_ready_checks_total{result}`: readiness probes by outcome (`ok`, `failed`).
+pub const HEALTH_READY_CHECKS_TOTAL: &str = "matyan_health_ready_checks_total";
+/// `matyan_storage_txn_retries_total{error}`: KV transaction retries by FoundationDB error name.
+pub const STORAGE_TXN_RETRIES_TOTAL: &str = "matyan_storage_txn_retries_total";
+
+/// The reference's HTTP duration buckets: 5 ms to 10 s.
+const HTTP_DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Installs the Prometheus recorder as the process's global recorder (once per process) and
+/// registers the catalogue's help texts. The handle renders the exposition text.
+pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// Registers help text and units of every metric in the catalogue.
+pub fn describe() {
+    describe_gauge!(BUILD_INFO, "build of the running process; always 1");
+    describe_counter!(HTTP_REQUESTS_TOTAL, "http requests by method, route template and status class");
+    describe_histogram!(
+        HTTP_REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "http request duration by method, route template and status class"
+    );
+    describe_counter!(HEALTH_READY_CHECKS_TOTAL, "readiness probes by result");
+    describe_counter!(STORAGE_TXN_RETRIES_TOTAL, "kv transaction retries by foundationdb error name");
+}
+
+/// Sets `matyan_build_info{version}` to 1.
+pub fn build_info(version: &'static str) {
+    gauge!(BUILD_INFO, "version" => version).set(1.0);
+}
+
+/// Counts one HTTP request and observes its duration. `method` and `path_template` must be bounded:
+/// a route template, never the raw path.
+pub fn http_request(method: &'static str, path_template: String, status: u16, seconds: f64) {
+    let status_class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    let labels =
+        [("method", method.to_owned()), ("path_template", path_template), ("status_class", status_class.to_owned())];
+    counter!(HTTP_REQUESTS_TOTAL, &labels).increment(1);
+    histogram!(HTTP_REQUEST_DURATION_SECONDS, &labels).record(seconds);
+}
+
+/// Counts one readiness probe.
+pub fn health_ready(ok: bool) {
+    counter!(HEALTH_READY_CHECKS_TOTAL, "result" => if ok { "ok" } else { "failed" }).increment(1);
+}
 
 /// Counts a KV transaction retry by FoundationDB error name.
 pub fn kv_retry(error: &'static str) {
-    metrics::counter!("matyan_storage_txn_retries_total", "error" => error).increment(1);
+    counter!(STORAGE_TXN_RETRIES_TOTAL, "error" => error).increment(1);
 }

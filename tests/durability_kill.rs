@@ -24,12 +24,7 @@ async fn kill_child_writer() {
     let (Ok(dir), Ok(engine)) = (std::env::var(CHILD_ENV), std::env::var(ENGINE_ENV)) else {
         return;
     };
-    let db = Database::open_embedded(
-        std::path::Path::new(&dir),
-        engine_named(&engine),
-        Limits::FDB,
-    )
-    .unwrap();
+    let db = Database::open_embedded(std::path::Path::new(&dir), engine_named(&engine), Limits::FDB).unwrap();
     for n in 0u64.. {
         let tx = db.create_trx().unwrap();
         // Each transaction writes a batch of 50 keys and the counter: all or nothing.
@@ -45,13 +40,7 @@ async fn kill_child_writer() {
 fn run_kill_test(engine: &str) {
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "kill_child_writer",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--ignored", "--exact", "kill_child_writer", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, dir.path())
         .env(ENGINE_ENV, engine)
         .stdout(Stdio::piped())
@@ -78,25 +67,11 @@ fn run_kill_test(engine: &str) {
     rt.block_on(async {
         let db = Database::open_embedded(dir.path(), engine_named(engine), Limits::FDB).unwrap();
         let tx = db.create_trx().unwrap();
-        let counter = tx
-            .get(b"counter", false)
-            .await
-            .unwrap()
-            .expect("counter survived");
+        let counter = tx.get(b"counter", false).await.unwrap().expect("counter survived");
         let counter = u64::from_le_bytes(counter.try_into().unwrap());
-        assert!(
-            counter >= last_acked,
-            "{engine}: acknowledged commit {last_acked} lost (counter {counter})"
-        );
-        let items = tx
-            .get_range(&RangeOption::prefix(b"item/"), false)
-            .await
-            .unwrap();
-        assert_eq!(
-            items.len() as u64,
-            (counter + 1) * 50,
-            "{engine}: every committed batch whole, none partial"
-        );
+        assert!(counter >= last_acked, "{engine}: acknowledged commit {last_acked} lost (counter {counter})");
+        let items = tx.get_range(&RangeOption::prefix(b"item/"), false).await.unwrap();
+        assert_eq!(items.len() as u64, (counter + 1) * 50, "{engine}: every committed batch whole, none partial");
     });
 }
 

@@ -24,9 +24,7 @@ fn section<'a>(g: &'a J, name: &str) -> &'a Vec<J> {
 }
 
 fn s<'a>(j: &'a J, field: &str) -> &'a str {
-    j[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{field} missing in {j}"))
+    j[field].as_str().unwrap_or_else(|| panic!("{field} missing in {j}"))
 }
 
 fn float_from(input: &J) -> f64 {
@@ -50,12 +48,7 @@ fn elem(input: &J) -> Elem {
 }
 
 fn items(input: &J) -> Vec<Elem> {
-    input["items"]
-        .as_array()
-        .expect("items")
-        .iter()
-        .map(elem)
-        .collect()
+    input["items"].as_array().expect("items").iter().map(elem).collect()
 }
 
 /// Builds a msgpack value from the golden file's typed notation.
@@ -67,21 +60,9 @@ fn value(input: &J) -> Value {
         "float" => Value::Float(float_from(input)),
         "str" => Value::Str(s(input, "v").to_owned()),
         "bytes" => Value::Bin(hex::decode(s(input, "hex")).expect("hex")),
-        "list" => Value::Array(
-            input["items"]
-                .as_array()
-                .expect("items")
-                .iter()
-                .map(value)
-                .collect(),
-        ),
+        "list" => Value::Array(input["items"].as_array().expect("items").iter().map(value).collect()),
         "map" => Value::Map(
-            input["entries"]
-                .as_array()
-                .expect("entries")
-                .iter()
-                .map(|e| (value(&e[0]), value(&e[1])))
-                .collect(),
+            input["entries"].as_array().expect("entries").iter().map(|e| (value(&e[0]), value(&e[1]))).collect(),
         ),
         "datetime" => Value::DateTime(s(input, "epoch").parse().expect("epoch")),
         other => panic!("unknown msgpack type {other}"),
@@ -89,12 +70,7 @@ fn value(input: &J) -> Value {
 }
 
 fn report(section: &str, checked: usize, failures: Vec<String>) {
-    assert!(
-        failures.is_empty(),
-        "{} of {checked} {section} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {checked} {section} cases failed:\n{}", failures.len(), failures.join("\n"));
 }
 
 #[test]
@@ -215,11 +191,8 @@ fn golden_subspace() {
         let key = hex::encode(tuple::pack_with_prefix(&prefix, &elems));
         let (begin, end) = tuple::range(&prefix, &elems);
         let got = (key, hex::encode(begin), hex::encode(end));
-        let want = (
-            s(case, "key_hex").to_owned(),
-            s(case, "range_begin_hex").to_owned(),
-            s(case, "range_end_hex").to_owned(),
-        );
+        let want =
+            (s(case, "key_hex").to_owned(), s(case, "range_begin_hex").to_owned(), s(case, "range_end_hex").to_owned());
         if got != want {
             failures.push(format!("{name}: got {got:?}"));
         }
@@ -258,12 +231,7 @@ impl TreeStore {
         let base = tuple::pack_with_prefix(PREFIX, path).len();
         self.kv
             .range(begin..end)
-            .map(|(k, v)| {
-                (
-                    tuple::unpack(&k[base..]).expect("key"),
-                    value::decode(v).expect("value"),
-                )
-            })
+            .map(|(k, v)| (tuple::unpack(&k[base..]).expect("key"), value::decode(v).expect("value")))
             .collect()
     }
 
@@ -273,10 +241,7 @@ impl TreeStore {
 }
 
 fn attrs() -> Vec<Elem> {
-    vec![
-        Elem::from("3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b"),
-        Elem::from("attrs"),
-    ]
+    vec![Elem::from("3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b"), Elem::from("attrs")]
 }
 
 fn jv(j: J) -> Value {
@@ -316,15 +281,9 @@ fn spec_item_19_overwrite_replaces_subtree_and_delete_clears() {
 #[test]
 fn spec_item_19_immediate_child_keys() {
     let mut store = TreeStore::default();
-    store.set(
-        &attrs(),
-        &jv(json!({"hparams": {"lr": 0.1}, "b": [1, 2], "a": 1})),
-    );
+    store.set(&attrs(), &jv(json!({"hparams": {"lr": 0.1}, "b": [1, 2], "a": 1})));
     let keys: Vec<Vec<Elem>> = store.under(&attrs()).into_iter().map(|(k, _)| k).collect();
-    assert_eq!(
-        tree::child_keys(&keys),
-        vec![Elem::from("a"), Elem::from("b"), Elem::from("hparams")]
-    );
+    assert_eq!(tree::child_keys(&keys), vec![Elem::from("a"), Elem::from("b"), Elem::from("hparams")]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -374,10 +333,7 @@ fn spec_item_20_basic_types_roundtrip() {
 fn spec_item_20_unsupported_values_fail_to_encode() {
     // Rust's type system rules out arbitrary objects; what remains unsupported is what Python
     // also refuses: integers beyond msgpack's 64-bit range.
-    assert_eq!(
-        value::encode(&Value::Int(1 << 70)),
-        Err(ValueError::IntOutOfRange(1 << 70))
-    );
+    assert_eq!(value::encode(&Value::Int(1 << 70)), Err(ValueError::IntOutOfRange(1 << 70)));
 }
 
 #[test]

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use matyan::storage::kv::{
-    Database, KeySelector, KvError, Limits, RangeOption, RetryOptions, Transaction, atomic_add,
-};
+use matyan::storage::kv::{Database, KeySelector, KvError, Limits, RangeOption, RetryOptions, Transaction, atomic_add};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -28,9 +26,7 @@ async fn commit_pairs(db: &Database, pairs: &[(Vec<u8>, &[u8])]) {
 }
 
 fn keys(kvs: &[matyan::storage::kv::KeyValue], prefix: &[u8]) -> Vec<String> {
-    kvs.iter()
-        .map(|kv| String::from_utf8(kv.key[prefix.len()..].to_vec()).unwrap())
-        .collect()
+    kvs.iter().map(|kv| String::from_utf8(kv.key[prefix.len()..].to_vec()).unwrap()).collect()
 }
 
 async fn clean(db: &Database, prefix: &[u8]) {
@@ -43,15 +39,9 @@ pub async fn read_your_writes(db: Database, p: Vec<u8>) {
     clean(&db, &p).await;
     commit_pairs(&db, &[(k(&p, "a"), b"1")]).await;
     let tx = db.create_trx().unwrap();
-    assert_eq!(
-        tx.get(&k(&p, "a"), false).await.unwrap(),
-        Some(b"1".to_vec())
-    );
+    assert_eq!(tx.get(&k(&p, "a"), false).await.unwrap(), Some(b"1".to_vec()));
     tx.set(&k(&p, "b"), b"2");
-    assert_eq!(
-        tx.get(&k(&p, "b"), false).await.unwrap(),
-        Some(b"2".to_vec())
-    );
+    assert_eq!(tx.get(&k(&p, "b"), false).await.unwrap(), Some(b"2".to_vec()));
     tx.clear(&k(&p, "a"));
     assert_eq!(tx.get(&k(&p, "a"), false).await.unwrap(), None);
     let all = tx.get_range(&RangeOption::prefix(&p), false).await.unwrap();
@@ -62,10 +52,7 @@ pub async fn read_your_writes(db: Database, p: Vec<u8>) {
     tx.commit().await.unwrap();
     let after = db.create_trx().unwrap();
     assert_eq!(after.get(&k(&p, "a"), false).await.unwrap(), None);
-    assert_eq!(
-        after.get(&k(&p, "b"), false).await.unwrap(),
-        Some(b"2".to_vec())
-    );
+    assert_eq!(after.get(&k(&p, "b"), false).await.unwrap(), Some(b"2".to_vec()));
 }
 
 /// A transaction that only writes: repeated writes of one key resolve to the last one.
@@ -88,35 +75,16 @@ pub async fn write_only_last_write_wins(db: Database, p: Vec<u8>) {
 
 pub async fn range_semantics_and_limits(db: Database, p: Vec<u8>) {
     clean(&db, &p).await;
-    let pairs: Vec<(Vec<u8>, &[u8])> = ["a", "b", "c", "d", "e"]
-        .iter()
-        .map(|s| (k(&p, s), &b"v"[..]))
-        .collect();
+    let pairs: Vec<(Vec<u8>, &[u8])> = ["a", "b", "c", "d", "e"].iter().map(|s| (k(&p, s), &b"v"[..])).collect();
     commit_pairs(&db, &pairs).await;
     let tx = db.create_trx().unwrap();
-    let r = tx
-        .get_range(&RangeOption::new(k(&p, "b"), k(&p, "d")), false)
-        .await
-        .unwrap();
+    let r = tx.get_range(&RangeOption::new(k(&p, "b"), k(&p, "d")), false).await.unwrap();
     assert_eq!(keys(&r, &p), vec!["b", "c"], "end is exclusive");
-    let r = tx
-        .get_range(&RangeOption::prefix(&p).limit(2), false)
-        .await
-        .unwrap();
+    let r = tx.get_range(&RangeOption::prefix(&p).limit(2), false).await.unwrap();
     assert_eq!(keys(&r, &p), vec!["a", "b"]);
-    let r = tx
-        .get_range(&RangeOption::prefix(&p).reverse(true).limit(2), false)
-        .await
-        .unwrap();
-    assert_eq!(
-        keys(&r, &p),
-        vec!["e", "d"],
-        "reverse limit takes from the end"
-    );
-    let r = tx
-        .get_range(&RangeOption::prefix(&p).reverse(true), false)
-        .await
-        .unwrap();
+    let r = tx.get_range(&RangeOption::prefix(&p).reverse(true).limit(2), false).await.unwrap();
+    assert_eq!(keys(&r, &p), vec!["e", "d"], "reverse limit takes from the end");
+    let r = tx.get_range(&RangeOption::prefix(&p).reverse(true), false).await.unwrap();
     assert_eq!(keys(&r, &p), vec!["e", "d", "c", "b", "a"]);
     let sel = RangeOption {
         begin: KeySelector::first_greater_than(k(&p, "b")),
@@ -125,51 +93,28 @@ pub async fn range_semantics_and_limits(db: Database, p: Vec<u8>) {
         reverse: false,
     };
     let r = tx.get_range(&sel, false).await.unwrap();
-    assert_eq!(
-        keys(&r, &p),
-        vec!["c", "d"],
-        "first_greater_than excludes begin, includes end key"
-    );
-    let r = tx
-        .get_range(&RangeOption::new(k(&p, "d"), k(&p, "b")), false)
-        .await
-        .unwrap();
+    assert_eq!(keys(&r, &p), vec!["c", "d"], "first_greater_than excludes begin, includes end key");
+    let r = tx.get_range(&RangeOption::new(k(&p, "d"), k(&p, "b")), false).await.unwrap();
     assert!(r.is_empty(), "begin after end reads nothing");
-    let r = tx
-        .get_range(&RangeOption::new(k(&p, "c"), k(&p, "c")), false)
-        .await
-        .unwrap();
+    let r = tx.get_range(&RangeOption::new(k(&p, "c"), k(&p, "c")), false).await.unwrap();
     assert!(r.is_empty(), "empty range");
     // Pending writes merge in order, and limits apply to the merged view.
     tx.set(&k(&p, "bb"), b"new");
     tx.clear(&k(&p, "c"));
-    let r = tx
-        .get_range(&RangeOption::prefix(&p).limit(3), false)
-        .await
-        .unwrap();
+    let r = tx.get_range(&RangeOption::prefix(&p).limit(3), false).await.unwrap();
     assert_eq!(keys(&r, &p), vec!["a", "b", "bb"]);
-    let r = tx
-        .get_range(&RangeOption::prefix(&p).reverse(true).limit(3), false)
-        .await
-        .unwrap();
+    let r = tx.get_range(&RangeOption::prefix(&p).reverse(true).limit(3), false).await.unwrap();
     assert_eq!(keys(&r, &p), vec!["e", "d", "bb"]);
 }
 
 pub async fn clear_range_then_set(db: Database, p: Vec<u8>) {
     clean(&db, &p).await;
-    let pairs: Vec<(Vec<u8>, &[u8])> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|s| (k(&p, s), &b"v"[..]))
-        .collect();
+    let pairs: Vec<(Vec<u8>, &[u8])> = ["a", "b", "c", "d"].iter().map(|s| (k(&p, s), &b"v"[..])).collect();
     commit_pairs(&db, &pairs).await;
     let tx = db.create_trx().unwrap();
     tx.set(&k(&p, "bz"), b"pending");
     tx.clear_range(&k(&p, "b"), &k(&p, "d"));
-    assert_eq!(
-        tx.get(&k(&p, "bz"), false).await.unwrap(),
-        None,
-        "clear_range removes pending writes"
-    );
+    assert_eq!(tx.get(&k(&p, "bz"), false).await.unwrap(), None, "clear_range removes pending writes");
     tx.set(&k(&p, "c"), b"after");
     let r = tx.get_range(&RangeOption::prefix(&p), false).await.unwrap();
     assert_eq!(keys(&r, &p), vec!["a", "c", "d"]);
@@ -251,11 +196,7 @@ pub async fn conflicting_transactions(db: Database, p: Vec<u8>) {
 pub async fn no_lost_update_under_contention(db: Database, p: Vec<u8>) {
     clean(&db, &p).await;
     let key = k(&p, "n");
-    let opts = RetryOptions {
-        retry_limit: 100,
-        initial_backoff: Duration::from_millis(1),
-        ..RetryOptions::default()
-    };
+    let opts = RetryOptions { retry_limit: 100, initial_backoff: Duration::from_millis(1), ..RetryOptions::default() };
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let db = db.clone();
@@ -265,10 +206,7 @@ pub async fn no_lost_update_under_contention(db: Database, p: Vec<u8>) {
                 db.run(&opts, |tx: Transaction| {
                     let key = key.clone();
                     async move {
-                        let cur = tx
-                            .get(&key, false)
-                            .await?
-                            .map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
+                        let cur = tx.get(&key, false).await?.map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap()));
                         tokio::task::yield_now().await;
                         tx.set(&key, &(cur + 1).to_le_bytes());
                         Ok::<_, KvError>(())
@@ -331,25 +269,16 @@ pub async fn size_accounting(db: Database, p: Vec<u8>) {
     let before = tx.approximate_size().await.unwrap();
     tx.set(&k(&p, "key"), &[0u8; 1000]);
     let after_one = tx.approximate_size().await.unwrap();
-    assert!(
-        after_one - before >= 1000 + 2 * (p.len() + 3),
-        "mutation and conflict range are counted"
-    );
+    assert!(after_one - before >= 1000 + 2 * (p.len() + 3), "mutation and conflict range are counted");
     tx.set(&k(&p, "key"), &[0u8; 1000]);
     let after_two = tx.approximate_size().await.unwrap();
-    assert!(
-        after_two - after_one >= 1000,
-        "an overwritten set still counts, as in FoundationDB"
-    );
+    assert!(after_two - after_one >= 1000, "an overwritten set still counts, as in FoundationDB");
     tx.cancel();
 }
 
 pub async fn retry_loop_behaviour(db: Database, p: Vec<u8>) {
     let calls = Arc::new(AtomicU32::new(0));
-    let opts = RetryOptions {
-        initial_backoff: Duration::from_millis(1),
-        ..RetryOptions::default()
-    };
+    let opts = RetryOptions { initial_backoff: Duration::from_millis(1), ..RetryOptions::default() };
     // Retryable errors are retried and the body's result returned.
     let c = calls.clone();
     let key = k(&p, "retry");
@@ -385,10 +314,7 @@ pub async fn retry_loop_behaviour(db: Database, p: Vec<u8>) {
     // The retry limit bounds attempts: limit 2 means 3 attempts, then the last error.
     calls.store(0, Ordering::SeqCst);
     let c = calls.clone();
-    let limited = RetryOptions {
-        retry_limit: 2,
-        ..opts
-    };
+    let limited = RetryOptions { retry_limit: 2, ..opts };
     let err = db
         .run(&limited, |_tx: Transaction| {
             let c = c.clone();
@@ -399,15 +325,9 @@ pub async fn retry_loop_behaviour(db: Database, p: Vec<u8>) {
         })
         .await
         .unwrap_err();
-    assert_eq!(
-        (err, calls.load(Ordering::SeqCst)),
-        (KvError::NotCommitted, 3)
-    );
+    assert_eq!((err, calls.load(Ordering::SeqCst)), (KvError::NotCommitted, 3));
     // The timeout covers a slow attempt.
-    let short = RetryOptions {
-        timeout: Duration::from_millis(50),
-        ..opts
-    };
+    let short = RetryOptions { timeout: Duration::from_millis(50), ..opts };
     let err = db
         .run(&short, |_tx: Transaction| async move {
             tokio::time::sleep(Duration::from_secs(5)).await;
@@ -425,10 +345,7 @@ pub async fn directories_are_stable(db: Database, _p: Vec<u8>) {
     assert_eq!(db.open_directory(&["data", "runs"]).await.unwrap(), runs);
     assert!(runs != indexes && indexes != system && runs != system);
     for (a, b) in [(&runs, &indexes), (&runs, &system), (&indexes, &system)] {
-        assert!(
-            !a.starts_with(b) && !b.starts_with(a),
-            "directory prefixes must not nest"
-        );
+        assert!(!a.starts_with(b) && !b.starts_with(a), "directory prefixes must not nest");
     }
 }
 
@@ -465,10 +382,7 @@ pub async fn random_ops_match_model(db: Database, p: Vec<u8>) {
                     let a = rng.random_range(0..40);
                     let b = rng.random_range(a..=40);
                     tx.clear_range(&key_of(a), &key_of(b));
-                    let doomed: Vec<_> = model
-                        .range(key_of(a)..key_of(b))
-                        .map(|(k, _)| k.clone())
-                        .collect();
+                    let doomed: Vec<_> = model.range(key_of(a)..key_of(b)).map(|(k, _)| k.clone()).collect();
                     for d in doomed {
                         model.remove(&d);
                     }
@@ -482,24 +396,17 @@ pub async fn random_ops_match_model(db: Database, p: Vec<u8>) {
                 }
                 5 => {
                     let i = rng.random_range(0..40);
-                    assert_eq!(
-                        tx.get(&key_of(i), rng.random()).await.unwrap(),
-                        model.get(&key_of(i)).cloned()
-                    );
+                    assert_eq!(tx.get(&key_of(i), rng.random()).await.unwrap(), model.get(&key_of(i)).cloned());
                 }
                 _ => {
                     let a = rng.random_range(0..40);
                     let b = rng.random_range(a..=40);
                     let limit = rng.random_range(0..6);
                     let reverse = rng.random();
-                    let opt = RangeOption::new(key_of(a), key_of(b))
-                        .limit(limit)
-                        .reverse(reverse);
+                    let opt = RangeOption::new(key_of(a), key_of(b)).limit(limit).reverse(reverse);
                     let got = tx.get_range(&opt, rng.random()).await.unwrap();
-                    let mut want: Vec<_> = model
-                        .range(key_of(a)..key_of(b))
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect();
+                    let mut want: Vec<_> =
+                        model.range(key_of(a)..key_of(b)).map(|(k, v)| (k.clone(), v.clone())).collect();
                     if reverse {
                         want.reverse();
                     }
@@ -507,19 +414,13 @@ pub async fn random_ops_match_model(db: Database, p: Vec<u8>) {
                         want.truncate(limit);
                     }
                     let got: Vec<_> = got.into_iter().map(|kv| (kv.key, kv.value)).collect();
-                    assert_eq!(
-                        got, want,
-                        "round {round}: range {a}..{b} limit {limit} reverse {reverse}"
-                    );
+                    assert_eq!(got, want, "round {round}: range {a}..{b} limit {limit} reverse {reverse}");
                 }
             }
         }
         tx.commit().await.unwrap();
         let check = db.create_trx().unwrap();
-        let all = check
-            .get_range(&RangeOption::prefix(&p), false)
-            .await
-            .unwrap();
+        let all = check.get_range(&RangeOption::prefix(&p), false).await.unwrap();
         let all: Vec<_> = all.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         assert_eq!(all, want, "after commit of round {round}");
@@ -534,10 +435,7 @@ macro_rules! kv_conformance_suite {
             async fn db() -> Option<(Database, Vec<u8>)> {
                 let make: fn() -> Option<Database> = $make;
                 let db = make()?;
-                let prefix = db
-                    .open_directory(&["matyan_rs_tests", stringify!($backend)])
-                    .await
-                    .unwrap();
+                let prefix = db.open_directory(&["matyan_rs_tests", stringify!($backend)]).await.unwrap();
                 Some((db, prefix))
             }
 
@@ -579,20 +477,10 @@ fn temp_dir() -> std::path::PathBuf {
 
 kv_conformance_suite!(memory, || Some(Database::memory()));
 kv_conformance_suite!(fjall, || Some(
-    Database::open_embedded(
-        &temp_dir(),
-        matyan::storage::kv::EmbeddedEngine::Fjall,
-        Limits::FDB
-    )
-    .unwrap()
+    Database::open_embedded(&temp_dir(), matyan::storage::kv::EmbeddedEngine::Fjall, Limits::FDB).unwrap()
 ));
 kv_conformance_suite!(redb, || Some(
-    Database::open_embedded(
-        &temp_dir(),
-        matyan::storage::kv::EmbeddedEngine::Redb,
-        Limits::FDB
-    )
-    .unwrap()
+    Database::open_embedded(&temp_dir(), matyan::storage::kv::EmbeddedEngine::Redb, Limits::FDB).unwrap()
 ));
 #[cfg(feature = "fdb")]
 kv_conformance_suite!(fdb, || {
@@ -603,10 +491,7 @@ kv_conformance_suite!(fdb, || {
 /// Local backends only: FoundationDB's 5 s lifetime is not configurable there.
 #[tokio::test]
 async fn transaction_too_old_after_lifetime() {
-    let limits = Limits {
-        txn_lifetime: Duration::from_millis(50),
-        ..Limits::FDB
-    };
+    let limits = Limits { txn_lifetime: Duration::from_millis(50), ..Limits::FDB };
     let db = Database::memory_with_limits(limits);
     let tx = db.create_trx().unwrap();
     tx.get(b"a", false).await.unwrap();
@@ -624,10 +509,7 @@ async fn transaction_too_old_after_lifetime() {
 /// Embedded backends: what a transaction committed is there after the store is closed and reopened.
 #[tokio::test]
 async fn durability_across_reopen() {
-    for engine in [
-        matyan::storage::kv::EmbeddedEngine::Fjall,
-        matyan::storage::kv::EmbeddedEngine::Redb,
-    ] {
+    for engine in [matyan::storage::kv::EmbeddedEngine::Fjall, matyan::storage::kv::EmbeddedEngine::Redb] {
         let dir = tempfile::tempdir().unwrap();
         {
             let db = Database::open_embedded(dir.path(), engine, Limits::FDB).unwrap();
@@ -642,17 +524,11 @@ async fn durability_across_reopen() {
         }
         let db = Database::open_embedded(dir.path(), engine, Limits::FDB).unwrap();
         let tx = db.create_trx().unwrap();
-        let all = tx
-            .get_range(&RangeOption::new(b"".to_vec(), b"\xff".to_vec()), false)
-            .await
-            .unwrap();
+        let all = tx.get_range(&RangeOption::new(b"".to_vec(), b"\xff".to_vec()), false).await.unwrap();
         let got: Vec<_> = all.into_iter().map(|kv| (kv.key, kv.value)).collect();
         assert_eq!(
             got,
-            vec![
-                (b"k1".to_vec(), b"v1".to_vec()),
-                (b"n".to_vec(), 3u32.to_le_bytes().to_vec())
-            ],
+            vec![(b"k1".to_vec(), b"v1".to_vec()), (b"n".to_vec(), 3u32.to_le_bytes().to_vec())],
             "{engine:?}"
         );
         // The same directory prefixes come back after reopening.

@@ -4,9 +4,7 @@
 
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::dump::{DumpRequest, dump};
-use matyan::storage::kv::{
-    Database, EmbeddedEngine, Limits, RangeOption, RetryOptions, Transaction, strinc,
-};
+use matyan::storage::kv::{Database, EmbeddedEngine, Limits, RangeOption, RetryOptions, Transaction, strinc};
 use matyan::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
 use matyan::storage::value::{self, Value};
 use serde_json::json;
@@ -15,11 +13,7 @@ const RUN: &str = "3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b";
 const NOW: f64 = 1_735_689_600.0;
 
 fn golden_rows() -> Vec<(String, String, String)> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/golden-vectors.json"
-    ))
-    .unwrap();
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden-vectors.json")).unwrap();
     let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut rows: Vec<_> = golden["worked_example"]["rows"]
         .as_array()
@@ -40,50 +34,22 @@ fn golden_rows() -> Vec<(String, String, String)> {
 /// What the reference's handlers do for the example's five messages, in one transaction.
 async fn apply_example(layout: &Layout, tx: &Transaction) -> Result<(), LayoutError> {
     // create_run with client_datetime "2025-01-01T00:00:00+00:00".
-    layout
-        .runs
-        .create_run(tx, RUN, NOW, Some(1_735_689_600.0))
-        .await?;
+    layout.runs.create_run(tx, RUN, NOW, Some(1_735_689_600.0)).await?;
     // log_hparams {"hparams": {"lr": 0.001, "layers": [64, 32]}}: a two-key dict at path ("hparams",).
     let hparams = Value::from(&json!({"lr": 0.001, "layers": [64, 32]}));
-    layout
-        .runs
-        .set_attrs(tx, RUN, &["hparams".to_string()], &hparams, NOW)
-        .await?;
+    layout.runs.set_attrs(tx, RUN, &["hparams".to_string()], &hparams, NOW).await?;
     // Three log_metric "loss" with context {"subset": "train"} and no step.
     let ctx = json!({"subset": "train"});
     let ctx_id = context_to_id(&ctx);
     assert_eq!(ctx_id, 2_326_457_826);
-    let id = SeqId {
-        run: RUN,
-        ctx_id,
-        name: "loss",
-    };
+    let id = SeqId { run: RUN, ctx_id, name: "loss" };
     for v in [0.9, 0.7, 0.5] {
         let step = layout.seqs.next_step(tx, id).await?;
-        layout
-            .runs
-            .runs
-            .set_context(tx, RUN, ctx_id, &Value::from(&ctx))?;
+        layout.runs.runs.set_context(tx, RUN, ctx_id, &Value::from(&ctx))?;
         let val = value::encode(&Value::Float(v)).unwrap();
-        layout.seqs.write(
-            tx,
-            id,
-            &[SeqWrite {
-                step,
-                val: &val,
-                epoch: None,
-                time: NOW,
-            }],
-        );
+        layout.seqs.write(tx, id, &[SeqWrite { step, val: &val, epoch: None, time: NOW }]);
         let last = Value::Float(v);
-        let trace = TraceInfo {
-            ctx_id,
-            name: "loss",
-            dtype: "float",
-            last: Some(&last),
-            last_step: step,
-        };
+        let trace = TraceInfo { ctx_id, name: "loss", dtype: "float", last: Some(&last), last_step: step };
         layout.runs.record_trace(tx, RUN, &trace)?;
     }
     Ok(())
@@ -92,21 +58,11 @@ async fn apply_example(layout: &Layout, tx: &Transaction) -> Result<(), LayoutEr
 async fn stored_rows(db: &Database, layout: &Layout) -> Vec<(String, String, String)> {
     let tx = db.create_trx().unwrap();
     let mut rows = Vec::new();
-    for (name, prefix) in [
-        ("data/runs", &layout.dirs.runs),
-        ("data/indexes", &layout.dirs.indexes),
-        ("system", &layout.dirs.system),
-    ] {
-        for kv in tx
-            .get_range(&RangeOption::new(prefix.clone(), strinc(prefix)), false)
-            .await
-            .unwrap()
-        {
-            rows.push((
-                name.to_string(),
-                hex::encode(&kv.key[prefix.len()..]),
-                hex::encode(&kv.value),
-            ));
+    for (name, prefix) in
+        [("data/runs", &layout.dirs.runs), ("data/indexes", &layout.dirs.indexes), ("system", &layout.dirs.system)]
+    {
+        for kv in tx.get_range(&RangeOption::new(prefix.clone(), strinc(prefix)), false).await.unwrap() {
+            rows.push((name.to_string(), hex::encode(&kv.key[prefix.len()..]), hex::encode(&kv.value)));
         }
     }
     rows.sort();
@@ -142,18 +98,17 @@ async fn worked_example_matches_reference_bytes_embedded_and_dumps_36_keys() {
     let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
     let layout = check_backend(db.clone()).await;
     let mut out = Vec::new();
-    let lines = dump(&db, &layout.dirs, &DumpRequest::default(), &mut out)
-        .await
-        .unwrap();
+    let lines = dump(&db, &layout.dirs, &DumpRequest::default(), &mut out).await.unwrap();
     assert_eq!(lines, 36);
     let text = String::from_utf8(out).unwrap();
     let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-    assert_eq!(
-        first,
-        json!({"dir": "runs", "key": [RUN, "attrs", "hparams", "layers", 0, "__leaf__"], "value": 64})
+    assert_eq!(first, json!({"dir": "runs", "key": [RUN, "attrs", "hparams", "layers", 0, "__leaf__"], "value": 64}));
+    assert!(text.contains(
+        r#"{"dir":"indexes","key":["hparam","lr",0.001,"3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b"],"value":{"bytes":""}}"#
+    ));
+    assert!(
+        text.contains(r#""key":["3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b","contexts",2326457826],"value":{"subset":"train"}"#)
     );
-    assert!(text.contains(r#"{"dir":"indexes","key":["hparam","lr",0.001,"3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b"],"value":{"bytes":""}}"#));
-    assert!(text.contains(r#""key":["3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b","contexts",2326457826],"value":{"subset":"train"}"#));
 }
 
 /// Reference quirk 4 fixed deliberately: a second `create_run` leaves no stale tier-1 entries.
@@ -167,14 +122,6 @@ async fn second_create_run_leaves_no_stale_index_entries_fixing_reference_quirk_
         tx.commit().await.unwrap();
     }
     let tx = db.create_trx().unwrap();
-    let entries = layout
-        .indexes()
-        .entries_of_run(&tx, RUN, None)
-        .await
-        .unwrap();
-    assert_eq!(
-        entries.len(),
-        3,
-        "archived, active, created_at once each: {entries:?}"
-    );
+    let entries = layout.indexes().entries_of_run(&tx, RUN, None).await.unwrap();
+    assert_eq!(entries.len(), 3, "archived, active, created_at once each: {entries:?}");
 }

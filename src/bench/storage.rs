@@ -23,11 +23,7 @@ pub struct StorageBenchConfig {
 
 impl Default for StorageBenchConfig {
     fn default() -> Self {
-        Self {
-            points: 1_000_000,
-            txn_budget_bytes: 5_000_000,
-            slice: 500,
-        }
+        Self { points: 1_000_000, txn_budget_bytes: 5_000_000, slice: 500 }
     }
 }
 
@@ -80,18 +76,11 @@ impl From<KvError> for BenchError {
 const RUN: &str = "00000000000000000000000000b3c4f1";
 
 /// Runs the benchmark on `db`.
-pub async fn run(
-    db: &Database,
-    cfg: &StorageBenchConfig,
-) -> Result<StorageBenchReport, BenchError> {
+pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBenchReport, BenchError> {
     let layout = Layout::open(db).await?;
     let ctx = Value::Map(vec![(Value::from("subset"), Value::from("train"))]);
     let ctx_id = crate::storage::context_id::context_to_id(&serde_json::json!({"subset": "train"}));
-    let id = SeqId {
-        run: RUN,
-        ctx_id,
-        name: "loss",
-    };
+    let id = SeqId { run: RUN, ctx_id, name: "loss" };
     let vals: Vec<Vec<u8>> = (0..cfg.slice)
         .map(|i| {
             let mut b = Vec::with_capacity(9);
@@ -109,26 +98,14 @@ pub async fn run(
         layout.runs.runs.set_context(&tx, RUN, ctx_id, &ctx)?;
         while step < total && tx.approximate_size().await? < cfg.txn_budget_bytes {
             let n = (cfg.slice as i64).min(total - step) as usize;
-            let points: Vec<SeqWrite<'_>> = (0..n)
-                .map(|i| SeqWrite {
-                    step: step + i as i64,
-                    val: &vals[i],
-                    epoch: None,
-                    time: now,
-                })
-                .collect();
+            let points: Vec<SeqWrite<'_>> =
+                (0..n).map(|i| SeqWrite { step: step + i as i64, val: &vals[i], epoch: None, time: now }).collect();
             layout.seqs.write(&tx, id, &points);
             step += n as i64;
         }
-        let last = value::decode(&vals[((step - 1) as usize) % cfg.slice])
-            .map_err(|e| LayoutError::Corrupt(e.to_string()))?;
-        let trace = TraceInfo {
-            ctx_id,
-            name: "loss",
-            dtype: "float",
-            last: Some(&last),
-            last_step: step - 1,
-        };
+        let last =
+            value::decode(&vals[((step - 1) as usize) % cfg.slice]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+        let trace = TraceInfo { ctx_id, name: "loss", dtype: "float", last: Some(&last), last_step: step - 1 };
         layout.runs.record_trace(&tx, RUN, &trace)?;
         tx.commit().await?;
         txns += 1;
@@ -137,11 +114,7 @@ pub async fn run(
 
     let start = Instant::now();
     let tx = db.create_trx()?;
-    let points = layout
-        .seqs
-        .read(&tx, id, None, None, Columns::default(), true)
-        .await
-        .map_err(LayoutError::from)?;
+    let points = layout.seqs.read(&tx, id, None, None, Columns::default(), true).await.map_err(LayoutError::from)?;
     let mut sum = 0.0;
     for p in &points {
         if let Ok(Value::Float(f)) = value::decode(&p.val) {
@@ -150,10 +123,7 @@ pub async fn run(
     }
     let read_secs = start.elapsed().as_secs_f64();
     if points.len() as u64 != cfg.points || sum <= 0.0 {
-        return Err(BenchError::Mismatch {
-            got: points.len() as u64,
-            want: cfg.points,
-        });
+        return Err(BenchError::Mismatch { got: points.len() as u64, want: cfg.points });
     }
     Ok(StorageBenchReport {
         backend: db.backend(),
@@ -167,10 +137,7 @@ pub async fn run(
 
 /// Runs the benchmark on the memory backend and on each embedded engine in fresh directories
 /// under `dir`.
-pub async fn run_all(
-    dir: &Path,
-    cfg: &StorageBenchConfig,
-) -> Result<Vec<StorageBenchReport>, BenchError> {
+pub async fn run_all(dir: &Path, cfg: &StorageBenchConfig) -> Result<Vec<StorageBenchReport>, BenchError> {
     let mut reports = vec![run(&Database::memory(), cfg).await?];
     for engine in [EmbeddedEngine::Fjall, EmbeddedEngine::Redb] {
         let sub = dir.join(format!("{engine:?}").to_lowercase());

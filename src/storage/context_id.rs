@@ -63,14 +63,10 @@ impl From<&serde_json::Value> for PyJson {
                 }
             }
             serde_json::Value::String(s) => PyJson::Str(s.clone()),
-            serde_json::Value::Array(items) => {
-                PyJson::Array(items.iter().map(PyJson::from).collect())
+            serde_json::Value::Array(items) => PyJson::Array(items.iter().map(PyJson::from).collect()),
+            serde_json::Value::Object(map) => {
+                PyJson::Object(map.iter().map(|(k, v)| (k.clone(), PyJson::from(v))).collect())
             }
-            serde_json::Value::Object(map) => PyJson::Object(
-                map.iter()
-                    .map(|(k, v)| (k.clone(), PyJson::from(v)))
-                    .collect(),
-            ),
         }
     }
 }
@@ -201,19 +197,9 @@ pub fn python_float_repr(f: f64) -> String {
     // one decimal), Rust rounds the tie up while Python's dtoa picks the correctly rounded,
     // half-even one; formatting with that many digits in exact mode gives Python's choice.
     let shortest = format!("{f:e}");
-    let n_digits = shortest
-        .split('e')
-        .next()
-        .map_or(1, |m| m.bytes().filter(u8::is_ascii_digit).count());
+    let n_digits = shortest.split('e').next().map_or(1, |m| m.bytes().filter(u8::is_ascii_digit).count());
     let exact = format!("{:.*e}", n_digits.saturating_sub(1), f);
-    let sci = if exact
-        .parse::<f64>()
-        .is_ok_and(|g| g.to_bits() == f.to_bits())
-    {
-        exact
-    } else {
-        shortest
-    };
+    let sci = if exact.parse::<f64>().is_ok_and(|g| g.to_bits() == f.to_bits()) { exact } else { shortest };
     let (mantissa, exp) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
     let exp: i32 = exp.parse().unwrap_or(0);
     let (sign, mantissa) = match mantissa.strip_prefix('-') {
@@ -261,10 +247,7 @@ pub fn python_float_repr(f: f64) -> String {
 /// Parses JSON text as Python's `json.loads` does: integers exact, other numbers as floats,
 /// `NaN`/`Infinity`/`-Infinity` accepted, raw control characters in strings rejected.
 pub fn parse_python_json(text: &str) -> Result<PyJson, ContextIdError> {
-    let mut p = Parser {
-        s: text.as_bytes(),
-        pos: 0,
-    };
+    let mut p = Parser { s: text.as_bytes(), pos: 0 };
     p.ws();
     let v = p.value(0)?;
     p.ws();
@@ -281,10 +264,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, reason: &'static str) -> ContextIdError {
-        ContextIdError::Syntax {
-            offset: self.pos,
-            reason,
-        }
+        ContextIdError::Syntax { offset: self.pos, reason }
     }
 
     fn peek(&self) -> Option<u8> {
@@ -379,19 +359,14 @@ impl Parser<'_> {
                 is_float = true;
             }
         }
-        let lexeme = std::str::from_utf8(&self.s[start..self.pos])
-            .map_err(|_| self.err("invalid number"))?;
+        let lexeme = std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("invalid number"))?;
         if is_float {
             let f: f64 = lexeme.parse().map_err(|_| self.err("invalid number"))?;
             return Ok(PyJson::Float(f));
         }
         let magnitude = std::str::from_utf8(&self.s[start + usize::from(negative)..int_end])
             .map_err(|_| self.err("invalid number"))?;
-        Ok(PyJson::Int(if negative && magnitude != "0" {
-            format!("-{magnitude}")
-        } else {
-            magnitude.to_owned()
-        }))
+        Ok(PyJson::Int(if negative && magnitude != "0" { format!("-{magnitude}") } else { magnitude.to_owned() }))
     }
 
     fn hex4(&mut self) -> Result<u16, ContextIdError> {
@@ -414,8 +389,7 @@ impl Parser<'_> {
             while matches!(self.peek(), Some(c) if c != b'"' && c != b'\\' && c >= 0x20) {
                 self.pos += 1;
             }
-            let chunk = std::str::from_utf8(&self.s[start..self.pos])
-                .map_err(|_| self.err("invalid utf-8"))?;
+            let chunk = std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("invalid utf-8"))?;
             out.push_str(chunk);
             match self.peek() {
                 None => return Err(self.err("unterminated string")),
@@ -444,15 +418,11 @@ impl Parser<'_> {
                                 if !(0xdc00..0xe000).contains(&lo) {
                                     return Err(ContextIdError::LoneSurrogate(at));
                                 }
-                                0x10000
-                                    + ((u32::from(hi) - 0xd800) << 10)
-                                    + (u32::from(lo) - 0xdc00)
+                                0x10000 + ((u32::from(hi) - 0xd800) << 10) + (u32::from(lo) - 0xdc00)
                             } else {
                                 u32::from(hi)
                             };
-                            out.push(
-                                char::from_u32(code).ok_or(ContextIdError::LoneSurrogate(at))?,
-                            );
+                            out.push(char::from_u32(code).ok_or(ContextIdError::LoneSurrogate(at))?);
                         }
                         _ => return Err(self.err("invalid escape")),
                     }
@@ -551,10 +521,7 @@ mod tests {
         let b = json!({"n": {"y": [2, 3], "z": 1}, "augmented": true, "subset": "train"});
         assert_eq!(context_to_id(&a), context_to_id(&a));
         assert_eq!(context_to_id(&a), context_to_id(&b));
-        assert_ne!(
-            context_to_id(&json!({"subset": "train"})),
-            context_to_id(&json!({"subset": "val"}))
-        );
+        assert_ne!(context_to_id(&json!({"subset": "train"})), context_to_id(&json!({"subset": "val"})));
         assert!(context_to_id(&a) > 0);
     }
 
@@ -597,27 +564,20 @@ mod tests {
     fn ascii_escapes_match_python() {
         let mut out = String::new();
         write_ascii_string("a\"b\\c\n\r\t\u{08}\u{0c}\u{01}\u{7f}é✓😀/", &mut out);
-        assert_eq!(
-            out,
-            r#""a\"b\\c\n\r\t\b\f\u0001\u007f\u00e9\u2713\ud83d\ude00/""#
-        );
+        assert_eq!(out, r#""a\"b\\c\n\r\t\b\f\u0001\u007f\u00e9\u2713\ud83d\ude00/""#);
     }
 
     #[test]
     fn raw_parser_follows_json_loads() {
-        let v = parse_python_json(
-            r#"{"v": 100000000000000000000, "n": -0, "f": -0.0, "e": 1E2, "s": "\ud83d\ude00\/"}"#,
-        )
-        .unwrap();
+        let v =
+            parse_python_json(r#"{"v": 100000000000000000000, "n": -0, "f": -0.0, "e": 1E2, "s": "\ud83d\ude00\/"}"#)
+                .unwrap();
         assert_eq!(
             canonical_json(&v).unwrap(),
             r#"{"e":100.0,"f":-0.0,"n":0,"s":"\ud83d\ude00/","v":100000000000000000000}"#
         );
         let v = parse_python_json("[NaN, Infinity, -Infinity, 1e400]").unwrap();
-        assert_eq!(
-            canonical_json(&v).unwrap(),
-            "[NaN,Infinity,-Infinity,Infinity]"
-        );
+        assert_eq!(canonical_json(&v).unwrap(), "[NaN,Infinity,-Infinity,Infinity]");
         // Duplicate keys keep the last value.
         let v = parse_python_json(r#"{"a": 1, "a": 2}"#).unwrap();
         assert_eq!(canonical_json(&v).unwrap(), r#"{"a":2}"#);
@@ -625,35 +585,13 @@ mod tests {
 
     #[test]
     fn raw_parser_rejects_what_json_loads_rejects() {
-        for bad in [
-            "",
-            "{",
-            "[1,]",
-            "{\"a\" 1}",
-            "01",
-            "1.",
-            ".5",
-            "\"a\nb\"",
-            "\"\\x\"",
-            "tru",
-            "{} x",
-            "-",
-            "{1: 2}",
-        ] {
-            assert!(
-                matches!(parse_python_json(bad), Err(ContextIdError::Syntax { .. })),
-                "{bad:?}"
-            );
+        for bad in ["", "{", "[1,]", "{\"a\" 1}", "01", "1.", ".5", "\"a\nb\"", "\"\\x\"", "tru", "{} x", "-", "{1: 2}"]
+        {
+            assert!(matches!(parse_python_json(bad), Err(ContextIdError::Syntax { .. })), "{bad:?}");
         }
-        assert!(matches!(
-            parse_python_json(r#""\ud83d""#),
-            Err(ContextIdError::LoneSurrogate(_))
-        ));
+        assert!(matches!(parse_python_json(r#""\ud83d""#), Err(ContextIdError::LoneSurrogate(_))));
         let deep = "[".repeat(200) + &"]".repeat(200);
-        assert_eq!(
-            parse_python_json(&deep),
-            Err(ContextIdError::TooDeep(MAX_DEPTH))
-        );
+        assert_eq!(parse_python_json(&deep), Err(ContextIdError::TooDeep(MAX_DEPTH)));
     }
 
     #[test]

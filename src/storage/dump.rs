@@ -77,27 +77,14 @@ pub fn line(dir: &str, dir_prefix: &[u8], key: &[u8], val: &[u8], raw: bool) -> 
 }
 
 /// Writes the dump to `out`; returns the number of lines.
-pub async fn dump(
-    db: &Database,
-    dirs: &Dirs,
-    req: &DumpRequest,
-    out: &mut impl Write,
-) -> Result<u64, DumpError> {
+pub async fn dump(db: &Database, dirs: &Dirs, req: &DumpRequest, out: &mut impl Write) -> Result<u64, DumpError> {
     let names: Vec<&str> = match &req.dir {
-        Some(d) => vec![
-            DIR_NAMES
-                .iter()
-                .copied()
-                .find(|n| n == d)
-                .ok_or_else(|| DumpError::UnknownDir(d.clone()))?,
-        ],
+        Some(d) => vec![DIR_NAMES.iter().copied().find(|n| n == d).ok_or_else(|| DumpError::UnknownDir(d.clone()))?],
         None => DIR_NAMES.to_vec(),
     };
     let mut lines = 0u64;
     for name in names {
-        let prefix = dirs
-            .by_name(name)
-            .ok_or_else(|| DumpError::UnknownDir(name.into()))?;
+        let prefix = dirs.by_name(name).ok_or_else(|| DumpError::UnknownDir(name.into()))?;
         let (mut begin, end) = match &req.prefix {
             Some(elems) => {
                 // Keys equal to the prefix tuple and keys under it.
@@ -109,12 +96,7 @@ pub async fn dump(
         };
         loop {
             let tx = db.create_trx()?;
-            let kvs = tx
-                .get_range(
-                    &RangeOption::new(begin.clone(), end.clone()).limit(CHUNK),
-                    true,
-                )
-                .await?;
+            let kvs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()).limit(CHUNK), true).await?;
             for kv in &kvs {
                 serde_json::to_writer(&mut *out, &line(name, prefix, &kv.key, &kv.value, req.raw))
                     .map_err(std::io::Error::from)?;

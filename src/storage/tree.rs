@@ -54,11 +54,7 @@ pub fn flatten(prefix: &[Elem], value: &Value) -> Result<Vec<FlatEntry>, TreeErr
     Ok(out)
 }
 
-fn flatten_into(
-    path: &mut Vec<Elem>,
-    value: &Value,
-    out: &mut Vec<FlatEntry>,
-) -> Result<(), TreeError> {
+fn flatten_into(path: &mut Vec<Elem>, value: &Value, out: &mut Vec<FlatEntry>) -> Result<(), TreeError> {
     match value {
         Value::Map(entries) if entries.is_empty() => {
             out.push((with(path, Elem::from(EMPTY_DICT)), encode_true()?));
@@ -173,10 +169,8 @@ fn build(items: Vec<(&[Elem], Value)>) -> Result<Option<Value>, TreeError> {
                 if *i < 0 {
                     return Err(TreeError::NegativeIndex(*i));
                 }
-                let idx = usize::try_from(*i)
-                    .ok()
-                    .filter(|idx| *idx < MAX_LIST_LEN)
-                    .ok_or(TreeError::IndexTooLarge(*i))?;
+                let idx =
+                    usize::try_from(*i).ok().filter(|idx| *idx < MAX_LIST_LEN).ok_or(TreeError::IndexTooLarge(*i))?;
                 max = max.max(idx);
             }
         }
@@ -286,10 +280,7 @@ mod tests {
             .into_iter()
             .map(|(k, b)| {
                 let rel = k[prefix.len()..].to_vec();
-                (
-                    serde_json::to_string(&tuple::to_json(&rel)).unwrap(),
-                    hex::encode(b),
-                )
+                (serde_json::to_string(&tuple::to_json(&rel)).unwrap(), hex::encode(b))
             })
             .collect();
         let want = [
@@ -300,10 +291,7 @@ mod tests {
             (r#"["l","__empty_list__"]"#, "c3"),
             (r#"["n","__leaf__"]"#, "c0"),
         ];
-        let want: Vec<(String, String)> = want
-            .iter()
-            .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
-            .collect();
+        let want: Vec<(String, String)> = want.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect();
         assert_eq!(got, want);
     }
 
@@ -316,27 +304,14 @@ mod tests {
             Value::Bool(false),
             Value::Nil,
             map(vec![("a", Value::Int(1)), ("b", s("x"))]),
-            map(vec![(
-                "outer",
-                map(vec![("inner", map(vec![("deep", Value::Int(3))]))]),
-            )]),
+            map(vec![("outer", map(vec![("inner", map(vec![("deep", Value::Int(3))]))]))]),
             Value::Array(vec![Value::Int(1), s("two"), Value::Float(3.0)]),
             map(vec![]),
             Value::Array(vec![]),
-            map(vec![
-                ("none", Value::Nil),
-                ("empty", map(vec![])),
-                ("el", Value::Array(vec![])),
-            ]),
+            map(vec![("none", Value::Nil), ("empty", map(vec![])), ("el", Value::Array(vec![]))]),
             Value::Array(vec![
-                map(vec![
-                    ("name", s("a")),
-                    ("vals", Value::Array(vec![Value::Int(1), Value::Int(2)])),
-                ]),
-                map(vec![
-                    ("name", s("b")),
-                    ("vals", Value::Array(vec![map(vec![("x", Value::Nil)])])),
-                ]),
+                map(vec![("name", s("a")), ("vals", Value::Array(vec![Value::Int(1), Value::Int(2)]))]),
+                map(vec![("name", s("b")), ("vals", Value::Array(vec![map(vec![("x", Value::Nil)])]))]),
                 Value::Array(vec![Value::Array(vec![]), map(vec![])]),
             ]),
         ];
@@ -353,10 +328,7 @@ mod tests {
     fn sorted(v: &Value) -> Value {
         match v {
             Value::Map(entries) => {
-                let mut e: Vec<(Value, Value)> = entries
-                    .iter()
-                    .map(|(k, v)| (k.clone(), sorted(v)))
-                    .collect();
+                let mut e: Vec<(Value, Value)> = entries.iter().map(|(k, v)| (k.clone(), sorted(v))).collect();
                 e.sort_by_key(|(k, _)| tuple::pack(&[key_elem(k).unwrap()]));
                 Value::Map(e)
             }
@@ -377,31 +349,16 @@ mod tests {
         let mut deeper = p.clone();
         deeper.push(Elem::from("d"));
         store.set(&deeper, &map(vec![("x", Value::Int(9))]));
-        assert_eq!(
-            store.get(&p),
-            Some(map(vec![
-                ("c", Value::Int(3)),
-                ("d", map(vec![("x", Value::Int(9))]))
-            ]))
-        );
+        assert_eq!(store.get(&p), Some(map(vec![("c", Value::Int(3)), ("d", map(vec![("x", Value::Int(9))]))])));
         store.set(&deeper, &Value::Int(1));
-        assert_eq!(
-            store.get(&p),
-            Some(map(vec![("c", Value::Int(3)), ("d", Value::Int(1))]))
-        );
+        assert_eq!(store.get(&p), Some(map(vec![("c", Value::Int(3)), ("d", Value::Int(1))])));
     }
 
     #[test]
     fn deleting_a_path_clears_it() {
         let mut store = Store::default();
         let p = run_path("attrs");
-        store.set(
-            &p,
-            &map(vec![
-                ("a", Value::Int(1)),
-                ("b", map(vec![("c", Value::Int(2))])),
-            ]),
-        );
+        store.set(&p, &map(vec![("a", Value::Int(1)), ("b", map(vec![("c", Value::Int(2))]))]));
         let mut b = p.clone();
         b.push(Elem::from("b"));
         store.clear_range(&b);
@@ -425,37 +382,24 @@ mod tests {
             ]),
         );
         let keys: Vec<Vec<Elem>> = store.under(&p).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(
-            child_keys(&keys),
-            vec![Elem::from("cfg"), Elem::from("name"), Elem::from("tags")]
-        );
+        assert_eq!(child_keys(&keys), vec![Elem::from("cfg"), Elem::from("name"), Elem::from("tags")]);
         assert!(child_keys(&[]).is_empty());
     }
 
     #[test]
     fn list_with_holes_and_absent() {
         assert_eq!(unflatten(vec![]).unwrap(), None);
-        let entries = vec![
-            (vec![Elem::Int(0), Elem::from(LEAF)], s("a")),
-            (vec![Elem::Int(3), Elem::from(LEAF)], s("d")),
-        ];
-        assert_eq!(
-            unflatten(entries).unwrap(),
-            Some(Value::Array(vec![s("a"), Value::Nil, Value::Nil, s("d")]))
-        );
+        let entries =
+            vec![(vec![Elem::Int(0), Elem::from(LEAF)], s("a")), (vec![Elem::Int(3), Elem::from(LEAF)], s("d"))];
+        assert_eq!(unflatten(entries).unwrap(), Some(Value::Array(vec![s("a"), Value::Nil, Value::Nil, s("d")])));
     }
 
     #[test]
     fn mixed_scalar_and_children_gives_literal_leaf_key() {
         // A leaf written at p, then a child written at p + ("a",) without clearing p.
-        let entries = vec![
-            (vec![Elem::from(LEAF)], Value::Int(1)),
-            (vec![Elem::from("a"), Elem::from(LEAF)], Value::Int(2)),
-        ];
-        assert_eq!(
-            unflatten(entries).unwrap(),
-            Some(map(vec![(LEAF, Value::Int(1)), ("a", Value::Int(2))]))
-        );
+        let entries =
+            vec![(vec![Elem::from(LEAF)], Value::Int(1)), (vec![Elem::from("a"), Elem::from(LEAF)], Value::Int(2))];
+        assert_eq!(unflatten(entries).unwrap(), Some(map(vec![(LEAF, Value::Int(1)), ("a", Value::Int(2))])));
         // Integer and string heads mixed make a dict with int keys.
         let entries = vec![
             (vec![Elem::Int(0), Elem::from(LEAF)], Value::Int(1)),
@@ -463,10 +407,7 @@ mod tests {
         ];
         assert_eq!(
             unflatten(entries).unwrap(),
-            Some(Value::Map(vec![
-                (Value::Int(0), Value::Int(1)),
-                (s("k"), Value::Int(2))
-            ]))
+            Some(Value::Map(vec![(Value::Int(0), Value::Int(1)), (s("k"), Value::Int(2))]))
         );
     }
 
@@ -477,10 +418,7 @@ mod tests {
             Err(TreeError::NegativeIndex(-1))
         );
         assert!(matches!(
-            unflatten(vec![(
-                vec![Elem::Int(1 << 40), Elem::from(LEAF)],
-                Value::Nil
-            )]),
+            unflatten(vec![(vec![Elem::Int(1 << 40), Elem::from(LEAF)], Value::Nil)]),
             Err(TreeError::IndexTooLarge(_))
         ));
         assert_eq!(

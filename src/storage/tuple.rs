@@ -207,11 +207,7 @@ fn encode_elem(elem: &Elem, out: &mut Vec<u8>, nested: bool) {
         Elem::Float(f) => {
             let bits = f.to_bits();
             // Order-preserving transform: flip every bit of negatives, only the sign of others.
-            let bits = if bits >> 63 == 1 {
-                !bits
-            } else {
-                bits ^ (1 << 63)
-            };
+            let bits = if bits >> 63 == 1 { !bits } else { bits ^ (1 << 63) };
             out.push(DOUBLE);
             out.extend_from_slice(&bits.to_be_bytes());
         }
@@ -271,10 +267,7 @@ fn encode_int(i: i128, out: &mut Vec<u8>) {
 /// Unpacks a whole key (without prefix) into its elements, strictly: truncated elements,
 /// unsupported type codes, invalid UTF-8 and integers wider than 128 bits are errors.
 pub fn unpack(bytes: &[u8]) -> Result<Vec<Elem>, TupleError> {
-    let mut dec = Decoder {
-        data: bytes,
-        pos: 0,
-    };
+    let mut dec = Decoder { data: bytes, pos: 0 };
     let mut elems = Vec::new();
     while dec.pos < bytes.len() {
         elems.push(dec.elem(false)?);
@@ -284,10 +277,7 @@ pub fn unpack(bytes: &[u8]) -> Result<Vec<Elem>, TupleError> {
 
 /// Unpacks bytes that hold exactly one element, without allocating a vector (sequence steps).
 pub fn unpack_one(bytes: &[u8]) -> Result<Elem, TupleError> {
-    let mut dec = Decoder {
-        data: bytes,
-        pos: 0,
-    };
+    let mut dec = Decoder { data: bytes, pos: 0 };
     let elem = dec.elem(false)?;
     if dec.pos != bytes.len() {
         return Err(TupleError::Trailing(dec.pos));
@@ -307,20 +297,14 @@ struct Decoder<'a> {
 
 impl Decoder<'_> {
     fn byte(&mut self) -> Result<u8, TupleError> {
-        let b = *self
-            .data
-            .get(self.pos)
-            .ok_or(TupleError::UnexpectedEof(self.pos))?;
+        let b = *self.data.get(self.pos).ok_or(TupleError::UnexpectedEof(self.pos))?;
         self.pos += 1;
         Ok(b)
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], TupleError> {
         let end = self.pos + n;
-        let slice = self
-            .data
-            .get(self.pos..end)
-            .ok_or(TupleError::UnexpectedEof(self.data.len()))?;
+        let slice = self.data.get(self.pos..end).ok_or(TupleError::UnexpectedEof(self.data.len()))?;
         self.pos = end;
         Ok(slice)
     }
@@ -341,9 +325,7 @@ impl Decoder<'_> {
             STRING => {
                 let start = self.pos;
                 let raw = self.escaped()?;
-                String::from_utf8(raw)
-                    .map(Elem::Str)
-                    .map_err(|_| TupleError::InvalidUtf8(start))
+                String::from_utf8(raw).map(Elem::Str).map_err(|_| TupleError::InvalidUtf8(start))
             }
             NESTED => {
                 let mut items = Vec::new();
@@ -363,11 +345,7 @@ impl Decoder<'_> {
                 let mut buf = [0u8; 8];
                 buf.copy_from_slice(self.take(8)?);
                 let bits = u64::from_be_bytes(buf);
-                let bits = if bits >> 63 == 1 {
-                    bits ^ (1 << 63)
-                } else {
-                    !bits
-                };
+                let bits = if bits >> 63 == 1 { bits ^ (1 << 63) } else { !bits };
                 Ok(Elem::Float(f64::from_bits(bits)))
             }
             FALSE => Ok(Elem::Bool(false)),
@@ -414,13 +392,9 @@ impl Decoder<'_> {
         if significant.len() > 16 {
             return Err(TupleError::IntTooLarge(offset));
         }
-        let magnitude = significant
-            .iter()
-            .fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
+        let magnitude = significant.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
         let value = if negative {
-            0i128
-                .checked_sub_unsigned(magnitude)
-                .ok_or(TupleError::IntTooLarge(offset))?
+            0i128.checked_sub_unsigned(magnitude).ok_or(TupleError::IntTooLarge(offset))?
         } else {
             i128::try_from(magnitude).map_err(|_| TupleError::IntTooLarge(offset))?
         };
@@ -478,30 +452,17 @@ impl Elem {
                     Elem::Float(n.as_f64().ok_or_else(|| bad("number"))?)
                 }
             }
-            J::Array(items) => Elem::Tuple(
-                items
-                    .iter()
-                    .map(Elem::from_json)
-                    .collect::<Result<_, _>>()?,
-            ),
+            J::Array(items) => Elem::Tuple(items.iter().map(Elem::from_json).collect::<Result<_, _>>()?),
             J::Object(map) => {
                 let mut entries = map.iter();
                 let (Some((key, val)), None) = (entries.next(), entries.next()) else {
                     return Err(bad("an object must have exactly one key"));
                 };
                 match (key.as_str(), val) {
-                    ("bytes", J::String(h)) => {
-                        Elem::Bytes(hex::decode(h).map_err(|_| bad("bytes must be hex"))?)
-                    }
-                    ("uuid", J::String(u)) => {
-                        Elem::Uuid(Uuid::parse_str(u).map_err(|_| bad("invalid uuid"))?)
-                    }
-                    ("int", J::String(d)) => {
-                        Elem::Int(d.parse().map_err(|_| bad("int must be decimal digits"))?)
-                    }
-                    ("float", J::Number(n)) => {
-                        Elem::Float(n.as_f64().ok_or_else(|| bad("number"))?)
-                    }
+                    ("bytes", J::String(h)) => Elem::Bytes(hex::decode(h).map_err(|_| bad("bytes must be hex"))?),
+                    ("uuid", J::String(u)) => Elem::Uuid(Uuid::parse_str(u).map_err(|_| bad("invalid uuid"))?),
+                    ("int", J::String(d)) => Elem::Int(d.parse().map_err(|_| bad("int must be decimal digits"))?),
+                    ("float", J::Number(n)) => Elem::Float(n.as_f64().ok_or_else(|| bad("number"))?),
                     ("float", J::String(s)) => Elem::Float(match s.as_str() {
                         "NaN" => f64::NAN,
                         "Infinity" => f64::INFINITY,
@@ -523,13 +484,10 @@ pub fn to_json(elems: &[Elem]) -> serde_json::Value {
 /// Parses a `--prefix TUPLE_JSON` argument: a JSON array of element forms (see
 /// [`Elem::from_json`]).
 pub fn parse_json_tuple(text: &str) -> Result<Vec<Elem>, TupleError> {
-    let json: serde_json::Value =
-        serde_json::from_str(text).map_err(|e| TupleError::BadJson(e.to_string()))?;
+    let json: serde_json::Value = serde_json::from_str(text).map_err(|e| TupleError::BadJson(e.to_string()))?;
     match &json {
         serde_json::Value::Array(items) => items.iter().map(Elem::from_json).collect(),
-        _ => Err(TupleError::BadJson(format!(
-            "a tuple must be a json array: {json}"
-        ))),
+        _ => Err(TupleError::BadJson(format!("a tuple must be a json array: {json}"))),
     }
 }
 
@@ -578,15 +536,7 @@ mod tests {
         assert_eq!(hexpack(&[Elem::Float(0.0)]), "218000000000000000");
         assert_eq!(hexpack(&[Elem::Float(-0.0)]), "217fffffffffffffff");
         assert_eq!(hexpack(&[Elem::Float(-1.5)]), "214007ffffffffffff");
-        for f in [
-            0.0,
-            -0.0,
-            1.5,
-            -1.5,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::NAN,
-        ] {
+        for f in [0.0, -0.0, 1.5, -1.5, f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
             roundtrip(vec![Elem::Float(f)]);
         }
         // Byte order matches numeric order.
@@ -598,12 +548,7 @@ mod tests {
 
     #[test]
     fn nested_tuples_escape_null() {
-        let t = vec![Elem::Tuple(vec![
-            Elem::from("x"),
-            Elem::Null,
-            Elem::Tuple(vec![Elem::Null]),
-            Elem::Int(5),
-        ])];
+        let t = vec![Elem::Tuple(vec![Elem::from("x"), Elem::Null, Elem::Tuple(vec![Elem::Null]), Elem::Int(5)])];
         assert_eq!(hexpack(&t), "0502780000ff0500ff00150500");
         roundtrip(t);
         roundtrip(vec![Elem::Tuple(vec![]), Elem::Null, Elem::Tuple(vec![])]);
@@ -629,26 +574,11 @@ mod tests {
     #[test]
     fn strict_unpack_errors() {
         assert_eq!(unpack(&[0x02, 0x61]), Err(TupleError::UnexpectedEof(2)));
-        assert!(matches!(
-            unpack(&[0x20, 0, 0, 0, 0]),
-            Err(TupleError::UnsupportedCode { code: 0x20, .. })
-        ));
-        assert!(matches!(
-            unpack(&[0x33]),
-            Err(TupleError::UnsupportedCode { code: 0x33, .. })
-        ));
-        assert_eq!(
-            unpack(&[0x02, 0xff, 0xfe, 0x00]),
-            Err(TupleError::InvalidUtf8(1))
-        );
-        assert!(matches!(
-            unpack(&[0x18, 1]),
-            Err(TupleError::UnexpectedEof(_))
-        ));
-        assert!(matches!(
-            unpack(&[0x05, 0x14]),
-            Err(TupleError::UnexpectedEof(_))
-        ));
+        assert!(matches!(unpack(&[0x20, 0, 0, 0, 0]), Err(TupleError::UnsupportedCode { code: 0x20, .. })));
+        assert!(matches!(unpack(&[0x33]), Err(TupleError::UnsupportedCode { code: 0x33, .. })));
+        assert_eq!(unpack(&[0x02, 0xff, 0xfe, 0x00]), Err(TupleError::InvalidUtf8(1)));
+        assert!(matches!(unpack(&[0x18, 1]), Err(TupleError::UnexpectedEof(_))));
+        assert!(matches!(unpack(&[0x05, 0x14]), Err(TupleError::UnexpectedEof(_))));
         let mut wide = vec![0x1d, 17];
         wide.extend([1u8; 17]);
         assert_eq!(unpack(&wide), Err(TupleError::IntTooLarge(0)));
@@ -684,9 +614,7 @@ mod tests {
         );
         // Everything but the non-finite floats parses back to the same elements.
         let back = parse_json_tuple(
-            &rendered
-                .replace("\"NaN\"", "{\"float\":\"NaN\"}")
-                .replace("\"-Infinity\"", "{\"float\":\"-Infinity\"}"),
+            &rendered.replace("\"NaN\"", "{\"float\":\"NaN\"}").replace("\"-Infinity\"", "{\"float\":\"-Infinity\"}"),
         )
         .unwrap();
         assert_eq!(back, elems);
@@ -703,10 +631,7 @@ mod tests {
             "[{\"what\":1}]",
             "not json",
         ] {
-            assert!(
-                matches!(parse_json_tuple(bad), Err(TupleError::BadJson(_))),
-                "{bad}"
-            );
+            assert!(matches!(parse_json_tuple(bad), Err(TupleError::BadJson(_))), "{bad}");
         }
     }
 }

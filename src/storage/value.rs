@@ -92,9 +92,7 @@ impl PartialEq for Value {
             (Value::Nil, Value::Nil) => true,
             (Value::Bool(a), Value::Bool(b)) => a == b,
             (Value::Int(a), Value::Int(b)) => a == b,
-            (Value::Float(a), Value::Float(b)) | (Value::DateTime(a), Value::DateTime(b)) => {
-                a.to_bits() == b.to_bits()
-            }
+            (Value::Float(a), Value::Float(b)) | (Value::DateTime(a), Value::DateTime(b)) => a.to_bits() == b.to_bits(),
             (Value::Str(a), Value::Str(b)) => a == b,
             (Value::Bin(a), Value::Bin(b)) => a == b,
             (Value::Array(a), Value::Array(b)) => a == b,
@@ -150,11 +148,7 @@ impl Value {
     /// Looks up a str key in a map value (the last matching entry wins, as in a Python dict).
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Map(entries) => entries
-                .iter()
-                .rev()
-                .find(|(k, _)| k.as_str() == Some(key))
-                .map(|(_, v)| v),
+            Value::Map(entries) => entries.iter().rev().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
             _ => None,
         }
     }
@@ -166,13 +160,13 @@ impl Value {
             Value::Nil => serde_json::Value::Null,
             Value::Bool(b) => serde_json::Value::Bool(*b),
             Value::Int(i) => int_to_json(*i).ok_or(ValueError::NotJson("int"))?,
-            Value::Float(f) => serde_json::Number::from_f64(*f)
-                .map(serde_json::Value::Number)
-                .ok_or(ValueError::NotJson("float"))?,
+            Value::Float(f) => {
+                serde_json::Number::from_f64(*f).map(serde_json::Value::Number).ok_or(ValueError::NotJson("float"))?
+            }
             Value::Str(s) => serde_json::Value::String(s.clone()),
-            Value::Array(items) => serde_json::Value::Array(
-                items.iter().map(Value::to_json).collect::<Result<_, _>>()?,
-            ),
+            Value::Array(items) => {
+                serde_json::Value::Array(items.iter().map(Value::to_json).collect::<Result<_, _>>()?)
+            }
             Value::Map(entries) => {
                 let mut map = serde_json::Map::with_capacity(entries.len());
                 for (k, v) in entries {
@@ -215,10 +209,8 @@ impl Value {
                     }
                     J::Object(map)
                 } else {
-                    let pairs = entries
-                        .iter()
-                        .map(|(k, v)| J::Array(vec![k.to_dump_json(), v.to_dump_json()]))
-                        .collect();
+                    let pairs =
+                        entries.iter().map(|(k, v)| J::Array(vec![k.to_dump_json(), v.to_dump_json()])).collect();
                     json!({ "map": J::Array(pairs) })
                 }
             }
@@ -264,14 +256,10 @@ impl From<&serde_json::Value> for Value {
                 }
             }
             serde_json::Value::String(s) => Value::Str(s.clone()),
-            serde_json::Value::Array(items) => {
-                Value::Array(items.iter().map(Value::from).collect())
+            serde_json::Value::Array(items) => Value::Array(items.iter().map(Value::from).collect()),
+            serde_json::Value::Object(map) => {
+                Value::Map(map.iter().map(|(k, v)| (Value::Str(k.clone()), Value::from(v))).collect())
             }
-            serde_json::Value::Object(map) => Value::Map(
-                map.iter()
-                    .map(|(k, v)| (Value::Str(k.clone()), Value::from(v)))
-                    .collect(),
-            ),
         }
     }
 }
@@ -344,19 +332,13 @@ pub fn encode_into(value: &Value, out: &mut Vec<u8>) -> Result<(), ValueError> {
             out.extend_from_slice(b);
         }
         Value::Array(items) => {
-            wr(rmp::encode::write_array_len(
-                out,
-                len32("list", items.len())?,
-            ))?;
+            wr(rmp::encode::write_array_len(out, len32("list", items.len())?))?;
             for item in items {
                 encode_into(item, out)?;
             }
         }
         Value::Map(entries) => {
-            wr(rmp::encode::write_map_len(
-                out,
-                len32("dict", entries.len())?,
-            ))?;
+            wr(rmp::encode::write_map_len(out, len32("dict", entries.len())?))?;
             for (k, v) in entries {
                 encode_into(k, out)?;
                 encode_into(v, out)?;
@@ -386,11 +368,7 @@ pub fn encode_f64(f: f64, out: &mut Vec<u8>) {
 }
 
 fn write_ext(code: i8, data: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
-    wr(rmp::encode::write_ext_meta(
-        out,
-        len32("ext", data.len())?,
-        code,
-    ))?;
+    wr(rmp::encode::write_ext_meta(out, len32("ext", data.len())?, code))?;
     out.extend_from_slice(data);
     Ok(())
 }
@@ -578,10 +556,7 @@ impl Decoder<'_> {
                 self.ext(n)?
             }
             Marker::Reserved => {
-                return Err(ValueError::InvalidMarker {
-                    marker: byte,
-                    offset,
-                });
+                return Err(ValueError::InvalidMarker { marker: byte, offset });
             }
         })
     }
@@ -589,9 +564,7 @@ impl Decoder<'_> {
     fn str(&mut self, n: usize) -> Result<Value, ValueError> {
         let start = self.pos;
         let bytes = self.take(n)?;
-        std::str::from_utf8(bytes)
-            .map(|s| Value::Str(s.to_owned()))
-            .map_err(|_| ValueError::InvalidUtf8(start))
+        std::str::from_utf8(bytes).map(|s| Value::Str(s.to_owned())).map_err(|_| ValueError::InvalidUtf8(start))
     }
 
     fn seq(&mut self, n: usize, depth: usize) -> Result<Value, ValueError> {
@@ -604,8 +577,7 @@ impl Decoder<'_> {
     }
 
     fn map(&mut self, n: usize, depth: usize) -> Result<Value, ValueError> {
-        let mut entries: Vec<(Value, Value)> =
-            Vec::with_capacity(n.min(self.data.len() - self.pos));
+        let mut entries: Vec<(Value, Value)> = Vec::with_capacity(n.min(self.data.len() - self.pos));
         let mut index: HashMap<KeyRef, usize> = HashMap::new();
         for _ in 0..n {
             let key = self.value(depth + 1)?;
@@ -684,29 +656,17 @@ mod tests {
 
     #[test]
     fn rejects_ints_outside_msgpack_range() {
-        assert_eq!(
-            encode(&Value::Int(u64::MAX as i128 + 1)),
-            Err(ValueError::IntOutOfRange(u64::MAX as i128 + 1))
-        );
-        assert!(matches!(
-            encode(&Value::Int(i64::MIN as i128 - 1)),
-            Err(ValueError::IntOutOfRange(_))
-        ));
+        assert_eq!(encode(&Value::Int(u64::MAX as i128 + 1)), Err(ValueError::IntOutOfRange(u64::MAX as i128 + 1)));
+        assert!(matches!(encode(&Value::Int(i64::MIN as i128 - 1)), Err(ValueError::IntOutOfRange(_))));
     }
 
     #[test]
     fn datetime_roundtrips_also_nested_in_maps() {
-        assert_eq!(
-            hex(&Value::DateTime(1735689600.0)),
-            "c70901cb41d9dd2160000000"
-        );
+        assert_eq!(hex(&Value::DateTime(1735689600.0)), "c70901cb41d9dd2160000000");
         roundtrip(Value::DateTime(1749990600.123456));
         roundtrip(Value::Map(vec![
             (Value::from("ts"), Value::DateTime(1704067200.0)),
-            (
-                Value::from("inner"),
-                Value::Map(vec![(Value::from("at"), Value::DateTime(-1.5))]),
-            ),
+            (Value::from("inner"), Value::Map(vec![(Value::from("at"), Value::DateTime(-1.5))])),
         ]));
     }
 
@@ -714,10 +674,7 @@ mod tests {
     fn datetime_payload_int_is_accepted() {
         // ext 1 with payload packb(5) decodes like Python's fromtimestamp(5).
         assert_eq!(decode(&[0xd4, 0x01, 0x05]).unwrap(), Value::DateTime(5.0));
-        assert_eq!(
-            decode(&[0xd4, 0x01, 0xc0]),
-            Err(ValueError::InvalidDateTime)
-        );
+        assert_eq!(decode(&[0xd4, 0x01, 0xc0]), Err(ValueError::InvalidDateTime));
     }
 
     #[test]
@@ -744,50 +701,25 @@ mod tests {
         roundtrip(Value::Bin(vec![0, 255, 3]));
         roundtrip(Value::Bin(vec![7; 300]));
         roundtrip(Value::Array((0..20).map(Value::Int).collect()));
-        roundtrip(Value::Map(
-            (0..20)
-                .map(|i| (Value::Str(format!("k{i}")), Value::Int(i)))
-                .collect(),
-        ));
+        roundtrip(Value::Map((0..20).map(|i| (Value::Str(format!("k{i}")), Value::Int(i))).collect()));
         roundtrip(Value::Map(vec![(Value::Bin(vec![1]), Value::Nil)]));
     }
 
     #[test]
     fn float32_input_widens_to_float() {
-        assert_eq!(
-            decode(&[0xca, 0x3f, 0xc0, 0x00, 0x00]).unwrap(),
-            Value::Float(1.5)
-        );
+        assert_eq!(decode(&[0xca, 0x3f, 0xc0, 0x00, 0x00]).unwrap(), Value::Float(1.5));
     }
 
     #[test]
     fn strict_decoding_errors() {
         assert_eq!(decode(&[]), Err(ValueError::UnexpectedEof(0)));
         assert_eq!(decode(&[0xc0, 0xc0]), Err(ValueError::TrailingBytes(1)));
-        assert!(matches!(
-            decode(&[0xc1]),
-            Err(ValueError::InvalidMarker { marker: 0xc1, .. })
-        ));
-        assert!(matches!(
-            decode(&[0xa2, 0xff, 0xfe]),
-            Err(ValueError::InvalidUtf8(_))
-        ));
-        assert_eq!(
-            decode(&[0x81, 0x01, 0x02]),
-            Err(ValueError::InvalidMapKey("int"))
-        );
-        assert_eq!(
-            decode(&[0x81, 0xc0, 0x02]),
-            Err(ValueError::InvalidMapKey("none"))
-        );
-        assert!(matches!(
-            decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]),
-            Err(ValueError::UnexpectedEof(_))
-        ));
-        assert!(matches!(
-            decode(&[0xcd, 0x01]),
-            Err(ValueError::UnexpectedEof(_))
-        ));
+        assert!(matches!(decode(&[0xc1]), Err(ValueError::InvalidMarker { marker: 0xc1, .. })));
+        assert!(matches!(decode(&[0xa2, 0xff, 0xfe]), Err(ValueError::InvalidUtf8(_))));
+        assert_eq!(decode(&[0x81, 0x01, 0x02]), Err(ValueError::InvalidMapKey("int")));
+        assert_eq!(decode(&[0x81, 0xc0, 0x02]), Err(ValueError::InvalidMapKey("none")));
+        assert!(matches!(decode(&[0xdd, 0xff, 0xff, 0xff, 0xff]), Err(ValueError::UnexpectedEof(_))));
+        assert!(matches!(decode(&[0xcd, 0x01]), Err(ValueError::UnexpectedEof(_))));
         let deep = [vec![0x91; 200], vec![0xc0]].concat();
         assert_eq!(decode(&deep), Err(ValueError::TooDeep(MAX_DEPTH)));
     }
@@ -798,29 +730,21 @@ mod tests {
         let bytes = [0x83, 0xa1, b'a', 0x01, 0xa1, b'b', 0x02, 0xa1, b'a', 0x03];
         assert_eq!(
             decode(&bytes).unwrap(),
-            Value::Map(vec![
-                (Value::from("a"), Value::Int(3)),
-                (Value::from("b"), Value::Int(2)),
-            ])
+            Value::Map(vec![(Value::from("a"), Value::Int(3)), (Value::from("b"), Value::Int(2)),])
         );
     }
 
     #[test]
     fn json_conversion_keeps_order_and_int_float_distinction() {
-        let json: serde_json::Value = serde_json::from_str(
-            r#"{"b":1,"a":1.0,"c":[true,null,"s"],"big":18446744073709551615}"#,
-        )
-        .unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":1.0,"c":[true,null,"s"],"big":18446744073709551615}"#).unwrap();
         let v = Value::from(&json);
         assert_eq!(
             v,
             Value::Map(vec![
                 (Value::from("b"), Value::Int(1)),
                 (Value::from("a"), Value::Float(1.0)),
-                (
-                    Value::from("c"),
-                    Value::Array(vec![Value::Bool(true), Value::Nil, Value::from("s")])
-                ),
+                (Value::from("c"), Value::Array(vec![Value::Bool(true), Value::Nil, Value::from("s")])),
                 (Value::from("big"), Value::Int(u64::MAX as i128)),
             ])
         );
@@ -834,18 +758,9 @@ mod tests {
 
     #[test]
     fn strict_json_rejects_non_json_values() {
-        assert_eq!(
-            Value::Bin(vec![1]).to_json(),
-            Err(ValueError::NotJson("bytes"))
-        );
-        assert_eq!(
-            Value::Float(f64::INFINITY).to_json(),
-            Err(ValueError::NotJson("float"))
-        );
-        assert_eq!(
-            Value::DateTime(1.0).to_json(),
-            Err(ValueError::NotJson("datetime"))
-        );
+        assert_eq!(Value::Bin(vec![1]).to_json(), Err(ValueError::NotJson("bytes")));
+        assert_eq!(Value::Float(f64::INFINITY).to_json(), Err(ValueError::NotJson("float")));
+        assert_eq!(Value::DateTime(1.0).to_json(), Err(ValueError::NotJson("datetime")));
     }
 
     #[test]
@@ -864,10 +779,7 @@ mod tests {
             r#"{"b":{"bytes":"dead"},"t":{"datetime":1.5},"n":"NaN","i":"Infinity","m":"-Infinity","f":2.0,"e":{"ext":5,"bytes":"01"}}"#
         );
         let bin_keys = Value::Map(vec![(Value::Bin(vec![1]), Value::Int(2))]);
-        assert_eq!(
-            serde_json::to_string(&bin_keys.to_dump_json()).unwrap(),
-            r#"{"map":[[{"bytes":"01"},2]]}"#
-        );
+        assert_eq!(serde_json::to_string(&bin_keys.to_dump_json()).unwrap(), r#"{"map":[[{"bytes":"01"},2]]}"#);
     }
 
     #[test]

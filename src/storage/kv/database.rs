@@ -68,40 +68,24 @@ impl Database {
     /// An in-memory database with custom limits (tests shorten the lifetime).
     pub fn memory_with_limits(limits: Limits) -> Self {
         Self {
-            inner: DbInner::Local(LocalDb::new(
-                Box::<super::memory::MemoryEngine>::default(),
-                limits,
-            )),
+            inner: DbInner::Local(LocalDb::new(Box::<super::memory::MemoryEngine>::default(), limits)),
             backend: "memory",
         }
     }
 
     /// Opens (creating if needed) the embedded store in `dir`.
-    pub fn open_embedded(
-        dir: &Path,
-        engine: EmbeddedEngine,
-        limits: Limits,
-    ) -> Result<Self, KvError> {
+    pub fn open_embedded(dir: &Path, engine: EmbeddedEngine, limits: Limits) -> Result<Self, KvError> {
         let (engine, backend): (Box<dyn super::engine::Engine>, _) = match engine {
-            EmbeddedEngine::Fjall => (
-                Box::new(super::fjall_engine::FjallEngine::open(dir)?),
-                "fjall",
-            ),
+            EmbeddedEngine::Fjall => (Box::new(super::fjall_engine::FjallEngine::open(dir)?), "fjall"),
             EmbeddedEngine::Redb => (Box::new(super::redb_engine::RedbEngine::open(dir)?), "redb"),
         };
-        Ok(Self {
-            inner: DbInner::Local(LocalDb::new(engine, limits)),
-            backend,
-        })
+        Ok(Self { inner: DbInner::Local(LocalDb::new(engine, limits)), backend })
     }
 
     /// Opens FoundationDB through `cluster_file` (the default cluster file when `None`).
     #[cfg(feature = "fdb")]
     pub fn open_fdb(cluster_file: Option<&Path>) -> Result<Self, KvError> {
-        Ok(Self {
-            inner: DbInner::Fdb(Arc::new(super::fdb::FdbDatabase::open(cluster_file)?)),
-            backend: "fdb",
-        })
+        Ok(Self { inner: DbInner::Fdb(Arc::new(super::fdb::FdbDatabase::open(cluster_file)?)), backend: "fdb" })
     }
 
     /// The backend's name: `memory`, `fjall`, `redb` or `fdb`.
@@ -207,11 +191,7 @@ impl Database {
 fn backoff(opts: &RetryOptions, attempt: u32) -> Duration {
     let base = opts.initial_backoff.saturating_mul(1u32 << attempt.min(20));
     let jitter_max = opts.initial_backoff.as_micros() as u64 / 4;
-    let jitter = Duration::from_micros(if jitter_max == 0 {
-        0
-    } else {
-        rand::random_range(0..=jitter_max)
-    });
+    let jitter = Duration::from_micros(if jitter_max == 0 { 0 } else { rand::random_range(0..=jitter_max) });
     (base + jitter).min(opts.max_backoff)
 }
 
@@ -239,11 +219,7 @@ impl Transaction {
     }
 
     /// Reads the pairs of a range (all of them up to `opt.limit`, 0 meaning no limit).
-    pub async fn get_range(
-        &self,
-        opt: &RangeOption,
-        snapshot: bool,
-    ) -> Result<Vec<KeyValue>, KvError> {
+    pub async fn get_range(&self, opt: &RangeOption, snapshot: bool) -> Result<Vec<KeyValue>, KvError> {
         match &self.inner {
             TxnInner::Local(t) => t.get_range(opt, snapshot),
             #[cfg(feature = "fdb")]

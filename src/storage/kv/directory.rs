@@ -51,19 +51,13 @@ pub async fn create_or_open(tx: &Transaction, path: &[&str]) -> Result<Vec<u8>, 
     let mut parent_node = root.clone();
     let mut prefix = Vec::new();
     for name in path {
-        let entry = with_suffix(
-            parent_node.clone(),
-            pack(&[Elem::Int(SUBDIRS), Elem::from(*name)]),
-        );
+        let entry = with_suffix(parent_node.clone(), pack(&[Elem::Int(SUBDIRS), Elem::from(*name)]));
         prefix = match tx.get(&entry, false).await? {
             Some(p) => p,
             None => {
                 let p = allocate(tx, &root).await?;
                 tx.set(&entry, &p);
-                tx.set(
-                    &with_suffix(node_key(&p), pack(&[Elem::Bytes(b"layer".to_vec())])),
-                    b"",
-                );
+                tx.set(&with_suffix(node_key(&p), pack(&[Elem::Bytes(b"layer".to_vec())])), b"");
                 p
             }
         };
@@ -84,11 +78,7 @@ async fn allocate(tx: &Transaction, root: &[u8]) -> Result<Vec<u8>, KvError> {
         if !tx.get_range(&content, false).await?.is_empty() {
             continue;
         }
-        if !tx
-            .get_range(&RangeOption::prefix(&node_key(&candidate)).limit(1), false)
-            .await?
-            .is_empty()
-        {
+        if !tx.get_range(&RangeOption::prefix(&node_key(&candidate)).limit(1), false).await?.is_empty() {
             continue;
         }
         tx.set(&recent, b"");
@@ -106,9 +96,6 @@ mod tests {
         assert_eq!(root_node(), vec![0xfe, 0x01, 0xfe, 0x00]);
         // `fe01fe00 14 02 "data" 00` is the root's entry for child `data`.
         let entry = with_suffix(root_node(), pack(&[Elem::Int(SUBDIRS), Elem::from("data")]));
-        assert_eq!(
-            hex::encode(entry),
-            "fe01fe00140264617461".to_string() + "00"
-        );
+        assert_eq!(hex::encode(entry), "fe01fe00140264617461".to_string() + "00");
     }
 }

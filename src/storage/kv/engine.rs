@@ -42,13 +42,7 @@ pub trait EngineSnapshot: Send + Sync + 'static {
     /// The committed value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
     /// Up to `limit` pairs (0: all) in `[begin, end)`, ascending or, with `reverse`, descending.
-    fn range(
-        &self,
-        begin: &[u8],
-        end: &[u8],
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Pairs, KvError>;
+    fn range(&self, begin: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Pairs, KvError>;
 }
 
 /// A local ordered key-value engine.

@@ -55,10 +55,7 @@ extern "C" fn stop_network_at_exit() {
 
 fn boot_network() -> Result<(), KvError> {
     let network = NETWORK.get_or_init(|| {
-        let builder = FdbApiBuilder::default()
-            .set_runtime_version(API_VERSION)
-            .build()
-            .map_err(map_err)?;
+        let builder = FdbApiBuilder::default().set_runtime_version(API_VERSION).build().map_err(map_err)?;
         // SAFETY: `boot` requires the returned guard to be dropped before the process exits. It is
         // kept in `NETWORK` and dropped by `stop_network_at_exit`, registered right below; an
         // aborting process needs no stop.
@@ -67,9 +64,7 @@ fn boot_network() -> Result<(), KvError> {
         if unsafe { atexit(stop_network_at_exit) } != 0 {
             // Without the handler the network thread would outlive `main`: stop it now and fail.
             drop(guard);
-            return Err(KvError::Engine(
-                "fdb: cannot register the network's exit handler".into(),
-            ));
+            return Err(KvError::Engine("fdb: cannot register the network's exit handler".into()));
         }
         Ok(Mutex::new(Some(guard)))
     });
@@ -81,31 +76,17 @@ fn boot_network() -> Result<(), KvError> {
 fn map_err(err: FdbError) -> KvError {
     let limits = Limits::FDB;
     match err.code() {
-        1007 => KvError::TransactionTooOld {
-            lifetime_ms: limits.txn_lifetime.as_millis() as u64,
-        },
+        1007 => KvError::TransactionTooOld { lifetime_ms: limits.txn_lifetime.as_millis() as u64 },
         1020 => KvError::NotCommitted,
         1021 => KvError::CommitUnknownResult,
         1025 => KvError::TransactionCancelled,
         1031 => KvError::TransactionTimedOut,
         2004 => KvError::KeyOutsideLegalRange,
         2005 => KvError::InvertedRange,
-        2101 => KvError::TransactionTooLarge {
-            size: 0,
-            limit: limits.max_txn_bytes,
-        },
-        2102 => KvError::KeyTooLarge {
-            size: 0,
-            limit: limits.max_key_bytes,
-        },
-        2103 => KvError::ValueTooLarge {
-            size: 0,
-            limit: limits.max_value_bytes,
-        },
-        code => KvError::Fdb {
-            code,
-            message: err.message().to_string(),
-        },
+        2101 => KvError::TransactionTooLarge { size: 0, limit: limits.max_txn_bytes },
+        2102 => KvError::KeyTooLarge { size: 0, limit: limits.max_key_bytes },
+        2103 => KvError::ValueTooLarge { size: 0, limit: limits.max_value_bytes },
+        code => KvError::Fdb { code, message: err.message().to_string() },
     }
 }
 
@@ -153,9 +134,7 @@ impl FdbDatabase {
     /// A new transaction.
     pub fn create_trx(&self) -> Result<FdbTransaction, KvError> {
         let trx = self.db.create_trx().map_err(map_err)?;
-        Ok(FdbTransaction {
-            trx: Mutex::new(Some(trx)),
-        })
+        Ok(FdbTransaction { trx: Mutex::new(Some(trx)) })
     }
 
     /// Opens (creating if needed) the directory at `path` with the crate's directory layer (node
@@ -166,12 +145,8 @@ impl FdbDatabase {
         let layer = DirectoryLayer::default();
         let mut trx = self.db.create_trx().map_err(map_err)?;
         // Both options survive the resets done by `on_error` (API version 610 and later).
-        trx.set_option(TransactionOption::Timeout(
-            DIRECTORY_TIMEOUT.as_millis() as i32
-        ))
-        .map_err(map_err)?;
-        trx.set_option(TransactionOption::RetryLimit(DIRECTORY_RETRY_LIMIT))
-            .map_err(map_err)?;
+        trx.set_option(TransactionOption::Timeout(DIRECTORY_TIMEOUT.as_millis() as i32)).map_err(map_err)?;
+        trx.set_option(TransactionOption::RetryLimit(DIRECTORY_RETRY_LIMIT)).map_err(map_err)?;
         loop {
             // `on_error` backs off and resets for retryable errors and returns the error otherwise.
             trx = match layer.create_or_open(&trx, &path, None, None).await {
@@ -182,9 +157,9 @@ impl FdbDatabase {
                         Err(e) => e.on_error().await.map_err(map_err)?,
                     }
                 }
-                Err(
-                    DirectoryError::FdbError(e) | DirectoryError::HcaError(HcaError::FdbError(e)),
-                ) => trx.on_error(e).await.map_err(map_err)?,
+                Err(DirectoryError::FdbError(e) | DirectoryError::HcaError(HcaError::FdbError(e))) => {
+                    trx.on_error(e).await.map_err(map_err)?
+                }
                 Err(other) => return Err(map_dir_err(other)),
             };
         }
@@ -215,11 +190,7 @@ impl FdbTransaction {
     }
 
     /// Reads a range to the end (or to `opt.limit` pairs), fetching batch after batch.
-    pub async fn get_range(
-        &self,
-        opt: &RangeOption,
-        snapshot: bool,
-    ) -> Result<Vec<KeyValue>, KvError> {
+    pub async fn get_range(&self, opt: &RangeOption, snapshot: bool) -> Result<Vec<KeyValue>, KvError> {
         // Offset-1 selectors select exactly the keys in `[begin.resolve(), end.resolve())`, so an
         // empty or inverted range reads nothing, as on the local backends (and adds no conflict).
         let (begin, end) = opt.bounds();
@@ -241,10 +212,7 @@ impl FdbTransaction {
         while let Some(range) = next {
             let fut = self.with(|t| t.get_range(&range, iteration, snapshot))?;
             let values = fut.await.map_err(map_err)?;
-            out.extend(values.iter().map(|kv| KeyValue {
-                key: kv.key().to_vec(),
-                value: kv.value().to_vec(),
-            }));
+            out.extend(values.iter().map(|kv| KeyValue { key: kv.key().to_vec(), value: kv.value().to_vec() }));
             // Moves `begin` (or `end` when reversed) past the last pair and lowers the limit; `None`
             // once the range or the limit is exhausted.
             next = range.next_range(&values);
@@ -282,11 +250,7 @@ impl FdbTransaction {
 
     /// Commits. The transaction is consumed whatever the outcome: a retry needs a new one.
     pub async fn commit(&self) -> Result<(), KvError> {
-        let trx = self
-            .trx
-            .lock()
-            .take()
-            .ok_or(KvError::TransactionCancelled)?;
+        let trx = self.trx.lock().take().ok_or(KvError::TransactionCancelled)?;
         trx.commit().await.map(drop).map_err(|e| map_err(*e))
     }
 
@@ -306,10 +270,7 @@ mod tests {
     #[test]
     fn selectors_keep_foundationdb_encoding() {
         let ge = selector(&KeySelector::first_greater_or_equal(b"k".to_vec()));
-        assert_eq!(
-            (ge.key(), ge.or_equal(), ge.offset()),
-            (&b"k"[..], false, 1)
-        );
+        assert_eq!((ge.key(), ge.or_equal(), ge.offset()), (&b"k"[..], false, 1));
         let gt = selector(&KeySelector::first_greater_than(b"k".to_vec()));
         assert_eq!((gt.key(), gt.or_equal(), gt.offset()), (&b"k"[..], true, 1));
     }

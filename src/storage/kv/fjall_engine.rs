@@ -26,9 +26,7 @@ impl FjallEngine {
             fjall::Error::Locked => KvError::Locked(path.display().to_string()),
             other => engine_err(other),
         })?;
-        let ks = db
-            .keyspace("kv", KeyspaceCreateOptions::default)
-            .map_err(engine_err)?;
+        let ks = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(engine_err)?;
         Ok(Self { db, ks })
     }
 }
@@ -40,41 +38,20 @@ struct FjallSnapshot {
 
 impl EngineSnapshot for FjallSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self
-            .snap
-            .get(&self.ks, key)
-            .map_err(engine_err)?
-            .map(|v| v.to_vec()))
+        Ok(self.snap.get(&self.ks, key).map_err(engine_err)?.map(|v| v.to_vec()))
     }
 
-    fn range(
-        &self,
-        begin: &[u8],
-        end: &[u8],
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Pairs, KvError> {
+    fn range(&self, begin: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Pairs, KvError> {
         let it = self.snap.range(&self.ks, begin..end);
         let take = if limit == 0 { usize::MAX } else { limit };
-        let pair = |g: fjall::Guard| {
-            g.into_inner()
-                .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(engine_err)
-        };
-        if reverse {
-            it.rev().take(take).map(pair).collect()
-        } else {
-            it.take(take).map(pair).collect()
-        }
+        let pair = |g: fjall::Guard| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine_err);
+        if reverse { it.rev().take(take).map(pair).collect() } else { it.take(take).map(pair).collect() }
     }
 }
 
 impl Engine for FjallEngine {
     fn snapshot(&self) -> Result<Arc<dyn EngineSnapshot>, KvError> {
-        Ok(Arc::new(FjallSnapshot {
-            snap: self.db.snapshot(),
-            ks: self.ks.clone(),
-        }))
+        Ok(Arc::new(FjallSnapshot { snap: self.db.snapshot(), ks: self.ks.clone() }))
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
@@ -85,10 +62,7 @@ impl Engine for FjallEngine {
             for g in snap.range(&self.ks, b.as_slice()..e.as_slice()) {
                 let key = g.key().map_err(engine_err)?;
                 // Entries of one batch share a sequence number: never remove and insert one key.
-                let rewritten = batch
-                    .ops
-                    .binary_search_by(|(k, _)| k.as_slice().cmp(&key))
-                    .is_ok();
+                let rewritten = batch.ops.binary_search_by(|(k, _)| k.as_slice().cmp(&key)).is_ok();
                 if !rewritten {
                     wb.remove(&self.ks, key);
                 }
@@ -99,10 +73,7 @@ impl Engine for FjallEngine {
                 PointOp::Set(v) => wb.insert(&self.ks, k.as_slice(), v.as_slice()),
                 PointOp::Clear => wb.remove(&self.ks, k.as_slice()),
                 PointOp::Add(ps) => {
-                    let cur = snap
-                        .get(&self.ks, k)
-                        .map_err(engine_err)?
-                        .map(|v| v.to_vec());
+                    let cur = snap.get(&self.ks, k).map_err(engine_err)?.map(|v| v.to_vec());
                     wb.insert(&self.ks, k.as_slice(), resolve_add(cur, ps));
                 }
             }

@@ -115,10 +115,7 @@ impl LocalDb {
 
     /// A new transaction.
     pub fn create_trx(self: &Arc<Self>) -> LocalTxn {
-        LocalTxn {
-            db: Arc::clone(self),
-            state: Mutex::new(TxnState::default()),
-        }
+        LocalTxn { db: Arc::clone(self), state: Mutex::new(TxnState::default()) }
     }
 
     fn acquire_read(self: &Arc<Self>) -> Result<ReadView, KvError> {
@@ -128,17 +125,9 @@ impl LocalDb {
             *active.entry(v).or_insert(0) += 1;
             v
         };
-        let registration = Registration {
-            db: Arc::clone(self),
-            version,
-        };
+        let registration = Registration { db: Arc::clone(self), version };
         let snapshot = self.engine.snapshot()?;
-        Ok(ReadView {
-            version,
-            snapshot,
-            started: Instant::now(),
-            _registration: registration,
-        })
+        Ok(ReadView { version, snapshot, started: Instant::now(), _registration: registration })
     }
 
     fn release(&self, version: u64) {
@@ -154,12 +143,7 @@ impl LocalDb {
     /// Checks conflicts, applies the batch and records its write set for transactions still
     /// reading at older versions. `read` is the committing transaction's own read view: it is
     /// released under the log lock, so no commit can prune history it still needs.
-    fn commit_batch(
-        &self,
-        read: Option<ReadView>,
-        read_conflicts: Ranges,
-        batch: WriteBatch,
-    ) -> Result<(), KvError> {
+    fn commit_batch(&self, read: Option<ReadView>, read_conflicts: Ranges, batch: WriteBatch) -> Result<(), KvError> {
         let mut log = self.log.lock();
         if let Some(rv) = read.as_ref().map(|r| r.version) {
             let reads = coalesce(read_conflicts);
@@ -184,13 +168,7 @@ impl LocalDb {
                     log.entries.pop_front();
                 }
                 let points = batch.ops.into_iter().map(|(k, _)| k).collect();
-                log.entries.push_back((
-                    version,
-                    WriteSet {
-                        points,
-                        ranges: batch.cleared,
-                    },
-                ));
+                log.entries.push_back((version, WriteSet { points, ranges: batch.cleared }));
             }
         }
         Ok(())
@@ -281,9 +259,7 @@ impl LocalTxn {
         let view = st.read.as_ref().expect("read view set above");
         let lifetime = self.db.limits.txn_lifetime;
         if view.started.elapsed() > lifetime {
-            return Err(KvError::TransactionTooOld {
-                lifetime_ms: lifetime.as_millis() as u64,
-            });
+            return Err(KvError::TransactionTooOld { lifetime_ms: lifetime.as_millis() as u64 });
         }
         Ok(view)
     }
@@ -326,13 +302,7 @@ impl LocalTxn {
         } else {
             let pairs = snap.range(&begin, &end, opt.reverse, opt.limit)?;
             let limited = opt.limit != 0 && pairs.len() == opt.limit;
-            (
-                pairs
-                    .into_iter()
-                    .map(|(key, value)| KeyValue { key, value })
-                    .collect(),
-                limited,
-            )
+            (pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(), limited)
         };
         if !snapshot {
             let range = match (limited, out.last()) {
@@ -349,10 +319,7 @@ impl LocalTxn {
     fn check_key(&self, st: &mut TxnState, key: &[u8]) -> bool {
         let limit = self.db.limits.max_key_bytes;
         let err = if key.len() > limit {
-            Some(KvError::KeyTooLarge {
-                size: key.len(),
-                limit,
-            })
+            Some(KvError::KeyTooLarge { size: key.len(), limit })
         } else if key.first() == Some(&0xff) {
             Some(KvError::KeyOutsideLegalRange)
         } else {
@@ -375,15 +342,11 @@ impl LocalTxn {
         }
         let limit = self.db.limits.max_value_bytes;
         if value.len() > limit {
-            st.deferred.get_or_insert(KvError::ValueTooLarge {
-                size: value.len(),
-                limit,
-            });
+            st.deferred.get_or_insert(KvError::ValueTooLarge { size: value.len(), limit });
             return;
         }
         st.size += key.len() + value.len() + 2 * key.len() + 1;
-        st.pending
-            .push((key.to_vec(), PointOp::Set(value.to_vec())));
+        st.pending.push((key.to_vec(), PointOp::Set(value.to_vec())));
     }
 
     /// Removes `key`.
@@ -468,24 +431,16 @@ impl LocalTxn {
         }
         let limit = self.db.limits.max_txn_bytes;
         if st.size > limit {
-            return Err(KvError::TransactionTooLarge {
-                size: st.size,
-                limit,
-            });
+            return Err(KvError::TransactionTooLarge { size: st.size, limit });
         }
         let read = st.read.take();
         if let Some(view) = &read {
             let lifetime = self.db.limits.txn_lifetime;
             if view.started.elapsed() > lifetime {
-                return Err(KvError::TransactionTooOld {
-                    lifetime_ms: lifetime.as_millis() as u64,
-                });
+                return Err(KvError::TransactionTooOld { lifetime_ms: lifetime.as_millis() as u64 });
             }
         }
-        let batch = WriteBatch {
-            cleared: std::mem::take(&mut st.cleared),
-            ops: st.take_ops(),
-        };
+        let batch = WriteBatch { cleared: std::mem::take(&mut st.cleared), ops: st.take_ops() };
         if batch.is_empty() {
             return Ok(());
         }
@@ -515,11 +470,7 @@ fn merged_range(
     let mut out: Vec<KeyValue> = Vec::new();
     let (mut lo, mut hi) = (begin.to_vec(), end.to_vec());
     loop {
-        let fetch = if limit == 0 {
-            0
-        } else {
-            (limit - out.len()) + 16
-        };
+        let fetch = if limit == 0 { 0 } else { (limit - out.len()) + 16 };
         let items = snap.range(&lo, &hi, reverse, fetch)?;
         let exhausted = fetch == 0 || items.len() < fetch;
         // The key span these items cover completely.
@@ -528,15 +479,8 @@ fn merged_range(
             (false, Some((k, _))) => (k.clone(), hi.clone()),
             _ => (lo.clone(), hi.clone()),
         };
-        let ops = st.writes.range::<[u8], _>((
-            Bound::Included(seg_lo.as_slice()),
-            Bound::Excluded(seg_hi.as_slice()),
-        ));
-        let ops: Vec<(&Vec<u8>, &PointOp)> = if reverse {
-            ops.rev().collect()
-        } else {
-            ops.collect()
-        };
+        let ops = st.writes.range::<[u8], _>((Bound::Included(seg_lo.as_slice()), Bound::Excluded(seg_hi.as_slice())));
+        let ops: Vec<(&Vec<u8>, &PointOp)> = if reverse { ops.rev().collect() } else { ops.collect() };
         let mut items_it = items.into_iter().peekable();
         let mut ops_it = ops.into_iter().peekable();
         loop {
@@ -564,15 +508,9 @@ fn merged_range(
                     _ => None,
                 };
                 match op {
-                    PointOp::Set(v) => out.push(KeyValue {
-                        key: k.clone(),
-                        value: v.clone(),
-                    }),
+                    PointOp::Set(v) => out.push(KeyValue { key: k.clone(), value: v.clone() }),
                     PointOp::Clear => {}
-                    PointOp::Add(ps) => out.push(KeyValue {
-                        key: k.clone(),
-                        value: resolve_add(base, ps),
-                    }),
+                    PointOp::Add(ps) => out.push(KeyValue { key: k.clone(), value: resolve_add(base, ps) }),
                 }
             } else {
                 let (key, value) = items_it.next().expect("peeked");

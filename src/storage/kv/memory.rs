@@ -23,21 +23,11 @@ impl EngineSnapshot for MemorySnapshot {
         Ok(self.0.get(key).cloned())
     }
 
-    fn range(
-        &self,
-        begin: &[u8],
-        end: &[u8],
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Pairs, KvError> {
+    fn range(&self, begin: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Pairs, KvError> {
         let it = self.0.range(begin.to_vec()..end.to_vec());
         let take = if limit == 0 { usize::MAX } else { limit };
         let pairs = |(k, v): (&Vec<u8>, &Vec<u8>)| (k.clone(), v.clone());
-        Ok(if reverse {
-            it.rev().take(take).map(pairs).collect()
-        } else {
-            it.take(take).map(pairs).collect()
-        })
+        Ok(if reverse { it.rev().take(take).map(pairs).collect() } else { it.take(take).map(pairs).collect() })
     }
 }
 
@@ -49,10 +39,7 @@ impl Engine for MemoryEngine {
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         let mut map = self.map.read().clone();
         for (b, e) in &batch.cleared {
-            let doomed: Vec<Vec<u8>> = map
-                .range(b.clone()..e.clone())
-                .map(|(k, _)| k.clone())
-                .collect();
+            let doomed: Vec<Vec<u8>> = map.range(b.clone()..e.clone()).map(|(k, _)| k.clone()).collect();
             for k in doomed {
                 map.remove(&k);
             }

@@ -36,82 +36,52 @@ impl RedbEngine {
     }
 }
 
-type GuardPair = (
-    redb::AccessGuard<'static, &'static [u8]>,
-    redb::AccessGuard<'static, &'static [u8]>,
-);
+type GuardPair = (redb::AccessGuard<'static, &'static [u8]>, redb::AccessGuard<'static, &'static [u8]>);
 
 fn owned_pair(r: Result<GuardPair, redb::StorageError>) -> Result<(Vec<u8>, Vec<u8>), KvError> {
-    r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
-        .map_err(engine_err)
+    r.map(|(k, v)| (k.value().to_vec(), v.value().to_vec())).map_err(engine_err)
 }
 
 struct RedbSnapshot(ReadOnlyTable<&'static [u8], &'static [u8]>);
 
 impl EngineSnapshot for RedbSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self
-            .0
-            .get(key)
-            .map_err(engine_err)?
-            .map(|v| v.value().to_vec()))
+        Ok(self.0.get(key).map_err(engine_err)?.map(|v| v.value().to_vec()))
     }
 
-    fn range(
-        &self,
-        begin: &[u8],
-        end: &[u8],
-        reverse: bool,
-        limit: usize,
-    ) -> Result<Pairs, KvError> {
+    fn range(&self, begin: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Pairs, KvError> {
         let it = self.0.range::<&[u8]>(begin..end).map_err(engine_err)?;
         let take = if limit == 0 { usize::MAX } else { limit };
-        if reverse {
-            it.rev().take(take).map(owned_pair).collect()
-        } else {
-            it.take(take).map(owned_pair).collect()
-        }
+        if reverse { it.rev().take(take).map(owned_pair).collect() } else { it.take(take).map(owned_pair).collect() }
     }
 }
 
 impl Engine for RedbEngine {
     fn snapshot(&self) -> Result<Arc<dyn EngineSnapshot>, KvError> {
         let tx = self.db.begin_read().map_err(engine_err)?;
-        Ok(Arc::new(RedbSnapshot(
-            tx.open_table(TABLE).map_err(engine_err)?,
-        )))
+        Ok(Arc::new(RedbSnapshot(tx.open_table(TABLE).map_err(engine_err)?)))
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         let mut tx = self.db.begin_write().map_err(engine_err)?;
-        tx.set_durability(Durability::Immediate)
-            .map_err(engine_err)?;
+        tx.set_durability(Durability::Immediate).map_err(engine_err)?;
         {
             let mut table = tx.open_table(TABLE).map_err(engine_err)?;
             for (b, e) in &batch.cleared {
-                table
-                    .retain_in::<&[u8], _>(b.as_slice()..e.as_slice(), |_, _| false)
-                    .map_err(engine_err)?;
+                table.retain_in::<&[u8], _>(b.as_slice()..e.as_slice(), |_, _| false).map_err(engine_err)?;
             }
             for (k, op) in &batch.ops {
                 match op {
                     PointOp::Set(v) => {
-                        table
-                            .insert(k.as_slice(), v.as_slice())
-                            .map_err(engine_err)?;
+                        table.insert(k.as_slice(), v.as_slice()).map_err(engine_err)?;
                     }
                     PointOp::Clear => {
                         table.remove(k.as_slice()).map_err(engine_err)?;
                     }
                     PointOp::Add(ps) => {
-                        let cur = table
-                            .get(k.as_slice())
-                            .map_err(engine_err)?
-                            .map(|v| v.value().to_vec());
+                        let cur = table.get(k.as_slice()).map_err(engine_err)?.map(|v| v.value().to_vec());
                         let v = resolve_add(cur, ps);
-                        table
-                            .insert(k.as_slice(), v.as_slice())
-                            .map_err(engine_err)?;
+                        table.insert(k.as_slice(), v.as_slice()).map_err(engine_err)?;
                     }
                 }
             }

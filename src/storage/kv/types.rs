@@ -20,18 +20,12 @@ pub struct KeySelector {
 impl KeySelector {
     /// The first key at or after `key`.
     pub fn first_greater_or_equal(key: impl Into<Vec<u8>>) -> Self {
-        Self {
-            key: key.into(),
-            or_equal: false,
-        }
+        Self { key: key.into(), or_equal: false }
     }
 
     /// The first key strictly after `key`.
     pub fn first_greater_than(key: impl Into<Vec<u8>>) -> Self {
-        Self {
-            key: key.into(),
-            or_equal: true,
-        }
+        Self { key: key.into(), or_equal: true }
     }
 
     /// The selector as an inclusive lower / exclusive upper key bound: the smallest key it selects.
@@ -186,13 +180,7 @@ mod tests {
 
     #[test]
     fn selectors_resolve_to_bounds() {
-        assert_eq!(
-            KeySelector::first_greater_than(b"a".to_vec()).resolve(),
-            b"a\x00".to_vec()
-        );
-        assert_eq!(
-            KeySelector::first_greater_or_equal(b"a".to_vec()).resolve(),
-            b"a".to_vec()
-        );
+        assert_eq!(KeySelector::first_greater_than(b"a".to_vec()).resolve(), b"a\x00".to_vec());
+        assert_eq!(KeySelector::first_greater_or_equal(b"a".to_vec()).resolve(), b"a".to_vec());
     }
 }

@@ -30,9 +30,7 @@ pub struct Indexes {
 impl Indexes {
     /// Indexes under `prefix`.
     pub fn new(prefix: &[u8]) -> Self {
-        Self {
-            prefix: prefix.to_vec(),
-        }
+        Self { prefix: prefix.to_vec() }
     }
 
     fn forward_key(&self, entry: &[Elem]) -> Vec<u8> {
@@ -83,12 +81,7 @@ impl Indexes {
     }
 
     /// Removes every index entry of `run` (forward and reverse), optionally only one `kind`.
-    pub async fn deindex_run(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        kind: Option<&str>,
-    ) -> Result<usize, LayoutError> {
+    pub async fn deindex_run(&self, tx: &Transaction, run: &str, kind: Option<&str>) -> Result<usize, LayoutError> {
         let entries = self.entries_of_run(tx, run, kind).await?;
         for entry in &entries {
             self.remove(tx, run, entry);
@@ -108,8 +101,8 @@ impl Indexes {
         let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rest = tuple::unpack(&kv.key[base.len()..])
-                .map_err(|e| LayoutError::Corrupt(format!("index entry: {e}")))?;
+            let rest =
+                tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(format!("index entry: {e}")))?;
             if let Some(Elem::Str(run)) = rest.last() {
                 out.push(run.clone());
             }
@@ -146,8 +139,8 @@ impl Indexes {
         let kvs = tx.get_range(&RangeOption::new(b, e), false).await?;
         let mut out = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rest = tuple::unpack(&kv.key[base.len()..])
-                .map_err(|e| LayoutError::Corrupt(format!("tombstone: {e}")))?;
+            let rest =
+                tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(format!("tombstone: {e}")))?;
             let Some(Elem::Str(run)) = rest.first() else {
                 continue;
             };

@@ -81,10 +81,7 @@ impl Layout {
     /// The layout on known directory prefixes.
     pub fn new(dirs: Dirs) -> Self {
         Self {
-            runs: RunOps {
-                runs: Runs::new(&dirs.runs),
-                indexes: Indexes::new(&dirs.indexes),
-            },
+            runs: RunOps { runs: Runs::new(&dirs.runs), indexes: Indexes::new(&dirs.indexes) },
             system: System::new(&dirs.system),
             seqs: KeyPerStep::new(&dirs.runs),
             dirs,
@@ -98,16 +95,9 @@ impl Layout {
 
     /// `delete_run` in one transaction: de-index, remove associations, clear `(R,)`, tombstone.
     /// Huge runs need the resumable form the ingestion layer builds on these steps.
-    pub async fn delete_run(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        now: f64,
-    ) -> Result<(), LayoutError> {
+    pub async fn delete_run(&self, tx: &Transaction, run: &str, now: f64) -> Result<(), LayoutError> {
         self.indexes().deindex_run(tx, run, None).await?;
-        self.system
-            .remove_associations(tx, self.indexes(), run)
-            .await?;
+        self.system.remove_associations(tx, self.indexes(), run).await?;
         self.runs.runs.clear_run(tx, run);
         self.indexes().mark_deleted(tx, run, now);
         Ok(())

@@ -69,9 +69,7 @@ fn enc(v: &Value) -> Result<Vec<u8>, LayoutError> {
 impl Runs {
     /// ⟨runs⟩ under `prefix`.
     pub fn new(prefix: &[u8]) -> Self {
-        Self {
-            prefix: prefix.to_vec(),
-        }
+        Self { prefix: prefix.to_vec() }
     }
 
     /// The key `⟨runs⟩ + pack((R, *rest))`.
@@ -86,71 +84,35 @@ impl Runs {
 
     /// `(R,"meta",field,"__leaf__")`.
     pub fn meta_key(&self, run: &str, field: &str) -> Vec<u8> {
-        self.key(
-            run,
-            &[
-                Elem::from("meta"),
-                Elem::from(field),
-                Elem::from(tree::LEAF),
-            ],
-        )
+        self.key(run, &[Elem::from("meta"), Elem::from(field), Elem::from(tree::LEAF)])
     }
 
     /// Sets one meta leaf.
-    pub fn set_meta(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        field: &str,
-        v: &Value,
-    ) -> Result<(), LayoutError> {
+    pub fn set_meta(&self, tx: &Transaction, run: &str, field: &str, v: &Value) -> Result<(), LayoutError> {
         tx.set(&self.meta_key(run, field), &enc(v)?);
         Ok(())
     }
 
     /// Reads one meta leaf (`None` when absent).
-    pub async fn meta_field(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        field: &str,
-    ) -> Result<Option<Value>, LayoutError> {
+    pub async fn meta_field(&self, tx: &Transaction, run: &str, field: &str) -> Result<Option<Value>, LayoutError> {
         match tx.get(&self.meta_key(run, field), false).await? {
             None => Ok(None),
-            Some(bytes) => Ok(Some(
-                value::decode(&bytes).map_err(|e| LayoutError::Corrupt(e.to_string()))?,
-            )),
+            Some(bytes) => Ok(Some(value::decode(&bytes).map_err(|e| LayoutError::Corrupt(e.to_string()))?)),
         }
     }
 
     /// A run exists iff any key lies under `(R,"meta")`.
-    pub async fn exists(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        snapshot: bool,
-    ) -> Result<bool, LayoutError> {
+    pub async fn exists(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<bool, LayoutError> {
         let (b, e) = self.range(run, &[Elem::from("meta")]);
-        Ok(!tx
-            .get_range(&RangeOption::new(b, e).limit(1), snapshot)
-            .await?
-            .is_empty())
+        Ok(!tx.get_range(&RangeOption::new(b, e).limit(1), snapshot).await?.is_empty())
     }
 
     /// Tree-set: clears everything under `(R, *path)` and writes the flattened value.
-    pub fn tree_set(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        path: &[Elem],
-        v: &Value,
-    ) -> Result<(), LayoutError> {
+    pub fn tree_set(&self, tx: &Transaction, run: &str, path: &[Elem], v: &Value) -> Result<(), LayoutError> {
         let base = run_path(run, path);
         let (b, e) = tuple::range(&self.prefix, &base);
         tx.clear_range(&b, &e);
-        for (key, bytes) in
-            tree::flatten(&base, v).map_err(|e| LayoutError::Encode(e.to_string()))?
-        {
+        for (key, bytes) in tree::flatten(&base, v).map_err(|e| LayoutError::Encode(e.to_string()))? {
             tx.set(&tuple::pack_with_prefix(&self.prefix, &key), &bytes);
         }
         Ok(())
@@ -170,8 +132,7 @@ impl Runs {
         let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
         let mut rows = Vec::with_capacity(kvs.len());
         for kv in kvs {
-            let rel = tuple::unpack(&kv.key[base_key.len()..])
-                .map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            let rel = tuple::unpack(&kv.key[base_key.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
             let v = value::decode(&kv.value).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
             rows.push((rel, v));
         }
@@ -179,38 +140,15 @@ impl Runs {
     }
 
     /// `(R,"contexts",ctx_id) = mp(ctx)`.
-    pub fn set_context(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        ctx_id: u32,
-        ctx: &Value,
-    ) -> Result<(), LayoutError> {
-        tx.set(
-            &self.key(run, &[Elem::from("contexts"), Elem::from(ctx_id)]),
-            &enc(ctx)?,
-        );
+    pub fn set_context(&self, tx: &Transaction, run: &str, ctx_id: u32, ctx: &Value) -> Result<(), LayoutError> {
+        tx.set(&self.key(run, &[Elem::from("contexts"), Elem::from(ctx_id)]), &enc(ctx)?);
         Ok(())
     }
 
     /// Trace info of a sequence: `dtype`, `last` (only when given) and `last_step`.
-    pub fn set_trace_info(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        t: &TraceInfo<'_>,
-    ) -> Result<(), LayoutError> {
-        let field = |f: &str| {
-            self.key(
-                run,
-                &[
-                    Elem::from("traces"),
-                    Elem::from(t.ctx_id),
-                    Elem::from(t.name),
-                    Elem::from(f),
-                ],
-            )
-        };
+    pub fn set_trace_info(&self, tx: &Transaction, run: &str, t: &TraceInfo<'_>) -> Result<(), LayoutError> {
+        let field =
+            |f: &str| self.key(run, &[Elem::from("traces"), Elem::from(t.ctx_id), Elem::from(t.name), Elem::from(f)]);
         tx.set(&field("dtype"), &enc(&Value::from(t.dtype))?);
         if let Some(last) = t.last {
             tx.set(&field("last"), &enc(last)?);
@@ -221,10 +159,7 @@ impl Runs {
 
     /// `(R,"tags",tag_uuid) = mp(True)`.
     pub fn set_tag(&self, tx: &Transaction, run: &str, tag_uuid: &str) -> Result<(), LayoutError> {
-        tx.set(
-            &self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]),
-            &enc(&Value::Bool(true))?,
-        );
+        tx.set(&self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]), &enc(&Value::Bool(true))?);
         Ok(())
     }
 
@@ -283,25 +218,18 @@ impl RunOps {
             let Some(index) = indexed_meta(field) else {
                 continue;
             };
-            let old = self
-                .runs
-                .meta_field(tx, run, field)
-                .await?
-                .unwrap_or(Value::Nil);
+            let old = self.runs.meta_field(tx, run, field).await?.unwrap_or(Value::Nil);
             if &old == new {
                 continue;
             }
             if let Some(old) = index_elem(&old) {
-                self.indexes
-                    .remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
+                self.indexes.remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
             }
             if let Some(new) = index_elem(new) {
-                self.indexes
-                    .add(tx, run, &[Elem::from(index), new, Elem::from(run)]);
+                self.indexes.add(tx, run, &[Elem::from(index), new, Elem::from(run)]);
             }
         }
-        self.runs
-            .set_meta(tx, run, "updated_at", &Value::Float(now))?;
+        self.runs.set_meta(tx, run, "updated_at", &Value::Float(now))?;
         for (field, v) in fields {
             self.runs.set_meta(tx, run, field, v)?;
         }
@@ -320,20 +248,9 @@ impl RunOps {
         now: f64,
         client_start_ts: Option<f64>,
     ) -> Result<(), LayoutError> {
-        for (field, index) in [
-            ("is_archived", "archived"),
-            ("active", "active"),
-            ("created_at", "created_at"),
-        ] {
-            if let Some(old) = self
-                .runs
-                .meta_field(tx, run, field)
-                .await?
-                .as_ref()
-                .and_then(index_elem)
-            {
-                self.indexes
-                    .remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
+        for (field, index) in [("is_archived", "archived"), ("active", "active"), ("created_at", "created_at")] {
+            if let Some(old) = self.runs.meta_field(tx, run, field).await?.as_ref().and_then(index_elem) {
+                self.indexes.remove(tx, run, &[Elem::from(index), old, Elem::from(run)]);
             }
         }
         let (b, e) = self.runs.range(run, &[Elem::from("meta")]);
@@ -353,24 +270,11 @@ impl RunOps {
         for (field, v) in &defaults {
             self.runs.set_meta(tx, run, field, v)?;
         }
-        self.indexes.add(
-            tx,
-            run,
-            &[Elem::from("archived"), Elem::Bool(false), Elem::from(run)],
-        );
-        self.indexes.add(
-            tx,
-            run,
-            &[Elem::from("active"), Elem::Bool(true), Elem::from(run)],
-        );
-        self.indexes.add(
-            tx,
-            run,
-            &[Elem::from("created_at"), Elem::Float(now), Elem::from(run)],
-        );
+        self.indexes.add(tx, run, &[Elem::from("archived"), Elem::Bool(false), Elem::from(run)]);
+        self.indexes.add(tx, run, &[Elem::from("active"), Elem::Bool(true), Elem::from(run)]);
+        self.indexes.add(tx, run, &[Elem::from("created_at"), Elem::Float(now), Elem::from(run)]);
         if let Some(ts) = client_start_ts {
-            self.update_meta(tx, run, now, &[("client_start_ts", Value::Float(ts))])
-                .await?;
+            self.update_meta(tx, run, now, &[("client_start_ts", Value::Float(ts))]).await?;
         }
         Ok(())
     }
@@ -388,19 +292,11 @@ impl RunOps {
         let mut full = vec![Elem::from("attrs")];
         full.extend(path.iter().map(Elem::from));
         self.runs.tree_set(tx, run, &full, node)?;
-        self.runs
-            .set_meta(tx, run, "updated_at", &Value::Float(now))?;
+        self.runs.set_meta(tx, run, "updated_at", &Value::Float(now))?;
         let hparams = match path {
             [only] if only == "hparams" => Some(node.clone()),
             [first, ..] if first == "hparams" => {
-                self.runs
-                    .tree_get(
-                        tx,
-                        run,
-                        &[Elem::from("attrs"), Elem::from("hparams")],
-                        false,
-                    )
-                    .await?
+                self.runs.tree_get(tx, run, &[Elem::from("attrs"), Elem::from("hparams")], false).await?
             }
             _ => None,
         };
@@ -422,47 +318,21 @@ impl RunOps {
             let (Value::Str(k), Some(v)) = (k, index_elem(v)) else {
                 continue;
             };
-            self.indexes.add(
-                tx,
-                run,
-                &[
-                    Elem::from("hparam"),
-                    Elem::from(k.as_str()),
-                    v,
-                    Elem::from(run),
-                ],
-            );
+            self.indexes.add(tx, run, &[Elem::from("hparam"), Elem::from(k.as_str()), v, Elem::from(run)]);
         }
         Ok(())
     }
 
     /// Trace info plus the tier-3 index entry `("trace", name, R)`.
-    pub fn record_trace(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        t: &TraceInfo<'_>,
-    ) -> Result<(), LayoutError> {
+    pub fn record_trace(&self, tx: &Transaction, run: &str, t: &TraceInfo<'_>) -> Result<(), LayoutError> {
         self.runs.set_trace_info(tx, run, t)?;
-        self.indexes.add(
-            tx,
-            run,
-            &[Elem::from("trace"), Elem::from(t.name), Elem::from(run)],
-        );
+        self.indexes.add(tx, run, &[Elem::from("trace"), Elem::from(t.name), Elem::from(run)]);
         Ok(())
     }
 
     /// The run's meta as a map with `hash` first, or `None` when the run has no meta.
-    pub async fn get_run(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        snapshot: bool,
-    ) -> Result<Option<Value>, LayoutError> {
-        let meta = self
-            .runs
-            .tree_get(tx, run, &[Elem::from("meta")], snapshot)
-            .await?;
+    pub async fn get_run(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<Option<Value>, LayoutError> {
+        let meta = self.runs.tree_get(tx, run, &[Elem::from("meta")], snapshot).await?;
         Ok(match meta {
             Some(Value::Map(fields)) => {
                 let mut out = vec![(Value::from("hash"), Value::from(run))];

@@ -83,22 +83,14 @@ pub struct KeyPerStep {
 impl KeyPerStep {
     /// The layout under the `data/runs` prefix.
     pub fn new(runs_prefix: &[u8]) -> Self {
-        Self {
-            runs: runs_prefix.to_vec(),
-        }
+        Self { runs: runs_prefix.to_vec() }
     }
 
     /// `⟨runs⟩ + pack((R, "seqs", ctx_id, name, col))`: the prefix of one column.
     pub fn column_prefix(&self, id: SeqId<'_>, col: &str) -> Vec<u8> {
         tuple::pack_with_prefix(
             &self.runs,
-            &[
-                Elem::from(id.run),
-                Elem::from("seqs"),
-                Elem::from(id.ctx_id),
-                Elem::from(id.name),
-                Elem::from(col),
-            ],
+            &[Elem::from(id.run), Elem::from("seqs"), Elem::from(id.ctx_id), Elem::from(id.name), Elem::from(col)],
         )
     }
 
@@ -142,16 +134,10 @@ impl KeyPerStep {
     }
 
     /// The highest step of the `val` column, seeing this transaction's writes.
-    pub async fn last_step(
-        &self,
-        tx: &Transaction,
-        id: SeqId<'_>,
-    ) -> Result<Option<i64>, SeqError> {
+    pub async fn last_step(&self, tx: &Transaction, id: SeqId<'_>) -> Result<Option<i64>, SeqError> {
         let prefix = self.column_prefix(id, "val");
         let (b, e) = tuple::range(&prefix, &[]);
-        let last = tx
-            .get_range(&RangeOption::new(b, e).reverse(true).limit(1), false)
-            .await?;
+        let last = tx.get_range(&RangeOption::new(b, e).reverse(true).limit(1), false).await?;
         last.first().map(|kv| step_of(&prefix, kv)).transpose()
     }
 
@@ -170,31 +156,18 @@ impl KeyPerStep {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
-        let vals = self
-            .read_column(tx, id, "val", start, end, snapshot)
-            .await?;
-        let mut points: Vec<SeqPoint> = vals
-            .into_iter()
-            .map(|(step, val)| SeqPoint {
-                step,
-                val,
-                epoch: None,
-                time: None,
-            })
-            .collect();
+        let vals = self.read_column(tx, id, "val", start, end, snapshot).await?;
+        let mut points: Vec<SeqPoint> =
+            vals.into_iter().map(|(step, val)| SeqPoint { step, val, epoch: None, time: None }).collect();
         if cols.epoch {
-            let epochs = self
-                .read_column(tx, id, "epoch", start, end, snapshot)
-                .await?;
+            let epochs = self.read_column(tx, id, "epoch", start, end, snapshot).await?;
             merge_column(&mut points, epochs, |p, v| {
                 p.epoch = decode_int(&v)?;
                 Ok(())
             })?;
         }
         if cols.time {
-            let times = self
-                .read_column(tx, id, "time", start, end, snapshot)
-                .await?;
+            let times = self.read_column(tx, id, "time", start, end, snapshot).await?;
             merge_column(&mut points, times, |p, v| {
                 p.time = match value::decode(&v).map_err(|e| SeqError::Corrupt(e.to_string()))? {
                     Value::Float(f) => Some(f),
@@ -225,24 +198,15 @@ impl KeyPerStep {
             e = Self::step_key(&prefix, s + 1);
         }
         let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
-        kvs.into_iter()
-            .map(|kv| Ok((step_of(&prefix, &kv)?, kv.value)))
-            .collect()
+        kvs.into_iter().map(|kv| Ok((step_of(&prefix, &kv)?, kv.value))).collect()
     }
 }
 
 fn step_of(prefix: &[u8], kv: &KeyValue) -> Result<i64, SeqError> {
-    let suffix = kv
-        .key
-        .strip_prefix(prefix)
-        .ok_or_else(|| SeqError::Corrupt("key outside its column".into()))?;
+    let suffix = kv.key.strip_prefix(prefix).ok_or_else(|| SeqError::Corrupt("key outside its column".into()))?;
     match tuple::unpack_one(suffix).map_err(|e| SeqError::Corrupt(format!("step: {e}")))? {
-        Elem::Int(step) => {
-            i64::try_from(step).map_err(|_| SeqError::Corrupt("step out of range".into()))
-        }
-        other => Err(SeqError::Corrupt(format!(
-            "step is not an integer: {other:?}"
-        ))),
+        Elem::Int(step) => i64::try_from(step).map_err(|_| SeqError::Corrupt("step out of range".into())),
+        other => Err(SeqError::Corrupt(format!("step is not an integer: {other:?}"))),
     }
 }
 
@@ -250,10 +214,7 @@ fn decode_int(v: &[u8]) -> Result<Option<i64>, SeqError> {
     match value::decode(v).map_err(|e| SeqError::Corrupt(e.to_string()))? {
         Value::Int(i) => Ok(i64::try_from(i).ok()),
         Value::Nil => Ok(None),
-        other => Err(SeqError::Corrupt(format!(
-            "expected an int, found {}",
-            other.type_name()
-        ))),
+        other => Err(SeqError::Corrupt(format!("expected an int, found {}", other.type_name()))),
     }
 }
 

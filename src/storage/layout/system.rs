@@ -87,9 +87,7 @@ pub struct System {
 impl System {
     /// ⟨system⟩ under `prefix`.
     pub fn new(prefix: &[u8]) -> Self {
-        Self {
-            prefix: prefix.to_vec(),
-        }
+        Self { prefix: prefix.to_vec() }
     }
 
     /// `⟨system⟩ + pack(elems)`.
@@ -97,15 +95,8 @@ impl System {
         tuple::pack_with_prefix(&self.prefix, elems)
     }
 
-    async fn get_value(
-        &self,
-        tx: &Transaction,
-        elems: &[Elem],
-    ) -> Result<Option<Value>, LayoutError> {
-        tx.get(&self.key(elems), false)
-            .await?
-            .map(|b| dec(&b))
-            .transpose()
+    async fn get_value(&self, tx: &Transaction, elems: &[Elem]) -> Result<Option<Value>, LayoutError> {
+        tx.get(&self.key(elems), false).await?.map(|b| dec(&b)).transpose()
     }
 
     fn set_value(&self, tx: &Transaction, elems: &[Elem], v: &Value) -> Result<(), LayoutError> {
@@ -127,33 +118,19 @@ impl System {
         fields: &[(&str, Value)],
     ) -> Result<(), LayoutError> {
         for (f, v) in fields {
-            self.set_value(
-                tx,
-                &[
-                    Elem::from(kind.key_name()),
-                    Elem::from(uuid),
-                    Elem::from(*f),
-                ],
-                v,
-            )?;
+            self.set_value(tx, &[Elem::from(kind.key_name()), Elem::from(uuid), Elem::from(*f)], v)?;
         }
         Ok(())
     }
 
     /// An entity's fields, `None` when it has none.
-    pub async fn get(
-        &self,
-        tx: &Transaction,
-        kind: EntityKind,
-        uuid: &str,
-    ) -> Result<Option<Fields>, LayoutError> {
+    pub async fn get(&self, tx: &Transaction, kind: EntityKind, uuid: &str) -> Result<Option<Fields>, LayoutError> {
         let scope = [Elem::from(kind.key_name()), Elem::from(uuid)];
         let (b, e) = tuple::range(&self.prefix, &scope);
         let base = self.key(&scope);
         let mut fields = Vec::new();
         for kv in tx.get_range(&RangeOption::new(b, e), false).await? {
-            let rest = tuple::unpack(&kv.key[base.len()..])
-                .map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
             if let [Elem::Str(f)] = rest.as_slice() {
                 fields.push((f.clone(), dec(&kv.value)?));
             }
@@ -162,18 +139,13 @@ impl System {
     }
 
     /// Every entity of a kind as `(uuid, fields)`, in uuid order.
-    pub async fn list(
-        &self,
-        tx: &Transaction,
-        kind: EntityKind,
-    ) -> Result<Vec<(String, Fields)>, LayoutError> {
+    pub async fn list(&self, tx: &Transaction, kind: EntityKind) -> Result<Vec<(String, Fields)>, LayoutError> {
         let scope = [Elem::from(kind.key_name())];
         let (b, e) = tuple::range(&self.prefix, &scope);
         let base = self.key(&scope);
         let mut out: Vec<(String, Fields)> = Vec::new();
         for kv in tx.get_range(&RangeOption::new(b, e), false).await? {
-            let rest = tuple::unpack(&kv.key[base.len()..])
-                .map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
             let [Elem::Str(uuid), Elem::Str(field)] = rest.as_slice() else {
                 continue;
             };
@@ -196,15 +168,10 @@ impl System {
         let Some(by_name) = kind.by_name() else {
             return Ok(None);
         };
-        Ok(
-            match self
-                .get_value(tx, &[Elem::from(by_name), Elem::from(name)])
-                .await?
-            {
-                Some(Value::Str(u)) => Some(u),
-                _ => None,
-            },
-        )
+        Ok(match self.get_value(tx, &[Elem::from(by_name), Elem::from(name)]).await? {
+            Some(Value::Str(u)) => Some(u),
+            _ => None,
+        })
     }
 
     /// Creates an experiment or tag named `name` with uuid `uuid` (made by the caller, before any
@@ -218,14 +185,10 @@ impl System {
         now: f64,
         extra: &[(&str, Value)],
     ) -> Result<(), LayoutError> {
-        let by_name = kind
-            .by_name()
-            .ok_or_else(|| LayoutError::Invalid(format!("{} have no names", kind.key_name())))?;
+        let by_name =
+            kind.by_name().ok_or_else(|| LayoutError::Invalid(format!("{} have no names", kind.key_name())))?;
         if self.uuid_by_name(tx, kind, name).await?.is_some() {
-            return Err(LayoutError::Conflict(format!(
-                "{} named {name:?} already exists",
-                kind.key_name()
-            )));
+            return Err(LayoutError::Conflict(format!("{} named {name:?} already exists", kind.key_name())));
         }
         let mut fields: Vec<(&str, Value)> = vec![("name", Value::from(name))];
         if kind == EntityKind::Tag {
@@ -243,11 +206,7 @@ impl System {
             }
         }
         self.put_fields(tx, kind, uuid, &fields)?;
-        self.set_value(
-            tx,
-            &[Elem::from(by_name), Elem::from(name)],
-            &Value::from(uuid),
-        )
+        self.set_value(tx, &[Elem::from(by_name), Elem::from(name)], &Value::from(uuid))
     }
 
     /// Finds `name` or creates it with `new_uuid`; returns the uuid.
@@ -262,8 +221,7 @@ impl System {
         if let Some(u) = self.uuid_by_name(tx, kind, name).await? {
             return Ok(u);
         }
-        self.create_named(tx, kind, new_uuid, name, now, &[])
-            .await?;
+        self.create_named(tx, kind, new_uuid, name, now, &[]).await?;
         Ok(new_uuid.to_string())
     }
 
@@ -278,80 +236,31 @@ impl System {
         new_name: &str,
         now: f64,
     ) -> Result<(), LayoutError> {
-        let by_name = kind
-            .by_name()
-            .ok_or_else(|| LayoutError::Invalid(format!("{} have no names", kind.key_name())))?;
+        let by_name =
+            kind.by_name().ok_or_else(|| LayoutError::Invalid(format!("{} have no names", kind.key_name())))?;
         let old = self.entity_name(tx, kind, uuid).await?;
         if let Some(old) = &old {
             tx.clear(&self.key(&[Elem::from(by_name), Elem::from(old.as_str())]));
             if kind == EntityKind::Experiment && old != new_name {
-                for run in indexes
-                    .runs_under(
-                        tx,
-                        &[Elem::from("experiment"), Elem::from(old.as_str())],
-                        false,
-                    )
-                    .await?
-                {
+                for run in indexes.runs_under(tx, &[Elem::from("experiment"), Elem::from(old.as_str())], false).await? {
                     indexes.remove(
                         tx,
                         &run,
-                        &[
-                            Elem::from("experiment"),
-                            Elem::from(old.as_str()),
-                            Elem::from(run.as_str()),
-                        ],
+                        &[Elem::from("experiment"), Elem::from(old.as_str()), Elem::from(run.as_str())],
                     );
-                    indexes.add(
-                        tx,
-                        &run,
-                        &[
-                            Elem::from("experiment"),
-                            Elem::from(new_name),
-                            Elem::from(run.as_str()),
-                        ],
-                    );
+                    indexes.add(tx, &run, &[Elem::from("experiment"), Elem::from(new_name), Elem::from(run.as_str())]);
                 }
             }
         }
-        self.set_value(
-            tx,
-            &[Elem::from(by_name), Elem::from(new_name)],
-            &Value::from(uuid),
-        )?;
-        self.put_fields(
-            tx,
-            kind,
-            uuid,
-            &[
-                ("name", Value::from(new_name)),
-                ("updated_at", Value::Float(now)),
-            ],
-        )
+        self.set_value(tx, &[Elem::from(by_name), Elem::from(new_name)], &Value::from(uuid))?;
+        self.put_fields(tx, kind, uuid, &[("name", Value::from(new_name)), ("updated_at", Value::Float(now))])
     }
 
-    async fn entity_name(
-        &self,
-        tx: &Transaction,
-        kind: EntityKind,
-        uuid: &str,
-    ) -> Result<Option<String>, LayoutError> {
-        Ok(
-            match self
-                .get_value(
-                    tx,
-                    &[
-                        Elem::from(kind.key_name()),
-                        Elem::from(uuid),
-                        Elem::from("name"),
-                    ],
-                )
-                .await?
-            {
-                Some(Value::Str(s)) => Some(s),
-                _ => None,
-            },
-        )
+    async fn entity_name(&self, tx: &Transaction, kind: EntityKind, uuid: &str) -> Result<Option<String>, LayoutError> {
+        Ok(match self.get_value(tx, &[Elem::from(kind.key_name()), Elem::from(uuid), Elem::from("name")]).await? {
+            Some(Value::Str(s)) => Some(s),
+            _ => None,
+        })
     }
 
     /// Read-modify-write of `run_count`, clamped at 0; returns the entity's name if it has one.
@@ -362,11 +271,7 @@ impl System {
         uuid: &str,
         delta: i64,
     ) -> Result<Option<String>, LayoutError> {
-        let key = [
-            Elem::from(kind.key_name()),
-            Elem::from(uuid),
-            Elem::from("run_count"),
-        ];
+        let key = [Elem::from(kind.key_name()), Elem::from(uuid), Elem::from("run_count")];
         let cur = match self.get_value(tx, &key).await? {
             Some(Value::Int(i)) => i,
             _ => 0,
@@ -385,73 +290,31 @@ impl System {
         new: Option<&str>,
     ) -> Result<(), LayoutError> {
         let mut old_name = None;
-        if let Some(Value::Str(old)) = self
-            .get_value(tx, &[Elem::from("run_experiment"), Elem::from(run)])
-            .await?
-        {
-            old_name = self
-                .adjust_run_count(tx, EntityKind::Experiment, &old, -1)
-                .await?;
-            tx.clear(&self.key(&[
-                Elem::from("experiment_runs"),
-                Elem::from(old.as_str()),
-                Elem::from(run),
-            ]));
+        if let Some(Value::Str(old)) = self.get_value(tx, &[Elem::from("run_experiment"), Elem::from(run)]).await? {
+            old_name = self.adjust_run_count(tx, EntityKind::Experiment, &old, -1).await?;
+            tx.clear(&self.key(&[Elem::from("experiment_runs"), Elem::from(old.as_str()), Elem::from(run)]));
             tx.clear(&self.key(&[Elem::from("run_experiment"), Elem::from(run)]));
         }
         let mut new_name = None;
         if let Some(new) = new {
-            self.set_value(
-                tx,
-                &[
-                    Elem::from("experiment_runs"),
-                    Elem::from(new),
-                    Elem::from(run),
-                ],
-                &Value::Bool(true),
-            )?;
-            self.set_value(
-                tx,
-                &[Elem::from("run_experiment"), Elem::from(run)],
-                &Value::from(new),
-            )?;
-            new_name = self
-                .adjust_run_count(tx, EntityKind::Experiment, new, 1)
-                .await?;
+            self.set_value(tx, &[Elem::from("experiment_runs"), Elem::from(new), Elem::from(run)], &Value::Bool(true))?;
+            self.set_value(tx, &[Elem::from("run_experiment"), Elem::from(run)], &Value::from(new))?;
+            new_name = self.adjust_run_count(tx, EntityKind::Experiment, new, 1).await?;
         }
         if old_name != new_name {
             if let Some(old) = old_name {
-                indexes.remove(
-                    tx,
-                    run,
-                    &[Elem::from("experiment"), Elem::from(old), Elem::from(run)],
-                );
+                indexes.remove(tx, run, &[Elem::from("experiment"), Elem::from(old), Elem::from(run)]);
             }
             if let Some(new) = new_name {
-                indexes.add(
-                    tx,
-                    run,
-                    &[Elem::from("experiment"), Elem::from(new), Elem::from(run)],
-                );
+                indexes.add(tx, run, &[Elem::from("experiment"), Elem::from(new), Elem::from(run)]);
             }
         }
         Ok(())
     }
 
     /// Whether the run is linked to the tag.
-    pub async fn run_has_tag(
-        &self,
-        tx: &Transaction,
-        run: &str,
-        tag: &str,
-    ) -> Result<bool, LayoutError> {
-        Ok(tx
-            .get(
-                &self.key(&[Elem::from("run_tags"), Elem::from(run), Elem::from(tag)]),
-                false,
-            )
-            .await?
-            .is_some())
+    pub async fn run_has_tag(&self, tx: &Transaction, run: &str, tag: &str) -> Result<bool, LayoutError> {
+        Ok(tx.get(&self.key(&[Elem::from("run_tags"), Elem::from(run), Elem::from(tag)]), false).await?.is_some())
     }
 
     /// Links a run to a tag (system side and index). Idempotent: an existing link changes nothing,
@@ -466,22 +329,10 @@ impl System {
         if self.run_has_tag(tx, run, tag).await? {
             return Ok(false);
         }
-        self.set_value(
-            tx,
-            &[Elem::from("run_tags"), Elem::from(run), Elem::from(tag)],
-            &Value::Bool(true),
-        )?;
-        self.set_value(
-            tx,
-            &[Elem::from("tag_runs"), Elem::from(tag), Elem::from(run)],
-            &Value::Bool(true),
-        )?;
+        self.set_value(tx, &[Elem::from("run_tags"), Elem::from(run), Elem::from(tag)], &Value::Bool(true))?;
+        self.set_value(tx, &[Elem::from("tag_runs"), Elem::from(tag), Elem::from(run)], &Value::Bool(true))?;
         if let Some(name) = self.adjust_run_count(tx, EntityKind::Tag, tag, 1).await? {
-            indexes.add(
-                tx,
-                run,
-                &[Elem::from("tag"), Elem::from(name), Elem::from(run)],
-            );
+            indexes.add(tx, run, &[Elem::from("tag"), Elem::from(name), Elem::from(run)]);
         }
         Ok(true)
     }
@@ -500,53 +351,33 @@ impl System {
         tx.clear(&self.key(&[Elem::from("run_tags"), Elem::from(run), Elem::from(tag)]));
         tx.clear(&self.key(&[Elem::from("tag_runs"), Elem::from(tag), Elem::from(run)]));
         if let Some(name) = self.adjust_run_count(tx, EntityKind::Tag, tag, -1).await? {
-            indexes.remove(
-                tx,
-                run,
-                &[Elem::from("tag"), Elem::from(name), Elem::from(run)],
-            );
+            indexes.remove(tx, run, &[Elem::from("tag"), Elem::from(name), Elem::from(run)]);
         }
         Ok(true)
     }
 
     /// Tag uuids of a run.
-    pub async fn tags_of_run(
-        &self,
-        tx: &Transaction,
-        run: &str,
-    ) -> Result<Vec<String>, LayoutError> {
-        self.third_elems(tx, &[Elem::from("run_tags"), Elem::from(run)])
-            .await
+    pub async fn tags_of_run(&self, tx: &Transaction, run: &str) -> Result<Vec<String>, LayoutError> {
+        self.third_elems(tx, &[Elem::from("run_tags"), Elem::from(run)]).await
     }
 
     /// Runs of a tag or experiment (`tag_runs` / `experiment_runs`).
-    pub async fn runs_of(
-        &self,
-        tx: &Transaction,
-        kind: EntityKind,
-        uuid: &str,
-    ) -> Result<Vec<String>, LayoutError> {
+    pub async fn runs_of(&self, tx: &Transaction, kind: EntityKind, uuid: &str) -> Result<Vec<String>, LayoutError> {
         let link = match kind {
             EntityKind::Tag => "tag_runs",
             EntityKind::Experiment => "experiment_runs",
             _ => return Ok(Vec::new()),
         };
-        self.third_elems(tx, &[Elem::from(link), Elem::from(uuid)])
-            .await
+        self.third_elems(tx, &[Elem::from(link), Elem::from(uuid)]).await
     }
 
-    async fn third_elems(
-        &self,
-        tx: &Transaction,
-        scope: &[Elem],
-    ) -> Result<Vec<String>, LayoutError> {
+    async fn third_elems(&self, tx: &Transaction, scope: &[Elem]) -> Result<Vec<String>, LayoutError> {
         let (b, e) = tuple::range(&self.prefix, scope);
         let base = self.key(scope);
         let mut out = Vec::new();
         for kv in tx.get_range(&RangeOption::new(b, e), false).await? {
-            if let [Elem::Str(s)] = tuple::unpack(&kv.key[base.len()..])
-                .map_err(|e| LayoutError::Corrupt(e.to_string()))?
-                .as_slice()
+            if let [Elem::Str(s)] =
+                tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?.as_slice()
             {
                 out.push(s.clone());
             }
@@ -555,19 +386,10 @@ impl System {
     }
 
     /// Removes a run's experiment and tag associations (the system side of `delete_run`).
-    pub async fn remove_associations(
-        &self,
-        tx: &Transaction,
-        indexes: &Indexes,
-        run: &str,
-    ) -> Result<(), LayoutError> {
+    pub async fn remove_associations(&self, tx: &Transaction, indexes: &Indexes, run: &str) -> Result<(), LayoutError> {
         self.link_experiment(tx, indexes, run, None).await?;
         for tag in self.tags_of_run(tx, run).await? {
-            tx.clear(&self.key(&[
-                Elem::from("tag_runs"),
-                Elem::from(tag.as_str()),
-                Elem::from(run),
-            ]));
+            tx.clear(&self.key(&[Elem::from("tag_runs"), Elem::from(tag.as_str()), Elem::from(run)]));
             self.adjust_run_count(tx, EntityKind::Tag, &tag, -1).await?;
         }
         self.clear_under(tx, &[Elem::from("run_tags"), Elem::from(run)]);
@@ -588,31 +410,18 @@ impl System {
             tx.clear(&self.key(&[Elem::from(by_name), Elem::from(name.as_str())]));
         }
         match kind {
-            EntityKind::Experiment => {
-                self.clear_under(tx, &[Elem::from("experiment_runs"), Elem::from(uuid)])
-            }
+            EntityKind::Experiment => self.clear_under(tx, &[Elem::from("experiment_runs"), Elem::from(uuid)]),
             EntityKind::Tag => {
                 for run in self.runs_of(tx, kind, uuid).await? {
-                    tx.clear(&self.key(&[
-                        Elem::from("run_tags"),
-                        Elem::from(run.as_str()),
-                        Elem::from(uuid),
-                    ]));
+                    tx.clear(&self.key(&[Elem::from("run_tags"), Elem::from(run.as_str()), Elem::from(uuid)]));
                 }
                 self.clear_under(tx, &[Elem::from("tag_runs"), Elem::from(uuid)]);
                 if let (Some(index), Some(name)) = (kind.index_name(), &name) {
-                    for run in indexes
-                        .runs_under(tx, &[Elem::from(index), Elem::from(name.as_str())], false)
-                        .await?
-                    {
+                    for run in indexes.runs_under(tx, &[Elem::from(index), Elem::from(name.as_str())], false).await? {
                         indexes.remove(
                             tx,
                             &run,
-                            &[
-                                Elem::from(index),
-                                Elem::from(name.as_str()),
-                                Elem::from(run.as_str()),
-                            ],
+                            &[Elem::from(index), Elem::from(name.as_str()), Elem::from(run.as_str())],
                         );
                     }
                 }
@@ -624,30 +433,13 @@ impl System {
     }
 
     /// `("project", key, "__leaf__")`.
-    pub async fn project_setting(
-        &self,
-        tx: &Transaction,
-        key: &str,
-    ) -> Result<Option<Value>, LayoutError> {
-        self.get_value(
-            tx,
-            &[Elem::from("project"), Elem::from(key), Elem::from(LEAF)],
-        )
-        .await
+    pub async fn project_setting(&self, tx: &Transaction, key: &str) -> Result<Option<Value>, LayoutError> {
+        self.get_value(tx, &[Elem::from("project"), Elem::from(key), Elem::from(LEAF)]).await
     }
 
     /// Sets `("project", key, "__leaf__")`.
-    pub fn set_project_setting(
-        &self,
-        tx: &Transaction,
-        key: &str,
-        v: &Value,
-    ) -> Result<(), LayoutError> {
-        self.set_value(
-            tx,
-            &[Elem::from("project"), Elem::from(key), Elem::from(LEAF)],
-            v,
-        )
+    pub fn set_project_setting(&self, tx: &Transaction, key: &str, v: &Value) -> Result<(), LayoutError> {
+        self.set_value(tx, &[Elem::from("project"), Elem::from(key), Elem::from(LEAF)], v)
     }
 
     /// `("pinned_sequences", "__leaf__")`, an empty list when unset.
@@ -660,11 +452,7 @@ impl System {
 
     /// Replaces the pinned sequences.
     pub fn set_pinned_sequences(&self, tx: &Transaction, list: &Value) -> Result<(), LayoutError> {
-        self.set_value(
-            tx,
-            &[Elem::from("pinned_sequences"), Elem::from(LEAF)],
-            list,
-        )
+        self.set_value(tx, &[Elem::from("pinned_sequences"), Elem::from(LEAF)], list)
     }
 
     /// Takes the job lock unless an unexpired one is held (an undecodable value counts as expired).

@@ -1,0 +1,62 @@
+//! The process's shared state: the opened database, the raw prefixes of its directories, and the
+//! metrics handle, built once at start and shared by the HTTP handlers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use thiserror::Error;
+
+use crate::config::{Backend, Config, StorageConfig};
+use crate::storage::kv::{Database, KvError, Limits};
+use crate::storage::layout::Layout;
+
+/// Why the application could not start.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// The data directory could not be created.
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    /// The storage backend failed to open or to open a directory.
+    #[error("storage: {0}")]
+    Storage(#[from] KvError),
+    /// The configuration names a backend this build does not have.
+    #[error("storage.backend: {0:?} is not available in this build")]
+    BackendUnavailable(&'static str),
+}
+
+/// Opens the configured backend, creating the embedded store's data directory if needed.
+pub fn open_database(storage: &StorageConfig) -> Result<Database, AppError> {
+    match storage.backend {
+        Backend::Memory => Ok(Database::memory()),
+        Backend::Embedded => {
+            let dir = &storage.data_dir;
+            std::fs::create_dir_all(dir).map_err(|source| AppError::DataDir { path: dir.clone(), source })?;
+            Ok(Database::open_embedded(dir, storage.engine, Limits::FDB)?)
+        }
+        #[cfg(feature = "fdb")]
+        Backend::Fdb => Ok(Database::open_fdb(storage.fdb_cluster_file())?),
+        #[cfg(not(feature = "fdb"))]
+        Backend::Fdb => Err(AppError::BackendUnavailable("fdb")),
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Database,
+    /// The Matyan layout on the opened directories (`layout.dirs` holds their prefixes).
+    pub layout: Arc<Layout>,
+    pub config: Arc<Config>,
+    /// `None` when metrics are disabled.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    /// Opens the storage of `config` and its directories.
+    pub async fn open(config: Config, metrics: Option<PrometheusHandle>) -> Result<Self, AppError> {
+        let db = open_database(&config.storage)?;
+        let layout = Layout::open(&db).await?;
+        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics })
+    }
+}

@@ -1,0 +1,58 @@
+//! The `matyan` command line: one file per subcommand, dispatched from [`Commands`].
+
+mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use matyan::config::Config;
+
+/// matyan: the Matyan experiment tracker's backend.
+#[derive(Debug, Parser)]
+#[command(name = "matyan", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Every subcommand. Add one by adding a file beside this one and a variant here.
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Run every role in one process: the HTTP API, health probes and metrics, on embedded
+    /// storage by default.
+    Serve(serve::ServeArgs),
+}
+
+impl Cli {
+    /// Runs the chosen subcommand.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            Commands::Serve(args) => serve::run(args).await,
+        }
+    }
+}
+
+/// Flags shared by every command that reads the configuration or touches the embedded store.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML, only the keys it changes); built-in defaults when absent.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory of the embedded store [default: storage.data_dir, i.e. ./matyan-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// Loads defaults, the `--config` file and the environment, applies `--data-dir`, then
+    /// `overrides` (the command's own flags), and validates the result.
+    pub fn load(&self, overrides: impl FnOnce(&mut Config)) -> anyhow::Result<Config> {
+        let mut config = Config::load(self.config.as_deref(), |var| std::env::var(var).ok())?;
+        if let Some(dir) = &self.data_dir {
+            config.storage.data_dir = dir.clone();
+        }
+        overrides(&mut config);
+        config.validate()?;
+        Ok(config)
+    }
+}

@@ -1,0 +1,642 @@
+//! Typed, versioned configuration: built-in defaults (`config/default.toml`, compiled in), an
+//! optional file over them, environment overrides with the reference Matyan's names, and a pure
+//! validation whose errors name the offending key.
+//!
+//! Precedence, lowest first: defaults, `--config` file, environment, command-line flags (applied
+//! by the CLI). Call [`Config::validate`] after the last override.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::storage::kv::{EmbeddedEngine, Limits, RetryOptions};
+
+/// The built-in defaults, which are also the documentation of every option.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The only format version this build reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// FoundationDB's transaction lifetime in milliseconds: an ingest batch must flush well before it.
+const FDB_TXN_LIFETIME_MS: u64 = 5_000;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Format version; must be [`CONFIG_VERSION`].
+    pub version: u32,
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub ingest: IngestConfig,
+    pub kafka: KafkaConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// The HTTP API's listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub cors_origins: Vec<String>,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A local store under the data directory.
+    Embedded,
+    /// In memory, lost at exit.
+    Memory,
+    /// FoundationDB (feature `fdb`).
+    Fdb,
+}
+
+impl Backend {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Memory => "memory",
+            Backend::Fdb => "fdb",
+        }
+    }
+}
+
+/// Storage backend and its retry loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub backend: Backend,
+    pub data_dir: PathBuf,
+    pub engine: EmbeddedEngine,
+    /// Empty means the FoundationDB client's default cluster file.
+    pub fdb_cluster_file: PathBuf,
+    pub retry: RetryConfig,
+}
+
+impl StorageConfig {
+    /// The cluster file, `None` for the client's default.
+    pub fn fdb_cluster_file(&self) -> Option<&Path> {
+        if self.fdb_cluster_file.as_os_str().is_empty() { None } else { Some(&self.fdb_cluster_file) }
+    }
+}
+
+/// Settings of the transaction retry loop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts, the first included.
+    pub max_attempts: u32,
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+    pub timeout_ms: u64,
+}
+
+impl RetryConfig {
+    /// The KV layer's retry options; `retry_limit` counts retries after the first attempt.
+    pub fn options(&self) -> RetryOptions {
+        RetryOptions {
+            timeout: Duration::from_millis(self.timeout_ms),
+            retry_limit: self.max_attempts.saturating_sub(1),
+            initial_backoff: Duration::from_millis(self.initial_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+        }
+    }
+}
+
+/// Flush budgets of ingest transactions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_txn_bytes: u64,
+    pub max_messages_per_txn: u32,
+    pub max_txn_age_ms: u64,
+}
+
+impl IngestConfig {
+    /// The age budget as a duration.
+    pub fn max_txn_age(&self) -> Duration {
+        Duration::from_millis(self.max_txn_age_ms)
+    }
+}
+
+/// Kafka brokers and topics, for the roles that use Kafka.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    pub bootstrap_servers: String,
+    pub data_ingestion_topic: String,
+    pub control_events_topic: String,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Listener of roles without an HTTP API; 0 disables it.
+    pub port: u16,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is not valid TOML.
+    #[error("{origin}: invalid toml: {message}")]
+    Syntax { origin: String, message: String },
+    /// A key that no option has.
+    #[error("{origin}: {key}: unknown key")]
+    UnknownKey { origin: String, key: String },
+    /// A value of the wrong type or out of its type's range; the message names the key.
+    #[error("{origin}: {message}")]
+    Type { origin: String, message: String },
+    /// An environment variable whose value cannot be used.
+    #[error("{var}: invalid value {value:?}: expected {expected}")]
+    Env { var: &'static str, value: String, expected: &'static str },
+    /// Values that parse but are impossible.
+    #[error("invalid configuration: {}", join_errors(.0))]
+    Invalid(Vec<ValidationError>),
+}
+
+fn join_errors(errors: &[ValidationError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// One impossible value, by key.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValidationError {
+    #[error("{key}: {value} is not supported (this build reads version {supported})")]
+    UnsupportedVersion { key: &'static str, value: u32, supported: u32 },
+    #[error("{key}: must be at least 1")]
+    Zero { key: &'static str },
+    #[error("{key}: must not be empty")]
+    Empty { key: &'static str },
+    #[error("{key}: {value} exceeds FoundationDB's {limit}-{unit} transaction limit")]
+    AboveFdbLimit { key: &'static str, value: u64, limit: u64, unit: &'static str },
+    #[error("{key}: {value} is greater than {other} ({other_value})")]
+    Greater { key: &'static str, value: u64, other: &'static str, other_value: u64 },
+    #[error("{key}: \"fdb\" needs a build with `--features fdb`")]
+    FdbNotBuilt { key: &'static str },
+}
+
+impl ValidationError {
+    /// The dotted key the error is about.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ValidationError::UnsupportedVersion { key, .. }
+            | ValidationError::Zero { key }
+            | ValidationError::Empty { key }
+            | ValidationError::AboveFdbLimit { key, .. }
+            | ValidationError::Greater { key, .. }
+            | ValidationError::FdbNotBuilt { key } => key,
+        }
+    }
+}
+
+impl Config {
+    /// Loads the defaults, then `file` over them, then the environment as read by `env`. Does not
+    /// validate: apply command-line flags, then call [`Config::validate`].
+    pub fn load(file: Option<&Path>, env: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+                Self::from_toml_str(&path.display().to_string(), &text)?
+            }
+            None => Self::from_toml_str("config/default.toml", "")?,
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    /// Parses `text` (named `origin` in errors) over the built-in defaults: it only needs the keys it
+    /// changes, and any key the defaults do not have is rejected by name.
+    pub fn from_toml_str(origin: &str, text: &str) -> Result<Self, ConfigError> {
+        let mut base: toml::Table = toml::from_str(DEFAULT_TOML).map_err(|e| ConfigError::Syntax {
+            origin: "config/default.toml".to_owned(),
+            message: one_line(&e.to_string()),
+        })?;
+        let over: toml::Table = toml::from_str(text)
+            .map_err(|e| ConfigError::Syntax { origin: origin.to_owned(), message: one_line(&e.to_string()) })?;
+        merge(&mut base, over, "", origin)?;
+        toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| {
+            let message = one_line(&e.to_string());
+            // deny_unknown_fields is a second guard: `merge` already rejects unknown keys.
+            ConfigError::Type { origin: origin.to_owned(), message }
+        })
+    }
+
+    /// Applies the environment variables that the reference Matyan reads. Empty values count as unset.
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |var: &str| env(var).filter(|v| !v.is_empty());
+        if let Some(v) = get("FDB_CLUSTER_FILE") {
+            self.storage.fdb_cluster_file = PathBuf::from(v);
+        }
+        if let Some(v) = get("INGEST_MAX_TXN_BYTES") {
+            self.ingest.max_txn_bytes = parse_env("INGEST_MAX_TXN_BYTES", v, "a non-negative integer")?;
+        }
+        if let Some(v) = get("INGEST_MAX_MESSAGES_PER_TXN") {
+            self.ingest.max_messages_per_txn = parse_env("INGEST_MAX_MESSAGES_PER_TXN", v, "a non-negative integer")?;
+        }
+        if let Some(v) = get("FDB_RETRY_MAX_ATTEMPTS") {
+            self.storage.retry.max_attempts = parse_env("FDB_RETRY_MAX_ATTEMPTS", v, "a non-negative integer")?;
+        }
+        if let Some(v) = get("FDB_RETRY_INITIAL_DELAY_SEC") {
+            self.storage.retry.initial_backoff_ms = parse_seconds_as_ms("FDB_RETRY_INITIAL_DELAY_SEC", v)?;
+        }
+        if let Some(v) = get("FDB_RETRY_MAX_DELAY_SEC") {
+            self.storage.retry.max_backoff_ms = parse_seconds_as_ms("FDB_RETRY_MAX_DELAY_SEC", v)?;
+        }
+        if let Some(v) = get("METRICS_PORT") {
+            self.metrics.port = parse_env("METRICS_PORT", v, "a port number 0-65535")?;
+        }
+        if let Some(v) = get("METRICS_ENABLED") {
+            self.metrics.enabled = parse_bool("METRICS_ENABLED", v)?;
+        }
+        if let Some(v) = get("KAFKA_BOOTSTRAP_SERVERS") {
+            self.kafka.bootstrap_servers = v;
+        }
+        if let Some(v) = get("KAFKA_DATA_INGESTION_TOPIC") {
+            self.kafka.data_ingestion_topic = v;
+        }
+        if let Some(v) = get("KAFKA_CONTROL_EVENTS_TOPIC") {
+            self.kafka.control_events_topic = v;
+        }
+        if let Some(v) = get("CORS_ORIGINS") {
+            self.server.cors_origins = parse_list("CORS_ORIGINS", v)?;
+        }
+        Ok(())
+    }
+
+    /// Checks every value against what the rest of the program and FoundationDB can do, returning
+    /// every problem found. Pure: no IO, no environment.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.version != CONFIG_VERSION {
+            errors.push(ValidationError::UnsupportedVersion {
+                key: "version",
+                value: self.version,
+                supported: CONFIG_VERSION,
+            });
+        }
+        if self.server.host.trim().is_empty() {
+            errors.push(ValidationError::Empty { key: "server.host" });
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            errors.push(ValidationError::Empty { key: "storage.data_dir" });
+        }
+        if self.storage.backend == Backend::Fdb && !cfg!(feature = "fdb") {
+            errors.push(ValidationError::FdbNotBuilt { key: "storage.backend" });
+        }
+        let retry = &self.storage.retry;
+        if retry.max_attempts == 0 {
+            errors.push(ValidationError::Zero { key: "storage.retry.max_attempts" });
+        }
+        if retry.timeout_ms == 0 {
+            errors.push(ValidationError::Zero { key: "storage.retry.timeout_ms" });
+        }
+        if retry.initial_backoff_ms > retry.max_backoff_ms {
+            errors.push(ValidationError::Greater {
+                key: "storage.retry.initial_backoff_ms",
+                value: retry.initial_backoff_ms,
+                other: "storage.retry.max_backoff_ms",
+                other_value: retry.max_backoff_ms,
+            });
+        }
+        let ingest = &self.ingest;
+        let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
+        if ingest.max_txn_bytes == 0 {
+            errors.push(ValidationError::Zero { key: "ingest.max_txn_bytes" });
+        } else if ingest.max_txn_bytes > fdb_bytes {
+            errors.push(ValidationError::AboveFdbLimit {
+                key: "ingest.max_txn_bytes",
+                value: ingest.max_txn_bytes,
+                limit: fdb_bytes,
+                unit: "byte",
+            });
+        }
+        if ingest.max_messages_per_txn == 0 {
+            errors.push(ValidationError::Zero { key: "ingest.max_messages_per_txn" });
+        }
+        if ingest.max_txn_age_ms == 0 {
+            errors.push(ValidationError::Zero { key: "ingest.max_txn_age_ms" });
+        } else if ingest.max_txn_age_ms >= FDB_TXN_LIFETIME_MS {
+            errors.push(ValidationError::AboveFdbLimit {
+                key: "ingest.max_txn_age_ms",
+                value: ingest.max_txn_age_ms,
+                limit: FDB_TXN_LIFETIME_MS,
+                unit: "ms",
+            });
+        }
+        for (key, value) in [
+            ("kafka.bootstrap_servers", &self.kafka.bootstrap_servers),
+            ("kafka.data_ingestion_topic", &self.kafka.data_ingestion_topic),
+            ("kafka.control_events_topic", &self.kafka.control_events_topic),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(ValidationError::Empty { key });
+            }
+        }
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+    }
+}
+
+/// Overlays `over` on `base` table by table; a key `base` lacks is unknown.
+fn merge(base: &mut toml::Table, over: toml::Table, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    for (name, value) in over {
+        let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        match base.get_mut(&name) {
+            None => return Err(ConfigError::UnknownKey { origin: origin.to_owned(), key }),
+            Some(toml::Value::Table(sub)) => match value {
+                toml::Value::Table(over_sub) => merge(sub, over_sub, &key, origin)?,
+                other => {
+                    return Err(ConfigError::Type {
+                        origin: origin.to_owned(),
+                        message: format!("{key}: expected a table, found {}", other.type_str()),
+                    });
+                }
+            },
+            Some(slot) => *slot = value,
+        }
+    }
+    Ok(())
+}
+
+/// TOML errors span several lines (a source excerpt); logs want one.
+fn one_line(message: &str) -> String {
+    message.lines().map(str::trim).filter(|l| !l.is_empty() && *l != "|").collect::<Vec<_>>().join(" ")
+}
+
+fn parse_env<T: std::str::FromStr>(var: &'static str, value: String, expected: &'static str) -> Result<T, ConfigError> {
+    value.trim().parse().map_err(|_| ConfigError::Env { var, value, expected })
+}
+
+fn parse_seconds_as_ms(var: &'static str, value: String) -> Result<u64, ConfigError> {
+    let expected = "a non-negative number of seconds";
+    match value.trim().parse::<f64>() {
+        Ok(secs) if (0.0..1e9).contains(&secs) => Ok((secs * 1000.0).round() as u64),
+        _ => Err(ConfigError::Env { var, value, expected }),
+    }
+}
+
+fn parse_bool(var: &'static str, value: String) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Env { var, value, expected: "a boolean (true/false/1/0)" }),
+    }
+}
+
+/// A JSON list of strings (the reference's format) or a comma-separated list.
+fn parse_list(var: &'static str, value: String) -> Result<Vec<String>, ConfigError> {
+    if value.trim_start().starts_with('[') {
+        serde_json::from_str(&value).map_err(|_| ConfigError::Env {
+            var,
+            value,
+            expected: "a JSON list of strings or a comma-separated list",
+        })
+    } else {
+        Ok(value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    fn invalid_keys(config: &Config) -> Vec<&'static str> {
+        match config.validate() {
+            Err(ConfigError::Invalid(errors)) => errors.iter().map(ValidationError::key).collect(),
+            other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_parse_and_validate_with_documented_values() {
+        let c = Config::load(None, no_env).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, Config::from_toml_str("none", "").unwrap());
+        assert_eq!(c.server.host, "0.0.0.0");
+        assert_eq!(c.server.port, 53800);
+        assert_eq!(c.storage.backend, Backend::Embedded);
+        assert_eq!(c.storage.engine, EmbeddedEngine::Fjall);
+        assert_eq!(c.storage.data_dir, PathBuf::from("./matyan-data"));
+        assert_eq!(c.storage.fdb_cluster_file(), None);
+        assert_eq!(c.ingest.max_txn_bytes, 1_000_000);
+        assert_eq!(c.ingest.max_messages_per_txn, 100);
+        assert_eq!(c.ingest.max_txn_age(), Duration::from_secs(1));
+        assert_eq!(c.storage.retry.max_attempts, 5);
+        assert_eq!(c.storage.retry.options().retry_limit, 4);
+        assert_eq!(c.kafka.data_ingestion_topic, "data-ingestion");
+        assert_eq!(c.kafka.control_events_topic, "control-events");
+        assert!(c.metrics.enabled);
+        assert_eq!(c.server.cors_origins.len(), 6);
+    }
+
+    #[test]
+    fn every_default_option_is_documented_by_a_comment() {
+        // Each `key = value` line of default.toml follows a comment line (or a continued list).
+        let lines: Vec<&str> = DEFAULT_TOML.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim();
+            if t.contains(" = ") && !t.starts_with('#') && !t.starts_with('"') {
+                assert!(i > 0 && lines[i - 1].trim().starts_with('#'), "undocumented option: {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_file_overrides_only_its_keys() {
+        let c = Config::from_toml_str("f.toml", "[ingest]\nmax_txn_bytes = 500000\n[storage]\nengine = \"redb\"\n")
+            .unwrap();
+        assert_eq!(c.ingest.max_txn_bytes, 500_000);
+        assert_eq!(c.ingest.max_messages_per_txn, 100);
+        assert_eq!(c.storage.engine, EmbeddedEngine::Redb);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_key_fails_naming_the_key() {
+        let err = Config::from_toml_str("f.toml", "[storage]\nretry_max = 3\n").unwrap_err();
+        assert!(matches!(&err, ConfigError::UnknownKey { key, .. } if key == "storage.retry_max"), "{err}");
+        assert!(err.to_string().contains("storage.retry_max"), "{err}");
+
+        let err = Config::from_toml_str("f.toml", "[storage.retry]\nmax_attempt = 3\n").unwrap_err();
+        assert!(err.to_string().contains("storage.retry.max_attempt: unknown key"), "{err}");
+
+        let err = Config::from_toml_str("f.toml", "colour = \"red\"\n").unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_and_bad_port_fail_naming_the_key() {
+        let err = Config::from_toml_str("f.toml", "[server]\nport = 70000\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Type { .. }));
+        assert!(err.to_string().contains("server.port"), "{err}");
+
+        let err = Config::from_toml_str("f.toml", "[server]\nport = \"http\"\n").unwrap_err();
+        assert!(err.to_string().contains("server.port"), "{err}");
+
+        let err = Config::from_toml_str("f.toml", "[storage]\nbackend = \"postgres\"\n").unwrap_err();
+        assert!(err.to_string().contains("storage.backend"), "{err}");
+
+        let err = Config::from_toml_str("f.toml", "server = 3\n").unwrap_err();
+        assert!(err.to_string().contains("server: expected a table"), "{err}");
+    }
+
+    #[test]
+    fn invalid_toml_fails_with_the_file_name() {
+        let err = Config::from_toml_str("f.toml", "[server\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }));
+        assert!(err.to_string().starts_with("f.toml: invalid toml"), "{err}");
+    }
+
+    #[test]
+    fn zero_budgets_fail_naming_each_key() {
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[ingest]\nmax_txn_bytes = 0\nmax_messages_per_txn = 0\nmax_txn_age_ms = 0\n[storage.retry]\nmax_attempts = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            invalid_keys(&c),
+            vec![
+                "storage.retry.max_attempts",
+                "ingest.max_txn_bytes",
+                "ingest.max_messages_per_txn",
+                "ingest.max_txn_age_ms"
+            ]
+        );
+    }
+
+    #[test]
+    fn budgets_above_foundationdb_limits_fail() {
+        let c = Config::from_toml_str("f.toml", "[ingest]\nmax_txn_bytes = 20000000\nmax_txn_age_ms = 5000\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("ingest.max_txn_bytes: 20000000 exceeds FoundationDB's 10000000-byte transaction limit"),
+            "{err}"
+        );
+        assert!(err.contains("ingest.max_txn_age_ms: 5000 exceeds FoundationDB's 5000-ms transaction limit"), "{err}");
+
+        // Exactly at the byte limit is allowed (the reference's 8 MiB default carries over).
+        let c = Config::from_toml_str("f.toml", "[ingest]\nmax_txn_bytes = 10000000\n").unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn other_impossible_values_fail() {
+        let c = Config::from_toml_str(
+            "f.toml",
+            "version = 2\n[server]\nhost = \"\"\n[storage.retry]\ninitial_backoff_ms = 5000\n[kafka]\ndata_ingestion_topic = \" \"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            invalid_keys(&c),
+            vec!["version", "server.host", "storage.retry.initial_backoff_ms", "kafka.data_ingestion_topic"]
+        );
+    }
+
+    #[cfg(not(feature = "fdb"))]
+    #[test]
+    fn fdb_backend_needs_the_feature() {
+        let c = Config::from_toml_str("f.toml", "[storage]\nbackend = \"fdb\"\n").unwrap();
+        assert_eq!(invalid_keys(&c), vec!["storage.backend"]);
+    }
+
+    #[test]
+    fn environment_overrides_with_reference_names() {
+        let env = env_of(&[
+            ("FDB_CLUSTER_FILE", "/etc/foundationdb/fdb.cluster"),
+            ("INGEST_MAX_TXN_BYTES", "8388608"),
+            ("INGEST_MAX_MESSAGES_PER_TXN", "50"),
+            ("FDB_RETRY_MAX_ATTEMPTS", "3"),
+            ("FDB_RETRY_INITIAL_DELAY_SEC", "0.05"),
+            ("FDB_RETRY_MAX_DELAY_SEC", "2.0"),
+            ("METRICS_PORT", "0"),
+            ("METRICS_ENABLED", "false"),
+            ("KAFKA_BOOTSTRAP_SERVERS", "kafka:9092"),
+            ("KAFKA_DATA_INGESTION_TOPIC", "ingest"),
+            ("KAFKA_CONTROL_EVENTS_TOPIC", "control"),
+            ("CORS_ORIGINS", "[\"http://a:1\", \"http://b:2\"]"),
+        ]);
+        let c = Config::load(None, env).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.storage.fdb_cluster_file(), Some(Path::new("/etc/foundationdb/fdb.cluster")));
+        assert_eq!(c.ingest.max_txn_bytes, 8_388_608);
+        assert_eq!(c.ingest.max_messages_per_txn, 50);
+        assert_eq!(c.storage.retry.max_attempts, 3);
+        assert_eq!(c.storage.retry.initial_backoff_ms, 50);
+        assert_eq!(c.storage.retry.max_backoff_ms, 2000);
+        assert_eq!(c.metrics.port, 0);
+        assert!(!c.metrics.enabled);
+        assert_eq!(c.kafka.bootstrap_servers, "kafka:9092");
+        assert_eq!(c.kafka.data_ingestion_topic, "ingest");
+        assert_eq!(c.kafka.control_events_topic, "control");
+        assert_eq!(c.server.cors_origins, vec!["http://a:1", "http://b:2"]);
+
+        let c = Config::load(None, env_of(&[("CORS_ORIGINS", "http://a:1, http://b:2")])).unwrap();
+        assert_eq!(c.server.cors_origins, vec!["http://a:1", "http://b:2"]);
+    }
+
+    #[test]
+    fn bad_environment_values_fail_naming_the_variable() {
+        for (var, value) in [
+            ("INGEST_MAX_TXN_BYTES", "lots"),
+            ("INGEST_MAX_MESSAGES_PER_TXN", "-1"),
+            ("FDB_RETRY_MAX_ATTEMPTS", "3.5"),
+            ("FDB_RETRY_INITIAL_DELAY_SEC", "-1"),
+            ("METRICS_PORT", "70000"),
+            ("METRICS_ENABLED", "maybe"),
+            ("CORS_ORIGINS", "[1, 2"),
+        ] {
+            let err = Config::load(None, env_of(&[(var, value)])).unwrap_err();
+            assert!(matches!(&err, ConfigError::Env { var: v, .. } if *v == var), "{var}: {err}");
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
+    }
+
+    #[test]
+    fn environment_budget_above_the_limit_fails_validation() {
+        let c = Config::load(None, env_of(&[("INGEST_MAX_TXN_BYTES", "20000000")])).unwrap();
+        assert_eq!(invalid_keys(&c), vec!["ingest.max_txn_bytes"]);
+    }
+
+    #[test]
+    fn empty_environment_values_count_as_unset() {
+        let c = Config::load(None, env_of(&[("INGEST_MAX_TXN_BYTES", ""), ("FDB_CLUSTER_FILE", "")])).unwrap();
+        assert_eq!(c, Config::from_toml_str("none", "").unwrap());
+    }
+
+    #[test]
+    fn a_config_file_is_read_and_a_missing_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "[server]\nport = 8080\n").unwrap();
+        let c = Config::load(Some(&path), no_env).unwrap();
+        assert_eq!(c.server.port, 8080);
+
+        let missing = dir.path().join("missing.toml");
+        let err = Config::load(Some(&missing), no_env).unwrap_err();
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+}
