@@ -1,79 +1,11 @@
 //! `matyan serve` as a user runs it: the real binary on a free port and a temporary data directory,
 //! probed over HTTP, then stopped by SIGTERM.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-/// Kills the server if a test fails before stopping it.
-struct Server(Child);
+use std::process::Command;
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(data_dir: &Path, extra: &[&str]) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
-        .arg("serve")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--host", "127.0.0.1", "--port", "0"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start matyan serve");
-    Server(child)
-}
-
-/// Waits for `serve.addr` to appear and returns the address it holds.
-fn wait_for_addr(server: &mut Server, data_dir: &Path) -> SocketAddr {
-    let path = data_dir.join("serve.addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            return text.trim().parse().expect("serve.addr holds an address");
-        }
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("server exited before listening: {status}");
-        }
-        assert!(Instant::now() < deadline, "server did not write {}", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// One HTTP/1.1 GET; returns the status code and the body.
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
-    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, body.to_owned())
-}
-
-fn terminate(mut server: Server) -> ExitStatus {
-    let pid = server.0.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "server did not stop after sigterm");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+use common::server::{get, start, terminate, wait_for_addr};
 
 #[test]
 fn serve_answers_probes_and_metrics_then_stops_cleanly_on_sigterm() {

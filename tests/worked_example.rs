@@ -2,58 +2,13 @@
 //! `create_run` + `log_hparams` + three `log_metric` in one transaction, clock pinned, gives exactly
 //! the reference's 36 keys and values (golden file `worked_example.rows`), and `kv dump` prints them.
 
-use matyan::storage::context_id::context_to_id;
+mod common;
+
+use common::{RUN, golden_rows};
 use matyan::storage::dump::{DumpRequest, dump};
-use matyan::storage::kv::{Database, EmbeddedEngine, Limits, RangeOption, RetryOptions, Transaction, strinc};
-use matyan::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
-use matyan::storage::value::{self, Value};
+use matyan::storage::kv::{Database, EmbeddedEngine, Limits, RangeOption, strinc};
+use matyan::storage::layout::Layout;
 use serde_json::json;
-
-const RUN: &str = "3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b";
-const NOW: f64 = 1_735_689_600.0;
-
-fn golden_rows() -> Vec<(String, String, String)> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden-vectors.json")).unwrap();
-    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mut rows: Vec<_> = golden["worked_example"]["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["directory"].as_str().unwrap().to_string(),
-                r["key_suffix_hex"].as_str().unwrap().to_string(),
-                r["value_hex"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
-/// What the reference's handlers do for the example's five messages, in one transaction.
-async fn apply_example(layout: &Layout, tx: &Transaction) -> Result<(), LayoutError> {
-    // create_run with client_datetime "2025-01-01T00:00:00+00:00".
-    layout.runs.create_run(tx, RUN, NOW, Some(1_735_689_600.0)).await?;
-    // log_hparams {"hparams": {"lr": 0.001, "layers": [64, 32]}}: a two-key dict at path ("hparams",).
-    let hparams = Value::from(&json!({"lr": 0.001, "layers": [64, 32]}));
-    layout.runs.set_attrs(tx, RUN, &["hparams".to_string()], &hparams, NOW).await?;
-    // Three log_metric "loss" with context {"subset": "train"} and no step.
-    let ctx = json!({"subset": "train"});
-    let ctx_id = context_to_id(&ctx);
-    assert_eq!(ctx_id, 2_326_457_826);
-    let id = SeqId { run: RUN, ctx_id, name: "loss" };
-    for v in [0.9, 0.7, 0.5] {
-        let step = layout.seqs.next_step(tx, id).await?;
-        layout.runs.runs.set_context(tx, RUN, ctx_id, &Value::from(&ctx))?;
-        let val = value::encode(&Value::Float(v)).unwrap();
-        layout.seqs.write(tx, id, &[SeqWrite { step, val: &val, epoch: None, time: NOW }]);
-        let last = Value::Float(v);
-        let trace = TraceInfo { ctx_id, name: "loss", dtype: "float", last: Some(&last), last_step: step };
-        layout.runs.record_trace(tx, RUN, &trace)?;
-    }
-    Ok(())
-}
 
 async fn stored_rows(db: &Database, layout: &Layout) -> Vec<(String, String, String)> {
     let tx = db.create_trx().unwrap();
@@ -70,13 +25,7 @@ async fn stored_rows(db: &Database, layout: &Layout) -> Vec<(String, String, Str
 }
 
 async fn check_backend(db: Database) -> Layout {
-    let layout = Layout::open(&db).await.unwrap();
-    db.run(&RetryOptions::default(), |tx| {
-        let layout = layout.clone();
-        async move { apply_example(&layout, &tx).await }
-    })
-    .await
-    .unwrap();
+    let layout = common::write_worked_example(&db).await;
     let got = stored_rows(&db, &layout).await;
     let want = golden_rows();
     assert_eq!(want.len(), 36);

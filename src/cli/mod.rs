@@ -1,5 +1,7 @@
 //! The `matyan` command line: one file per subcommand, dispatched from [`Commands`].
 
+mod bench;
+mod kv;
 mod serve;
 
 use std::path::PathBuf;
@@ -21,6 +23,10 @@ pub enum Commands {
     /// Run every role in one process: the HTTP API, health probes and metrics, on embedded
     /// storage by default.
     Serve(serve::ServeArgs),
+    /// Inspect the store's keys (`kv dump`).
+    Kv(kv::KvArgs),
+    /// Print benchmark figures (`bench storage`).
+    Bench(bench::BenchArgs),
 }
 
 impl Cli {
@@ -28,6 +34,8 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Commands::Serve(args) => serve::run(args).await,
+            Commands::Kv(args) => kv::run(args).await,
+            Commands::Bench(args) => bench::run(args).await,
         }
     }
 }

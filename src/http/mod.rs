@@ -1,12 +1,14 @@
 //! The HTTP API (axum): builds the router, normalises trailing slashes and records request metrics.
 //!
 //! - `health.rs`: `/health/live/`, `/health/ready/`;
-//! - `metrics.rs`: `/metrics/` (Prometheus exposition).
+//! - `metrics.rs`: `/metrics/` (Prometheus exposition);
+//! - `admin.rs`: `/admin/…` operator routes, loopback clients only.
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
 //! given one before routing, so both forms answer alike and nothing is redirected (a redirect breaks
 //! CORS preflights and the UI's `fetch`).
 
+mod admin;
 mod health;
 mod metrics;
 
@@ -28,8 +30,10 @@ use crate::app::AppState;
 /// The router with every route, the request-metrics middleware and the state applied. Paths must
 /// already end with `/` (see [`service`]).
 pub fn router(state: AppState) -> Router {
-    let mut router =
-        Router::new().route("/health/live/", get(health::live)).route("/health/ready/", get(health::ready));
+    let mut router = Router::new()
+        .route("/health/live/", get(health::live))
+        .route("/health/ready/", get(health::ready))
+        .route("/admin/kv/dump/", get(admin::kv_dump));
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));
     }
@@ -57,7 +61,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let svc = service(state);
-    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(svc)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(svc))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Appends `/` to a path that lacks one, keeping the query string.

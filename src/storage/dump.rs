@@ -76,41 +76,84 @@ pub fn line(dir: &str, dir_prefix: &[u8], key: &[u8], val: &[u8], raw: bool) -> 
     Json::Object(obj)
 }
 
-/// Writes the dump to `out`; returns the number of lines.
-pub async fn dump(db: &Database, dirs: &Dirs, req: &DumpRequest, out: &mut impl Write) -> Result<u64, DumpError> {
-    let names: Vec<&str> = match &req.dir {
-        Some(d) => vec![DIR_NAMES.iter().copied().find(|n| n == d).ok_or_else(|| DumpError::UnknownDir(d.clone()))?],
-        None => DIR_NAMES.to_vec(),
-    };
-    let mut lines = 0u64;
-    for name in names {
-        let prefix = dirs.by_name(name).ok_or_else(|| DumpError::UnknownDir(name.into()))?;
-        let (mut begin, end) = match &req.prefix {
-            Some(elems) => {
-                // Keys equal to the prefix tuple and keys under it.
-                let exact = tuple::pack_with_prefix(prefix, elems);
-                let end = strinc(&exact);
-                (exact, end)
+/// One directory's remaining key range.
+#[derive(Debug)]
+struct Scan {
+    name: &'static str,
+    prefix: Vec<u8>,
+    begin: Vec<u8>,
+    end: Vec<u8>,
+}
+
+/// A resumable scan over the requested directories, yielding the dump a chunk at a time.
+#[derive(Debug)]
+pub struct DumpCursor {
+    /// Scans still to do, the next one last.
+    todo: Vec<Scan>,
+    raw: bool,
+}
+
+impl DumpCursor {
+    /// A cursor over `req` in the store's directories.
+    pub fn new(dirs: &Dirs, req: &DumpRequest) -> Result<Self, DumpError> {
+        let names: Vec<&'static str> = match &req.dir {
+            Some(d) => {
+                vec![DIR_NAMES.iter().copied().find(|n| n == d).ok_or_else(|| DumpError::UnknownDir(d.clone()))?]
             }
-            None => (prefix.to_vec(), strinc(prefix)),
+            None => DIR_NAMES.to_vec(),
         };
+        let mut todo = Vec::with_capacity(names.len());
+        for name in names.into_iter().rev() {
+            let prefix = dirs.by_name(name).ok_or_else(|| DumpError::UnknownDir(name.into()))?.to_vec();
+            // With a tuple prefix: the key equal to it and every key under it.
+            let begin = match &req.prefix {
+                Some(elems) => tuple::pack_with_prefix(&prefix, elems),
+                None => prefix.clone(),
+            };
+            let end = strinc(&begin);
+            todo.push(Scan { name, prefix, begin, end });
+        }
+        Ok(Self { todo, raw: req.raw })
+    }
+
+    /// The next chunk of JSON lines (each ending in a newline), or `None` when done. Each chunk is
+    /// read in its own snapshot transaction.
+    pub async fn next_chunk(&mut self, db: &Database) -> Result<Option<Vec<u8>>, DumpError> {
         loop {
+            let Some(scan) = self.todo.last_mut() else { return Ok(None) };
             let tx = db.create_trx()?;
-            let kvs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()).limit(CHUNK), true).await?;
-            for kv in &kvs {
-                serde_json::to_writer(&mut *out, &line(name, prefix, &kv.key, &kv.value, req.raw))
-                    .map_err(std::io::Error::from)?;
-                out.write_all(b"\n")?;
-                lines += 1;
-            }
+            let kvs = tx.get_range(&RangeOption::new(scan.begin.clone(), scan.end.clone()).limit(CHUNK), true).await?;
+            let (name, prefix) = (scan.name, scan.prefix.clone());
             match kvs.last() {
                 Some(last) if kvs.len() == CHUNK => {
-                    begin = last.key.clone();
-                    begin.push(0);
+                    scan.begin = last.key.clone();
+                    scan.begin.push(0);
                 }
-                _ => break,
+                _ => {
+                    self.todo.pop();
+                }
             }
+            if kvs.is_empty() {
+                continue;
+            }
+            let mut out = Vec::with_capacity(kvs.len() * 96);
+            for kv in &kvs {
+                serde_json::to_writer(&mut out, &line(name, &prefix, &kv.key, &kv.value, self.raw))
+                    .map_err(std::io::Error::from)?;
+                out.push(b'\n');
+            }
+            return Ok(Some(out));
         }
+    }
+}
+
+/// Writes the whole dump to `out`; returns the number of lines.
+pub async fn dump(db: &Database, dirs: &Dirs, req: &DumpRequest, out: &mut impl Write) -> Result<u64, DumpError> {
+    let mut cursor = DumpCursor::new(dirs, req)?;
+    let mut lines = 0u64;
+    while let Some(chunk) = cursor.next_chunk(db).await? {
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+        out.write_all(&chunk)?;
     }
     out.flush()?;
     Ok(lines)

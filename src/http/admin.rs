@@ -1,0 +1,58 @@
+//! Operator routes under `/admin/`, answered only for clients on this machine (loopback): they
+//! expose the whole store.
+//!
+//! - `GET /admin/kv/dump/?dir=&prefix=&raw=`: the `matyan kv dump` lines, streamed; this is how
+//!   the command reads a store that a running `matyan serve` holds open.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::storage::dump::{DumpCursor, DumpRequest};
+use crate::storage::tuple;
+
+/// Query of the dump route.
+#[derive(Debug, Deserialize)]
+pub struct DumpQuery {
+    dir: Option<String>,
+    prefix: Option<String>,
+    #[serde(default)]
+    raw: bool,
+}
+
+fn error(status: StatusCode, detail: String) -> Response {
+    (status, Json(json!({ "detail": detail }))).into_response()
+}
+
+/// Streams the dump.
+pub async fn kv_dump(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<DumpQuery>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return error(StatusCode::FORBIDDEN, "admin routes answer loopback clients only".into());
+    }
+    let prefix = match q.prefix.as_deref().map(tuple::parse_json_tuple).transpose() {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("prefix: {e}")),
+    };
+    let req = DumpRequest { dir: q.dir, prefix, raw: q.raw };
+    let cursor = match DumpCursor::new(&state.layout.dirs, &req) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let db = state.db.clone();
+    let stream = futures_util::stream::try_unfold(cursor, move |mut cursor| {
+        let db = db.clone();
+        async move { Ok::<_, crate::storage::dump::DumpError>(cursor.next_chunk(&db).await?.map(|chunk| (chunk, cursor))) }
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+}

@@ -1,0 +1,69 @@
+//! Shared by the integration tests: the worked example of `ingest-storage.md` §3.8 and its golden
+//! rows.
+#![allow(dead_code)]
+
+pub mod server;
+
+use matyan::storage::context_id::context_to_id;
+use matyan::storage::kv::{Database, RetryOptions, Transaction};
+use matyan::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
+use matyan::storage::value::{self, Value};
+use serde_json::json;
+
+pub const RUN: &str = "3f2a9c1e5b7d4e6f8a0b1c2d3e4f5a6b";
+pub const NOW: f64 = 1_735_689_600.0;
+
+pub fn golden_rows() -> Vec<(String, String, String)> {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/golden-vectors.json")).unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut rows: Vec<_> = golden["worked_example"]["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["directory"].as_str().unwrap().to_string(),
+                r["key_suffix_hex"].as_str().unwrap().to_string(),
+                r["value_hex"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// What the reference's handlers do for the example's five messages, in one transaction.
+pub async fn apply_example(layout: &Layout, tx: &Transaction) -> Result<(), LayoutError> {
+    // create_run with client_datetime "2025-01-01T00:00:00+00:00".
+    layout.runs.create_run(tx, RUN, NOW, Some(1_735_689_600.0)).await?;
+    // log_hparams {"hparams": {"lr": 0.001, "layers": [64, 32]}}: a two-key dict at path ("hparams",).
+    let hparams = Value::from(&json!({"lr": 0.001, "layers": [64, 32]}));
+    layout.runs.set_attrs(tx, RUN, &["hparams".to_string()], &hparams, NOW).await?;
+    // Three log_metric "loss" with context {"subset": "train"} and no step.
+    let ctx = json!({"subset": "train"});
+    let ctx_id = context_to_id(&ctx);
+    assert_eq!(ctx_id, 2_326_457_826);
+    let id = SeqId { run: RUN, ctx_id, name: "loss" };
+    for v in [0.9, 0.7, 0.5] {
+        let step = layout.seqs.next_step(tx, id).await?;
+        layout.runs.runs.set_context(tx, RUN, ctx_id, &Value::from(&ctx))?;
+        let val = value::encode(&Value::Float(v)).unwrap();
+        layout.seqs.write(tx, id, &[SeqWrite { step, val: &val, epoch: None, time: NOW }]);
+        let last = Value::Float(v);
+        let trace = TraceInfo { ctx_id, name: "loss", dtype: "float", last: Some(&last), last_step: step };
+        layout.runs.record_trace(tx, RUN, &trace)?;
+    }
+    Ok(())
+}
+
+/// Writes the worked example in one retried transaction.
+pub async fn write_worked_example(db: &Database) -> Layout {
+    let layout = Layout::open(db).await.unwrap();
+    db.run(&RetryOptions::default(), |tx| {
+        let layout = layout.clone();
+        async move { apply_example(&layout, &tx).await }
+    })
+    .await
+    .unwrap();
+    layout
+}
