@@ -123,7 +123,7 @@ fn dump_via_server(data_dir: &Path, args: &DumpArgs, locked: &str) -> anyhow::Re
             break;
         }
     }
-    if !status.split_whitespace().nth(1).is_some_and(|code| code == "200") {
+    if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
         let mut body = String::new();
         reader.read_to_string(&mut body)?;
         bail!("server at {addr} refused the dump: {} {}", status.trim(), body.trim());
