@@ -110,6 +110,42 @@ impl Indexes {
         Ok(out)
     }
 
+    /// Runs whose entry under `scope` has its next element in `[lo, hi)` (either end open), e.g.
+    /// `("created_at",)` with float bounds or `("hparam", "lr")`. Bounds compare in FoundationDB's
+    /// tuple order, so an int bound never matches float values and the reverse.
+    pub async fn runs_between(
+        &self,
+        tx: &Transaction,
+        scope: &[Elem],
+        lo: Option<&Elem>,
+        hi: Option<&Elem>,
+        snapshot: bool,
+    ) -> Result<Vec<String>, LayoutError> {
+        let (mut b, mut e) = tuple::range(&self.prefix, scope);
+        let bound = |v: &Elem| {
+            let mut elems = scope.to_vec();
+            elems.push(v.clone());
+            tuple::pack_with_prefix(&self.prefix, &elems)
+        };
+        if let Some(lo) = lo {
+            b = bound(lo);
+        }
+        if let Some(hi) = hi {
+            e = bound(hi);
+        }
+        let base = tuple::pack_with_prefix(&self.prefix, scope);
+        let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
+        let mut out = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            let rest =
+                tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(format!("index entry: {e}")))?;
+            if let Some(Elem::Str(run)) = rest.last() {
+                out.push(run.clone());
+            }
+        }
+        Ok(out)
+    }
+
     fn tombstone_key(&self, run: &str) -> Vec<u8> {
         tuple::pack_with_prefix(&self.prefix, &[Elem::from(DELETED), Elem::from(run)])
     }

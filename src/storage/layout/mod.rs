@@ -18,7 +18,7 @@ use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
 pub use dirs::Dirs;
 pub use indexes::Indexes;
 pub use runs::{RunOps, Runs, TraceInfo};
-pub use sequences::{Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite};
+pub use sequences::{Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, sample_indices};
 pub use system::{EntityKind, System};
 
 /// Errors of the layout layer.

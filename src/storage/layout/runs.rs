@@ -168,6 +168,24 @@ impl Runs {
         tx.clear(&self.key(run, &[Elem::from("tags"), Elem::from(tag_uuid)]));
     }
 
+    /// Every run hash with data under ⟨runs⟩, found by skipping from one run's subtree to the next
+    /// (one short read per run, whatever the run's size).
+    pub async fn hashes(&self, tx: &Transaction, snapshot: bool) -> Result<Vec<String>, LayoutError> {
+        let mut out = Vec::new();
+        let mut begin = self.prefix.clone();
+        let end = crate::storage::kv::strinc(&self.prefix);
+        loop {
+            let kvs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()).limit(1), snapshot).await?;
+            let Some(kv) = kvs.first() else { return Ok(out) };
+            let rest = tuple::unpack(&kv.key[self.prefix.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?;
+            let Some(Elem::Str(run)) = rest.first() else {
+                return Err(LayoutError::Corrupt("a ⟨runs⟩ key does not start with a run hash".into()));
+            };
+            begin = crate::storage::kv::strinc(&self.key(run, &[]));
+            out.push(run.clone());
+        }
+    }
+
     /// Clears everything of the run: meta, attrs, traces, contexts, tags, seqs.
     pub fn clear_run(&self, tx: &Transaction, run: &str) {
         let (b, e) = self.range(run, &[]);
@@ -328,6 +346,17 @@ impl RunOps {
         self.runs.set_trace_info(tx, run, t)?;
         self.indexes.add(tx, run, &[Elem::from("trace"), Elem::from(t.name), Elem::from(run)]);
         Ok(())
+    }
+
+    /// Marks the run as pending deletion: only the `pending_deletion` leaf, no `updated_at` and no
+    /// index change (the REST delete path of the reference).
+    pub fn mark_pending_deletion(&self, tx: &Transaction, run: &str) -> Result<(), LayoutError> {
+        self.runs.set_meta(tx, run, "pending_deletion", &Value::Bool(true))
+    }
+
+    /// Whether the run's meta says `pending_deletion`.
+    pub async fn is_pending_deletion(&self, tx: &Transaction, run: &str) -> Result<bool, LayoutError> {
+        Ok(matches!(self.runs.meta_field(tx, run, "pending_deletion").await?, Some(Value::Bool(true))))
     }
 
     /// The run's meta as a map with `hash` first, or `None` when the run has no meta.

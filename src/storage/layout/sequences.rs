@@ -202,6 +202,50 @@ impl KeyPerStep {
     }
 }
 
+/// Indices of the points kept when sampling ascending `steps` down to at most `p` points, by the
+/// reference's rules (`api.md` §4.9): everything when there are at most `p`; one point when `p ≤ 1`
+/// or all steps are equal; for `p ≥ 128` the first and last step plus the first step in each of
+/// `p − 2` equal-width step buckets between them; below 128, `p` evenly spaced target steps each
+/// resolved to the nearest existing step at or after it, falling back to `p` evenly spaced positions
+/// when duplicates leave fewer than `p`.
+pub fn sample_indices(steps: &[i64], p: usize) -> Vec<usize> {
+    let n = steps.len();
+    if n <= p {
+        return (0..n).collect();
+    }
+    let (first, last) = (steps[0], steps[n - 1]);
+    if p <= 1 || first == last {
+        return vec![0];
+    }
+    let span = (last - first) as f64;
+    if p >= 128 {
+        let buckets = p - 2;
+        let mut out = vec![0];
+        let mut seen = vec![false; buckets];
+        for (j, s) in steps.iter().enumerate().take(n - 1).skip(1) {
+            let b = ((((s - first) as f64) * buckets as f64 / span) as usize).min(buckets - 1);
+            if !seen[b] {
+                seen[b] = true;
+                out.push(j);
+            }
+        }
+        out.push(n - 1);
+        return out;
+    }
+    let mut out: Vec<usize> = Vec::with_capacity(p);
+    for i in 0..p {
+        let target = first as f64 + span * i as f64 / (p - 1) as f64;
+        let j = steps.partition_point(|s| (*s as f64) < target).min(n - 1);
+        if out.last() != Some(&j) {
+            out.push(j);
+        }
+    }
+    if out.len() < p {
+        out = (0..p).map(|i| ((i * (n - 1)) as f64 / (p - 1) as f64).round_ties_even() as usize).collect();
+    }
+    out
+}
+
 fn step_of(prefix: &[u8], kv: &KeyValue) -> Result<i64, SeqError> {
     let suffix = kv.key.strip_prefix(prefix).ok_or_else(|| SeqError::Corrupt("key outside its column".into()))?;
     match tuple::unpack_one(suffix).map_err(|e| SeqError::Corrupt(format!("step: {e}")))? {
