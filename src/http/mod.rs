@@ -3,6 +3,7 @@
 //! - `health.rs`: `/health/live/`, `/health/ready/`;
 //! - `metrics.rs`: `/metrics/` (Prometheus exposition);
 //! - `admin.rs`: `/admin/…` operator routes, loopback clients only.
+//! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO).
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
 //! given one before routing, so both forms answer alike and nothing is redirected (a redirect breaks
@@ -11,6 +12,7 @@
 mod admin;
 mod health;
 mod metrics;
+pub mod stream;
 
 use std::convert::Infallible;
 use std::future::Future;
