@@ -922,12 +922,29 @@ fn check_value_size(v: &Value, field: &'static str) -> Result<(), DecodeError> {
     }
 }
 
-/// Checks a value that is stored as a tree (hparams): each leaf is one FoundationDB value.
+/// Checks a value that is stored as a tree (hparams, spec §3.4): each scalar leaf is one
+/// FoundationDB value, and the dict keys and list indexes on the way down form its key, whose
+/// tuple-encoded path must stay within [`MAX_KEY_PART_BYTES`].
 fn check_leaf_sizes(v: &Value, field: &'static str) -> Result<(), DecodeError> {
-    match v {
-        Value::Map(entries) => entries.iter().try_for_each(|(_, child)| check_leaf_sizes(child, field)),
-        other => check_value_size(other, field),
+    fn walk(v: &Value, path_bytes: usize, field: &'static str) -> Result<(), DecodeError> {
+        if path_bytes > MAX_KEY_PART_BYTES {
+            return Err(DecodeError::TooLarge { field, len: path_bytes, limit: MAX_KEY_PART_BYTES });
+        }
+        match v {
+            // A key element costs its bytes, its escaped NULs, a type code and a terminator.
+            Value::Map(entries) => entries.iter().try_for_each(|(k, child)| {
+                let key_bytes = match k {
+                    Value::Str(s) => s.len() + s.bytes().filter(|b| *b == 0).count() + 2,
+                    _ => 10,
+                };
+                walk(child, path_bytes + key_bytes, field)
+            }),
+            // An index is an integer element of at most nine bytes.
+            Value::Array(items) => items.iter().try_for_each(|child| walk(child, path_bytes + 9, field)),
+            other => check_value_size(other, field),
+        }
     }
+    walk(v, 0, field)
 }
 
 /// Python truthiness of a value (`if payload.get(...)`).

@@ -472,6 +472,15 @@ fn malformed_field_of_100_kb_is_too_large() {
     ] {
         assert_eq!(reason_of(&envelope(kind, &payload)), "too_large", "{kind}");
     }
+    // Hparams are a tree: a long list of small items is fine, a huge key or a huge item is not.
+    let many = vec!["\"abcdefghij\""; 20_000].join(",");
+    assert!(decode(&envelope("log_hparams", &format!(r#"{{"value":{{"hparams":{{"vocab":[{many}]}}}}}}"#))).is_ok());
+    let key = "k".repeat(5_000);
+    assert_eq!(reason_of(&envelope("log_hparams", &format!(r#"{{"value":{{"{key}":1}}}}"#))), "too_large");
+    assert_eq!(
+        reason_of(&envelope("log_hparams", &format!(r#"{{"value":{{"hparams":{{"list":[1,"{big}"]}}}}}}"#))),
+        "too_large"
+    );
     let long_run = format!(r#"{{"type":"finish_run","run_id":"{big}","timestamp":1,"payload":{{}}}}"#);
     assert_eq!(reason_of(long_run.as_bytes()), "too_large");
     assert_eq!(reason_of(&vec![b' '; MAX_RECORD_BYTES + 1]), "too_large");
