@@ -14,5 +14,6 @@ pub mod app;
 pub mod bench;
 pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod metrics;
 pub mod storage;
