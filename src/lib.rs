@@ -15,4 +15,5 @@ pub mod bench;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod query;
 pub mod storage;

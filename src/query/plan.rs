@@ -1,0 +1,1 @@
+//! The planner of spec §5.4 (placeholder).
