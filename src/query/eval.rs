@@ -7,8 +7,8 @@ use super::ast::{BinOp, BoolOp, CmpOp, Constant, Expr, ExprKind, UnaryOp};
 use super::error::EvalError;
 use super::pipeline::utc_timestamp;
 use super::value::{
-    Builtin, MAX_BYTES, MAX_ITEMS, Num, QValue, py_cmp, py_contains, py_eq, py_is, py_iter, py_len, py_repr, py_str,
-    range_len,
+    Builtin, DEFAULT_BUDGET, MAX_BYTES, MAX_HASHED, MAX_ITEMS, Num, QValue, charge, py_cmp, py_contains, py_eq, py_is,
+    py_iter, py_len, py_repr, py_str, range_len, set_budget,
 };
 
 /// The names a query can see besides the builtins: `run`, and `metric` or `images`... per
@@ -42,8 +42,16 @@ impl Scope for Bindings {
     }
 }
 
-/// Evaluates the expression to a value.
+/// Evaluates the expression to a value within the default work budget.
 pub fn evaluate(expr: &Expr, scope: &dyn Scope) -> Result<QValue, EvalError> {
+    evaluate_with_budget(expr, scope, DEFAULT_BUDGET)
+}
+
+/// Evaluates the expression with a work budget (units of about one node or element visited);
+/// past it the evaluation fails with [`EvalError::TooLarge`], so a hostile query costs bounded
+/// time per candidate.
+pub fn evaluate_with_budget(expr: &Expr, scope: &dyn Scope, budget: u64) -> Result<QValue, EvalError> {
+    set_budget(budget);
     Evaluator { scope }.eval(expr)
 }
 
@@ -101,6 +109,7 @@ const DICT_METHODS: &[&str] = &["get", "keys", "values", "items"];
 
 impl Evaluator<'_> {
     fn eval(&self, expr: &Expr) -> Result<QValue, EvalError> {
+        charge(1)?;
         match &expr.kind {
             ExprKind::Const(c) => Ok(constant(c)),
             ExprKind::Name(name) => self.name(name),
@@ -193,6 +202,10 @@ impl Evaluator<'_> {
 }
 
 fn dict_insert(out: &mut Vec<(QValue, QValue)>, k: QValue, v: QValue) -> Result<(), EvalError> {
+    if out.len() >= MAX_HASHED {
+        return Err(EvalError::TooLarge("dict"));
+    }
+    charge(out.len())?;
     if !k.hashable() {
         return Err(type_error(format!("unhashable type: '{}'", k.type_name())));
     }
@@ -204,8 +217,12 @@ fn dict_insert(out: &mut Vec<(QValue, QValue)>, k: QValue, v: QValue) -> Result<
 }
 
 fn make_set(items: Vec<QValue>) -> Result<QValue, EvalError> {
+    if items.len() > MAX_HASHED {
+        return Err(EvalError::TooLarge("set"));
+    }
     let mut out: Vec<QValue> = Vec::with_capacity(items.len());
     for item in items {
+        charge(out.len())?;
         if !item.hashable() {
             return Err(type_error(format!("unhashable type: '{}'", item.type_name())));
         }
@@ -382,11 +399,15 @@ fn float_of(n: Num) -> f64 {
 }
 
 fn repeat<T: Clone>(items: &[T], times: i128, unit: usize) -> Result<Vec<T>, EvalError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
     let times = usize::try_from(times.max(0)).map_err(|_| EvalError::TooLarge("repetition"))?;
     let limit = if unit == 1 { MAX_BYTES } else { MAX_ITEMS };
     if items.len().saturating_mul(times) > limit {
         return Err(EvalError::TooLarge("repetition"));
     }
+    charge(items.len() * times)?;
     Ok((0..times).flat_map(|_| items.iter().cloned()).collect())
 }
 
@@ -410,11 +431,24 @@ fn binary(op: BinOp, a: &QValue, b: &QValue) -> Result<QValue, EvalError> {
             if x.len() + y.len() > MAX_BYTES {
                 return Err(EvalError::TooLarge("string"));
             }
+            charge((x.len() + y.len()) / 64)?;
             Ok(QValue::Str(format!("{x}{y}")))
         }
-        (BinOp::Add, QValue::Bytes(x), QValue::Bytes(y)) => Ok(QValue::Bytes([x.as_slice(), y.as_slice()].concat())),
-        (BinOp::Add, QValue::List(x), QValue::List(y)) => Ok(QValue::List([x.as_slice(), y.as_slice()].concat())),
-        (BinOp::Add, QValue::Tuple(x), QValue::Tuple(y)) => Ok(QValue::Tuple([x.as_slice(), y.as_slice()].concat())),
+        (BinOp::Add, QValue::Bytes(x), QValue::Bytes(y)) => {
+            if x.len() + y.len() > MAX_BYTES {
+                return Err(EvalError::TooLarge("bytes"));
+            }
+            charge((x.len() + y.len()) / 64)?;
+            Ok(QValue::Bytes([x.as_slice(), y.as_slice()].concat()))
+        }
+        (BinOp::Add, QValue::List(x), QValue::List(y)) | (BinOp::Add, QValue::Tuple(x), QValue::Tuple(y)) => {
+            if x.len() + y.len() > MAX_ITEMS {
+                return Err(EvalError::TooLarge("sequence"));
+            }
+            charge(x.len() + y.len())?;
+            let joined = [x.as_slice(), y.as_slice()].concat();
+            Ok(if matches!(a, QValue::List(_)) { QValue::List(joined) } else { QValue::Tuple(joined) })
+        }
         (BinOp::Mul, seq, n) | (BinOp::Mul, n, seq) if matches!(n.num(), Some(Num::Int(_))) => {
             let Some(Num::Int(times)) = n.num() else { return Err(unsupported()) };
             match seq {
@@ -522,6 +556,7 @@ fn no_kwargs(name: &str, kwargs: &[(String, QValue)], allowed: &[&str]) -> Resul
 }
 
 fn sort_values(mut items: Vec<QValue>) -> Result<Vec<QValue>, EvalError> {
+    charge(items.len().saturating_mul(usize::BITS as usize - items.len().leading_zeros() as usize))?;
     let mut failure = None;
     items.sort_by(|a, b| match py_cmp(a, b, "<") {
         Ok(o) => o.unwrap_or(Ordering::Equal),
@@ -835,13 +870,15 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
                 Some(_) => return Err(type_error("enumerate() start must be an integer".into())),
             };
             let items = py_iter(&args[0])?;
-            Ok(QValue::List(
-                items
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| QValue::Tuple(vec![QValue::Int(start + i as i128), v]))
-                    .collect(),
-            ))
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let index = start.checked_add(i as i128).ok_or(EvalError::Overflow)?;
+                    Ok(QValue::Tuple(vec![QValue::Int(index), v]))
+                })
+                .collect::<Result<_, _>>()
+                .map(QValue::List)
         }
     }
 }
@@ -924,6 +961,7 @@ fn call_method(
 }
 
 fn str_method(s: &str, method: &str, args: &[QValue], kwargs: &[(String, QValue)]) -> Result<QValue, EvalError> {
+    charge(1 + s.len() / 64)?;
     no_kwargs(method, kwargs, &["sep", "maxsplit"])?;
     let bool_of = |b: bool| Ok(QValue::Bool(b));
     let chars_test = |f: fn(char) -> bool| Ok(QValue::Bool(!s.is_empty() && s.chars().all(f)));
@@ -1381,6 +1419,24 @@ mod tests {
         let expr = parse_expression("len == 1", ParseLimits::default()).unwrap();
         assert!(matches(&expr, &scope));
         assert_eq!(show("len"), "<built-in function len>");
+    }
+
+    #[test]
+    fn work_is_bounded() {
+        assert!(matches!(eval("sum([[1]] * 100000, [])"), Err(EvalError::TooLarge(_))));
+        assert!(matches!(eval("set(range(100000))"), Err(EvalError::TooLarge(_))));
+        assert!(matches!(eval("[] * 10 ** 30"), Ok(QValue::List(v)) if v.is_empty()));
+        assert!(matches!(eval("'' * 10 ** 30"), Ok(QValue::Str(v)) if v.is_empty()));
+        let big = i128::MAX;
+        assert!(yes(&format!("len(range(-{big}, {big})) > 0")));
+        // No overflow panics on ranges spanning most of i128.
+        let _ = eval(&format!("{} in range(-{big}, {big}, 7)", big - 1));
+        let _ = eval(&format!("range(-{big}, {big}, 7)[-1]"));
+        let _ = eval(&format!("range({big}, -{big}, -3) == range(0)"));
+        assert!(!yes(&format!("list(enumerate([1, 2], {big}))")));
+        let expr = parse_expression("sorted(list(range(1000))) == list(range(1000))", ParseLimits::default()).unwrap();
+        assert!(matches!(evaluate_with_budget(&expr, &run_scope(), 100), Err(EvalError::TooLarge("work budget"))));
+        assert!(matches(&expr, &run_scope()));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! membership and `str()`/`repr()` rules, and the [`HostObject`] trait through which the HTTP
 //! layer exposes `run`, `metric`, `images`... without the evaluator knowing about storage.
 
+use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
@@ -10,9 +11,39 @@ use super::error::EvalError;
 use crate::storage::value::Value;
 
 /// Largest number of elements an evaluation may materialise in one collection.
-pub const MAX_ITEMS: usize = 1_000_000;
+pub const MAX_ITEMS: usize = 100_000;
 /// Largest string or bytes result an evaluation may build, in bytes.
 pub const MAX_BYTES: usize = 1 << 20;
+/// Largest set or dict an evaluation may build (their construction is quadratic here).
+pub const MAX_HASHED: usize = 4_096;
+/// Default work budget of one evaluation, in units of roughly one node or one element visited.
+pub const DEFAULT_BUDGET: u64 = 10_000_000;
+
+thread_local! {
+    /// Work units left to the evaluation running on this thread. Evaluation is synchronous and
+    /// never nests, so a thread-local budget is exact and keeps the value helpers' signatures.
+    static FUEL: Cell<u64> = const { Cell::new(DEFAULT_BUDGET) };
+}
+
+/// Sets the work budget of the evaluation about to run on this thread.
+pub(crate) fn set_budget(units: u64) {
+    FUEL.with(|f| f.set(units));
+}
+
+/// Spends `units` of the budget; once it is exhausted every later charge fails too, so work
+/// done where an error cannot propagate (inside `==`) is stopped at the next node.
+pub(crate) fn charge(units: usize) -> Result<(), EvalError> {
+    FUEL.with(|f| {
+        let left = f.get();
+        let units = units as u64;
+        if left < units {
+            f.set(0);
+            return Err(EvalError::TooLarge("work budget"));
+        }
+        f.set(left - units);
+        Ok(())
+    })
+}
 
 /// An object the embedding code provides (a run, a sequence, a metrics accessor).
 ///
@@ -303,10 +334,11 @@ impl QValue {
 /// Returns the length of a `range` value (`None` for other values).
 pub(crate) fn range_len(v: &QValue) -> Option<i128> {
     let QValue::Range(start, stop, step) = *v else { return None };
+    // Saturating: a range spanning most of i128 only needs a length that is "too large".
     let len = if step > 0 && start < stop {
-        (stop - start - 1) / step + 1
+        stop.saturating_sub(start).saturating_sub(1) / step + 1
     } else if step < 0 && start > stop {
-        (start - stop - 1) / (-step) + 1
+        start.saturating_sub(stop).saturating_sub(1) / step.saturating_neg() + 1
     } else {
         0
     };
@@ -359,6 +391,16 @@ pub fn py_eq(a: &QValue, b: &QValue) -> bool {
     if let (Some(x), Some(y)) = (a.num(), b.num()) {
         return cmp_num(x, y) == Some(Ordering::Equal);
     }
+    let cost = match (a.as_ref(), b.as_ref()) {
+        (QValue::List(x), _) | (QValue::Tuple(x), _) => x.len(),
+        (QValue::Set(x), QValue::Set(y)) => x.len().saturating_mul(y.len()),
+        (QValue::Dict(x), QValue::Dict(y)) => x.len().saturating_mul(y.len()),
+        _ => 0,
+    };
+    // An exhausted budget makes the next node fail; equality itself cannot raise.
+    if charge(cost).is_err() {
+        return false;
+    }
     match (a.as_ref(), b.as_ref()) {
         (QValue::None, QValue::None) => true,
         (QValue::Str(x), QValue::Str(y)) => x == y,
@@ -410,6 +452,9 @@ pub fn py_cmp(a: &QValue, b: &QValue, op: &str) -> Result<Option<Ordering>, Eval
 /// Python's `item in container`.
 pub fn py_contains(container: &QValue, item: &QValue) -> Result<bool, EvalError> {
     let container = container.plain();
+    if let QValue::List(v) | QValue::Tuple(v) | QValue::Set(v) = container.as_ref() {
+        charge(v.len())?;
+    }
     match container.as_ref() {
         QValue::Str(s) => match item.plain().as_ref() {
             QValue::Str(needle) => Ok(s.contains(needle.as_str())),
@@ -450,10 +495,9 @@ pub fn py_contains(container: &QValue, item: &QValue) -> Result<bool, EvalError>
             if n == 0 {
                 return Ok(false);
             }
-            let offset = i - start;
-            let last = start + (n - 1) * step;
+            let last = start.saturating_add((n - 1).saturating_mul(*step));
             let in_bounds = if *step > 0 { i >= *start && i <= last } else { i <= *start && i >= last };
-            Ok(in_bounds && offset % step == 0)
+            Ok(in_bounds && i.checked_sub(*start).is_some_and(|offset| offset % step == 0))
         }
         other => Err(EvalError::Type(format!("argument of type '{}' is not iterable", other.type_name()))),
     }
@@ -477,7 +521,13 @@ pub fn py_is(a: &QValue, b: &QValue) -> bool {
 /// Returns the elements of an iterable (str characters, list items, dict keys, range members).
 pub fn py_iter(v: &QValue) -> Result<Vec<QValue>, EvalError> {
     let v = v.plain();
-    Ok(match v.as_ref() {
+    let items = py_iter_plain(v.as_ref())?;
+    charge(items.len())?;
+    Ok(items)
+}
+
+fn py_iter_plain(v: &QValue) -> Result<Vec<QValue>, EvalError> {
+    Ok(match v {
         QValue::Str(s) => s.chars().map(|c| QValue::Str(c.to_string())).collect(),
         QValue::Bytes(b) => b.iter().map(|x| QValue::Int(i128::from(*x))).collect(),
         QValue::List(items) | QValue::Tuple(items) | QValue::Set(items) => items.clone(),
