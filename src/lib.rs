@@ -16,4 +16,5 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod query;
 pub mod storage;
