@@ -3,9 +3,13 @@
 //! Module map:
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
 //! - [`app`]: the process's shared state: opened storage, the Matyan layout, metrics handle;
-//! - [`http`]: the axum router (health probes, metrics, admin routes; the REST API later);
+//! - [`http`]: the axum router (health probes, metrics, admin routes; the REST API later) and the
+//!   binary streaming codec of the API (`http::stream`);
 //! - [`storage`]: the transactional KV contract, its backends (memory, embedded, FoundationDB),
 //!   the reference's byte codecs and the Matyan key layout on top;
+//! - [`ingest`]: ingestion's pure parts: message decoding, size estimates, Kafka's partitioner,
+//!   the `RunBatch` flush policy (actors and sources come next);
+//! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`bench`]: benchmarks that print figures.
 //!
