@@ -96,18 +96,7 @@ impl Indexes {
         scope: &[Elem],
         snapshot: bool,
     ) -> Result<Vec<String>, LayoutError> {
-        let (b, e) = tuple::range(&self.prefix, scope);
-        let base = tuple::pack_with_prefix(&self.prefix, scope);
-        let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
-        let mut out = Vec::with_capacity(kvs.len());
-        for kv in kvs {
-            let rest =
-                tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(format!("index entry: {e}")))?;
-            if let Some(Elem::Str(run)) = rest.last() {
-                out.push(run.clone());
-            }
-        }
-        Ok(out)
+        self.runs_between(tx, scope, None, None, snapshot).await
     }
 
     /// Runs whose entry under `scope` has its next element in `[lo, hi)` (either end open), e.g.
