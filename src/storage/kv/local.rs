@@ -533,6 +533,32 @@ fn merged_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::kv::engine::Engine;
+
+    fn memory_db() -> Arc<LocalDb> {
+        LocalDb::new(Box::<crate::storage::kv::memory::MemoryEngine>::default() as Box<dyn Engine>, Limits::FDB)
+    }
+
+    #[test]
+    fn size_matches_foundationdb_commit_accounting() {
+        // FoundationDB's commit-time check: mutation (key + value; clears count keys) plus conflict
+        // ranges (begin + end). set("FOO", "Hello World") = (3 + 11) + (3 + 4) = 21 bytes.
+        let tx = memory_db().create_trx();
+        tx.set(b"FOO", b"Hello World");
+        assert_eq!(tx.approximate_size(), 21);
+        // clear("FOO"): mutation [FOO, FOO\0) = 7, write conflict range 7.
+        tx.clear(b"FOO");
+        assert_eq!(tx.approximate_size(), 21 + 14);
+        // clear_range(a, b): mutation 2, conflict range 2.
+        tx.clear_range(b"a", b"b");
+        assert_eq!(tx.approximate_size(), 21 + 14 + 4);
+        // A non-snapshot read of "k" adds the read conflict range [k, k\0): 3 bytes.
+        tx.get(b"k", false).unwrap();
+        assert_eq!(tx.approximate_size(), 21 + 14 + 4 + 3);
+        // Snapshot reads add nothing.
+        tx.get(b"k", true).unwrap();
+        assert_eq!(tx.approximate_size(), 21 + 14 + 4 + 3);
+    }
 
     #[test]
     fn coalesce_merges_overlapping_and_adjacent_ranges() {
