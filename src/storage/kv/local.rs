@@ -253,10 +253,11 @@ impl LocalTxn {
         if st.done {
             return Err(KvError::TransactionCancelled);
         }
-        if st.read.is_none() {
-            st.read = Some(self.db.acquire_read()?);
-        }
-        let view = st.read.as_ref().expect("read view set above");
+        let view = match st.read.take() {
+            Some(view) => view,
+            None => self.db.acquire_read()?,
+        };
+        let view = &*st.read.insert(view);
         let lifetime = self.db.limits.txn_lifetime;
         if view.started.elapsed() > lifetime {
             return Err(KvError::TransactionTooOld { lifetime_ms: lifetime.as_millis() as u64 });
@@ -502,7 +503,7 @@ fn merged_range(
                 }
             };
             if take_op {
-                let (k, op) = ops_it.next().expect("peeked");
+                let Some((k, op)) = ops_it.next() else { break };
                 let base = match items_it.peek() {
                     Some((ik, _)) if ik == k => items_it.next().map(|(_, v)| v),
                     _ => None,
@@ -513,7 +514,7 @@ fn merged_range(
                     PointOp::Add(ps) => out.push(KeyValue { key: k.clone(), value: resolve_add(base, ps) }),
                 }
             } else {
-                let (key, value) = items_it.next().expect("peeked");
+                let Some((key, value)) = items_it.next() else { break };
                 if !in_ranges(&st.cleared, &key) {
                     out.push(KeyValue { key, value });
                 }

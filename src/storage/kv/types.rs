@@ -99,11 +99,11 @@ impl RangeOption {
 /// `0xff` bytes are dropped and the last byte incremented. An all-`0xff` prefix gives `[0xff]`.
 pub fn strinc(prefix: &[u8]) -> Vec<u8> {
     let mut k = prefix.to_vec();
-    while let Some(&last) = k.last() {
-        if last == 0xff {
+    while let Some(last) = k.last_mut() {
+        if *last == 0xff {
             k.pop();
         } else {
-            *k.last_mut().expect("non-empty") += 1;
+            *last += 1;
             return k;
         }
     }
