@@ -53,6 +53,10 @@ pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
 /// returned when one is available), so a read stays well inside the 5 s transaction lifetime.
 pub const READ_BYTE_BUDGET: usize = 8 * 1024 * 1024;
 
+/// Partitions of a topic created without an explicit count: the reference's helm default for
+/// `data-ingestion`, so runs land on the same partition numbers as on its Kafka topic.
+pub const DEFAULT_PARTITIONS: u32 = 6;
+
 /// The consumer group of the ingestion workers (the reference's name).
 pub const INGESTION_GROUP: &str = "ingestion-workers";
 
