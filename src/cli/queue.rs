@@ -115,9 +115,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
 
     let db = match open_database(&config.storage) {
         Ok(db) => db,
-        Err(AppError::Storage(KvError::Locked(what))) => bail!(
-            "the store is locked by another process ({what}): stop it (e.g. `matyan serve`) and import again"
-        ),
+        Err(AppError::Storage(KvError::Locked(what))) => {
+            bail!("the store is locked by another process ({what}): stop it (e.g. `matyan serve`) and import again")
+        }
         Err(e) => return Err(e).context("cannot open the store"),
     };
     let dirs = Dirs::open(&db).await.context("cannot open the store's directories")?;
@@ -140,8 +140,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         if line.trim().is_empty() {
             continue;
         }
-        let pending = parse_line(&line)
-            .with_context(|| format!("{}: line {line_no} ({} records appended before it)", args.file.display(), tally.records))?;
+        let pending = parse_line(&line).with_context(|| {
+            format!("{}: line {line_no} ({} records appended before it)", args.file.display(), tally.records)
+        })?;
         let cost = queue.append_cost(pending.key.as_deref(), &pending.value);
         if !batch.is_empty() && (batch.len() >= args.batch as usize || batch_cost + cost > budget) {
             flush(&queue, &mut batch, &mut tally).await?;

@@ -125,8 +125,9 @@ fn corrupt(key: &[u8], reason: impl Into<String>) -> QueueError {
 }
 
 fn decode_i64(key: &[u8], value: &[u8]) -> Result<i64, QueueError> {
-    let bytes: [u8; 8] =
-        value.try_into().map_err(|_| corrupt(key, format!("expected an 8-byte integer, found {} bytes", value.len())))?;
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| corrupt(key, format!("expected an 8-byte integer, found {} bytes", value.len())))?;
     Ok(i64::from_le_bytes(bytes))
 }
 
@@ -305,7 +306,8 @@ impl Queue {
         } else {
             0
         };
-        let placed: Vec<i32> = records.iter().map(|(k, _, _)| k.map_or(keyless, |k| self.partition_for_key(k))).collect();
+        let placed: Vec<i32> =
+            records.iter().map(|(k, _, _)| k.map_or(keyless, |k| self.partition_for_key(k))).collect();
         let frames: Vec<Vec<u8>> = records.iter().map(|(k, v, ts)| encode_frame(*k, v, *ts)).collect();
         let (placed, frames, this) = (&placed, &frames, self);
         let out = self
@@ -356,7 +358,13 @@ impl Queue {
             .await
     }
 
-    async fn read_in(&self, tx: &Transaction, partition: i32, from: i64, max: usize) -> Result<Vec<Record>, QueueError> {
+    async fn read_in(
+        &self,
+        tx: &Transaction,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Record>, QueueError> {
         let part = tuple::pack_with_prefix(&self.inner.ours, &self.partition_elems(partition));
         let (_, end) = tuple::range(&self.inner.ours, &self.partition_elems(partition));
         let mut cursor = tuple::pack_with_prefix(&part, &[Elem::from(from)]);
@@ -782,7 +790,16 @@ mod tests {
     fn frames_round_trip_with_and_without_key() {
         let f = encode_frame(Some(b"run"), b"{\"a\":1}", -5);
         let r = decode_frame(b"k", 2, 7, &f).unwrap();
-        assert_eq!(r, Record { partition: 2, offset: 7, key: Some(b"run".to_vec()), value: b"{\"a\":1}".to_vec(), timestamp_ms: -5 });
+        assert_eq!(
+            r,
+            Record {
+                partition: 2,
+                offset: 7,
+                key: Some(b"run".to_vec()),
+                value: b"{\"a\":1}".to_vec(),
+                timestamp_ms: -5
+            }
+        );
         let f = encode_frame(None, b"", 1);
         assert_eq!(decode_frame(b"k", 0, 0, &f).unwrap().key, None);
         let f = encode_frame(Some(b""), b"v", 1);

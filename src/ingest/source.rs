@@ -62,8 +62,11 @@ pub trait Source: Send + Sync {
     ///
     /// An empty vector means nothing arrived in time. Returned records advance the in-memory
     /// position; they are not committed.
-    fn poll(&self, max_records: usize, timeout: Duration)
-    -> impl Future<Output = Result<Vec<Record>, SourceError>> + Send;
+    fn poll(
+        &self,
+        max_records: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<Record>, SourceError>> + Send;
 
     /// Commits `next_offset`, the offset of the next record to read from `partition` (one past
     /// the last record fully applied), for the consumer group.
