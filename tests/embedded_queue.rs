@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use matyan::ingest::partitioner::partition_for_key;
-use matyan::ingest::queue::{EmbeddedSource, MAX_RECORD_BYTES, Queue, QueueError};
+use matyan::ingest::queue::{AppendRecord, EmbeddedSource, MAX_RECORD_BYTES, Queue, QueueError};
 use matyan::ingest::source::{Record, Source};
-use matyan::storage::kv::{Database, EmbeddedEngine, Limits};
+use matyan::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOptions};
 use matyan::storage::layout::Dirs;
 use tempfile::TempDir;
 
@@ -54,8 +54,11 @@ async fn read_all(q: &Queue, partition: i32) -> Vec<Record> {
     }
 }
 
-/// The golden file's records: (key, value, timestamp_ms, partition in the file).
-fn golden_records() -> Vec<(Option<Vec<u8>>, Vec<u8>, i64, i64)> {
+/// One golden record: (key, value, timestamp_ms, partition in the file).
+type GoldenRecord = (Option<Vec<u8>>, Vec<u8>, i64, i64);
+
+/// The golden file's records.
+fn golden_records() -> Vec<GoldenRecord> {
     let file = std::fs::File::open(GOLDEN).unwrap();
     BufReader::new(flate2::read::GzDecoder::new(file))
         .lines()
@@ -75,12 +78,13 @@ fn golden_records() -> Vec<(Option<Vec<u8>>, Vec<u8>, i64, i64)> {
 async fn offsets_are_contiguous_per_partition_and_records_read_back_in_order() {
     for store in stores() {
         let q = queue(&store.db, 4).await;
-        let mut expected: BTreeMap<i32, Vec<(Vec<u8>, Vec<u8>)>> = BTreeMap::new();
+        type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+        let mut expected: BTreeMap<i32, KeyValues> = BTreeMap::new();
         for batch in 0..10 {
             let owned: Vec<(Vec<u8>, Vec<u8>)> = (0..10)
                 .map(|i| (format!("run-{}", (batch * 10 + i) % 7).into_bytes(), format!("v{batch}-{i}").into_bytes()))
                 .collect();
-            let records: Vec<(Option<&[u8]>, &[u8], i64)> =
+            let records: Vec<AppendRecord<'_>> =
                 owned.iter().map(|(k, v)| (Some(k.as_slice()), v.as_slice(), 1_000 + batch)).collect();
             let placed = q.append(&records).await.unwrap();
             for ((k, v), (p, offset)) in owned.into_iter().zip(placed) {
@@ -119,7 +123,7 @@ async fn the_golden_run_lands_on_kafkas_partition_and_stays_there() {
         assert_eq!(q.partition_for_key(GOLDEN_RUN), 3);
         let mut placed = Vec::new();
         for chunk in records.chunks(1000) {
-            let batch: Vec<(Option<&[u8]>, &[u8], i64)> =
+            let batch: Vec<AppendRecord<'_>> =
                 chunk.iter().map(|(k, v, ts, _)| (k.as_deref(), v.as_slice(), *ts)).collect();
             placed.extend(q.append(&batch).await.unwrap());
         }
@@ -175,8 +179,7 @@ async fn committed_offsets_and_records_survive_reopen() {
     {
         let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
         let q = queue(&db, 3).await;
-        let recs: Vec<(Option<&[u8]>, &[u8], i64)> =
-            (0..5).map(|_| (Some(b"r".as_slice()), b"x".as_slice(), 0)).collect();
+        let recs: Vec<AppendRecord<'_>> = (0..5).map(|_| (Some(b"r".as_slice()), b"x".as_slice(), 0)).collect();
         q.append(&recs).await.unwrap();
         let p = q.partition_for_key(b"r");
         assert_eq!(q.committed("g", p).await.unwrap(), None);
@@ -253,6 +256,42 @@ async fn concurrent_appenders_neither_lose_nor_duplicate_offsets() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_retries_concurrent_appenders_conflict_and_the_losers_write_nothing() {
+    let db = Database::memory();
+    let no_retry = RetryOptions { retry_limit: 0, ..RetryOptions::default() };
+    let q = queue(&db, 1).await.with_retry(no_retry);
+    let mut handles = Vec::new();
+    for task in 0..8 {
+        let q = q.clone();
+        handles.push(tokio::spawn(async move {
+            let (mut ok, mut conflicts) = (Vec::new(), 0);
+            for i in 0..200 {
+                let value = format!("{task}:{i}").into_bytes();
+                match q.append(&[(Some(b"same".as_slice()), value.as_slice(), 0)]).await {
+                    Ok(placed) => ok.extend(placed),
+                    Err(QueueError::Kv(KvError::NotCommitted)) => conflicts += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (ok, conflicts)
+        }));
+    }
+    let (mut ok, mut conflicts) = (Vec::new(), 0);
+    for h in handles {
+        let (o, c) = h.await.unwrap();
+        ok.extend(o);
+        conflicts += c;
+    }
+    assert!(conflicts > 0, "eight appenders on one partition never conflicted");
+    let offsets: BTreeSet<i64> = ok.iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets.len(), ok.len());
+    assert_eq!(offsets.into_iter().collect::<Vec<_>>(), (0..ok.len() as i64).collect::<Vec<_>>());
+    assert_eq!(q.end_offset(0).await.unwrap(), ok.len() as i64);
+    assert_eq!(read_all(&q, 0).await.len(), ok.len());
+    eprintln!("{} appends committed, {conflicts} conflicted", ok.len());
+}
+
 #[tokio::test]
 async fn trim_removes_only_records_below_the_offset() {
     for store in stores() {
@@ -263,7 +302,7 @@ async fn trim_removes_only_records_below_the_offset() {
             .find(|k| q.partition_for_key(k) != q.partition_for_key(key))
             .unwrap();
         let big = vec![1u8; 250_000];
-        let mut recs: Vec<(Option<&[u8]>, &[u8], i64)> = (0..10).map(|i| (Some(key), b"v".as_slice(), i)).collect();
+        let mut recs: Vec<AppendRecord<'_>> = (0..10).map(|i| (Some(key), b"v".as_slice(), i)).collect();
         recs[3].1 = &big;
         recs[4].1 = &big;
         recs.push((Some(&other), b"w".as_slice(), 0));
@@ -302,7 +341,7 @@ async fn embedded_source_polls_in_offset_order_and_wakes_on_append() {
         assert_eq!(source.assignment(), vec![0, 1, 2]);
 
         let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("run-{i}").into_bytes()).collect();
-        let recs: Vec<(Option<&[u8]>, &[u8], i64)> =
+        let recs: Vec<AppendRecord<'_>> =
             (0..60).map(|i| (Some(keys[i % 6].as_slice()), keys[i % 6].as_slice(), i as i64)).collect();
         q.append(&recs).await.unwrap();
         let mut got: Vec<Record> = Vec::new();

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
 use matyan::app::{AppError, open_database};
 use matyan::config::Backend;
-use matyan::ingest::queue::{DEFAULT_PARTITIONS, Queue};
+use matyan::ingest::queue::{AppendRecord, DEFAULT_PARTITIONS, Queue};
 use matyan::storage::kv::KvError;
 use matyan::storage::layout::Dirs;
 use serde::Deserialize;
@@ -184,7 +184,7 @@ async fn flush(queue: &Queue, batch: &mut Vec<Pending>, tally: &mut Tally) -> an
     if batch.is_empty() {
         return Ok(());
     }
-    let records: Vec<(Option<&[u8]>, &[u8], i64)> =
+    let records: Vec<AppendRecord<'_>> =
         batch.iter().map(|p| (p.key.as_deref(), p.value.as_slice(), p.timestamp_ms)).collect();
     let placed = queue
         .append(&records)

@@ -72,6 +72,9 @@ const FRAME_HEADER: usize = 1 + 1 + 8 + 4 + 4;
 /// Bytes counted per chunk key on top of the frame, a generous bound of the packed key.
 const KEY_OVERHEAD: usize = 64;
 
+/// One record to append: `(key, value, timestamp_ms)`; a `None` key is Kafka's null key.
+pub type AppendRecord<'a> = (Option<&'a [u8]>, &'a [u8], i64);
+
 /// Why a queue operation failed.
 #[derive(Debug, Error)]
 pub enum QueueError {
@@ -206,7 +209,7 @@ impl Queue {
         let key_ref = &key;
         let stored = db
             .run(&RetryOptions::default(), move |tx| async move {
-                Ok::<_, QueueError>(tx.get(key_ref, true).await?.map(|v| decode_i64(key_ref, &v)).transpose()?)
+                tx.get(key_ref, true).await?.map(|v| decode_i64(key_ref, &v)).transpose()
             })
             .await?;
         match stored {
@@ -282,7 +285,7 @@ impl Queue {
     /// partitioner does per batch). Records of one partition get consecutive offsets in input
     /// order. The whole append commits or nothing does; the caller keeps the sum of
     /// [`Queue::append_cost`] under the transaction limit ([`QueueError::BatchTooLarge`]).
-    pub async fn append(&self, records: &[(Option<&[u8]>, &[u8], i64)]) -> Result<Vec<(i32, i64)>, QueueError> {
+    pub async fn append(&self, records: &[AppendRecord<'_>]) -> Result<Vec<(i32, i64)>, QueueError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
@@ -475,7 +478,7 @@ impl Queue {
         self.inner
             .db
             .run(&RetryOptions::default(), move |tx| async move {
-                Ok::<_, QueueError>(tx.get(key, true).await?.map(|v| decode_i64(key, &v)).transpose()?)
+                tx.get(key, true).await?.map(|v| decode_i64(key, &v)).transpose()
             })
             .await
     }
