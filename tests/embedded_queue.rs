@@ -196,6 +196,8 @@ async fn committed_offsets_and_records_survive_reopen() {
     let q = Queue::open_existing(&db, &dirs.ours, TOPIC).await.unwrap().unwrap();
     assert_eq!(q.partitions(), 3);
     assert!(Queue::open_existing(&db, &dirs.ours, "other-topic").await.unwrap().is_none());
+    let zero = Queue::open(&db, &dirs.ours, "other-topic", 0).await.unwrap_err();
+    assert!(matches!(zero, QueueError::InvalidPartitionCount { requested: 0, .. }), "{zero}");
     let p = q.partition_for_key(b"r");
     assert_eq!(q.committed("g", p).await.unwrap(), Some(4));
     assert_eq!(q.committed("other", p).await.unwrap(), Some(1));

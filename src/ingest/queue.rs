@@ -28,6 +28,10 @@
 //! contiguous, never lost or duplicated, across tasks and processes. Appends to different
 //! partitions do not conflict. Readers use snapshot reads and never slow appenders down.
 //!
+//! The local backends (memory, fjall, redb) never report `commit_unknown_result`, so an append
+//! there happens exactly once. On FoundationDB a retry after that error may append the batch a
+//! second time, at new offsets (at least once, like a Kafka producer without idempotence).
+//!
 //! [`Dirs::ours`]: crate::storage::layout::Dirs::ours
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,9 +88,9 @@ pub enum QueueError {
     /// The topic exists with another partition count.
     #[error("topic {topic:?} has {stored} partitions, not {requested}: the count is fixed at creation")]
     PartitionMismatch { topic: String, stored: u32, requested: u32 },
-    /// A topic needs at least one partition.
-    #[error("topic {topic:?}: the partition count must be at least 1")]
-    NoPartitions { topic: String },
+    /// A partition count outside `1..=i32::MAX` (Kafka's partition numbers are `i32`).
+    #[error("topic {topic:?}: {requested} partitions requested, the count must be between 1 and 2147483647")]
+    InvalidPartitionCount { topic: String, requested: u32 },
     /// The partition does not exist in this topic.
     #[error("topic {topic:?} has no partition {partition} (partitions: {partitions})")]
     PartitionOutOfRange { topic: String, partition: i32, partitions: u32 },
@@ -177,7 +181,7 @@ impl Queue {
     /// Fails with [`QueueError::PartitionMismatch`] when the topic exists with another count.
     pub async fn open(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Result<Self, QueueError> {
         if partitions == 0 || partitions > i32::MAX as u32 {
-            return Err(QueueError::NoPartitions { topic: topic.to_owned() });
+            return Err(QueueError::InvalidPartitionCount { topic: topic.to_owned(), requested: partitions });
         }
         let key = meta_key(ours, topic);
         let key_ref = &key;
