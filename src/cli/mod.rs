@@ -2,6 +2,7 @@
 
 mod bench;
 mod kv;
+mod queue;
 mod serve;
 
 use std::path::PathBuf;
@@ -27,6 +28,8 @@ pub enum Commands {
     Kv(kv::KvArgs),
     /// Print benchmark figures (`bench storage`).
     Bench(bench::BenchArgs),
+    /// Work with the embedded queue (`queue import`).
+    Queue(queue::QueueArgs),
 }
 
 impl Cli {
@@ -36,6 +39,7 @@ impl Cli {
             Commands::Serve(args) => serve::run(args).await,
             Commands::Kv(args) => kv::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
+            Commands::Queue(args) => queue::run(args).await,
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Ingestion: the pure parts between a source record and a storage transaction (no IO yet).
+//! Ingestion: sources of records (the embedded queue; Kafka next) and the pure parts between a
+//! source record and a storage transaction.
 //!
 //! Module map:
 //! - [`message`]: record value bytes → typed [`IngestMessage`], or a [`DecodeError`] with a bounded
@@ -6,11 +7,18 @@
 //! - [`estimate`]: the reference's per-message size estimate and chunking rule (spec §1.10);
 //! - [`partitioner`]: Kafka's default murmur2 partitioner, shared by the Kafka and embedded sources;
 //! - [`run_batch`]: [`RunBatch`], one run's accumulated messages and the flush decisions on bytes,
-//!   count, age, shutdown, revoke and delete.
+//!   count, age, shutdown, revoke and delete;
+//! - [`source`]: the [`Source`] interface (poll, commit, pause/resume) both Kafka and the embedded
+//!   queue implement;
+//! - [`queue`]: the embedded durable queue in our own KV directory and its [`EmbeddedSource`].
 pub mod estimate;
 pub mod message;
 pub mod partitioner;
+pub mod queue;
 pub mod run_batch;
+pub mod source;
 
 pub use message::{DecodeError, IngestMessage, MessageType, Payload, decode};
+pub use queue::{EmbeddedSource, Queue, QueueError};
 pub use run_batch::{Batch, BatchBudget, Entry, FlushReason, RunBatch};
+pub use source::{Record, Source, SourceError};

@@ -1,0 +1,828 @@
+//! The embedded durable queue: a partitioned, offset-addressed topic stored in our own directory
+//! of the transactional KV store, and [`EmbeddedSource`], the [`Source`] over it that
+//! `matyan serve` consumes.
+//!
+//! # Key shapes
+//!
+//! Every key is ⟨ours⟩ (the `matyan_rs` directory prefix, [`Dirs::ours`]) followed by a packed
+//! FDB tuple. Integer values are 8-byte little-endian `i64` (the encoding of FoundationDB's
+//! atomic add), decoded strictly.
+//!
+//! | Key | Value |
+//! |---|---|
+//! | `("queue_meta", topic, "partitions")` | partition count, fixed when the topic is created |
+//! | `("queue_end", topic, partition)` | the partition's end offset: the next offset to assign (absent = 0) |
+//! | `("queue_start", topic, partition)` | the first offset not trimmed (absent = 0) |
+//! | `("queue", topic, partition, offset, chunk)` | chunk `chunk` (0, 1, ...) of the record's frame |
+//! | `("consumer", group, topic, partition)` | the group's committed offset: the next offset to read |
+//!
+//! A record's frame is `version (1) | flags (bit 0: key present) | timestamp_ms (i64 BE) |
+//! key length (u32 BE) | value length (u32 BE) | key | value`, cut into chunks of at most the
+//! store's value limit (100,000 bytes), so a record up to [`MAX_RECORD_BYTES`] fits under one
+//! offset. Chunks of one record are written in one transaction, so a reader sees all or none.
+//!
+//! # Concurrency
+//!
+//! An append reads each touched partition's end key with a conflicting read, so two concurrent
+//! appends to one partition conflict and the loser retries with the new end: offsets stay
+//! contiguous, never lost or duplicated, across tasks and processes. Appends to different
+//! partitions do not conflict. Readers use snapshot reads and never slow appenders down.
+//!
+//! The local backends (memory, fjall, redb) never report `commit_unknown_result`, so an append
+//! there happens exactly once. On FoundationDB a retry after that error may append the batch a
+//! second time, at new offsets (at least once, like a Kafka producer without idempotence).
+//!
+//! [`Dirs::ours`]: crate::storage::layout::Dirs::ours
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::ingest::partitioner::partition_for_key;
+use crate::ingest::source::{Record, Source, SourceError};
+use crate::storage::kv::{Database, KvError, RangeOption, RetryOptions, RetryableError, Transaction};
+use crate::storage::tuple::{self, Elem};
+
+/// The largest record (key plus value) the queue accepts: comfortably above the 4 MiB records the
+/// gateway may produce, and small enough that one record and its chunk keys stay under
+/// FoundationDB's 10 MB transaction limit.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024 * 1024;
+
+/// Bytes of record values one [`Queue::read`] returns at most (at least one record is always
+/// returned when one is available), so a read stays well inside the 5 s transaction lifetime.
+pub const READ_BYTE_BUDGET: usize = 8 * 1024 * 1024;
+
+/// Partitions of a topic created without an explicit count: the reference's helm default for
+/// `data-ingestion`, so runs land on the same partition numbers as on its Kafka topic.
+pub const DEFAULT_PARTITIONS: u32 = 6;
+
+/// The consumer group of the ingestion workers (the reference's name).
+pub const INGESTION_GROUP: &str = "ingestion-workers";
+
+const META: &str = "queue_meta";
+const END: &str = "queue_end";
+const START: &str = "queue_start";
+const RECORDS: &str = "queue";
+const CONSUMER: &str = "consumer";
+
+const FRAME_VERSION: u8 = 1;
+const FLAG_KEY: u8 = 1;
+const FRAME_HEADER: usize = 1 + 1 + 8 + 4 + 4;
+/// Bytes counted per chunk key on top of the frame, a generous bound of the packed key.
+const KEY_OVERHEAD: usize = 64;
+
+/// One record to append: `(key, value, timestamp_ms)`; a `None` key is Kafka's null key.
+pub type AppendRecord<'a> = (Option<&'a [u8]>, &'a [u8], i64);
+
+/// Why a queue operation failed.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    /// The KV store failed.
+    #[error("storage: {0}")]
+    Kv(#[from] KvError),
+    /// The topic exists with another partition count.
+    #[error("topic {topic:?} has {stored} partitions, not {requested}: the count is fixed at creation")]
+    PartitionMismatch { topic: String, stored: u32, requested: u32 },
+    /// A partition count outside `1..=i32::MAX` (Kafka's partition numbers are `i32`).
+    #[error("topic {topic:?}: {requested} partitions requested, the count must be between 1 and 2147483647")]
+    InvalidPartitionCount { topic: String, requested: u32 },
+    /// The partition does not exist in this topic.
+    #[error("topic {topic:?} has no partition {partition} (partitions: {partitions})")]
+    PartitionOutOfRange { topic: String, partition: i32, partitions: u32 },
+    /// An offset is negative.
+    #[error("invalid offset {offset}")]
+    InvalidOffset { offset: i64 },
+    /// A committed offset lies beyond the partition's end.
+    #[error("offset {offset} is past the end offset {end} of partition {partition}")]
+    OffsetPastEnd { partition: i32, offset: i64, end: i64 },
+    /// One record is larger than [`MAX_RECORD_BYTES`].
+    #[error("record of {size} bytes exceeds the queue's limit of {limit} bytes")]
+    RecordTooLarge { size: usize, limit: usize },
+    /// The records of one append do not fit one transaction.
+    #[error("append of about {size} bytes exceeds the transaction limit of {limit} bytes: split it")]
+    BatchTooLarge { size: usize, limit: usize },
+    /// A stored key or value is not in the queue's format.
+    #[error("corrupt queue data at {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+impl QueueError {
+    /// Whether the same call may succeed later (a transient storage error).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, QueueError::Kv(e) if e.is_retryable() || matches!(e, KvError::TransactionTimedOut))
+    }
+}
+
+impl RetryableError for QueueError {
+    fn kv_error(&self) -> Option<&KvError> {
+        match self {
+            QueueError::Kv(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn corrupt(key: &[u8], reason: impl Into<String>) -> QueueError {
+    QueueError::Corrupt { key: hex::encode(key), reason: reason.into() }
+}
+
+fn decode_i64(key: &[u8], value: &[u8]) -> Result<i64, QueueError> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| corrupt(key, format!("expected an 8-byte integer, found {} bytes", value.len())))?;
+    Ok(i64::from_le_bytes(bytes))
+}
+
+/// The retry options appends use by default: many quick retries, because concurrent appenders to
+/// one partition conflict by design and one of them always wins each round.
+pub fn default_append_retry() -> RetryOptions {
+    RetryOptions {
+        timeout: Duration::from_secs(30),
+        retry_limit: 200,
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(50),
+    }
+}
+
+struct Inner {
+    db: Database,
+    ours: Vec<u8>,
+    topic: String,
+    partitions: u32,
+    /// Signalled after every committed append of this process, to wake waiting polls.
+    appended: Notify,
+    /// Round-robin counter for keyless appends.
+    next_keyless: AtomicU32,
+}
+
+/// A handle on one topic of the embedded queue. Cheap to clone; clones share the in-process
+/// append notification.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+    retry: RetryOptions,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("topic", &self.inner.topic).field("partitions", &self.inner.partitions).finish()
+    }
+}
+
+impl Queue {
+    /// Opens `topic` under the directory prefix `ours`, creating it with `partitions` partitions
+    /// if it does not exist.
+    ///
+    /// Fails with [`QueueError::PartitionMismatch`] when the topic exists with another count.
+    pub async fn open(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Result<Self, QueueError> {
+        if partitions == 0 || partitions > i32::MAX as u32 {
+            return Err(QueueError::InvalidPartitionCount { topic: topic.to_owned(), requested: partitions });
+        }
+        let key = meta_key(ours, topic);
+        let key_ref = &key;
+        let stored = db
+            .run(&RetryOptions::default(), move |tx| async move {
+                match tx.get(key_ref, false).await? {
+                    Some(v) => Ok::<_, QueueError>(Some(decode_i64(key_ref, &v)?)),
+                    None => {
+                        tx.set(key_ref, &i64::from(partitions).to_le_bytes());
+                        Ok(None)
+                    }
+                }
+            })
+            .await?;
+        match stored {
+            None => {}
+            Some(n) if n == i64::from(partitions) => {}
+            Some(n) => {
+                let stored = u32::try_from(n).map_err(|_| corrupt(&key, format!("partition count {n}")))?;
+                return Err(QueueError::PartitionMismatch { topic: topic.to_owned(), stored, requested: partitions });
+            }
+        }
+        Ok(Self::handle(db, ours, topic, partitions))
+    }
+
+    /// Opens `topic` if it exists, with its stored partition count.
+    pub async fn open_existing(db: &Database, ours: &[u8], topic: &str) -> Result<Option<Self>, QueueError> {
+        let key = meta_key(ours, topic);
+        let key_ref = &key;
+        let stored = db
+            .run(&RetryOptions::default(), move |tx| async move {
+                tx.get(key_ref, true).await?.map(|v| decode_i64(key_ref, &v)).transpose()
+            })
+            .await?;
+        match stored {
+            None => Ok(None),
+            Some(n) => {
+                let partitions = u32::try_from(n)
+                    .ok()
+                    .filter(|p| (1..=i32::MAX as u32).contains(p))
+                    .ok_or_else(|| corrupt(&key, format!("partition count {n}")))?;
+                Ok(Some(Self::handle(db, ours, topic, partitions)))
+            }
+        }
+    }
+
+    fn handle(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                db: db.clone(),
+                ours: ours.to_vec(),
+                topic: topic.to_owned(),
+                partitions,
+                appended: Notify::new(),
+                next_keyless: AtomicU32::new(0),
+            }),
+            retry: default_append_retry(),
+        }
+    }
+
+    /// Replaces the retry options of this handle's appends, commits and trims.
+    pub fn with_retry(mut self, retry: RetryOptions) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The topic's name.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The topic's partition count.
+    pub fn partitions(&self) -> u32 {
+        self.inner.partitions
+    }
+
+    /// Lists the topic's partitions: `0..partitions`.
+    pub fn partition_ids(&self) -> Vec<i32> {
+        (0..self.inner.partitions).filter_map(|p| i32::try_from(p).ok()).collect()
+    }
+
+    /// Returns the partition of a keyed record: Kafka's default partitioner (murmur2), so a run
+    /// lands on the same partition number as on a Kafka topic with as many partitions.
+    pub fn partition_for_key(&self, key: &[u8]) -> i32 {
+        // `open` guarantees 1 <= partitions <= i32::MAX, so both conversions succeed.
+        partition_for_key(key, self.inner.partitions).and_then(|p| i32::try_from(p).ok()).unwrap_or(0)
+    }
+
+    /// Returns the bytes an append of this record counts against the transaction limit.
+    pub fn append_cost(&self, key: Option<&[u8]>, value: &[u8]) -> usize {
+        let frame = FRAME_HEADER + key.map_or(0, <[u8]>::len) + value.len();
+        let chunks = frame.div_ceil(self.chunk_bytes()).max(1);
+        frame + chunks * (KEY_OVERHEAD + self.inner.topic.len())
+    }
+
+    fn chunk_bytes(&self) -> usize {
+        self.inner.db.limits().max_value_bytes.max(1)
+    }
+
+    /// Appends records `(key, value, timestamp_ms)` in one transaction and returns each one's
+    /// `(partition, offset)`, in input order.
+    ///
+    /// Keyed records go to Kafka's murmur2 partition of their key. The keyless records of one
+    /// call all go to one partition, chosen round-robin per call (as Kafka's sticky
+    /// partitioner does per batch). Records of one partition get consecutive offsets in input
+    /// order. The whole append commits or nothing does; the caller keeps the sum of
+    /// [`Queue::append_cost`] under the transaction limit ([`QueueError::BatchTooLarge`]).
+    pub async fn append(&self, records: &[AppendRecord<'_>]) -> Result<Vec<(i32, i64)>, QueueError> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let limit = self.inner.db.limits().max_txn_bytes;
+        let mut total = 0usize;
+        for (key, value, _) in records {
+            let size = key.map_or(0, <[u8]>::len) + value.len();
+            if size > MAX_RECORD_BYTES {
+                return Err(QueueError::RecordTooLarge { size, limit: MAX_RECORD_BYTES });
+            }
+            total += self.append_cost(*key, value);
+        }
+        if total > limit {
+            return Err(QueueError::BatchTooLarge { size: total, limit });
+        }
+        // Everything the body needs is computed before the retry loop, so every attempt writes
+        // the same records to the same partitions.
+        let keyless = if records.iter().any(|(k, _, _)| k.is_none()) {
+            let n = self.inner.next_keyless.fetch_add(1, Ordering::Relaxed) % self.inner.partitions;
+            i32::try_from(n).unwrap_or(0)
+        } else {
+            0
+        };
+        let placed: Vec<i32> =
+            records.iter().map(|(k, _, _)| k.map_or(keyless, |k| self.partition_for_key(k))).collect();
+        let frames: Vec<Vec<u8>> = records.iter().map(|(k, v, ts)| encode_frame(*k, v, *ts)).collect();
+        let (placed, frames, this) = (&placed, &frames, self);
+        let out = self
+            .inner
+            .db
+            .run(&self.retry, move |tx| async move {
+                let mut ends = BTreeMap::new();
+                for &p in placed {
+                    if let std::collections::btree_map::Entry::Vacant(e) = ends.entry(p) {
+                        e.insert(this.read_counter(&tx, &this.end_key(p), false).await?);
+                    }
+                }
+                let mut out = Vec::with_capacity(placed.len());
+                for (&p, frame) in placed.iter().zip(frames) {
+                    let end = ends.entry(p).or_insert(0);
+                    let offset = *end;
+                    *end += 1;
+                    for (chunk, piece) in frame.chunks(this.chunk_bytes()).enumerate() {
+                        tx.set(&this.record_key(p, offset, chunk), piece);
+                    }
+                    out.push((p, offset));
+                }
+                for (p, end) in ends {
+                    tx.set(&this.end_key(p), &end.to_le_bytes());
+                }
+                Ok::<_, QueueError>(out)
+            })
+            .await?;
+        self.inner.appended.notify_waiters();
+        Ok(out)
+    }
+
+    /// Reads up to `max` records of `partition` from offset `from`, in offset order, in one
+    /// snapshot. Stops early after [`READ_BYTE_BUDGET`] bytes of values (never before the first
+    /// record). Offsets below the partition's start (trimmed) are skipped.
+    pub async fn read(&self, partition: i32, from: i64, max: usize) -> Result<Vec<Record>, QueueError> {
+        self.check_partition(partition)?;
+        if from < 0 {
+            return Err(QueueError::InvalidOffset { offset: from });
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let this = self;
+        self.inner
+            .db
+            .run(&RetryOptions::default(), move |tx| async move { this.read_in(&tx, partition, from, max).await })
+            .await
+    }
+
+    async fn read_in(
+        &self,
+        tx: &Transaction,
+        partition: i32,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<Record>, QueueError> {
+        let part = tuple::pack_with_prefix(&self.inner.ours, &self.partition_elems(partition));
+        let (_, end) = tuple::range(&self.inner.ours, &self.partition_elems(partition));
+        let mut cursor = tuple::pack_with_prefix(&part, &[Elem::from(from)]);
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        // The record being assembled: its offset and its chunks so far.
+        let mut current: Option<(i64, Vec<u8>, Vec<u8>)> = None;
+        let mut next_chunk = 0i64;
+        'pages: loop {
+            let limit = (max - records.len()).clamp(16, 1000);
+            let page = tx.get_range(&RangeOption::new(cursor.clone(), end.clone()).limit(limit), true).await?;
+            let full = page.len() == limit;
+            for kv in &page {
+                let rest = kv.key.strip_prefix(part.as_slice()).ok_or_else(|| corrupt(&kv.key, "outside partition"))?;
+                let (offset, chunk) = match tuple::unpack(rest) {
+                    Ok(e) => match e.as_slice() {
+                        [Elem::Int(o), Elem::Int(c)] => (
+                            i64::try_from(*o).map_err(|_| corrupt(&kv.key, "offset out of range"))?,
+                            i64::try_from(*c).map_err(|_| corrupt(&kv.key, "chunk out of range"))?,
+                        ),
+                        _ => return Err(corrupt(&kv.key, "expected (offset, chunk)")),
+                    },
+                    Err(e) => return Err(corrupt(&kv.key, e.to_string())),
+                };
+                let same = current.as_ref().is_some_and(|(o, _, _)| *o == offset);
+                if !same {
+                    if let Some((o, first_key, frame)) = current.take() {
+                        let record = decode_frame(&first_key, partition, o, &frame)?;
+                        bytes += record.value.len();
+                        records.push(record);
+                    }
+                    if records.len() >= max || bytes >= READ_BYTE_BUDGET {
+                        break 'pages;
+                    }
+                    if chunk != 0 {
+                        return Err(corrupt(&kv.key, "record does not start at chunk 0"));
+                    }
+                    current = Some((offset, kv.key.clone(), Vec::new()));
+                    next_chunk = 0;
+                }
+                if chunk != next_chunk {
+                    return Err(corrupt(&kv.key, format!("expected chunk {next_chunk}")));
+                }
+                next_chunk += 1;
+                if let Some((_, _, frame)) = current.as_mut() {
+                    frame.extend_from_slice(&kv.value);
+                }
+            }
+            match page.last() {
+                Some(last) if full => {
+                    cursor = last.key.clone();
+                    cursor.push(0);
+                }
+                _ => {
+                    if let Some((o, first_key, frame)) = current.take() {
+                        records.push(decode_frame(&first_key, partition, o, &frame)?);
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(records)
+    }
+
+    /// Returns the end offset of `partition`: the offset the next appended record gets.
+    pub async fn end_offset(&self, partition: i32) -> Result<i64, QueueError> {
+        self.check_partition(partition)?;
+        let key = self.end_key(partition);
+        self.read_counter_txn(&key).await
+    }
+
+    /// Returns the first offset of `partition` that is not trimmed.
+    pub async fn start_offset(&self, partition: i32) -> Result<i64, QueueError> {
+        self.check_partition(partition)?;
+        let key = self.start_key(partition);
+        self.read_counter_txn(&key).await
+    }
+
+    /// Records `next_offset` (the next offset to read, as in Kafka) as `group`'s committed offset
+    /// of `partition`. It may move backwards (a replay); it may not pass the end offset.
+    pub async fn commit(&self, group: &str, partition: i32, next_offset: i64) -> Result<(), QueueError> {
+        self.check_partition(partition)?;
+        if next_offset < 0 {
+            return Err(QueueError::InvalidOffset { offset: next_offset });
+        }
+        let key = self.consumer_key(group, partition);
+        let end_key = self.end_key(partition);
+        let (this, key, end_key) = (self, &key, &end_key);
+        self.inner
+            .db
+            .run(&self.retry, move |tx| async move {
+                // A snapshot read: committing must not conflict with appenders, and the end only grows.
+                let end = this.read_counter(&tx, end_key, true).await?;
+                if next_offset > end {
+                    return Err(QueueError::OffsetPastEnd { partition, offset: next_offset, end });
+                }
+                tx.set(key, &next_offset.to_le_bytes());
+                Ok(())
+            })
+            .await
+    }
+
+    /// Returns `group`'s committed offset of `partition`, `None` when it never committed.
+    pub async fn committed(&self, group: &str, partition: i32) -> Result<Option<i64>, QueueError> {
+        self.check_partition(partition)?;
+        let key = self.consumer_key(group, partition);
+        let key = &key;
+        self.inner
+            .db
+            .run(&RetryOptions::default(), move |tx| async move {
+                tx.get(key, true).await?.map(|v| decode_i64(key, &v)).transpose()
+            })
+            .await
+    }
+
+    /// Deletes the records of `partition` below offset `below` (clamped to the end offset) with
+    /// one range clear, and returns the new start offset. Offsets are never reused: the end
+    /// offset is unchanged. Trimming below the current start does nothing.
+    pub async fn trim(&self, partition: i32, below: i64) -> Result<i64, QueueError> {
+        self.check_partition(partition)?;
+        if below < 0 {
+            return Err(QueueError::InvalidOffset { offset: below });
+        }
+        let (start_key, end_key) = (self.start_key(partition), self.end_key(partition));
+        let (this, start_key, end_key) = (self, &start_key, &end_key);
+        self.inner
+            .db
+            .run(&self.retry, move |tx| async move {
+                let start = this.read_counter(&tx, start_key, false).await?;
+                // Records appended concurrently land at or above the end read here, which is at or
+                // above the cleared range: a snapshot read is enough.
+                let end = this.read_counter(&tx, end_key, true).await?;
+                let new_start = below.min(end);
+                if new_start <= start {
+                    return Ok(start);
+                }
+                let (begin, _) = tuple::range(&this.inner.ours, &this.partition_elems(partition));
+                let mut stop = this.partition_elems(partition);
+                stop.push(Elem::from(new_start));
+                tx.clear_range(&begin, &tuple::pack_with_prefix(&this.inner.ours, &stop));
+                tx.set(start_key, &new_start.to_le_bytes());
+                Ok::<_, QueueError>(new_start)
+            })
+            .await
+    }
+
+    /// Resolves when a record is appended through a handle of this queue in this process.
+    /// Appends by other processes are not signalled; callers also poll.
+    pub(crate) fn appended(&self) -> &Notify {
+        &self.inner.appended
+    }
+
+    fn check_partition(&self, partition: i32) -> Result<(), QueueError> {
+        if u32::try_from(partition).is_ok_and(|p| p < self.inner.partitions) {
+            Ok(())
+        } else {
+            Err(QueueError::PartitionOutOfRange {
+                topic: self.inner.topic.clone(),
+                partition,
+                partitions: self.inner.partitions,
+            })
+        }
+    }
+
+    async fn read_counter(&self, tx: &Transaction, key: &[u8], snapshot: bool) -> Result<i64, QueueError> {
+        match tx.get(key, snapshot).await? {
+            Some(v) => decode_i64(key, &v),
+            None => Ok(0),
+        }
+    }
+
+    async fn read_counter_txn(&self, key: &[u8]) -> Result<i64, QueueError> {
+        let this = self;
+        self.inner
+            .db
+            .run(&RetryOptions::default(), move |tx| async move { this.read_counter(&tx, key, true).await })
+            .await
+    }
+
+    fn partition_elems(&self, partition: i32) -> Vec<Elem> {
+        vec![Elem::from(RECORDS), Elem::from(self.inner.topic.as_str()), Elem::from(partition)]
+    }
+
+    fn record_key(&self, partition: i32, offset: i64, chunk: usize) -> Vec<u8> {
+        let mut elems = self.partition_elems(partition);
+        elems.push(Elem::from(offset));
+        elems.push(Elem::Int(chunk as i128));
+        tuple::pack_with_prefix(&self.inner.ours, &elems)
+    }
+
+    fn end_key(&self, partition: i32) -> Vec<u8> {
+        tuple::pack_with_prefix(&self.inner.ours, &[END.into(), self.inner.topic.as_str().into(), partition.into()])
+    }
+
+    fn start_key(&self, partition: i32) -> Vec<u8> {
+        tuple::pack_with_prefix(&self.inner.ours, &[START.into(), self.inner.topic.as_str().into(), partition.into()])
+    }
+
+    fn consumer_key(&self, group: &str, partition: i32) -> Vec<u8> {
+        tuple::pack_with_prefix(
+            &self.inner.ours,
+            &[CONSUMER.into(), group.into(), self.inner.topic.as_str().into(), partition.into()],
+        )
+    }
+}
+
+fn meta_key(ours: &[u8], topic: &str) -> Vec<u8> {
+    tuple::pack_with_prefix(ours, &[META.into(), topic.into(), "partitions".into()])
+}
+
+fn encode_frame(key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) -> Vec<u8> {
+    let key_bytes = key.unwrap_or_default();
+    let mut frame = Vec::with_capacity(FRAME_HEADER + key_bytes.len() + value.len());
+    frame.push(FRAME_VERSION);
+    frame.push(if key.is_some() { FLAG_KEY } else { 0 });
+    frame.extend_from_slice(&timestamp_ms.to_be_bytes());
+    // `append` bounds both lengths by MAX_RECORD_BYTES, far below u32::MAX.
+    frame.extend_from_slice(&u32::try_from(key_bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(key_bytes);
+    frame.extend_from_slice(value);
+    frame
+}
+
+fn decode_frame(first_key: &[u8], partition: i32, offset: i64, frame: &[u8]) -> Result<Record, QueueError> {
+    let bad = |reason: &str| corrupt(first_key, format!("bad record frame: {reason}"));
+    let header: &[u8; FRAME_HEADER] =
+        frame.get(..FRAME_HEADER).and_then(|h| h.try_into().ok()).ok_or_else(|| bad("shorter than its header"))?;
+    if header[0] != FRAME_VERSION {
+        return Err(bad("unknown version"));
+    }
+    let flags = header[1];
+    if flags & !FLAG_KEY != 0 {
+        return Err(bad("unknown flags"));
+    }
+    let mut ts = [0u8; 8];
+    ts.copy_from_slice(&header[2..10]);
+    let mut kl = [0u8; 4];
+    kl.copy_from_slice(&header[10..14]);
+    let mut vl = [0u8; 4];
+    vl.copy_from_slice(&header[14..18]);
+    let (key_len, value_len) = (u32::from_be_bytes(kl) as usize, u32::from_be_bytes(vl) as usize);
+    let body = &frame[FRAME_HEADER..];
+    if body.len() != key_len + value_len {
+        return Err(bad("lengths do not match its size"));
+    }
+    if flags & FLAG_KEY == 0 && key_len != 0 {
+        return Err(bad("a null key with a length"));
+    }
+    let (key, value) = body.split_at(key_len);
+    Ok(Record {
+        partition,
+        offset,
+        key: (flags & FLAG_KEY != 0).then(|| key.to_vec()),
+        value: value.to_vec(),
+        timestamp_ms: i64::from_be_bytes(ts),
+    })
+}
+
+/// Read positions and paused partitions of an [`EmbeddedSource`].
+#[derive(Debug, Default)]
+struct SourceState {
+    positions: BTreeMap<i32, i64>,
+    paused: BTreeSet<i32>,
+    /// Partition index the next poll starts at, so one busy partition cannot starve the others.
+    rotate: usize,
+}
+
+/// The [`Source`] over the embedded queue: the single consumer of its group, so every partition
+/// is assigned to it. Polls wait for appends of this process through a notification and check
+/// the store every `poll_interval` for appends by other processes.
+pub struct EmbeddedSource {
+    queue: Queue,
+    group: String,
+    partitions: Vec<i32>,
+    poll_interval: Duration,
+    state: parking_lot::Mutex<SourceState>,
+}
+
+impl std::fmt::Debug for EmbeddedSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedSource").field("queue", &self.queue).field("group", &self.group).finish()
+    }
+}
+
+impl EmbeddedSource {
+    /// Opens the source of `group` on `queue`, starting each partition at the group's committed
+    /// offset, or at the partition's start when it has none or it was trimmed away (Kafka's
+    /// `auto_offset_reset=earliest`).
+    pub async fn new(queue: Queue, group: &str) -> Result<Self, QueueError> {
+        let partitions = queue.partition_ids();
+        let mut positions = BTreeMap::new();
+        for &p in &partitions {
+            let start = queue.start_offset(p).await?;
+            let committed = queue.committed(group, p).await?.unwrap_or(0);
+            positions.insert(p, committed.max(start));
+        }
+        Ok(Self {
+            queue,
+            group: group.to_owned(),
+            partitions,
+            poll_interval: Duration::from_millis(100),
+            state: parking_lot::Mutex::new(SourceState { positions, ..SourceState::default() }),
+        })
+    }
+
+    /// Sets how often a waiting poll checks the store for appends of other processes.
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval;
+        self
+    }
+
+    /// The queue this source reads.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// Returns the next offset the source reads from `partition`.
+    pub fn position(&self, partition: i32) -> Option<i64> {
+        self.state.lock().positions.get(&partition).copied()
+    }
+
+    fn check_assigned(&self, partition: i32) -> Result<(), SourceError> {
+        if self.partitions.contains(&partition) { Ok(()) } else { Err(SourceError::NotAssigned { partition }) }
+    }
+
+    async fn read_available(&self, max_records: usize) -> Result<Vec<Record>, SourceError> {
+        let plan: Vec<(i32, i64)> = {
+            let mut st = self.state.lock();
+            let n = self.partitions.len();
+            let first = st.rotate % n.max(1);
+            st.rotate = st.rotate.wrapping_add(1);
+            (0..n)
+                .map(|i| self.partitions[(first + i) % n])
+                .filter(|p| !st.paused.contains(p))
+                .filter_map(|p| st.positions.get(&p).map(|&pos| (p, pos)))
+                .collect()
+        };
+        let mut out = Vec::new();
+        for (p, from) in plan {
+            let room = max_records - out.len();
+            if room == 0 {
+                break;
+            }
+            let records = self.queue.read(p, from, room).await?;
+            let Some(last) = records.last() else { continue };
+            let next = last.offset + 1;
+            let mut st = self.state.lock();
+            // A seek while reading wins: drop what was read from the old position.
+            if st.positions.get(&p) == Some(&from) {
+                st.positions.insert(p, next);
+                drop(st);
+                out.extend(records);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Source for EmbeddedSource {
+    async fn poll(&self, max_records: usize, timeout: Duration) -> Result<Vec<Record>, SourceError> {
+        if max_records == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Registered before reading, so an append between the read and the wait still wakes us.
+            let notified = self.queue.appended().notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let records = self.read_available(max_records).await?;
+            let now = Instant::now();
+            if !records.is_empty() || now >= deadline {
+                return Ok(records);
+            }
+            let wait = (deadline - now).min(self.poll_interval);
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn commit(&self, partition: i32, next_offset: i64) -> Result<(), SourceError> {
+        self.check_assigned(partition)?;
+        if next_offset < 0 {
+            return Err(SourceError::InvalidOffset { partition, offset: next_offset });
+        }
+        Ok(self.queue.commit(&self.group, partition, next_offset).await?)
+    }
+
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError> {
+        self.check_assigned(partition)?;
+        if offset < 0 {
+            return Err(SourceError::InvalidOffset { partition, offset });
+        }
+        self.state.lock().positions.insert(partition, offset);
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        self.partitions.clone()
+    }
+
+    fn pause(&self, partition: i32) -> Result<(), SourceError> {
+        self.check_assigned(partition)?;
+        self.state.lock().paused.insert(partition);
+        Ok(())
+    }
+
+    fn resume(&self, partition: i32) -> Result<(), SourceError> {
+        self.check_assigned(partition)?;
+        self.state.lock().paused.remove(&partition);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_with_and_without_key() {
+        let f = encode_frame(Some(b"run"), b"{\"a\":1}", -5);
+        let r = decode_frame(b"k", 2, 7, &f).unwrap();
+        assert_eq!(
+            r,
+            Record {
+                partition: 2,
+                offset: 7,
+                key: Some(b"run".to_vec()),
+                value: b"{\"a\":1}".to_vec(),
+                timestamp_ms: -5
+            }
+        );
+        let f = encode_frame(None, b"", 1);
+        assert_eq!(decode_frame(b"k", 0, 0, &f).unwrap().key, None);
+        let f = encode_frame(Some(b""), b"v", 1);
+        assert_eq!(decode_frame(b"k", 0, 0, &f).unwrap().key, Some(Vec::new()));
+    }
+
+    #[test]
+    fn frames_are_decoded_strictly() {
+        let f = encode_frame(Some(b"run"), b"value", 0);
+        assert!(decode_frame(b"k", 0, 0, &f[..f.len() - 1]).is_err());
+        assert!(decode_frame(b"k", 0, 0, &f[..5]).is_err());
+        let mut bad = f.clone();
+        bad[0] = 9;
+        assert!(decode_frame(b"k", 0, 0, &bad).is_err());
+        let mut bad = f;
+        bad[1] = 2;
+        assert!(decode_frame(b"k", 0, 0, &bad).is_err());
+    }
+}

@@ -1,0 +1,447 @@
+//! The embedded durable queue on the memory and fjall backends: offsets, partitioning as Kafka
+//! does it, chunked large records, consumer offsets across reopen, concurrent appenders, trim,
+//! the `EmbeddedSource`, and `matyan queue import` through the real binary.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use matyan::ingest::partitioner::partition_for_key;
+use matyan::ingest::queue::{AppendRecord, EmbeddedSource, MAX_RECORD_BYTES, Queue, QueueError};
+use matyan::ingest::source::{Record, Source};
+use matyan::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOptions};
+use matyan::storage::layout::Dirs;
+use tempfile::TempDir;
+
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
+const GOLDEN_RUN: &[u8] = b"00000000000000000000000000010000";
+const TOPIC: &str = "data-ingestion";
+
+/// A database of one backend, with the temporary directory that must outlive it.
+struct Store {
+    name: &'static str,
+    db: Database,
+    _dir: Option<TempDir>,
+}
+
+fn stores() -> Vec<Store> {
+    let dir = tempfile::tempdir().unwrap();
+    let fjall = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+    vec![
+        Store { name: "memory", db: Database::memory(), _dir: None },
+        Store { name: "fjall", db: fjall, _dir: Some(dir) },
+    ]
+}
+
+async fn queue(db: &Database, partitions: u32) -> Queue {
+    let dirs = Dirs::open(db).await.unwrap();
+    Queue::open(db, &dirs.ours, TOPIC, partitions).await.unwrap()
+}
+
+async fn read_all(q: &Queue, partition: i32) -> Vec<Record> {
+    let mut out: Vec<Record> = Vec::new();
+    loop {
+        let from = out.last().map_or(0, |r| r.offset + 1);
+        let page = q.read(partition, from, 500).await.unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// One golden record: (key, value, timestamp_ms, partition in the file).
+type GoldenRecord = (Option<Vec<u8>>, Vec<u8>, i64, i64);
+
+/// The golden file's records.
+fn golden_records() -> Vec<GoldenRecord> {
+    let file = std::fs::File::open(GOLDEN).unwrap();
+    BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+            (
+                v["key_b64"].as_str().map(|k| BASE64.decode(k).unwrap()),
+                BASE64.decode(v["value_b64"].as_str().unwrap()).unwrap(),
+                v["timestamp_ms"].as_i64().unwrap(),
+                v["partition"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn offsets_are_contiguous_per_partition_and_records_read_back_in_order() {
+    for store in stores() {
+        let q = queue(&store.db, 4).await;
+        type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+        let mut expected: BTreeMap<i32, KeyValues> = BTreeMap::new();
+        for batch in 0..10 {
+            let owned: Vec<(Vec<u8>, Vec<u8>)> = (0..10)
+                .map(|i| (format!("run-{}", (batch * 10 + i) % 7).into_bytes(), format!("v{batch}-{i}").into_bytes()))
+                .collect();
+            let records: Vec<AppendRecord<'_>> =
+                owned.iter().map(|(k, v)| (Some(k.as_slice()), v.as_slice(), 1_000 + batch)).collect();
+            let placed = q.append(&records).await.unwrap();
+            for ((k, v), (p, offset)) in owned.into_iter().zip(placed) {
+                assert_eq!(p, q.partition_for_key(&k), "{}", store.name);
+                let list = expected.entry(p).or_default();
+                assert_eq!(offset, list.len() as i64, "{}: offsets of partition {p} must be contiguous", store.name);
+                list.push((k, v));
+            }
+        }
+        for p in q.partition_ids() {
+            let want = expected.remove(&p).unwrap_or_default();
+            assert_eq!(q.end_offset(p).await.unwrap(), want.len() as i64, "{}", store.name);
+            let got = read_all(&q, p).await;
+            let got: Vec<(i64, Vec<u8>, Vec<u8>)> =
+                got.into_iter().map(|r| (r.offset, r.key.unwrap(), r.value)).collect();
+            let want: Vec<(i64, Vec<u8>, Vec<u8>)> =
+                want.into_iter().enumerate().map(|(i, (k, v))| (i as i64, k, v)).collect();
+            assert_eq!(got, want, "{}: partition {p}", store.name);
+        }
+        // A bounded read returns exactly `max` records from `from`.
+        let busiest = q.partition_for_key(b"run-0");
+        let page = q.read(busiest, 2, 3).await.unwrap();
+        assert_eq!(page.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2, 3, 4], "{}", store.name);
+    }
+}
+
+#[tokio::test]
+async fn the_golden_run_lands_on_kafkas_partition_and_stays_there() {
+    // The file was dumped from a 6-partition topic: Kafka put the run on partition 3.
+    assert_eq!(partition_for_key(GOLDEN_RUN, 6), Some(3));
+    let records = golden_records();
+    assert_eq!(records.len(), 10_003);
+    assert!(records.iter().all(|r| r.3 == 3 && r.0.as_deref() == Some(GOLDEN_RUN)));
+    for store in stores() {
+        let q = queue(&store.db, 6).await;
+        assert_eq!(q.partition_for_key(GOLDEN_RUN), 3);
+        let mut placed = Vec::new();
+        for chunk in records.chunks(1000) {
+            let batch: Vec<AppendRecord<'_>> =
+                chunk.iter().map(|(k, v, ts, _)| (k.as_deref(), v.as_slice(), *ts)).collect();
+            placed.extend(q.append(&batch).await.unwrap());
+        }
+        let want: Vec<(i32, i64)> = (0..10_003).map(|o| (3, o)).collect();
+        assert_eq!(placed, want, "{}", store.name);
+        for p in q.partition_ids() {
+            assert_eq!(q.end_offset(p).await.unwrap(), if p == 3 { 10_003 } else { 0 }, "{}", store.name);
+        }
+        let back = read_all(&q, 3).await;
+        assert_eq!(back.len(), 10_003);
+        for (r, (k, v, ts, _)) in back.iter().zip(&records) {
+            assert_eq!((&r.key, &r.value, r.timestamp_ms), (k, v, *ts), "{}: offset {}", store.name, r.offset);
+        }
+    }
+}
+
+#[tokio::test]
+async fn records_above_the_value_limit_are_chunked_under_one_offset() {
+    for store in stores() {
+        let q = queue(&store.db, 2).await;
+        let one_mb: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let four_mib: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 239) as u8).collect();
+        let exact: Vec<u8> = vec![7; 100_000];
+        let key = b"big-run".as_slice();
+        let placed = q
+            .append(&[(Some(key), b"small".as_slice(), 1), (Some(key), &one_mb, 2), (Some(key), &exact, 3)])
+            .await
+            .unwrap();
+        let placed4 = q.append(&[(Some(key), &four_mib, 4)]).await.unwrap();
+        let p = q.partition_for_key(key);
+        assert_eq!(placed, vec![(p, 0), (p, 1), (p, 2)]);
+        assert_eq!(placed4, vec![(p, 3)]);
+        let back = read_all(&q, p).await;
+        let values: Vec<&[u8]> = back.iter().map(|r| r.value.as_slice()).collect();
+        assert_eq!(values, vec![b"small".as_slice(), &one_mb, &exact, &four_mib], "{}", store.name);
+        assert_eq!(back.iter().map(|r| r.timestamp_ms).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        // Reading from the middle starts at a record boundary.
+        let from2 = q.read(p, 2, 10).await.unwrap();
+        assert_eq!(from2.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![2, 3]);
+
+        let too_big = vec![0u8; MAX_RECORD_BYTES + 1];
+        let err = q.append(&[(Some(key), &too_big, 5)]).await.unwrap_err();
+        assert!(matches!(err, QueueError::RecordTooLarge { .. }), "{err}");
+        let err = q.append(&[(Some(key), &four_mib, 5), (Some(key), &four_mib, 6), (None, &four_mib, 7)]).await;
+        assert!(matches!(err, Err(QueueError::BatchTooLarge { .. })), "{err:?}");
+        assert_eq!(q.end_offset(p).await.unwrap(), 4, "failed appends write nothing");
+    }
+}
+
+#[tokio::test]
+async fn committed_offsets_and_records_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+        let q = queue(&db, 3).await;
+        let recs: Vec<AppendRecord<'_>> = (0..5).map(|_| (Some(b"r".as_slice()), b"x".as_slice(), 0)).collect();
+        q.append(&recs).await.unwrap();
+        let p = q.partition_for_key(b"r");
+        assert_eq!(q.committed("g", p).await.unwrap(), None);
+        q.commit("g", p, 4).await.unwrap();
+        q.commit("other", p, 1).await.unwrap();
+        let err = q.commit("g", p, 6).await.unwrap_err();
+        assert!(matches!(err, QueueError::OffsetPastEnd { offset: 6, end: 5, .. }), "{err}");
+    }
+    let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+    let dirs = Dirs::open(&db).await.unwrap();
+    let err = Queue::open(&db, &dirs.ours, TOPIC, 6).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains('3') && text.contains('6') && text.contains(TOPIC), "{text}");
+    let q = Queue::open_existing(&db, &dirs.ours, TOPIC).await.unwrap().unwrap();
+    assert_eq!(q.partitions(), 3);
+    assert!(Queue::open_existing(&db, &dirs.ours, "other-topic").await.unwrap().is_none());
+    let zero = Queue::open(&db, &dirs.ours, "other-topic", 0).await.unwrap_err();
+    assert!(matches!(zero, QueueError::InvalidPartitionCount { requested: 0, .. }), "{zero}");
+    let p = q.partition_for_key(b"r");
+    assert_eq!(q.committed("g", p).await.unwrap(), Some(4));
+    assert_eq!(q.committed("other", p).await.unwrap(), Some(1));
+    assert_eq!(q.end_offset(p).await.unwrap(), 5);
+    // A source of the group resumes at its committed offset.
+    let source = EmbeddedSource::new(q.clone(), "g").await.unwrap();
+    let got = source.poll(100, Duration::from_millis(10)).await.unwrap();
+    assert_eq!(got.iter().map(|r| (r.partition, r.offset)).collect::<Vec<_>>(), vec![(p, 4)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appenders_neither_lose_nor_duplicate_offsets() {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 200;
+    for store in stores() {
+        let q = queue(&store.db, 3).await;
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for task in 0..TASKS {
+            let q = q.clone();
+            handles.push(tokio::spawn(async move {
+                // Three keys for eight tasks: several tasks always share a partition and conflict.
+                let key = format!("run-{}", task % 3).into_bytes();
+                let mut placed = Vec::new();
+                for i in 0..PER_TASK {
+                    let value = format!("{task}:{i}").into_bytes();
+                    placed.extend(q.append(&[(Some(key.as_slice()), value.as_slice(), i as i64)]).await.unwrap());
+                }
+                placed
+            }));
+        }
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.unwrap());
+        }
+        let distinct: BTreeSet<(i32, i64)> = all.iter().copied().collect();
+        assert_eq!(all.len(), TASKS * PER_TASK, "{}", store.name);
+        assert_eq!(distinct.len(), TASKS * PER_TASK, "{}: duplicate offsets", store.name);
+        let mut total = 0;
+        for p in q.partition_ids() {
+            let end = q.end_offset(p).await.unwrap();
+            let offsets: Vec<i64> = distinct.iter().filter(|(dp, _)| *dp == p).map(|(_, o)| *o).collect();
+            assert_eq!(offsets, (0..end).collect::<Vec<_>>(), "{}: partition {p} has holes", store.name);
+            // Each task's records appear in its own order.
+            let mut last: BTreeMap<String, i64> = BTreeMap::new();
+            for r in read_all(&q, p).await {
+                let text = String::from_utf8(r.value).unwrap();
+                let (task, i) = text.split_once(':').unwrap();
+                let i: i64 = i.parse().unwrap();
+                if let Some(prev) = last.insert(task.to_owned(), i) {
+                    assert_eq!(i, prev + 1, "{}: task {task} out of order", store.name);
+                }
+                total += 1;
+            }
+        }
+        assert_eq!(total, TASKS * PER_TASK, "{}", store.name);
+        eprintln!("{}: {} concurrent appends in {:?}", store.name, TASKS * PER_TASK, started.elapsed());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_retries_concurrent_appenders_conflict_and_the_losers_write_nothing() {
+    let db = Database::memory();
+    let no_retry = RetryOptions { retry_limit: 0, ..RetryOptions::default() };
+    let q = queue(&db, 1).await.with_retry(no_retry);
+    let mut handles = Vec::new();
+    for task in 0..8 {
+        let q = q.clone();
+        handles.push(tokio::spawn(async move {
+            let (mut ok, mut conflicts) = (Vec::new(), 0);
+            for i in 0..200 {
+                let value = format!("{task}:{i}").into_bytes();
+                match q.append(&[(Some(b"same".as_slice()), value.as_slice(), 0)]).await {
+                    Ok(placed) => ok.extend(placed),
+                    Err(QueueError::Kv(KvError::NotCommitted)) => conflicts += 1,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            (ok, conflicts)
+        }));
+    }
+    let (mut ok, mut conflicts) = (Vec::new(), 0);
+    for h in handles {
+        let (o, c) = h.await.unwrap();
+        ok.extend(o);
+        conflicts += c;
+    }
+    assert!(conflicts > 0, "eight appenders on one partition never conflicted");
+    let offsets: BTreeSet<i64> = ok.iter().map(|(_, o)| *o).collect();
+    assert_eq!(offsets.len(), ok.len());
+    assert_eq!(offsets.into_iter().collect::<Vec<_>>(), (0..ok.len() as i64).collect::<Vec<_>>());
+    assert_eq!(q.end_offset(0).await.unwrap(), ok.len() as i64);
+    assert_eq!(read_all(&q, 0).await.len(), ok.len());
+    eprintln!("{} appends committed, {conflicts} conflicted", ok.len());
+}
+
+#[tokio::test]
+async fn trim_removes_only_records_below_the_offset() {
+    for store in stores() {
+        let q = queue(&store.db, 2).await;
+        let key = b"trim-me".as_slice();
+        let other = (0..100u32)
+            .map(|i| format!("o{i}").into_bytes())
+            .find(|k| q.partition_for_key(k) != q.partition_for_key(key))
+            .unwrap();
+        let big = vec![1u8; 250_000];
+        let mut recs: Vec<AppendRecord<'_>> = (0..10).map(|i| (Some(key), b"v".as_slice(), i)).collect();
+        recs[3].1 = &big;
+        recs[4].1 = &big;
+        recs.push((Some(&other), b"w".as_slice(), 0));
+        q.append(&recs).await.unwrap();
+        let p = q.partition_for_key(key);
+        let op = q.partition_for_key(&other);
+
+        assert_eq!(q.trim(p, 4).await.unwrap(), 4);
+        assert_eq!(q.start_offset(p).await.unwrap(), 4);
+        let left = read_all(&q, p).await;
+        assert_eq!(left.iter().map(|r| r.offset).collect::<Vec<_>>(), (4..10).collect::<Vec<_>>(), "{}", store.name);
+        assert_eq!(left[0].value, big, "the first kept record keeps all its chunks");
+        assert_eq!(q.end_offset(p).await.unwrap(), 10);
+        assert_eq!(read_all(&q, op).await.len(), 1, "other partitions untouched");
+        // Lower trims do nothing; trims past the end stop at the end; offsets are never reused.
+        assert_eq!(q.trim(p, 2).await.unwrap(), 4);
+        assert_eq!(q.trim(p, 1_000).await.unwrap(), 10);
+        assert!(read_all(&q, p).await.is_empty());
+        assert_eq!(q.append(&[(Some(key), b"after", 0)]).await.unwrap(), vec![(p, 10)]);
+        assert_eq!(read_all(&q, p).await.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![10]);
+        // A new consumer starts at the start offset.
+        let source = EmbeddedSource::new(q.clone(), "fresh").await.unwrap();
+        assert_eq!(source.position(p), Some(10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_source_polls_in_offset_order_and_wakes_on_append() {
+    for store in stores() {
+        let q = queue(&store.db, 3).await;
+        // A long fallback interval: only the append notification can wake the poll quickly.
+        let source = EmbeddedSource::new(q.clone(), "ingestion-workers")
+            .await
+            .unwrap()
+            .with_poll_interval(Duration::from_secs(60));
+        assert_eq!(source.assignment(), vec![0, 1, 2]);
+
+        let keys: Vec<Vec<u8>> = (0..6).map(|i| format!("run-{i}").into_bytes()).collect();
+        let recs: Vec<AppendRecord<'_>> =
+            (0..60).map(|i| (Some(keys[i % 6].as_slice()), keys[i % 6].as_slice(), i as i64)).collect();
+        q.append(&recs).await.unwrap();
+        let mut got: Vec<Record> = Vec::new();
+        while got.len() < 60 {
+            let batch = source.poll(7, Duration::from_millis(200)).await.unwrap();
+            assert!(!batch.is_empty() && batch.len() <= 7, "{}", store.name);
+            got.extend(batch);
+        }
+        let mut per_partition: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for r in &got {
+            per_partition.entry(r.partition).or_default().push(r.offset);
+        }
+        for (p, offsets) in &per_partition {
+            assert_eq!(offsets, &(0..offsets.len() as i64).collect::<Vec<_>>(), "{}: partition {p}", store.name);
+        }
+
+        // Nothing new: the poll waits for the timeout.
+        let t = Instant::now();
+        assert!(source.poll(10, Duration::from_millis(150)).await.unwrap().is_empty());
+        assert!(t.elapsed() >= Duration::from_millis(140));
+
+        // An append from another task wakes a waiting poll long before its timeout.
+        let appender = q.clone();
+        let wake = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            appender.append(&[(Some(b"late".as_slice()), b"late".as_slice(), 0)]).await.unwrap()
+        });
+        let t = Instant::now();
+        let late = source.poll(10, Duration::from_secs(20)).await.unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{}: poll did not wake on append", store.name);
+        let placed = wake.await.unwrap();
+        assert_eq!(late.iter().map(|r| (r.partition, r.offset)).collect::<Vec<_>>(), placed, "{}", store.name);
+
+        // Pause holds a partition back, resume releases it from where it stopped.
+        let lp = q.partition_for_key(b"late");
+        source.pause(lp).unwrap();
+        q.append(&[(Some(b"late".as_slice()), b"second".as_slice(), 0)]).await.unwrap();
+        assert!(source.poll(10, Duration::from_millis(50)).await.unwrap().is_empty(), "{}", store.name);
+        source.resume(lp).unwrap();
+        let resumed = source.poll(10, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(resumed.len(), 1);
+        assert_eq!(resumed[0].value, b"second");
+
+        // Commits are per partition and persist; seek replays.
+        source.commit(lp, resumed[0].offset + 1).await.unwrap();
+        assert_eq!(q.committed("ingestion-workers", lp).await.unwrap(), Some(resumed[0].offset + 1));
+        source.seek(lp, 0).unwrap();
+        let replay = source.poll(1_000, Duration::from_millis(500)).await.unwrap();
+        assert_eq!(replay.first().map(|r| (r.partition, r.offset)), Some((lp, 0)));
+        assert!(source.pause(99).is_err());
+        assert!(source.commit(0, -1).await.is_err());
+    }
+}
+
+fn import(data_dir: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["queue", "import", GOLDEN, "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn queue_import_appends_the_golden_file_and_appends_again_on_a_second_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = import(dir.path(), &["--progress-every", "4000"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let stdout = String::from_utf8_lossy(&first.stdout);
+    assert!(stdout.contains("appended 10003 records"), "{stdout}");
+    assert!(stdout.contains("partition 3: 10003 records at offsets 0..=10002"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("queue import: 4000 records"), "{stderr}");
+
+    let second = import(dir.path(), &["--batch", "333"]);
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stdout).contains("offsets 10003..=20005"));
+
+    let kafka = import(dir.path(), &["--kafka"]);
+    assert!(!kafka.status.success());
+    assert!(String::from_utf8_lossy(&kafka.stderr).contains("not yet available"));
+    let mismatch = import(dir.path(), &["--partitions", "4"]);
+    assert!(!mismatch.status.success());
+    assert!(String::from_utf8_lossy(&mismatch.stderr).contains("has 6 partitions, not 4"));
+
+    let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+    let dirs = Dirs::open(&db).await.unwrap();
+    let q = Queue::open_existing(&db, &dirs.ours, TOPIC).await.unwrap().unwrap();
+    assert_eq!(q.partitions(), 6);
+    for p in q.partition_ids() {
+        assert_eq!(q.end_offset(p).await.unwrap(), if p == 3 { 20_006 } else { 0 });
+    }
+    let golden = golden_records();
+    let back = read_all(&q, 3).await;
+    assert_eq!(back.len(), 20_006);
+    for (i, r) in back.iter().enumerate() {
+        let (k, v, ts, _) = &golden[i % 10_003];
+        assert_eq!((&r.key, &r.value, r.timestamp_ms), (k, v, *ts), "offset {i}");
+    }
+}
