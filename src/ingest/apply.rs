@@ -30,8 +30,18 @@
 //! - `delete_run` records its `run_deleted` control event in the outbox in the same transaction, so
 //!   it is never lost (quirk 11); a publisher sends and removes outbox entries later.
 //! - A message that fails deterministically (a value that cannot be encoded, unreadable stored
-//!   data) is dead-lettered, and its neighbours are applied (quirk 6). Values are encoded before the
-//!   message's first write, so an encoding failure leaves no partial write.
+//!   data) is dead-lettered, and its neighbours are applied (quirk 6). Values are encoded (and
+//!   hparam trees flattened) before the message's first write, so an encoding failure leaves no
+//!   partial write; stored data that does not decode can fail a handler midway, and the writes it
+//!   already issued stay. Limit violations (a key or value too large) surface only at commit as
+//!   KV errors: the caller splits the batch and dead-letters a lone failing record with
+//!   [`Applier::write_dead_letter`].
+//!
+//! Trace info (`dtype`, `last`, `last_step`) and the `("trace", name, R)` index entry are written
+//! once per sequence and transaction, after the last point (and before a `delete_run`): the final
+//! keys are those of writing them after every point, as the reference does, for fewer writes.
+//! A multi-key `log_hparams` top level is set at the empty attrs path, replacing the whole attrs
+//! tree, as the reference's unwrapping does.
 //!
 //! Ids of experiments and tags created on the fly come from the caller's `ids` function, called only
 //! when a name is unknown, with the record's position. [`position_uuid`] derives them from that
@@ -251,6 +261,22 @@ struct Scope<'a> {
     now: f64,
     /// Context ids whose key this transaction already wrote.
     contexts: HashSet<u32>,
+    /// Trace info of the sequences written so far, written once per sequence by
+    /// [`Scope::flush_traces`]: the final keys equal those of writing after every point, with
+    /// fewer writes (a point costs four keys instead of nine).
+    traces: Vec<PendingTrace>,
+    /// Index in `traces` of each `(ctx_id, name)`.
+    trace_slots: HashMap<(u32, String), usize>,
+}
+
+/// The latest trace info of one sequence in this transaction.
+struct PendingTrace {
+    ctx_id: u32,
+    name: String,
+    dtype: String,
+    /// The latest non-null value; `None` leaves the stored `last` alone.
+    last: Option<Value>,
+    last_step: i64,
 }
 
 impl Applier {
@@ -301,7 +327,15 @@ impl Applier {
         let mut outcome = ApplyOutcome::default();
         // The running high-water mark per partition: the stored checkpoint, then each entry seen.
         let mut marks: Vec<(i32, Option<i64>, Option<i64>)> = Vec::new(); // (partition, stored, current)
-        let mut scope = Scope { layout: &self.layout, tx, run, now, contexts: HashSet::new() };
+        let mut scope = Scope {
+            layout: &self.layout,
+            tx,
+            run,
+            now,
+            contexts: HashSet::new(),
+            traces: Vec::new(),
+            trace_slots: HashMap::new(),
+        };
         let mut deleted: Option<bool> = None;
         for (index, entry) in entries.iter().enumerate() {
             let slot = match marks.iter().position(|m| m.0 == entry.partition) {
@@ -355,6 +389,10 @@ impl Applier {
                 }
             }
         }
+        scope.flush_traces().map_err(|e| match e {
+            Fail::Kv(k) => ApplyError::Kv(k),
+            Fail::Message { detail, .. } => ApplyError::Corrupt(format!("trace info: {detail}")),
+        })?;
         for (partition, stored, current) in marks {
             if let Some(offset) = current.filter(|c| Some(*c) != stored) {
                 let mut buf = Vec::with_capacity(9);
@@ -541,6 +579,8 @@ impl Scope<'_> {
             Payload::LogRecord(p) => self.log_record(p).await,
             Payload::BlobRef(p) => self.blob_ref(p).await,
             Payload::DeleteRun => {
+                // Pending trace info belongs to the run being deleted: write it before the clear.
+                self.flush_traces()?;
                 self.layout.delete_run(self.tx, self.run, self.now).await?;
                 Ok(())
             }
@@ -620,8 +660,46 @@ impl Scope<'_> {
         };
         self.context(ctx_id, ctx_bytes.as_deref());
         self.layout.seqs.write(self.tx, id, &[SeqWrite { step, val: &val_bytes, epoch, time: self.now }]);
-        let trace = TraceInfo { ctx_id, name, dtype, last, last_step: step };
-        self.layout.runs.record_trace(self.tx, self.run, &trace)?;
+        self.pend_trace(ctx_id, name, dtype, last, step);
+        Ok(())
+    }
+
+    fn pend_trace(&mut self, ctx_id: u32, name: &str, dtype: &str, last: Option<&Value>, step: i64) {
+        match self.trace_slots.get(&(ctx_id, name.to_string())) {
+            Some(&i) => {
+                let t = &mut self.traces[i];
+                dtype.clone_into(&mut t.dtype);
+                if let Some(last) = last {
+                    t.last = Some(last.clone());
+                }
+                t.last_step = step;
+            }
+            None => {
+                self.trace_slots.insert((ctx_id, name.to_string()), self.traces.len());
+                self.traces.push(PendingTrace {
+                    ctx_id,
+                    name: name.to_string(),
+                    dtype: dtype.to_string(),
+                    last: last.cloned(),
+                    last_step: step,
+                });
+            }
+        }
+    }
+
+    /// Writes the pending trace info and `("trace", name, R)` index entries.
+    fn flush_traces(&mut self) -> Result<(), Fail> {
+        for t in self.traces.drain(..) {
+            let trace = TraceInfo {
+                ctx_id: t.ctx_id,
+                name: &t.name,
+                dtype: &t.dtype,
+                last: t.last.as_ref(),
+                last_step: t.last_step,
+            };
+            self.layout.runs.record_trace(self.tx, self.run, &trace)?;
+        }
+        self.trace_slots.clear();
         Ok(())
     }
 
