@@ -1,7 +1,9 @@
-//! Ingestion: sources of records (the embedded queue; Kafka next) and the pure parts between a
-//! source record and a storage transaction.
+//! Ingestion: sources of records (the embedded queue; Kafka next) and everything between a source
+//! record and a storage transaction (decoding, batching, applying).
 //!
 //! Module map:
+//! - [`apply`]: one run's batch applied in one transaction, exactly once (checkpoints, tombstones,
+//!   outbox, dead letters), with the handlers of spec §1.7;
 //! - [`message`]: record value bytes → typed [`IngestMessage`], or a [`DecodeError`] with a bounded
 //!   reason for dead-lettering; `client_datetime` parsing as Python's `fromisoformat`;
 //! - [`estimate`]: the reference's per-message size estimate and chunking rule (spec §1.10);
@@ -11,6 +13,7 @@
 //! - [`source`]: the [`Source`] interface (poll, commit, pause/resume) both Kafka and the embedded
 //!   queue implement;
 //! - [`queue`]: the embedded durable queue in our own KV directory and its [`EmbeddedSource`].
+pub mod apply;
 pub mod estimate;
 pub mod message;
 pub mod partitioner;
@@ -18,6 +21,7 @@ pub mod queue;
 pub mod run_batch;
 pub mod source;
 
+pub use apply::{Applier, ApplyError, ApplyOutcome, IdRequest, position_uuid};
 pub use message::{DecodeError, IngestMessage, MessageType, Payload, decode};
 pub use queue::{EmbeddedSource, Queue, QueueError};
 pub use run_batch::{Batch, BatchBudget, Entry, FlushReason, RunBatch};

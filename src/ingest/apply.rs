@@ -1,0 +1,895 @@
+//! Applies one run's batch of decoded messages to storage in one transaction, exactly once.
+//!
+//! [`Applier::apply`] runs the handlers of `ingest-storage.md` §1.7 over a [`Batch`]'s entries
+//! inside the caller's transaction, writing the reference's keys and values, and records in the
+//! same transaction what it did in our own directory (`matyan_rs`):
+//!
+//! | Key (under ⟨ours⟩) | Value |
+//! |---|---|
+//! | `("applied", R, partition)` | mp(int): the highest offset of `partition` applied to run R |
+//! | `("outbox", partition, offset)` | mp(map) `{"type":"run_deleted","timestamp":RFC 3339,"payload":{"run_id":R}}` |
+//! | `("dlq", partition, offset)` | mp(map) `{"reason","key","value","timestamp","type","detail"}` |
+//!
+//! Exactly once: an entry at or below its partition's checkpoint is a replay and is skipped; the
+//! checkpoint advances in the transaction that writes the data, so a commit either records both or
+//! neither. A replayed batch therefore changes nothing, unlike the reference, which appends
+//! automatic steps again and resets meta on replay (§1.12).
+//!
+//! Deliberate departures from the reference (§6), each named in a test of `tests/ingest_apply.rs`:
+//! - `create_run` on an established run (one whose meta has `created_at`) takes the resume path
+//!   whatever `force_resume` says: `active=True`, `finalized_at=None`, `client_start_ts` when given.
+//!   A redelivered or repeated `create_run` thus never resets name, experiment, archived flag or
+//!   `created_at`, and never leaves stale index entries (quirk 4). A run whose meta is partial (made
+//!   by a handler that does not create runs, quirk 5) is created in full, stale tier-1 entries
+//!   removed.
+//! - The context key `(R,"contexts",ctx_id)` is written in the transaction of the points, once per
+//!   transaction and context; no cache outlives a transaction (quirk 7).
+//! - `add_tag`/`remove_tag` are idempotent: `run_count` moves only when the link changes (quirk 8).
+//! - Tombstones win: a run with `("_deleted", R)` gets no data message applied; the messages are
+//!   counted, and the checkpoint still advances.
+//! - `delete_run` records its `run_deleted` control event in the outbox in the same transaction, so
+//!   it is never lost (quirk 11); a publisher sends and removes outbox entries later.
+//! - A message that fails deterministically (a value that cannot be encoded, unreadable stored
+//!   data) is dead-lettered, and its neighbours are applied (quirk 6). Values are encoded (and
+//!   hparam trees flattened) before the message's first write, so an encoding failure leaves no
+//!   partial write; stored data that does not decode can fail a handler midway, and the writes it
+//!   already issued stay. Limit violations (a key or value too large) surface only at commit as
+//!   KV errors: the caller splits the batch and dead-letters a lone failing record with
+//!   [`Applier::write_dead_letter`].
+//!
+//! Trace info (`dtype`, `last`, `last_step`) and the `("trace", name, R)` index entry are written
+//! once per sequence and transaction, after the last point (and before a `delete_run`): the final
+//! keys are those of writing them after every point, as the reference does, for fewer writes.
+//! A multi-key `log_hparams` top level is set at the empty attrs path, replacing the whole attrs
+//! tree, as the reference's unwrapping does.
+//!
+//! Ids of experiments and tags created on the fly come from the caller's `ids` function, called only
+//! when a name is unknown, with the record's position. [`position_uuid`] derives them from that
+//! position, so the same record always gets the same uuid: the default for the ingest path.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+
+use sha2::{Digest, Sha256};
+
+use super::message::{
+    BlobRef, CreateRun, FinishRun, LogCustomObject, LogHparams, LogMetric, LogRecord, LogTerminalLine, MessageType,
+    Payload, SetRunProperty, TagChange,
+};
+use super::run_batch::Entry;
+use crate::storage::kv::{KvError, RangeOption, RetryableError, Transaction};
+use crate::storage::layout::sequences::SeqError;
+use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
+use crate::storage::tree;
+use crate::storage::tuple::{self, Elem};
+use crate::storage::value::{self, Value};
+
+/// Tag of checkpoint keys in our directory.
+pub const APPLIED: &str = "applied";
+/// Tag of outbox keys in our directory.
+pub const OUTBOX: &str = "outbox";
+/// Tag of dead-letter keys in our directory.
+pub const DLQ: &str = "dlq";
+
+/// Longest error detail kept in a dead-letter record (the rest is cut).
+const MAX_DETAIL: usize = 512;
+
+/// Errors that fail a whole batch: the caller retries the transaction or splits the batch.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The KV layer failed (conflict, too large, timeout, engine).
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// Our own bookkeeping (a checkpoint) does not decode.
+    #[error("corrupt bookkeeping data: {0}")]
+    Corrupt(String),
+}
+
+impl RetryableError for ApplyError {
+    fn kv_error(&self) -> Option<&KvError> {
+        match self {
+            ApplyError::Kv(e) => Some(e),
+            ApplyError::Corrupt(_) => None,
+        }
+    }
+}
+
+/// What asks for a new entity id: an experiment or tag `name` unknown so far, created on behalf of
+/// the record at `(partition, offset)` of run `run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRequest<'a> {
+    /// Experiment or tag.
+    pub kind: EntityKind,
+    /// The entity's name.
+    pub name: &'a str,
+    /// The run of the record.
+    pub run: &'a str,
+    /// The record's partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+}
+
+/// Derives a uuid (version 4 layout, lowercase, hyphenated) from the request: SHA-256 of the kind,
+/// name, partition and offset. The same record always gets the same id, so a transaction that runs
+/// twice (after `commit_unknown_result`) or two workers racing on one record agree on it, and two
+/// distinct creations never share an id.
+pub fn position_uuid(req: &IdRequest<'_>) -> String {
+    let mut h = Sha256::new();
+    h.update(b"matyan-rs/entity-id\0");
+    h.update(req.kind.key_name().as_bytes());
+    h.update(b"\0");
+    h.update(req.name.as_bytes());
+    h.update(b"\0");
+    h.update(req.partition.to_be_bytes());
+    h.update(req.offset.to_be_bytes());
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_random_bytes(bytes).into_uuid().hyphenated().to_string()
+}
+
+/// What one [`Applier::apply`] call did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApplyOutcome {
+    /// Messages applied, by type (for `matyan_ingestion_messages_processed_total{message_type}`).
+    pub applied: HashMap<MessageType, u64>,
+    /// Entries at or below their partition's checkpoint, skipped.
+    pub replayed: usize,
+    /// Data messages skipped because the run has a tombstone.
+    pub tombstoned: usize,
+    /// Entries that failed deterministically, by index in the input, with a bounded reason. Each has
+    /// a `("dlq", partition, offset)` record written in the same transaction.
+    pub dead_letters: Vec<(usize, &'static str)>,
+    /// Whether a `delete_run` was applied (its `run_deleted` event is in the outbox).
+    pub deleted: bool,
+    /// The checkpoints written, `(partition, offset)`; empty when nothing advanced.
+    pub checkpoints: Vec<(i32, i64)>,
+}
+
+impl ApplyOutcome {
+    /// Returns the number of messages applied, all types together.
+    pub fn applied_total(&self) -> u64 {
+        self.applied.values().sum()
+    }
+
+    /// Returns the number applied of one type.
+    pub fn applied_of(&self, kind: MessageType) -> u64 {
+        self.applied.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// A `run_deleted` control event waiting in the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    /// Partition of the `delete_run` record (with `offset`, the event's id).
+    pub partition: i32,
+    /// Offset of the `delete_run` record.
+    pub offset: i64,
+    /// The event envelope `{"type","timestamp","payload"}` (§1.5).
+    pub event: Value,
+}
+
+/// A dead-lettered record to store under `("dlq", partition, offset)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Bounded reason label.
+    pub reason: String,
+    /// The record key (the run id) when known.
+    pub key: Option<String>,
+    /// The original record value, when the writer has it. [`Applier::apply`] works on decoded
+    /// entries, which do not carry their bytes, so it stores `None` and names the type instead.
+    pub value: Option<Vec<u8>>,
+    /// When it was dead-lettered (POSIX seconds).
+    pub timestamp: f64,
+    /// The message type, when known.
+    pub message_type: Option<String>,
+    /// The error's text.
+    pub detail: String,
+}
+
+/// A stored dead letter with its position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRecord {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// The stored map.
+    pub record: Value,
+}
+
+/// Applies batches of one run's messages to the Matyan layout (see the module docs).
+#[derive(Debug, Clone)]
+pub struct Applier {
+    layout: Layout,
+}
+
+/// Why one message failed inside a handler.
+enum Fail {
+    /// A KV error: fails the batch.
+    Kv(KvError),
+    /// A deterministic failure of this message: dead-letter it.
+    Message { reason: &'static str, detail: String },
+}
+
+impl From<KvError> for Fail {
+    fn from(e: KvError) -> Self {
+        Fail::Kv(e)
+    }
+}
+
+impl From<LayoutError> for Fail {
+    fn from(e: LayoutError) -> Self {
+        let reason = match &e {
+            LayoutError::Kv(k) => return Fail::Kv(k.clone()),
+            LayoutError::Corrupt(_) => "corrupt_data",
+            LayoutError::Encode(_) => "encode_error",
+            LayoutError::Conflict(_) => "name_conflict",
+            LayoutError::Invalid(_) => "invalid",
+        };
+        Fail::Message { reason, detail: e.to_string() }
+    }
+}
+
+impl From<SeqError> for Fail {
+    fn from(e: SeqError) -> Self {
+        match e {
+            SeqError::Kv(k) => Fail::Kv(k),
+            SeqError::Corrupt(c) => Fail::Message { reason: "corrupt_data", detail: c },
+        }
+    }
+}
+
+fn encode(v: &Value) -> Result<Vec<u8>, Fail> {
+    value::encode(v).map_err(|e| Fail::Message { reason: "encode_error", detail: e.to_string() })
+}
+
+/// Checks that a tree value flattens (keys and leaves encodable) before anything is written.
+fn check_tree(path: &[String], node: &Value) -> Result<(), Fail> {
+    let prefix: Vec<Elem> = path.iter().map(Elem::from).collect();
+    tree::flatten(&prefix, node)
+        .map(|_| ())
+        .map_err(|e| Fail::Message { reason: "encode_error", detail: e.to_string() })
+}
+
+/// Per-transaction state of one apply call.
+struct Scope<'a> {
+    layout: &'a Layout,
+    tx: &'a Transaction,
+    run: &'a str,
+    now: f64,
+    /// Context ids whose key this transaction already wrote.
+    contexts: HashSet<u32>,
+    /// Trace info of the sequences written so far, written once per sequence by
+    /// [`Scope::flush_traces`]: the final keys equal those of writing after every point, with
+    /// fewer writes (a point costs four keys instead of nine).
+    traces: Vec<PendingTrace>,
+    /// Index in `traces` of each `(ctx_id, name)`.
+    trace_slots: HashMap<(u32, String), usize>,
+}
+
+/// The latest trace info of one sequence in this transaction.
+struct PendingTrace {
+    ctx_id: u32,
+    name: String,
+    dtype: String,
+    /// The latest non-null value; `None` leaves the stored `last` alone.
+    last: Option<Value>,
+    last_step: i64,
+}
+
+impl Applier {
+    /// Builds an applier on a layout.
+    pub fn new(layout: Layout) -> Self {
+        Self { layout }
+    }
+
+    /// Returns the layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The checkpoint key `⟨ours⟩ + pack(("applied", R, partition))`.
+    pub fn checkpoint_key(&self, run: &str, partition: i32) -> Vec<u8> {
+        tuple::pack_with_prefix(&self.layout.dirs.ours, &[Elem::from(APPLIED), Elem::from(run), Elem::from(partition)])
+    }
+
+    /// Reads the highest applied offset of `partition` for `run` (`None` before the first apply).
+    pub async fn checkpoint(&self, tx: &Transaction, run: &str, partition: i32) -> Result<Option<i64>, ApplyError> {
+        let Some(bytes) = tx.get(&self.checkpoint_key(run, partition), false).await? else {
+            return Ok(None);
+        };
+        match value::decode(&bytes) {
+            Ok(Value::Int(i)) => {
+                i64::try_from(i).map(Some).map_err(|_| ApplyError::Corrupt(format!("checkpoint {i} out of range")))
+            }
+            Ok(other) => Err(ApplyError::Corrupt(format!("checkpoint is a {}", other.type_name()))),
+            Err(e) => Err(ApplyError::Corrupt(format!("checkpoint: {e}"))),
+        }
+    }
+
+    /// Applies `entries` (one run's records, in source order) in `tx`, which the caller commits.
+    ///
+    /// `now` is the worker clock stored in every time field; `ids` makes the uuid of an experiment
+    /// or tag created on the fly ([`position_uuid`] is the deterministic choice). Entries at or below
+    /// their partition's checkpoint are skipped, data messages of a tombstoned run are skipped, and
+    /// messages failing deterministically are dead-lettered; KV errors fail the call, and then
+    /// nothing of the transaction may be committed.
+    pub async fn apply(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        entries: &[Entry],
+        now: f64,
+        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let mut outcome = ApplyOutcome::default();
+        // The running high-water mark per partition: the stored checkpoint, then each entry seen.
+        let mut marks: Vec<(i32, Option<i64>, Option<i64>)> = Vec::new(); // (partition, stored, current)
+        let mut scope = Scope {
+            layout: &self.layout,
+            tx,
+            run,
+            now,
+            contexts: HashSet::new(),
+            traces: Vec::new(),
+            trace_slots: HashMap::new(),
+        };
+        let mut deleted: Option<bool> = None;
+        for (index, entry) in entries.iter().enumerate() {
+            let slot = match marks.iter().position(|m| m.0 == entry.partition) {
+                Some(i) => i,
+                None => {
+                    let stored = self.checkpoint(tx, run, entry.partition).await?;
+                    marks.push((entry.partition, stored, stored));
+                    marks.len() - 1
+                }
+            };
+            if marks[slot].2.is_some_and(|mark| entry.offset <= mark) {
+                outcome.replayed += 1;
+                continue;
+            }
+            marks[slot].2 = Some(entry.offset);
+            let msg = &entry.message;
+            if msg.run_id != run {
+                let detail = format!("entry of run {:?} in a batch of run {run:?}", msg.run_id);
+                self.dead_letter(tx, &mut outcome, index, entry, "wrong_run", detail, now)?;
+                continue;
+            }
+            let is_delete = matches!(msg.payload, Payload::DeleteRun);
+            if !is_delete {
+                let tombstoned = match deleted {
+                    Some(d) => d,
+                    None => {
+                        let d = self.layout.indexes().is_deleted(tx, run).await?;
+                        deleted = Some(d);
+                        d
+                    }
+                };
+                if tombstoned {
+                    outcome.tombstoned += 1;
+                    continue;
+                }
+            }
+            match scope.handle(entry, ids).await {
+                Ok(()) => {
+                    *outcome.applied.entry(msg.kind()).or_insert(0) += 1;
+                    if is_delete {
+                        self.record_deleted(tx, run, entry, now)?;
+                        outcome.deleted = true;
+                        deleted = Some(true);
+                        // Contexts written before the delete are gone with the run.
+                        scope.contexts.clear();
+                    }
+                }
+                Err(Fail::Kv(e)) => return Err(ApplyError::Kv(e)),
+                Err(Fail::Message { reason, detail }) => {
+                    self.dead_letter(tx, &mut outcome, index, entry, reason, detail, now)?;
+                }
+            }
+        }
+        scope.flush_traces().map_err(|e| match e {
+            Fail::Kv(k) => ApplyError::Kv(k),
+            Fail::Message { detail, .. } => ApplyError::Corrupt(format!("trace info: {detail}")),
+        })?;
+        for (partition, stored, current) in marks {
+            if let Some(offset) = current.filter(|c| Some(*c) != stored) {
+                let mut buf = Vec::with_capacity(9);
+                value::encode_i64(offset, &mut buf);
+                tx.set(&self.checkpoint_key(run, partition), &buf);
+                outcome.checkpoints.push((partition, offset));
+            }
+        }
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dead_letter(
+        &self,
+        tx: &Transaction,
+        outcome: &mut ApplyOutcome,
+        index: usize,
+        entry: &Entry,
+        reason: &'static str,
+        detail: String,
+        now: f64,
+    ) -> Result<(), ApplyError> {
+        tracing::warn!(
+            partition = entry.partition,
+            offset = entry.offset,
+            run = %entry.message.run_id,
+            message_type = entry.message.kind().as_str(),
+            reason,
+            detail = %detail,
+            "message dead-lettered at apply"
+        );
+        let letter = DeadLetter {
+            reason: reason.to_string(),
+            key: Some(entry.message.run_id.clone()),
+            value: None,
+            timestamp: now,
+            message_type: Some(entry.message.kind().as_str().to_string()),
+            detail,
+        };
+        self.write_dead_letter(tx, entry.partition, entry.offset, &letter)?;
+        outcome.dead_letters.push((index, reason));
+        Ok(())
+    }
+
+    /// The dead-letter key `⟨ours⟩ + pack(("dlq", partition, offset))`.
+    pub fn dead_letter_key(&self, partition: i32, offset: i64) -> Vec<u8> {
+        tuple::pack_with_prefix(&self.layout.dirs.ours, &[Elem::from(DLQ), Elem::from(partition), Elem::from(offset)])
+    }
+
+    /// Writes a dead letter (also for records that failed to decode, with their bytes) as the
+    /// msgpack map `{"reason","key","value","timestamp","type","detail"}`; absent parts are nil.
+    pub fn write_dead_letter(
+        &self,
+        tx: &Transaction,
+        partition: i32,
+        offset: i64,
+        letter: &DeadLetter,
+    ) -> Result<(), ApplyError> {
+        let opt_str = |s: &Option<String>| s.as_ref().map_or(Value::Nil, |s| Value::from(s.as_str()));
+        let mut detail = letter.detail.clone();
+        if detail.len() > MAX_DETAIL {
+            let mut cut = MAX_DETAIL;
+            while !detail.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            detail.truncate(cut);
+        }
+        let map = Value::Map(vec![
+            (Value::from("reason"), Value::from(letter.reason.as_str())),
+            (Value::from("key"), opt_str(&letter.key)),
+            (Value::from("value"), letter.value.clone().map_or(Value::Nil, Value::Bin)),
+            (Value::from("timestamp"), Value::Float(letter.timestamp)),
+            (Value::from("type"), opt_str(&letter.message_type)),
+            (Value::from("detail"), Value::Str(detail)),
+        ]);
+        let bytes = value::encode(&map).map_err(|e| ApplyError::Corrupt(format!("dead letter: {e}")))?;
+        tx.set(&self.dead_letter_key(partition, offset), &bytes);
+        Ok(())
+    }
+
+    /// Lists stored dead letters in `(partition, offset)` order, at most `limit` (0: all).
+    pub async fn dead_letters(&self, tx: &Transaction, limit: usize) -> Result<Vec<DeadLetterRecord>, ApplyError> {
+        let rows = self.list_positions(tx, DLQ, limit).await?;
+        Ok(rows.into_iter().map(|(partition, offset, record)| DeadLetterRecord { partition, offset, record }).collect())
+    }
+
+    /// The outbox key `⟨ours⟩ + pack(("outbox", partition, offset))`.
+    pub fn outbox_key(&self, partition: i32, offset: i64) -> Vec<u8> {
+        tuple::pack_with_prefix(
+            &self.layout.dirs.ours,
+            &[Elem::from(OUTBOX), Elem::from(partition), Elem::from(offset)],
+        )
+    }
+
+    /// Lists pending outbox events in `(partition, offset)` order, at most `limit` (0: all).
+    pub async fn outbox(&self, tx: &Transaction, limit: usize) -> Result<Vec<OutboxEvent>, ApplyError> {
+        let rows = self.list_positions(tx, OUTBOX, limit).await?;
+        Ok(rows.into_iter().map(|(partition, offset, event)| OutboxEvent { partition, offset, event }).collect())
+    }
+
+    /// Removes an outbox event once it is published.
+    pub fn remove_outbox(&self, tx: &Transaction, partition: i32, offset: i64) {
+        tx.clear(&self.outbox_key(partition, offset));
+    }
+
+    async fn list_positions(
+        &self,
+        tx: &Transaction,
+        tag: &str,
+        limit: usize,
+    ) -> Result<Vec<(i32, i64, Value)>, ApplyError> {
+        let scope = [Elem::from(tag)];
+        let (b, e) = tuple::range(&self.layout.dirs.ours, &scope);
+        let base = tuple::pack_with_prefix(&self.layout.dirs.ours, &scope);
+        let mut out = Vec::new();
+        for kv in tx.get_range(&RangeOption::new(b, e).limit(limit), false).await? {
+            let rest =
+                tuple::unpack(&kv.key[base.len()..]).map_err(|e| ApplyError::Corrupt(format!("{tag} key: {e}")))?;
+            let (partition, offset) = match rest.as_slice() {
+                [Elem::Int(p), Elem::Int(o)] => (
+                    i32::try_from(*p).map_err(|_| ApplyError::Corrupt(format!("{tag} partition {p}")))?,
+                    i64::try_from(*o).map_err(|_| ApplyError::Corrupt(format!("{tag} offset {o}")))?,
+                ),
+                _ => return Err(ApplyError::Corrupt(format!("{tag} key is not (partition, offset)"))),
+            };
+            let v = value::decode(&kv.value).map_err(|e| ApplyError::Corrupt(format!("{tag} value: {e}")))?;
+            out.push((partition, offset, v));
+        }
+        Ok(out)
+    }
+
+    /// Writes the `run_deleted` outbox event of a `delete_run` record.
+    fn record_deleted(&self, tx: &Transaction, run: &str, entry: &Entry, now: f64) -> Result<(), ApplyError> {
+        let event = run_deleted_event(run, now);
+        let bytes = value::encode(&event).map_err(|e| ApplyError::Corrupt(format!("outbox event: {e}")))?;
+        tx.set(&self.outbox_key(entry.partition, entry.offset), &bytes);
+        Ok(())
+    }
+}
+
+/// The control event `{"type":"run_deleted","timestamp":…,"payload":{"run_id":R}}` (§1.5).
+pub fn run_deleted_event(run: &str, now: f64) -> Value {
+    Value::Map(vec![
+        (Value::from("type"), Value::from("run_deleted")),
+        (Value::from("timestamp"), Value::Str(rfc3339_utc(now))),
+        (Value::from("payload"), Value::Map(vec![(Value::from("run_id"), Value::from(run))])),
+    ])
+}
+
+/// Formats POSIX seconds as RFC 3339 in UTC with microseconds, e.g. `2025-01-01T00:00:00.000000Z`.
+pub fn rfc3339_utc(secs: f64) -> String {
+    #[allow(clippy::cast_possible_truncation)]
+    let micros = (secs * 1e6).round() as i64;
+    let days = micros.div_euclid(86_400_000_000);
+    let rem = micros.rem_euclid(86_400_000_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (h, mi, s, us) = (rem / 3_600_000_000, rem / 60_000_000 % 60, rem / 1_000_000 % 60, rem % 1_000_000);
+    let mut out = String::with_capacity(27);
+    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z");
+    out
+}
+
+impl Scope<'_> {
+    async fn handle(&mut self, entry: &Entry, ids: &mut dyn FnMut(&IdRequest<'_>) -> String) -> Result<(), Fail> {
+        match &entry.message.payload {
+            Payload::CreateRun(p) => self.create_run(p).await,
+            Payload::LogMetric(p) => self.log_metric(p).await,
+            Payload::LogCustomObject(p) => self.log_custom_object(p).await,
+            Payload::LogHparams(p) => self.log_hparams(p).await,
+            Payload::FinishRun(p) => self.finish_run(p).await,
+            Payload::SetRunProperty(p) => self.set_run_property(p, entry, ids).await,
+            Payload::AddTag(p) => self.add_tag(p, entry, ids).await,
+            Payload::RemoveTag(p) => self.remove_tag(p).await,
+            Payload::LogTerminalLine(p) => self.log_terminal_line(p).await,
+            Payload::LogRecord(p) => self.log_record(p).await,
+            Payload::BlobRef(p) => self.blob_ref(p).await,
+            Payload::DeleteRun => {
+                // Pending trace info belongs to the run being deleted: write it before the clear.
+                self.flush_traces()?;
+                self.layout.delete_run(self.tx, self.run, self.now).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the run was created by `create_run` (or an auto-creating handler): its meta has
+    /// `created_at`. A partial meta written by other handlers does not count.
+    async fn established(&self) -> Result<bool, Fail> {
+        Ok(self.layout.runs.runs.meta_field(self.tx, self.run, "created_at").await?.is_some())
+    }
+
+    async fn create_run(&mut self, p: &CreateRun) -> Result<(), Fail> {
+        let runs = &self.layout.runs;
+        if self.established().await? {
+            // Resume, also without force_resume: a repeated create_run must not reset the run.
+            runs.update_meta(
+                self.tx,
+                self.run,
+                self.now,
+                &[("active", Value::Bool(true)), ("finalized_at", Value::Nil)],
+            )
+            .await?;
+            if let Some(ts) = p.client_datetime {
+                runs.update_meta(self.tx, self.run, self.now, &[("client_start_ts", Value::Float(ts))]).await?;
+            }
+        } else {
+            runs.create_run(self.tx, self.run, self.now, p.client_datetime).await?;
+        }
+        Ok(())
+    }
+
+    /// The auto-create of `set_run_property` and `add_tag`.
+    async fn ensure_run(&mut self) -> Result<(), Fail> {
+        if !self.established().await? {
+            self.layout.runs.create_run(self.tx, self.run, self.now, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the context key once per transaction; `ctx_bytes` is its encoding.
+    fn context(&mut self, ctx_id: u32, ctx_bytes: Option<&[u8]>) {
+        if let Some(bytes) = ctx_bytes {
+            let key = self.layout.runs.runs.key(self.run, &[Elem::from("contexts"), Elem::from(ctx_id)]);
+            self.tx.set(&key, bytes);
+            self.contexts.insert(ctx_id);
+        }
+    }
+
+    /// Encodes the context unless this transaction already wrote it.
+    fn context_bytes(&self, ctx_id: u32, ctx: &Value) -> Result<Option<Vec<u8>>, Fail> {
+        if self.contexts.contains(&ctx_id) { Ok(None) } else { encode(ctx).map(Some) }
+    }
+
+    /// One point of a sequence plus its context and trace, all values encoded before any write.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_point(
+        &mut self,
+        ctx_id: u32,
+        ctx: &Value,
+        name: &str,
+        step: Option<i64>,
+        epoch: Option<i64>,
+        val: &Value,
+        dtype: &str,
+        last: Option<&Value>,
+    ) -> Result<(), Fail> {
+        let val_bytes = encode(val)?;
+        if let Some(last) = last {
+            encode(last)?;
+        }
+        let ctx_bytes = self.context_bytes(ctx_id, ctx)?;
+        let id = SeqId { run: self.run, ctx_id, name };
+        let step = match step {
+            Some(s) => s,
+            None => self.layout.seqs.next_step(self.tx, id).await?,
+        };
+        self.context(ctx_id, ctx_bytes.as_deref());
+        self.layout.seqs.write(self.tx, id, &[SeqWrite { step, val: &val_bytes, epoch, time: self.now }]);
+        self.pend_trace(ctx_id, name, dtype, last, step);
+        Ok(())
+    }
+
+    fn pend_trace(&mut self, ctx_id: u32, name: &str, dtype: &str, last: Option<&Value>, step: i64) {
+        match self.trace_slots.get(&(ctx_id, name.to_string())) {
+            Some(&i) => {
+                let t = &mut self.traces[i];
+                dtype.clone_into(&mut t.dtype);
+                if let Some(last) = last {
+                    t.last = Some(last.clone());
+                }
+                t.last_step = step;
+            }
+            None => {
+                self.trace_slots.insert((ctx_id, name.to_string()), self.traces.len());
+                self.traces.push(PendingTrace {
+                    ctx_id,
+                    name: name.to_string(),
+                    dtype: dtype.to_string(),
+                    last: last.cloned(),
+                    last_step: step,
+                });
+            }
+        }
+    }
+
+    /// Writes the pending trace info and `("trace", name, R)` index entries.
+    fn flush_traces(&mut self) -> Result<(), Fail> {
+        for t in self.traces.drain(..) {
+            let trace = TraceInfo {
+                ctx_id: t.ctx_id,
+                name: &t.name,
+                dtype: &t.dtype,
+                last: t.last.as_ref(),
+                last_step: t.last_step,
+            };
+            self.layout.runs.record_trace(self.tx, self.run, &trace)?;
+        }
+        self.trace_slots.clear();
+        Ok(())
+    }
+
+    async fn log_metric(&mut self, p: &LogMetric) -> Result<(), Fail> {
+        // A null value (NaN/Inf at the gateway) is stored as nil and leaves `last` unchanged.
+        let last = (!matches!(p.value, Value::Nil)).then_some(&p.value);
+        self.write_point(p.context.id, &p.context.value, &p.name, p.step, p.epoch, &p.value, &p.dtype, last).await
+    }
+
+    async fn log_custom_object(&mut self, p: &LogCustomObject) -> Result<(), Fail> {
+        let zero = Value::Float(0.0);
+        self.write_point(p.context.id, &p.context.value, &p.name, p.step, p.epoch, &p.value, &p.dtype, Some(&zero))
+            .await
+    }
+
+    async fn log_terminal_line(&mut self, p: &LogTerminalLine) -> Result<(), Fail> {
+        let zero = Value::Float(0.0);
+        let line = Value::from(p.line.as_str());
+        self.write_point(0, &Value::Map(Vec::new()), "logs", Some(p.step), None, &line, "logs", Some(&zero)).await
+    }
+
+    async fn log_record(&mut self, p: &LogRecord) -> Result<(), Fail> {
+        let zero = Value::Float(0.0);
+        let record = Value::Map(vec![
+            (Value::from("message"), Value::from(p.message.as_str())),
+            (Value::from("log_level"), Value::Int(i128::from(p.level))),
+            (Value::from("timestamp"), p.timestamp.clone()),
+            (Value::from("args"), p.extra_args.clone().unwrap_or(Value::Nil)),
+            (Value::from("logger_info"), p.logger_info.clone().unwrap_or(Value::Nil)),
+        ]);
+        // Always the automatic step, whatever the client sent.
+        self.write_point(0, &Value::Map(Vec::new()), "__log_records", None, None, &record, "log_records", Some(&zero))
+            .await
+    }
+
+    async fn set_attrs(&mut self, path: &[String], node: &Value) -> Result<(), Fail> {
+        check_tree(path, node)?;
+        self.layout.runs.set_attrs(self.tx, self.run, path, node, self.now).await?;
+        Ok(())
+    }
+
+    async fn log_hparams(&mut self, p: &LogHparams) -> Result<(), Fail> {
+        let Value::Map(entries) = &p.value else { return Ok(()) };
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Walk down single-key objects: {"hparams": {"lr": 0.01}} sets path ("hparams", "lr").
+        let mut path = Vec::new();
+        let mut node = &p.value;
+        while let Value::Map(entries) = node {
+            match entries.as_slice() {
+                [(Value::Str(k), child)] => {
+                    path.push(k.clone());
+                    node = child;
+                }
+                _ => break,
+            }
+        }
+        if path.is_empty() {
+            // A multi-key top level: the reference calls set_attrs with an empty path, i.e. the
+            // whole attrs tree.
+            return self.set_attrs(&[], node).await;
+        }
+        self.set_attrs(&path, node).await
+    }
+
+    async fn blob_ref(&mut self, p: &BlobRef) -> Result<(), Fail> {
+        let node = Value::Map(vec![
+            (Value::from("s3_key"), Value::from(p.s3_key.as_str())),
+            (Value::from("content_type"), Value::from(p.content_type.as_str())),
+        ]);
+        self.set_attrs(&["__blobs__".to_string(), p.artifact_path.clone()], &node).await
+    }
+
+    async fn finish_run(&mut self, p: &FinishRun) -> Result<(), Fail> {
+        let runs = &self.layout.runs;
+        let number = |v: Option<Value>| match v {
+            Some(Value::Float(f)) => Some(f),
+            Some(Value::Int(i)) => Some(i as f64),
+            _ => None,
+        };
+        let start = number(runs.runs.meta_field(self.tx, self.run, "client_start_ts").await?);
+        let duration = match (p.client_datetime, start) {
+            (Some(finish), Some(start)) => Some((finish - start).max(0.0)),
+            _ => None,
+        };
+        let finalized_at = match duration {
+            Some(d) => number(runs.runs.meta_field(self.tx, self.run, "created_at").await?).unwrap_or(0.0) + d,
+            None => self.now,
+        };
+        let fields = [
+            ("active", Value::Bool(false)),
+            ("finalized_at", Value::Float(finalized_at)),
+            ("duration", duration.map_or(Value::Nil, Value::Float)),
+        ];
+        runs.update_meta(self.tx, self.run, self.now, &fields).await?;
+        Ok(())
+    }
+
+    /// Finds the entity named `name` or creates it with an id from `ids`.
+    async fn named(
+        &self,
+        kind: EntityKind,
+        name: &str,
+        entry: &Entry,
+        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+    ) -> Result<String, Fail> {
+        let system = &self.layout.system;
+        if let Some(uuid) = system.uuid_by_name(self.tx, kind, name).await? {
+            return Ok(uuid);
+        }
+        let uuid = ids(&IdRequest { kind, name, run: self.run, partition: entry.partition, offset: entry.offset });
+        system.create_named(self.tx, kind, &uuid, name, self.now, &[]).await?;
+        Ok(uuid)
+    }
+
+    async fn set_run_property(
+        &mut self,
+        p: &SetRunProperty,
+        entry: &Entry,
+        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+    ) -> Result<(), Fail> {
+        self.ensure_run().await?;
+        let mut fields: Vec<(&str, Value)> = Vec::new();
+        if let Some(name) = &p.name {
+            fields.push(("name", Value::from(name.as_str())));
+        }
+        if let Some(description) = &p.description {
+            fields.push(("description", Value::from(description.as_str())));
+        }
+        if let Some(archived) = p.archived {
+            fields.push(("is_archived", Value::Bool(archived)));
+        }
+        if !fields.is_empty() {
+            self.layout.runs.update_meta(self.tx, self.run, self.now, &fields).await?;
+        }
+        if let Some(experiment) = &p.experiment {
+            let uuid = self.named(EntityKind::Experiment, experiment, entry, ids).await?;
+            self.layout.system.link_experiment(self.tx, self.layout.indexes(), self.run, Some(&uuid)).await?;
+            let runs = &self.layout.runs.runs;
+            runs.set_meta(self.tx, self.run, "experiment_id", &Value::from(uuid.as_str()))?;
+            runs.set_meta(self.tx, self.run, "updated_at", &Value::Float(self.now))?;
+        }
+        Ok(())
+    }
+
+    async fn add_tag(
+        &mut self,
+        p: &TagChange,
+        entry: &Entry,
+        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+    ) -> Result<(), Fail> {
+        self.ensure_run().await?;
+        let tag = self.named(EntityKind::Tag, &p.tag_name, entry, ids).await?;
+        self.layout.system.link_tag(self.tx, self.layout.indexes(), self.run, &tag).await?;
+        self.layout.runs.runs.set_tag(self.tx, self.run, &tag)?;
+        Ok(())
+    }
+
+    async fn remove_tag(&mut self, p: &TagChange) -> Result<(), Fail> {
+        let Some(tag) = self.layout.system.uuid_by_name(self.tx, EntityKind::Tag, &p.tag_name).await? else {
+            tracing::warn!(run = %self.run, tag = %p.tag_name, "remove_tag of an unknown tag name ignored");
+            return Ok(());
+        };
+        self.layout.system.unlink_tag(self.tx, self.layout.indexes(), self.run, &tag).await?;
+        self.layout.runs.runs.clear_tag(self.tx, self.run, &tag);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc_with_micros() {
+        assert_eq!(rfc3339_utc(1_735_689_600.0), "2025-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_utc(1_795_294_210.641_486), "2026-11-21T20:50:10.641486Z");
+        assert_eq!(rfc3339_utc(0.0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339_utc(951_782_400.5), "2000-02-29T00:00:00.500000Z");
+    }
+
+    #[test]
+    fn position_uuid_is_deterministic_and_position_bound() {
+        let req = IdRequest { kind: EntityKind::Tag, name: "best", run: "r", partition: 1, offset: 7 };
+        let a = position_uuid(&req);
+        assert_eq!(a, position_uuid(&req));
+        assert_eq!(a.len(), 36);
+        assert_eq!(&a[14..15], "4", "version nibble of a v4 layout: {a}");
+        assert_ne!(a, position_uuid(&IdRequest { offset: 8, ..req }));
+        assert_ne!(a, position_uuid(&IdRequest { kind: EntityKind::Experiment, ..req }));
+    }
+}
