@@ -10,8 +10,8 @@
 mod params;
 mod projects;
 mod read;
-mod shape;
 mod runs;
+mod shape;
 
 use axum::Json;
 use axum::Router;

@@ -40,8 +40,9 @@ impl Params {
     pub fn bool(&self, key: &str, default: bool) -> Result<bool, ApiError> {
         match self.str(key) {
             None => Ok(default),
-            Some(v) => parse_bool(v)
-                .ok_or_else(|| ApiError::Validation("Input should be a valid boolean, unable to interpret input".into())),
+            Some(v) => parse_bool(v).ok_or_else(|| {
+                ApiError::Validation("Input should be a valid boolean, unable to interpret input".into())
+            }),
         }
     }
 
@@ -94,15 +95,13 @@ fn form_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;

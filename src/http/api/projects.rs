@@ -12,6 +12,9 @@ use super::params::Params;
 use super::read::{BUCKETS, Reader, RunData, bucket_of};
 use super::shape::{params as params_tree, to_json, to_stream};
 
+/// Sequence names of one bucket, each with its distinct contexts, in first-seen order.
+type Names = Vec<(String, Vec<Value>)>;
+
 /// The order of the buckets in the answer.
 const ORDER: [&str; 6] = ["metric", "images", "texts", "figures", "distributions", "audios"];
 
@@ -23,12 +26,10 @@ pub async fn params(State(state): State<AppState>, RawQuery(raw): RawQuery) -> R
     let params = Params::parse(raw.as_deref());
     let exclude_params = params.bool("exclude_params", false)?;
     let requested = params.all("sequence");
-    let wanted: Vec<&str> =
-        BUCKETS.iter().copied().filter(|b| requested.is_empty() || requested.contains(b)).collect();
+    let wanted: Vec<&str> = BUCKETS.iter().copied().filter(|b| requested.is_empty() || requested.contains(b)).collect();
     let mut reader = Reader::open(&state)?;
     let mut merged = Value::Map(Vec::new());
-    // Per bucket: (name, distinct contexts) in first-seen order.
-    let mut buckets: Vec<(&str, Vec<(String, Vec<Value>)>)> = ORDER.iter().map(|b| (*b, Vec::new())).collect();
+    let mut buckets: Vec<(&str, Names)> = ORDER.iter().map(|b| (*b, Vec::new())).collect();
     for hash in reader.all_runs().await? {
         let Some(run) = RunData::load(&mut reader, &hash, !exclude_params, !wanted.is_empty()).await? else {
             continue;

@@ -351,7 +351,9 @@ impl Reader {
             IndexPred::Hparam { name, op, value } => {
                 self.range(&[Elem::from("hparam"), Elem::from(name.as_str())], *op, value).await?
             }
-            IndexPred::CreatedAt { op, value } => self.range(&[Elem::from("created_at")], *op, &Elem::Float(*value)).await?,
+            IndexPred::CreatedAt { op, value } => {
+                self.range(&[Elem::from("created_at")], *op, &Elem::Float(*value)).await?
+            }
         };
         let mut seen = HashSet::new();
         Ok(runs.into_iter().filter(|r| seen.insert(r.clone())).collect())

@@ -230,7 +230,8 @@ pub async fn search_run(
         None => 0,
         Some(o) => matched.iter().position(|r| &r.hash == o).map_or(total, |i| i + 1),
     };
-    let end = if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
+    let end =
+        if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
     let page: Vec<(usize, RunData)> = matched.into_iter().enumerate().take(end).skip(start).collect();
     Ok(stream_response(move |out| async move { stream_runs(reader, page, total, opts, out).await }))
 }
@@ -354,9 +355,7 @@ fn parse_range(raw: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError
         if s.is_empty() {
             return Ok(None);
         }
-        super::params::parse_int(s)
-            .map(Some)
-            .ok_or_else(|| ApiError::Validation(format!("Invalid range bound: '{s}'")))
+        super::params::parse_int(s).map(Some).ok_or_else(|| ApiError::Validation(format!("Invalid range bound: '{s}'")))
     };
     Ok((side(a)?, side(b)?))
 }
@@ -530,7 +529,10 @@ async fn metric_object(
         if plan.metric_usage == MetricUsage::None {
             if matches(&query.expr, &run_scope(&view)) { candidates } else { Vec::new() }
         } else {
-            candidates.into_iter().filter(|t| matches(&query.expr, &sequence_scope(&view, "metric", &t.summary()))).collect()
+            candidates
+                .into_iter()
+                .filter(|t| matches(&query.expr, &sequence_scope(&view, "metric", &t.summary())))
+                .collect()
         }
     };
     if selected.is_empty() {
@@ -564,10 +566,7 @@ async fn metric_object(
             let (xv, xi) = if run.traces.iter().any(|x| x.ctx_id == t.ctx_id && &x.name == x_axis) {
                 let id = SeqId { run: hash, ctx_id: t.ctx_id, name: x_axis };
                 let xs = read_series(reader, id, (None, None), opts.p.max(1), Columns::default()).await?;
-                (
-                    xs.iter().map(|p| number(&point_value(&p.val))).collect(),
-                    xs.iter().map(|p| p.step as f64).collect(),
-                )
+                (xs.iter().map(|p| number(&point_value(&p.val))).collect(), xs.iter().map(|p| p.step as f64).collect())
             } else {
                 (Float64Array::new(), Float64Array::new())
             };

@@ -143,7 +143,9 @@ mod tests {
 
     #[test]
     fn params_drop_blobs_and_optionally_system_params() {
-        let attrs = Value::from(&serde_json::json!({"__blobs__": {"a": 1}, "__system_params": {"cpu": 2}, "hparams": {"lr": 0.1}}));
+        let attrs = Value::from(
+            &serde_json::json!({"__blobs__": {"a": 1}, "__system_params": {"cpu": 2}, "hparams": {"lr": 0.1}}),
+        );
         let all = to_json(&params(&attrs, false));
         assert_eq!(all, serde_json::json!({"__system_params": {"cpu": 2}, "hparams": {"lr": 0.1}}));
         assert_eq!(to_json(&params(&attrs, true)), serde_json::json!({"hparams": {"lr": 0.1}}));
