@@ -595,3 +595,23 @@ async fn metric_search_bad_query_is_a_400() {
     let a = get(&fx.state(), &format!("{R}/runs/search/metric?q={}", enc("metric.name ==="))).await;
     assert_envelope(&a, 400, "bad_request");
 }
+
+#[tokio::test]
+async fn run_search_flushes_each_run_as_its_own_chunk() {
+    use futures_util::StreamExt as _;
+    let fx = Fixture::new().await;
+    fx.run("b", "b", NOW + 1.0, json!(1)).await;
+    fx.run("c", "c", NOW + 2.0, json!(2)).await;
+    let req = Request::builder().uri(search("", "&report_progress=false")).body(Body::empty()).unwrap();
+    let resp = matyan::http::service(fx.state()).oneshot(req).await.unwrap();
+    assert!(resp.headers().get("content-length").is_none());
+    let mut chunks = Vec::new();
+    let mut body = resp.into_body().into_data_stream();
+    while let Some(chunk) = body.next().await {
+        chunks.push(chunk.unwrap());
+    }
+    assert_eq!(chunks.len(), 3);
+    for chunk in &chunks {
+        assert_eq!(decode_objects(chunk).unwrap().len(), 1);
+    }
+}

@@ -450,3 +450,28 @@ impl Trace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_past_its_keys_and_its_time() {
+        let mut budget = Budget::new(10, Duration::from_secs(60));
+        assert!(budget.charge(10).is_ok());
+        assert_eq!(budget.charge(1).unwrap_err().status().as_u16(), 400);
+        let mut late = Budget::new(10, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(late.charge(1).unwrap_err().message().contains("time limit"));
+    }
+
+    #[test]
+    fn dtypes_map_to_buckets_and_logs_are_hidden() {
+        assert_eq!(bucket_of("float"), Some("metric"));
+        assert_eq!(bucket_of("int"), Some("metric"));
+        assert_eq!(bucket_of("image"), Some("images"));
+        assert_eq!(bucket_of("figure"), Some("figures"));
+        assert_eq!(bucket_of("logs"), None);
+        assert_eq!(bucket_of("log_records"), None);
+    }
+}
