@@ -3,6 +3,7 @@
 //! - `health.rs`: `/health/live/`, `/health/ready/`;
 //! - `metrics.rs`: `/metrics/` (Prometheus exposition);
 //! - `admin.rs`: `/admin/…` operator routes, loopback clients only.
+//! - `api/`: the REST API under `/api/v1/rest` (one file per area);
 //! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO).
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
@@ -10,6 +11,7 @@
 //! CORS preflights and the UI's `fetch`).
 
 mod admin;
+pub mod api;
 mod health;
 mod metrics;
 pub mod stream;
@@ -35,7 +37,8 @@ pub fn router(state: AppState) -> Router {
     let mut router = Router::new()
         .route("/health/live/", get(health::live))
         .route("/health/ready/", get(health::ready))
-        .route("/admin/kv/dump/", get(admin::kv_dump));
+        .route("/admin/kv/dump/", get(admin::kv_dump))
+        .merge(api::routes());
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));
     }

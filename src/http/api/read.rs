@@ -1,0 +1,477 @@
+//! The read side of one REST request: one snapshot transaction, a work budget, and run data
+//! (meta, attributes, traces, contexts, tags, experiment) loaded from the Matyan layout.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::app::AppState;
+use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
+use crate::query::views::{RunView, TraceSummary};
+use crate::storage::kv::{RangeOption, Transaction};
+use crate::storage::layout::{EntityKind, Layout, LayoutError};
+use crate::storage::tuple::{self, Elem};
+use crate::storage::value::{self, Value};
+
+use super::ApiError;
+
+/// Keys one request may read before it is refused.
+pub const DEFAULT_MAX_KEYS: u64 = 50_000_000;
+/// How long one request may work before it is refused.
+pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(120);
+
+/// The work a request may still do: keys read and wall time.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    keys_left: u64,
+    deadline: Instant,
+}
+
+impl Budget {
+    /// A budget of `max_keys` keys and `max_time` from now.
+    pub fn new(max_keys: u64, max_time: Duration) -> Self {
+        Self { keys_left: max_keys, deadline: Instant::now() + max_time }
+    }
+
+    /// Charges `keys` keys read; fails once the keys or the time are spent.
+    pub fn charge(&mut self, keys: usize) -> Result<(), ApiError> {
+        let keys = u64::try_from(keys).unwrap_or(u64::MAX);
+        if keys > self.keys_left {
+            return Err(ApiError::Budget("too many keys read".into()));
+        }
+        self.keys_left -= keys;
+        if Instant::now() > self.deadline {
+            return Err(ApiError::Budget("time limit reached".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_KEYS, DEFAULT_MAX_TIME)
+    }
+}
+
+/// A run's meta leaves, typed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Meta {
+    /// `name`.
+    pub name: Option<String>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `created_at` (0 when missing).
+    pub created_at: f64,
+    /// `finalized_at`.
+    pub finalized_at: Option<f64>,
+    /// `duration` as the client reported it.
+    pub duration: Option<f64>,
+    /// `is_archived`.
+    pub archived: bool,
+    /// `active`.
+    pub active: bool,
+    /// `experiment_id`.
+    pub experiment_id: Option<String>,
+    /// `pending_deletion`.
+    pub pending_deletion: bool,
+}
+
+impl Meta {
+    fn from_value(v: &Value) -> Self {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
+        let f = |k: &str| v.get(k).and_then(Value::as_f64);
+        let b = |k: &str| matches!(v.get(k), Some(Value::Bool(true)));
+        Meta {
+            name: s("name"),
+            description: s("description"),
+            created_at: f("created_at").unwrap_or(0.0),
+            finalized_at: f("finalized_at"),
+            duration: f("duration"),
+            archived: b("is_archived"),
+            active: b("active"),
+            experiment_id: s("experiment_id"),
+            pending_deletion: b("pending_deletion"),
+        }
+    }
+}
+
+/// An experiment or tag as props show it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Entity {
+    /// The uuid.
+    pub id: String,
+    /// `name`.
+    pub name: Option<String>,
+    /// `description`.
+    pub description: Option<String>,
+    /// `color` (tags only).
+    pub color: Option<String>,
+}
+
+/// One trace of a run, in storage order (context id, then name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    /// Context id.
+    pub ctx_id: u32,
+    /// Sequence name.
+    pub name: String,
+    /// `dtype` (`float`, `image`, `logs`...), `""` when missing.
+    pub dtype: String,
+    /// The last value, `Nil` when unknown.
+    pub last: Value,
+    /// The last step, `Nil` when unknown.
+    pub last_step: Value,
+    /// The context dict (`{}` when the context is not stored).
+    pub context: Value,
+}
+
+/// The UI bucket of a trace dtype; `None` for the hidden `logs` and `log_records`.
+pub fn bucket_of(dtype: &str) -> Option<&'static str> {
+    Some(match dtype {
+        "image" => "images",
+        "text" => "texts",
+        "distribution" => "distributions",
+        "audio" => "audios",
+        "figure" => "figures",
+        "logs" | "log_records" => return None,
+        _ => "metric",
+    })
+}
+
+/// The six sequence buckets in the reference's order.
+pub const BUCKETS: [&str; 6] = ["metric", "images", "texts", "distributions", "audios", "figures"];
+
+/// Everything a route reads from storage, through one snapshot, within one budget. Caches
+/// experiments and tags, which many runs share.
+pub struct Reader {
+    tx: Transaction,
+    layout: Arc<Layout>,
+    budget: Budget,
+    experiments: HashMap<String, Option<Entity>>,
+    tags: HashMap<String, Option<Entity>>,
+}
+
+fn corrupt(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Storage(LayoutError::Corrupt(e.to_string()))
+}
+
+/// The number of leaves of a stored tree, what a tree read costs in keys.
+fn leaves(v: &Value) -> usize {
+    match v {
+        Value::Map(entries) => entries.iter().map(|(_, v)| leaves(v)).sum::<usize>().max(1),
+        _ => 1,
+    }
+}
+
+impl Reader {
+    /// Opens the request's snapshot.
+    pub fn open(state: &AppState) -> Result<Self, ApiError> {
+        Ok(Self {
+            tx: state.db.create_trx()?,
+            layout: state.layout.clone(),
+            budget: Budget::default(),
+            experiments: HashMap::new(),
+            tags: HashMap::new(),
+        })
+    }
+
+    /// Charges keys read to the request's budget.
+    pub fn charge(&mut self, keys: usize) -> Result<(), ApiError> {
+        self.budget.charge(keys)
+    }
+
+    /// The transaction, for sequence reads.
+    pub fn tx(&self) -> &Transaction {
+        &self.tx
+    }
+
+    /// The layout.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The run's meta, `None` when it has none.
+    pub async fn meta(&mut self, run: &str) -> Result<Option<Meta>, ApiError> {
+        let v = self.layout.runs.runs.tree_get(&self.tx, run, &[Elem::from("meta")], true).await?;
+        self.charge(v.as_ref().map_or(1, leaves))?;
+        Ok(v.as_ref().map(Meta::from_value))
+    }
+
+    /// The run's attribute tree (`{}` when it has none).
+    pub async fn attrs(&mut self, run: &str) -> Result<Value, ApiError> {
+        let v = self.layout.runs.runs.tree_get(&self.tx, run, &[Elem::from("attrs")], true).await?;
+        self.charge(v.as_ref().map_or(1, leaves))?;
+        Ok(match v {
+            Some(m @ Value::Map(_)) => m,
+            _ => Value::Map(Vec::new()),
+        })
+    }
+
+    /// The run's traces with their contexts, in storage order.
+    pub async fn traces(&mut self, run: &str) -> Result<Vec<Trace>, ApiError> {
+        let layout = self.layout.clone();
+        let runs = &layout.runs.runs;
+        let contexts_scope = [Elem::from("contexts")];
+        let (b, e) = runs.range(run, &contexts_scope);
+        let base = runs.key(run, &contexts_scope);
+        let kvs = self.tx.get_range(&RangeOption::new(b, e), true).await?;
+        self.charge(kvs.len())?;
+        let mut contexts: HashMap<i128, Value> = HashMap::new();
+        for kv in kvs {
+            if let [Elem::Int(id)] = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?.as_slice() {
+                contexts.insert(*id, value::decode(&kv.value).map_err(corrupt)?);
+            }
+        }
+        let traces_scope = [Elem::from("traces")];
+        let (b, e) = runs.range(run, &traces_scope);
+        let base = runs.key(run, &traces_scope);
+        let kvs = self.tx.get_range(&RangeOption::new(b, e), true).await?;
+        self.charge(kvs.len())?;
+        let mut out: Vec<Trace> = Vec::new();
+        for kv in kvs {
+            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?;
+            let [Elem::Int(ctx), Elem::Str(name), Elem::Str(field)] = rest.as_slice() else {
+                continue;
+            };
+            let ctx_id = u32::try_from(*ctx).map_err(|_| corrupt(format!("context id {ctx}")))?;
+            let v = value::decode(&kv.value).map_err(corrupt)?;
+            let trace = match out.last_mut() {
+                Some(t) if t.ctx_id == ctx_id && &t.name == name => t,
+                _ => {
+                    out.push(Trace {
+                        ctx_id,
+                        name: name.clone(),
+                        dtype: String::new(),
+                        last: Value::Nil,
+                        last_step: Value::Nil,
+                        context: contexts.get(ctx).cloned().unwrap_or(Value::Map(Vec::new())),
+                    });
+                    let Some(t) = out.last_mut() else { continue };
+                    t
+                }
+            };
+            match field.as_str() {
+                "dtype" => trace.dtype = v.as_str().unwrap_or_default().to_owned(),
+                "last" => trace.last = v,
+                "last_step" => trace.last_step = v,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// The run's tags (uuid order), each as the tag entity (name etc. `None` for a vanished tag).
+    pub async fn tags(&mut self, run: &str) -> Result<Vec<Entity>, ApiError> {
+        let uuids = self.layout.system.tags_of_run(&self.tx, run).await?;
+        self.charge(uuids.len())?;
+        let mut out = Vec::with_capacity(uuids.len());
+        for uuid in uuids {
+            if let Some(tag) = self.entity(EntityKind::Tag, &uuid).await? {
+                out.push(tag);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The experiment `uuid`, `None` when it does not exist.
+    pub async fn experiment(&mut self, uuid: Option<&str>) -> Result<Option<Entity>, ApiError> {
+        match uuid {
+            None => Ok(None),
+            Some(uuid) => self.entity(EntityKind::Experiment, uuid).await,
+        }
+    }
+
+    async fn entity(&mut self, kind: EntityKind, uuid: &str) -> Result<Option<Entity>, ApiError> {
+        let cache = if kind == EntityKind::Tag { &self.tags } else { &self.experiments };
+        if let Some(hit) = cache.get(uuid) {
+            return Ok(hit.clone());
+        }
+        let fields = self.layout.system.get(&self.tx, kind, uuid).await?;
+        self.charge(fields.as_ref().map_or(1, Vec::len))?;
+        let entity = fields.map(|fields| {
+            let s = |k: &str| fields.iter().find(|(f, _)| f == k).and_then(|(_, v)| v.as_str()).map(str::to_owned);
+            Entity { id: uuid.to_owned(), name: s("name"), description: s("description"), color: s("color") }
+        });
+        let cache = if kind == EntityKind::Tag { &mut self.tags } else { &mut self.experiments };
+        cache.insert(uuid.to_owned(), entity.clone());
+        Ok(entity)
+    }
+
+    /// Every run hash with data (storage order).
+    pub async fn all_runs(&mut self) -> Result<Vec<String>, ApiError> {
+        let hashes = self.layout.runs.runs.hashes(&self.tx, true).await?;
+        self.charge(hashes.len())?;
+        Ok(hashes)
+    }
+
+    /// The candidates of an index tree: runs in first-seen order, without duplicates.
+    pub async fn candidates(&mut self, index: &IndexExpr) -> Result<Vec<String>, ApiError> {
+        match index {
+            IndexExpr::Pred(p) => self.pred(p).await,
+            IndexExpr::And(children) => {
+                let mut acc: Option<Vec<String>> = None;
+                for child in children {
+                    let runs = Box::pin(self.candidates(child)).await?;
+                    acc = Some(match acc {
+                        None => runs,
+                        Some(prev) => {
+                            let keep: HashSet<&String> = runs.iter().collect();
+                            prev.into_iter().filter(|r| keep.contains(r)).collect()
+                        }
+                    });
+                    if acc.as_ref().is_some_and(Vec::is_empty) {
+                        break;
+                    }
+                }
+                Ok(acc.unwrap_or_default())
+            }
+            IndexExpr::Or(children) => {
+                let mut out = Vec::new();
+                let mut seen = HashSet::new();
+                for child in children {
+                    for run in Box::pin(self.candidates(child)).await? {
+                        if seen.insert(run.clone()) {
+                            out.push(run);
+                        }
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    async fn pred(&mut self, p: &IndexPred) -> Result<Vec<String>, ApiError> {
+        let runs = match p {
+            IndexPred::Hash(h) => vec![h.clone()],
+            IndexPred::Tag(name) => self.under(&[Elem::from("tag"), Elem::from(name.as_str())]).await?,
+            IndexPred::Experiment(name) => self.under(&[Elem::from("experiment"), Elem::from(name.as_str())]).await?,
+            IndexPred::Active(b) => self.under(&[Elem::from("active"), Elem::Bool(*b)]).await?,
+            IndexPred::Archived(b) => self.under(&[Elem::from("archived"), Elem::Bool(*b)]).await?,
+            IndexPred::TraceName(name) => self.under(&[Elem::from("trace"), Elem::from(name.as_str())]).await?,
+            IndexPred::Hparam { name, op, value } => {
+                self.range(&[Elem::from("hparam"), Elem::from(name.as_str())], *op, value).await?
+            }
+            IndexPred::CreatedAt { op, value } => {
+                self.range(&[Elem::from("created_at")], *op, &Elem::Float(*value)).await?
+            }
+        };
+        let mut seen = HashSet::new();
+        Ok(runs.into_iter().filter(|r| seen.insert(r.clone())).collect())
+    }
+
+    async fn under(&mut self, scope: &[Elem]) -> Result<Vec<String>, ApiError> {
+        let runs = self.layout.indexes().runs_under(&self.tx, scope, true).await?;
+        self.charge(runs.len().max(1))?;
+        Ok(runs)
+    }
+
+    /// A range over a typed index (§5.4): `<`/`<=` from the start of the scope up to the literal,
+    /// `>`/`>=` from the literal to the end; `>` drops the equal entries and `<=` adds them.
+    async fn range(&mut self, scope: &[Elem], op: RangeOp, v: &Elem) -> Result<Vec<String>, ApiError> {
+        let mut eq_scope = scope.to_vec();
+        eq_scope.push(v.clone());
+        let indexes = self.layout.runs.indexes.clone();
+        let runs = match op {
+            RangeOp::Eq => self.under(&eq_scope).await?,
+            RangeOp::Lt => indexes.runs_between(&self.tx, scope, None, Some(v), true).await?,
+            RangeOp::LtE => {
+                let mut runs = indexes.runs_between(&self.tx, scope, None, Some(v), true).await?;
+                runs.extend(self.under(&eq_scope).await?);
+                runs
+            }
+            RangeOp::GtE => indexes.runs_between(&self.tx, scope, Some(v), None, true).await?,
+            RangeOp::Gt => {
+                let all = indexes.runs_between(&self.tx, scope, Some(v), None, true).await?;
+                let equal: HashSet<String> = self.under(&eq_scope).await?.into_iter().collect();
+                all.into_iter().filter(|r| !equal.contains(r)).collect()
+            }
+        };
+        self.charge(runs.len())?;
+        Ok(runs)
+    }
+}
+
+/// A run as the routes show it: meta plus what the request needed of the rest.
+#[derive(Debug, Clone)]
+pub struct RunData {
+    /// The hash.
+    pub hash: String,
+    /// Meta.
+    pub meta: Meta,
+    /// The experiment, when the run has an existing one.
+    pub experiment: Option<Entity>,
+    /// Tags.
+    pub tags: Vec<Entity>,
+    /// The attribute tree (`{}` when not loaded).
+    pub attrs: Value,
+    /// Traces (empty when not loaded).
+    pub traces: Vec<Trace>,
+}
+
+impl RunData {
+    /// Loads meta, experiment and tags, and attributes and traces when asked; `None` when the
+    /// run has no meta.
+    pub async fn load(reader: &mut Reader, hash: &str, attrs: bool, traces: bool) -> Result<Option<Self>, ApiError> {
+        let Some(meta) = reader.meta(hash).await? else {
+            return Ok(None);
+        };
+        let experiment = reader.experiment(meta.experiment_id.as_deref()).await?;
+        let tags = reader.tags(hash).await?;
+        let attrs = if attrs { reader.attrs(hash).await? } else { Value::Map(Vec::new()) };
+        let traces = if traces { reader.traces(hash).await? } else { Vec::new() };
+        Ok(Some(RunData { hash: hash.to_owned(), meta, experiment, tags, attrs, traces }))
+    }
+
+    /// The view the query evaluator sees.
+    pub fn view(&self) -> RunView {
+        let mut view = RunView::new(&self.hash);
+        view.name = self.meta.name.clone();
+        view.description = self.meta.description.clone();
+        view.experiment = self.experiment.as_ref().and_then(|e| e.name.clone());
+        view.tags = self.tags.iter().filter_map(|t| t.name.clone()).collect();
+        view.created_at = self.meta.created_at;
+        view.finalized_at = self.meta.finalized_at;
+        view.active = self.meta.active;
+        view.archived = self.meta.archived;
+        view.attrs = self.attrs.clone();
+        view.traces = self.traces.iter().map(Trace::summary).collect();
+        view
+    }
+}
+
+impl Trace {
+    /// What the query sees of the trace.
+    pub fn summary(&self) -> TraceSummary {
+        TraceSummary {
+            name: self.name.clone(),
+            context: self.context.clone(),
+            last: self.last.clone(),
+            last_step: self.last_step.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_refuses_past_its_keys_and_its_time() {
+        let mut budget = Budget::new(10, Duration::from_secs(60));
+        assert!(budget.charge(10).is_ok());
+        assert_eq!(budget.charge(1).unwrap_err().status().as_u16(), 400);
+        let mut late = Budget::new(10, Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(late.charge(1).unwrap_err().message().contains("time limit"));
+    }
+
+    #[test]
+    fn dtypes_map_to_buckets_and_logs_are_hidden() {
+        assert_eq!(bucket_of("float"), Some("metric"));
+        assert_eq!(bucket_of("int"), Some("metric"));
+        assert_eq!(bucket_of("image"), Some("images"));
+        assert_eq!(bucket_of("figure"), Some("figures"));
+        assert_eq!(bucket_of("logs"), None);
+        assert_eq!(bucket_of("log_records"), None);
+    }
+}

@@ -1,0 +1,611 @@
+//! Run routes: `runs/{id}/info` (§4.6), `runs/search/run` (§4.1), `runs/{id}/metric/get-batch`
+//! (§4.5) and `runs/search/metric` (§4.2).
+//!
+//! Searches compile and plan the query, then collect and sort the matches before answering, so a
+//! bad query, a bad sort or an exhausted budget is a JSON error; the response then streams one
+//! object per run, each encoded and flushed as soon as it is loaded.
+
+use std::cmp::Ordering;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
+use crate::query::plan::{MetricUsage, Plan, plan};
+use crate::query::views::{run_scope, sequence_scope};
+use crate::query::{CompileOptions, Query, compile, matches};
+use crate::storage::context_id::context_to_id;
+use crate::storage::layout::{Columns, SeqId, sample_indices};
+use crate::storage::value::{self, Value};
+
+use super::ApiError;
+use super::params::{Params, tz_offset};
+use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of};
+use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
+
+/// The bucket for artifact URIs when `S3_BUCKET` is not set.
+const DEFAULT_BUCKET: &str = "matyan-artifacts";
+
+/// `GET runs/{run_id}/info/?skip_system=false&sequence=...`: params, traces by bucket, props and
+/// artifacts of one run; 404 when the run has no meta (pending deletion still answers).
+pub async fn run_info(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw.as_deref());
+    let skip_system = params.bool("skip_system", false)?;
+    let requested = params.all("sequence");
+    let mut buckets: Vec<&str> = Vec::new();
+    if requested.is_empty() {
+        buckets.extend(BUCKETS);
+    } else {
+        for name in requested {
+            if let Some(b) = BUCKETS.iter().find(|b| **b == name)
+                && !buckets.contains(b)
+            {
+                buckets.push(b);
+            }
+        }
+    }
+    let mut reader = Reader::open(&state)?;
+    let run = RunData::load(&mut reader, &run_id, true, true).await?.ok_or(ApiError::NotFound)?;
+    let mut traces: Vec<(&str, Vec<StreamValue>)> = buckets.iter().map(|b| (*b, Vec::new())).collect();
+    for t in &run.traces {
+        let Some(bucket) = bucket_of(&t.dtype) else { continue };
+        let Some((_, list)) = traces.iter_mut().find(|(b, _)| *b == bucket) else { continue };
+        // Non-metric traces carry the reference's constant 0.1 (§10 item 7): their stored `last` is
+        // an object, not a number, so there is nothing better to show.
+        let last = if bucket == "metric" { to_stream(&t.last) } else { StreamValue::Float(0.1) };
+        list.push(StreamValue::dict([
+            ("context", to_stream(&t.context)),
+            ("name", StreamValue::from(t.name.as_str())),
+            ("last_value", last),
+        ]));
+    }
+    let body = StreamValue::dict([
+        ("params", params_tree(&run.attrs, skip_system)),
+        ("traces", StreamValue::dict(traces.into_iter().map(|(b, l)| (b, StreamValue::List(l))))),
+        ("props", info_props(&run)),
+        ("artifacts", StreamValue::List(artifacts(&run.attrs))),
+    ]);
+    Ok(axum::Json(to_json(&body)).into_response())
+}
+
+/// The artifacts under `__blobs__`, minus sequence blobs (`seq/...`).
+fn artifacts(attrs: &Value) -> Vec<StreamValue> {
+    let Some(Value::Map(blobs)) = attrs.get("__blobs__") else {
+        return Vec::new();
+    };
+    let bucket = std::env::var("S3_BUCKET").unwrap_or_else(|_| DEFAULT_BUCKET.to_owned());
+    blobs
+        .iter()
+        .filter_map(|(path, blob)| {
+            let path = path.as_str()?;
+            if path.starts_with("seq/") {
+                return None;
+            }
+            let key = blob.get("s3_key").and_then(Value::as_str).unwrap_or(path);
+            let name = path.rsplit('/').next().unwrap_or(path);
+            Some(StreamValue::dict([
+                ("name", StreamValue::from(name)),
+                ("path", StreamValue::from(path)),
+                ("uri", StreamValue::from(format!("s3://{bucket}/{key}"))),
+            ]))
+        })
+        .collect()
+}
+
+/// A sort key of run search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SortField {
+    Run,
+    Experiment,
+    Hash,
+    Date,
+    Duration,
+    Description,
+    Creator,
+}
+
+/// Parses `sort` (§4.1 step 2): a JSON array of `{field, order}`; empty or not a non-empty array
+/// gives newest first.
+fn parse_sort(raw: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
+    let default = vec![(SortField::Date, true)];
+    if raw.is_empty() {
+        return Ok(default);
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| ApiError::BadRequest(format!("Invalid sort JSON: {e}")))?;
+    let Some(items) = parsed.as_array().filter(|a| !a.is_empty()) else {
+        return Ok(default);
+    };
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let field = item.get("field").and_then(|f| f.as_str()).unwrap_or_default();
+        let field = match field {
+            "run" => SortField::Run,
+            "experiment" => SortField::Experiment,
+            "hash" => SortField::Hash,
+            "date" => SortField::Date,
+            "duration" => SortField::Duration,
+            "description" => SortField::Description,
+            "creator" => SortField::Creator,
+            other => return Err(ApiError::BadRequest(format!("Unknown sort field: '{other}'"))),
+        };
+        let desc = match item.get("order").and_then(|o| o.as_str()).unwrap_or("asc") {
+            "asc" => false,
+            "desc" => true,
+            other => return Err(ApiError::BadRequest(format!("Invalid sort order: '{other}'"))),
+        };
+        out.push((field, desc));
+    }
+    Ok(out)
+}
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn compare(a: &RunData, b: &RunData, field: SortField, now: f64) -> Ordering {
+    let name = |r: &RunData| r.meta.name.clone().unwrap_or_default();
+    let exp = |r: &RunData| r.experiment.as_ref().and_then(|e| e.name.clone()).unwrap_or_default();
+    let dur = |r: &RunData| r.meta.finalized_at.unwrap_or(now) - r.meta.created_at;
+    match field {
+        SortField::Run => name(a).cmp(&name(b)),
+        SortField::Experiment => exp(a).cmp(&exp(b)),
+        SortField::Hash => a.hash.cmp(&b.hash),
+        SortField::Date => a.meta.created_at.total_cmp(&b.meta.created_at),
+        SortField::Duration => dur(a).total_cmp(&dur(b)),
+        SortField::Description => a.meta.description.cmp(&b.meta.description),
+        SortField::Creator => Ordering::Equal,
+    }
+}
+
+/// Compiles `q` with the request's timezone offset; a bad query is a 400.
+fn compile_query(params: &Params, headers: &HeaderMap) -> Result<Query, ApiError> {
+    let options = CompileOptions { tz_offset_minutes: tz_offset(headers)?, ..CompileOptions::default() };
+    Ok(compile(params.str("q").unwrap_or(""), &options)?)
+}
+
+/// The candidate runs of a plan (all runs when nothing is indexed) and whether they are exact.
+async fn candidates(reader: &mut Reader, plan: &Plan) -> Result<(Vec<String>, bool), ApiError> {
+    match &plan.index {
+        Some(index) => Ok((reader.candidates(index).await?, plan.exact)),
+        None => Ok((reader.all_runs().await?, false)),
+    }
+}
+
+/// `GET runs/search/run/`: the matching runs, sorted, after `offset`, at most `limit`, each as
+/// `{params, traces: {metric: [...]}, props}` in the stream codec.
+pub async fn search_run(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw.as_deref());
+    let query = compile_query(&params, &headers)?;
+    let limit = params.int("limit", 0)?;
+    let offset = params.str("offset").filter(|o| !o.is_empty()).map(str::to_owned);
+    let sort = parse_sort(params.str("sort").unwrap_or(""))?;
+    let opts = RunSearch {
+        skip_system: params.bool("skip_system", true)?,
+        report_progress: params.bool("report_progress", true)?,
+        exclude_params: params.bool("exclude_params", false)?,
+        exclude_traces: params.bool("exclude_traces", false)?,
+    };
+    let plan = plan(&query.expr);
+    let mut reader = Reader::open(&state)?;
+    let (hashes, exact) = candidates(&mut reader, &plan).await?;
+    let mut matched: Vec<RunData> = Vec::new();
+    for hash in hashes {
+        // Evaluation needs attributes and traces; exact candidates only need what sorting reads.
+        let Some(run) = RunData::load(&mut reader, &hash, !exact, !exact).await? else { continue };
+        if run.meta.pending_deletion {
+            continue;
+        }
+        if !exact && !matches(&query.expr, &run_scope(&Arc::new(run.view()))) {
+            continue;
+        }
+        matched.push(RunData { attrs: Value::Nil, traces: Vec::new(), ..run });
+    }
+    let now = now();
+    matched.sort_by(|a, b| {
+        sort.iter()
+            .map(|(field, desc)| {
+                let o = compare(a, b, *field, now);
+                if *desc { o.reverse() } else { o }
+            })
+            .find(|o| o.is_ne())
+            .unwrap_or(Ordering::Equal)
+    });
+    let total = matched.len();
+    let start = match &offset {
+        None => 0,
+        Some(o) => matched.iter().position(|r| &r.hash == o).map_or(total, |i| i + 1),
+    };
+    let end =
+        if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
+    let page: Vec<(usize, RunData)> = matched.into_iter().enumerate().take(end).skip(start).collect();
+    Ok(stream_response(move |out| async move { stream_runs(reader, page, total, opts, out).await }))
+}
+
+/// The flags of run search that shape each object.
+#[derive(Debug, Clone, Copy)]
+struct RunSearch {
+    skip_system: bool,
+    report_progress: bool,
+    exclude_params: bool,
+    exclude_traces: bool,
+}
+
+/// Where a streaming route writes; `send` fails once the client is gone.
+type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Sends what the encoder holds; `false` when the client is gone.
+async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
+    if enc.is_empty() {
+        return true;
+    }
+    out.send(Ok(Bytes::from(enc.take()))).await.is_ok()
+}
+
+/// Runs `produce` in its own task and answers with what it sends, as `application/octet-stream`.
+/// An error after the headers aborts the body, as the reference's streams do.
+fn stream_response<F, Fut>(produce: F) -> Response
+where
+    F: FnOnce(Out) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let errors = tx.clone();
+        if let Err(e) = produce(tx).await {
+            tracing::warn!(error = %e, "stream aborted");
+            let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+async fn stream_runs(
+    mut reader: Reader,
+    page: Vec<(usize, RunData)>,
+    total: usize,
+    opts: RunSearch,
+    out: Out,
+) -> Result<(), ApiError> {
+    let mut enc = StreamEncoder::new();
+    if opts.report_progress && total > 0 {
+        enc.progress(0, count(total));
+    }
+    for (position, mut run) in page {
+        run.attrs = if opts.exclude_params { Value::Map(Vec::new()) } else { reader.attrs(&run.hash).await? };
+        run.traces = if opts.exclude_traces { Vec::new() } else { reader.traces(&run.hash).await? };
+        let metrics: Vec<StreamValue> = run
+            .traces
+            .iter()
+            .filter(|t| bucket_of(&t.dtype) == Some("metric"))
+            .map(|t| {
+                let last = to_stream(&t.last);
+                StreamValue::dict([
+                    ("name", StreamValue::from(t.name.as_str())),
+                    ("context", to_stream(&t.context)),
+                    (
+                        "values",
+                        StreamValue::dict([
+                            ("last", last.clone()),
+                            ("last_step", to_stream(&t.last_step)),
+                            ("first", last.clone()),
+                            ("min", last.clone()),
+                            ("max", last),
+                        ]),
+                    ),
+                ])
+            })
+            .collect();
+        let params =
+            if opts.exclude_params { StreamValue::Dict(Vec::new()) } else { params_tree(&run.attrs, opts.skip_system) };
+        let object = StreamValue::dict([
+            ("params", params),
+            ("traces", StreamValue::dict([("metric", StreamValue::List(metrics))])),
+            ("props", stream_props(&run)),
+        ]);
+        enc.object(run.hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if opts.report_progress {
+            enc.progress(count(position + 1), count(total));
+        }
+        if !flush(&out, &mut enc).await {
+            return Ok(());
+        }
+    }
+    if opts.report_progress {
+        enc.progress_done();
+    }
+    flush(&out, &mut enc).await;
+    Ok(())
+}
+
+/// One requested trace of metric get-batch.
+#[derive(Debug, serde::Deserialize)]
+struct TraceRef {
+    name: String,
+    context: serde_json::Value,
+}
+
+/// Parses `start:stop` (half-open, either side empty); no `:` means the whole range (§10 item 20);
+/// a side that is not an integer is a 422.
+fn parse_range(raw: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
+    let Some((a, b)) = raw.and_then(|r| r.split_once(':')) else {
+        return Ok((None, None));
+    };
+    let side = |s: &str| -> Result<Option<i64>, ApiError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        super::params::parse_int(s).map(Some).ok_or_else(|| ApiError::Validation(format!("Invalid range bound: '{s}'")))
+    };
+    Ok((side(a)?, side(b)?))
+}
+
+/// Reads one series with `start <= step < stop`, sampled to at most `density` points (≤ 0: all).
+async fn read_series(
+    reader: &mut Reader,
+    id: SeqId<'_>,
+    (start, stop): (Option<i64>, Option<i64>),
+    density: i64,
+    cols: Columns,
+) -> Result<Vec<crate::storage::layout::SeqPoint>, ApiError> {
+    let end = match stop {
+        Some(s) if s <= i64::MIN + 1 => return Ok(Vec::new()),
+        Some(s) => Some(s - 1),
+        None => None,
+    };
+    if let (Some(a), Some(b)) = (start, end)
+        && a > b
+    {
+        return Ok(Vec::new());
+    }
+    let layout = reader.layout().clone();
+    let points = layout.seqs.read(reader.tx(), id, start, end, cols, true).await?;
+    reader.charge(points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time)))?;
+    if density <= 0 {
+        return Ok(points);
+    }
+    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
+    let keep = sample_indices(&steps, usize::try_from(density).unwrap_or(usize::MAX));
+    let mut points: Vec<Option<crate::storage::layout::SeqPoint>> = points.into_iter().map(Some).collect();
+    Ok(keep.into_iter().filter_map(|i| points.get_mut(i).and_then(Option::take)).collect())
+}
+
+fn point_value(bytes: &[u8]) -> Value {
+    value::decode(bytes).unwrap_or(Value::Nil)
+}
+
+/// `POST runs/{run_id}/metric/get-batch/?record_range=&record_density=50` with body
+/// `[{name, context}]`: `[{name, context, iters, values}]` for each trace that exists.
+pub async fn metric_get_batch(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    RawQuery(raw): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw.as_deref());
+    let range = parse_range(params.str("record_range"))?;
+    let density = params.int("record_density", 50)?;
+    let requested: Vec<TraceRef> =
+        serde_json::from_slice(&body).map_err(|e| ApiError::Validation(format!("Invalid request body: {e}")))?;
+    let mut reader = Reader::open(&state)?;
+    if reader.meta(&run_id).await?.is_none() {
+        return Err(ApiError::NotFound);
+    }
+    let traces = reader.traces(&run_id).await?;
+    let mut out = Vec::new();
+    for r in requested {
+        let ctx_id = context_to_id(&r.context);
+        let Some(trace) = traces.iter().find(|t| t.ctx_id == ctx_id && t.name == r.name) else { continue };
+        let id = SeqId { run: &run_id, ctx_id, name: &trace.name };
+        let points = read_series(&mut reader, id, range, density, Columns::default()).await?;
+        let iters: Vec<StreamValue> = points.iter().map(|p| StreamValue::Int(p.step)).collect();
+        let values: Vec<StreamValue> = points.iter().map(|p| to_stream(&point_value(&p.val))).collect();
+        out.push(StreamValue::dict([
+            ("name", StreamValue::from(trace.name.as_str())),
+            ("context", to_stream(&trace.context)),
+            ("iters", StreamValue::List(iters)),
+            ("values", StreamValue::List(values)),
+        ]));
+    }
+    Ok(axum::Json(to_json(&StreamValue::List(out))).into_response())
+}
+
+/// The flags of metric search.
+#[derive(Debug, Clone)]
+struct MetricSearch {
+    p: i64,
+    x_axis: Option<String>,
+    skip_system: bool,
+    report_progress: bool,
+}
+
+/// `GET runs/search/metric/?q=&p=50&x_axis=`: one object per run with matching metric traces,
+/// each trace with its sampled `values`, `iters`, `epochs`, `timestamps` (and x-axis) series.
+pub async fn search_metric(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let params = Params::parse(raw.as_deref());
+    let query = compile_query(&params, &headers)?;
+    let opts = MetricSearch {
+        p: params.int("p", 50)?,
+        x_axis: params.str("x_axis").filter(|x| !x.is_empty()).map(str::to_owned),
+        skip_system: params.bool("skip_system", true)?,
+        report_progress: params.bool("report_progress", true)?,
+    };
+    params.int("trace_chunk_size", 10)?;
+    let plan = plan(&query.expr);
+    let mut reader = Reader::open(&state)?;
+    let (hashes, exact) = if plan.metric_usage == MetricUsage::Other {
+        (reader.all_runs().await?, false)
+    } else {
+        candidates(&mut reader, &plan).await?
+    };
+    Ok(stream_response(move |out| async move { stream_metrics(reader, hashes, exact, query, plan, opts, out).await }))
+}
+
+async fn stream_metrics(
+    mut reader: Reader,
+    hashes: Vec<String>,
+    exact: bool,
+    query: Query,
+    plan: Plan,
+    opts: MetricSearch,
+    out: Out,
+) -> Result<(), ApiError> {
+    let mut enc = StreamEncoder::new();
+    let total = count(hashes.len());
+    if opts.report_progress {
+        enc.progress(0, total);
+    }
+    let mut seen = HashSet::new();
+    for (i, hash) in hashes.iter().enumerate() {
+        if !seen.insert(hash) {
+            continue;
+        }
+        if let Some(object) = metric_object(&mut reader, hash, exact, &query, &plan, &opts).await? {
+            if opts.report_progress {
+                enc.progress(count(i + 1), total);
+            }
+            enc.object(hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        } else if opts.report_progress {
+            enc.progress(count(i + 1), total);
+        }
+        if !flush(&out, &mut enc).await {
+            return Ok(());
+        }
+    }
+    if opts.report_progress {
+        enc.progress_done();
+    }
+    flush(&out, &mut enc).await;
+    Ok(())
+}
+
+/// The object of one run in metric search, `None` when no trace of it matches.
+async fn metric_object(
+    reader: &mut Reader,
+    hash: &str,
+    exact: bool,
+    query: &Query,
+    plan: &Plan,
+    opts: &MetricSearch,
+) -> Result<Option<StreamValue>, ApiError> {
+    let Some(run) = RunData::load(reader, hash, true, true).await? else { return Ok(None) };
+    if run.meta.pending_deletion {
+        return Ok(None);
+    }
+    let candidates: Vec<&Trace> = run
+        .traces
+        .iter()
+        .filter(|t| bucket_of(&t.dtype) == Some("metric"))
+        .filter(|t| plan.trace_names.as_ref().is_none_or(|names| names.contains(&t.name)))
+        .collect();
+    let selected: Vec<&Trace> = if exact {
+        candidates
+    } else {
+        let view = Arc::new(run.view());
+        if plan.metric_usage == MetricUsage::None {
+            if matches(&query.expr, &run_scope(&view)) { candidates } else { Vec::new() }
+        } else {
+            candidates
+                .into_iter()
+                .filter(|t| matches(&query.expr, &sequence_scope(&view, "metric", &t.summary())))
+                .collect()
+        }
+    };
+    if selected.is_empty() {
+        return Ok(None);
+    }
+    let cols = Columns { epoch: true, time: true };
+    let mut traces = Vec::with_capacity(selected.len());
+    for t in selected {
+        let id = SeqId { run: hash, ctx_id: t.ctx_id, name: &t.name };
+        let points = read_series(reader, id, (None, None), opts.p.max(1), cols).await?;
+        let values: Float64Array = points.iter().map(|p| number(&point_value(&p.val))).collect();
+        let iters: Float64Array = points.iter().map(|p| p.step as f64).collect();
+        // Epochs are sent only when every sampled point has one; timestamps always (§10 item 1).
+        let epochs: Float64Array = if points.iter().all(|p| p.epoch.is_some()) {
+            points.iter().filter_map(|p| p.epoch).map(|e| e as f64).collect()
+        } else {
+            Float64Array::new()
+        };
+        let timestamps: Float64Array = points.iter().map(|p| p.time.unwrap_or(f64::NAN)).collect();
+        let last_step = points.last().map_or(0, |p| p.step);
+        let mut entry = vec![
+            ("name", StreamValue::from(t.name.as_str())),
+            ("context", to_stream(&t.context)),
+            ("slice", StreamValue::list([StreamValue::Int(0), StreamValue::Int(last_step), StreamValue::Int(1)])),
+            ("values", StreamValue::from(values)),
+            ("iters", StreamValue::from(iters)),
+            ("epochs", StreamValue::from(epochs)),
+            ("timestamps", StreamValue::from(timestamps)),
+        ];
+        if let Some(x_axis) = &opts.x_axis {
+            let (xv, xi) = if run.traces.iter().any(|x| x.ctx_id == t.ctx_id && &x.name == x_axis) {
+                let id = SeqId { run: hash, ctx_id: t.ctx_id, name: x_axis };
+                let xs = read_series(reader, id, (None, None), opts.p.max(1), Columns::default()).await?;
+                (xs.iter().map(|p| number(&point_value(&p.val))).collect(), xs.iter().map(|p| p.step as f64).collect())
+            } else {
+                (Float64Array::new(), Float64Array::new())
+            };
+            entry.push(("x_axis_values", StreamValue::from(xv)));
+            entry.push(("x_axis_iters", StreamValue::from(xi)));
+        }
+        traces.push(StreamValue::dict(entry));
+    }
+    Ok(Some(StreamValue::dict([
+        ("params", params_tree(&run.attrs, opts.skip_system)),
+        ("traces", StreamValue::List(traces)),
+        ("props", stream_props(&run)),
+    ])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sort_defaults_to_newest_first_and_rejects_unknown_fields() {
+        assert_eq!(parse_sort("").ok(), Some(vec![(SortField::Date, true)]));
+        assert_eq!(parse_sort("[]").ok(), Some(vec![(SortField::Date, true)]));
+        assert_eq!(parse_sort("{}").ok(), Some(vec![(SortField::Date, true)]));
+        assert_eq!(
+            parse_sort(r#"[{"field":"experiment"},{"field":"run","order":"desc"}]"#).ok(),
+            Some(vec![(SortField::Experiment, false), (SortField::Run, true)])
+        );
+        assert_eq!(parse_sort(r#"[{"field":"zzz"}]"#).unwrap_err().message(), "Unknown sort field: 'zzz'");
+        assert_eq!(parse_sort(r#"[{"field":"run","order":"up"}]"#).unwrap_err().message(), "Invalid sort order: 'up'");
+        assert!(parse_sort("not json").unwrap_err().message().starts_with("Invalid sort JSON: "));
+    }
+
+    #[test]
+    fn ranges_are_half_open_and_need_a_colon() {
+        assert_eq!(parse_range(Some("1:3")).ok(), Some((Some(1), Some(3))));
+        assert_eq!(parse_range(Some(":3")).ok(), Some((None, Some(3))));
+        assert_eq!(parse_range(Some("2,8")).ok(), Some((None, None)));
+        assert_eq!(parse_range(None).ok(), Some((None, None)));
+        assert_eq!(parse_range(Some("a:3")).unwrap_err().status().as_u16(), 422);
+    }
+}
