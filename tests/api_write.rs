@@ -466,3 +466,35 @@ async fn write_routes_answer_without_a_trailing_slash_and_wrong_methods_are_405(
     assert_eq!(fx.call("GET", &format!("{R}/runs/delete-batch"), None).await.status, 405);
     assert_eq!(fx.call("POST", &format!("{R}/runs/{RUN}/tags/new"), Some(r#"{"tag_name":"a"}"#)).await.status, 200);
 }
+
+#[tokio::test]
+async fn oversized_ids_names_and_tags_are_a_4xx_never_a_500() {
+    let fx = Fixture::new().await;
+    let long_id = "r".repeat(20_000);
+    let huge = "x".repeat(200_000);
+    let cases: Vec<(&str, String, Option<String>)> = vec![
+        ("GET", format!("{R}/runs/{long_id}/info/"), None),
+        ("DELETE", format!("{R}/runs/{long_id}/"), None),
+        ("PUT", format!("{R}/runs/{long_id}/"), Some(r#"{"name":"a"}"#.to_owned())),
+        ("POST", format!("{R}/runs/{long_id}/clear-tombstone/"), None),
+        ("POST", format!("{R}/runs/delete-batch/"), Some(json!([long_id]).to_string())),
+        ("POST", format!("{R}/runs/{long_id}/tags/new/"), Some(r#"{"tag_name":"a"}"#.to_owned())),
+        ("PUT", format!("{R}/runs/{RUN}/"), Some(json!({"name": huge}).to_string())),
+        ("PUT", format!("{R}/runs/{RUN}/"), Some(json!({"experiment": huge}).to_string())),
+        ("POST", format!("{R}/runs/{RUN}/tags/new/"), Some(json!({"tag_name": huge}).to_string())),
+        ("DELETE", format!("{R}/runs/{RUN}/tags/{long_id}/"), None),
+        ("GET", format!("{R}/runs/{long_id}/logs/"), None),
+        ("GET", format!("{R}/runs/{long_id}/log-records/"), None),
+        ("POST", format!("{R}/runs/{long_id}/texts/get-batch/"), Some(r#"[{"name":"a","context":{}}]"#.to_owned())),
+    ];
+    for (method, uri, body) in cases {
+        let a = fx.call(method, &uri, body.as_deref()).await;
+        assert!(
+            a.status < 500,
+            "{method} {} -> {}: {}",
+            &uri[..80.min(uri.len())],
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+}

@@ -6,6 +6,9 @@
 //! publishing step; [`sink`] picks the implementation. Today it is [`EmbeddedQueueSink`], appending
 //! to the embedded queue `matyan serve` consumes; a Kafka producer can implement the same trait.
 //!
+//! The sink opens its own queue handle per call, so an [`crate::ingest::EmbeddedSource`] of the
+//! same process sees the append at its next poll rather than through the in-process wake-up.
+//!
 //! Decisions (documented deviations from the reference):
 //! - A failed `delete_run` append answers 500 instead of being logged and swallowed: the run would
 //!   otherwise stay hidden and never be purged. The mark is idempotent, so the client may retry.

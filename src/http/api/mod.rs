@@ -110,8 +110,22 @@ impl From<SyntaxError> for ApiError {
 }
 
 impl ApiError {
+    /// Whether storage refused a key or value for its size: the request carried an oversized id
+    /// or text, a client error rather than a server one.
+    fn too_large(&self) -> bool {
+        let kv = |e: &KvError| matches!(e, KvError::KeyTooLarge { .. } | KvError::ValueTooLarge { .. });
+        match self {
+            ApiError::Storage(LayoutError::Kv(e)) | ApiError::Publish(QueueError::Kv(e)) => kv(e),
+            ApiError::Publish(QueueError::RecordTooLarge { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// The HTTP status of the error.
     pub fn status(&self) -> StatusCode {
+        if self.too_large() {
+            return StatusCode::BAD_REQUEST;
+        }
         match self {
             ApiError::BadRequest(_) | ApiError::Budget(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -122,6 +136,13 @@ impl ApiError {
 
     /// The message sent to the client; storage details stay in the log.
     pub fn message(&self) -> String {
+        if self.too_large() {
+            let detail = match self {
+                ApiError::Storage(LayoutError::Kv(e)) | ApiError::Publish(QueueError::Kv(e)) => e.to_string(),
+                other => other.to_string(),
+            };
+            return format!("Request too large: {detail}");
+        }
         match self {
             ApiError::Storage(_) | ApiError::Publish(_) => "Internal server error".to_owned(),
             other => other.to_string(),
@@ -173,6 +194,9 @@ mod tests {
             assert_eq!(err.status().as_u16(), status);
             assert_eq!(error_code(err.status()), code);
         }
+        let big = ApiError::Storage(LayoutError::Kv(KvError::KeyTooLarge { size: 20_000, limit: 10_000 }));
+        assert_eq!(big.status().as_u16(), 400);
+        assert!(big.message().starts_with("Request too large: "), "{}", big.message());
         assert_eq!(ApiError::NotFound.message(), "Not Found");
         assert_eq!(ApiError::Storage(LayoutError::Corrupt("c".into())).message(), "Internal server error");
     }

@@ -522,7 +522,11 @@ async fn get_step(
             read_series(&mut reader, id, (Some(step), Some(step.saturating_add(1))), 0, Columns::default()).await?;
         let Some(point) = points.first() else { continue };
         let v = point_value(&point.val);
-        let (values, n) = if kind.is_list() { step_items(kind, &v, &window) } else { (vec![kind.dump(&v, 0)], 1) };
+        // As the reference does, only a stored list is sliced; a single item is sent as is.
+        let (values, n) = match &v {
+            Value::Array(_) if kind.is_list() => step_items(kind, &v, &window),
+            _ => (vec![kind.dump(&v, 0)], 1),
+        };
         views.push(view(kind, &r, values, &points, bounds, &window, n, Some(step)));
     }
     Ok(stream_response(move |out| stream_views(views, out)))
