@@ -5,11 +5,25 @@
 //! - `read.rs`: one snapshot per request, a work budget, and run data loaded from storage;
 //! - `shape.rs`: props, params trees and value conversions shared by the routes;
 //! - `runs.rs`: run info, run search, metric get-batch and metric search (§4.1, §4.2, §4.5, §4.6);
-//! - `projects.rs`: project params (§6.6).
+//! - `projects.rs`: project params (§6.6);
+//! - `body.rs`: JSON request bodies (a 422 for anything malformed);
+//! - `run_write.rs`: run mutations and run ↔ tag links (§6.1, §6.2);
+//! - `control.rs`: where run mutations publish their events (the embedded ingestion queue);
+//! - `logs.rs`: terminal logs and structured log records (§4.7);
+//! - `align.rs`: metric alignment on a custom x-axis (§4.3);
+//! - `active.rs`: active runs (§4.4);
+//! - `objects.rs`: custom-object searches, get-batch and get-step (§4.8).
 
+mod active;
+mod align;
+mod body;
+mod control;
+mod logs;
+mod objects;
 mod params;
 mod projects;
 mod read;
+mod run_write;
 mod runs;
 mod shape;
 
@@ -17,10 +31,11 @@ use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, put};
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::ingest::queue::QueueError;
 use crate::query::SyntaxError;
 use crate::storage::kv::KvError;
 use crate::storage::layout::LayoutError;
@@ -37,6 +52,18 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/search/metric/", get(runs::search_metric))
         .route("/runs/{run_id}/info/", get(runs::run_info))
         .route("/runs/{run_id}/metric/get-batch/", post(runs::metric_get_batch))
+        .route("/runs/{run_id}/", put(run_write::update_run).delete(run_write::delete_run))
+        .route("/runs/delete-batch/", post(run_write::delete_batch))
+        .route("/runs/archive-batch/", post(run_write::archive_batch))
+        .route("/runs/finish-batch/", post(run_write::finish_batch))
+        .route("/runs/{run_id}/clear-tombstone/", post(run_write::clear_tombstone))
+        .route("/runs/{run_id}/tags/new/", post(run_write::add_tag))
+        .route("/runs/{run_id}/tags/{tag_id}/", delete(run_write::remove_tag))
+        .route("/runs/{run_id}/logs/", get(logs::logs))
+        .route("/runs/{run_id}/log-records/", get(logs::log_records))
+        .route("/runs/search/metric/align/", post(align::align))
+        .route("/runs/active/", get(active::active_runs))
+        .merge(objects::routes())
         .route("/projects/params/", get(projects::params));
     Router::new().nest(PREFIX, rest)
 }
@@ -59,6 +86,9 @@ pub enum ApiError {
     /// Storage failed or holds data that does not decode.
     #[error("storage: {0}")]
     Storage(#[from] LayoutError),
+    /// An event the request must publish (a run's `delete_run`) could not be queued.
+    #[error("publish: {0}")]
+    Publish(#[from] QueueError),
 }
 
 impl From<KvError> for ApiError {
@@ -80,20 +110,41 @@ impl From<SyntaxError> for ApiError {
 }
 
 impl ApiError {
+    /// Whether storage refused a key or value for its size: the request carried an oversized id
+    /// or text, a client error rather than a server one.
+    fn too_large(&self) -> bool {
+        let kv = |e: &KvError| matches!(e, KvError::KeyTooLarge { .. } | KvError::ValueTooLarge { .. });
+        match self {
+            ApiError::Storage(LayoutError::Kv(e)) | ApiError::Publish(QueueError::Kv(e)) => kv(e),
+            ApiError::Publish(QueueError::RecordTooLarge { .. }) => true,
+            _ => false,
+        }
+    }
+
     /// The HTTP status of the error.
     pub fn status(&self) -> StatusCode {
+        if self.too_large() {
+            return StatusCode::BAD_REQUEST;
+        }
         match self {
             ApiError::BadRequest(_) | ApiError::Budget(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Storage(_) | ApiError::Publish(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// The message sent to the client; storage details stay in the log.
     pub fn message(&self) -> String {
+        if self.too_large() {
+            let detail = match self {
+                ApiError::Storage(LayoutError::Kv(e)) | ApiError::Publish(QueueError::Kv(e)) => e.to_string(),
+                other => other.to_string(),
+            };
+            return format!("Request too large: {detail}");
+        }
         match self {
-            ApiError::Storage(_) => "Internal server error".to_owned(),
+            ApiError::Storage(_) | ApiError::Publish(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
     }
@@ -137,11 +188,15 @@ mod tests {
             (ApiError::Validation("Field required".into()), 422, "validation_error"),
             (ApiError::Budget("keys".into()), 400, "bad_request"),
             (ApiError::Storage(LayoutError::Corrupt("c".into())), 500, "internal_error"),
+            (ApiError::Publish(QueueError::InvalidOffset { offset: -1 }), 500, "internal_error"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);
             assert_eq!(error_code(err.status()), code);
         }
+        let big = ApiError::Storage(LayoutError::Kv(KvError::KeyTooLarge { size: 20_000, limit: 10_000 }));
+        assert_eq!(big.status().as_u16(), 400);
+        assert!(big.message().starts_with("Request too large: "), "{}", big.message());
         assert_eq!(ApiError::NotFound.message(), "Not Found");
         assert_eq!(ApiError::Storage(LayoutError::Corrupt("c".into())).message(), "Internal server error");
     }

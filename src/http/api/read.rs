@@ -9,7 +9,7 @@ use crate::app::AppState;
 use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
 use crate::query::views::{RunView, TraceSummary};
 use crate::storage::kv::{RangeOption, Transaction};
-use crate::storage::layout::{EntityKind, Layout, LayoutError};
+use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId};
 use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
 
@@ -295,6 +295,25 @@ impl Reader {
         let cache = if kind == EntityKind::Tag { &mut self.tags } else { &mut self.experiments };
         cache.insert(uuid.to_owned(), entity.clone());
         Ok(entity)
+    }
+
+    /// The first and last step of a sequence, `None` when it has no points (two one-key reads).
+    pub async fn step_bounds(&mut self, id: SeqId<'_>) -> Result<Option<(i64, i64)>, ApiError> {
+        let prefix = self.layout.seqs.column_prefix(id, "val");
+        let (b, e) = tuple::range(&prefix, &[]);
+        let first = self.tx.get_range(&RangeOption::new(b.clone(), e.clone()).limit(1), true).await?;
+        let last = self.tx.get_range(&RangeOption::new(b, e).reverse(true).limit(1), true).await?;
+        self.charge(2)?;
+        let step = |key: &[u8]| -> Result<i64, ApiError> {
+            match tuple::unpack(&key[prefix.len()..]).map_err(corrupt)?.as_slice() {
+                [Elem::Int(i)] => i64::try_from(*i).map_err(|_| corrupt(format!("step {i}"))),
+                other => Err(corrupt(format!("sequence key {other:?}"))),
+            }
+        };
+        match (first.first(), last.first()) {
+            (Some(f), Some(l)) => Ok(Some((step(&f.key)?, step(&l.key)?))),
+            _ => Ok(None),
+        }
     }
 
     /// Every run hash with data (storage order).

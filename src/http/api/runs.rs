@@ -149,7 +149,7 @@ fn parse_sort(raw: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
     Ok(out)
 }
 
-fn now() -> f64 {
+pub(super) fn now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
@@ -169,13 +169,13 @@ fn compare(a: &RunData, b: &RunData, field: SortField, now: f64) -> Ordering {
 }
 
 /// Compiles `q` with the request's timezone offset; a bad query is a 400.
-fn compile_query(params: &Params, headers: &HeaderMap) -> Result<Query, ApiError> {
+pub(super) fn compile_query(params: &Params, headers: &HeaderMap) -> Result<Query, ApiError> {
     let options = CompileOptions { tz_offset_minutes: tz_offset(headers)?, ..CompileOptions::default() };
     Ok(compile(params.str("q").unwrap_or(""), &options)?)
 }
 
 /// The candidate runs of a plan (all runs when nothing is indexed) and whether they are exact.
-async fn candidates(reader: &mut Reader, plan: &Plan) -> Result<(Vec<String>, bool), ApiError> {
+pub(super) async fn candidates(reader: &mut Reader, plan: &Plan) -> Result<(Vec<String>, bool), ApiError> {
     match &plan.index {
         Some(index) => Ok((reader.candidates(index).await?, plan.exact)),
         None => Ok((reader.all_runs().await?, false)),
@@ -246,10 +246,10 @@ struct RunSearch {
 }
 
 /// Where a streaming route writes; `send` fails once the client is gone.
-type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
+pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
 /// Sends what the encoder holds; `false` when the client is gone.
-async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
+pub(super) async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
     if enc.is_empty() {
         return true;
     }
@@ -258,7 +258,7 @@ async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
 
 /// Runs `produce` in its own task and answers with what it sends, as `application/octet-stream`.
 /// An error after the headers aborts the body, as the reference's streams do.
-fn stream_response<F, Fut>(produce: F) -> Response
+pub(super) fn stream_response<F, Fut>(produce: F) -> Response
 where
     F: FnOnce(Out) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
@@ -275,7 +275,7 @@ where
     ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
 }
 
-fn count(n: usize) -> i64 {
+pub(super) fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -339,14 +339,16 @@ async fn stream_runs(
 
 /// One requested trace of metric get-batch.
 #[derive(Debug, serde::Deserialize)]
-struct TraceRef {
-    name: String,
-    context: serde_json::Value,
+pub(super) struct TraceRef {
+    /// The trace name.
+    pub name: String,
+    /// The trace context.
+    pub context: serde_json::Value,
 }
 
 /// Parses `start:stop` (half-open, either side empty); no `:` means the whole range (§10 item 20);
 /// a side that is not an integer is a 422.
-fn parse_range(raw: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
+pub(super) fn parse_range(raw: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError> {
     let Some((a, b)) = raw.and_then(|r| r.split_once(':')) else {
         return Ok((None, None));
     };
@@ -361,7 +363,7 @@ fn parse_range(raw: Option<&str>) -> Result<(Option<i64>, Option<i64>), ApiError
 }
 
 /// Reads one series with `start <= step < stop`, sampled to at most `density` points (≤ 0: all).
-async fn read_series(
+pub(super) async fn read_series(
     reader: &mut Reader,
     id: SeqId<'_>,
     (start, stop): (Option<i64>, Option<i64>),
@@ -390,7 +392,7 @@ async fn read_series(
     Ok(keep.into_iter().filter_map(|i| points.get_mut(i).and_then(Option::take)).collect())
 }
 
-fn point_value(bytes: &[u8]) -> Value {
+pub(super) fn point_value(bytes: &[u8]) -> Value {
     value::decode(bytes).unwrap_or(Value::Nil)
 }
 
