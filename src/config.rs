@@ -117,12 +117,21 @@ pub struct IngestConfig {
     pub max_txn_bytes: u64,
     pub max_messages_per_txn: u32,
     pub max_txn_age_ms: u64,
+    /// Time without records after which a run actor stops (its batch is empty by then).
+    pub run_idle_timeout_ms: u64,
+    /// Enables `POST /admin/chaos/kill/` (also `matyan serve --chaos`).
+    pub chaos: bool,
 }
 
 impl IngestConfig {
     /// The age budget as a duration.
     pub fn max_txn_age(&self) -> Duration {
         Duration::from_millis(self.max_txn_age_ms)
+    }
+
+    /// The run actors' idle timeout as a duration.
+    pub fn run_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.run_idle_timeout_ms)
     }
 }
 
@@ -326,6 +335,9 @@ impl Config {
         }
         if ingest.max_messages_per_txn == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_messages_per_txn" });
+        }
+        if ingest.run_idle_timeout_ms == 0 {
+            errors.push(ValidationError::Zero { key: "ingest.run_idle_timeout_ms" });
         }
         if ingest.max_txn_age_ms == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_txn_age_ms" });
