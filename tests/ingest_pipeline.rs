@@ -51,7 +51,7 @@ type Rec = (Option<Vec<u8>>, Vec<u8>, i64);
 
 async fn append(queue: &Queue, records: &[Rec]) {
     for chunk in records.chunks(1_000) {
-        let batch: Vec<(Option<&[u8]>, &[u8], i64)> =
+        let batch: Vec<matyan::ingest::queue::AppendRecord<'_>> =
             chunk.iter().map(|(k, v, t)| (k.as_deref(), v.as_slice(), *t)).collect();
         queue.append(&batch).await.unwrap();
     }
@@ -73,7 +73,7 @@ fn golden_records() -> Vec<Rec> {
 }
 
 fn run_id(i: usize) -> String {
-    format!("{:032x}", 0xC0FFEE_0000_u64 + i as u64)
+    format!("{:032x}", 0x00C0_FFEE_0000_u64 + i as u64)
 }
 
 fn record(run: &str, body: serde_json::Value) -> Rec {
@@ -169,10 +169,8 @@ async fn check_run(store: &Store, run: &str, expected: i64) -> usize {
     let id = SeqId { run, ctx_id: context_to_id(&json!({})), name: "m" };
     let cols = Columns { epoch: false, time: false };
     let points = store.layout.seqs.read(&tx, id, None, None, cols, true).await.unwrap();
-    let got: Vec<(i64, i64)> = points
-        .iter()
-        .map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap() as i64))
-        .collect();
+    let got: Vec<(i64, i64)> =
+        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap() as i64)).collect();
     let want: Vec<(i64, i64)> = (0..expected).map(|i| (i, i)).collect();
     if got != want {
         let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
@@ -248,7 +246,11 @@ async fn golden_10k_through_the_pipeline_give_the_keys_of_a_direct_apply() {
         assert_eq!(points.len(), 5_000);
         total += points.len();
         let trace = |field: &str| {
-            store.layout.runs.runs.key(&run, &[Elem::from("traces"), Elem::from(ctx_id), Elem::from("loss"), Elem::from(field)])
+            store
+                .layout
+                .runs
+                .runs
+                .key(&run, &[Elem::from("traces"), Elem::from(ctx_id), Elem::from("loss"), Elem::from(field)])
         };
         let last_step = tx.get(&trace("last_step"), true).await.unwrap().map(|b| value::decode(&b).unwrap());
         assert_eq!(last_step, Some(Value::Int(4_999)));
@@ -414,7 +416,8 @@ fn committed_via_admin(addr: std::net::SocketAddr) -> BTreeMap<i64, i64> {
     let (status, body) = common::server::get(addr, "/admin/kv/dump/?dir=ours&prefix=%5B%22consumer%22%5D&raw=true");
     assert_eq!(status, 200, "{body}");
     let mut out = BTreeMap::new();
-    for line in body.lines().filter(|l| !l.trim().is_empty()) {
+    // The body is chunked; chunk-size lines are not JSON objects.
+    for line in body.lines().map(str::trim).filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         let key = v["key"].as_array().unwrap();
         let partition = key[3].as_i64().unwrap();
@@ -444,8 +447,11 @@ fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing()
     let addr = common::server::wait_for_addr(&mut server, &data_dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let committed = committed_via_admin(addr);
-        if committed.values().sum::<i64>() > 0 {
+        let committed = committed_via_admin(addr).values().sum::<i64>();
+        if committed > 0 {
+            let total: i64 = ends.values().sum();
+            println!("kill -9 with {committed} of {total} records committed");
+            assert!(committed < total, "the stream ended before the kill");
             break;
         }
         assert!(Instant::now() < deadline, "nothing committed in time");

@@ -69,9 +69,7 @@ impl KillTarget {
                 .ok_or_else(|| PipelineError::InvalidTarget("target=run needs run=".to_owned())),
             "source" => Ok(KillTarget::Source),
             "random" => Ok(KillTarget::Random),
-            other => Err(PipelineError::InvalidTarget(format!(
-                "{other:?}: expected partition, run, source or random"
-            ))),
+            other => Err(PipelineError::InvalidTarget(format!("{other:?}: expected partition, run, source or random"))),
         }
     }
 }
@@ -163,7 +161,12 @@ impl IngestPipeline {
             let _ = done_tx.send(());
         })?;
         Ok(PipelineHandle {
-            inner: Arc::new(Inner { control: control_tx, stats, done: Mutex::new(Some(done_rx)), thread: Mutex::new(Some(thread)) }),
+            inner: Arc::new(Inner {
+                control: control_tx,
+                stats,
+                done: Mutex::new(Some(done_rx)),
+                thread: Mutex::new(Some(thread)),
+            }),
         })
     }
 }

@@ -313,7 +313,12 @@ pub async fn flush_batches(flusher: Flusher, run: String, batches: Vec<Batch>) -
             let started = Instant::now();
             match apply_once(&flusher, &run, &entries).await {
                 Ok((outcome, txn_bytes, retries)) => {
-                    crate::metrics::ingest_flush(reason.as_str(), estimated, txn_bytes, started.elapsed().as_secs_f64());
+                    crate::metrics::ingest_flush(
+                        reason.as_str(),
+                        estimated,
+                        txn_bytes,
+                        started.elapsed().as_secs_f64(),
+                    );
                     if retries > 0 {
                         crate::metrics::ingest_retries(retries);
                     }

@@ -256,7 +256,14 @@ impl<S: Source + 'static> Supervisor<S> {
         if count {
             self.stats.note_restart(actor, cause);
         }
-        tracing::info!(partition, epoch = group.epoch, actor, cause, delay_ms = delay.as_millis() as u64, "partition group stopped, restart scheduled");
+        tracing::info!(
+            partition,
+            epoch = group.epoch,
+            actor,
+            cause,
+            delay_ms = delay.as_millis() as u64,
+            "partition group stopped, restart scheduled"
+        );
         self.pending.insert(partition, now + delay);
     }
 

@@ -142,7 +142,13 @@ async fn start_ingest(state: &AppState) -> anyhow::Result<PipelineHandle> {
     )
     .context("cannot start the ingest pipeline")?;
     matyan::actors::pipeline::set_serving(Some(pipeline.clone()));
-    tracing::info!(topic, partitions, group = INGESTION_GROUP, chaos = state.config.ingest.chaos, "ingest pipeline consuming the embedded queue");
+    tracing::info!(
+        topic,
+        partitions,
+        group = INGESTION_GROUP,
+        chaos = state.config.ingest.chaos,
+        "ingest pipeline consuming the embedded queue"
+    );
     Ok(pipeline)
 }
 
