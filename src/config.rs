@@ -456,12 +456,22 @@ mod tests {
         assert_eq!(c.ingest.max_txn_bytes, 1_000_000);
         assert_eq!(c.ingest.max_messages_per_txn, 100);
         assert_eq!(c.ingest.max_txn_age(), Duration::from_secs(1));
+        assert_eq!(c.ingest.run_idle_timeout(), Duration::from_secs(30));
+        assert!(!c.ingest.chaos, "chaos is off unless asked for");
         assert_eq!(c.storage.retry.max_attempts, 5);
         assert_eq!(c.storage.retry.options().retry_limit, 4);
         assert_eq!(c.kafka.data_ingestion_topic, "data-ingestion");
         assert_eq!(c.kafka.control_events_topic, "control-events");
         assert!(c.metrics.enabled);
         assert_eq!(c.server.cors_origins.len(), 6);
+    }
+
+    #[test]
+    fn ingest_chaos_and_idle_timeout_are_configurable_and_a_zero_timeout_is_rejected() {
+        let c = Config::from_toml_str("f.toml", "[ingest]\nchaos = true\nrun_idle_timeout_ms = 0\n").unwrap();
+        assert!(c.ingest.chaos);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.run_idle_timeout_ms: must be at least 1"), "{err}");
     }
 
     #[test]

@@ -414,3 +414,51 @@ async fn dead_letter(flusher: &Flusher, entry: &Entry, reason: &str, detail: Str
         })
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode;
+    use crate::storage::kv::Limits;
+    use crate::storage::layout::Layout;
+
+    fn entry(offset: i64, body: serde_json::Value) -> Entry {
+        let mut m = serde_json::json!({"run_id": "r1", "timestamp": "2026-01-01T00:00:00Z"});
+        for (k, v) in body.as_object().expect("object") {
+            m[k] = v.clone();
+        }
+        let message = decode(&serde_json::to_vec(&m).expect("json")).expect("decodes");
+        Entry { partition: 0, offset, message }
+    }
+
+    #[tokio::test]
+    async fn flush_triggers_split_on_transaction_too_large_and_dead_letters_a_lone_oversize_entry() {
+        let limits = Limits { max_txn_bytes: 20_000, ..Limits::FDB };
+        let db = Database::memory_with_limits(limits);
+        let layout = Layout::open(&db).await.expect("layout");
+        let flusher =
+            Flusher { db, applier: Applier::new(layout.clone()), retry: RetryOptions::default(), stats: Stats::new() };
+        let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
+        for i in 1..=60 {
+            let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});
+            entries.push(entry(i, serde_json::json!({"type": "log_metric", "payload": payload})));
+        }
+        let line = "x".repeat(30_000);
+        entries.push(entry(61, serde_json::json!({"type": "log_terminal_line", "payload": {"line": line, "step": 0}})));
+        entries.push(entry(62, serde_json::json!({"type": "finish_run", "payload": {}})));
+        let batch = Batch { reason: FlushReason::Shutdown, estimated_bytes: 0, entries };
+
+        let flushed =
+            flush_batches(flusher.clone(), "r1".to_owned(), vec![batch]).await.map_err(|f| f.error).expect("flush");
+
+        assert_eq!(flushed, (0..=62).collect::<Vec<i64>>(), "every offset is accounted for, in order");
+        let tx = flusher.db.create_trx().expect("tx");
+        let letters = flusher.applier.dead_letters(&tx, 0).await.expect("letters");
+        assert_eq!(letters.len(), 1);
+        assert_eq!((letters[0].partition, letters[0].offset), (0, 61));
+        assert_eq!(flusher.applier.checkpoint(&tx, "r1", 0).await.expect("checkpoint"), Some(62));
+        let counters = flusher.stats.snapshot();
+        assert!(counters.flushes["shutdown"] >= 3, "the batch was split: {counters:?}");
+        assert_eq!((counters.applied, counters.dead_letters), (62, 1));
+    }
+}
