@@ -117,12 +117,21 @@ pub struct IngestConfig {
     pub max_txn_bytes: u64,
     pub max_messages_per_txn: u32,
     pub max_txn_age_ms: u64,
+    /// Time without records after which a run actor stops (its batch is empty by then).
+    pub run_idle_timeout_ms: u64,
+    /// Enables `POST /admin/chaos/kill/` (also `matyan serve --chaos`).
+    pub chaos: bool,
 }
 
 impl IngestConfig {
     /// The age budget as a duration.
     pub fn max_txn_age(&self) -> Duration {
         Duration::from_millis(self.max_txn_age_ms)
+    }
+
+    /// The run actors' idle timeout as a duration.
+    pub fn run_idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.run_idle_timeout_ms)
     }
 }
 
@@ -327,6 +336,9 @@ impl Config {
         if ingest.max_messages_per_txn == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_messages_per_txn" });
         }
+        if ingest.run_idle_timeout_ms == 0 {
+            errors.push(ValidationError::Zero { key: "ingest.run_idle_timeout_ms" });
+        }
         if ingest.max_txn_age_ms == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_txn_age_ms" });
         } else if ingest.max_txn_age_ms >= FDB_TXN_LIFETIME_MS {
@@ -444,12 +456,22 @@ mod tests {
         assert_eq!(c.ingest.max_txn_bytes, 1_000_000);
         assert_eq!(c.ingest.max_messages_per_txn, 100);
         assert_eq!(c.ingest.max_txn_age(), Duration::from_secs(1));
+        assert_eq!(c.ingest.run_idle_timeout(), Duration::from_secs(30));
+        assert!(!c.ingest.chaos, "chaos is off unless asked for");
         assert_eq!(c.storage.retry.max_attempts, 5);
         assert_eq!(c.storage.retry.options().retry_limit, 4);
         assert_eq!(c.kafka.data_ingestion_topic, "data-ingestion");
         assert_eq!(c.kafka.control_events_topic, "control-events");
         assert!(c.metrics.enabled);
         assert_eq!(c.server.cors_origins.len(), 6);
+    }
+
+    #[test]
+    fn ingest_chaos_and_idle_timeout_are_configurable_and_a_zero_timeout_is_rejected() {
+        let c = Config::from_toml_str("f.toml", "[ingest]\nchaos = true\nrun_idle_timeout_ms = 0\n").unwrap();
+        assert!(c.ingest.chaos);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.run_idle_timeout_ms: must be at least 1"), "{err}");
     }
 
     #[test]

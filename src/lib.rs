@@ -9,11 +9,13 @@
 //!   the reference's byte codecs and the Matyan key layout on top;
 //! - [`ingest`]: ingestion's pure parts: message decoding, size estimates, Kafka's partitioner,
 //!   the `RunBatch` flush policy (actors and sources come next);
+//! - [`actors`]: the supervised ingest pipeline (partition and run actors) behind `PipelineHandle`;
 //! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`bench`]: benchmarks that print figures.
 //!
 //! The binary's command-line glue lives in `src/main.rs` and `src/cli/`.
+pub mod actors;
 pub mod app;
 pub mod bench;
 pub mod config;

@@ -18,6 +18,47 @@ pub const HEALTH_READY_CHECKS_TOTAL: &str = "matyan_health_ready_checks_total";
 /// `matyan_storage_txn_retries_total{error}`: KV transaction retries by FoundationDB error name.
 pub const STORAGE_TXN_RETRIES_TOTAL: &str = "matyan_storage_txn_retries_total";
 
+/// `matyan_ingestion_messages_consumed_total`: records returned by the source (the reference's name).
+pub const INGESTION_MESSAGES_CONSUMED_TOTAL: &str = "matyan_ingestion_messages_consumed_total";
+/// `matyan_ingestion_messages_processed_total{message_type}`: messages applied or skipped for a
+/// tombstone in a committed transaction (the reference's name; replays are not counted).
+pub const INGESTION_MESSAGES_PROCESSED_TOTAL: &str = "matyan_ingestion_messages_processed_total";
+/// `matyan_ingestion_processing_errors_total{error_type}`: failed flushes or records by
+/// `fdb`, `validation`, `unknown`, `txn_too_large_split` (the reference's name).
+pub const INGESTION_PROCESSING_ERRORS_TOTAL: &str = "matyan_ingestion_processing_errors_total";
+/// `matyan_ingestion_batch_size`: records per non-empty poll (the reference's name).
+pub const INGESTION_BATCH_SIZE: &str = "matyan_ingestion_batch_size";
+/// `matyan_ingestion_batch_processing_seconds`: time to decode and route one poll's records (the
+/// reference's name).
+pub const INGESTION_BATCH_PROCESSING_SECONDS: &str = "matyan_ingestion_batch_processing_seconds";
+/// `matyan_ingestion_txn_estimated_bytes`: §1.10 estimate of each committed batch (the reference's name).
+pub const INGESTION_TXN_ESTIMATED_BYTES: &str = "matyan_ingestion_txn_estimated_bytes";
+/// `matyan_ingestion_fdb_retries_total`: retries of ingest transactions (the reference's name).
+pub const INGESTION_FDB_RETRIES_TOTAL: &str = "matyan_ingestion_fdb_retries_total";
+/// `matyan_ingest_flushes_total{reason}`: run batches flushed, by [`FlushReason`](crate::ingest::FlushReason).
+pub const INGEST_FLUSHES_TOTAL: &str = "matyan_ingest_flushes_total";
+/// `matyan_ingest_txn_bytes`: approximate size of each committed ingest transaction.
+pub const INGEST_TXN_BYTES: &str = "matyan_ingest_txn_bytes";
+/// `matyan_ingest_txn_seconds`: duration of each ingest flush transaction, retries included.
+pub const INGEST_TXN_SECONDS: &str = "matyan_ingest_txn_seconds";
+/// `matyan_ingest_dead_letters_total{reason}`: records dead-lettered, by bounded reason.
+pub const INGEST_DEAD_LETTERS_TOTAL: &str = "matyan_ingest_dead_letters_total";
+/// `matyan_ingest_consumer_lag{partition}`: records received from the source and not yet
+/// committed (highest offset seen + 1 − committed offset), per partition.
+pub const INGEST_CONSUMER_LAG: &str = "matyan_ingest_consumer_lag";
+/// `matyan_ingest_active_run_actors`: live run actors.
+pub const INGEST_ACTIVE_RUN_ACTORS: &str = "matyan_ingest_active_run_actors";
+/// `matyan_ingest_actor_restarts_total{actor,cause}`: supervisor restarts by actor kind and cause.
+pub const INGEST_ACTOR_RESTARTS_TOTAL: &str = "matyan_ingest_actor_restarts_total";
+/// `matyan_ingest_backpressure_seconds_total`: time the source loop waited on full mailboxes
+/// (not polling the source meanwhile).
+pub const INGEST_BACKPRESSURE_SECONDS_TOTAL: &str = "matyan_ingest_backpressure_seconds_total";
+
+/// The reference's `batch_size` buckets.
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0];
+/// The reference's `txn_estimated_bytes` buckets (also used for `matyan_ingest_txn_bytes`).
+const TXN_BYTES_BUCKETS: &[f64] = &[1e5, 5e5, 1e6, 2e6, 4e6, 8e6, 1e7];
+
 /// The reference's HTTP duration buckets: 5 ms to 10 s.
 const HTTP_DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -26,6 +67,11 @@ const HTTP_DURATION_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_DURATION_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(INGESTION_BATCH_SIZE.to_owned()), BATCH_SIZE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(INGESTION_BATCH_PROCESSING_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(INGESTION_TXN_ESTIMATED_BYTES.to_owned()), TXN_BYTES_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(INGEST_TXN_BYTES.to_owned()), TXN_BYTES_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(INGEST_TXN_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -42,6 +88,21 @@ pub fn describe() {
     );
     describe_counter!(HEALTH_READY_CHECKS_TOTAL, "readiness probes by result");
     describe_counter!(STORAGE_TXN_RETRIES_TOTAL, "kv transaction retries by foundationdb error name");
+    describe_counter!(INGESTION_MESSAGES_CONSUMED_TOTAL, "records returned by the ingest source");
+    describe_counter!(INGESTION_MESSAGES_PROCESSED_TOTAL, "messages applied in committed ingest transactions by type");
+    describe_counter!(INGESTION_PROCESSING_ERRORS_TOTAL, "ingest failures by error type");
+    describe_histogram!(INGESTION_BATCH_SIZE, Unit::Count, "records per non-empty poll");
+    describe_histogram!(INGESTION_BATCH_PROCESSING_SECONDS, Unit::Seconds, "time to decode and route one poll");
+    describe_histogram!(INGESTION_TXN_ESTIMATED_BYTES, Unit::Bytes, "estimated bytes of each committed ingest batch");
+    describe_counter!(INGESTION_FDB_RETRIES_TOTAL, "retries of ingest transactions");
+    describe_counter!(INGEST_FLUSHES_TOTAL, "run batches flushed by reason");
+    describe_histogram!(INGEST_TXN_BYTES, Unit::Bytes, "approximate size of each committed ingest transaction");
+    describe_histogram!(INGEST_TXN_SECONDS, Unit::Seconds, "duration of each ingest flush transaction");
+    describe_counter!(INGEST_DEAD_LETTERS_TOTAL, "records dead-lettered by reason");
+    describe_gauge!(INGEST_CONSUMER_LAG, "records received and not yet committed, by partition");
+    describe_gauge!(INGEST_ACTIVE_RUN_ACTORS, "live run actors");
+    describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
+    describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");
 }
 
 /// Sets `matyan_build_info{version}` to 1.
@@ -73,4 +134,66 @@ pub fn health_ready(ok: bool) {
 /// Counts a KV transaction retry by FoundationDB error name.
 pub fn kv_retry(error: &'static str) {
     counter!(STORAGE_TXN_RETRIES_TOTAL, "error" => error).increment(1);
+}
+
+/// Counts records returned by one non-empty poll and observes the poll's size.
+pub fn ingest_polled(records: usize) {
+    counter!(INGESTION_MESSAGES_CONSUMED_TOTAL).increment(records as u64);
+    histogram!(INGESTION_BATCH_SIZE).record(records as f64);
+}
+
+/// Observes the time taken to decode and route one poll's records.
+pub fn ingest_batch_processed(seconds: f64) {
+    histogram!(INGESTION_BATCH_PROCESSING_SECONDS).record(seconds);
+}
+
+/// Counts messages of one type processed in a committed transaction. `message_type` is one of the
+/// bounded wire names.
+pub fn ingest_processed(message_type: &'static str, count: u64) {
+    counter!(INGESTION_MESSAGES_PROCESSED_TOTAL, "message_type" => message_type).increment(count);
+}
+
+/// Counts one ingest failure; `error_type` is `fdb`, `validation`, `unknown` or `txn_too_large_split`.
+pub fn ingest_error(error_type: &'static str) {
+    counter!(INGESTION_PROCESSING_ERRORS_TOTAL, "error_type" => error_type).increment(1);
+}
+
+/// Records one committed flush: its reason, estimated and approximate bytes, and duration.
+pub fn ingest_flush(reason: &'static str, estimated_bytes: usize, txn_bytes: usize, seconds: f64) {
+    counter!(INGEST_FLUSHES_TOTAL, "reason" => reason).increment(1);
+    histogram!(INGESTION_TXN_ESTIMATED_BYTES).record(estimated_bytes as f64);
+    histogram!(INGEST_TXN_BYTES).record(txn_bytes as f64);
+    histogram!(INGEST_TXN_SECONDS).record(seconds);
+}
+
+/// Counts retries of ingest transactions.
+pub fn ingest_retries(count: u64) {
+    counter!(INGESTION_FDB_RETRIES_TOTAL).increment(count);
+}
+
+/// Counts one dead-lettered record by bounded reason.
+pub fn ingest_dead_letter(reason: &'static str) {
+    counter!(INGEST_DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Sets the lag of one partition (the partition count is bounded by the topic).
+pub fn ingest_consumer_lag(partition: i32, lag: i64) {
+    gauge!(INGEST_CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Sets the number of live run actors.
+pub fn ingest_active_run_actors(count: usize) {
+    gauge!(INGEST_ACTIVE_RUN_ACTORS).set(count as f64);
+}
+
+/// Counts one supervisor restart; `actor` is `source`, `partition` or `run`, `cause` a bounded word.
+pub fn ingest_actor_restart(actor: &'static str, cause: &'static str) {
+    counter!(INGEST_ACTOR_RESTARTS_TOTAL, "actor" => actor, "cause" => cause).increment(1);
+}
+
+/// Adds time the source loop waited on full mailboxes.
+pub fn ingest_backpressure(seconds: f64) {
+    // A gauge only increased: the `metrics` crate's counters are integers, and whole seconds would
+    // hide short waits.
+    gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL).increment(seconds);
 }

@@ -6,7 +6,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::Args;
+use std::sync::Arc;
+
+use matyan::actors::{IngestPipeline, PipelineConfig, PipelineHandle};
 use matyan::app::AppState;
+use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
+use matyan::ingest::{EmbeddedSource, Queue};
 use tokio::net::TcpListener;
 
 use super::ConfigArgs;
@@ -28,6 +33,9 @@ pub struct ServeArgs {
     /// Port to listen on; 0 picks a free one [default: server.port, i.e. 53800].
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Enables the chaos admin route `POST /admin/chaos/kill/` [default: ingest.chaos].
+    #[arg(long)]
+    pub chaos: bool,
 }
 
 /// Runs the server until a shutdown signal, then removes `serve.addr` and closes the store.
@@ -38,6 +46,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         if let Some(port) = args.port {
             c.server.port = port;
+        }
+        if args.chaos {
+            c.ingest.chaos = true;
         }
     })?;
     let handle = if config.metrics.enabled {
@@ -66,6 +77,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open {backend} storage (data dir {})", data_dir.display()))?;
     tracing::info!(backend, engine = state.db.backend(), data_dir = %data_dir.display(), "storage open");
+    let pipeline = start_ingest(&state).await?;
 
     let listener =
         TcpListener::bind((host.as_str(), port)).await.with_context(|| format!("cannot listen on {host}:{port}"))?;
@@ -98,11 +110,46 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Err(e) = std::fs::remove_file(&addr_file) {
         tracing::warn!(error = %e, path = %addr_file.display(), "cannot remove address file");
     }
+    // Ingestion stops before the store closes: every run flushed, every watermark committed.
+    matyan::actors::pipeline::set_serving(None);
+    let drained = pipeline.shutdown().await;
     served.context("http server failed")?;
+    drained.context("ingest pipeline did not shut down cleanly")?;
     // The router (and with it the last handle on the store) was dropped when serving ended: every
     // committed transaction is already synced, so dropping closes the store cleanly.
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the embedded queue's ingestion topic (created with 6 partitions if absent) and starts the
+/// ingest pipeline on it as the consumer group `ingestion-workers`.
+async fn start_ingest(state: &AppState) -> anyhow::Result<PipelineHandle> {
+    let topic = state.config.kafka.data_ingestion_topic.as_str();
+    let ours = &state.layout.dirs.ours;
+    let queue = match Queue::open_existing(&state.db, ours, topic).await? {
+        Some(queue) => queue,
+        None => Queue::open(&state.db, ours, topic, DEFAULT_PARTITIONS).await?,
+    };
+    let partitions = queue.partitions();
+    let source = EmbeddedSource::new(queue, INGESTION_GROUP)
+        .await
+        .with_context(|| format!("cannot open the consumer of topic {topic:?}"))?;
+    let pipeline = IngestPipeline::start(
+        state.db.clone(),
+        (*state.layout).clone(),
+        Arc::new(source),
+        PipelineConfig::from_config(&state.config),
+    )
+    .context("cannot start the ingest pipeline")?;
+    matyan::actors::pipeline::set_serving(Some(pipeline.clone()));
+    tracing::info!(
+        topic,
+        partitions,
+        group = INGESTION_GROUP,
+        chaos = state.config.ingest.chaos,
+        "ingest pipeline consuming the embedded queue"
+    );
+    Ok(pipeline)
 }
 
 /// An address a client on this machine can connect to: a wildcard bind becomes loopback.

@@ -3,6 +3,9 @@
 //!
 //! - `GET /admin/kv/dump/?dir=&prefix=&raw=`: the `matyan kv dump` lines, streamed; this is how
 //!   the command reads a store that a running `matyan serve` holds open.
+//! - `POST /admin/chaos/kill/?target=partition|run|source|random&partition=&run=`: kills an ingest
+//!   actor without flushing (chaos drills), when `[ingest] chaos` or `matyan serve --chaos` enabled
+//!   it; answers what was killed and the pipeline's counters.
 
 use std::net::SocketAddr;
 
@@ -14,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::actors::KillTarget;
 use crate::app::AppState;
 use crate::storage::dump::{DumpCursor, DumpRequest};
 use crate::storage::tuple;
@@ -55,4 +59,41 @@ pub async fn kv_dump(
         async move { Ok::<_, crate::storage::dump::DumpError>(cursor.next_chunk(&db).await?.map(|chunk| (chunk, cursor))) }
     });
     ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
+}
+
+/// Query of the chaos route.
+#[derive(Debug, Deserialize)]
+pub struct ChaosQuery {
+    target: String,
+    partition: Option<i32>,
+    run: Option<String>,
+}
+
+/// Kills the chosen ingest actor; 404 unless chaos is enabled, 503 without a running pipeline.
+pub async fn chaos_kill(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<ChaosQuery>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return error(StatusCode::FORBIDDEN, "admin routes answer loopback clients only".into());
+    }
+    if !state.config.ingest.chaos {
+        return error(StatusCode::NOT_FOUND, "chaos is disabled: set [ingest] chaos = true or pass --chaos".into());
+    }
+    let target = match KillTarget::parse(&q.target, q.partition, q.run.as_deref()) {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let Some(pipeline) = crate::actors::pipeline::serving() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no ingest pipeline runs in this process".into());
+    };
+    match pipeline.kill(target).await {
+        Ok(killed) => {
+            tracing::warn!(killed = %killed, "chaos kill");
+            Json(json!({ "killed": killed, "counters": pipeline.counters() })).into_response()
+        }
+        Err(e @ crate::actors::PipelineError::NoSuchTarget(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
 }

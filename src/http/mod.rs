@@ -38,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/live/", get(health::live))
         .route("/health/ready/", get(health::ready))
         .route("/admin/kv/dump/", get(admin::kv_dump))
+        .route("/admin/chaos/kill/", axum::routing::post(admin::chaos_kill))
         .merge(api::routes());
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));

@@ -1,0 +1,23 @@
+//! The ingest actors: a supervised pipeline from a [`Source`](crate::ingest::Source) to storage
+//! transactions, behind one typed handle.
+//!
+//! Module map:
+//! - [`runtime`]: where the actix system runs (its own OS thread) and why;
+//! - [`pipeline`]: [`IngestPipeline::start`] and the [`PipelineHandle`] the rest of the crate uses
+//!   (shutdown, chaos kills, counters); no actix `Addr` leaves this module;
+//! - [`supervisor`]: the source loop and the restart policy (backoff, restarts by actor and cause,
+//!   recovery by seeking partitions back to their committed offsets);
+//! - [`partition_actor`]: one per assigned partition: decodes, dead-letters, routes records to run
+//!   actors, tracks unflushed offsets and commits the partition's low watermark;
+//! - [`run_actor`]: one per active run: owns a [`RunBatch`](crate::ingest::RunBatch), flushes it in
+//!   budgeted transactions, splits a batch that is too large, stops when idle;
+//! - [`stats`]: shared counters behind [`PipelineHandle::counters`] and the live-run registry.
+pub mod partition_actor;
+pub mod pipeline;
+pub mod run_actor;
+pub mod runtime;
+pub mod stats;
+pub mod supervisor;
+
+pub use pipeline::{IngestPipeline, KillTarget, PipelineConfig, PipelineError, PipelineHandle};
+pub use stats::{PartitionCounters, PipelineCounters};

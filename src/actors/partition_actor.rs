@@ -1,0 +1,426 @@
+//! The partition actor: one per assigned partition. It decodes the partition's records, dead-letters
+//! those that do not decode (in a transaction of their own, counted by reason), routes the others by
+//! run id to run actors it creates on demand, tracks which offsets are not flushed yet, and commits
+//! the partition's low watermark of unflushed records to the source.
+//!
+//! A delivery is handled atomically (`AtomicResponse`): the next delivery waits until every run
+//! actor accepted its records, so the source loop feels a full run mailbox (back-pressure) and the
+//! records of a run reach its actor in source order.
+//!
+//! Chaos and failures: the group's `killed` flag (shared with its run actors) makes every handler
+//! stop the actor without flushing; a failure is reported to the supervisor, which restarts the
+//! whole group from the committed offset.
+
+use std::collections::hash_map::Entry as MapEntry;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::run_actor::{FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop};
+use super::supervisor::Failure;
+use crate::ingest::apply::DeadLetter;
+use crate::ingest::{ApplyError, Entry, FlushReason, Record, Source, decode};
+
+/// Mailbox capacity of a partition actor, in deliveries (each is one poll's records of the partition).
+pub const PARTITION_MAILBOX: usize = 4;
+
+/// The offsets a partition actor received and has not seen flushed, in offset order.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    /// `(offset, flushed)`, ascending; flushed entries at the front are popped.
+    pending: VecDeque<(i64, bool)>,
+    /// One past the highest offset received.
+    next: Option<i64>,
+}
+
+impl OffsetTracker {
+    /// Notes a received offset. Returns `false` for an offset at or below one already received (a
+    /// duplicate delivery to this actor: it is buffered or flushed already).
+    pub fn receive(&mut self, offset: i64) -> bool {
+        if self.next.is_some_and(|n| offset < n) {
+            return false;
+        }
+        self.next = Some(offset + 1);
+        self.pending.push_back((offset, false));
+        true
+    }
+
+    /// Marks `offset` flushed. Unknown offsets are ignored (a report repeated by a drain).
+    pub fn done(&mut self, offset: i64) {
+        if let Ok(i) = self.pending.binary_search_by_key(&offset, |(o, _)| *o) {
+            self.pending[i].1 = true;
+        }
+        while self.pending.front().is_some_and(|(_, flushed)| *flushed) {
+            self.pending.pop_front();
+        }
+    }
+
+    /// Returns the offset to commit: the lowest unflushed offset, or one past the highest received
+    /// when everything is flushed; `None` before the first record.
+    pub fn watermark(&self) -> Option<i64> {
+        self.pending.front().map(|(o, _)| *o).or(self.next)
+    }
+
+    /// Returns the number of offsets not yet flushed (flushed ones behind an unflushed one count).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+}
+
+/// One poll's records of this partition, in offset order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    /// The records.
+    pub records: Vec<Record>,
+}
+
+/// Flushes every run actor for `reason` and marks their offsets (shutdown, revoke).
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Drain {
+    /// Why.
+    pub reason: FlushReason,
+}
+
+/// Commits the current watermark now (after a drain, once queued flush reports are in).
+#[derive(Message)]
+#[rtype(result = "Result<Option<i64>, String>")]
+pub struct CommitNow;
+
+/// Stops the actor now (its `killed` flag is already set).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct KillNow;
+
+struct RunSlot {
+    addr: Addr<RunActor>,
+    /// Pushes sent; an idle report is honoured only when the actor received them all.
+    pushes: u64,
+}
+
+/// What a partition actor is built from.
+pub struct PartitionSetup<S> {
+    /// The partition.
+    pub partition: i32,
+    /// The group's epoch (unique per start).
+    pub epoch: u64,
+    /// The source, for commits.
+    pub source: Arc<S>,
+    /// Storage access for run actors and dead letters.
+    pub flusher: Flusher,
+    /// Run actor settings.
+    pub run_config: Arc<RunActorConfig>,
+    /// Failure reports to the supervisor.
+    pub failures: UnboundedSender<Failure>,
+    /// The group's kill flag.
+    pub killed: Arc<AtomicBool>,
+    /// How often the watermark is committed.
+    pub commit_interval: Duration,
+}
+
+/// One partition's actor (see the module docs).
+pub struct PartitionActor<S: Source + 'static> {
+    setup: PartitionSetup<S>,
+    runs: HashMap<String, RunSlot>,
+    tracker: OffsetTracker,
+    committing: bool,
+}
+
+impl<S: Source + 'static> PartitionActor<S> {
+    /// Creates the actor.
+    pub fn new(setup: PartitionSetup<S>) -> Self {
+        Self { setup, runs: HashMap::new(), tracker: OffsetTracker::default(), committing: false }
+    }
+
+    fn stop_if_killed(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.setup.killed.load(Ordering::Acquire) {
+            ctx.stop();
+            return true;
+        }
+        false
+    }
+
+    fn fail(&self, cause: &'static str) {
+        let s = &self.setup;
+        let _ = s.failures.send(Failure { partition: s.partition, epoch: s.epoch, actor: "partition", cause });
+    }
+
+    fn slot(&mut self, run: &str, ctx: &mut Context<Self>) -> &mut RunSlot {
+        match self.runs.entry(run.to_owned()) {
+            MapEntry::Occupied(o) => o.into_mut(),
+            MapEntry::Vacant(v) => {
+                let s = &self.setup;
+                let me = ctx.address();
+                let actor = RunActor::new(
+                    run.to_owned(),
+                    s.partition,
+                    s.epoch,
+                    &s.run_config,
+                    s.flusher.clone(),
+                    me.clone().recipient(),
+                    me.recipient(),
+                    s.failures.clone(),
+                    Arc::clone(&s.killed),
+                );
+                s.flusher.stats.register_run(s.partition, run, s.epoch);
+                v.insert(RunSlot { addr: actor.start(), pushes: 0 })
+            }
+        }
+    }
+
+    fn commit_tick(&mut self, ctx: &mut Context<Self>) {
+        if self.stop_if_killed(ctx) || self.committing {
+            return;
+        }
+        let Some(watermark) = self.tracker.watermark() else { return };
+        let partition = self.setup.partition;
+        let stats = Arc::clone(&self.setup.flusher.stats);
+        if stats.partition(partition).committed.is_some_and(|c| c >= watermark) {
+            return;
+        }
+        self.committing = true;
+        let source = Arc::clone(&self.setup.source);
+        let fut = async move { source.commit(partition, watermark).await };
+        ctx.spawn(fut.into_actor(self).map(move |result, act, _ctx| {
+            act.committing = false;
+            match result {
+                Ok(()) => {
+                    stats.note_committed(partition, watermark);
+                }
+                Err(e) => {
+                    tracing::warn!(partition, offset = watermark, error = %e, "offset commit failed");
+                    if !e.is_retryable() {
+                        act.fail("source_commit");
+                    }
+                }
+            }
+        }));
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl<S: Source + 'static> Actor for PartitionActor<S> {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(PARTITION_MAILBOX);
+        ctx.run_interval(self.setup.commit_interval, |act, ctx| act.commit_tick(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let s = &self.setup;
+        for (run, slot) in self.runs.drain() {
+            s.flusher.stats.unregister_run(s.partition, &run, s.epoch);
+            slot.addr.do_send(Stop);
+        }
+        tracing::debug!(partition = s.partition, epoch = s.epoch, "partition actor stopped");
+    }
+}
+
+impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) -> Self::Result {
+        if self.stop_if_killed(ctx) {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(())));
+        }
+        let started = Instant::now();
+        let partition = self.setup.partition;
+        let mut groups: Vec<(String, Vec<Entry>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut dead: Vec<(i64, DeadLetter, &'static str)> = Vec::new();
+        for record in msg.records {
+            if record.partition != partition || !self.tracker.receive(record.offset) {
+                continue;
+            }
+            match decode(&record.value) {
+                Ok(message) => {
+                    let i = *index.entry(message.run_id.clone()).or_insert_with(|| {
+                        groups.push((message.run_id.clone(), Vec::new()));
+                        groups.len() - 1
+                    });
+                    groups[i].1.push(Entry { partition, offset: record.offset, message });
+                }
+                Err(e) => {
+                    let reason = e.reason();
+                    tracing::warn!(partition, offset = record.offset, reason, error = %e, "record dead-lettered at decode");
+                    let letter = DeadLetter {
+                        reason: reason.to_owned(),
+                        key: record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: Some(record.value),
+                        timestamp: unix_now(),
+                        message_type: None,
+                        detail: e.to_string(),
+                    };
+                    dead.push((record.offset, letter, reason));
+                }
+            }
+        }
+        let mut sends = Vec::with_capacity(groups.len());
+        for (run, entries) in groups {
+            let slot = self.slot(&run, ctx);
+            slot.pushes += 1;
+            sends.push(slot.addr.send(Push { entries }));
+        }
+        let flusher = self.setup.flusher.clone();
+        let fut = async move {
+            let dlq = if dead.is_empty() {
+                Ok(Vec::new())
+            } else {
+                let written = flusher
+                    .db
+                    .run(&flusher.retry, |tx| {
+                        let (applier, dead) = (&flusher.applier, &dead);
+                        async move {
+                            for (offset, letter, _) in dead {
+                                applier.write_dead_letter(&tx, partition, *offset, letter)?;
+                            }
+                            Ok::<_, ApplyError>(())
+                        }
+                    })
+                    .await;
+                written.map(|()| {
+                    dead.iter()
+                        .map(|(offset, _, reason)| {
+                            flusher.stats.note_dead_letter(reason);
+                            crate::metrics::ingest_error("validation");
+                            *offset
+                        })
+                        .collect::<Vec<_>>()
+                })
+            };
+            let closed = futures_util::future::join_all(sends).await.iter().any(Result::is_err);
+            (dlq, closed)
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |(dlq, closed), act, ctx| {
+            crate::metrics::ingest_batch_processed(started.elapsed().as_secs_f64());
+            match dlq {
+                Ok(offsets) => offsets.into_iter().for_each(|o| act.tracker.done(o)),
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "dead letters could not be written");
+                    act.fail("storage");
+                }
+            }
+            if closed && !act.stop_if_killed(ctx) {
+                act.fail("mailbox_closed");
+            }
+        })))
+    }
+}
+
+impl<S: Source + 'static> Handler<Flushed> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Flushed, ctx: &mut Self::Context) {
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        for offset in msg.offsets {
+            self.tracker.done(offset);
+        }
+    }
+}
+
+impl<S: Source + 'static> Handler<Idle> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Idle, ctx: &mut Self::Context) {
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        if self.runs.get(&msg.run).is_some_and(|slot| slot.pushes == msg.pushes)
+            && let Some(slot) = self.runs.remove(&msg.run)
+        {
+            let s = &self.setup;
+            s.flusher.stats.unregister_run(s.partition, &msg.run, s.epoch);
+            slot.addr.do_send(Stop);
+            tracing::debug!(partition = s.partition, run = %msg.run, "idle run actor stopped");
+        }
+    }
+}
+
+impl<S: Source + 'static> Handler<Drain> for PartitionActor<S> {
+    type Result = AtomicResponse<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
+        if self.stop_if_killed(ctx) {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err("partition actor killed".to_owned()))));
+        }
+        let flushes: Vec<_> = self.runs.values().map(|slot| slot.addr.send(FlushNow { reason: msg.reason })).collect();
+        let fut = futures_util::future::join_all(flushes);
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|results, act, _ctx| {
+            let mut failed = 0usize;
+            for result in results {
+                match result {
+                    Ok(Ok(offsets)) => offsets.into_iter().for_each(|o| act.tracker.done(o)),
+                    _ => failed += 1,
+                }
+            }
+            if failed > 0 { Err(format!("{failed} run actors failed to flush")) } else { Ok(()) }
+        })))
+    }
+}
+
+impl<S: Source + 'static> Handler<CommitNow> for PartitionActor<S> {
+    type Result = AtomicResponse<Self, Result<Option<i64>, String>>;
+
+    fn handle(&mut self, _: CommitNow, ctx: &mut Self::Context) -> Self::Result {
+        if self.stop_if_killed(ctx) {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err("partition actor killed".to_owned()))));
+        }
+        let watermark = self.tracker.watermark();
+        let partition = self.setup.partition;
+        let source = Arc::clone(&self.setup.source);
+        let stats = Arc::clone(&self.setup.flusher.stats);
+        let fut = async move {
+            let Some(watermark) = watermark else { return Ok(None) };
+            source.commit(partition, watermark).await.map_err(|e| e.to_string())?;
+            stats.note_committed(partition, watermark);
+            Ok(Some(watermark))
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self)))
+    }
+}
+
+impl<S: Source + 'static> Handler<KillNow> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, _: KillNow, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watermark_is_the_lowest_unflushed_offset() {
+        let mut t = OffsetTracker::default();
+        assert_eq!(t.watermark(), None);
+        for o in 10..15 {
+            assert!(t.receive(o));
+        }
+        assert!(!t.receive(12), "a duplicate delivery is refused");
+        assert_eq!(t.watermark(), Some(10));
+        t.done(11);
+        t.done(13);
+        assert_eq!(t.watermark(), Some(10));
+        t.done(10);
+        assert_eq!(t.watermark(), Some(12));
+        t.done(12);
+        t.done(14);
+        assert_eq!((t.watermark(), t.pending()), (Some(15), 0));
+        t.done(99); // unknown: ignored
+        assert!(t.receive(20), "gaps (compacted offsets) are fine");
+        assert_eq!(t.watermark(), Some(20));
+    }
+}

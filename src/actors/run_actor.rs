@@ -1,0 +1,464 @@
+//! The run actor: one per active run of a partition. It owns the run's [`RunBatch`], flushes sealed
+//! batches in transactions opened at flush time, and reports flushed offsets to its partition actor.
+//!
+//! - Flushes happen on the batch's own decisions (bytes, count), on an age timer whose message
+//!   carries a generation id (a stale deadline does nothing), and on [`FlushNow`] (shutdown,
+//!   revoke). A flush runs inside `ctx.wait`, so pushes queue in the bounded mailbox meanwhile:
+//!   a slow store stops the partition actor, which stops the source loop (back-pressure).
+//! - A batch refused with `transaction_too_large` is split in halves, each applied in order; a
+//!   single entry that is still too large is dead-lettered. Every split strictly shrinks the work,
+//!   so this never loops.
+//! - Other storage errors, once the retry loop gave up, are reported to the supervisor, and the
+//!   actor stops: the supervisor restarts the partition group, which replays from the committed
+//!   offset; checkpoints skip whatever was applied.
+//! - With nothing buffered and no record for the idle timeout, the actor asks its partition actor
+//!   to stop it ([`Idle`]); the partition actor agrees only if no push is in flight.
+//! - A chaos kill sets the group's or the actor's flag: the next event stops the actor without
+//!   flushing, dropping its batch.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::prelude::*;
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::stats::Stats;
+use super::supervisor::Failure;
+use crate::ingest::apply::DeadLetter;
+use crate::ingest::{Applier, ApplyError, Batch, BatchBudget, Entry, FlushReason, RunBatch, position_uuid};
+use crate::storage::kv::{Database, KvError, RetryOptions};
+
+/// Mailbox capacity of a run actor, in pushes (each carries one poll's records of the run).
+pub const RUN_MAILBOX: usize = 16;
+
+/// What a flush needs from the outside world, shared by every run actor of a pipeline.
+#[derive(Clone)]
+pub struct Flusher {
+    /// The store.
+    pub db: Database,
+    /// The handlers and checkpoints.
+    pub applier: Applier,
+    /// Retry options of each flush transaction.
+    pub retry: RetryOptions,
+    /// Shared counters.
+    pub stats: Arc<Stats>,
+}
+
+/// Records of this run from one delivery, in source order.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Push {
+    /// The entries.
+    pub entries: Vec<Entry>,
+}
+
+/// Flushes everything buffered for `reason` (shutdown, revoke); answers the offsets flushed.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<i64>, ()>")]
+pub struct FlushNow {
+    /// Why.
+    pub reason: FlushReason,
+}
+
+/// Stops an idle actor (sent by the partition actor after it removed the actor from its map).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+/// Offsets committed to storage (or dead-lettered), reported to the partition actor.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Flushed {
+    /// The offsets, in the partition.
+    pub offsets: Vec<i64>,
+}
+
+/// The actor has nothing buffered and saw no record for the idle timeout.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Idle {
+    /// The run.
+    pub run: String,
+    /// Pushes the actor received so far.
+    pub pushes: u64,
+}
+
+/// Settings of one run actor.
+pub struct RunActorConfig {
+    /// Batch budgets.
+    pub budget: BatchBudget,
+    /// Time without records before the actor asks to stop.
+    pub idle_timeout: Duration,
+}
+
+/// One run's actor (see the module docs).
+pub struct RunActor {
+    run: String,
+    partition: i32,
+    epoch: u64,
+    batch: RunBatch,
+    flusher: Flusher,
+    flushed_to: Recipient<Flushed>,
+    idle_to: Recipient<Idle>,
+    failures: UnboundedSender<Failure>,
+    group_killed: Arc<AtomicBool>,
+    idle_timeout: Duration,
+    pushes: u64,
+    last_activity: Instant,
+    /// Generation of the armed age timer; a timer of another generation is stale.
+    generation: u64,
+    armed: Option<Instant>,
+}
+
+impl RunActor {
+    /// Creates the actor of `run` in partition group `epoch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        run: String,
+        partition: i32,
+        epoch: u64,
+        config: &RunActorConfig,
+        flusher: Flusher,
+        flushed_to: Recipient<Flushed>,
+        idle_to: Recipient<Idle>,
+        failures: UnboundedSender<Failure>,
+        group_killed: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            run,
+            partition,
+            epoch,
+            batch: RunBatch::new(config.budget),
+            flusher,
+            flushed_to,
+            idle_to,
+            failures,
+            group_killed,
+            idle_timeout: config.idle_timeout,
+            pushes: 0,
+            last_activity: Instant::now(),
+            generation: 0,
+            armed: None,
+        }
+    }
+
+    /// Stops the actor when its group was killed; returns whether it did.
+    fn stop_if_killed(&mut self, ctx: &mut Context<Self>) -> bool {
+        if self.group_killed.load(Ordering::Acquire) {
+            ctx.stop();
+            return true;
+        }
+        false
+    }
+
+    /// Arms the age timer at the open batch's deadline when it changed.
+    fn arm_age(&mut self, ctx: &mut Context<Self>) {
+        let deadline = self.batch.deadline();
+        if deadline == self.armed {
+            return;
+        }
+        self.armed = deadline;
+        self.generation += 1;
+        if let Some(deadline) = deadline {
+            let generation = self.generation;
+            ctx.run_later(deadline.saturating_duration_since(Instant::now()), move |act, ctx| {
+                act.on_age(generation, ctx);
+            });
+        }
+    }
+
+    fn on_age(&mut self, generation: u64, ctx: &mut Context<Self>) {
+        if self.stop_if_killed(ctx) || generation != self.generation {
+            return;
+        }
+        self.armed = None;
+        self.batch.tick(Instant::now());
+        self.flush_sealed(ctx);
+        self.arm_age(ctx);
+    }
+
+    fn on_idle_check(&mut self, ctx: &mut Context<Self>) {
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        if self.batch.pending_len() == 0 && self.last_activity.elapsed() >= self.idle_timeout {
+            self.idle_to.do_send(Idle { run: self.run.clone(), pushes: self.pushes });
+        }
+    }
+
+    /// Flushes every sealed batch, blocking the mailbox until done.
+    fn flush_sealed(&mut self, ctx: &mut Context<Self>) {
+        if !self.batch.has_sealed() {
+            return;
+        }
+        let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
+        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches);
+        ctx.wait(fut.into_actor(self).map(|result, act, ctx| act.after_flush(result, ctx).unwrap_or(())));
+    }
+
+    /// Reports a flush's outcome; on failure reports to the supervisor and stops.
+    fn after_flush(&mut self, result: Result<Vec<i64>, FlushFailure>, ctx: &mut Context<Self>) -> Option<()> {
+        match result {
+            Ok(offsets) => {
+                if !offsets.is_empty() {
+                    self.flushed_to.do_send(Flushed { offsets });
+                }
+                Some(())
+            }
+            Err(failure) => {
+                if !failure.flushed.is_empty() {
+                    self.flushed_to.do_send(Flushed { offsets: failure.flushed });
+                }
+                tracing::warn!(run = %self.run, partition = self.partition, error = %failure.error, "run flush failed");
+                let _ = self.failures.send(Failure {
+                    partition: self.partition,
+                    epoch: self.epoch,
+                    actor: "run",
+                    cause: failure.cause,
+                });
+                ctx.stop();
+                None
+            }
+        }
+    }
+}
+
+impl Actor for RunActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(RUN_MAILBOX);
+        let every = (self.idle_timeout / 2).max(Duration::from_millis(10));
+        ctx.run_interval(every, |act, ctx| act.on_idle_check(ctx));
+    }
+}
+
+impl Handler<Push> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        self.pushes += 1;
+        let now = Instant::now();
+        self.last_activity = now;
+        for entry in msg.entries {
+            self.batch.push(entry, now);
+        }
+        self.flush_sealed(ctx);
+        self.arm_age(ctx);
+    }
+}
+
+impl Handler<FlushNow> for RunActor {
+    type Result = AtomicResponse<Self, Result<Vec<i64>, ()>>;
+
+    fn handle(&mut self, msg: FlushNow, ctx: &mut Self::Context) -> Self::Result {
+        if self.stop_if_killed(ctx) {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(()))));
+        }
+        self.batch.flush(msg.reason);
+        let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
+        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches);
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|result, act, ctx| match result {
+            // The caller marks these offsets itself; no separate report needed.
+            Ok(offsets) => Ok(offsets),
+            Err(failure) => {
+                act.after_flush(Err(failure), ctx);
+                Err(())
+            }
+        })))
+    }
+}
+
+impl Handler<Stop> for RunActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// Why a flush failed, with what it committed before failing.
+pub struct FlushFailure {
+    /// Offsets committed before the failure.
+    pub flushed: Vec<i64>,
+    /// Bounded cause label.
+    pub cause: &'static str,
+    /// The error.
+    pub error: ApplyError,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Applies `batches` of `run` in order, one transaction each (split when too large). Returns the
+/// offsets committed (applied, replay-skipped or dead-lettered).
+pub async fn flush_batches(flusher: Flusher, run: String, batches: Vec<Batch>) -> Result<Vec<i64>, FlushFailure> {
+    let mut flushed = Vec::new();
+    for batch in batches {
+        let reason = batch.reason;
+        let mut estimated = batch.estimated_bytes;
+        // A stack of pieces, first piece on top, so halves are applied in source order.
+        let mut pieces = vec![batch.entries];
+        let mut first = true;
+        while let Some(mut entries) = pieces.pop() {
+            if !first {
+                estimated = entries.iter().map(|e| crate::ingest::estimate::estimated_bytes(&e.message)).sum();
+            }
+            first = false;
+            let started = Instant::now();
+            match apply_once(&flusher, &run, &entries).await {
+                Ok((outcome, txn_bytes, retries)) => {
+                    crate::metrics::ingest_flush(
+                        reason.as_str(),
+                        estimated,
+                        txn_bytes,
+                        started.elapsed().as_secs_f64(),
+                    );
+                    if retries > 0 {
+                        crate::metrics::ingest_retries(retries);
+                    }
+                    flusher.stats.note_flush(reason);
+                    for (kind, n) in &outcome.applied {
+                        crate::metrics::ingest_processed(kind.as_str(), *n);
+                    }
+                    if outcome.tombstoned > 0 {
+                        flusher.stats.note_applied(outcome.tombstoned as u64, 0);
+                    }
+                    for (_, reason) in &outcome.dead_letters {
+                        flusher.stats.note_dead_letter(reason);
+                    }
+                    flusher.stats.note_applied(outcome.applied_total(), outcome.replayed as u64);
+                    flushed.extend(entries.iter().map(|e| e.offset));
+                }
+                Err(ApplyError::Kv(KvError::TransactionTooLarge { size, limit })) => {
+                    crate::metrics::ingest_error("txn_too_large_split");
+                    if entries.len() > 1 {
+                        tracing::info!(%run, entries = entries.len(), size, limit, "transaction too large, splitting the batch");
+                        let second = entries.split_off(entries.len() / 2);
+                        pieces.push(second);
+                        pieces.push(entries);
+                    } else if let Some(entry) = entries.first() {
+                        let detail = format!("transaction of {size} bytes exceeds the limit of {limit} bytes alone");
+                        match dead_letter(&flusher, entry, "transaction_too_large", detail).await {
+                            Ok(()) => {
+                                flusher.stats.note_dead_letter("transaction_too_large");
+                                flushed.push(entry.offset);
+                            }
+                            Err(error) => return Err(failure(flushed, error)),
+                        }
+                    }
+                }
+                Err(error) => return Err(failure(flushed, error)),
+            }
+        }
+    }
+    Ok(flushed)
+}
+
+fn failure(flushed: Vec<i64>, error: ApplyError) -> FlushFailure {
+    let cause = match &error {
+        ApplyError::Kv(KvError::TransactionTimedOut) => "storage_timeout",
+        ApplyError::Kv(_) => "storage",
+        ApplyError::Corrupt(_) => "corrupt",
+    };
+    crate::metrics::ingest_error(if matches!(error, ApplyError::Kv(_)) { "fdb" } else { "unknown" });
+    FlushFailure { flushed, cause, error }
+}
+
+/// One transaction: apply, measure. Returns the outcome, the transaction's approximate size and
+/// the retries it took.
+async fn apply_once(
+    flusher: &Flusher,
+    run: &str,
+    entries: &[Entry],
+) -> Result<(crate::ingest::ApplyOutcome, usize, u64), ApplyError> {
+    // The worker clock is read once, before the retry loop, so every attempt writes the same times.
+    let now = unix_now();
+    let mut attempts = 0u64;
+    let (outcome, size) = flusher
+        .db
+        .run(&flusher.retry, |tx| {
+            attempts += 1;
+            let applier = &flusher.applier;
+            async move {
+                let outcome = applier.apply(&tx, run, entries, now, &mut |req| position_uuid(req)).await?;
+                let size = tx.approximate_size().await?;
+                Ok::<_, ApplyError>((outcome, size))
+            }
+        })
+        .await?;
+    Ok((outcome, size, attempts.saturating_sub(1)))
+}
+
+/// Dead-letters one entry in its own transaction.
+async fn dead_letter(flusher: &Flusher, entry: &Entry, reason: &str, detail: String) -> Result<(), ApplyError> {
+    tracing::warn!(partition = entry.partition, offset = entry.offset, run = %entry.message.run_id, reason, "record dead-lettered");
+    let letter = DeadLetter {
+        reason: reason.to_owned(),
+        key: Some(entry.message.run_id.clone()),
+        value: None,
+        timestamp: unix_now(),
+        message_type: Some(entry.message.kind().as_str().to_owned()),
+        detail,
+    };
+    flusher
+        .db
+        .run(&flusher.retry, |tx| {
+            let letter = &letter;
+            async move { flusher.applier.write_dead_letter(&tx, entry.partition, entry.offset, letter) }
+        })
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ingest::decode;
+    use crate::storage::kv::Limits;
+    use crate::storage::layout::Layout;
+
+    fn entry(offset: i64, body: serde_json::Value) -> Entry {
+        let mut m = serde_json::json!({"run_id": "r1", "timestamp": "2026-01-01T00:00:00Z"});
+        for (k, v) in body.as_object().expect("object") {
+            m[k] = v.clone();
+        }
+        let message = decode(&serde_json::to_vec(&m).expect("json")).expect("decodes");
+        Entry { partition: 0, offset, message }
+    }
+
+    #[tokio::test]
+    async fn flush_triggers_split_on_transaction_too_large_and_dead_letters_a_lone_oversize_entry() {
+        let limits = Limits { max_txn_bytes: 20_000, ..Limits::FDB };
+        let db = Database::memory_with_limits(limits);
+        let layout = Layout::open(&db).await.expect("layout");
+        let flusher =
+            Flusher { db, applier: Applier::new(layout.clone()), retry: RetryOptions::default(), stats: Stats::new() };
+        let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
+        for i in 1..=60 {
+            let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});
+            entries.push(entry(i, serde_json::json!({"type": "log_metric", "payload": payload})));
+        }
+        let line = "x".repeat(30_000);
+        entries.push(entry(61, serde_json::json!({"type": "log_terminal_line", "payload": {"line": line, "step": 0}})));
+        entries.push(entry(62, serde_json::json!({"type": "finish_run", "payload": {}})));
+        let batch = Batch { reason: FlushReason::Shutdown, estimated_bytes: 0, entries };
+
+        let flushed =
+            flush_batches(flusher.clone(), "r1".to_owned(), vec![batch]).await.map_err(|f| f.error).expect("flush");
+
+        assert_eq!(flushed, (0..=62).collect::<Vec<i64>>(), "every offset is accounted for, in order");
+        let tx = flusher.db.create_trx().expect("tx");
+        let letters = flusher.applier.dead_letters(&tx, 0).await.expect("letters");
+        assert_eq!(letters.len(), 1);
+        assert_eq!((letters[0].partition, letters[0].offset), (0, 61));
+        assert_eq!(flusher.applier.checkpoint(&tx, "r1", 0).await.expect("checkpoint"), Some(62));
+        let counters = flusher.stats.snapshot();
+        assert!(counters.flushes["shutdown"] >= 3, "the batch was split: {counters:?}");
+        assert_eq!((counters.applied, counters.dead_letters), (62, 1));
+    }
+}

@@ -1,0 +1,250 @@
+//! Counters shared by the supervisor and the actors, read by [`PipelineHandle::counters`] without a
+//! message (so a counters request never queues behind data), and the registry of live run actors.
+//!
+//! [`PipelineHandle::counters`]: super::PipelineHandle::counters
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::ingest::FlushReason;
+
+/// Progress of one partition as the pipeline knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionCounters {
+    /// The last offset committed to the source (the next offset to read after a restart).
+    pub committed: Option<i64>,
+    /// The offset of the first record of this partition this process received.
+    pub first_seen: Option<i64>,
+    /// One past the highest offset received.
+    pub received_end: Option<i64>,
+}
+
+impl PartitionCounters {
+    /// Returns the records received and not yet committed.
+    pub fn lag(&self) -> i64 {
+        match (self.received_end, self.committed.or(self.first_seen)) {
+            (Some(end), Some(low)) => (end - low).max(0),
+            _ => 0,
+        }
+    }
+
+    /// Returns the offset a restarted partition replays from: the committed offset, or the first
+    /// offset received when nothing was committed yet (`None`: nothing was received, nothing to
+    /// replay).
+    pub fn floor(&self) -> Option<i64> {
+        self.committed.or(self.first_seen)
+    }
+}
+
+/// A snapshot of the pipeline's counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct PipelineCounters {
+    /// Whether the supervisor runs (false before start and after shutdown).
+    pub running: bool,
+    /// Records returned by the source.
+    pub consumed: u64,
+    /// Messages applied (or skipped for a tombstone) in committed transactions.
+    pub applied: u64,
+    /// Entries skipped as replays (at or below their run's checkpoint).
+    pub replayed: u64,
+    /// Records dead-lettered (decode and apply failures).
+    pub dead_letters: u64,
+    /// Flushes by reason.
+    pub flushes: BTreeMap<String, u64>,
+    /// Restarts by `actor/cause`.
+    pub restarts: BTreeMap<String, u64>,
+    /// Live run actors.
+    pub active_run_actors: usize,
+    /// Seconds the source loop waited on full mailboxes.
+    pub backpressure_seconds: f64,
+    /// Per-partition progress.
+    pub partitions: BTreeMap<i32, PartitionCounters>,
+}
+
+impl PipelineCounters {
+    /// Returns the total restarts, all actors and causes.
+    pub fn restarts_total(&self) -> u64 {
+        self.restarts.values().sum()
+    }
+}
+
+/// A live run actor, for chaos kills and the active gauge.
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    /// The partition whose actor owns the run actor.
+    pub partition: i32,
+    /// The epoch of that partition group.
+    pub epoch: u64,
+}
+
+/// The shared counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    running: AtomicBool,
+    consumed: AtomicU64,
+    applied: AtomicU64,
+    replayed: AtomicU64,
+    dead_letters: AtomicU64,
+    flushes: [AtomicU64; 6],
+    backpressure_micros: AtomicU64,
+    restarts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    partitions: Mutex<BTreeMap<i32, PartitionCounters>>,
+    runs: Mutex<HashMap<(i32, String), RunEntry>>,
+}
+
+impl Stats {
+    /// Creates zeroed counters.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Marks the supervisor running or stopped.
+    pub fn set_running(&self, running: bool) {
+        self.running.store(running, Ordering::Release);
+    }
+
+    /// Tells whether the supervisor runs.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
+    }
+
+    /// Counts polled records and notes the first and highest offset per partition.
+    pub fn note_polled(&self, partition: i32, first: i64, last: i64, count: usize) {
+        self.consumed.fetch_add(count as u64, Ordering::Relaxed);
+        let mut parts = self.partitions.lock();
+        let p = parts.entry(partition).or_default();
+        p.first_seen.get_or_insert(first);
+        p.received_end = Some(p.received_end.map_or(last + 1, |e| e.max(last + 1)));
+        crate::metrics::ingest_consumer_lag(partition, p.lag());
+    }
+
+    /// Records a successful commit to the source; returns the partition's lag.
+    pub fn note_committed(&self, partition: i32, offset: i64) -> i64 {
+        let mut parts = self.partitions.lock();
+        let p = parts.entry(partition).or_default();
+        p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));
+        let lag = p.lag();
+        crate::metrics::ingest_consumer_lag(partition, lag);
+        lag
+    }
+
+    /// Returns one partition's progress.
+    pub fn partition(&self, partition: i32) -> PartitionCounters {
+        self.partitions.lock().get(&partition).copied().unwrap_or_default()
+    }
+
+    /// Counts applied, replayed and dead-lettered entries of one flush.
+    pub fn note_applied(&self, applied: u64, replayed: u64) {
+        self.applied.fetch_add(applied, Ordering::Relaxed);
+        self.replayed.fetch_add(replayed, Ordering::Relaxed);
+    }
+
+    /// Counts one dead letter.
+    pub fn note_dead_letter(&self, reason: &'static str) {
+        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::ingest_dead_letter(reason);
+    }
+
+    /// Counts one flush.
+    pub fn note_flush(&self, reason: FlushReason) {
+        let i = FlushReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        self.flushes[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds back-pressure wait time.
+    pub fn note_backpressure(&self, seconds: f64) {
+        self.backpressure_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        crate::metrics::ingest_backpressure(seconds);
+    }
+
+    /// Counts one restart.
+    pub fn note_restart(&self, actor: &'static str, cause: &'static str) {
+        *self.restarts.lock().entry((actor, cause)).or_insert(0) += 1;
+        crate::metrics::ingest_actor_restart(actor, cause);
+    }
+
+    /// Registers a live run actor.
+    pub fn register_run(&self, partition: i32, run: &str, epoch: u64) {
+        let mut runs = self.runs.lock();
+        runs.insert((partition, run.to_owned()), RunEntry { partition, epoch });
+        crate::metrics::ingest_active_run_actors(runs.len());
+    }
+
+    /// Forgets a run actor, if the registered one is of `epoch` (a newer group may own it now).
+    pub fn unregister_run(&self, partition: i32, run: &str, epoch: u64) {
+        let mut runs = self.runs.lock();
+        let key = (partition, run.to_owned());
+        if runs.get(&key).is_some_and(|e| e.epoch == epoch) {
+            runs.remove(&key);
+        }
+        crate::metrics::ingest_active_run_actors(runs.len());
+    }
+
+    /// Finds the live run actor of `run`.
+    pub fn find_run(&self, run: &str) -> Option<RunEntry> {
+        self.runs.lock().iter().find(|((_, r), _)| r == run).map(|(_, e)| e.clone())
+    }
+
+    /// Picks a live run id, `seed` selecting among them.
+    pub fn pick_run(&self, seed: usize) -> Option<String> {
+        let runs = self.runs.lock();
+        if runs.is_empty() {
+            return None;
+        }
+        runs.keys().nth(seed % runs.len()).map(|(_, r)| r.clone())
+    }
+
+    /// Returns a snapshot.
+    pub fn snapshot(&self) -> PipelineCounters {
+        let flushes = FlushReason::ALL
+            .iter()
+            .zip(self.flushes.iter())
+            .map(|(r, n)| (r.as_str().to_owned(), n.load(Ordering::Relaxed)))
+            .collect();
+        let restarts =
+            self.restarts.lock().iter().map(|((actor, cause), n)| (format!("{actor}/{cause}"), *n)).collect();
+        PipelineCounters {
+            running: self.is_running(),
+            consumed: self.consumed.load(Ordering::Relaxed),
+            applied: self.applied.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
+            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            flushes,
+            restarts,
+            active_run_actors: self.runs.lock().len(),
+            backpressure_seconds: self.backpressure_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            partitions: self.partitions.lock().clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_prefers_the_committed_offset_and_lag_counts_from_it() {
+        let s = Stats::default();
+        assert_eq!(s.partition(0).floor(), None);
+        s.note_polled(0, 5, 9, 5);
+        assert_eq!((s.partition(0).floor(), s.partition(0).lag()), (Some(5), 5));
+        assert_eq!(s.note_committed(0, 8), 2);
+        s.note_committed(0, 7); // an older group's late commit never moves it back
+        assert_eq!(s.partition(0).floor(), Some(8));
+    }
+
+    #[test]
+    fn run_registry_ignores_stale_epochs() {
+        let s = Stats::default();
+        s.register_run(1, "r", 1);
+        s.register_run(1, "r", 2);
+        s.unregister_run(1, "r", 1);
+        assert_eq!(s.find_run("r").map(|e| e.epoch), Some(2));
+        s.unregister_run(1, "r", 2);
+        assert!(s.find_run("r").is_none());
+    }
+}

@@ -1,0 +1,529 @@
+//! The ingest pipeline end to end on real components (fjall in a temporary directory, the embedded
+//! queue, the actors): the golden records, shutdown and restart mid-stream, the conservation oracle
+//! under random chaos kills, dead letters among good records, flush reasons in metrics, and a
+//! `kill -9` of a real `matyan serve` mid-stream.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use matyan::actors::{IngestPipeline, KillTarget, PipelineConfig, PipelineHandle};
+use matyan::ingest::apply::{Applier, position_uuid};
+use matyan::ingest::queue::{EmbeddedSource, INGESTION_GROUP, Queue};
+use matyan::ingest::{BatchBudget, Entry, decode};
+use matyan::storage::context_id::context_to_id;
+use matyan::storage::kv::{Database, EmbeddedEngine, Limits, RangeOption, RetryOptions, strinc};
+use matyan::storage::layout::{Columns, Layout, SeqId};
+use matyan::storage::tuple::Elem;
+use matyan::storage::value::{self, Value};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+
+const TOPIC: &str = "data-ingestion";
+const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
+
+/// The process's Prometheus recorder (one per test binary).
+fn recorder() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| matyan::metrics::install_prometheus().unwrap())
+}
+
+struct Store {
+    db: Database,
+    layout: Layout,
+    queue: Queue,
+}
+
+async fn open_store(dir: &Path) -> Store {
+    let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+    let layout = Layout::open(&db).await.unwrap();
+    let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, 6).await.unwrap();
+    Store { db, layout, queue }
+}
+
+type Rec = (Option<Vec<u8>>, Vec<u8>, i64);
+
+async fn append(queue: &Queue, records: &[Rec]) {
+    for chunk in records.chunks(1_000) {
+        let batch: Vec<matyan::ingest::queue::AppendRecord<'_>> =
+            chunk.iter().map(|(k, v, t)| (k.as_deref(), v.as_slice(), *t)).collect();
+        queue.append(&batch).await.unwrap();
+    }
+}
+
+fn golden_records() -> Vec<Rec> {
+    let file = std::fs::File::open(GOLDEN).unwrap();
+    BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+            (
+                v["key_b64"].as_str().map(|k| BASE64.decode(k).unwrap()),
+                BASE64.decode(v["value_b64"].as_str().unwrap()).unwrap(),
+                v["timestamp_ms"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn run_id(i: usize) -> String {
+    format!("{:032x}", 0x00C0_FFEE_0000_u64 + i as u64)
+}
+
+fn record(run: &str, body: serde_json::Value) -> Rec {
+    let mut m = json!({"run_id": run, "timestamp": "2026-01-01T00:00:00Z"});
+    for (k, v) in body.as_object().unwrap() {
+        m[k] = v.clone();
+    }
+    (Some(run.as_bytes().to_vec()), serde_json::to_vec(&m).unwrap(), 0)
+}
+
+/// `points` metric records over `runs` runs, interleaved, each run's values counting 0, 1, 2, ...
+/// with no step (the consumer assigns steps, so order and duplicates are visible); a create_run
+/// first for each run.
+fn workload(runs: usize, points: usize) -> (Vec<Rec>, BTreeMap<String, i64>) {
+    let mut per_run = BTreeMap::new();
+    let out = more_points(runs, points, &mut per_run, true);
+    (out, per_run)
+}
+
+/// Like [`workload`], continuing the values counted in `per_run`.
+fn more_points(runs: usize, points: usize, per_run: &mut BTreeMap<String, i64>, create: bool) -> Vec<Rec> {
+    let mut out = Vec::with_capacity(points + runs);
+    for r in (0..runs).filter(|_| create) {
+        out.push(record(&run_id(r), json!({"type": "create_run", "payload": {"force_resume": false}})));
+    }
+    for i in 0..points {
+        let r = (i * 7 + i / 13) % runs;
+        let run = run_id(r);
+        let n = per_run.entry(run.clone()).or_insert(0i64);
+        out.push(record(
+            &run,
+            json!({"type": "log_metric", "payload": {"name": "m", "value": *n, "context": {}, "dtype": "int"}}),
+        ));
+        *n += 1;
+    }
+    out
+}
+
+fn small_config() -> PipelineConfig {
+    PipelineConfig {
+        budget: BatchBudget { max_bytes: 200_000, max_messages: 200, max_age: Duration::from_millis(20) },
+        retry: RetryOptions { timeout: Duration::from_secs(20), retry_limit: 20, ..RetryOptions::default() },
+        run_idle_timeout: Duration::from_millis(500),
+        commit_interval: Duration::from_millis(20),
+        restart_backoff_initial: Duration::from_millis(10),
+        restart_backoff_max: Duration::from_millis(200),
+        ..PipelineConfig::default()
+    }
+}
+
+async fn start(store: &Store, config: PipelineConfig) -> PipelineHandle {
+    let source = EmbeddedSource::new(store.queue.clone(), INGESTION_GROUP)
+        .await
+        .unwrap()
+        .with_poll_interval(Duration::from_millis(10));
+    IngestPipeline::start(store.db.clone(), store.layout.clone(), Arc::new(source), config).unwrap()
+}
+
+async fn end_offsets(queue: &Queue) -> BTreeMap<i32, i64> {
+    let mut out = BTreeMap::new();
+    for p in queue.partition_ids() {
+        out.insert(p, queue.end_offset(p).await.unwrap());
+    }
+    out
+}
+
+/// Waits until every partition's committed offset reached its end.
+async fn wait_committed(store: &Store, handle: &PipelineHandle, timeout: Duration) {
+    let ends = end_offsets(&store.queue).await;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut done = true;
+        for (p, end) in &ends {
+            let committed = store.queue.committed(INGESTION_GROUP, *p).await.unwrap().unwrap_or(0);
+            done &= committed >= *end;
+        }
+        if done {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not everything committed in time: {:#?}", handle.counters());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stop(handle: PipelineHandle) {
+    tokio::time::timeout(Duration::from_secs(30), handle.shutdown()).await.expect("shutdown in time").unwrap();
+}
+
+/// Reads run `run`'s metric `m` (empty context) and checks steps 0..n hold values 0..n: nothing
+/// lost, nothing duplicated, source order kept.
+async fn check_run(store: &Store, run: &str, expected: i64) -> usize {
+    let tx = store.db.create_trx().unwrap();
+    let id = SeqId { run, ctx_id: context_to_id(&json!({})), name: "m" };
+    let cols = Columns { epoch: false, time: false };
+    let points = store.layout.seqs.read(&tx, id, None, None, cols, true).await.unwrap();
+    let got: Vec<(i64, i64)> =
+        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap() as i64)).collect();
+    let want: Vec<(i64, i64)> = (0..expected).map(|i| (i, i)).collect();
+    if got != want {
+        let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
+        panic!("run {run}: {} points, expected {expected}; first difference at {first_bad:?}", got.len());
+    }
+    points.len()
+}
+
+async fn check_all(store: &Store, per_run: &BTreeMap<String, i64>) -> usize {
+    let mut total = 0;
+    for (run, n) in per_run {
+        total += check_run(store, run, *n).await;
+    }
+    total
+}
+
+fn points_from_env(default: usize) -> usize {
+    std::env::var("MATYAN_CONSERVATION_POINTS").ok().and_then(|v| v.parse().ok()).map_or(default, |_: usize| 200_000)
+}
+
+/// Keys (relative to their directory) of the reference's directories, unpacked, with the worker
+/// clock's `created_at` times masked (the two stores were written at different times).
+async fn reference_keys(db: &Database, layout: &Layout) -> BTreeSet<(String, String)> {
+    let tx = db.create_trx().unwrap();
+    let dirs = &layout.dirs;
+    let mut keys = BTreeSet::new();
+    for (name, prefix) in [("runs", &dirs.runs), ("indexes", &dirs.indexes), ("system", &dirs.system)] {
+        for kv in tx.get_range(&RangeOption::new(prefix.clone(), strinc(prefix)), true).await.unwrap() {
+            let mut elems = matyan::storage::tuple::unpack(&kv.key[prefix.len()..]).unwrap();
+            if elems.contains(&Elem::from("created_at")) {
+                for e in &mut elems {
+                    if matches!(e, Elem::Float(_)) {
+                        *e = Elem::from("<time>");
+                    }
+                }
+            }
+            keys.insert((name.to_owned(), format!("{elems:?}")));
+        }
+    }
+    keys
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_10k_through_the_pipeline_give_the_keys_of_a_direct_apply() {
+    let metrics = recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let golden = golden_records();
+    assert_eq!(golden.len(), 10_003);
+    append(&store.queue, &golden).await;
+
+    // `[ingest]` defaults: 1 MB, 100 messages, 1 s.
+    let config = PipelineConfig::from_config(&matyan::config::Config::from_toml_str("test", "").unwrap());
+    assert_eq!(config.budget.max_messages, 100);
+    let handle = start(&store, PipelineConfig { commit_interval: Duration::from_millis(20), ..config }).await;
+    wait_committed(&store, &handle, Duration::from_secs(60)).await;
+    let counters = handle.counters();
+    stop(handle).await;
+    assert_eq!(counters.applied, 10_003, "{counters:#?}");
+    assert_eq!(counters.dead_letters, 0);
+
+    // 10,000 points, traces and a finalized run.
+    let run = String::from_utf8(golden[0].0.clone().unwrap()).unwrap();
+    let tx = store.db.create_trx().unwrap();
+    let mut total = 0;
+    for subset in ["train", "val"] {
+        let ctx_id = context_to_id(&json!({"subset": subset}));
+        let id = SeqId { run: &run, ctx_id, name: "loss" };
+        let points =
+            store.layout.seqs.read(&tx, id, None, None, Columns { epoch: false, time: false }, true).await.unwrap();
+        assert_eq!(points.len(), 5_000);
+        total += points.len();
+        let trace = |field: &str| {
+            store
+                .layout
+                .runs
+                .runs
+                .key(&run, &[Elem::from("traces"), Elem::from(ctx_id), Elem::from("loss"), Elem::from(field)])
+        };
+        let last_step = tx.get(&trace("last_step"), true).await.unwrap().map(|b| value::decode(&b).unwrap());
+        assert_eq!(last_step, Some(Value::Int(4_999)));
+        let last = tx.get(&trace("last"), true).await.unwrap().map(|b| value::decode(&b).unwrap());
+        assert_eq!(last, Some(value::decode(&points[4_999].val).unwrap()));
+    }
+    assert_eq!(total, 10_000);
+    let meta = store.layout.runs.get_run(&tx, &run, true).await.unwrap().unwrap();
+    assert_eq!(meta.get("active"), Some(&Value::Bool(false)));
+    assert!(meta.get("finalized_at").and_then(Value::as_f64).is_some());
+
+    // The same keys as applying the records directly through the applier.
+    let direct = Database::memory();
+    let direct_layout = Layout::open(&direct).await.unwrap();
+    let applier = Applier::new(direct_layout.clone());
+    let entries: Vec<Entry> = golden
+        .iter()
+        .enumerate()
+        .map(|(i, (_, v, _))| Entry { partition: 3, offset: i as i64, message: decode(v).unwrap() })
+        .collect();
+    for chunk in entries.chunks(100) {
+        direct
+            .run(&RetryOptions::default(), |tx| {
+                let applier = &applier;
+                let run = &run;
+                async move { applier.apply(&tx, run, chunk, 1_800_000_000.0, &mut |r| position_uuid(r)).await }
+            })
+            .await
+            .unwrap();
+    }
+    let (ours, theirs) =
+        (reference_keys(&store.db, &store.layout).await, reference_keys(&direct, &direct_layout).await);
+    assert_eq!(ours.len(), theirs.len());
+    let only_ours: Vec<_> = ours.difference(&theirs).collect();
+    let only_theirs: Vec<_> = theirs.difference(&ours).collect();
+    assert!(only_ours.is_empty() && only_theirs.is_empty(), "ours only: {only_ours:?}\ndirect only: {only_theirs:?}");
+
+    // Flush reasons are metric labels.
+    let text = metrics.render();
+    assert!(text.contains("matyan_ingest_flushes_total{reason=\"count\"}"), "{text}");
+    assert!(counters.flushes["count"] >= 100, "{counters:#?}");
+    assert!(text.contains("matyan_ingestion_messages_processed_total{message_type=\"log_metric\"}"), "{text}");
+    assert!(text.contains("matyan_ingestion_messages_consumed_total"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_and_restart_mid_stream_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let (records, per_run) = workload(10, 20_000);
+    let (first, second) = records.split_at(records.len() / 2);
+    append(&store.queue, first).await;
+    let handle = start(&store, small_config()).await;
+    // Stop while the first half is still being consumed, and append the rest meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.counters().consumed < 2_000 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    append(&store.queue, second).await;
+    stop(handle).await;
+    let handle = start(&store, small_config()).await;
+    wait_committed(&store, &handle, Duration::from_secs(120)).await;
+    let counters = handle.counters();
+    stop(handle).await;
+    assert!(counters.flushes["shutdown"] <= counters.flushes.values().sum::<u64>());
+    assert_eq!(check_all(&store, &per_run).await, 20_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conservation_under_random_chaos_kills() {
+    let n = points_from_env(20_000);
+    println!("conservation oracle: {n} points over 50 runs");
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let (records, per_run) = workload(50, n);
+    append(&store.queue, &records).await;
+    let handle = start(&store, small_config()).await;
+
+    let chaos = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let mut kills = 0u32;
+            let mut targets = BTreeMap::<String, u32>::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                match handle.kill(KillTarget::Random).await {
+                    Ok(what) => {
+                        kills += 1;
+                        *targets.entry(what.split(' ').next().unwrap_or("").to_owned()).or_default() += 1;
+                    }
+                    Err(matyan::actors::PipelineError::NoSuchTarget(_)) => {}
+                    Err(_) => return (kills, targets),
+                }
+            }
+        })
+    };
+    wait_committed(&store, &handle, Duration::from_secs(600)).await;
+    chaos.abort();
+    let counters = handle.counters();
+    stop(handle).await;
+    println!("restarts: {:?}; replayed entries skipped: {}", counters.restarts, counters.replayed);
+    assert!(counters.restarts_total() > 0, "no chaos kill happened: {counters:#?}");
+    assert_eq!(check_all(&store, &per_run).await, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_record_does_not_stop_its_neighbours() {
+    recorder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let run = run_id(1);
+    let mut records = vec![record(&run, json!({"type": "create_run", "payload": {"force_resume": false}}))];
+    let metric = |n: i64| {
+        record(&run, json!({"type": "log_metric", "payload": {"name": "m", "value": n, "context": {}, "dtype": "int"}}))
+    };
+    records.push(metric(0));
+    records.push((Some(run.as_bytes().to_vec()), b"{\"type\":\"log_metric\",\"run_id\":".to_vec(), 0)); // truncated
+    records.push(metric(1));
+    records.push((Some(run.as_bytes().to_vec()), vec![0xff, 0xfe, 0x00], 0)); // not UTF-8
+    records.push(metric(2));
+    append(&store.queue, &records).await;
+    let handle = start(&store, small_config()).await;
+    wait_committed(&store, &handle, Duration::from_secs(30)).await;
+    let counters = handle.counters();
+    stop(handle).await;
+    assert_eq!(counters.dead_letters, 2, "{counters:#?}");
+    assert_eq!(check_run(&store, &run, 3).await, 3);
+    let tx = store.db.create_trx().unwrap();
+    let letters = Applier::new(store.layout.clone()).dead_letters(&tx, 0).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    let text = recorder().render();
+    assert!(text.contains("matyan_ingest_dead_letters_total"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_run_actors_stop_and_come_back_on_the_next_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let (records, mut per_run) = workload(5, 100);
+    append(&store.queue, &records).await;
+    let config = PipelineConfig { run_idle_timeout: Duration::from_millis(100), ..small_config() };
+    let handle = start(&store, config).await;
+    wait_committed(&store, &handle, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while handle.counters().active_run_actors > 0 {
+        assert!(Instant::now() < deadline, "idle run actors were not stopped: {:#?}", handle.counters());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let more = more_points(5, 100, &mut per_run, false);
+    append(&store.queue, &more).await;
+    wait_committed(&store, &handle, Duration::from_secs(30)).await;
+    assert!(handle.counters().active_run_actors > 0 || handle.counters().applied >= 205);
+    stop(handle).await;
+    assert_eq!(check_all(&store, &per_run).await, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// kill -9 of a real `matyan serve`
+
+/// Reads the group's committed offsets through the admin dump route of a running server.
+fn committed_via_admin(addr: std::net::SocketAddr) -> BTreeMap<i64, i64> {
+    let (status, body) = common::server::get(addr, "/admin/kv/dump/?dir=ours&prefix=%5B%22consumer%22%5D&raw=true");
+    assert_eq!(status, 200, "{body}");
+    let mut out = BTreeMap::new();
+    // The body is chunked; chunk-size lines are not JSON objects.
+    for line in body.lines().map(str::trim).filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let key = v["key"].as_array().unwrap();
+        let partition = key[3].as_i64().unwrap();
+        let bytes: [u8; 8] = hex::decode(v["value_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
+        out.insert(partition, i64::from_le_bytes(bytes));
+    }
+    out
+}
+
+#[test]
+fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing() {
+    let n = points_from_env(20_000);
+    println!("kill -9 oracle: {n} points over 50 runs");
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (records, per_run) = workload(50, n);
+    let ends = rt.block_on(async {
+        std::fs::create_dir_all(&data_dir).unwrap();
+        let store = open_store(&data_dir).await;
+        append(&store.queue, &records).await;
+        end_offsets(&store.queue).await
+    });
+
+    // First life: killed with SIGKILL once some offsets are committed but not all.
+    let mut server = common::server::start(&data_dir, &[]);
+    let addr = common::server::wait_for_addr(&mut server, &data_dir);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let committed = committed_via_admin(addr).values().sum::<i64>();
+        let total: i64 = ends.values().sum();
+        if committed >= total / 10 {
+            println!("kill -9 with {committed} of {total} records committed");
+            assert!(committed < total, "the stream ended before the kill");
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing committed in time");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.0.kill().unwrap(); // SIGKILL
+    server.0.wait().unwrap();
+    let _ = std::fs::remove_file(data_dir.join("serve.addr"));
+
+    // Second life: runs to the end, then stops cleanly.
+    let mut server = common::server::start(&data_dir, &[]);
+    let addr = common::server::wait_for_addr(&mut server, &data_dir);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let committed = committed_via_admin(addr);
+        if ends.iter().all(|(p, end)| committed.get(&i64::from(*p)).copied().unwrap_or(0) >= *end) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not everything committed: {committed:?} of {ends:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = common::server::terminate(server);
+    assert_eq!(status.code(), Some(0));
+
+    rt.block_on(async {
+        let store = open_store(&data_dir).await;
+        assert_eq!(check_all(&store, &per_run).await, n);
+    });
+}
+
+/// One HTTP/1.1 POST without a body; returns the status code and the body.
+fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+}
+
+#[test]
+fn the_chaos_route_kills_actors_only_when_enabled() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let mut server = common::server::start(&data_dir, &[]);
+    let addr = common::server::wait_for_addr(&mut server, &data_dir);
+    let (status, body) = post(addr, "/admin/chaos/kill/?target=source");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("chaos is disabled"), "{body}");
+    assert_eq!(common::server::terminate(server).code(), Some(0));
+
+    let mut server = common::server::start(&data_dir, &["--chaos"]);
+    let addr = common::server::wait_for_addr(&mut server, &data_dir);
+    let (status, body) = post(addr, "/admin/chaos/kill/?target=source");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""killed":"source""#), "{body}");
+    let (status, body) = post(addr, "/admin/chaos/kill/?target=partition&partition=2");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""killed":"partition 2""#), "{body}");
+    assert_eq!(post(addr, "/admin/chaos/kill/?target=run&run=nope").0, 404);
+    assert_eq!(post(addr, "/admin/chaos/kill/?target=everything").0, 400);
+    // The source loop restarts at the end of its current step.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = common::server::get(addr, "/metrics/");
+        if metrics.contains("matyan_ingest_actor_restarts_total{actor=\"source\",cause=\"chaos\"}") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(common::server::terminate(server).code(), Some(0));
+}
