@@ -100,7 +100,7 @@ async fn write_run(
     runs.runs.set_tag(tx, hash, &tag)?;
 
     let decay = 1.0 + f64::from(i) * 0.5;
-    let traces: [(&str, serde_json::Value, fn(f64, f64) -> f64); 3] = [
+    let traces: [(&str, serde_json::Value, Curve); 3] = [
         ("loss", json!({"subset": "train"}), |x, d| (-x * d * 3.0).exp() + 0.05 * (x * 40.0).sin().abs()),
         ("loss", json!({"subset": "val"}), |x, d| (-x * d * 2.5).exp() + 0.1),
         ("acc", json!({"subset": "train"}), |x, d| 1.0 - (-x * d * 3.0).exp() * 0.9),
@@ -124,6 +124,9 @@ async fn write_run(
     runs.update_meta(tx, hash, end, &[("active", Value::Bool(false)), ("finalized_at", Value::Float(end))]).await?;
     Ok(())
 }
+
+/// A metric's value at a fraction `x` of the run, for a decay factor.
+type Curve = fn(f64, f64) -> f64;
 
 /// Fixed uuids for the seeded experiment and tag, so seeding twice finds them again.
 fn seed_uuid(n: u8) -> String {
