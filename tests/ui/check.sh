@@ -19,7 +19,7 @@ set -Eeuo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${UI_CHECK_OUT:-$root/target/ui-check}
-cache=${UI_CHECK_CACHE:-$HOME/.cache/matyan-ui-check}
+cache=${UI_CHECK_CACHE:-${HOME:-/root}/.cache/matyan-ui-check}
 export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 PLAYWRIGHT_VERSION=1.65.1
 UI_VERSION=0.3.2

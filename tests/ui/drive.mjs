@@ -57,7 +57,7 @@ const browser = await chromium.launch({
   headless: true,
   args: [
     '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-    '--disable-sync', '--no-first-run', '--disable-dev-shm-usage',
+    '--disable-sync', '--no-first-run', '--disable-quic', '--disable-dev-shm-usage',
   ],
 });
 try {
