@@ -1,6 +1,7 @@
 //! The `matyan` command line: one file per subcommand, dispatched from [`Commands`].
 
 mod bench;
+mod dev;
 mod kv;
 mod queue;
 mod serve;
@@ -30,6 +31,9 @@ pub enum Commands {
     Bench(bench::BenchArgs),
     /// Work with the embedded queue (`queue import`).
     Queue(queue::QueueArgs),
+    /// Development tools (`dev seed`: demonstration runs for the UI check).
+    #[command(hide = true)]
+    Dev(dev::DevArgs),
 }
 
 impl Cli {
@@ -40,6 +44,7 @@ impl Cli {
             Commands::Kv(args) => kv::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
             Commands::Queue(args) => queue::run(args).await,
+            Commands::Dev(args) => dev::run(args).await,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! - `metrics.rs`: `/metrics/` (Prometheus exposition);
 //! - `admin.rs`: `/admin/…` operator routes, loopback clients only.
 //! - `api/`: the REST API under `/api/v1/rest` (one file per area);
-//! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO).
+//! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO);
+//! - `cors.rs`: CORS for the configured origins (the UI is served from another origin);
+//! - `openapi.rs`: the OpenAPI document of the REST routes (`/api/v1/rest/openapi.json`).
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
 //! given one before routing, so both forms answer alike and nothing is redirected (a redirect breaks
@@ -12,8 +14,10 @@
 
 mod admin;
 pub mod api;
+mod cors;
 mod health;
 mod metrics;
+pub mod openapi;
 pub mod stream;
 
 use std::convert::Infallible;
@@ -39,11 +43,13 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready/", get(health::ready))
         .route("/admin/kv/dump/", get(admin::kv_dump))
         .route("/admin/chaos/kill/", axum::routing::post(admin::chaos_kill))
+        .route("/api/v1/rest/openapi.json/", get(openapi::document))
         .merge(api::routes());
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));
     }
-    router.layer(middleware::from_fn(track)).with_state(state)
+    let cors = cors::layer(&state.config.server.cors_origins);
+    router.layer(cors).layer(middleware::from_fn(track)).with_state(state)
 }
 
 /// The router behind trailing-slash normalisation: what the listener serves.

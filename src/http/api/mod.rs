@@ -5,7 +5,8 @@
 //! - `read.rs`: one snapshot per request, a work budget, and run data loaded from storage;
 //! - `shape.rs`: props, params trees and value conversions shared by the routes;
 //! - `runs.rs`: run info, run search, metric get-batch and metric search (§4.1, §4.2, §4.5, §4.6);
-//! - `projects.rs`: project params (§6.6);
+//! - `projects.rs`: project info, activity, params, pinned sequences and status (§6.6);
+//! - `entities.rs`: experiments, tags, dashboards, apps, reports, notes and `version` (§6.3–§6.8);
 //! - `body.rs`: JSON request bodies (a 422 for anything malformed);
 //! - `run_write.rs`: run mutations and run ↔ tag links (§6.1, §6.2);
 //! - `control.rs`: where run mutations publish their events (the embedded ingestion queue);
@@ -18,6 +19,7 @@ mod active;
 mod align;
 mod body;
 mod control;
+mod entities;
 mod logs;
 mod objects;
 mod params;
@@ -31,13 +33,13 @@ use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::json;
 
 use crate::app::AppState;
 use crate::ingest::queue::QueueError;
 use crate::query::SyntaxError;
-use crate::storage::kv::KvError;
+use crate::storage::kv::{KvError, RetryableError};
 use crate::storage::layout::LayoutError;
 use crate::storage::layout::sequences::SeqError;
 
@@ -64,8 +66,44 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/search/metric/align/", post(align::align))
         .route("/runs/active/", get(active::active_runs))
         .merge(objects::routes())
-        .route("/projects/params/", get(projects::params));
+        .route("/projects/params/", get(projects::params))
+        .merge(entity_routes());
     Router::new().nest(PREFIX, rest)
+}
+
+/// The project, entity and version routes (§2.2), with their methods.
+pub fn entity_routes() -> Router<AppState> {
+    use entities as e;
+    let routes: [(&str, MethodRouter<AppState>); 24] = [
+        ("/projects/", get(projects::info)),
+        ("/projects/activity/", get(projects::activity_route)),
+        ("/projects/pinned-sequences/", get(projects::pinned_get).post(projects::pinned_set)),
+        ("/projects/status/", get(projects::status)),
+        ("/version/", get(e::version)),
+        ("/experiments/", get(e::experiments_list).post(e::experiments_create)),
+        ("/experiments/search/", get(e::experiments_search)),
+        ("/experiments/{id}/", get(e::experiments_get).put(e::experiments_update).delete(e::experiments_delete)),
+        ("/experiments/{id}/runs/", get(e::experiments_runs)),
+        ("/experiments/{id}/activity/", get(e::experiments_activity)),
+        ("/experiments/{id}/note/", get(e::experiment_notes).post(e::experiment_note_create)),
+        (
+            "/experiments/{id}/note/{note_id}/",
+            get(e::experiment_note_get).put(e::experiment_note_update).delete(e::experiment_note_delete),
+        ),
+        ("/runs/{run_id}/note/", get(e::run_notes).post(e::run_note_create)),
+        ("/runs/{run_id}/note/{note_id}/", get(e::run_note_get).put(e::run_note_update).delete(e::run_note_delete)),
+        ("/tags/", get(e::tags_list).post(e::tags_create)),
+        ("/tags/search/", get(e::tags_search)),
+        ("/tags/{id}/", get(e::tags_get).put(e::tags_update).delete(e::tags_delete)),
+        ("/tags/{id}/runs/", get(e::tags_runs)),
+        ("/dashboards/", get(e::dashboards_list).post(e::dashboards_create)),
+        ("/dashboards/{id}/", get(e::dashboards_get).put(e::dashboards_update).delete(e::dashboards_delete)),
+        ("/apps/", get(e::apps_list).post(e::apps_create)),
+        ("/apps/{id}/", get(e::apps_get).put(e::apps_update).delete(e::apps_delete)),
+        ("/reports/", get(e::reports_list).post(e::reports_create)),
+        ("/reports/{id}/", get(e::reports_get).put(e::reports_update).delete(e::reports_delete)),
+    ];
+    routes.into_iter().fold(Router::new(), |r, (path, m)| r.route(path, m))
 }
 
 /// Why a REST request failed; [`ApiError::status`] is the one mapping to HTTP status.
@@ -94,6 +132,17 @@ pub enum ApiError {
 impl From<KvError> for ApiError {
     fn from(e: KvError) -> Self {
         ApiError::Storage(LayoutError::Kv(e))
+    }
+}
+
+/// Lets handlers run their writes in [`crate::storage::kv::Database::run`]: conflicts retry,
+/// every other error ends the loop and is answered.
+impl RetryableError for ApiError {
+    fn kv_error(&self) -> Option<&KvError> {
+        match self {
+            ApiError::Storage(e) => e.kv_error(),
+            _ => None,
+        }
     }
 }
 
@@ -130,6 +179,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Budget(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // A taken unique name or a request the layout refuses is the client's mistake (the
+            // reference answers 400 for duplicate names).
+            ApiError::Storage(LayoutError::Conflict(_) | LayoutError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ApiError::Storage(_) | ApiError::Publish(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -144,6 +196,7 @@ impl ApiError {
             return format!("Request too large: {detail}");
         }
         match self {
+            ApiError::Storage(LayoutError::Conflict(m) | LayoutError::Invalid(m)) => m.clone(),
             ApiError::Storage(_) | ApiError::Publish(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
@@ -198,6 +251,8 @@ mod tests {
         assert_eq!(big.status().as_u16(), 400);
         assert!(big.message().starts_with("Request too large: "), "{}", big.message());
         assert_eq!(ApiError::NotFound.message(), "Not Found");
+        let taken = ApiError::Storage(LayoutError::Conflict("taken".into()));
+        assert_eq!((taken.status().as_u16(), taken.message().as_str()), (400, "taken"));
         assert_eq!(ApiError::Storage(LayoutError::Corrupt("c".into())).message(), "Internal server error");
     }
 }

@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# The UI check, as a person would (issue 4): the real matyan-ui 0.3.2 in headless Chromium against
+# our `matyan serve` holding a few seeded runs. Opens the runs explorer, the metrics explorer with
+# `metric.name == "loss"`, a run page and its metrics tab; asserts the run is listed and the chart
+# renders (no error toast, SVG lines drawn). Screenshots, the UI's API calls and the logs go to
+# $UI_CHECK_OUT (default target/ui-check/).
+#
+# Installs what it needs when missing: Debian's `chromium` (apt), matyan-ui from PyPI into a venv
+# (Python 3.11 with --ignore-requires-python, pinned by fixtures/python-constraints.txt), and
+# playwright-core from npm (the driver; it uses the system Chromium, no browser download). They are
+# kept under $UI_CHECK_CACHE (default ~/.cache/matyan-ui-check) for the next run.
+#
+# The runs come from `matyan dev seed` (a hidden subcommand writing deterministic runs through the
+# storage layout) into a fresh data directory before `matyan serve` starts on it.
+#
+# Env: MATYAN_BIN (a built `matyan`; default: `cargo build --bin matyan` and its debug binary),
+#      UI_CHECK_OUT, UI_CHECK_CACHE, CHROMIUM (default /usr/bin/chromium).
+set -Eeuo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${UI_CHECK_OUT:-$root/target/ui-check}
+cache=${UI_CHECK_CACHE:-${HOME:-/root}/.cache/matyan-ui-check}
+export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+PLAYWRIGHT_VERSION=1.65.1
+UI_VERSION=0.3.2
+
+rm -rf "$out"
+mkdir -p "$out" "$cache"
+work=$(mktemp -d)
+pids=()
+
+log() { echo "ui-check: $*"; }
+
+cleanup() {
+    local rc=$?
+    for pid in "${pids[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "$rc" -ne 0 ]; then
+        for f in serve.log ui.log; do
+            if [ -f "$out/$f" ]; then
+                echo "----- last lines of $f (static files left out) -----"
+                grep -v 'GET /static-files/' "$out/$f" | tail -n 40
+            fi
+        done
+        echo "ui-check: FAILED (screenshots and logs in $out)"
+    fi
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+
+install_chromium() {
+    if [ -x "$CHROMIUM" ]; then return; fi
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
+}
+
+install_ui() {
+    local venv=$cache/venv
+    if [ -x "$venv/bin/matyan-ui" ] && "$venv/bin/pip" show matyan-ui 2>/dev/null | grep -q "^Version: $UI_VERSION$"; then
+        return
+    fi
+    local py
+    py=$(command -v python3.11 || command -v python3)
+    rm -rf "$venv"
+    "$py" -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check --ignore-requires-python \
+        -c "$root/fixtures/python-constraints.txt" "matyan-ui==$UI_VERSION"
+}
+
+install_driver() {
+    local dir=$cache/node
+    if [ -f "$dir/node_modules/playwright-core/package.json" ] &&
+        grep -q "\"version\": \"$PLAYWRIGHT_VERSION\"" "$dir/node_modules/playwright-core/package.json"; then
+        return
+    fi
+    mkdir -p "$dir"
+    (cd "$dir" && echo '{"private": true}' >package.json &&
+        npm install --silent --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null)
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until $1 answers 200, or fails after $2 seconds, unless process $3 died first.
+wait_http() {
+    local url=$1 secs=$2 pid=$3
+    local deadline=$((SECONDS + secs))
+    until curl -fsS -o /dev/null "$url" 2>/dev/null; do
+        if ! kill -0 "$pid" 2>/dev/null; then log "process $pid exited before $url answered"; return 1; fi
+        if [ "$SECONDS" -ge "$deadline" ]; then log "$url did not answer within ${secs}s"; return 1; fi
+        sleep 0.3
+    done
+}
+
+log "installing what is missing (chromium, matyan-ui $UI_VERSION, playwright-core $PLAYWRIGHT_VERSION)"
+install_chromium
+install_ui
+install_driver
+
+bin=${MATYAN_BIN:-}
+if [ -z "$bin" ]; then
+    (cd "$root" && cargo build --quiet --bin matyan)
+    bin=${CARGO_TARGET_DIR:-$root/target}/debug/matyan
+fi
+log "server binary: $bin"
+
+data=$work/data
+"$bin" dev seed --data-dir "$data" --runs 3 --steps 300 | tee "$out/seed.log"
+
+ui_port=$(free_port)
+ui_origin=http://127.0.0.1:$ui_port
+RUST_LOG=${RUST_LOG:-info} CORS_ORIGINS="$ui_origin" \
+    "$bin" serve --data-dir "$data" --host 127.0.0.1 --port 0 >"$out/serve.log" 2>&1 &
+serve_pid=$!
+pids+=("$serve_pid")
+deadline=$((SECONDS + 60))
+until [ -s "$data/serve.addr" ]; do
+    if ! kill -0 "$serve_pid" 2>/dev/null; then log "matyan serve exited before listening"; exit 1; fi
+    if [ "$SECONDS" -ge "$deadline" ]; then log "matyan serve did not listen within 60s"; exit 1; fi
+    sleep 0.2
+done
+api=http://$(tr -d '\n' <"$data/serve.addr")
+wait_http "$api/health/ready/" 30 "$serve_pid"
+log "matyan serve at $api"
+
+# The preflight every UI request starts with (§1.3): answered for the UI's origin.
+preflight=$(curl -sS -o /dev/null -D - -X OPTIONS "$api/api/v1/rest/projects" \
+    -H "Origin: $ui_origin" -H 'Access-Control-Request-Method: GET' \
+    -H 'Access-Control-Request-Headers: content-type,x-timezone-offset' | tr -d '\r')
+if ! grep -qi "^access-control-allow-origin: $ui_origin$" <<<"$preflight"; then
+    log "CORS preflight not answered for $ui_origin:"
+    echo "$preflight"
+    exit 1
+fi
+
+MATYAN_UI_API_HOST_BASE=$api "$cache/venv/bin/matyan-ui" --host 127.0.0.1 --port "$ui_port" >"$out/ui.log" 2>&1 &
+ui_pid=$!
+pids+=("$ui_pid")
+wait_http "$ui_origin/" 60 "$ui_pid"
+log "matyan-ui at $ui_origin"
+
+# The seeded experiment's id, for a look at its page.
+export UI_CHECK_EXPERIMENT=00000000-5eed-4000-8000-000000000000
+cp "$root/tests/ui/drive.mjs" "$cache/node/drive.mjs"
+node "$cache/node/drive.mjs" "$ui_origin" "$api/api/v1/rest" "$out" 5eed000000000000 seed-run-0 | tee "$out/drive.log"
+log "screenshots in $out"
