@@ -81,6 +81,15 @@ const METRIC_SEARCH: &[Query] = &[
     ("report_progress", "boolean", false),
 ];
 
+const OBJECT_SEARCH: &[Query] = &[
+    ("q", "string", false),
+    ("record_range", "string", false),
+    ("record_density", "integer", false),
+    ("index_range", "string", false),
+    ("index_density", "integer", false),
+    ("report_progress", "boolean", false),
+];
+
 /// Every documented operation.
 pub const ROUTES: &[Route] = &[
     r("get", "/health/live/", "Liveness probe"),
@@ -95,6 +104,69 @@ pub const ROUTES: &[Route] = &[
         r("post", "/api/v1/rest/runs/{run_id}/metric/get-batch/", "Metric series of one run"),
         &[("record_density", "integer", false)],
     )),
+    with_body(r(
+        "put",
+        "/api/v1/rest/runs/{run_id}/",
+        "Update a run (name, description, archived, active, experiment)",
+    )),
+    r("delete", "/api/v1/rest/runs/{run_id}/", "Delete a run (pending deletion, then delete_run)"),
+    with_body(r("post", "/api/v1/rest/runs/delete-batch/", "Delete runs")),
+    with_body(q(
+        r("post", "/api/v1/rest/runs/archive-batch/", "Archive or unarchive runs"),
+        &[("archive", "boolean", false)],
+    )),
+    with_body(r("post", "/api/v1/rest/runs/finish-batch/", "Finish runs")),
+    status(r("post", "/api/v1/rest/runs/{run_id}/clear-tombstone/", "Clear a run's tombstone"), 204, Body::Empty),
+    with_body(r("post", "/api/v1/rest/runs/{run_id}/tags/new/", "Tag a run (creating the tag)")),
+    r("delete", "/api/v1/rest/runs/{run_id}/tags/{tag_id}/", "Untag a run"),
+    q(r("get", "/api/v1/rest/runs/{run_id}/logs/", "Terminal logs of a run"), &[("record_range", "string", false)]),
+    q(
+        r("get", "/api/v1/rest/runs/{run_id}/log-records/", "Log records of a run"),
+        &[("record_range", "string", false)],
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/search/metric/align/", "Align metrics on a custom x-axis")),
+        200,
+        Body::Stream,
+    ),
+    status(
+        q(r("get", "/api/v1/rest/runs/active/", "Active runs"), &[("report_progress", "boolean", false)]),
+        200,
+        Body::Stream,
+    ),
+    status(q(r("get", "/api/v1/rest/runs/search/texts/", "Text search"), OBJECT_SEARCH), 200, Body::Stream),
+    status(
+        q(r("get", "/api/v1/rest/runs/search/distributions/", "Distribution search"), OBJECT_SEARCH),
+        200,
+        Body::Stream,
+    ),
+    status(q(r("get", "/api/v1/rest/runs/search/figures/", "Figure search"), OBJECT_SEARCH), 200, Body::Stream),
+    status(with_body(r("post", "/api/v1/rest/runs/{run_id}/texts/get-batch/", "Texts of one run")), 200, Body::Stream),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/{run_id}/distributions/get-batch/", "Distributions of one run")),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/{run_id}/figures/get-batch/", "Figures of one run")),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/{run_id}/texts/get-step/", "Texts of one run at one step")),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/{run_id}/distributions/get-step/", "Distributions at one step")),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/{run_id}/figures/get-step/", "Figures of one run at one step")),
+        200,
+        Body::Stream,
+    ),
     r("get", "/api/v1/rest/runs/{run_id}/note/", "Notes of a run"),
     status(with_body(r("post", "/api/v1/rest/runs/{run_id}/note/", "Create a run note")), 201, Body::Json),
     r("get", "/api/v1/rest/runs/{run_id}/note/{note_id}/", "A run note"),
