@@ -21,6 +21,7 @@ fn serve_answers_probes_and_metrics_then_stops_cleanly_on_sigterm() {
         let (status, body) = get(addr, path);
         assert_eq!(status, 200, "{path}: {body}");
         assert!(body.contains(r#""status":"ok""#), "{path}: {body}");
+        assert!(body.contains(r#""ingest":"ok""#), "serve runs the ingestion pipeline: {body}");
     }
     assert_eq!(get(addr, "/no/such/route/").0, 404);
     for path in ["/metrics/", "/metrics"] {

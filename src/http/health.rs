@@ -1,4 +1,5 @@
-//! Probes: `/health/live/` (the process answers) and `/health/ready/` (storage answers one cheap read).
+//! Probes: `/health/live/` (the process answers) and `/health/ready/` (storage answers one cheap read,
+//! and the ingestion pipeline's supervisor runs when this process has one).
 
 use std::time::Duration;
 
@@ -20,25 +21,28 @@ pub async fn live() -> Json<Value> {
 }
 
 /// 200 `{"status":"ok","checks":{"fdb":"ok"}}` when a snapshot read of `⟨system⟩("__ping__",)`
-/// succeeds (the reference's check, under its key name `fdb` whatever the backend); 503 with
-/// `"status":"degraded"` and the error text under `checks.fdb` otherwise.
+/// succeeds (the reference's check, under its key name `fdb` whatever the backend) and, in a process
+/// running the ingestion pipeline, `checks.ingest` is `ok` (its supervisor runs); 503 with
+/// `"status":"degraded"` and the failing check's text otherwise.
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
-    let result = match tokio::time::timeout(READY_TIMEOUT, ping(&state)).await {
+    let storage = match tokio::time::timeout(READY_TIMEOUT, ping(&state)).await {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("storage read timed out after {} ms", READY_TIMEOUT.as_millis())),
     };
-    crate::metrics::health_ready(result.is_ok());
+    let ingest = crate::actors::pipeline::serving().map(|p| p.is_running());
+    let ok = storage.is_ok() && ingest != Some(false);
+    crate::metrics::health_ready(ok);
     let backend = state.db.backend();
-    match result {
-        Ok(()) => (StatusCode::OK, Json(json!({"status": "ok", "backend": backend, "checks": {"fdb": "ok"}}))),
-        Err(error) => {
-            tracing::warn!(%error, backend, "readiness check failed");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"status": "degraded", "backend": backend, "checks": {"fdb": error}})),
-            )
-        }
+    let mut checks = serde_json::Map::new();
+    checks.insert("fdb".into(), Value::from(storage.as_ref().err().map_or("ok", String::as_str)));
+    if let Some(running) = ingest {
+        checks.insert("ingest".into(), Value::from(if running { "ok" } else { "supervisor stopped" }));
     }
+    if ok {
+        return (StatusCode::OK, Json(json!({"status": "ok", "backend": backend, "checks": checks})));
+    }
+    tracing::warn!(?checks, backend, "readiness check failed");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "degraded", "backend": backend, "checks": checks})))
 }
 
 /// Reads the never-written key `⟨system⟩("__ping__",)`.
