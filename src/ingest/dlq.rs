@@ -87,48 +87,31 @@ pub enum DeadLetterError {
 pub enum DeadLetterSink {
     /// The dead-letter topic.
     Kafka(KafkaDeadLetters),
-    /// Our directory of the KV store, through [`Applier::write_dead_letter`].
-    Embedded {
-        /// The store.
-        db: Database,
-        /// The applier whose layout holds our directory.
-        applier: Applier,
-        /// Retry settings of the write's transaction.
-        retry: RetryOptions,
-    },
+    /// Our directory of the KV store.
+    Embedded(Box<EmbeddedDeadLetters>),
 }
 
 impl std::fmt::Debug for DeadLetterSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DeadLetterSink::Kafka(k) => f.debug_tuple("Kafka").field(&k.topic).finish(),
-            DeadLetterSink::Embedded { .. } => f.write_str("Embedded"),
+            DeadLetterSink::Embedded(_) => f.write_str("Embedded"),
         }
     }
 }
 
 impl DeadLetterSink {
+    /// Builds the embedded sink.
+    pub fn embedded(db: Database, applier: Applier, retry: RetryOptions) -> Self {
+        DeadLetterSink::Embedded(Box::new(EmbeddedDeadLetters { db, applier, retry }))
+    }
+
     /// Writes one dead letter and returns once it is durable (acknowledged by the broker, or
     /// committed in the store).
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
         match self {
             DeadLetterSink::Kafka(k) => k.send(rejected).await?,
-            DeadLetterSink::Embedded { db, applier, retry } => {
-                let letter = DeadLetter {
-                    reason: rejected.reason.to_owned(),
-                    key: rejected.key.map(|k| String::from_utf8_lossy(k).into_owned()),
-                    value: Some(rejected.value.to_vec()),
-                    timestamp: now_secs(),
-                    message_type: rejected.message_type.map(str::to_owned),
-                    detail: rejected.detail.clone(),
-                };
-                db.run(retry, |tx| {
-                    let letter = &letter;
-                    async move { applier.write_dead_letter(&tx, rejected.partition, rejected.offset, letter) }
-                })
-                .await?;
-                crate::metrics::dead_letter_published("embedded", rejected.reason);
-            }
+            DeadLetterSink::Embedded(e) => e.send(rejected).await?,
         }
         tracing::warn!(
             topic = rejected.topic,
@@ -137,6 +120,46 @@ impl DeadLetterSink {
             reason = rejected.reason,
             "record dead-lettered"
         );
+        Ok(())
+    }
+}
+
+/// Dead letters in our KV directory, through [`Applier::write_dead_letter`].
+#[derive(Clone)]
+pub struct EmbeddedDeadLetters {
+    /// The store.
+    pub db: Database,
+    /// The applier whose layout holds our directory.
+    pub applier: Applier,
+    /// Retry settings of the write's transaction.
+    pub retry: RetryOptions,
+}
+
+impl std::fmt::Debug for EmbeddedDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedDeadLetters").field("retry", &self.retry).finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedDeadLetters {
+    /// Writes one dead letter, with the original bytes, in its own transaction.
+    pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
+        let letter = DeadLetter {
+            reason: rejected.reason.to_owned(),
+            key: rejected.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: Some(rejected.value.to_vec()),
+            timestamp: now_secs(),
+            message_type: rejected.message_type.map(str::to_owned),
+            detail: rejected.detail.clone(),
+        };
+        let applier = &self.applier;
+        self.db
+            .run(&self.retry, |tx| {
+                let letter = &letter;
+                async move { applier.write_dead_letter(&tx, rejected.partition, rejected.offset, letter) }
+            })
+            .await?;
+        crate::metrics::dead_letter_published("embedded", rejected.reason);
         Ok(())
     }
 }
@@ -231,7 +254,7 @@ mod tests {
     async fn the_embedded_sink_stores_the_original_bytes_and_reason() {
         let db = Database::memory();
         let applier = Applier::new(Layout::open(&db).await.unwrap());
-        let sink = DeadLetterSink::Embedded { db: db.clone(), applier: applier.clone(), retry: RetryOptions::default() };
+        let sink = DeadLetterSink::embedded(db.clone(), applier.clone(), RetryOptions::default());
         let rejected = Rejected {
             topic: "data-ingestion",
             partition: 4,

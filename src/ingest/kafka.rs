@@ -429,10 +429,7 @@ impl Source for KafkaSource {
         while out.len() < max_records {
             let next = if out.is_empty() {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(remaining, self.consumer.recv()).await {
-                    Ok(m) => Some(m),
-                    Err(_) => None,
-                }
+                tokio::time::timeout(remaining, self.consumer.recv()).await.ok()
             } else {
                 // Drain what is already fetched without waiting again.
                 self.consumer.recv().now_or_never()

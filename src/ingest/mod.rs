@@ -28,8 +28,8 @@ pub mod queue;
 pub mod run_batch;
 pub mod source;
 
-pub use kafka::{AssignmentEvent, KafkaSource, KafkaSourceError, Lease};
 pub use apply::{Applier, ApplyError, ApplyOutcome, IdRequest, position_uuid};
+pub use kafka::{AssignmentEvent, KafkaSource, KafkaSourceError, Lease};
 pub use message::{DecodeError, IngestMessage, MessageType, Payload, decode};
 pub use queue::{EmbeddedSource, Queue, QueueError};
 pub use run_batch::{Batch, BatchBudget, Entry, FlushReason, RunBatch};

@@ -138,11 +138,13 @@ impl OutboxPublisher {
             .ok_or_else(|| malformed("no payload.run_id".to_owned()))?
             .to_owned();
         let value = serde_json::to_vec(&json).map_err(|e| malformed(e.to_string()))?;
-        let record: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic).key(run.as_str()).payload(value.as_slice());
-        self.producer
-            .send(record, DELIVERY_TIMEOUT)
-            .await
-            .map_err(|(source, _)| OutboxError::Delivery { partition, offset, source })?;
+        let record: FutureRecord<'_, str, [u8]> =
+            FutureRecord::to(&self.topic).key(run.as_str()).payload(value.as_slice());
+        self.producer.send(record, DELIVERY_TIMEOUT).await.map_err(|(source, _)| OutboxError::Delivery {
+            partition,
+            offset,
+            source,
+        })?;
         // Delivered: remove the entry. A failure here only means it is published again later.
         let applier = &self.applier;
         self.db
