@@ -13,7 +13,9 @@
 //! with [`KafkaSourceError::StaleEpoch`] when the partition was revoked since (it is no longer
 //! assigned, or assigned again under a newer epoch). The check and the bookkeeping happen under
 //! the lock the rebalance callback takes, so a revocation is either before the check (the commit is
-//! refused) or after it (the commit was made while the partition was ours). A flush that was in
+//! refused) or after it (the commit was made while the partition was ours); a revocation that
+//! arrives during a commit waits for it, which librdkafka bounds (a commit waiting for an
+//! unavailable coordinator gives up after `session.timeout.ms`). A flush that was in
 //! flight when its partition moved to another consumer therefore cannot move the group's offset:
 //! the new owner's commits are the only ones that count. Data written by that late flush is safe
 //! anyway: each run's transaction records its applied `(partition, offset)` (see
