@@ -172,6 +172,23 @@ async fn memory_applier() -> (Database, Applier) {
     (db, applier)
 }
 
+/// The group's committed offsets of `partitions` of the topic (-1 when none).
+fn committed_offsets(broker: &Broker, partitions: &[i32]) -> Vec<i64> {
+    let reader: rdkafka::consumer::BaseConsumer = broker.client_config().set("group.id", GROUP).create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in partitions {
+        tpl.add_partition(TOPIC, *p);
+    }
+    let got = reader.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    partitions
+        .iter()
+        .map(|p| match got.find_partition(TOPIC, *p).map(|e| e.offset()) {
+            Some(rdkafka::Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
 /// Polls until `source` has `n` partitions assigned, collecting any records it returns.
 async fn wait_assigned(source: &KafkaSource, n: usize) -> Vec<Record> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -216,6 +233,7 @@ async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() 
         }
     }
     assert_eq!(applied, 10_003);
+    assert_eq!(committed_offsets(&broker, &[3]), vec![10_003], "the group's offset is the next to read");
     let events = source.take_events();
     assert!(
         matches!(events.first(), Some(AssignmentEvent::Assigned(l)) if l.len() == 6),
@@ -471,6 +489,9 @@ async fn a_commit_under_a_revoked_lease_is_refused() {
     assert_eq!(old.len(), 6);
     assert!(a.lease(old[0].partition) == Some(old[0]));
     a.commit_fenced(old[0], 0).await.unwrap();
+    // Staged, not committed: the revocation commits it.
+    a.stage(old[1], 3).unwrap();
+    a.stage(old[1], 2).unwrap();
 
     // A second member joins: a's partitions are revoked (all of them, eagerly) inside its poll.
     let b = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
@@ -494,6 +515,9 @@ async fn a_commit_under_a_revoked_lease_is_refused() {
         );
         assert!(!err.is_retryable());
     }
+    assert!(matches!(a.stage(old[1], 4), Err(SourceError::Kafka(KafkaSourceError::StaleEpoch { .. }))));
+    let committed = committed_offsets(&broker, &[old[0].partition, old[1].partition]);
+    assert_eq!(committed, vec![0, 3], "the revocation committed the highest staged offset");
     // A partition b now owns: a's plain commit says it is not assigned.
     let theirs = b.assignment()[0];
     assert!(matches!(a.commit(theirs, 1).await, Err(SourceError::NotAssigned { .. })));
