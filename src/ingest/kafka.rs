@@ -388,8 +388,10 @@ impl KafkaSource {
         }
     }
 
-    /// Closes the consumer's group membership: revokes (committing staged offsets) and leaves
-    /// the group so the partitions move at once instead of after the session timeout.
+    /// Drops the subscription: the revocation (which commits staged offsets) runs on the next
+    /// [`Source::poll`]. Dropping the source also closes the consumer: librdkafka's close serves
+    /// the revocation and leaves the group, blocking the dropping thread until it is done, so the
+    /// partitions move at once instead of after the session timeout.
     pub fn unsubscribe(&self) {
         self.consumer.unsubscribe();
     }
