@@ -135,14 +135,49 @@ impl IngestConfig {
     }
 }
 
-/// Kafka brokers and topics, for the roles that use Kafka.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Kafka brokers, topics, group and security, for the roles that use Kafka. `Debug` hides the
+/// SASL password.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     pub bootstrap_servers: String,
     pub data_ingestion_topic: String,
     pub control_events_topic: String,
+    /// Consumer group of the ingestion workers.
+    pub consumer_group: String,
+    /// Topic that receives records that cannot be decoded or applied.
+    pub dead_letter_topic: String,
+    /// librdkafka's `security.protocol`: `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    pub security_protocol: String,
+    /// librdkafka's `sasl.mechanism` (`PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`); empty: unset.
+    pub sasl_mechanism: String,
+    /// SASL user name; set together with `sasl_password` or not at all.
+    pub sasl_username: String,
+    /// SASL password; never logged.
+    pub sasl_password: String,
 }
+
+impl std::fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("data_ingestion_topic", &self.data_ingestion_topic)
+            .field("control_events_topic", &self.control_events_topic)
+            .field("consumer_group", &self.consumer_group)
+            .field("dead_letter_topic", &self.dead_letter_topic)
+            .field("security_protocol", &self.security_protocol)
+            .field("sasl_mechanism", &self.sasl_mechanism)
+            .field("sasl_username", &self.sasl_username)
+            .field("sasl_password", &if self.sasl_password.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
+}
+
+/// The values `kafka.security_protocol` accepts (librdkafka's, case-insensitive).
+pub const KAFKA_SECURITY_PROTOCOLS: [&str; 4] = ["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
+
+/// The values `kafka.sasl_mechanism` accepts when set.
+pub const KAFKA_SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 /// Prometheus metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +230,10 @@ pub enum ValidationError {
     Greater { key: &'static str, value: u64, other: &'static str, other_value: u64 },
     #[error("{key}: \"fdb\" needs a build with `--features fdb`")]
     FdbNotBuilt { key: &'static str },
+    #[error("{key}: {value:?} is not one of {allowed:?}")]
+    NotOneOf { key: &'static str, value: String, allowed: &'static [&'static str] },
+    #[error("{key} and {other} must be set together")]
+    Unpaired { key: &'static str, other: &'static str },
 }
 
 impl ValidationError {
@@ -206,7 +245,9 @@ impl ValidationError {
             | ValidationError::Empty { key }
             | ValidationError::AboveFdbLimit { key, .. }
             | ValidationError::Greater { key, .. }
-            | ValidationError::FdbNotBuilt { key } => key,
+            | ValidationError::FdbNotBuilt { key }
+            | ValidationError::NotOneOf { key, .. }
+            | ValidationError::Unpaired { key, .. } => key,
         }
     }
 }
@@ -279,6 +320,18 @@ impl Config {
         }
         if let Some(v) = get("KAFKA_CONTROL_EVENTS_TOPIC") {
             self.kafka.control_events_topic = v;
+        }
+        if let Some(v) = get("KAFKA_SECURITY_PROTOCOL") {
+            self.kafka.security_protocol = v;
+        }
+        if let Some(v) = get("KAFKA_SASL_MECHANISM") {
+            self.kafka.sasl_mechanism = v;
+        }
+        if let Some(v) = get("KAFKA_SASL_USERNAME") {
+            self.kafka.sasl_username = v;
+        }
+        if let Some(v) = get("KAFKA_SASL_PASSWORD") {
+            self.kafka.sasl_password = v;
         }
         if let Some(v) = get("CORS_ORIGINS") {
             self.server.cors_origins = parse_list("CORS_ORIGINS", v)?;
@@ -353,10 +406,31 @@ impl Config {
             ("kafka.bootstrap_servers", &self.kafka.bootstrap_servers),
             ("kafka.data_ingestion_topic", &self.kafka.data_ingestion_topic),
             ("kafka.control_events_topic", &self.kafka.control_events_topic),
+            ("kafka.consumer_group", &self.kafka.consumer_group),
+            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
         ] {
             if value.trim().is_empty() {
                 errors.push(ValidationError::Empty { key });
             }
+        }
+        let kafka = &self.kafka;
+        if !KAFKA_SECURITY_PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(kafka.security_protocol.trim())) {
+            errors.push(ValidationError::NotOneOf {
+                key: "kafka.security_protocol",
+                value: kafka.security_protocol.clone(),
+                allowed: &KAFKA_SECURITY_PROTOCOLS,
+            });
+        }
+        let mechanism = kafka.sasl_mechanism.trim();
+        if !mechanism.is_empty() && !KAFKA_SASL_MECHANISMS.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) {
+            errors.push(ValidationError::NotOneOf {
+                key: "kafka.sasl_mechanism",
+                value: kafka.sasl_mechanism.clone(),
+                allowed: &KAFKA_SASL_MECHANISMS,
+            });
+        }
+        if kafka.sasl_username.is_empty() != kafka.sasl_password.is_empty() {
+            errors.push(ValidationError::Unpaired { key: "kafka.sasl_username", other: "kafka.sasl_password" });
         }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
@@ -576,6 +650,37 @@ mod tests {
             invalid_keys(&c),
             vec!["version", "server.host", "storage.retry.initial_backoff_ms", "kafka.data_ingestion_topic"]
         );
+    }
+
+    #[test]
+    fn kafka_security_settings_come_from_the_environment_and_are_checked() {
+        let env = |var: &str| {
+            match var {
+                "KAFKA_SECURITY_PROTOCOL" => Some("SASL_SSL"),
+                "KAFKA_SASL_MECHANISM" => Some("SCRAM-SHA-512"),
+                "KAFKA_SASL_USERNAME" => Some("matyan"),
+                "KAFKA_SASL_PASSWORD" => Some("s3cret"),
+                _ => None,
+            }
+            .map(str::to_owned)
+        };
+        let c = Config::load(None, env).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kafka.consumer_group, "ingestion-workers");
+        assert_eq!(c.kafka.dead_letter_topic, "data-ingestion-dlq");
+        assert_eq!(
+            (c.kafka.security_protocol.as_str(), c.kafka.sasl_mechanism.as_str(), c.kafka.sasl_username.as_str()),
+            ("SASL_SSL", "SCRAM-SHA-512", "matyan")
+        );
+        assert_eq!(c.kafka.sasl_password, "s3cret");
+        assert!(!format!("{:?}", c.kafka).contains("s3cret"), "debug output hides the password");
+
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[kafka]\nsecurity_protocol = \"tls\"\nsasl_mechanism = \"GSSAPI\"\nsasl_username = \"u\"\n",
+        )
+        .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["kafka.security_protocol", "kafka.sasl_mechanism", "kafka.sasl_username"]);
     }
 
     #[cfg(not(feature = "fdb"))]

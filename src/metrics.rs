@@ -103,6 +103,7 @@ pub fn describe() {
     describe_gauge!(INGEST_ACTIVE_RUN_ACTORS, "live run actors");
     describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
     describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");
+    describe_kafka();
 }
 
 /// Sets `matyan_build_info{version}` to 1.
@@ -196,4 +197,52 @@ pub fn ingest_backpressure(seconds: f64) {
     // A gauge only increased: the `metrics` crate's counters are integers, and whole seconds would
     // hide short waits.
     gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL).increment(seconds);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kafka source, dead letters and the outbox publisher (src/ingest/{kafka,dlq,outbox}.rs).
+
+/// `matyan_ingest_kafka_rebalance_partitions_total{kind}`: partitions assigned to or revoked from
+/// this consumer (`assigned`, `revoked`).
+pub const INGEST_KAFKA_REBALANCE_PARTITIONS_TOTAL: &str = "matyan_ingest_kafka_rebalance_partitions_total";
+/// `matyan_ingest_kafka_commits_total{result}`: offset commits by outcome (`ok`, `stale_epoch`, `error`).
+pub const INGEST_KAFKA_COMMITS_TOTAL: &str = "matyan_ingest_kafka_commits_total";
+/// `matyan_ingest_kafka_commit_duration_seconds`: time of one synchronous offset commit.
+pub const INGEST_KAFKA_COMMIT_DURATION_SECONDS: &str = "matyan_ingest_kafka_commit_duration_seconds";
+/// `matyan_ingest_dead_letters_published_total{sink,reason}`: records sent to a dead-letter sink
+/// (`kafka`, `embedded`) by bounded reason.
+pub const INGEST_DEAD_LETTERS_PUBLISHED_TOTAL: &str = "matyan_ingest_dead_letters_published_total";
+/// `matyan_ingest_outbox_events_total{result}`: outbox events handled by the publisher
+/// (`published`, `failed`).
+pub const INGEST_OUTBOX_EVENTS_TOTAL: &str = "matyan_ingest_outbox_events_total";
+
+/// Registers the help texts of the Kafka, dead-letter and outbox metrics. Kept out of
+/// [`describe`] so this section merges on its own; `describe` should call it once merged.
+pub fn describe_kafka() {
+    describe_counter!(INGEST_KAFKA_REBALANCE_PARTITIONS_TOTAL, "partitions assigned or revoked by kind");
+    describe_counter!(INGEST_KAFKA_COMMITS_TOTAL, "kafka offset commits by result");
+    describe_histogram!(INGEST_KAFKA_COMMIT_DURATION_SECONDS, Unit::Seconds, "duration of one kafka offset commit");
+    describe_counter!(INGEST_DEAD_LETTERS_PUBLISHED_TOTAL, "records sent to a dead-letter sink by sink and reason");
+    describe_counter!(INGEST_OUTBOX_EVENTS_TOTAL, "outbox control events handled by result");
+}
+
+/// Counts `partitions` partitions assigned or revoked (`kind`: `assigned`, `revoked`).
+pub fn kafka_rebalance(kind: &'static str, partitions: usize) {
+    counter!(INGEST_KAFKA_REBALANCE_PARTITIONS_TOTAL, "kind" => kind).increment(partitions as u64);
+}
+
+/// Counts one offset commit by result (`ok`, `stale_epoch`, `error`) and observes its duration.
+pub fn kafka_commit(result: &'static str, seconds: f64) {
+    counter!(INGEST_KAFKA_COMMITS_TOTAL, "result" => result).increment(1);
+    histogram!(INGEST_KAFKA_COMMIT_DURATION_SECONDS).record(seconds);
+}
+
+/// Counts one dead letter sent to `sink` (`kafka`, `embedded`); `reason` must be a bounded label.
+pub fn dead_letter_published(sink: &'static str, reason: &'static str) {
+    counter!(INGEST_DEAD_LETTERS_PUBLISHED_TOTAL, "sink" => sink, "reason" => reason).increment(1);
+}
+
+/// Counts one outbox event by result (`published`, `failed`).
+pub fn outbox_event(result: &'static str) {
+    counter!(INGEST_OUTBOX_EVENTS_TOTAL, "result" => result).increment(1);
 }

@@ -322,7 +322,7 @@ impl Applier {
         run: &str,
         entries: &[Entry],
         now: f64,
-        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+        ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
     ) -> Result<ApplyOutcome, ApplyError> {
         let mut outcome = ApplyOutcome::default();
         // The running high-water mark per partition: the stored checkpoint, then each entry seen.
@@ -565,7 +565,11 @@ pub fn rfc3339_utc(secs: f64) -> String {
 }
 
 impl Scope<'_> {
-    async fn handle(&mut self, entry: &Entry, ids: &mut dyn FnMut(&IdRequest<'_>) -> String) -> Result<(), Fail> {
+    async fn handle(
+        &mut self,
+        entry: &Entry,
+        ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
+    ) -> Result<(), Fail> {
         match &entry.message.payload {
             Payload::CreateRun(p) => self.create_run(p).await,
             Payload::LogMetric(p) => self.log_metric(p).await,
@@ -805,7 +809,7 @@ impl Scope<'_> {
         kind: EntityKind,
         name: &str,
         entry: &Entry,
-        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+        ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
     ) -> Result<String, Fail> {
         let system = &self.layout.system;
         if let Some(uuid) = system.uuid_by_name(self.tx, kind, name).await? {
@@ -820,7 +824,7 @@ impl Scope<'_> {
         &mut self,
         p: &SetRunProperty,
         entry: &Entry,
-        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+        ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
     ) -> Result<(), Fail> {
         self.ensure_run().await?;
         let mut fields: Vec<(&str, Value)> = Vec::new();
@@ -850,7 +854,7 @@ impl Scope<'_> {
         &mut self,
         p: &TagChange,
         entry: &Entry,
-        ids: &mut dyn FnMut(&IdRequest<'_>) -> String,
+        ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
     ) -> Result<(), Fail> {
         self.ensure_run().await?;
         let tag = self.named(EntityKind::Tag, &p.tag_name, entry, ids).await?;
@@ -873,6 +877,19 @@ impl Scope<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    #[tokio::test]
+    async fn apply_futures_are_send_so_they_can_run_in_spawned_tasks() {
+        let db = crate::storage::kv::Database::memory();
+        let applier = Applier::new(Layout::open(&db).await.unwrap());
+        let tx = db.create_trx().unwrap();
+        let mut ids = |r: &IdRequest<'_>| position_uuid(r);
+        let fut = applier.apply(&tx, "r", &[], 0.0, &mut ids);
+        assert_send(&fut);
+        assert_eq!(fut.await.unwrap().applied_total(), 0);
+    }
 
     #[test]
     fn rfc3339_formats_utc_with_micros() {

@@ -1,4 +1,4 @@
-//! Ingestion: sources of records (the embedded queue; Kafka next) and everything between a source
+//! Ingestion: sources of records (the embedded queue and Kafka) and everything between a source
 //! record and a storage transaction (decoding, batching, applying).
 //!
 //! Module map:
@@ -12,16 +12,24 @@
 //!   count, age, shutdown, revoke and delete;
 //! - [`source`]: the [`Source`] interface (poll, commit, pause/resume) both Kafka and the embedded
 //!   queue implement;
-//! - [`queue`]: the embedded durable queue in our own KV directory and its [`EmbeddedSource`].
+//! - [`queue`]: the embedded durable queue in our own KV directory and its [`EmbeddedSource`];
+//! - [`kafka`]: [`KafkaSource`], the [`Source`] over a Kafka consumer group, with an epoch fence on
+//!   commits of revoked partitions;
+//! - [`dlq`]: dead-letter sinks, the `data-ingestion-dlq` topic or the embedded keyspace;
+//! - [`outbox`]: the publisher of `run_deleted` control events recorded in the outbox.
 pub mod apply;
+pub mod dlq;
 pub mod estimate;
+pub mod kafka;
 pub mod message;
+pub mod outbox;
 pub mod partitioner;
 pub mod queue;
 pub mod run_batch;
 pub mod source;
 
 pub use apply::{Applier, ApplyError, ApplyOutcome, IdRequest, position_uuid};
+pub use kafka::{AssignmentEvent, KafkaSource, KafkaSourceError, Lease};
 pub use message::{DecodeError, IngestMessage, MessageType, Payload, decode};
 pub use queue::{EmbeddedSource, Queue, QueueError};
 pub use run_batch::{Batch, BatchBudget, Entry, FlushReason, RunBatch};

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::ingest::kafka::KafkaSourceError;
 use crate::ingest::queue::QueueError;
 
 /// One record as a source delivers it.
@@ -43,6 +44,9 @@ pub enum SourceError {
     /// The embedded queue failed.
     #[error("embedded queue: {0}")]
     Queue(#[from] QueueError),
+    /// The Kafka consumer failed, or refused a commit of a revoked partition (a stale epoch).
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaSourceError),
 }
 
 impl SourceError {
@@ -50,6 +54,7 @@ impl SourceError {
     pub fn is_retryable(&self) -> bool {
         match self {
             SourceError::Queue(e) => e.is_retryable(),
+            SourceError::Kafka(e) => e.is_retryable(),
             SourceError::NotAssigned { .. } | SourceError::InvalidOffset { .. } => false,
         }
     }

@@ -2,6 +2,7 @@
 //! rows.
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod server;
 
 use matyan::storage::context_id::context_to_id;
