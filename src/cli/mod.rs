@@ -1,7 +1,10 @@
 //! The `matyan` command line: one file per subcommand, dispatched from [`Commands`].
 
+mod api;
 mod bench;
+mod common;
 mod dev;
+mod ingest;
 mod kv;
 mod queue;
 mod serve;
@@ -25,11 +28,16 @@ pub enum Commands {
     /// Run every role in one process: the HTTP API, health probes and metrics, on embedded
     /// storage by default.
     Serve(serve::ServeArgs),
+    /// The HTTP role alone: the REST API, health probes and metrics, with no ingestion pipeline.
+    Api(api::ApiArgs),
+    /// The Kafka → storage role: consumes the ingestion topic into the configured storage, with
+    /// health probes and metrics on `metrics.port`.
+    Ingest(ingest::IngestArgs),
     /// Inspect the store's keys (`kv dump`).
     Kv(kv::KvArgs),
     /// Print benchmark figures (`bench storage`).
     Bench(bench::BenchArgs),
-    /// Work with the embedded queue (`queue import`).
+    /// Append records to the embedded queue or a Kafka topic (`queue import`).
     Queue(queue::QueueArgs),
     /// Development tools (`dev seed`: demonstration runs for the UI check).
     #[command(hide = true)]
@@ -41,6 +49,8 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Commands::Serve(args) => serve::run(args).await,
+            Commands::Api(args) => api::run(args).await,
+            Commands::Ingest(args) => ingest::run(args).await,
             Commands::Kv(args) => kv::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
             Commands::Queue(args) => queue::run(args).await,

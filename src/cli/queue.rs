@@ -1,8 +1,13 @@
 //! `matyan queue import`: appends records in the Kafka samples' JSON-lines format to the embedded
-//! queue, e.g. to replay a topic dump into `matyan serve`'s store.
+//! queue or, with `--kafka`, to a Kafka topic, e.g. to replay a topic dump.
 //!
 //! It is an append tool, like a producer: importing the same file twice appends every record
 //! twice, at new offsets. Deduplication is the consumer's job (each run's applied offset).
+//!
+//! With `--kafka` the records are produced with their original keys, values and timestamps by an
+//! idempotent producer (`acks=all`, Kafka's murmur2 partitioner on the key, so each run keeps one
+//! partition and its order), and the command waits for every delivery report before it reports
+//! success.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -13,11 +18,19 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
+use futures_util::FutureExt as _;
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use matyan::app::{AppError, open_database};
-use matyan::config::Backend;
+use matyan::config::{Backend, Config};
+use matyan::ingest::kafka::client_config;
 use matyan::ingest::queue::{AppendRecord, DEFAULT_PARTITIONS, Queue};
 use matyan::storage::kv::KvError;
 use matyan::storage::layout::Dirs;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::future_producer::OwnedDeliveryResult;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
 use serde::Deserialize;
 
 use super::ConfigArgs;
@@ -55,7 +68,8 @@ struct ImportArgs {
     /// Print a progress line on stderr every N records.
     #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     progress_every: u64,
-    /// Produce to the Kafka topic instead of the embedded queue (not yet available).
+    /// Produce to the Kafka topic (kafka.bootstrap_servers) instead of the embedded queue; the
+    /// topic must exist. --partitions and --batch do not apply.
     #[arg(long)]
     kafka: bool,
     #[command(flatten)]
@@ -102,10 +116,10 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
 }
 
 async fn import(args: ImportArgs) -> anyhow::Result<()> {
-    if args.kafka {
-        bail!("queue import --kafka is not yet available: only the embedded queue can be imported into for now");
-    }
     let config = args.common.load(|_| {})?;
+    if args.kafka {
+        return import_kafka(&args, &config).await;
+    }
     if config.storage.backend == Backend::Memory {
         bail!("storage.backend is memory: records imported there would vanish when the command exits");
     }
@@ -156,8 +170,138 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         batch.push(pending);
     }
     flush(&queue, &mut batch, &mut tally).await?;
-    summary(&queue, &tally, started);
+    summary(queue.topic(), queue.partitions(), &tally, started);
     Ok(())
+}
+
+/// Delivery reports awaited at most at once; past it the import waits for the oldest ones.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// `queue import --kafka`: produces every record to the topic and waits for every delivery.
+async fn import_kafka(args: &ImportArgs, config: &Config) -> anyhow::Result<()> {
+    if args.partitions.is_some() {
+        bail!("--partitions does not apply with --kafka: the topic's partition count is the broker's");
+    }
+    let topic = args.topic.clone().unwrap_or_else(|| config.kafka.data_ingestion_topic.clone());
+    let bootstrap = config.kafka.bootstrap_servers.clone();
+    let reader = open_records(&args.file)?;
+    let mut client = client_config(&config.kafka);
+    client
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "60000");
+    let producer: FutureProducer = client.create().context("cannot create the kafka producer")?;
+    let partitions = topic_partitions(&producer, &topic)
+        .await
+        .with_context(|| format!("cannot read the metadata of topic {topic:?} on {bootstrap}"))?;
+
+    let started = Instant::now();
+    let mut tally = Tally::default();
+    let mut next_progress = args.progress_every;
+    let mut in_flight = FuturesUnordered::new();
+    for (index, line) in reader.lines().enumerate() {
+        let line_no = index + 1;
+        let line = line.with_context(|| format!("{}: cannot read line {line_no}", args.file.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let pending = parse_line(&line).with_context(|| {
+            format!("{}: line {line_no} ({} records delivered before it)", args.file.display(), tally.records)
+        })?;
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(&topic).payload(pending.value.as_slice()).timestamp(pending.timestamp_ms);
+        if let Some(key) = pending.key.as_deref() {
+            record = record.key(key);
+        }
+        let (bytes, file_partition) = (pending.value.len() as u64, pending.file_partition);
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    in_flight.push(delivery.map(move |r| (r, bytes, file_partition)));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The producer's queue is full: wait for a delivery (or a moment) and retry.
+                    record = back;
+                    match in_flight.next().await {
+                        Some(done) => settle(done, &mut tally)?,
+                        None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    }
+                }
+                Err((e, _)) => {
+                    return Err(e).with_context(|| {
+                        format!("{}: line {line_no}: cannot produce to {topic:?}", args.file.display())
+                    });
+                }
+            }
+        }
+        while in_flight.len() >= MAX_IN_FLIGHT {
+            if let Some(done) = in_flight.next().await {
+                settle(done, &mut tally)?;
+            }
+        }
+        if tally.records >= next_progress {
+            progress(&tally, started);
+            next_progress = (tally.records / args.progress_every + 1) * args.progress_every;
+        }
+    }
+    while let Some(done) = in_flight.next().await {
+        settle(done, &mut tally)?;
+        if tally.records >= next_progress {
+            progress(&tally, started);
+            next_progress = (tally.records / args.progress_every + 1) * args.progress_every;
+        }
+    }
+    summary(&topic, partitions, &tally, started);
+    Ok(())
+}
+
+/// Counts one delivery report, or fails on a record the broker did not take.
+fn settle<Canceled>(
+    done: (Result<OwnedDeliveryResult, Canceled>, u64, Option<i32>),
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
+    let (report, bytes, file_partition) = done;
+    let delivery = match report {
+        Ok(Ok(delivery)) => delivery,
+        Ok(Err((e, _))) => {
+            return Err(e).with_context(|| format!("a record was not delivered ({} delivered before)", tally.records));
+        }
+        Err(_) => bail!("the producer dropped a delivery report ({} delivered before)", tally.records),
+    };
+    tally.records += 1;
+    tally.bytes += bytes;
+    let entry = tally.partitions.entry(delivery.partition).or_insert((0, delivery.offset, delivery.offset));
+    entry.0 += 1;
+    entry.1 = entry.1.min(delivery.offset);
+    entry.2 = entry.2.max(delivery.offset);
+    if file_partition.is_some_and(|fp| fp != delivery.partition) {
+        tally.moved += 1;
+    }
+    Ok(())
+}
+
+/// The partition count of `topic`, from the broker's metadata; fails when the topic is unknown.
+async fn topic_partitions(producer: &FutureProducer, topic: &str) -> anyhow::Result<usize> {
+    let producer = producer.clone();
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || {
+        producer.client().fetch_metadata(Some(&name), Timeout::After(std::time::Duration::from_secs(10)))
+    })
+    .await
+    .context("metadata task failed")??;
+    let Some(t) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        bail!("topic {topic:?} is not in the broker's metadata");
+    };
+    if let Some(e) = t.error() {
+        bail!("topic {topic:?}: {:?} (create the topic first)", RDKafkaErrorCode::from(e));
+    }
+    if t.partitions().is_empty() {
+        bail!("topic {topic:?} has no partitions (create the topic first)");
+    }
+    Ok(t.partitions().len())
 }
 
 /// Opens `path`, decompressing it when it starts with the gzip magic bytes.
@@ -215,14 +359,14 @@ fn progress(tally: &Tally, started: Instant) {
     );
 }
 
-fn summary(queue: &Queue, tally: &Tally, started: Instant) {
+fn summary(topic: &str, partitions: impl std::fmt::Display, tally: &Tally, started: Instant) {
     let secs = started.elapsed().as_secs_f64();
     println!(
         "appended {} records ({:.1} MB of values) to topic {} ({} partitions) in {:.2} s",
         tally.records,
         tally.bytes as f64 / 1e6,
-        queue.topic(),
-        queue.partitions(),
+        topic,
+        partitions,
         secs
     );
     for (partition, (count, first, last)) in &tally.partitions {

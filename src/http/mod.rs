@@ -78,6 +78,28 @@ pub async fn serve(
         .await
 }
 
+/// Health probes and metrics only (`/health/live/`, `/health/ready/`, `/metrics/`): the listener of
+/// roles without the REST API, such as `matyan ingest`.
+pub fn probes_router(state: AppState) -> Router {
+    let mut router =
+        Router::new().route("/health/live/", get(health::live)).route("/health/ready/", get(health::ready));
+    if state.metrics.is_some() {
+        router = router.route("/metrics/", get(metrics::render));
+    }
+    router.layer(middleware::from_fn(track)).with_state(state)
+}
+
+/// Serves [`probes_router`] (behind trailing-slash normalisation) on `listener` until `shutdown`
+/// completes.
+pub async fn serve_probes(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let svc = probes_router(state).map_request(add_trailing_slash as fn(Request) -> Request);
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(svc)).with_graceful_shutdown(shutdown).await
+}
+
 /// Appends `/` to a path that lacks one, keeping the query string.
 fn add_trailing_slash(mut req: Request) -> Request {
     let uri = req.uri();

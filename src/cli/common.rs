@@ -1,0 +1,167 @@
+//! Start-up pieces shared by the server roles (`serve`, `api`, `ingest`): metrics, storage, listeners, signals.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use matyan::app::AppState;
+use matyan::config::Config;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+/// The file under the data directory holding the address of a running API server.
+pub const ADDR_FILE: &str = "serve.addr";
+
+/// How long open requests may run after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Installs the Prometheus recorder when `metrics.enabled` (with its periodic upkeep) and records
+/// the build info.
+pub fn install_metrics(config: &Config) -> anyhow::Result<Option<PrometheusHandle>> {
+    let handle = if config.metrics.enabled {
+        Some(matyan::metrics::install_prometheus().context("cannot install the metrics recorder")?)
+    } else {
+        None
+    };
+    matyan::metrics::build_info(env!("CARGO_PKG_VERSION"));
+    if let Some(h) = &handle {
+        // Histograms need periodic upkeep to drain their buffers.
+        let h = h.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                h.run_upkeep();
+            }
+        });
+    }
+    Ok(handle)
+}
+
+/// Opens the configured storage and its directories.
+pub async fn open_state(config: Config, metrics: Option<PrometheusHandle>) -> anyhow::Result<AppState> {
+    let data_dir = config.storage.data_dir.clone();
+    let backend = config.storage.backend.as_str();
+    let state = AppState::open(config, metrics)
+        .await
+        .with_context(|| format!("cannot open {backend} storage (data dir {})", data_dir.display()))?;
+    tracing::info!(backend, engine = state.db.backend(), data_dir = %data_dir.display(), "storage open");
+    Ok(state)
+}
+
+/// Binds `host:port` and returns the listener with its bound address.
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen on {host}:{port}"))?;
+    let bound = listener.local_addr().context("cannot read the bound address")?;
+    Ok((listener, bound))
+}
+
+/// Serves the full HTTP API on `listener` until SIGINT or SIGTERM, with `<data_dir>/serve.addr`
+/// holding the address meanwhile. After the signal, open requests get a grace period; the address
+/// file is removed whatever the outcome. Returns the server's result.
+pub async fn serve_api_until_signal(listener: TcpListener, state: AppState, data_dir: &Path) -> anyhow::Result<()> {
+    let bound = listener.local_addr().context("cannot read the bound address")?;
+    let addr_file = data_dir.join(ADDR_FILE);
+    write_addr_file(&addr_file, connectable(bound)).with_context(|| format!("cannot write {}", addr_file.display()))?;
+    tracing::info!(addr = %bound, addr_file = %addr_file.display(), "listening");
+
+    // A client holding a connection open must not keep the process (and the store) alive forever.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signal = {
+        let stopping = Arc::clone(&stopping);
+        async move {
+            shutdown_signal().await;
+            stopping.notify_one();
+        }
+    };
+    let served = tokio::select! {
+        r = matyan::http::serve(listener, state, signal) => r,
+        () = async {
+            stopping.notified().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(grace_ms = SHUTDOWN_GRACE.as_millis() as u64, "open connections cut after the grace period");
+            Ok(())
+        }
+    };
+    // Whatever the outcome, the address is no longer served.
+    if let Err(e) = std::fs::remove_file(&addr_file) {
+        tracing::warn!(error = %e, path = %addr_file.display(), "cannot remove address file");
+    }
+    served.context("http server failed")
+}
+
+/// An address a client on this machine can connect to: a wildcard bind becomes loopback.
+pub fn connectable(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bound.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), bound.port()),
+        _ => bound,
+    }
+}
+
+/// Writes `addr` and a newline to `path` atomically (write then rename), so a reader never sees a
+/// partial address.
+pub fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = PathBuf::from(path);
+    tmp.set_extension("addr.tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!(error = %e, "cannot listen for sigint");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for sigterm");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!(signal = "sigint", "shutting down"),
+        () = terminate => tracing::info!(signal = "sigterm", "shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_binds_are_written_as_loopback() {
+        let a: SocketAddr = "0.0.0.0:1234".parse().unwrap();
+        assert_eq!(connectable(a).to_string(), "127.0.0.1:1234");
+        let a: SocketAddr = "[::]:1234".parse().unwrap();
+        assert_eq!(connectable(a).to_string(), "[::1]:1234");
+        let a: SocketAddr = "10.0.0.1:1234".parse().unwrap();
+        assert_eq!(connectable(a), a);
+    }
+
+    #[test]
+    fn the_addr_file_holds_the_address_and_a_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join(ADDR_FILE);
+        write_addr_file(&path, "127.0.0.1:9".parse().unwrap()).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "127.0.0.1:9\n");
+        assert!(!dir.path().join("sub").join("serve.addr.tmp").exists());
+    }
+}
