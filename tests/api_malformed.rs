@@ -44,12 +44,16 @@ impl Answer {
 
 /// Sends one request with a raw body; panics past [`DEADLINE`].
 async fn send(state: &AppState, method: &str, uri: &str, body: &[u8]) -> Answer {
-    let req = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_vec()))
-        .unwrap();
+    send_tz(state, method, uri, body, None).await
+}
+
+/// [`send`] with an `X-Timezone-Offset` header.
+async fn send_tz(state: &AppState, method: &str, uri: &str, body: &[u8], tz: Option<&str>) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    if let Some(tz) = tz {
+        req = req.header("x-timezone-offset", tz);
+    }
+    let req = req.body(Body::from(body.to_vec())).unwrap();
     let svc = matyan::http::service(state.clone());
     let work = async move {
         let resp = svc.oneshot(req).await.unwrap();
@@ -479,6 +483,65 @@ async fn long_entity_names_are_refused_or_stored_never_500() {
             send(&st, "POST", &format!("{R}/runs/{RUN}/tags/new/"), format!(r#"{{"tag_name":"{name}"}}"#).as_bytes())
                 .await;
         assert_no_server_error(&a, &format!("tag name of {len} bytes"));
+    }
+    still_answers(&st).await;
+}
+
+#[tokio::test]
+async fn timezone_offsets_out_of_range_or_garbage_never_give_a_5xx() {
+    let st = state().await;
+    let created = send(&st, "POST", &format!("{R}/experiments/"), br#"{"name":"tz"}"#).await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let id = serde_json::from_slice::<J>(&created.body).unwrap()["id"].as_str().unwrap().to_owned();
+    let q = enc_form("run.created_at > datetime(2024, 1, 1) and run.created_at < datetime(9999, 12, 31)");
+    let uris = [
+        format!("{R}/projects/activity/"),
+        format!("{R}/experiments/{id}/activity/"),
+        format!("{R}/runs/search/run/?q={q}&report_progress=false"),
+        format!("{R}/runs/search/metric/?q={q}&report_progress=false"),
+    ];
+    for tz in ["9223372036854775807", "-9223372036854775808", "1000000000000", "-0", "abc", "1.5", ""] {
+        for uri in &uris {
+            let a = send_tz(&st, "GET", uri, b"", Some(tz)).await;
+            assert_no_server_error(&a, &format!("{uri} tz {tz:?}"));
+            if tz == "abc" || tz == "1.5" {
+                assert_envelope(&a, 422, uri);
+            }
+        }
+    }
+    still_answers(&st).await;
+}
+
+#[tokio::test]
+async fn deeply_nested_or_malformed_sort_json_is_400() {
+    let st = state().await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    for sort in [deep.as_str(), "[{\"field\":\"run\",\"order\":\"up\"}]", "[{\"field\":\"zzz\"}]", "["] {
+        let uri = format!("{R}/runs/search/run/?q=&sort={}", enc_form(sort));
+        let a = send(&st, "GET", &uri, b"").await;
+        assert_envelope(&a, 400, &format!("sort {}", &sort[..sort.len().min(40)]));
+    }
+    // Other shapes: whatever the answer, not a 5xx.
+    for sort in ["{\"field\":1}", "[1]", "null", "[{}]", "[{\"field\":[\"run\"]}]", "\"run\""] {
+        let uri = format!("{R}/runs/search/run/?q=&sort={}", enc_form(sort));
+        assert_no_server_error(&send(&st, "GET", &uri, b"").await, sort);
+    }
+    still_answers(&st).await;
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_a_4xx() {
+    let st = state().await;
+    let big = format!(r#"{{"name":"{}"}}"#, "b".repeat(8 << 20));
+    let list = format!("[{}1]", "1,".repeat(3 << 20));
+    for (method, uri, body) in [
+        ("POST", format!("{R}/experiments/"), &big),
+        ("PUT", format!("{R}/runs/{RUN}/"), &big),
+        ("POST", format!("{R}/runs/delete-batch/"), &list),
+        ("POST", format!("{R}/runs/{RUN}/metric/get-batch/"), &list),
+    ] {
+        let a = send(&st, method, &uri, body.as_bytes()).await;
+        assert!((400..500).contains(&a.status), "{method} {uri}: {} {}", a.status, a.text());
     }
     still_answers(&st).await;
 }
