@@ -53,7 +53,7 @@ pub enum SyntaxError {
         pos: usize,
     },
     /// A token where the grammar expects something else.
-    #[error("invalid syntax at offset {pos}: expected {expected}, found {found}")]
+    #[error("invalid syntax at offset {pos}: expected {expected}, found {}", clip(.found))]
     Unexpected {
         /// What the parser expected.
         expected: &'static str,
@@ -71,13 +71,25 @@ pub enum SyntaxError {
         pos: usize,
     },
     /// A name or attribute starting with `_`, which the restricted compiler refuses.
-    #[error("\"{name}\" is an invalid name because it starts with \"_\" (offset {pos})")]
+    #[error("\"{}\" is an invalid name because it starts with \"_\" (offset {pos})", clip(.name))]
     Underscore {
         /// The name.
         name: String,
         /// Its offset.
         pos: usize,
     },
+}
+
+/// Longest token text an error message quotes: the message names the failure, it does not echo
+/// the query (which may be 64 KiB) back.
+const MAX_ECHO_CHARS: usize = 80;
+
+/// Returns `s` cut to [`MAX_ECHO_CHARS`] characters, with `…` when cut.
+fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(MAX_ECHO_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]).into(),
+        None => s.into(),
+    }
 }
 
 impl SyntaxError {
