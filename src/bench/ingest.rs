@@ -89,6 +89,9 @@ pub struct IngestRow {
     pub samples: usize,
     /// Peak resident set during the phase, KiB.
     pub peak_rss_kib: Option<u64>,
+    /// Seconds from start until the first record arrived (Kafka consumers: the group join), when
+    /// measured.
+    pub startup_secs: Option<f64>,
 }
 
 impl IngestRow {
@@ -100,6 +103,11 @@ impl IngestRow {
     /// Records per second.
     pub fn records_per_sec(&self) -> f64 {
         self.records as f64 / self.secs
+    }
+
+    /// Records per second after the first record arrived (the whole time when not measured).
+    pub fn steady_records_per_sec(&self) -> f64 {
+        self.records as f64 / (self.secs - self.startup_secs.unwrap_or(0.0)).max(f64::MIN_POSITIVE)
     }
 }
 
@@ -223,18 +231,22 @@ async fn open_store(dir: &Path) -> Result<(Database, Layout), IngestBenchError> 
     Ok((db, layout))
 }
 
-/// Waits until the pipeline applied `total` messages.
+/// Waits until the pipeline applied `total` messages; returns when the first record was consumed.
 async fn wait_applied(
     handle: &PipelineHandle,
     total: u64,
     timeout: Duration,
     what: &str,
-) -> Result<(), IngestBenchError> {
+) -> Result<Instant, IngestBenchError> {
     let deadline = Instant::now() + timeout;
+    let mut first = None;
     loop {
         let c = handle.counters();
+        if first.is_none() && c.consumed > 0 {
+            first = Some(Instant::now());
+        }
         if c.applied + c.replayed >= total {
-            return Ok(());
+            return Ok(first.unwrap_or_else(Instant::now));
         }
         if Instant::now() > deadline {
             return Err(IngestBenchError::Timeout(format!("{what} ({} of {total} applied)", c.applied)));
@@ -349,7 +361,7 @@ async fn embedded(
         Ok::<_, IngestBenchError>(start.elapsed().as_secs_f64())
     });
     let append_secs = producer.await.map_err(|e| IngestBenchError::Invalid(format!("producer task: {e}")))??;
-    wait_applied(&handle, total, cfg.timeout, "embedded pipeline").await?;
+    let first = wait_applied(&handle, total, cfg.timeout, "embedded pipeline").await?;
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
     let mut lat = poller.await.map_err(|e| IngestBenchError::Invalid(format!("poller task: {e}")))??;
@@ -389,6 +401,7 @@ async fn embedded(
             p99_ms: None,
             samples: 0,
             peak_rss_kib: None,
+            startup_secs: None,
         },
         IngestRow {
             phase: "embedded pipeline",
@@ -399,6 +412,7 @@ async fn embedded(
             p99_ms: percentile(&lat, 0.99),
             samples: lat.len(),
             peak_rss_kib: rss,
+            startup_secs: Some(since(first, start)),
         },
         IngestRow {
             phase: "embedded queue read (ceiling)",
@@ -409,9 +423,14 @@ async fn embedded(
             p99_ms: None,
             samples: 0,
             peak_rss_kib: read_rss,
+            startup_secs: None,
         },
     ];
     Ok((rows, stored))
+}
+
+fn since(later: Instant, earlier: Instant) -> f64 {
+    later.saturating_duration_since(earlier).as_secs_f64()
 }
 
 fn unique_suffix() -> String {
@@ -462,8 +481,9 @@ fn produce(bootstrap: &str, topic: &str, recs: &[Rec]) -> Result<(), IngestBench
     Ok(())
 }
 
-/// Reads `total` records of `topic` with a bare consumer in a fresh group.
-fn bare_consume(bootstrap: &str, topic: &str, total: u64, timeout: Duration) -> Result<(), IngestBenchError> {
+/// Reads `total` records of `topic` with a bare consumer in a fresh group; returns when the first
+/// record arrived.
+fn bare_consume(bootstrap: &str, topic: &str, total: u64, timeout: Duration) -> Result<Instant, IngestBenchError> {
     let consumer: BaseConsumer = consumer_config(bootstrap)
         .set("group.id", format!("matyan-bench-bare-{}", unique_suffix()))
         .set("enable.auto.commit", "false")
@@ -473,12 +493,14 @@ fn bare_consume(bootstrap: &str, topic: &str, total: u64, timeout: Duration) -> 
     consumer.subscribe(&[topic]).map_err(kafka_err("subscribe"))?;
     let deadline = Instant::now() + timeout;
     let mut n = 0u64;
+    let mut first = None;
     while n < total {
         if Instant::now() > deadline {
             return Err(IngestBenchError::Timeout(format!("bare consumer ({n} of {total})")));
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
                 std::hint::black_box(rdkafka::Message::payload(&m).map(<[u8]>::len));
                 n += 1;
             }
@@ -486,7 +508,7 @@ fn bare_consume(bootstrap: &str, topic: &str, total: u64, timeout: Duration) -> 
             None => {}
         }
     }
-    Ok(())
+    Ok(first.unwrap_or_else(Instant::now))
 }
 
 async fn kafka(
@@ -518,10 +540,11 @@ async fn kafka(
     reset_peak_rss();
     let start = Instant::now();
     let (b, t, timeout) = (bootstrap.to_owned(), topic.clone(), cfg.timeout);
-    tokio::task::spawn_blocking(move || bare_consume(&b, &t, total, timeout))
+    let bare_first = tokio::task::spawn_blocking(move || bare_consume(&b, &t, total, timeout))
         .await
         .map_err(|e| IngestBenchError::Invalid(format!("consumer task: {e}")))??;
     let bare_secs = start.elapsed().as_secs_f64();
+    let bare_start = start;
     let bare_rss = peak_rss_kib();
 
     let (db, layout) = open_store(dir).await?;
@@ -529,7 +552,7 @@ async fn kafka(
     let start = Instant::now();
     let source = KafkaSource::new(consumer_config(bootstrap), &format!("matyan-bench-{}", unique_suffix()), &topic)?;
     let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
-    wait_applied(&handle, total, cfg.timeout, "kafka pipeline").await?;
+    let first = wait_applied(&handle, total, cfg.timeout, "kafka pipeline").await?;
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
     handle.shutdown().await?;
@@ -537,7 +560,7 @@ async fn kafka(
     if stored != cfg.records {
         return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
     }
-    let row = |phase, secs, peak_rss_kib| IngestRow {
+    let row = |phase, secs, peak_rss_kib, startup_secs| IngestRow {
         phase,
         records: total,
         points: cfg.records,
@@ -546,12 +569,13 @@ async fn kafka(
         p99_ms: None,
         samples: 0,
         peak_rss_kib,
+        startup_secs,
     };
     Ok((
         vec![
-            row("kafka produce", produce_secs, produce_rss),
-            row("kafka bare consumer (ceiling)", bare_secs, bare_rss),
-            row("kafka pipeline", secs, rss),
+            row("kafka produce", produce_secs, produce_rss, None),
+            row("kafka bare consumer (ceiling)", bare_secs, bare_rss, Some(since(bare_first, bare_start))),
+            row("kafka pipeline", secs, rss, Some(since(first, start))),
         ],
         stored,
     ))

@@ -153,13 +153,15 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
 fn print_ingest(report: &IngestReport) {
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     println!(
-        "{:<30} {:>9} {:>9} {:>8} {:>12} {:>13} {:>8} {:>8} {:>7} {:>9}",
+        "{:<30} {:>8} {:>8} {:>8} {:>9} {:>12} {:>13} {:>12} {:>8} {:>8} {:>7} {:>8}",
         "phase",
         "records",
         "points",
         "secs",
+        "startup_s",
         "points_per_s",
         "records_per_s",
+        "steady_rec_s",
         "p50_ms",
         "p99_ms",
         "samples",
@@ -167,37 +169,34 @@ fn print_ingest(report: &IngestReport) {
     );
     for r in &report.rows {
         println!(
-            "{:<30} {:>9} {:>9} {:>8.3} {:>12.0} {:>13.0} {:>8} {:>8} {:>7} {:>9}",
+            "{:<30} {:>8} {:>8} {:>8.3} {:>9} {:>12.0} {:>13.0} {:>12.0} {:>8} {:>8} {:>7} {:>8}",
             r.phase,
             r.records,
             r.points,
             r.secs,
+            r.startup_secs.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}")),
             r.points_per_sec(),
             r.records_per_sec(),
+            r.steady_records_per_sec(),
             ms(r.p50_ms),
             ms(r.p99_ms),
             r.samples,
             r.peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
         );
     }
-    let ratio = |a: &str, b: &str| {
-        let find = |p: &str| report.rows.iter().find(|r| r.phase == p).map(|r| r.records_per_sec());
-        find(a).zip(find(b)).map(|(a, b)| a / b * 100.0)
-    };
-    if let Some(pct) = ratio("embedded pipeline", "embedded queue read (ceiling)") {
-        println!("embedded pipeline / queue read: {pct:.1} %");
-    }
-    if let Some(pct) = ratio("kafka pipeline", "kafka bare consumer (ceiling)") {
-        println!("kafka pipeline / bare consumer: {pct:.1} %");
-    }
-    println!(
-        "stored points read back: embedded {}{}",
-        report.stored_points,
-        match report.kafka_stored_points {
-            Some(n) => format!(", kafka {n}"),
-            None => String::new(),
+    let find = |p: &str| report.rows.iter().find(|r| r.phase == p);
+    for (a, b, label) in [
+        ("embedded pipeline", "embedded queue read (ceiling)", "embedded pipeline / queue read"),
+        ("kafka pipeline", "kafka bare consumer (ceiling)", "kafka pipeline / bare consumer"),
+    ] {
+        if let (Some(a), Some(b)) = (find(a), find(b)) {
+            let whole = a.records_per_sec() / b.records_per_sec() * 100.0;
+            let steady = a.steady_records_per_sec() / b.steady_records_per_sec() * 100.0;
+            println!("{label}: {whole:.1} % (after the first record: {steady:.1} %)");
         }
-    );
+    }
+    let kafka = report.kafka_stored_points.map_or_else(String::new, |n| format!(", kafka {n}"));
+    println!("stored points read back: embedded {}{kafka}", report.stored_points);
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<()> {
