@@ -32,6 +32,6 @@ async fn query_bench_answers_have_the_expected_counts() {
     assert_eq!(counts, [7, lr_matches(6), 6, 7_000]);
     assert_eq!(lr_matches(20), 10, "half the runs match lr > 0.01");
     for r in &report.rows {
-        assert!(r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
+        assert!(r.error.is_none() && r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
     }
 }

@@ -5,6 +5,8 @@
 //!
 //! Each request runs once untimed (warm-up), then `reps` times; the report gives the median and
 //! the 95th percentile (nearest rank) of the timed repetitions, and checks every answer's counts.
+//! A request that fails (for example a search outliving the 5 s transaction lifetime) is reported
+//! in its row rather than ending the benchmark.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -59,6 +61,8 @@ pub struct QueryRow {
     pub median_secs: f64,
     /// 95th percentile seconds.
     pub p95_secs: f64,
+    /// Why the request failed, when it did (the figures are then NaN).
+    pub error: Option<String>,
 }
 
 /// The benchmark's figures.
@@ -350,9 +354,17 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
         let mut times = Vec::new();
         let mut count = 0;
         let mut bytes = 0;
+        let mut error = None;
         for rep in 0..=cfg.reps {
             let t = Instant::now();
-            let body = call(&state, case.method, &case.uri, case.body.as_deref()).await?;
+            let body = match call(&state, case.method, &case.uri, case.body.as_deref()).await {
+                Ok(b) => b,
+                Err(e) => {
+                    error = Some(format!("{e} (after {:.1} s)", t.elapsed().as_secs_f64()));
+                    times.clear();
+                    break;
+                }
+            };
             let secs = t.elapsed().as_secs_f64();
             count = if case.streamed { stream_count(&case.uri, &body)? } else { batch_count(&case.uri, &body)? };
             bytes = body.len();
@@ -375,6 +387,7 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
             bytes,
             median_secs: nearest_rank(&times, 0.5),
             p95_secs: nearest_rank(&times, 0.95),
+            error,
         });
     }
     Ok(QueryReport { points_written, setup_secs, disk_bytes: db.disk_bytes(), rows })

@@ -243,6 +243,9 @@ fn print_query(report: &QueryReport) {
             r.median_secs * 1e3,
             r.p95_secs * 1e3
         );
+        if let Some(e) = &r.error {
+            println!("    failed: {e}");
+        }
     }
 }
 
