@@ -1,3 +1,5 @@
 //! Benchmarks that print figures (`matyan bench ...`): measured against a baseline in the same run,
 //! never asserted by timed tests.
+pub mod ingest;
+pub mod query;
 pub mod storage;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
+use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
 
 /// `matyan bench ...`.
@@ -18,6 +20,54 @@ enum BenchCommand {
     /// Write N metric points of one run through the Matyan layout in budgeted transactions, read
     /// the series back; on memory (baseline), fjall and redb.
     Storage(StorageArgs),
+    /// Ingest N `log_metric` records of the golden shape through the pipeline from the embedded
+    /// queue (and, with --kafka, from a topic), against the source's bare read rate.
+    Ingest(IngestArgs),
+    /// Time run search, indexed run search, metric search and a whole-series get-batch through the
+    /// in-process router on R runs × 3 metrics × S steps plus one B-step run.
+    Query(QueryArgs),
+}
+
+#[derive(Debug, Args)]
+struct IngestArgs {
+    /// `log_metric` records (points) to ingest.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Runs the records are spread over.
+    #[arg(long, default_value_t = 8)]
+    runs: u32,
+    /// Partitions of the embedded queue and the Kafka topic.
+    #[arg(long, default_value_t = 6)]
+    partitions: u32,
+    /// Records per append transaction (also the visibility sampling period).
+    #[arg(long, default_value_t = 500)]
+    append_batch: usize,
+    /// Kafka bootstrap servers: also produce to a fresh topic, read it with a bare consumer and
+    /// ingest it through the Kafka source.
+    #[arg(long)]
+    kafka: Option<String>,
+    /// Scratch directory for the stores [default: a temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct QueryArgs {
+    /// Runs with three metrics each.
+    #[arg(long, default_value_t = 1_000)]
+    runs: u32,
+    /// Steps per metric of those runs.
+    #[arg(long, default_value_t = 10_000)]
+    steps: u32,
+    /// Steps of the big run's metric.
+    #[arg(long, default_value_t = 1_000_000)]
+    big_steps: u32,
+    /// Timed repetitions of each request (after one warm-up).
+    #[arg(long, default_value_t = 5)]
+    reps: u32,
+    /// Scratch directory for the store [default: a temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -37,6 +87,8 @@ struct StorageArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Storage(a) => storage(a).await,
+        BenchCommand::Ingest(a) => ingest(a).await,
+        BenchCommand::Query(a) => query(a).await,
     }
 }
 
@@ -74,6 +126,135 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.records > 0 && args.runs > 0, "--records and --runs must be positive");
+    anyhow::ensure!((1..=256).contains(&args.partitions), "--partitions must be between 1 and 256");
+    anyhow::ensure!((1..=10_000).contains(&args.append_batch), "--append-batch must be between 1 and 10000");
+    let (dir, scratch) = scratch_dir(args.dir)?;
+    let cfg = IngestBenchConfig {
+        records: args.records,
+        runs: args.runs,
+        partitions: args.partitions,
+        append_batch: args.append_batch,
+        kafka: args.kafka,
+        ..Default::default()
+    };
+    eprintln!("ingesting {} points over {} runs under {} ...", cfg.records, cfg.runs, dir.display());
+    let result = matyan::bench::ingest::run(&dir, &cfg).await;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    print_ingest(&result.context("benchmark failed")?);
+    Ok(())
+}
+
+fn print_ingest(report: &IngestReport) {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    println!(
+        "{:<30} {:>8} {:>8} {:>8} {:>9} {:>12} {:>13} {:>12} {:>8} {:>8} {:>7} {:>8}",
+        "phase",
+        "records",
+        "points",
+        "secs",
+        "startup_s",
+        "points_per_s",
+        "records_per_s",
+        "steady_rec_s",
+        "p50_ms",
+        "p99_ms",
+        "samples",
+        "peak_MiB"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<30} {:>8} {:>8} {:>8.3} {:>9} {:>12.0} {:>13.0} {:>12.0} {:>8} {:>8} {:>7} {:>8}",
+            r.phase,
+            r.records,
+            r.points,
+            r.secs,
+            r.startup_secs.map_or_else(|| "-".to_owned(), |s| format!("{s:.3}")),
+            r.points_per_sec(),
+            r.records_per_sec(),
+            r.steady_records_per_sec(),
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            r.samples,
+            r.peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        );
+    }
+    let find = |p: &str| report.rows.iter().find(|r| r.phase == p);
+    for (a, b, label) in [
+        ("embedded pipeline", "embedded queue read (ceiling)", "embedded pipeline / queue read"),
+        ("kafka pipeline", "kafka bare consumer (ceiling)", "kafka pipeline / bare consumer"),
+    ] {
+        if let (Some(a), Some(b)) = (find(a), find(b)) {
+            let whole = a.records_per_sec() / b.records_per_sec() * 100.0;
+            let steady = a.steady_records_per_sec() / b.steady_records_per_sec() * 100.0;
+            println!("{label}: {whole:.1} % (after the first record: {steady:.1} %)");
+        }
+    }
+    let kafka = report.kafka_stored_points.map_or_else(String::new, |n| format!(", kafka {n}"));
+    println!("stored points read back: embedded {}{kafka}", report.stored_points);
+}
+
+async fn query(args: QueryArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.runs > 0 && args.steps > 0 && args.big_steps > 0 && args.reps > 0,
+        "--runs, --steps, --big-steps and --reps must be positive"
+    );
+    let (dir, scratch) = scratch_dir(args.dir)?;
+    let cfg = QueryBenchConfig { runs: args.runs, steps: args.steps, big_steps: args.big_steps, reps: args.reps };
+    eprintln!(
+        "storing {} runs x 3 metrics x {} steps + 1 run x {} steps under {} ...",
+        cfg.runs,
+        cfg.steps,
+        cfg.big_steps,
+        dir.display()
+    );
+    let result = matyan::bench::query::run(&dir, &cfg).await;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    print_query(&result.context("benchmark failed")?);
+    Ok(())
+}
+
+fn print_query(report: &QueryReport) {
+    println!(
+        "setup: {} points in {:.1} s ({:.0} points/s), {:.1} MiB on disk",
+        report.points_written,
+        report.setup_secs,
+        report.points_written as f64 / report.setup_secs,
+        report.disk_bytes as f64 / (1024.0 * 1024.0)
+    );
+    println!(
+        "{:<32} {:>9} {:>7} {:>12} {:>10} {:>10}",
+        "request", "count", "unit", "body_bytes", "median_ms", "p95_ms"
+    );
+    for r in &report.rows {
+        println!(
+            "{:<32} {:>9} {:>7} {:>12} {:>10.1} {:>10.1}",
+            r.name,
+            r.count,
+            r.unit,
+            r.bytes,
+            r.median_secs * 1e3,
+            r.p95_secs * 1e3
+        );
+        if let Some(e) = &r.error {
+            println!("    failed: {e}");
+        }
+    }
+}
+
+/// The scratch directory: `dir`, or a fresh temporary one (second value: remove it afterwards).
+fn scratch_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, bool)> {
+    match dir {
+        Some(d) => Ok((d, false)),
+        None => Ok((tempfile_dir()?, true)),
+    }
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

@@ -1,0 +1,37 @@
+//! `matyan bench ingest` and `matyan bench query` at tiny scale: the reports' counts match what
+//! was asked for (no timing is asserted).
+
+use matyan::bench::ingest::{IngestBenchConfig, run as run_ingest};
+use matyan::bench::query::{QueryBenchConfig, lr_matches, run as run_query};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_bench_reports_every_point_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = IngestBenchConfig { records: 1_200, runs: 3, append_batch: 100, ..Default::default() };
+    let report = run_ingest(dir.path(), &cfg).await.unwrap();
+    assert_eq!(report.stored_points, 1_200);
+    assert!(report.kafka_stored_points.is_none());
+    let phases: Vec<&str> = report.rows.iter().map(|r| r.phase).collect();
+    assert_eq!(phases, ["embedded append", "embedded pipeline", "embedded queue read (ceiling)"]);
+    for r in &report.rows {
+        assert_eq!((r.records, r.points), (1_203, 1_200), "{r:?}");
+        assert!(r.secs > 0.0, "{r:?}");
+    }
+    let pipeline = &report.rows[1];
+    assert_eq!(pipeline.samples, 13, "one sample per append batch holding a point");
+    assert!(pipeline.p50_ms.unwrap() <= pipeline.p99_ms.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_bench_answers_have_the_expected_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = QueryBenchConfig { runs: 6, steps: 40, big_steps: 7_000, reps: 2 };
+    let report = run_query(dir.path(), &cfg).await.unwrap();
+    assert_eq!(report.points_written, 6 * 3 * 40 + 7_000);
+    let counts: Vec<u64> = report.rows.iter().map(|r| r.count).collect();
+    assert_eq!(counts, [7, lr_matches(6), 6, 7_000]);
+    assert_eq!(lr_matches(20), 10, "half the runs match lr > 0.01");
+    for r in &report.rows {
+        assert!(r.error.is_none() && r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
+    }
+}
