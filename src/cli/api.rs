@@ -2,32 +2,23 @@
 
 use clap::Args;
 
-use super::ConfigArgs;
 use super::common;
+use super::{ConfigArgs, ListenArgs};
 
 /// Flags of `matyan api`.
 #[derive(Debug, Args)]
 pub struct ApiArgs {
     #[command(flatten)]
     pub common: ConfigArgs,
-    /// Address to listen on [default: server.host, i.e. 0.0.0.0].
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// Port to listen on; 0 picks a free one [default: server.port, i.e. 53800].
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
 }
 
 /// Serves the API until a shutdown signal, with `serve.addr` in the data directory meanwhile
 /// (so `matyan kv dump` reaches the store through it), then closes the store.
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let config = args.common.load(|c| {
-        if let Some(host) = &args.host {
-            c.server.host = host.clone();
-        }
-        if let Some(port) = args.port {
-            c.server.port = port;
-        }
+        args.listen.apply(c);
     })?;
     let handle = common::install_metrics(&config)?;
     let data_dir = config.storage.data_dir.clone();

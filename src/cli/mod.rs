@@ -59,6 +59,29 @@ impl Cli {
     }
 }
 
+/// The listening address flags of the HTTP roles (`serve`, `api`).
+#[derive(Debug, Clone, Args)]
+pub struct ListenArgs {
+    /// Address to listen on [default: server.host, i.e. 0.0.0.0].
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: server.port, i.e. 53800].
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+}
+
+impl ListenArgs {
+    /// Applies the flags given over the configured `server.host` and `server.port`.
+    pub fn apply(&self, config: &mut Config) {
+        if let Some(host) = &self.host {
+            config.server.host = host.clone();
+        }
+        if let Some(port) = self.port {
+            config.server.port = port;
+        }
+    }
+}
+
 /// Flags shared by every command that reads the configuration or touches the embedded store.
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {

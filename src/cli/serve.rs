@@ -11,8 +11,8 @@ use matyan::app::AppState;
 use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
 use matyan::ingest::{EmbeddedSource, Queue};
 
-use super::ConfigArgs;
 use super::common;
+use super::{ConfigArgs, ListenArgs};
 
 /// The file under the data directory holding the address of a running server.
 pub use super::common::ADDR_FILE;
@@ -22,12 +22,8 @@ pub use super::common::ADDR_FILE;
 pub struct ServeArgs {
     #[command(flatten)]
     pub common: ConfigArgs,
-    /// Address to listen on [default: server.host, i.e. 0.0.0.0].
-    #[arg(long, value_name = "HOST")]
-    pub host: Option<String>,
-    /// Port to listen on; 0 picks a free one [default: server.port, i.e. 53800].
-    #[arg(long, value_name = "PORT")]
-    pub port: Option<u16>,
+    #[command(flatten)]
+    pub listen: ListenArgs,
     /// Enables the chaos admin route `POST /admin/chaos/kill/` [default: ingest.chaos].
     #[arg(long)]
     pub chaos: bool,
@@ -36,12 +32,7 @@ pub struct ServeArgs {
 /// Runs the server until a shutdown signal, then removes `serve.addr` and closes the store.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.common.load(|c| {
-        if let Some(host) = &args.host {
-            c.server.host = host.clone();
-        }
-        if let Some(port) = args.port {
-            c.server.port = port;
-        }
+        args.listen.apply(c);
         if args.chaos {
             c.ingest.chaos = true;
         }

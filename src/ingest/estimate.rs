@@ -47,27 +47,13 @@ pub fn payload_bytes(payload: &Payload) -> usize {
                 + match &c.data {
                     Some(Value::Str(s)) => s.chars().count(),
                     Some(Value::Bin(b)) => b.len(),
-                    Some(v) if is_truthy(v) => py_repr_len(v),
+                    Some(v) if v.is_truthy() => py_repr_len(v),
                     _ => 0,
                 }
         }
         Payload::LogHparams(h) => BASE_BYTES + py_repr_len(&h.value),
         // `str(payload.get("value", {}))`: the payload never has `value`, so `"{}"`.
         Payload::SetRunProperty(_) => BASE_BYTES + 2,
-    }
-}
-
-fn is_truthy(v: &Value) -> bool {
-    match v {
-        Value::Nil => false,
-        Value::Bool(b) => *b,
-        Value::Int(i) => *i != 0,
-        Value::Float(f) => *f != 0.0,
-        Value::Str(s) => !s.is_empty(),
-        Value::Bin(b) => !b.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Map(m) => !m.is_empty(),
-        Value::DateTime(_) | Value::Ext(..) => true,
     }
 }
 

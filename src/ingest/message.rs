@@ -947,27 +947,6 @@ fn check_leaf_sizes(v: &Value, field: &'static str) -> Result<(), DecodeError> {
     walk(v, 0, field)
 }
 
-/// Python truthiness of a value (`if payload.get(...)`).
-trait Truthy {
-    fn is_truthy(&self) -> bool;
-}
-
-impl Truthy for Value {
-    fn is_truthy(&self) -> bool {
-        match self {
-            Value::Nil => false,
-            Value::Bool(b) => *b,
-            Value::Int(i) => *i != 0,
-            Value::Float(f) => *f != 0.0,
-            Value::Str(s) => !s.is_empty(),
-            Value::Bin(b) => !b.is_empty(),
-            Value::Array(items) => !items.is_empty(),
-            Value::Map(entries) => !entries.is_empty(),
-            Value::DateTime(_) | Value::Ext(..) => true,
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // client_datetime: Python's datetime.fromisoformat
 

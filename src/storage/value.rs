@@ -120,6 +120,22 @@ impl Value {
         }
     }
 
+    /// Returns Python's truthiness of the value (`if value:`): empty containers, `0`, `0.0`, `""`,
+    /// `False` and `None` are false.
+    pub fn is_truthy(&self) -> bool {
+        match self {
+            Value::Nil => false,
+            Value::Bool(b) => *b,
+            Value::Int(i) => *i != 0,
+            Value::Float(f) => *f != 0.0,
+            Value::Str(s) => !s.is_empty(),
+            Value::Bin(b) => !b.is_empty(),
+            Value::Array(items) => !items.is_empty(),
+            Value::Map(entries) => !entries.is_empty(),
+            Value::DateTime(_) | Value::Ext(..) => true,
+        }
+    }
+
     /// Returns the string slice when the value is a str.
     pub fn as_str(&self) -> Option<&str> {
         match self {
