@@ -39,13 +39,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::config::Config;
 use matyan::http::stream::{Key, StreamValue, decode_objects, encode_object};
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, Limits, RetryOptions};
@@ -59,8 +57,7 @@ use common::NOW;
 const R: &str = "/api/v1/rest";
 
 fn state_of(db: &Database, layout: &Layout) -> AppState {
-    let config = Config::from_toml_str("test", "").unwrap();
-    AppState { db: db.clone(), layout: Arc::new(layout.clone()), config: Arc::new(config), metrics: None }
+    common::app_state(db, layout)
 }
 
 async fn get(state: &AppState, uri: &str) -> (u16, Vec<u8>) {

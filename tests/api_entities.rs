@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::config::Config;
 use matyan::storage::kv::{Database, RangeOption, RetryOptions};
 use matyan::storage::layout::{EntityKind, Layout};
 use matyan::storage::tuple::{self, Elem};
@@ -49,9 +46,7 @@ impl Fixture {
     }
 
     fn state(&self) -> AppState {
-        let mut config = Config::from_toml_str("test", "").unwrap();
-        config.server.cors_origins = self.cors.clone();
-        AppState { db: self.db.clone(), layout: Arc::new(self.layout.clone()), config: Arc::new(config), metrics: None }
+        common::app_state_with(&self.db, &self.layout, |c| c.server.cors_origins = self.cors.clone())
     }
 
     async fn send(&self, req: Request<Body>) -> Answer {

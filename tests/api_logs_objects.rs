@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::config::Config;
 use matyan::http::stream::{Float64Array, Key, StreamValue, decode_objects, progress_of};
 use matyan::ingest::apply::{Applier, IdRequest, position_uuid};
 use matyan::ingest::{Entry, decode};
@@ -106,9 +103,7 @@ impl Fixture {
     }
 
     fn state(&self) -> AppState {
-        let config = Config::from_toml_str("test", "").unwrap();
-        let layout = Arc::new(self.applier.layout().clone());
-        AppState { db: self.db.clone(), layout, config: Arc::new(config), metrics: None }
+        common::app_state(&self.db, self.applier.layout())
     }
 
     /// Applies `msgs` of `run` through the ingestion applier, in one transaction.

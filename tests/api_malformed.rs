@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::config::Config;
 use matyan::storage::kv::Database;
 use serde_json::Value as J;
 use tower::ServiceExt as _;
@@ -27,8 +25,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 async fn state() -> AppState {
     let db = Database::memory();
     let layout = common::write_worked_example(&db).await;
-    let config = Config::from_toml_str("test", "").unwrap();
-    AppState { db, layout: Arc::new(layout), config: Arc::new(config), metrics: None }
+    common::app_state(&db, &layout)
 }
 
 struct Answer {

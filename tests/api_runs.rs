@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::config::Config;
 use matyan::http::stream::{Float64Array, Key, StreamValue, decode_objects, progress_of};
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, RetryOptions};
@@ -36,8 +33,7 @@ impl Fixture {
     }
 
     fn state(&self) -> AppState {
-        let config = Config::from_toml_str("test", "").unwrap();
-        AppState { db: self.db.clone(), layout: Arc::new(self.layout.clone()), config: Arc::new(config), metrics: None }
+        common::app_state(&self.db, &self.layout)
     }
 
     /// Creates a run named `name` at `created_at` with hparams `{"lr": lr}`.

@@ -4,12 +4,9 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::config::Config;
 use matyan::http::stream::decode_objects;
 use matyan::ingest::message::MessageType;
 use matyan::ingest::{Queue, Record, decode};
@@ -58,8 +55,7 @@ impl Fixture {
     }
 
     fn state(&self) -> AppState {
-        let config = Config::from_toml_str("test", "").unwrap();
-        AppState { db: self.db.clone(), layout: Arc::new(self.layout.clone()), config: Arc::new(config), metrics: None }
+        common::app_state(&self.db, &self.layout)
     }
 
     /// Creates a run named `name`.

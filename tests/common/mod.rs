@@ -57,6 +57,28 @@ pub async fn apply_example(layout: &Layout, tx: &Transaction) -> Result<(), Layo
     Ok(())
 }
 
+/// The state of the in-process app over `db` and `layout`, with the built-in default configuration
+/// (changed by `configure` first, e.g. for CORS origins).
+pub fn app_state_with(
+    db: &Database,
+    layout: &Layout,
+    configure: impl FnOnce(&mut matyan::config::Config),
+) -> matyan::app::AppState {
+    let mut config = matyan::config::Config::from_toml_str("test", "").unwrap();
+    configure(&mut config);
+    matyan::app::AppState {
+        db: db.clone(),
+        layout: std::sync::Arc::new(layout.clone()),
+        config: std::sync::Arc::new(config),
+        metrics: None,
+    }
+}
+
+/// The state of the in-process app over `db` and `layout`, with the default configuration.
+pub fn app_state(db: &Database, layout: &Layout) -> matyan::app::AppState {
+    app_state_with(db, layout, |_| {})
+}
+
 /// Writes the worked example in one retried transaction.
 pub async fn write_worked_example(db: &Database) -> Layout {
     let layout = Layout::open(db).await.unwrap();
