@@ -2,14 +2,13 @@
 //! does it, chunked large records, consumer offsets across reopen, concurrent appenders, trim,
 //! the `EmbeddedSource`, and `matyan queue import` through the real binary.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use matyan::ingest::partitioner::partition_for_key;
 use matyan::ingest::queue::{AppendRecord, EmbeddedSource, MAX_RECORD_BYTES, Queue, QueueError};
 use matyan::ingest::source::{Record, Source};
@@ -17,7 +16,7 @@ use matyan::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOption
 use matyan::storage::layout::Dirs;
 use tempfile::TempDir;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
+const GOLDEN: &str = common::GOLDEN_10K;
 const GOLDEN_RUN: &[u8] = b"00000000000000000000000000010000";
 const TOPIC: &str = "data-ingestion";
 
@@ -59,19 +58,7 @@ type GoldenRecord = (Option<Vec<u8>>, Vec<u8>, i64, i64);
 
 /// The golden file's records.
 fn golden_records() -> Vec<GoldenRecord> {
-    let file = std::fs::File::open(GOLDEN).unwrap();
-    BufReader::new(flate2::read::GzDecoder::new(file))
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
-            (
-                v["key_b64"].as_str().map(|k| BASE64.decode(k).unwrap()),
-                BASE64.decode(v["value_b64"].as_str().unwrap()).unwrap(),
-                v["timestamp_ms"].as_i64().unwrap(),
-                v["partition"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    common::golden_records().into_iter().map(|r| (r.key, r.value, r.timestamp_ms, r.partition)).collect()
 }
 
 #[tokio::test]

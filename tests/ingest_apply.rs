@@ -5,9 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 
-use base64::Engine as _;
 use common::{NOW, RUN, golden_rows};
 use matyan::ingest::apply::{Applier, ApplyOutcome, IdRequest, position_uuid};
 use matyan::ingest::message::{IngestMessage, LogMetric, LogRecord, Payload};
@@ -192,19 +190,12 @@ async fn worked_example_messages_through_apply_reproduce_the_36_golden_rows() {
 }
 
 fn golden_10k() -> Vec<Entry> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
-    let reader = BufReader::new(flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()));
-    reader
-        .lines()
-        .map(|line| {
-            let record: J = serde_json::from_str(&line.unwrap()).unwrap();
-            let bytes =
-                base64::engine::general_purpose::STANDARD.decode(record["value_b64"].as_str().unwrap()).unwrap();
-            Entry {
-                partition: i32::try_from(record["partition"].as_i64().unwrap()).unwrap(),
-                offset: record["offset"].as_i64().unwrap(),
-                message: decode(&bytes).unwrap(),
-            }
+    common::golden_records()
+        .into_iter()
+        .map(|r| Entry {
+            partition: i32::try_from(r.partition).unwrap(),
+            offset: r.offset,
+            message: decode(&r.value).unwrap(),
         })
         .collect()
 }

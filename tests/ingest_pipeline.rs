@@ -6,13 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use matyan::actors::{IngestPipeline, KillTarget, PipelineConfig, PipelineHandle};
 use matyan::ingest::apply::{Applier, position_uuid};
 use matyan::ingest::queue::{EmbeddedSource, INGESTION_GROUP, Queue};
@@ -26,7 +23,6 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
 const TOPIC: &str = "data-ingestion";
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
 
 /// The process's Prometheus recorder (one per test binary).
 fn recorder() -> &'static PrometheusHandle {
@@ -58,18 +54,7 @@ async fn append(queue: &Queue, records: &[Rec]) {
 }
 
 fn golden_records() -> Vec<Rec> {
-    let file = std::fs::File::open(GOLDEN).unwrap();
-    BufReader::new(flate2::read::GzDecoder::new(file))
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
-            (
-                v["key_b64"].as_str().map(|k| BASE64.decode(k).unwrap()),
-                BASE64.decode(v["value_b64"].as_str().unwrap()).unwrap(),
-                v["timestamp_ms"].as_i64().unwrap(),
-            )
-        })
-        .collect()
+    common::golden_records().into_iter().map(|r| (r.key, r.value, r.timestamp_ms)).collect()
 }
 
 fn run_id(i: usize) -> String {

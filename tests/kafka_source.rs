@@ -18,13 +18,10 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use common::broker::Broker;
 use matyan::ingest::apply::{Applier, IdRequest, position_uuid};
 use matyan::ingest::dlq::{DeadLetterSink, KafkaDeadLetters, Rejected, headers};
@@ -44,24 +41,13 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 
-const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
 const GOLDEN_RUN: &str = "00000000000000000000000000010000";
 const TOPIC: &str = "data-ingestion";
 const GROUP: &str = "ingestion-workers";
 const NOW: f64 = 1_735_689_600.0;
 
 fn golden_records() -> Vec<(Vec<u8>, Vec<u8>)> {
-    let file = std::fs::File::open(GOLDEN).unwrap();
-    BufReader::new(flate2::read::GzDecoder::new(file))
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
-            (
-                BASE64.decode(v["key_b64"].as_str().unwrap()).unwrap(),
-                BASE64.decode(v["value_b64"].as_str().unwrap()).unwrap(),
-            )
-        })
-        .collect()
+    common::golden_records().into_iter().map(|r| (r.key.unwrap(), r.value)).collect()
 }
 
 /// Produces keyed records in order (idempotent producer, Kafka's murmur2 partitioner) and waits for all.

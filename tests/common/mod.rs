@@ -79,6 +79,45 @@ pub fn app_state(db: &Database, layout: &Layout) -> matyan::app::AppState {
     app_state_with(db, layout, |_| {})
 }
 
+/// The golden topic dump of the real gateway (`fixtures/kafka-samples/golden-10k.jsonl.gz`).
+pub const GOLDEN_10K: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/kafka-samples/golden-10k.jsonl.gz");
+
+/// One record of the golden topic dump.
+#[derive(Debug, Clone)]
+pub struct GoldenRecord {
+    /// The record key (the run id), when the record has one.
+    pub key: Option<Vec<u8>>,
+    /// The record value (the gateway's JSON).
+    pub value: Vec<u8>,
+    /// The record timestamp.
+    pub timestamp_ms: i64,
+    /// The partition in the dump.
+    pub partition: i64,
+    /// The offset in the dump.
+    pub offset: i64,
+}
+
+/// Every record of the golden topic dump, in file order.
+pub fn golden_records() -> Vec<GoldenRecord> {
+    use base64::Engine as _;
+    use std::io::BufRead as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let file = std::fs::File::open(GOLDEN_10K).unwrap();
+    std::io::BufReader::new(flate2::read::GzDecoder::new(file))
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l.unwrap()).unwrap();
+            GoldenRecord {
+                key: v["key_b64"].as_str().map(|k| b64.decode(k).unwrap()),
+                value: b64.decode(v["value_b64"].as_str().unwrap()).unwrap(),
+                timestamp_ms: v["timestamp_ms"].as_i64().unwrap(),
+                partition: v["partition"].as_i64().unwrap(),
+                offset: v["offset"].as_i64().unwrap(),
+            }
+        })
+        .collect()
+}
+
 /// Writes the worked example in one retried transaction.
 pub async fn write_worked_example(db: &Database) -> Layout {
     let layout = Layout::open(db).await.unwrap();
