@@ -150,13 +150,9 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
     let mut next_progress = args.progress_every;
     for (index, line) in reader.lines().enumerate() {
         let line_no = index + 1;
-        let line = line.with_context(|| format!("{}: cannot read line {line_no}", args.file.display()))?;
-        if line.trim().is_empty() {
+        let Some(pending) = read_line(&args.file, line_no, line, tally.records, "appended")? else {
             continue;
-        }
-        let pending = parse_line(&line).with_context(|| {
-            format!("{}: line {line_no} ({} records appended before it)", args.file.display(), tally.records)
-        })?;
+        };
         let cost = queue.append_cost(pending.key.as_deref(), &pending.value);
         if !batch.is_empty() && (batch.len() >= args.batch as usize || batch_cost + cost > budget) {
             flush(&queue, &mut batch, &mut tally).await?;
@@ -203,13 +199,9 @@ async fn import_kafka(args: &ImportArgs, config: &Config) -> anyhow::Result<()> 
     let mut in_flight = FuturesUnordered::new();
     for (index, line) in reader.lines().enumerate() {
         let line_no = index + 1;
-        let line = line.with_context(|| format!("{}: cannot read line {line_no}", args.file.display()))?;
-        if line.trim().is_empty() {
+        let Some(pending) = read_line(&args.file, line_no, line, tally.records, "delivered")? else {
             continue;
-        }
-        let pending = parse_line(&line).with_context(|| {
-            format!("{}: line {line_no} ({} records delivered before it)", args.file.display(), tally.records)
-        })?;
+        };
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(&topic).payload(pending.value.as_slice()).timestamp(pending.timestamp_ms);
         if let Some(key) = pending.key.as_deref() {
@@ -315,6 +307,24 @@ fn open_records(path: &Path) -> anyhow::Result<Box<dyn BufRead>> {
     } else {
         Ok(Box::new(BufReader::new(file)))
     }
+}
+
+/// Reads line `line_no` of `file`: `None` for a blank line, else its record. Errors name the file,
+/// the line and how many records were already `verb` (appended, delivered) before it.
+fn read_line(
+    file: &std::path::Path,
+    line_no: usize,
+    line: std::io::Result<String>,
+    done: u64,
+    verb: &str,
+) -> anyhow::Result<Option<Pending>> {
+    let line = line.with_context(|| format!("{}: cannot read line {line_no}", file.display()))?;
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_line(&line)
+        .map(Some)
+        .with_context(|| format!("{}: line {line_no} ({done} records {verb} before it)", file.display()))
 }
 
 fn parse_line(line: &str) -> anyhow::Result<Pending> {
