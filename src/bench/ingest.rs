@@ -176,29 +176,49 @@ pub fn run_hash(i: usize) -> String {
     format!("{:032x}", 0xBE_4C00_0000_u64 + i as u64)
 }
 
-/// `create_run` for each run, then `records` `log_metric` records of the golden shape, the runs
-/// interleaved round-robin, each run's steps counting from 0.
-fn generate(cfg: &IngestBenchConfig) -> Vec<Rec> {
-    let runs = cfg.runs.max(1) as usize;
-    let hashes: Vec<String> = (0..runs).map(run_hash).collect();
-    let mut out = Vec::with_capacity(cfg.records as usize + runs);
-    for h in &hashes {
-        let v = json!({"type": "create_run", "run_id": h, "timestamp": "2026-11-21T20:50:04.172070Z",
-            "payload": {"client_datetime": "2026-11-21T20:50:04.164174+00:00", "force_resume": false}});
-        out.push(Rec { key: h.as_bytes().to_vec(), value: v.to_string().into_bytes(), point: None });
+/// The generated input: `create_run` for each run, then `records` `log_metric` records of the
+/// golden shape, the runs interleaved round-robin, each run's steps counting from 0. Records are
+/// made on demand from their index, so the generator's memory does not grow with N and the
+/// peak-RSS figures are the pipeline's own.
+#[derive(Debug, Clone)]
+struct Workload {
+    hashes: Vec<String>,
+    records: u64,
+}
+
+impl Workload {
+    fn new(cfg: &IngestBenchConfig) -> Self {
+        Self { hashes: (0..cfg.runs.max(1) as usize).map(run_hash).collect(), records: cfg.records }
     }
-    let mut steps = vec![0i64; runs];
-    for i in 0..cfg.records as usize {
-        let r = i % runs;
-        let step = steps[r];
-        steps[r] += 1;
-        let v = json!({"type": "log_metric", "run_id": hashes[r], "timestamp": "2026-11-21T20:50:04.177691Z",
+
+    /// Records in all: one `create_run` per run plus the metric records.
+    fn len(&self) -> u64 {
+        self.hashes.len() as u64 + self.records
+    }
+
+    /// Record `i` of the input (`i < len()`).
+    fn record(&self, i: u64) -> Rec {
+        let runs = self.hashes.len() as u64;
+        if i < runs {
+            let h = &self.hashes[i as usize];
+            let v = json!({"type": "create_run", "run_id": h, "timestamp": "2026-11-21T20:50:04.172070Z",
+                "payload": {"client_datetime": "2026-11-21T20:50:04.164174+00:00", "force_resume": false}});
+            return Rec { key: h.as_bytes().to_vec(), value: v.to_string().into_bytes(), point: None };
+        }
+        let m = i - runs;
+        let r = (m % runs) as usize;
+        let step = i64::try_from(m / runs).unwrap_or(i64::MAX);
+        let v = json!({"type": "log_metric", "run_id": self.hashes[r], "timestamp": "2026-11-21T20:50:04.177691Z",
             "payload": {"name": METRIC, "value": 2.01 / (1.0 + step as f64 * 1e-3), "step": step, "epoch": 0,
                 "context": {"subset": "train"}, "dtype": "float",
                 "client_datetime": "2026-11-21T20:50:04.164296+00:00"}});
-        out.push(Rec { key: hashes[r].as_bytes().to_vec(), value: v.to_string().into_bytes(), point: Some((r, step)) });
+        Rec { key: self.hashes[r].as_bytes().to_vec(), value: v.to_string().into_bytes(), point: Some((r, step)) }
     }
-    out
+
+    /// Records `[from, from + n)`, clipped to the input.
+    fn chunk(&self, from: u64, n: usize) -> Vec<Rec> {
+        (from..(from + n as u64).min(self.len())).map(|i| self.record(i)).collect()
+    }
 }
 
 /// Resets the kernel's peak-RSS mark of this process (best effort).
@@ -284,7 +304,7 @@ pub async fn run(dir: &Path, cfg: &IngestBenchConfig) -> Result<IngestReport, In
     if cfg.records == 0 || cfg.runs == 0 || cfg.partitions == 0 || cfg.append_batch == 0 {
         return Err(IngestBenchError::Invalid("records, runs, partitions and batch must be positive".into()));
     }
-    let recs = Arc::new(generate(cfg));
+    let recs = Arc::new(Workload::new(cfg));
     let mut rows = Vec::new();
     let (embedded_rows, stored) = embedded(&dir.join("embedded"), cfg, &recs).await?;
     rows.extend(embedded_rows);
@@ -300,9 +320,9 @@ pub async fn run(dir: &Path, cfg: &IngestBenchConfig) -> Result<IngestReport, In
 async fn embedded(
     dir: &Path,
     cfg: &IngestBenchConfig,
-    recs: &Arc<Vec<Rec>>,
+    recs: &Arc<Workload>,
 ) -> Result<(Vec<IngestRow>, u64), IngestBenchError> {
-    let total = recs.len() as u64;
+    let total = recs.len();
     let (db, layout) = open_store(dir).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
     let source =
@@ -349,7 +369,10 @@ async fn embedded(
     let start = Instant::now();
     let (aq, arecs, batch) = (queue.clone(), Arc::clone(recs), cfg.append_batch);
     let producer = tokio::spawn(async move {
-        for chunk in arecs.chunks(batch) {
+        let mut from = 0;
+        while from < arecs.len() {
+            let chunk = arecs.chunk(from, batch);
+            from += chunk.len() as u64;
             let batch: Vec<AppendRecord<'_>> =
                 chunk.iter().map(|r| (Some(r.key.as_slice()), r.value.as_slice(), 0)).collect();
             aq.append(&batch).await?;
@@ -451,14 +474,15 @@ fn consumer_config(bootstrap: &str) -> ClientConfig {
 }
 
 /// Produces every record, keyed (Kafka's murmur2 partitioner), and waits for all deliveries.
-fn produce(bootstrap: &str, topic: &str, recs: &[Rec]) -> Result<(), IngestBenchError> {
+fn produce(bootstrap: &str, topic: &str, recs: &Workload) -> Result<(), IngestBenchError> {
     let producer: BaseProducer = base_config(bootstrap)
         .set("partitioner", "murmur2_random")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()
         .map_err(kafka_err("create producer"))?;
-    for r in recs {
+    for i in 0..recs.len() {
+        let r = recs.record(i);
         let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(&r.value[..]).key(&r.key[..]);
         loop {
             match producer.send(rec) {
@@ -515,9 +539,9 @@ async fn kafka(
     dir: &Path,
     cfg: &IngestBenchConfig,
     bootstrap: &str,
-    recs: &Arc<Vec<Rec>>,
+    recs: &Arc<Workload>,
 ) -> Result<(Vec<IngestRow>, u64), IngestBenchError> {
-    let total = recs.len() as u64;
+    let total = recs.len();
     let topic = format!("matyan-bench-{}", unique_suffix());
     let admin: AdminClient<DefaultClientContext> =
         base_config(bootstrap).create().map_err(kafka_err("create admin"))?;
