@@ -1,5 +1,6 @@
-//! The process's shared state: the opened database, the raw prefixes of its directories, and the
-//! metrics handle, built once at start and shared by the HTTP handlers.
+//! The process's shared state: the opened database, the raw prefixes of its directories, the blob
+//! store and URI codec, and the metrics handle, built once at start and shared by the HTTP
+//! handlers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 
+use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
 use crate::storage::kv::{Database, KvError, Limits};
 use crate::storage::layout::Layout;
@@ -23,6 +25,9 @@ pub enum AppError {
     /// The configuration names a backend this build does not have.
     #[error("storage.backend: {0:?} is not available in this build")]
     BackendUnavailable(&'static str),
+    /// The blob settings cannot be used (validation catches this first).
+    #[error("blobs.uri_secret: {0}")]
+    Blobs(#[from] UriError),
 }
 
 /// Opens the configured backend, creating the embedded store's data directory if needed.
@@ -50,6 +55,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// `None` when metrics are disabled.
     pub metrics: Option<PrometheusHandle>,
+    /// The blob store and the blob URI codec of `config.blobs`.
+    pub blobs: Blobs,
 }
 
 impl AppState {
@@ -57,6 +64,18 @@ impl AppState {
     pub async fn open(config: Config, metrics: Option<PrometheusHandle>) -> Result<Self, AppError> {
         let db = open_database(&config.storage)?;
         let layout = Layout::open(&db).await?;
-        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics })
+        Self::new(db, layout, config, metrics)
+    }
+
+    /// The state over an opened database and layout; builds the rest from `config`, without IO.
+    /// The one place an `AppState` is put together.
+    pub fn new(
+        db: Database,
+        layout: Layout,
+        config: Config,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, AppError> {
+        let blobs = Blobs::from_config(&config)?;
+        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs })
     }
 }

@@ -33,6 +33,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub kafka: KafkaConfig,
     pub metrics: MetricsConfig,
+    pub blobs: BlobsConfig,
 }
 
 /// The HTTP API's listener.
@@ -188,6 +189,22 @@ pub struct MetricsConfig {
     pub port: u16,
 }
 
+/// Blob URIs and the blob store of images, audios and artifacts. `Debug` hides the URI secret.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlobsConfig {
+    /// Key of the blob URIs: URL-safe base64 of 32 bytes (a Fernet key).
+    pub uri_secret: String,
+    /// Directory of the local blob store; empty means `<storage.data_dir>/blobs`.
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for BlobsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobsConfig").field("uri_secret", &"<redacted>").field("dir", &self.dir).finish()
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -234,6 +251,8 @@ pub enum ValidationError {
     NotOneOf { key: &'static str, value: String, allowed: &'static [&'static str] },
     #[error("{key} and {other} must be set together")]
     Unpaired { key: &'static str, other: &'static str },
+    #[error("{key}: must be url-safe base64 of 32 bytes (a fernet key)")]
+    NotAKey { key: &'static str },
 }
 
 impl ValidationError {
@@ -247,7 +266,8 @@ impl ValidationError {
             | ValidationError::Greater { key, .. }
             | ValidationError::FdbNotBuilt { key }
             | ValidationError::NotOneOf { key, .. }
-            | ValidationError::Unpaired { key, .. } => key,
+            | ValidationError::Unpaired { key, .. }
+            | ValidationError::NotAKey { key } => key,
         }
     }
 }
@@ -335,6 +355,9 @@ impl Config {
         }
         if let Some(v) = get("CORS_ORIGINS") {
             self.server.cors_origins = parse_list("CORS_ORIGINS", v)?;
+        }
+        if let Some(v) = get("BLOB_URI_SECRET") {
+            self.blobs.uri_secret = v;
         }
         Ok(())
     }
@@ -431,6 +454,9 @@ impl Config {
         }
         if kafka.sasl_username.is_empty() != kafka.sasl_password.is_empty() {
             errors.push(ValidationError::Unpaired { key: "kafka.sasl_username", other: "kafka.sasl_password" });
+        }
+        if crate::blobs::uri::check_secret(&self.blobs.uri_secret).is_err() {
+            errors.push(ValidationError::NotAKey { key: "blobs.uri_secret" });
         }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
@@ -538,6 +564,26 @@ mod tests {
         assert_eq!(c.kafka.control_events_topic, "control-events");
         assert!(c.metrics.enabled);
         assert_eq!(c.server.cors_origins.len(), 6);
+        assert_eq!(c.blobs.uri_secret, "Juw5-cLlemQI2jAWvceOUB3_CrVfBmI99YIzkpGUXR4=", "the reference's dev key");
+        assert_eq!(crate::blobs::local_dir(&c), PathBuf::from("./matyan-data/blobs"));
+        assert!(!format!("{c:?}").contains("Juw5"), "debug output hides the uri secret");
+    }
+
+    #[test]
+    fn blob_settings_come_from_file_and_environment_and_a_bad_secret_fails() {
+        let c = Config::from_toml_str("f.toml", "[blobs]\ndir = \"/srv/blobs\"\n").unwrap();
+        assert_eq!(crate::blobs::local_dir(&c), PathBuf::from("/srv/blobs"));
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let c = Config::load(None, env_of(&[("BLOB_URI_SECRET", key)])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.blobs.uri_secret, key);
+        // 16 bytes, not base64, empty: each names the key.
+        for bad in ["AAECAwQFBgcICQoLDA0ODw==", "not a key", ""] {
+            let c = Config::from_toml_str("f.toml", &format!("[blobs]\nuri_secret = \"{bad}\"\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["blobs.uri_secret"], "{bad:?}");
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains("blobs.uri_secret: must be url-safe base64 of 32 bytes"), "{err}");
+        }
     }
 
     #[test]

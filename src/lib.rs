@@ -2,7 +2,8 @@
 //!
 //! Module map:
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
-//! - [`app`]: the process's shared state: opened storage, the Matyan layout, metrics handle;
+//! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle;
+//! - [`blobs`]: blob URIs (Fernet tokens) and the blob store of images, audios and artifacts;
 //! - [`http`]: the axum router (health probes, metrics, admin routes; the REST API later) and the
 //!   binary streaming codec of the API (`http::stream`);
 //! - [`storage`]: the transactional KV contract, its backends (memory, embedded, FoundationDB),
@@ -18,6 +19,7 @@
 pub mod actors;
 pub mod app;
 pub mod bench;
+pub mod blobs;
 pub mod config;
 pub mod http;
 pub mod ingest;

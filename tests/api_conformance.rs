@@ -29,9 +29,9 @@
 //! | 19  | active runs                   | `api_logs_objects.rs` `conformance_19_active_runs`                        |
 //! | 20  | alignment                     | `api_logs_objects.rs` `conformance_20_*`                                  |
 //! | 21  | custom objects                | `api_logs_objects.rs` `conformance_21_*` (4 tests); images get-batch with |
-//! |     |                               | `index_range` is not served yet (images come with the control-plane issue) |
-//! | 22  | blob batch                    | NOT COVERED: `runs/images/get-batch/`, `runs/audios/get-batch/` and the    |
-//! |     |                               | Fernet blob URIs of §7.1 are not served yet (control-plane issue)          |
+//! |     |                               | `index_range`: `image_get_batch_and_get_step_with_index_range_*`          |
+//! | 22  | blob batch                    | here `case_22_blob_batch_skips_invalid_uris_and_sends_blob_bytes_by_uri`; |
+//! |     |                               | URI round trip also in `src/blobs/uri.rs`                                 |
 //! | 23  | experiments                   | `api_entities.rs` `conformance_23_experiments`                            |
 //! | 24  | tags                          | `api_entities.rs` `conformance_24_tags`                                   |
 //! | 25  | project and UI-state entities | `api_entities.rs` `conformance_25_project_and_ui_state_entities`,         |
@@ -44,6 +44,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
+use matyan::blobs::BlobUri;
 use matyan::http::stream::{Key, StreamValue, decode_objects, encode_object};
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, Limits, RetryOptions};
@@ -226,4 +227,66 @@ async fn case_17_metric_search_shape() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     let objects = decode_objects(&body).unwrap();
     assert_eq!(objects.iter().filter(|(k, _)| !k.is_progress()).count(), 16);
+}
+
+#[tokio::test]
+async fn case_22_blob_batch_skips_invalid_uris_and_sends_blob_bytes_by_uri() {
+    let db = Database::memory();
+    let layout = Layout::open(&db).await.unwrap();
+    let blob_dir = tempfile::tempdir().unwrap();
+    let dir = blob_dir.path().to_path_buf();
+    let state = common::app_state_with(&db, &layout, |c| c.blobs.dir = dir);
+    // Run "abc": four images at step 10 of "images" in context {}, stored with their s3_key.
+    let ctx = json!({});
+    let ctx_id = context_to_id(&ctx);
+    db.run(&RetryOptions::default(), |tx| {
+        let layout = layout.clone();
+        let ctx = ctx.clone();
+        async move {
+            layout.runs.create_run(&tx, "abc", NOW, None).await?;
+            layout.runs.runs.set_context(&tx, "abc", ctx_id, &Value::from(&ctx))?;
+            let items: Vec<J> = (0..4).map(|i| json!({"s3_key": format!("abc/seq/images/10_{i}.png")})).collect();
+            let val = value::encode(&Value::from(&J::Array(items))).unwrap();
+            let id = SeqId { run: "abc", ctx_id, name: "images" };
+            layout.seqs.write(&tx, id, &[SeqWrite { step: 10, val: &val, epoch: None, time: NOW }]);
+            let last = Value::Float(0.0);
+            let trace = TraceInfo { ctx_id, name: "images", dtype: "image", last: Some(&last), last_step: 10 };
+            layout.runs.record_trace(&tx, "abc", &trace)?;
+            Ok::<_, LayoutError>(())
+        }
+    })
+    .await
+    .unwrap();
+    let bytes = b"\x89PNG\r\n\x1a\n the fourth image".to_vec();
+    state.blobs.store.put("abc/seq/images/10_3.png", bytes.clone()).await.unwrap();
+
+    // An invalid URI: 200, skipped.
+    let (status, body) = post(&state, &format!("{R}/runs/images/get-batch/"), json!(["invalid-uri"])).await;
+    assert_eq!((status, body.len()), (200, 0));
+
+    // A valid URI: one record whose key is the URI and whose value is the blob's bytes.
+    let uri = state.blobs.uris.mint(&BlobUri { run: "abc".into(), ctx_id, seq: "images".into(), step: 10, index: 3 });
+    let (status, body) = post(&state, &format!("{R}/runs/images/get-batch/"), json!(["invalid-uri", uri])).await;
+    assert_eq!(status, 200);
+    let key = [uri.as_bytes(), &[0xFE]].concat();
+    assert_eq!(raw_records(&body), vec![(key, [&[5u8][..], &bytes].concat())]);
+
+    // Round trip: (run "abc", ctx 42, "audios", step 10, index 3) decodes back to exactly those
+    // five fields; different runs give different URIs.
+    let fields = BlobUri { run: "abc".into(), ctx_id: 42, seq: "audios".into(), step: 10, index: 3 };
+    let minted = state.blobs.uris.mint(&fields);
+    assert_eq!(state.blobs.uris.decode(&minted).unwrap(), fields);
+    let other = state.blobs.uris.mint(&BlobUri { run: "abd".into(), ..fields.clone() });
+    assert_ne!(minted, other);
+    assert_eq!(state.blobs.uris.decode(&other).unwrap().run, "abd");
+}
+
+async fn post(state: &AppState, uri: &str, body: J) -> (u16, Vec<u8>) {
+    let req = Request::builder().method("POST").uri(uri).body(Body::from(body.to_string())).unwrap();
+    let work = async {
+        let resp = matyan::http::service(state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        (status, axum::body::to_bytes(resp.into_body(), 64 << 20).await.unwrap().to_vec())
+    };
+    tokio::time::timeout(Duration::from_secs(10), work).await.unwrap()
 }

@@ -1,12 +1,14 @@
-//! Logs, log records, active runs, metric alignment and custom objects (spec `api.md` §4.3, §4.4,
-//! §4.7, §4.8) against the in-process router, with data written through the ingestion applier
-//! from decoded messages; conformance cases 12, 13 and 19–21 of §12 are named after their number.
+//! Logs, log records, active runs, metric alignment, custom objects and the blobs of images and
+//! audios (spec `api.md` §4.3, §4.4, §4.7, §4.8, §7.2) against the in-process router, with data
+//! written through the ingestion applier from decoded messages and blobs put in a temporary
+//! local blob store; conformance cases 12, 13 and 19–21 of §12 are named after their number.
 
 mod common;
 
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
+use matyan::blobs::BlobUri;
 use matyan::http::stream::{Float64Array, Key, StreamValue, decode_objects, progress_of};
 use matyan::ingest::apply::{Applier, IdRequest, position_uuid};
 use matyan::ingest::{Entry, decode};
@@ -22,6 +24,8 @@ struct Fixture {
     db: Database,
     applier: Applier,
     next_offset: i64,
+    /// The local blob store's directory.
+    blobs: tempfile::TempDir,
 }
 
 struct Answer {
@@ -99,11 +103,23 @@ impl Fixture {
     async fn new() -> Self {
         let db = Database::memory();
         let layout = Layout::open(&db).await.unwrap();
-        Fixture { db, applier: Applier::new(layout), next_offset: 0 }
+        Fixture { db, applier: Applier::new(layout), next_offset: 0, blobs: tempfile::tempdir().unwrap() }
     }
 
     fn state(&self) -> AppState {
-        common::app_state(&self.db, self.applier.layout())
+        let dir = self.blobs.path().to_path_buf();
+        common::app_state_with(&self.db, self.applier.layout(), |c| c.blobs.dir = dir)
+    }
+
+    /// Puts `bytes` in the blob store under `key`, as the client's presigned upload does.
+    async fn put_blob(&self, key: &str, bytes: &[u8]) {
+        self.state().blobs.store.put(key, bytes.to_vec()).await.unwrap();
+    }
+
+    /// The five fields of a blob URI minted by the app.
+    fn decode_uri(&self, token: &StreamValue) -> BlobUri {
+        let StreamValue::Str(token) = token else { panic!("blob_uri is not a string: {token:?}") };
+        self.state().blobs.uris.decode(token).unwrap()
     }
 
     /// Applies `msgs` of `run` through the ingestion applier, in one transaction.
@@ -444,7 +460,7 @@ async fn custom_object_search_filters_by_the_sequence_namespace_and_run() {
 #[tokio::test]
 async fn conformance_21_get_batch_and_get_step_of_an_unknown_run_are_404() {
     let fx = Fixture::new().await;
-    for seq in ["texts", "distributions", "figures"] {
+    for seq in ["images", "texts", "distributions", "audios", "figures"] {
         for route in ["get-batch", "get-step"] {
             let a = fx.post(&format!("{R}/runs/missing/{seq}/{route}/"), json!([{"name": "x", "context": {}}])).await;
             assert_envelope(&a, 404, "not_found");
@@ -598,4 +614,260 @@ async fn custom_object_requests_that_do_not_validate_are_a_422_never_a_500() {
     assert_eq!(a.status, 200);
     let a = fx.get(&format!("{R}/runs/search/run/?limit=99999999999999999999999")).await;
     assert_envelope(&a, 422, "validation_error");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Images, audios and their blobs
+
+fn image(run: &str, name: &str, step: i64, i: usize) -> J {
+    json!({"type": "image", "s3_key": format!("{run}/seq/{name}/{step}_{i}.png"), "caption": format!("c{i}"),
+           "width": 8, "height": 4, "format": "png"})
+}
+
+fn blob_of(step: i64, i: usize) -> Vec<u8> {
+    // Not UTF-8 on purpose: blobs travel as bytes, never as text.
+    [&b"\x89PNG"[..], format!(" step {step} item {i}").as_bytes()].concat()
+}
+
+/// Run "run" with three images per step at steps 0 and 1 (and their blobs), and one audio (not
+/// a list) per step at steps 0 and 1.
+async fn images_and_audios() -> Fixture {
+    let mut fx = Fixture::new().await;
+    let mut msgs = vec![create()];
+    for step in 0..2 {
+        let items: Vec<J> = (0..3).map(|i| image("run", "samples", step, i)).collect();
+        msgs.push(object("samples", step, "image", J::Array(items)));
+        for i in 0..3 {
+            fx.put_blob(&format!("run/seq/samples/{step}_{i}.png"), &blob_of(step, i)).await;
+        }
+        let audio = json!({"type": "audio", "s3_key": format!("run/seq/speech/{step}.wav"), "caption": "hi"});
+        msgs.push(object("speech", step, "audio", audio));
+        fx.put_blob(&format!("run/seq/speech/{step}.wav"), format!("RIFF {step}").as_bytes()).await;
+    }
+    fx.apply("run", msgs).await;
+    fx
+}
+
+/// The blob URI of an item.
+fn token(item: &StreamValue) -> String {
+    match item.get("blob_uri") {
+        Some(StreamValue::Str(t)) => t.clone(),
+        other => panic!("blob_uri: {other:?}"),
+    }
+}
+
+/// The root-level view of a get-batch / get-step answer, by key.
+fn view_of(a: &Answer) -> impl Fn(&str) -> StreamValue {
+    let objects = a.objects();
+    move |k: &str| objects.iter().find(|(key, _)| key.to_string() == k).map(|(_, v)| v.clone()).unwrap()
+}
+
+/// Checks that each step's image items carry their stored indices `expected` and URIs naming
+/// them; returns the URIs in order.
+fn check_images(fx: &Fixture, values: &StreamValue, iters: &[i64], expected: &[i64]) -> Vec<String> {
+    let mut uris = Vec::new();
+    assert_eq!(list(values).len(), iters.len());
+    for (step_items, &step) in list(values).iter().zip(iters) {
+        let items = list(step_items);
+        assert_eq!(items.len(), expected.len(), "step {step}");
+        for (item, &index) in items.iter().zip(expected) {
+            assert_eq!(item.get("index"), Some(&StreamValue::Int(index)));
+            assert_eq!(item.get("caption"), Some(&StreamValue::from(format!("c{index}").as_str())));
+            assert_eq!(item.get("width"), Some(&StreamValue::Int(8)));
+            assert_eq!(item.get("format"), Some(&StreamValue::from("png")));
+            let uri = fx.decode_uri(item.get("blob_uri").unwrap());
+            let want = BlobUri { run: "run".into(), ctx_id: 0, seq: "samples".into(), step, index };
+            assert_eq!(uri, want);
+            uris.push(token(item));
+        }
+    }
+    uris
+}
+
+#[tokio::test]
+async fn image_search_index_ranges_keep_stored_indices_in_items_and_blob_uris_fixing_quirk_3() {
+    let fx = images_and_audios().await;
+    let a = fx.get(&format!("{R}/runs/search/images/?report_progress=false&index_range=1:3")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.keys(), vec!["run"]);
+    let run = &a.objects()[0].1;
+    let traces = list(run.get("traces").unwrap());
+    assert_eq!(traces.len(), 1, "audios are not images");
+    let trace = &traces[0];
+    assert_eq!(trace.get("name"), Some(&StreamValue::from("samples")));
+    let uris = check_images(&fx, trace.get("values").unwrap(), &[0, 1], &[1, 2]);
+    assert_eq!(uris.len(), 4);
+    let ranges = run.get("ranges").unwrap();
+    let pair = |a, b| StreamValue::list([StreamValue::Int(a), StreamValue::Int(b)]);
+    assert_eq!(ranges.get("index_range_total"), Some(&pair(0, 3)));
+    assert_eq!(ranges.get("index_range_used"), Some(&pair(1, 3)));
+
+    // Density after slicing: first and last of what is left, still with their stored indices.
+    let a = fx.get(&format!("{R}/runs/search/images/?report_progress=false&index_density=2")).await;
+    let objects = a.objects();
+    let trace = &list(objects[0].1.get("traces").unwrap())[0];
+    check_images(&fx, trace.get("values").unwrap(), &[0, 1], &[0, 2]);
+
+    // The URIs fetch the blobs of exactly those items.
+    let a = fx.post(&format!("{R}/runs/images/get-batch/"), json!(uris)).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.content_type, "application/octet-stream");
+    let got: Vec<(String, StreamValue)> = a.objects().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let want: Vec<(String, StreamValue)> = uris
+        .iter()
+        .zip([(0, 1), (0, 2), (1, 1), (1, 2)])
+        .map(|(u, (step, i))| (u.clone(), StreamValue::Bytes(blob_of(step, i))))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn image_get_batch_and_get_step_with_index_range_point_at_the_right_blobs() {
+    let fx = images_and_audios().await;
+    let body = json!([{"name": "samples", "context": {}}]);
+    let a = fx.post(&format!("{R}/runs/run/images/get-batch/?index_range=1:3"), body.clone()).await;
+    assert_eq!(a.status, 200);
+    let view = view_of(&a);
+    let pair = |a, b| StreamValue::list([StreamValue::Int(a), StreamValue::Int(b)]);
+    assert_eq!(view("index_range_used"), pair(1, 3));
+    assert_eq!(view("index_range_total"), pair(0, 3));
+    let uris = check_images(&fx, &view("values"), &[0, 1], &[1, 2]);
+
+    let a = fx.post(&format!("{R}/runs/run/images/get-step/?record_step=1&index_range=2:"), body).await;
+    assert_eq!(a.status, 200);
+    let view = view_of(&a);
+    assert_eq!(view("iters"), StreamValue::list([StreamValue::Int(1)]));
+    let step_uris = check_images(&fx, &StreamValue::list([view("values")]), &[1], &[2]);
+
+    // Blob batch in request order, a URI twice, garbage in the middle skipped.
+    let request = json!([uris[3], "invalid-uri", step_uris[0], uris[0]]);
+    let a = fx.post(&format!("{R}/runs/images/get-batch/"), request).await;
+    assert_eq!(a.status, 200);
+    let got: Vec<(String, StreamValue)> = a.objects().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (uris[3].clone(), StreamValue::Bytes(blob_of(1, 2))),
+            (step_uris[0].clone(), StreamValue::Bytes(blob_of(1, 2))),
+            (uris[0].clone(), StreamValue::Bytes(blob_of(0, 1))),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn audio_search_get_batch_and_blobs() {
+    let fx = images_and_audios().await;
+    let a = fx.get(&format!("{R}/runs/search/audios/?report_progress=false")).await;
+    assert_eq!(a.keys(), vec!["run"]);
+    let objects = a.objects();
+    let trace = &list(objects[0].1.get("traces").unwrap())[0];
+    assert_eq!(trace.get("name"), Some(&StreamValue::from("speech")));
+    let values = list(trace.get("values").unwrap());
+    assert_eq!(values.len(), 2);
+    let mut uris = Vec::new();
+    for (step, items) in values.iter().enumerate() {
+        // A step holding one item (not a list) is sent as a list of that item at index 0.
+        let items = list(items);
+        assert_eq!(items.len(), 1);
+        let item = &items[0];
+        let keys: Vec<String> = match item {
+            StreamValue::Dict(entries) => entries.iter().map(|(k, _)| k.to_string()).collect(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(keys, ["caption", "format", "blob_uri", "index"]);
+        assert_eq!(item.get("caption"), Some(&StreamValue::from("hi")));
+        assert_eq!(item.get("format"), Some(&StreamValue::from("wav")), "the default format");
+        let uri = fx.decode_uri(item.get("blob_uri").unwrap());
+        let step = i64::try_from(step).unwrap();
+        assert_eq!(uri, BlobUri { run: "run".into(), ctx_id: 0, seq: "speech".into(), step, index: 0 });
+        uris.push(token(item));
+    }
+    let ranges = a.objects()[0].1.get("ranges").unwrap().clone();
+    assert_eq!(ranges.get("index_range_total"), Some(&StreamValue::list([StreamValue::Int(0), StreamValue::Int(1)])));
+
+    let a = fx.post(&format!("{R}/runs/run/audios/get-batch/"), json!([{"name": "speech", "context": {}}])).await;
+    assert_eq!(a.status, 200);
+    let view = view_of(&a);
+    assert_eq!(list(&view("values")).len(), 2);
+    assert_eq!(view("iters"), StreamValue::list([StreamValue::Int(0), StreamValue::Int(1)]));
+
+    let a = fx.post(&format!("{R}/runs/audios/get-batch/"), json!(uris)).await;
+    let got: Vec<StreamValue> = a.objects().into_iter().map(|(_, v)| v).collect();
+    assert_eq!(got, vec![StreamValue::Bytes(b"RIFF 0".to_vec()), StreamValue::Bytes(b"RIFF 1".to_vec())]);
+}
+
+#[tokio::test]
+async fn blob_uris_that_point_to_nothing_get_empty_bytes() {
+    let mut fx = images_and_audios().await;
+    // An image whose upload never completed, and one without an s3_key.
+    let items = json!([image("run", "late", 0, 0), {"type": "image", "caption": "no key"}]);
+    fx.apply("run", vec![object("late", 0, "image", items)]).await;
+    let codec = fx.state().blobs.uris.clone();
+    let mint = |seq: &str, step: i64, index: i64| {
+        codec.mint(&BlobUri { run: "run".into(), ctx_id: 0, seq: seq.into(), step, index })
+    };
+    let pointless = [
+        mint("samples", 7, 0),  // no such step
+        mint("samples", 0, 3),  // index out of range
+        mint("samples", 0, -1), // negative index
+        mint("late", 0, 0),     // the object is missing from the store
+        mint("late", 0, 1),     // no s3_key
+        codec.mint(&BlobUri { run: "other".into(), ctx_id: 0, seq: "samples".into(), step: 0, index: 0 }),
+        codec.mint(&BlobUri { run: "run".into(), ctx_id: 9, seq: "samples".into(), step: 0, index: 0 }),
+    ];
+    let a = fx.post(&format!("{R}/runs/images/get-batch/"), json!(pointless)).await;
+    assert_eq!(a.status, 200);
+    let got: Vec<(String, StreamValue)> = a.objects().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let want: Vec<(String, StreamValue)> =
+        pointless.iter().map(|u| (u.clone(), StreamValue::Bytes(Vec::new()))).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn blob_batch_bodies_that_are_not_lists_of_strings_are_a_422() {
+    let fx = Fixture::new().await;
+    for body in ["", "{}", "[1]", "[", r#""x""#, r#"[["a"]]"#] {
+        for seq in ["images", "audios"] {
+            let a = fx.call("POST", &format!("{R}/runs/{seq}/get-batch"), Some(body)).await;
+            assert_envelope(&a, 422, "validation_error");
+        }
+    }
+    let a = fx.post(&format!("{R}/runs/images/get-batch"), json!([])).await;
+    assert_eq!((a.status, a.body.len()), (200, 0));
+}
+
+/// A blob store that always fails, as an unreachable S3 would.
+#[derive(Debug)]
+struct FailingStore;
+
+#[async_trait::async_trait]
+impl matyan::blobs::BlobStore for FailingStore {
+    async fn get(&self, key: &str) -> Result<Vec<u8>, matyan::blobs::BlobError> {
+        Err(matyan::blobs::BlobError::Io { key: key.to_owned(), source: std::io::Error::other("unreachable") })
+    }
+    async fn put(&self, key: &str, _: Vec<u8>) -> Result<(), matyan::blobs::BlobError> {
+        self.get(key).await.map(|_| ())
+    }
+    async fn delete(&self, key: &str) -> Result<(), matyan::blobs::BlobError> {
+        self.get(key).await.map(|_| ())
+    }
+}
+
+#[tokio::test]
+async fn a_failing_blob_store_aborts_the_stream() {
+    let fx = images_and_audios().await;
+    let a = fx.get(&format!("{R}/runs/search/audios/?report_progress=false")).await;
+    let objects = a.objects();
+    let trace = &list(objects[0].1.get("traces").unwrap())[0];
+    let uri = token(&list(&list(trace.get("values").unwrap())[0])[0]);
+    let mut state = fx.state();
+    state.blobs.store = std::sync::Arc::new(FailingStore);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("{R}/runs/audios/get-batch/"))
+        .body(Body::from(json!([uri]).to_string()))
+        .unwrap();
+    let resp = matyan::http::service(state).oneshot(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "the answer has started when the store fails");
+    assert!(axum::body::to_bytes(resp.into_body(), 1 << 20).await.is_err(), "the body is aborted");
 }

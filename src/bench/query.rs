@@ -9,7 +9,6 @@
 //! in its row rather than ending the benchmark.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -308,7 +307,7 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
     let points_written = populate(&db, &layout, cfg).await?;
     let setup_secs = start.elapsed().as_secs_f64();
     let config = Config::from_toml_str("bench", "").map_err(|e| QueryBenchError::Invalid(e.to_string()))?;
-    let state = AppState { db: db.clone(), layout: Arc::new(layout), config: Arc::new(config), metrics: None };
+    let state = AppState::new(db.clone(), layout, config, None).map_err(|e| QueryBenchError::Invalid(e.to_string()))?;
 
     const R: &str = "/api/v1/rest";
     let cases = [

@@ -90,6 +90,16 @@ const OBJECT_SEARCH: &[Query] = &[
     ("report_progress", "boolean", false),
 ];
 
+const OBJECT_BATCH: &[Query] = &[
+    ("record_range", "string", false),
+    ("record_density", "integer", false),
+    ("index_range", "string", false),
+    ("index_density", "integer", false),
+];
+
+const OBJECT_STEP: &[Query] =
+    &[("record_step", "integer", false), ("index_range", "string", false), ("index_density", "integer", false)];
+
 /// Every documented operation.
 pub const ROUTES: &[Route] = &[
     r("get", "/health/live/", "Liveness probe"),
@@ -134,6 +144,8 @@ pub const ROUTES: &[Route] = &[
         200,
         Body::Stream,
     ),
+    status(q(r("get", "/api/v1/rest/runs/search/images/", "Image search"), OBJECT_SEARCH), 200, Body::Stream),
+    status(q(r("get", "/api/v1/rest/runs/search/audios/", "Audio search"), OBJECT_SEARCH), 200, Body::Stream),
     status(q(r("get", "/api/v1/rest/runs/search/texts/", "Text search"), OBJECT_SEARCH), 200, Body::Stream),
     status(
         q(r("get", "/api/v1/rest/runs/search/distributions/", "Distribution search"), OBJECT_SEARCH),
@@ -141,6 +153,42 @@ pub const ROUTES: &[Route] = &[
         Body::Stream,
     ),
     status(q(r("get", "/api/v1/rest/runs/search/figures/", "Figure search"), OBJECT_SEARCH), 200, Body::Stream),
+    status(
+        with_body(q(r("post", "/api/v1/rest/runs/{run_id}/images/get-batch/", "Images of one run"), OBJECT_BATCH)),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(q(r("post", "/api/v1/rest/runs/{run_id}/audios/get-batch/", "Audios of one run"), OBJECT_BATCH)),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(q(
+            r("post", "/api/v1/rest/runs/{run_id}/images/get-step/", "Images of one run at one step"),
+            OBJECT_STEP,
+        )),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(q(
+            r("post", "/api/v1/rest/runs/{run_id}/audios/get-step/", "Audios of one run at one step"),
+            OBJECT_STEP,
+        )),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/images/get-batch/", "Bytes of image blobs by blob URI")),
+        200,
+        Body::Stream,
+    ),
+    status(
+        with_body(r("post", "/api/v1/rest/runs/audios/get-batch/", "Bytes of audio blobs by blob URI")),
+        200,
+        Body::Stream,
+    ),
     status(with_body(r("post", "/api/v1/rest/runs/{run_id}/texts/get-batch/", "Texts of one run")), 200, Body::Stream),
     status(
         with_body(r("post", "/api/v1/rest/runs/{run_id}/distributions/get-batch/", "Distributions of one run")),

@@ -66,12 +66,7 @@ pub fn app_state_with(
 ) -> matyan::app::AppState {
     let mut config = matyan::config::Config::from_toml_str("test", "").unwrap();
     configure(&mut config);
-    matyan::app::AppState {
-        db: db.clone(),
-        layout: std::sync::Arc::new(layout.clone()),
-        config: std::sync::Arc::new(config),
-        metrics: None,
-    }
+    matyan::app::AppState::new(db.clone(), layout.clone(), config, None).unwrap()
 }
 
 /// The state of the in-process app over `db` and `layout`, with the default configuration.

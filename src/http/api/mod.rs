@@ -13,10 +13,12 @@
 //! - `logs.rs`: terminal logs and structured log records (§4.7);
 //! - `align.rs`: metric alignment on a custom x-axis (§4.3);
 //! - `active.rs`: active runs (§4.4);
-//! - `objects.rs`: custom-object searches, get-batch and get-step (§4.8).
+//! - `objects.rs`: custom-object searches, get-batch and get-step (§4.8);
+//! - `blobs.rs`: the bytes behind image and audio blob URIs (§7.2).
 
 mod active;
 mod align;
+mod blobs;
 mod body;
 mod control;
 mod entities;
@@ -66,6 +68,8 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/search/metric/align/", post(align::align))
         .route("/runs/active/", get(active::active_runs))
         .merge(objects::routes())
+        .route("/runs/images/get-batch/", post(blobs::blob_batch))
+        .route("/runs/audios/get-batch/", post(blobs::blob_batch))
         .route("/projects/params/", get(projects::params))
         .merge(entity_routes());
     Router::new().nest(PREFIX, rest)

@@ -1,10 +1,12 @@
-//! Custom objects (spec `api.md` §4.8) for texts, distributions and figures: `runs/search/{seq}`,
-//! `runs/{id}/{seq}/get-batch` and `runs/{id}/{seq}/get-step`.
+//! Custom objects (spec `api.md` §4.8) for images, texts, distributions, audios and figures:
+//! `runs/search/{seq}`, `runs/{id}/{seq}/get-batch` and `runs/{id}/{seq}/get-step`.
 //!
-//! Images and audios are not served yet: their items carry blob URIs (§7.1), which come with the
-//! blob route. Deliberate deviations from the reference:
+//! Image and audio items carry a blob URI (§7.1, `crate::blobs::uri`) that the client hands to
+//! `runs/{images,audios}/get-batch` (`blobs.rs`) for the bytes. Deliberate deviations from the
+//! reference:
 //! - An item's `index` is its position in the stored list, kept through index slicing and density
-//!   sampling (§10 item 3), so it names the item it shows.
+//!   sampling (§10 item 3), so it names the item it shows; blob URIs are minted with that same
+//!   index, so they point at the blob of the item they come with.
 //! - `get-step`'s `index_range_total` counts the step's items before slicing (the reference counts
 //!   what is left after slicing).
 //! - Figures' `data` is compact JSON (the reference's `json.dumps` puts spaces after separators);
@@ -21,6 +23,7 @@ use axum::routing::{get, post};
 use std::sync::Arc;
 
 use crate::app::AppState;
+use crate::blobs::{BlobUri, UriCodec};
 use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
 use crate::query::plan::plan;
 use crate::query::views::sequence_scope;
@@ -40,6 +43,10 @@ use super::{ApiError, body};
 /// A custom-object sequence type served here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// `images` (dtype `image`), list-valued, items with blob URIs.
+    Images,
+    /// `audios` (dtype `audio`), list-valued, items with blob URIs.
+    Audios,
     /// `texts` (dtype `text`), list-valued.
     Texts,
     /// `distributions` (dtype `distribution`).
@@ -52,6 +59,8 @@ impl Kind {
     /// The URL segment, query namespace and trace bucket.
     pub fn seq(self) -> &'static str {
         match self {
+            Kind::Images => "images",
+            Kind::Audios => "audios",
             Kind::Texts => "texts",
             Kind::Distributions => "distributions",
             Kind::Figures => "figures",
@@ -60,12 +69,28 @@ impl Kind {
 
     /// Whether a step holds a list of items (index ranges and density apply).
     pub fn is_list(self) -> bool {
-        self == Kind::Texts
+        matches!(self, Kind::Images | Kind::Audios | Kind::Texts)
     }
 
-    /// The item as sent (§4.8 table).
-    pub fn dump(self, v: &Value, index: i64) -> StreamValue {
+    /// The item at `index` of a step of `site`, as sent (§4.8 table; the reference's defaults for
+    /// missing fields and for items that are not maps).
+    pub fn dump(self, v: &Value, index: i64, site: &Site<'_>) -> StreamValue {
+        let field = |key: &str, default: StreamValue| v.get(key).map_or(default, to_stream);
         match self {
+            Kind::Images => StreamValue::dict([
+                ("caption", field("caption", StreamValue::from(""))),
+                ("width", field("width", StreamValue::Int(0))),
+                ("height", field("height", StreamValue::Int(0))),
+                ("format", field("format", StreamValue::from("png"))),
+                ("blob_uri", site.blob_uri(index)),
+                ("index", StreamValue::Int(index)),
+            ]),
+            Kind::Audios => StreamValue::dict([
+                ("caption", field("caption", StreamValue::from(""))),
+                ("format", field("format", StreamValue::from("wav"))),
+                ("blob_uri", site.blob_uri(index)),
+                ("index", StreamValue::Int(index)),
+            ]),
             Kind::Texts => {
                 let data = match v {
                     Value::Map(_) => v.get("data").map_or(StreamValue::from(""), to_stream),
@@ -113,6 +138,35 @@ impl Kind {
     }
 }
 
+/// Where the items of one step live: what an item's blob URI encodes besides its index.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    /// The codec that mints the URIs.
+    pub uris: &'a UriCodec,
+    /// Run hash.
+    pub run: &'a str,
+    /// Context id of the sequence.
+    pub ctx_id: u32,
+    /// Sequence name.
+    pub name: &'a str,
+    /// Step.
+    pub step: i64,
+}
+
+impl Site<'_> {
+    /// A fresh blob URI for the item at `index` of this step.
+    fn blob_uri(&self, index: i64) -> StreamValue {
+        let uri = BlobUri {
+            run: self.run.to_owned(),
+            ctx_id: self.ctx_id,
+            seq: self.name.to_owned(),
+            step: self.step,
+            index,
+        };
+        StreamValue::Str(self.uris.mint(&uri))
+    }
+}
+
 fn zero_range() -> StreamValue {
     StreamValue::list([StreamValue::Int(0), StreamValue::Int(0)])
 }
@@ -132,10 +186,10 @@ fn python_str(v: &Value) -> String {
     }
 }
 
-/// The routes of the three types.
+/// The routes of the five types.
 pub fn routes() -> Router<AppState> {
     let mut router = Router::new();
-    for kind in [Kind::Texts, Kind::Distributions, Kind::Figures] {
+    for kind in [Kind::Images, Kind::Texts, Kind::Distributions, Kind::Audios, Kind::Figures] {
         let seq = kind.seq();
         router = router
             .route(
@@ -207,7 +261,7 @@ fn spread(n: usize, density: i64) -> Vec<usize> {
 
 /// The items of one step after index slicing and density, each dumped with its stored index;
 /// also the step's item count before slicing.
-fn step_items(kind: Kind, v: &Value, window: &Window) -> (Vec<StreamValue>, usize) {
+fn step_items(kind: Kind, v: &Value, window: &Window, site: &Site<'_>) -> (Vec<StreamValue>, usize) {
     let items: Vec<&Value> = match v {
         Value::Array(items) => items.iter().collect(),
         other => vec![other],
@@ -217,7 +271,7 @@ fn step_items(kind: Kind, v: &Value, window: &Window) -> (Vec<StreamValue>, usiz
     let sliced = &items[range];
     let dumped = spread(sliced.len(), window.index_density)
         .into_iter()
-        .map(|i| kind.dump(sliced[i], i64::try_from(start + i).unwrap_or(i64::MAX)))
+        .map(|i| kind.dump(sliced[i], i64::try_from(start + i).unwrap_or(i64::MAX), site))
         .collect();
     (dumped, items.len())
 }
@@ -255,17 +309,18 @@ async fn search(
     let mut reader = Reader::open(&state)?;
     // Index candidates are a superset of the matches; every trace is evaluated below.
     let (hashes, _) = candidates(&mut reader, &plan).await?;
-    let opts = SearchOpts { kind, skip_system, report_progress, window };
+    let opts = SearchOpts { kind, skip_system, report_progress, window, uris: state.blobs.uris.clone() };
     Ok(stream_response(move |out| stream_search(reader, hashes, query, opts, out)))
 }
 
 /// The flags of a custom-object search.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SearchOpts {
     kind: Kind,
     skip_system: bool,
     report_progress: bool,
     window: Window,
+    uris: Arc<UriCodec>,
 }
 
 async fn stream_search(
@@ -336,12 +391,13 @@ async fn search_object(
         let mut values = Vec::with_capacity(points.len());
         for p in &points {
             let v = point_value(&p.val);
+            let site = Site { uris: &opts.uris, run: hash, ctx_id: t.ctx_id, name: &t.name, step: p.step };
             if kind.is_list() {
-                let (items, n) = step_items(kind, &v, &window);
+                let (items, n) = step_items(kind, &v, &window, &site);
                 max_items = max_items.max(n);
                 values.push(StreamValue::List(items));
             } else {
-                values.push(kind.dump(&v, 0));
+                values.push(kind.dump(&v, 0, &site));
             }
         }
         traces.push(StreamValue::dict([
@@ -445,12 +501,14 @@ async fn get_batch(
             .enumerate()
             .map(|(i, p)| {
                 let v = point_value(&p.val);
+                let site =
+                    Site { uris: &state.blobs.uris, run: &run_id, ctx_id: t.ctx_id, name: &t.name, step: p.step };
                 if kind.is_list() {
-                    let (items, n) = step_items(kind, &v, &window);
+                    let (items, n) = step_items(kind, &v, &window, &site);
                     max_items = max_items.max(n);
                     StreamValue::List(items)
                 } else {
-                    kind.dump(&v, i64::try_from(i).unwrap_or(i64::MAX))
+                    kind.dump(&v, i64::try_from(i).unwrap_or(i64::MAX), &site)
                 }
             })
             .collect();
@@ -522,10 +580,11 @@ async fn get_step(
             read_series(&mut reader, id, (Some(step), Some(step.saturating_add(1))), 0, Columns::default()).await?;
         let Some(point) = points.first() else { continue };
         let v = point_value(&point.val);
+        let site = Site { uris: &state.blobs.uris, run: &run_id, ctx_id: t.ctx_id, name: &t.name, step };
         // As the reference does, only a stored list is sliced; a single item is sent as is.
         let (values, n) = match &v {
-            Value::Array(_) if kind.is_list() => step_items(kind, &v, &window),
-            _ => (vec![kind.dump(&v, 0)], 1),
+            Value::Array(_) if kind.is_list() => step_items(kind, &v, &window, &site),
+            _ => (vec![kind.dump(&v, 0, &site)], 1),
         };
         views.push(view(kind, &r, values, &points, bounds, &window, n, Some(step)));
     }
@@ -553,29 +612,85 @@ mod tests {
         assert_eq!(spread(4, 1), vec![0]);
     }
 
+    const DEV_KEY: &str = "Juw5-cLlemQI2jAWvceOUB3_CrVfBmI99YIzkpGUXR4=";
+
+    fn site(uris: &UriCodec) -> Site<'_> {
+        Site { uris, run: "run", ctx_id: 7, name: "samples", step: 4 }
+    }
+
     #[test]
     fn items_keep_their_stored_index_after_slicing() {
+        let uris = UriCodec::new(DEV_KEY).unwrap();
         let v = Value::Array((0..5).map(|i| Value::Map(vec![(Value::from("data"), Value::Int(i))])).collect());
         let w = Window { record: (None, None), record_density: 0, index: (Some(1), Some(5)), index_density: 2 };
-        let (items, n) = step_items(Kind::Texts, &v, &w);
+        let (items, n) = step_items(Kind::Texts, &v, &w, &site(&uris));
         assert_eq!(n, 5);
         let idx: Vec<_> = items.iter().map(|i| i.get("index").cloned()).collect();
         assert_eq!(idx, vec![Some(StreamValue::Int(1)), Some(StreamValue::Int(4))]);
     }
 
     #[test]
+    fn image_and_audio_uris_carry_the_stored_index_after_slicing_fixing_quirk_3() {
+        let uris = UriCodec::new(DEV_KEY).unwrap();
+        let v = Value::Array((0..5).map(|i| Value::Map(vec![(Value::from("caption"), Value::Int(i))])).collect());
+        let w = Window { record: (None, None), record_density: 0, index: (Some(1), Some(5)), index_density: 2 };
+        for kind in [Kind::Images, Kind::Audios] {
+            let (items, _) = step_items(kind, &v, &w, &site(&uris));
+            for (item, stored) in items.iter().zip([1, 4]) {
+                assert_eq!(item.get("index"), Some(&StreamValue::Int(stored)));
+                assert_eq!(item.get("caption"), Some(&StreamValue::Int(stored)));
+                let Some(StreamValue::Str(token)) = item.get("blob_uri") else { panic!("{item:?}") };
+                let uri = uris.decode(token).unwrap();
+                let expected = BlobUri { run: "run".into(), ctx_id: 7, seq: "samples".into(), step: 4, index: stored };
+                assert_eq!(uri, expected);
+            }
+        }
+    }
+
+    #[test]
+    fn image_and_audio_dumps_use_the_references_defaults() {
+        let uris = UriCodec::new(DEV_KEY).unwrap();
+        let keys = |v: &StreamValue| match v {
+            StreamValue::Dict(entries) => entries.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let image = Kind::Images.dump(&Value::Nil, 0, &site(&uris));
+        assert_eq!(keys(&image), ["caption", "width", "height", "format", "blob_uri", "index"]);
+        assert_eq!(image.get("format"), Some(&StreamValue::from("png")));
+        assert_eq!(image.get("width"), Some(&StreamValue::Int(0)));
+        let audio = Kind::Audios.dump(&Value::Map(vec![]), 2, &site(&uris));
+        assert_eq!(keys(&audio), ["caption", "format", "blob_uri", "index"]);
+        assert_eq!(audio.get("format"), Some(&StreamValue::from("wav")));
+        assert_eq!(audio.get("caption"), Some(&StreamValue::from("")));
+        let stored = Value::Map(vec![
+            (Value::from("s3_key"), Value::from("run/seq/samples/4.jpeg")),
+            (Value::from("caption"), Value::from("a cat")),
+            (Value::from("width"), Value::Int(32)),
+            (Value::from("height"), Value::Int(16)),
+            (Value::from("format"), Value::from("jpeg")),
+        ]);
+        let image = Kind::Images.dump(&stored, 0, &site(&uris));
+        assert_eq!(image.get("caption"), Some(&StreamValue::from("a cat")));
+        assert_eq!(image.get("height"), Some(&StreamValue::Int(16)));
+        assert_eq!(image.get("format"), Some(&StreamValue::from("jpeg")));
+        assert!(image.get("s3_key").is_none(), "the store's key stays on the server");
+    }
+
+    #[test]
     fn dumps_follow_the_table_of_section_4_8() {
+        let uris = UriCodec::new(DEV_KEY).unwrap();
+        let site = site(&uris);
         let d = Value::Map(vec![
             (Value::from("data"), Value::Array(vec![Value::Float(1.0), Value::Float(2.0)])),
             (Value::from("bin_count"), Value::Int(2)),
             (Value::from("range"), Value::Array(vec![Value::Int(0), Value::Int(4)])),
         ]);
-        let dumped = Kind::Distributions.dump(&d, 0);
+        let dumped = Kind::Distributions.dump(&d, 0, &site);
         assert_eq!(dumped.get("data"), Some(&StreamValue::from(Float64Array::from_values(&[1.0, 2.0]))));
         assert_eq!(dumped.get("bin_count"), Some(&StreamValue::Int(2)));
         let f = Value::Map(vec![(Value::from("data"), Value::Map(vec![(Value::from("a"), Value::Int(1))]))]);
-        assert_eq!(Kind::Figures.dump(&f, 0).get("data"), Some(&StreamValue::from(r#"{"a":1}"#)));
-        assert_eq!(Kind::Texts.dump(&Value::from("x"), 3).get("data"), Some(&StreamValue::from("x")));
-        assert_eq!(Kind::Texts.dump(&Value::Nil, 0).get("data"), Some(&StreamValue::from("")));
+        assert_eq!(Kind::Figures.dump(&f, 0, &site).get("data"), Some(&StreamValue::from(r#"{"a":1}"#)));
+        assert_eq!(Kind::Texts.dump(&Value::from("x"), 3, &site).get("data"), Some(&StreamValue::from("x")));
+        assert_eq!(Kind::Texts.dump(&Value::Nil, 0, &site).get("data"), Some(&StreamValue::from("")));
     }
 }

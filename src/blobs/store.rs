@@ -1,0 +1,203 @@
+//! The blob store: where the bytes of images, audios and artifacts live, by object key
+//! (`{run}/seq/{name}/{step}.{format}`, `{run}/{artifact path}`; `ingest-storage.md` §4).
+//!
+//! [`BlobStore`] is the interface, async and object-safe so that an S3 implementation fits beside
+//! [`LocalDirStore`], the local directory used by `matyan serve`. Keys are S3-style: `/`-separated
+//! and opaque to the store, except that the local store refuses keys that would leave its
+//! directory.
+
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use thiserror::Error;
+
+/// Why a blob operation failed.
+#[derive(Debug, Error)]
+pub enum BlobError {
+    /// No object has this key.
+    #[error("blob {key:?} not found")]
+    NotFound { key: String },
+    /// The key cannot name an object of this store (empty, absolute, `.` or `..` components).
+    #[error("blob key {key:?} is invalid: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    /// The store failed.
+    #[error("blob {key:?}: {source}")]
+    Io { key: String, source: std::io::Error },
+}
+
+impl BlobError {
+    /// Whether trying again may succeed (a failing store, not a missing object or a bad key).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BlobError::Io { .. })
+    }
+}
+
+/// An object store keyed by strings. Implementations are shared between requests.
+#[async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// The bytes of the object `key`.
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError>;
+
+    /// Stores `bytes` as the object `key`, replacing any previous object; readers see the old
+    /// or the new bytes, never a part.
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError>;
+
+    /// Removes the object `key`; removing a missing object succeeds (as S3's `DeleteObject`).
+    async fn delete(&self, key: &str) -> Result<(), BlobError>;
+}
+
+/// A blob store over a local directory: the object `a/b/c.png` is the file `<root>/a/b/c.png`.
+/// The directory is created on the first `put`, so reading an empty store needs no directory.
+#[derive(Debug, Clone)]
+pub struct LocalDirStore {
+    root: PathBuf,
+}
+
+impl LocalDirStore {
+    /// A store rooted at `root`; does no IO.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory of the store.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The file of `key`, refusing keys that could name anything outside the root.
+    pub fn path_of(&self, key: &str) -> Result<PathBuf, BlobError> {
+        let invalid = |reason| BlobError::InvalidKey { key: key.to_owned(), reason };
+        if key.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if key.contains('\0') {
+            return Err(invalid("contains a NUL byte"));
+        }
+        if key.starts_with('/') || Path::new(key).is_absolute() {
+            return Err(invalid("absolute"));
+        }
+        let mut path = self.root.clone();
+        for part in key.split('/') {
+            match part {
+                "" => return Err(invalid("empty path component")),
+                "." | ".." => return Err(invalid("`.` or `..` component")),
+                _ => {}
+            }
+            // A component that the platform reads as more than a plain name (a drive prefix).
+            if !matches!(Path::new(part).components().next(), Some(Component::Normal(_))) {
+                return Err(invalid("not a plain name"));
+            }
+            path.push(part);
+        }
+        Ok(path)
+    }
+}
+
+/// Maps an IO error on `key`: a missing file (or a directory in its place) is a missing object.
+fn io_error(key: &str, e: std::io::Error) -> BlobError {
+    match e.kind() {
+        ErrorKind::NotFound | ErrorKind::IsADirectory | ErrorKind::NotADirectory => {
+            BlobError::NotFound { key: key.to_owned() }
+        }
+        _ => BlobError::Io { key: key.to_owned(), source: e },
+    }
+}
+
+/// Runs blocking file IO off the async workers.
+async fn blocking<T: Send + 'static>(
+    key: &str,
+    f: impl FnOnce() -> Result<T, BlobError> + Send + 'static,
+) -> Result<T, BlobError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| BlobError::Io { key: key.to_owned(), source: std::io::Error::other(e) })?
+}
+
+#[async_trait]
+impl BlobStore for LocalDirStore {
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        let path = self.path_of(key)?;
+        let owned = key.to_owned();
+        blocking(key, move || std::fs::read(&path).map_err(|e| io_error(&owned, e))).await
+    }
+
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+        let path = self.path_of(key)?;
+        let owned = key.to_owned();
+        blocking(key, move || {
+            let io = |e| BlobError::Io { key: owned.clone(), source: e };
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+            // Write beside the target and rename over it, so a reader never sees half an object.
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
+            let tmp = PathBuf::from(tmp);
+            let written = std::fs::write(&tmp, &bytes).and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(io(e));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        let path = self.path_of(key)?;
+        let owned = key.to_owned();
+        blocking(key, move || match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&owned, e)),
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_replace_and_delete_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(dir.path().join("blobs"));
+        let key = "3f2a/seq/images/0.png";
+        assert!(matches!(store.get(key).await, Err(BlobError::NotFound { .. })), "an empty store needs no directory");
+        store.put(key, b"\x89PNG one".to_vec()).await.unwrap();
+        assert_eq!(store.get(key).await.unwrap(), b"\x89PNG one");
+        assert_eq!(std::fs::read(dir.path().join("blobs/3f2a/seq/images/0.png")).unwrap(), b"\x89PNG one");
+        store.put(key, Vec::new()).await.unwrap();
+        assert_eq!(store.get(key).await.unwrap(), b"");
+        store.delete(key).await.unwrap();
+        assert!(matches!(store.get(key).await, Err(BlobError::NotFound { .. })));
+        store.delete(key).await.unwrap();
+        // A "directory" is not an object.
+        store.put("a/b", b"x".to_vec()).await.unwrap();
+        assert!(matches!(store.get("a").await, Err(BlobError::NotFound { .. })));
+        assert!(matches!(store.get("a/b/c").await, Err(BlobError::NotFound { .. })));
+        // No temporary files are left behind.
+        let names: Vec<_> =
+            std::fs::read_dir(dir.path().join("blobs/a")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("b")]);
+    }
+
+    #[tokio::test]
+    async fn keys_that_escape_the_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(dir.path().join("blobs"));
+        for key in ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a//b", "a/", ".", "..", "a/..", "a\0b"] {
+            let err = store.get(key).await.unwrap_err();
+            assert!(matches!(err, BlobError::InvalidKey { .. }), "{key:?}: {err}");
+            assert!(!err.is_retryable());
+            assert!(matches!(store.put(key, b"x".to_vec()).await, Err(BlobError::InvalidKey { .. })), "{key:?}");
+            assert!(matches!(store.delete(key).await, Err(BlobError::InvalidKey { .. })), "{key:?}");
+        }
+        assert!(!dir.path().join("x").exists());
+        // Dots inside a name are just characters.
+        store.put("run/..hidden/a..b", b"ok".to_vec()).await.unwrap();
+        assert_eq!(store.get("run/..hidden/a..b").await.unwrap(), b"ok");
+    }
+}
