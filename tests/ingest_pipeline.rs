@@ -7,7 +7,8 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use matyan::actors::{IngestPipeline, KillTarget, PipelineConfig, PipelineHandle};
@@ -173,7 +174,7 @@ async fn check_all(store: &Store, per_run: &BTreeMap<String, i64>) -> usize {
 }
 
 fn points_from_env(default: usize) -> usize {
-    std::env::var("MATYAN_CONSERVATION_POINTS").ok().and_then(|v| v.parse().ok()).map_or(default, |_: usize| 200_000)
+    std::env::var("MATYAN_CONSERVATION_POINTS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Keys (relative to their directory) of the reference's directories, unpacked, with the worker
@@ -412,10 +413,37 @@ fn committed_via_admin(addr: std::net::SocketAddr) -> BTreeMap<i64, i64> {
     out
 }
 
+/// Posts `/admin/chaos/kill/?target=random` every ~50 ms to whichever server `addr` holds, until
+/// `stop` is set; returns the number of kills the servers acknowledged.
+fn chaos_loop(
+    addr: Arc<Mutex<Option<std::net::SocketAddr>>>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<u32> {
+    std::thread::spawn(move || {
+        let mut kills = 0;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+            let Some(target) = *addr.lock().unwrap() else { continue };
+            // The server may be mid-SIGKILL: a refused connection is expected then.
+            if let Some((200, _)) = try_post(target, "/admin/chaos/kill/?target=random") {
+                kills += 1;
+            }
+        }
+        kills
+    })
+}
+
+/// The conservation oracle of the issue: random actor kills every ~50 ms through both lives of a
+/// real `matyan serve --chaos`, one SIGKILL of the process mid-stream, and a restart; exactly the
+/// points sent are stored, each run in source order.
+///
+/// A kill drops its partition's unflushed records for replay, so batches must be able to flush
+/// between kills: the servers run with a 20 ms batch age (the default 1 s would let kills every
+/// ~50 ms starve the tail of the stream, where no batch fills up by count).
 #[test]
-fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing() {
+fn conservation_under_chaos_kills_and_kill_9_of_matyan_serve_loses_and_duplicates_nothing() {
     let n = points_from_env(20_000);
-    println!("kill -9 oracle: {n} points over 50 runs");
+    println!("kill -9 + chaos oracle: {n} points over 50 runs");
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -426,14 +454,21 @@ fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing()
         append(&store.queue, &records).await;
         end_offsets(&store.queue).await
     });
+    let total: i64 = ends.values().sum();
+    let live = Arc::new(Mutex::new(None));
+    let stop = Arc::new(AtomicBool::new(false));
+    let chaos = chaos_loop(live.clone(), stop.clone());
+    let config = dir.path().join("chaos.toml");
+    std::fs::write(&config, "[ingest]\nmax_txn_age_ms = 20\n").unwrap();
+    let args = ["--chaos", "--config", config.to_str().unwrap()];
 
     // First life: killed with SIGKILL once some offsets are committed but not all.
-    let mut server = common::server::start(&data_dir, &[]);
+    let mut server = common::server::start(&data_dir, &args);
     let addr = common::server::wait_for_addr(&mut server, &data_dir);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    *live.lock().unwrap() = Some(addr);
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let committed = committed_via_admin(addr).values().sum::<i64>();
-        let total: i64 = ends.values().sum();
         if committed >= total / 10 {
             println!("kill -9 with {committed} of {total} records committed");
             assert!(committed < total, "the stream ended before the kill");
@@ -442,14 +477,16 @@ fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing()
         assert!(Instant::now() < deadline, "nothing committed in time");
         std::thread::sleep(Duration::from_millis(10));
     }
+    *live.lock().unwrap() = None;
     server.0.kill().unwrap(); // SIGKILL
     server.0.wait().unwrap();
     let _ = std::fs::remove_file(data_dir.join("serve.addr"));
 
-    // Second life: runs to the end, then stops cleanly.
-    let mut server = common::server::start(&data_dir, &[]);
+    // Second life: chaos goes on until everything is committed, then the server stops cleanly.
+    let mut server = common::server::start(&data_dir, &args);
     let addr = common::server::wait_for_addr(&mut server, &data_dir);
-    let deadline = Instant::now() + Duration::from_secs(300);
+    *live.lock().unwrap() = Some(addr);
+    let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let committed = committed_via_admin(addr);
         if ends.iter().all(|(p, end)| committed.get(&i64::from(*p)).copied().unwrap_or(0) >= *end) {
@@ -458,8 +495,14 @@ fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing()
         assert!(Instant::now() < deadline, "not everything committed: {committed:?} of {ends:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    stop.store(true, Ordering::Relaxed);
+    let kills = chaos.join().unwrap();
+    let (_, metrics) = common::server::get(addr, "/metrics/");
     let status = common::server::terminate(server);
     assert_eq!(status.code(), Some(0));
+    println!("chaos kills acknowledged across both lives: {kills}");
+    assert!(kills > 0, "no chaos kill happened");
+    assert!(metrics.contains("cause=\"chaos\""), "second life saw no chaos restart: {metrics}");
 
     rt.block_on(async {
         let store = open_store(&data_dir).await;
@@ -467,16 +510,21 @@ fn kill_9_of_matyan_serve_mid_stream_then_restart_loses_and_duplicates_nothing()
     });
 }
 
+/// One HTTP/1.1 POST without a body; `None` when the server cannot be reached.
+fn try_post(addr: std::net::SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(stream, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    Some((head.split(' ').nth(1)?.parse().ok()?, body.to_owned()))
+}
+
 /// One HTTP/1.1 POST without a body; returns the status code and the body.
 fn post(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(stream, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    (head.split(' ').nth(1).unwrap().parse().unwrap(), body.to_owned())
+    try_post(addr, path).expect("the server answers")
 }
 
 #[test]
