@@ -187,6 +187,7 @@ fn print_ingest(report: &IngestReport) {
     let find = |p: &str| report.rows.iter().find(|r| r.phase == p);
     for (a, b, label) in [
         ("embedded pipeline", "embedded queue read (ceiling)", "embedded pipeline / queue read"),
+        ("embedded pipeline (backlog)", "embedded queue read (ceiling)", "embedded pipeline (backlog) / queue read"),
         ("kafka pipeline", "kafka bare consumer (ceiling)", "kafka pipeline / bare consumer"),
     ] {
         if let (Some(a), Some(b)) = (find(a), find(b)) {

@@ -49,9 +49,15 @@ pub trait EngineSnapshot: Send + Sync + 'static {
 pub trait Engine: Send + Sync + 'static {
     /// A snapshot of everything committed so far.
     fn snapshot(&self) -> Result<std::sync::Arc<dyn EngineSnapshot>, KvError>;
-    /// Applies the batch atomically; when this returns `Ok`, the batch survives a process kill.
-    /// The caller serialises calls.
+    /// Applies the batch atomically and makes it visible to new snapshots, without waiting for
+    /// it to reach the disk (see [`Engine::sync`]). The caller serialises calls.
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError>;
+    /// Makes every batch applied so far durable: when this returns `Ok`, they survive a process
+    /// kill and a power loss. Separate from `apply` so that one sync can cover the batches of
+    /// many concurrent commits (group commit, see `LocalDb`).
+    fn sync(&self) -> Result<(), KvError> {
+        Ok(())
+    }
     /// Bytes the engine occupies on disk (0 for memory).
     fn disk_bytes(&self) -> u64 {
         0

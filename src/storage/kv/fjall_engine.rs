@@ -1,4 +1,5 @@
-//! Embedded engine on fjall: an LSM tree with a write-ahead journal, synced on every commit.
+//! Embedded engine on fjall: an LSM tree with a write-ahead journal; batches are written to the
+//! journal unsynced and [`Engine::sync`] fsyncs it for a whole group of commits.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -57,7 +58,7 @@ impl Engine for FjallEngine {
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         // Commits are serialised by the caller, so reading the latest state here is race-free.
         let snap = self.db.snapshot();
-        let mut wb = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut wb = self.db.batch().durability(None);
         for (b, e) in &batch.cleared {
             for g in snap.range(&self.ks, b.as_slice()..e.as_slice()) {
                 let key = g.key().map_err(engine_err)?;
@@ -79,6 +80,10 @@ impl Engine for FjallEngine {
             }
         }
         wb.commit().map_err(engine_err)
+    }
+
+    fn sync(&self) -> Result<(), KvError> {
+        self.db.persist(PersistMode::SyncData).map_err(engine_err)
     }
 
     fn disk_bytes(&self) -> u64 {

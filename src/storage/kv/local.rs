@@ -89,6 +89,11 @@ pub struct LocalDb {
     log: Mutex<CommitLog>,
     /// Read versions of live transactions, with counts: commits older than the smallest are pruned.
     active: Mutex<BTreeMap<u64, usize>>,
+    /// Every commit at or below this version is durable.
+    synced: AtomicU64,
+    /// Held by the one thread syncing the engine; committers waiting for it are covered by its
+    /// sync or run the next one (group commit).
+    sync_lock: Mutex<()>,
 }
 
 impl LocalDb {
@@ -100,6 +105,8 @@ impl LocalDb {
             version: AtomicU64::new(1),
             log: Mutex::new(CommitLog::default()),
             active: Mutex::new(BTreeMap::new()),
+            synced: AtomicU64::new(1),
+            sync_lock: Mutex::new(()),
         })
     }
 
@@ -140,10 +147,37 @@ impl LocalDb {
         }
     }
 
-    /// Checks conflicts, applies the batch and records its write set for transactions still
-    /// reading at older versions. `read` is the committing transaction's own read view: it is
-    /// released under the log lock, so no commit can prune history it still needs.
+    /// Commits a batch: [`apply_batch`](Self::apply_batch) under the log lock, then waits until the
+    /// engine has synced it. Many committers share one sync: while one thread syncs, the others
+    /// queue on `sync_lock`; the first of them to get it syncs everything applied by then, and the
+    /// rest find their version already durable. A commit is acknowledged only once durable.
     fn commit_batch(&self, read: Option<ReadView>, read_conflicts: Ranges, batch: WriteBatch) -> Result<(), KvError> {
+        let version = self.apply_batch(read, read_conflicts, batch)?;
+        if self.synced.load(Ordering::SeqCst) >= version {
+            return Ok(());
+        }
+        let _syncing = self.sync_lock.lock();
+        if self.synced.load(Ordering::SeqCst) >= version {
+            return Ok(());
+        }
+        // Versions are bumped after their batch is applied: everything up to `through` is in
+        // the engine and covered by this sync.
+        let through = self.version.load(Ordering::SeqCst);
+        if let Err(e) = self.engine.sync() {
+            // The batch is applied and visible but may not survive a crash: FDB's answer to a
+            // commit whose outcome is unknown, which idempotent transaction bodies retry.
+            tracing::error!(error = %e, "engine sync failed");
+            return Err(KvError::CommitUnknownResult);
+        }
+        self.synced.fetch_max(through, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Checks conflicts, applies the batch and records its write set for transactions still
+    /// reading at older versions; returns the commit's version. `read` is the committing
+    /// transaction's own read view: it is released under the log lock, so no commit can prune
+    /// history it still needs.
+    fn apply_batch(&self, read: Option<ReadView>, read_conflicts: Ranges, batch: WriteBatch) -> Result<u64, KvError> {
         let mut log = self.log.lock();
         if let Some(rv) = read.as_ref().map(|r| r.version) {
             let reads = coalesce(read_conflicts);
@@ -171,7 +205,7 @@ impl LocalDb {
                 log.entries.push_back((version, WriteSet { points, ranges: batch.cleared }));
             }
         }
-        Ok(())
+        Ok(version)
     }
 }
 
@@ -574,5 +608,64 @@ mod tests {
         assert!(!in_ranges(&r, b"e"));
         assert!(intersects(&r, b"d", b"z"));
         assert!(!intersects(&r, b"e", b"z"));
+    }
+
+    /// An engine over memory whose sync is slow and records, per finished sync, the commits
+    /// applied before it started (keys are commit numbers).
+    #[derive(Default)]
+    struct SlowSync {
+        inner: crate::storage::kv::memory::MemoryEngine,
+        applied: Mutex<std::collections::BTreeSet<u64>>,
+        covered: Mutex<Vec<std::collections::BTreeSet<u64>>>,
+    }
+
+    impl SlowSync {
+        fn is_durable(&self, n: u64) -> bool {
+            self.covered.lock().iter().any(|set| set.contains(&n))
+        }
+    }
+
+    /// Shares one [`SlowSync`] between the database and the test.
+    struct Shared(Arc<SlowSync>);
+
+    impl Engine for Shared {
+        fn snapshot(&self) -> Result<Arc<dyn crate::storage::kv::engine::EngineSnapshot>, KvError> {
+            self.0.inner.snapshot()
+        }
+        fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
+            self.0.inner.apply(batch)?;
+            for (k, _) in &batch.ops {
+                self.0.applied.lock().insert(u64::from_be_bytes(k[..8].try_into().unwrap()));
+            }
+            Ok(())
+        }
+        fn sync(&self) -> Result<(), KvError> {
+            let before = self.0.applied.lock().clone();
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.0.covered.lock().push(before);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn concurrent_commits_share_syncs_and_each_is_acknowledged_only_once_synced() {
+        let engine = Arc::new(SlowSync::default());
+        let db = LocalDb::new(Box::new(Shared(Arc::clone(&engine))), Limits::FDB);
+        let threads: Vec<_> = (1..=16u64)
+            .map(|n| {
+                let (db, engine) = (Arc::clone(&db), Arc::clone(&engine));
+                std::thread::spawn(move || {
+                    let tx = db.create_trx();
+                    tx.set(&n.to_be_bytes(), b"v");
+                    tx.commit().unwrap();
+                    assert!(engine.is_durable(n), "commit {n} acknowledged before a sync covered it");
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let syncs = engine.covered.lock().len();
+        assert!(syncs < 16, "16 concurrent commits took {syncs} syncs: no grouping");
     }
 }

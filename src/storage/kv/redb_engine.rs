@@ -64,7 +64,8 @@ impl Engine for RedbEngine {
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         let mut tx = self.db.begin_write().map_err(engine_err)?;
-        tx.set_durability(Durability::Immediate).map_err(engine_err)?;
+        // Not persisted until a later `Immediate` commit: `sync` makes one for a whole group.
+        tx.set_durability(Durability::None).map_err(engine_err)?;
         {
             let mut table = tx.open_table(TABLE).map_err(engine_err)?;
             for (b, e) in &batch.cleared {
@@ -86,6 +87,12 @@ impl Engine for RedbEngine {
                 }
             }
         }
+        tx.commit().map_err(engine_err)
+    }
+
+    fn sync(&self) -> Result<(), KvError> {
+        let mut tx = self.db.begin_write().map_err(engine_err)?;
+        tx.set_durability(Durability::Immediate).map_err(engine_err)?;
         tx.commit().map_err(engine_err)
     }
 
