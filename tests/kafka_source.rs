@@ -35,10 +35,8 @@ use matyan::storage::kv::{Database, RetryOptions};
 use matyan::storage::layout::{Columns, Layout, SeqId};
 use matyan::storage::value::{self, Value};
 use parking_lot::Mutex;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 
 const GOLDEN_RUN: &str = "00000000000000000000000000010000";
@@ -48,42 +46,6 @@ const NOW: f64 = 1_735_689_600.0;
 
 fn golden_records() -> Vec<(Vec<u8>, Vec<u8>)> {
     common::golden_records().into_iter().map(|r| (r.key.unwrap(), r.value)).collect()
-}
-
-/// Produces keyed records in order (idempotent producer, Kafka's murmur2 partitioner) and waits for all.
-fn produce(broker: &Broker, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
-    let producer: BaseProducer = broker
-        .client_config()
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    for (key, value) in records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    assert!(matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
-                    rec = back;
-                    producer.poll(Duration::from_millis(50));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
-    assert_eq!(producer.in_flight_count(), 0);
-}
-
-fn consumer_config(broker: &Broker) -> ClientConfig {
-    let mut c = broker.client_config();
-    c.set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "300");
-    c
 }
 
 /// Applies `records` (one poll's worth) the way a pipeline does: decode, dead-letter failures, group
@@ -160,19 +122,7 @@ async fn memory_applier() -> (Database, Applier) {
 
 /// The group's committed offsets of `partitions` of the topic (-1 when none).
 fn committed_offsets(broker: &Broker, partitions: &[i32]) -> Vec<i64> {
-    let reader: rdkafka::consumer::BaseConsumer = broker.client_config().set("group.id", GROUP).create().unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(TOPIC, *p);
-    }
-    let got = reader.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    partitions
-        .iter()
-        .map(|p| match got.find_partition(TOPIC, *p).map(|e| e.offset()) {
-            Some(rdkafka::Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
+    broker.committed_offsets(GROUP, TOPIC, partitions)
 }
 
 /// Polls until `source` has `n` partitions assigned, collecting any records it returns.
@@ -186,6 +136,15 @@ async fn wait_assigned(source: &KafkaSource, n: usize) -> Vec<Record> {
     got
 }
 
+/// Waits until `cond` holds, checking every 50 ms, for at most two minutes.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() {
     let Some(broker) = Broker::start() else { return };
@@ -193,10 +152,10 @@ async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() 
     let golden = golden_records();
     assert_eq!(golden.len(), 10_003);
     let keyed: Vec<(Option<Vec<u8>>, Vec<u8>)> = golden.iter().map(|(k, v)| (Some(k.clone()), v.clone())).collect();
-    produce(&broker, TOPIC, &keyed);
+    broker.produce(TOPIC, &keyed);
 
     let (db, applier) = memory_applier().await;
-    let source = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let source = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut seen = 0usize;
     let mut applied = 0u64;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -268,7 +227,7 @@ async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() 
     // A second consumer of the group, after the first left, starts at the commits: nothing new.
     source.unsubscribe();
     drop(source);
-    let again = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let again = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut late = wait_assigned(&again, 6).await;
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
@@ -372,7 +331,7 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
     broker.create_topic(TOPIC, 6).await;
     const RUNS: usize = 24;
     const HALF: i64 = 50;
-    produce(&broker, TOPIC, &synthetic(RUNS, 0, HALF, true));
+    broker.produce(TOPIC, &synthetic(RUNS, 0, HALF, true));
     let first_half = RUNS as u64 * (HALF as u64 + 1);
     // Three parts: before the second consumer, while it joins, after the rebalance.
     let total = first_half + 2 * RUNS as u64 * HALF as u64;
@@ -384,11 +343,11 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
     let (start_b, b_started) = tokio::sync::oneshot::channel::<()>();
     // `Applier::apply` futures are not `Send` (its id callback is a plain `dyn FnMut`), so the two
     // workers and the test run as one task's concurrent futures rather than spawned tasks.
-    let a = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let a = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let worker_a = worker(a, db.clone(), applier.clone(), a_state.clone(), stop.clone());
     let worker_b = {
         let (db, applier, state, stop, config) =
-            (db.clone(), applier.clone(), b_state.clone(), stop.clone(), consumer_config(&broker));
+            (db.clone(), applier.clone(), b_state.clone(), stop.clone(), broker.consumer_config());
         async move {
             if b_started.await.is_err() {
                 return;
@@ -398,37 +357,22 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
         }
     };
     let drive = async {
-        let wait = |what: &'static str, cond: Box<dyn Fn() -> bool>| async move {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while !cond() {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        let s = a_state.clone();
-        wait("the first half through consumer a", Box::new(move || s.applied.load(Ordering::Relaxed) >= first_half))
-            .await;
+        wait_until("the first half through consumer a", || a_state.applied.load(Ordering::Relaxed) >= first_half).await;
         start_b.send(()).unwrap();
         // The second half goes in while the group rebalances, so batches are in flight across it.
-        produce(&broker, TOPIC, &synthetic(RUNS, HALF, HALF, false));
-        let (sa, sb) = (a_state.clone(), b_state.clone());
-        wait(
-            "the rebalance",
-            Box::new(move || {
-                let (pa, pb) = (sa.assignment.lock().clone(), sb.assignment.lock().clone());
-                !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
-            }),
-        )
+        broker.produce(TOPIC, &synthetic(RUNS, HALF, HALF, false));
+        wait_until("the rebalance", || {
+            let (pa, pb) = (a_state.assignment.lock().clone(), b_state.assignment.lock().clone());
+            !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
+        })
         .await;
         let (pa, pb) = (a_state.assignment.lock().clone(), b_state.assignment.lock().clone());
         assert!(pa.iter().all(|p| !pb.contains(p)), "disjoint assignments: {pa:?} {pb:?}");
         assert!(a_state.events.lock().iter().any(|e| matches!(e, AssignmentEvent::Revoked(_))), "a saw a revocation");
-        produce(&broker, TOPIC, &synthetic(RUNS, 2 * HALF, HALF, false));
-        let (sa, sb) = (a_state.clone(), b_state.clone());
-        wait(
-            "every record applied",
-            Box::new(move || sa.applied.load(Ordering::Relaxed) + sb.applied.load(Ordering::Relaxed) >= total),
-        )
+        broker.produce(TOPIC, &synthetic(RUNS, 2 * HALF, HALF, false));
+        wait_until("every record applied", || {
+            a_state.applied.load(Ordering::Relaxed) + b_state.applied.load(Ordering::Relaxed) >= total
+        })
         .await;
         // Let any late duplicate show up before counting.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -468,8 +412,8 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
 async fn a_commit_under_a_revoked_lease_is_refused() {
     let Some(broker) = Broker::start() else { return };
     broker.create_topic(TOPIC, 6).await;
-    produce(&broker, TOPIC, &synthetic(6, 0, 5, true));
-    let a = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    broker.produce(TOPIC, &synthetic(6, 0, 5, true));
+    let a = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     wait_assigned(&a, 6).await;
     let old: Vec<Lease> = a.leases();
     assert_eq!(old.len(), 6);
@@ -480,7 +424,7 @@ async fn a_commit_under_a_revoked_lease_is_refused() {
     a.stage(old[1], 2).unwrap();
 
     // A second member joins: a's partitions are revoked (all of them, eagerly) inside its poll.
-    let b = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let b = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "no rebalance: a {:?} b {:?}", a.assignment(), b.assignment());
@@ -551,11 +495,11 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_neighbours_are_applie
     ];
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
         cases.iter().map(|(v, _)| (Some(run.as_bytes().to_vec()), v.clone())).collect();
-    produce(&broker, TOPIC, &records);
+    broker.produce(TOPIC, &records);
 
     let (db, applier) = memory_applier().await;
     let sink = DeadLetterSink::Kafka(KafkaDeadLetters::new(broker.client_config(), "data-ingestion-dlq").unwrap());
-    let source = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let source = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut seen = 0;
     let mut applied = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -572,7 +516,8 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_neighbours_are_applie
     assert_eq!(points.iter().map(|p| p.step).collect::<Vec<_>>(), vec![1, 2]);
 
     // Read the dead-letter topic back.
-    let reader: StreamConsumer = consumer_config(&broker)
+    let reader: StreamConsumer = broker
+        .consumer_config()
         .set("group.id", "dlq-reader")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -639,7 +584,8 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
     assert!(applier.outbox(&db.create_trx().unwrap(), 0).await.unwrap().is_empty(), "the outbox is empty");
     assert_eq!(publisher.publish_pending().await.unwrap(), 0, "nothing is published twice once removed");
 
-    let reader: StreamConsumer = consumer_config(&broker)
+    let reader: StreamConsumer = broker
+        .consumer_config()
         .set("group.id", "control-workers")
         .set("auto.offset.reset", "earliest")
         .create()
@@ -661,8 +607,8 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
 async fn a_paused_partition_returns_nothing_and_resumes_where_it_stopped() {
     let Some(broker) = Broker::start() else { return };
     broker.create_topic(TOPIC, 1).await;
-    produce(&broker, TOPIC, &synthetic(1, 0, 9, true));
-    let source = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    broker.produce(TOPIC, &synthetic(1, 0, 9, true));
+    let source = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < 3 {
