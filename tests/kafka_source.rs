@@ -1,7 +1,9 @@
 //! The Kafka source, dead-letter topic and outbox publisher against a real broker (tansu): the golden
 //! records through Kafka equal a direct apply, commits resume, a rebalance moves partitions with every
-//! record applied once, stale commits are refused, malformed records reach `data-ingestion-dlq`, and
-//! `run_deleted` reaches `control-events`.
+//! record applied once, stale commits are refused, malformed records reach `data-ingestion-dlq` (from
+//! a hand-written loop and from the pipeline, whose commit waits for the dead letters'
+//! acknowledgement), and `run_deleted` reaches `control-events`. Two whole pipelines sharing a group
+//! are in `tests/kafka_rebalance.rs`.
 //!
 //! Needs the tansu binary (see `tests/common/broker.rs`); without it the tests print a message and
 //! pass, unless `CI` is set. To run them:
@@ -647,4 +649,131 @@ async fn a_paused_partition_returns_nothing_and_resumes_where_it_stopped() {
         again.extend(source.poll(100, Duration::from_millis(200)).await.unwrap());
     }
     assert_eq!(again.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![8, 9]);
+}
+
+/// The Kafka role's pipeline: records that do not decode, and one too large for a transaction
+/// alone (dead-lettered at apply, staged in the keyspace, then forwarded), go to
+/// `data-ingestion-dlq` with their reason and origin; the good records around them are applied in
+/// order; and the group's offset passes a dead letter only once the broker acknowledged it (the
+/// dead-letter broker starts only after the offset is seen held at the first dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_dead_letters_to_the_topic_and_commits_past_a_dead_letter_only_once_acknowledged() {
+    use matyan::actors::{DeadLetterTarget, IngestPipeline, PipelineConfig};
+    use matyan::storage::kv::Limits;
+
+    let Some(broker) = Broker::start() else { return };
+    broker.create_topic(TOPIC, 1).await;
+    let run = "0123456789abcdef0123456789abcdef";
+    let metric = |n: i64| {
+        json!({"type":"log_metric","run_id":run,"timestamp":"2025-01-01T00:00:00Z","payload":{"name":"loss","value":n as f64,"step":null,"epoch":null,"context":{},"dtype":"float","client_datetime":"2025-01-01T00:00:00+00:00"}}).to_string().into_bytes()
+    };
+    let huge = json!({"type":"log_terminal_line","run_id":run,"timestamp":"2025-01-01T00:00:00Z","payload":{"line":"x".repeat(30_000),"step":0}});
+    // (value, the reason when it is dead-lettered)
+    let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (
+            json!({"type":"create_run","run_id":run,"timestamp":"2025-01-01T00:00:00Z","payload":{}})
+                .to_string()
+                .into_bytes(),
+            None,
+        ),
+        (metric(0), None),
+        (metric(1)[..40].to_vec(), Some("invalid_json")),
+        (metric(1), None),
+        (
+            br#"{"type":"teleport","run_id":"r","timestamp":"2025-01-01T00:00:00Z","payload":{}}"#.to_vec(),
+            Some("unknown_type"),
+        ),
+        (huge.to_string().into_bytes(), Some("transaction_too_large")),
+        (metric(2), None),
+        (b"{\"type\":\"finish_run\",\"run_id\":\"\xff\xfe\"}".to_vec(), Some("invalid_utf8")),
+        (metric(3), None),
+    ];
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        cases.iter().map(|(v, _)| (Some(run.as_bytes().to_vec()), v.clone())).collect();
+    broker.produce(TOPIC, &records);
+
+    // A store whose transactions hold 20 kB: the 30 kB terminal line fails at apply, alone.
+    let db = Database::memory_with_limits(Limits { max_txn_bytes: 20_000, ..Limits::FDB });
+    let layout = Layout::open(&db).await.unwrap();
+    let applier = Applier::new(layout.clone());
+    // The dead-letter topic lives on a second broker, not started yet: nothing is acknowledged.
+    let dlq_port = Broker::reserve_port();
+    let mut dlq_config = rdkafka::ClientConfig::new();
+    dlq_config.set("bootstrap.servers", format!("127.0.0.1:{dlq_port}")).set("reconnect.backoff.max.ms", "500");
+    let sink = KafkaDeadLetters::new(dlq_config, "data-ingestion-dlq").unwrap();
+    let source = Arc::new(KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap());
+    let config = PipelineConfig {
+        commit_interval: Duration::from_millis(20),
+        restart_backoff_initial: Duration::from_millis(10),
+        restart_backoff_max: Duration::from_millis(500),
+        dead_letter_forward_interval: Duration::from_millis(200),
+        ..PipelineConfig::default()
+    };
+    let handle =
+        IngestPipeline::start_with(db.clone(), layout, Arc::clone(&source), config, DeadLetterTarget::Kafka(sink))
+            .unwrap();
+
+    // Every good record is applied, and the offset stops at the first dead letter (offset 2).
+    let good = cases.iter().filter(|(_, r)| r.is_none()).count() as u64;
+    wait_until("the good records applied", || handle.counters().applied >= good).await;
+    wait_until("the commit of the records before the first dead letter", || {
+        committed_offsets(&broker, &[0]) == vec![2]
+    })
+    .await;
+    assert_eq!(handle.counters().dead_letters, 1, "only the one failing at apply (staged) is counted yet");
+
+    let Some(dlq_broker) = Broker::start_on(dlq_port) else { return };
+    dlq_broker.ensure_topic("data-ingestion-dlq", 1).await;
+    let end = cases.len() as i64;
+    wait_until("the commit of every record", || committed_offsets(&broker, &[0]) == vec![end]).await;
+    let staged_empty = || async { applier.dead_letters(&db.create_trx().unwrap(), 0).await.unwrap().is_empty() };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !staged_empty().await {
+        assert!(Instant::now() < deadline, "staged dead letters were not forwarded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counters = handle.counters();
+    handle.shutdown().await.unwrap();
+    source.unsubscribe();
+    assert_eq!(counters.applied, good, "{counters:?}");
+    assert!(counters.dead_letters >= 4, "{counters:?}");
+
+    let id = SeqId { run, ctx_id: matyan::storage::context_id::context_to_id(&json!({})), name: "loss" };
+    let points =
+        applier.layout().seqs.read(&db.create_trx().unwrap(), id, None, None, Columns::default(), false).await.unwrap();
+    let got: Vec<(i64, f64)> =
+        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap())).collect();
+    assert_eq!(got, vec![(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)], "the neighbours, once each, in order");
+
+    // Each dead letter reaches the topic (at least once: a retry after the broker came up may
+    // send one again), with its reason and origin.
+    let want: BTreeMap<i64, &str> =
+        cases.iter().enumerate().filter_map(|(i, (_, r))| r.map(|r| (i as i64, r))).collect();
+    let origin = |msg: &rdkafka::message::OwnedMessage| -> i64 {
+        let hs = msg.headers().unwrap();
+        let v = hs.iter().find(|h| h.key == headers::ORIGIN_OFFSET).and_then(|h| h.value).unwrap();
+        std::str::from_utf8(v).unwrap().parse().unwrap()
+    };
+    let letters = dlq_broker
+        .read_topic_until("data-ingestion-dlq", "dlq-reader", Duration::from_secs(30), |got| {
+            want.keys().all(|o| got.iter().any(|m| origin(m) == *o))
+        })
+        .await;
+    for msg in &letters {
+        let hs = msg.headers().unwrap();
+        let header = |name: &str| {
+            hs.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        let offset = origin(msg);
+        assert_eq!(header(headers::ORIGIN_TOPIC).as_deref(), Some(TOPIC));
+        assert_eq!(header(headers::ORIGIN_PARTITION).as_deref(), Some("0"));
+        assert_eq!(header(headers::REASON).as_deref(), want.get(&offset).copied(), "offset {offset}");
+        assert_eq!(msg.key(), Some(run.as_bytes()));
+        if offset == 5 {
+            assert_eq!(header(headers::MESSAGE_TYPE).as_deref(), Some("log_terminal_line"));
+            assert_eq!(msg.payload(), None, "failed at apply: the bytes are not kept");
+        } else {
+            assert_eq!(msg.payload().unwrap(), cases[offset as usize].0.as_slice(), "original bytes kept");
+        }
+    }
 }
