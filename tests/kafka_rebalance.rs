@@ -8,8 +8,10 @@
 //! consumer assigns steps, as for the SDK's `log_record`), so a record applied twice, lost or
 //! applied out of order shows in the stored steps and values.
 //!
-//! Needs the tansu binary (see `tests/common/broker.rs`); without it the test prints a message and
-//! passes, unless `CI` is set.
+//! The broker test needs the tansu binary (see `tests/common/broker.rs`); without it the test
+//! prints a message and passes, unless `CI` is set. A second test drives the same reactions
+//! deterministically through a scripted source with Kafka's fence: a commit held in flight across
+//! a revocation is refused and ignored, and the new group replays without a duplicate.
 
 mod common;
 
@@ -20,9 +22,9 @@ use std::time::{Duration, Instant};
 use common::broker::Broker;
 use matyan::actors::{IngestPipeline, PipelineConfig, PipelineCounters, PipelineHandle};
 use matyan::ingest::BatchBudget;
-use matyan::ingest::kafka::KafkaSource;
+use matyan::ingest::kafka::{KafkaSource, KafkaSourceError};
 use matyan::ingest::partitioner::partition_for_key;
-use matyan::ingest::source::Source;
+use matyan::ingest::source::{AssignmentEvent, Lease, Record, Source, SourceError};
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, RetryOptions};
 use matyan::storage::layout::{Columns, Layout, SeqId};
@@ -243,4 +245,174 @@ async fn two_workers_in_one_group_a_rebalance_mid_stream_moves_partitions_with_n
     assert!(a_counters.revoked_partitions > 0, "a lost partitions to b: {a_counters:?}");
     assert_eq!(b_counters.assigned_partitions as i32 - b_counters.revoked_partitions as i32, PARTITIONS);
     assert_eq!(a_counters.restarts_total() + b_counters.restarts_total(), 0, "a rebalance is not a failure");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The same reactions, deterministic, without a broker: a scripted source with Kafka's fence.
+
+/// A source over fixed per-partition logs whose assignment the test changes, with Kafka's
+/// semantics: a revocation followed by an assignment gives a new epoch and resets the position to
+/// the committed offset; a commit under a stale lease is refused; and commits wait at a gate the
+/// test opens, so one can be held in flight across a revocation.
+struct ScriptedSource {
+    logs: BTreeMap<i32, Vec<Record>>,
+    state: parking_lot::Mutex<Script>,
+    gate: tokio::sync::watch::Sender<bool>,
+}
+
+#[derive(Default)]
+struct Script {
+    /// Assigned partitions: (epoch, position, paused).
+    slots: BTreeMap<i32, (u64, i64, bool)>,
+    committed: BTreeMap<i32, i64>,
+    events: Vec<AssignmentEvent>,
+    last_epoch: u64,
+    /// Commits waiting at the gate.
+    waiting: usize,
+}
+
+impl ScriptedSource {
+    fn new(logs: BTreeMap<i32, Vec<Record>>) -> Self {
+        let mut script = Script::default();
+        for p in logs.keys() {
+            script.last_epoch += 1;
+            script.slots.insert(*p, (script.last_epoch, 0, false));
+        }
+        Self { logs, state: parking_lot::Mutex::new(script), gate: tokio::sync::watch::channel(false).0 }
+    }
+
+    /// Revokes `partition` and assigns it again under a new epoch, as an eager rebalance does.
+    fn rebalance(&self, partition: i32) {
+        let mut s = self.state.lock();
+        s.slots.remove(&partition);
+        s.events.push(AssignmentEvent::Revoked(vec![partition]));
+        s.last_epoch += 1;
+        let (epoch, from) = (s.last_epoch, s.committed.get(&partition).copied().unwrap_or(0));
+        s.slots.insert(partition, (epoch, from, false));
+        s.events.push(AssignmentEvent::Assigned(vec![Lease { partition, epoch }]));
+    }
+
+    fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    fn waiting(&self) -> usize {
+        self.state.lock().waiting
+    }
+
+    fn committed(&self, partition: i32) -> Option<i64> {
+        self.state.lock().committed.get(&partition).copied()
+    }
+}
+
+impl Source for ScriptedSource {
+    async fn poll(&self, max_records: usize, timeout: Duration) -> Result<Vec<Record>, SourceError> {
+        let out = {
+            // One lock for the whole read: a rebalance falls before or after it, never inside.
+            let mut s = self.state.lock();
+            let mut out = Vec::new();
+            for (p, (_, position, paused)) in s.slots.iter_mut() {
+                let log = &self.logs[p];
+                while !*paused && out.len() < max_records && (*position as usize) < log.len() {
+                    out.push(log[*position as usize].clone());
+                    *position += 1;
+                }
+            }
+            out
+        };
+        if out.is_empty() {
+            tokio::time::sleep(timeout).await;
+        }
+        Ok(out)
+    }
+
+    async fn commit(&self, partition: i32, next_offset: i64) -> Result<(), SourceError> {
+        let lease = self.lease(partition).ok_or(SourceError::NotAssigned { partition })?;
+        self.commit_leased(lease, next_offset).await
+    }
+
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError> {
+        let mut s = self.state.lock();
+        let slot = s.slots.get_mut(&partition).ok_or(SourceError::NotAssigned { partition })?;
+        slot.1 = offset;
+        Ok(())
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        self.state.lock().slots.keys().copied().collect()
+    }
+
+    fn pause(&self, partition: i32) -> Result<(), SourceError> {
+        let mut s = self.state.lock();
+        s.slots.get_mut(&partition).ok_or(SourceError::NotAssigned { partition })?.2 = true;
+        Ok(())
+    }
+
+    fn resume(&self, partition: i32) -> Result<(), SourceError> {
+        let mut s = self.state.lock();
+        s.slots.get_mut(&partition).ok_or(SourceError::NotAssigned { partition })?.2 = false;
+        Ok(())
+    }
+
+    fn take_assignment_events(&self) -> Vec<AssignmentEvent> {
+        std::mem::take(&mut self.state.lock().events)
+    }
+
+    fn lease(&self, partition: i32) -> Option<Lease> {
+        self.state.lock().slots.get(&partition).map(|(epoch, _, _)| Lease { partition, epoch: *epoch })
+    }
+
+    async fn commit_leased(&self, lease: Lease, next_offset: i64) -> Result<(), SourceError> {
+        self.state.lock().waiting += 1;
+        let mut gate = self.gate.subscribe();
+        let _ = gate.wait_for(|open| *open).await;
+        let mut s = self.state.lock();
+        s.waiting -= 1;
+        let current = s.slots.get(&lease.partition).map(|(epoch, _, _)| *epoch);
+        if current != Some(lease.epoch) {
+            let (partition, epoch) = (lease.partition, lease.epoch);
+            return Err(KafkaSourceError::StaleEpoch { partition, epoch, current }.into());
+        }
+        let c = s.committed.entry(lease.partition).or_insert(next_offset);
+        *c = (*c).max(next_offset);
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_partition_stops_its_actors_and_their_commit_in_flight_is_refused_and_ignored() {
+    let mut counts = BTreeMap::new();
+    let mut logs: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+    for (key, value) in workload(300, &mut counts, true) {
+        let p = partition_for_key(key.as_deref().unwrap(), 2).unwrap() as i32;
+        let log = logs.entry(p).or_default();
+        log.push(Record { partition: p, offset: log.len() as i64, key, value, timestamp_ms: 0 });
+    }
+    assert_eq!(logs.len(), 2, "both partitions hold runs");
+    let ends: BTreeMap<i32, i64> = logs.iter().map(|(p, l)| (*p, l.len() as i64)).collect();
+    let source = Arc::new(ScriptedSource::new(logs));
+    let db = Database::memory();
+    let layout = Layout::open(&db).await.unwrap();
+    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::clone(&source), pipeline_config()).unwrap();
+    let state = || format!("{:?}", handle.counters());
+
+    // Everything is applied, but no commit gets through the gate: partition 0's is in flight.
+    wait_for("every record applied", || handle.counters().applied == ends.values().sum::<i64>() as u64, state).await;
+    wait_for("a commit in flight", || source.waiting() >= 2, state).await;
+    source.rebalance(0);
+    wait_for("the revocation handled", || handle.counters().revoked_partitions == 1, state).await;
+    source.open_gate();
+    wait_for("the new owner's commits", || (0..2).all(|p| source.committed(p) == Some(ends[&p])), state).await;
+    let counters = handle.counters();
+    tokio::time::timeout(Duration::from_secs(30), handle.shutdown()).await.unwrap().unwrap();
+
+    assert!(counters.stale_commits >= 1, "the old group's commit was refused: {counters:?}");
+    assert_eq!(counters.restarts_total(), 0, "a stale commit is not a failure: {counters:?}");
+    assert_eq!((counters.assigned_partitions, counters.revoked_partitions), (3, 1), "{counters:?}");
+    assert_eq!(counters.replayed, ends[&0] as u64, "the new group replayed partition 0, all skipped: {counters:?}");
+    let mut points = 0;
+    for (run, n) in &counts {
+        points += check_run(&db, &layout, run, *n).await;
+    }
+    assert_eq!(points, 300);
 }

@@ -7,9 +7,9 @@
 //! watermark of unflushed records to the source under its lease.
 //!
 //! Rebalances: the supervisor stops the actor of a revoked partition like a kill (its buffered
-//! records are dropped; the new owner reads them again from the committed offset). A commit still
-//! in flight then is refused by the source as stale; that is expected, so it is logged and counted,
-//! never treated as a failure.
+//! records are dropped; the new owner reads them again from the committed offset). Periodic
+//! commits run as tasks of their own, so one in flight at that moment still ends: the source
+//! refuses it as stale, which is expected, so it is logged and counted, never treated as a failure.
 //!
 //! A delivery is handled atomically (`AtomicResponse`): the next delivery waits until every run
 //! actor accepted its records, so the source loop feels a full run mailbox (back-pressure) and the
@@ -225,22 +225,49 @@ impl<S: Source + 'static> PartitionActor<S> {
         self.committing = true;
         let source = Arc::clone(&self.setup.source);
         let lease = self.setup.lease;
-        let fut = async move { source.commit_leased(lease, watermark).await };
-        ctx.spawn(fut.into_actor(self).map(move |result, act, _ctx| {
-            act.committing = false;
-            match result {
+        let me = ctx.address();
+        // A task of its own: a commit in flight when the group is stopped (a revocation) still
+        // ends, refused as stale, and says so, instead of vanishing with the actor.
+        actix_rt::spawn(async move {
+            let failed = match source.commit_leased(lease, watermark).await {
                 Ok(()) => {
                     stats.note_committed(partition, watermark);
+                    None
                 }
-                Err(e) if e.is_stale() => note_stale(&stats, lease, watermark, &e),
+                Err(e) if e.is_stale() => {
+                    note_stale(&stats, lease, watermark, &e);
+                    None
+                }
                 Err(e) => {
                     tracing::warn!(partition, offset = watermark, error = %e, "offset commit failed");
-                    if !e.is_retryable() {
-                        act.fail("source_commit");
-                    }
+                    Some(e.is_retryable())
                 }
-            }
-        }));
+            };
+            me.do_send(Committed { failed });
+        });
+    }
+}
+
+/// The end of a periodic commit: `failed` is `None` when it succeeded or was refused as stale,
+/// else whether the error is retryable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    /// `Some(retryable)` when the commit failed.
+    pub failed: Option<bool>,
+}
+
+impl<S: Source + 'static> Handler<Committed> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Self::Context) {
+        self.committing = false;
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        if msg.failed == Some(false) {
+            self.fail("source_commit");
+        }
     }
 }
 
