@@ -8,10 +8,14 @@
 //! consumer assigns steps, as for the SDK's `log_record`), so a record applied twice, lost or
 //! applied out of order shows in the stored steps and values.
 //!
-//! The broker test needs the tansu binary (see `tests/common/broker.rs`); without it the test
-//! prints a message and passes, unless `CI` is set. A second test drives the same reactions
-//! deterministically through a scripted source with Kafka's fence: a commit held in flight across
-//! a revocation is refused and ignored, and the new group replays without a duplicate.
+//! A second test does the same with two real `matyan ingest` processes, each on its own store (so
+//! it checks that nothing is lost, not that nothing is applied twice). A third drives the same
+//! reactions deterministically through a scripted source with Kafka's fence: a commit held in
+//! flight across a revocation is refused and ignored, and the new group replays without a
+//! duplicate.
+//!
+//! The broker tests need the tansu binary (see `tests/common/broker.rs`); without it they print a
+//! message and pass, unless `CI` is set.
 
 mod common;
 
@@ -61,6 +65,16 @@ fn run_id(i: usize) -> String {
 /// `create`), then `points` `loss` points spread over the runs, each run's values counting 0, 1, 2,
 /// ... from `counts`, with `step: null`.
 fn workload(points: usize, counts: &mut BTreeMap<String, i64>, create: bool) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    workload_with(points, counts, create, false)
+}
+
+/// [`workload`], with `step` equal to the value when `explicit_steps`.
+fn workload_with(
+    points: usize,
+    counts: &mut BTreeMap<String, i64>,
+    create: bool,
+    explicit_steps: bool,
+) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
     let (create_run, hparams, metric) = golden_templates();
     let mut out = Vec::with_capacity(points + 2 * RUNS);
     let mut push = |run: &str, mut v: Value| {
@@ -75,7 +89,7 @@ fn workload(points: usize, counts: &mut BTreeMap<String, i64>, create: bool) -> 
         let run = run_id((i * 7 + i / 11) % RUNS);
         let n = counts.entry(run.clone()).or_insert(0);
         let mut v = metric.clone();
-        v["payload"]["step"] = Value::Null;
+        v["payload"]["step"] = if explicit_steps { json!(*n) } else { Value::Null };
         v["payload"]["value"] = json!(*n as f64);
         *n += 1;
         push(&run, v);
@@ -415,4 +429,135 @@ async fn a_revoked_partition_stops_its_actors_and_their_commit_in_flight_is_refu
         points += check_run(&db, &layout, run, *n).await;
     }
     assert_eq!(points, 300);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two real `matyan ingest` processes. Each needs a store of its own (the embedded store is one
+// process's), so the check is the union: every point is in one of the stores, and the group's
+// offsets reach the end. (Exactly once across workers needs a shared store: the in-process test.)
+// It takes about 80 s: the binary keeps librdkafka's 45 s session timeout, and tansu completes
+// each of the three group joins (a alone, b joining, a leaving) after about half of it.
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `matyan ingest` on its own store with its probes on `port`, and waits for them.
+fn start_ingest(data_dir: &std::path::Path, port: u16, bootstrap: &str) -> common::server::Server {
+    use std::process::{Command, Stdio};
+    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["ingest", "--data-dir", data_dir.to_str().unwrap(), "--metrics-host", "127.0.0.1"])
+        .args(["--metrics-port", &port.to_string()])
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_DATA_INGESTION_TOPIC", TOPIC)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start matyan ingest");
+    let mut server = common::server::Server(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = server.0.try_wait().unwrap() {
+            panic!("matyan ingest exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "matyan ingest does not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+/// Sums the series of `name` whose labels contain `label` (empty: all) in a process's `/metrics/`.
+fn metric(port: u16, name: &str, label: &str) -> f64 {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (status, body) = common::server::get(addr, "/metrics/");
+    assert_eq!(status, 200, "{body}");
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The `(run, step, value)` of every stored `loss` point of a stopped process's store.
+fn stored_points(data_dir: &std::path::Path) -> Vec<(String, i64, f64)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["kv", "dump", "--dir", "runs", "--data-dir", data_dir.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "kv dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|row| row["key"][1] == "seqs" && row["key"][3] == "loss" && row["key"][4] == "val")
+        .map(|row| {
+            let key = &row["key"];
+            (key[0].as_str().unwrap().to_owned(), key[5].as_i64().unwrap(), row["value"].as_f64().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_matyan_ingest_processes_hand_partitions_over_and_lose_nothing() {
+    let Some(broker) = Broker::start() else { return };
+    broker.create_topic(TOPIC, PARTITIONS).await;
+    broker.create_topic("control-events", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut counts = BTreeMap::new();
+    let mut total = 0usize;
+    let mut produce = |points: usize, create: bool| {
+        let records = workload_with(points, &mut counts, create, true);
+        broker.produce(TOPIC, &records);
+        total += records.len();
+    };
+
+    produce(3_000, true);
+    let a = start_ingest(&dir_a, port_a, &broker.bootstrap);
+    wait_for(
+        "a to process part of the stream",
+        || metric(port_a, "matyan_ingestion_messages_processed_total", "") >= 500.0,
+        String::new,
+    )
+    .await;
+    let b = start_ingest(&dir_b, port_b, &broker.bootstrap);
+    produce(3_000, false);
+    let rebalanced = || {
+        metric(port_a, "matyan_ingest_rebalance_partitions_total", "kind=\"revoked\"") > 0.0
+            && metric(port_b, "matyan_ingest_rebalance_partitions_total", "kind=\"assigned\"") > 0.0
+    };
+    wait_for("the group to hand partitions from a to b", rebalanced, String::new).await;
+    produce(3_000, false);
+    let status = common::server::terminate(a);
+    assert!(status.success(), "matyan ingest a exited with {status}");
+    produce(1_000, false);
+
+    let mut ends = vec![0i64; PARTITIONS as usize];
+    for (run, n) in &counts {
+        ends[partition_for_key(run.as_bytes(), PARTITIONS as u32).unwrap() as usize] += n + 2;
+    }
+    assert_eq!(ends.iter().sum::<i64>(), total as i64);
+    wait_for(
+        "the group's commits to reach the end of every partition",
+        || broker.committed_offsets(GROUP, TOPIC, &all_partitions()) == ends,
+        || format!("committed {:?}, ends {ends:?}", broker.committed_offsets(GROUP, TOPIC, &all_partitions())),
+    )
+    .await;
+    let status = common::server::terminate(b);
+    assert!(status.success(), "matyan ingest b exited with {status}");
+
+    let (in_a, in_b) = (stored_points(&dir_a), stored_points(&dir_b));
+    assert!(!in_a.is_empty() && !in_b.is_empty(), "both processes stored points");
+    let mut union = std::collections::BTreeSet::new();
+    for (run, step, value) in in_a.into_iter().chain(in_b) {
+        assert_eq!(value, step as f64, "run {run} step {step}");
+        union.insert((run, step));
+    }
+    let want: std::collections::BTreeSet<(String, i64)> =
+        counts.iter().flat_map(|(run, n)| (0..*n).map(move |s| (run.clone(), s))).collect();
+    assert_eq!(union.len(), want.len(), "every point is stored by one of the processes");
+    assert!(union == want);
 }
