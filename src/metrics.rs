@@ -212,6 +212,12 @@ pub const INGEST_KAFKA_COMMIT_DURATION_SECONDS: &str = "matyan_ingest_kafka_comm
 /// `matyan_ingest_dead_letters_published_total{sink,reason}`: records sent to a dead-letter sink
 /// (`kafka`, `embedded`) by bounded reason.
 pub const INGEST_DEAD_LETTERS_PUBLISHED_TOTAL: &str = "matyan_ingest_dead_letters_published_total";
+/// `matyan_ingest_rebalance_partitions_total{kind}`: partitions the pipeline started (`assigned`)
+/// or stopped (`revoked`) actors for on a rebalance.
+pub const INGEST_REBALANCE_PARTITIONS_TOTAL: &str = "matyan_ingest_rebalance_partitions_total";
+/// `matyan_ingest_revoked_uncommitted_records_total`: records of revoked partitions received and
+/// not committed when they were revoked (dropped here; the new owner reads them again).
+pub const INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL: &str = "matyan_ingest_revoked_uncommitted_records_total";
 /// `matyan_ingest_outbox_events_total{result}`: outbox events handled by the publisher
 /// (`published`, `failed`).
 pub const INGEST_OUTBOX_EVENTS_TOTAL: &str = "matyan_ingest_outbox_events_total";
@@ -224,6 +230,11 @@ pub fn describe_kafka() {
     describe_histogram!(INGEST_KAFKA_COMMIT_DURATION_SECONDS, Unit::Seconds, "duration of one kafka offset commit");
     describe_counter!(INGEST_DEAD_LETTERS_PUBLISHED_TOTAL, "records sent to a dead-letter sink by sink and reason");
     describe_counter!(INGEST_OUTBOX_EVENTS_TOTAL, "outbox control events handled by result");
+    describe_counter!(INGEST_REBALANCE_PARTITIONS_TOTAL, "partitions the pipeline started or stopped on a rebalance");
+    describe_counter!(
+        INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL,
+        "records of revoked partitions dropped before their commit, read again by the new owner"
+    );
 }
 
 /// Counts `partitions` partitions assigned or revoked (`kind`: `assigned`, `revoked`).
@@ -240,6 +251,17 @@ pub fn kafka_commit(result: &'static str, seconds: f64) {
 /// Counts one dead letter sent to `sink` (`kafka`, `embedded`); `reason` must be a bounded label.
 pub fn dead_letter_published(sink: &'static str, reason: &'static str) {
     counter!(INGEST_DEAD_LETTERS_PUBLISHED_TOTAL, "sink" => sink, "reason" => reason).increment(1);
+}
+
+/// Counts `partitions` partitions whose actors the pipeline started (`assigned`) or stopped
+/// (`revoked`) on a rebalance.
+pub fn ingest_rebalance(kind: &'static str, partitions: usize) {
+    counter!(INGEST_REBALANCE_PARTITIONS_TOTAL, "kind" => kind).increment(partitions as u64);
+}
+
+/// Counts records of a revoked partition dropped before their commit.
+pub fn ingest_revoked_uncommitted(records: u64) {
+    counter!(INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL).increment(records);
 }
 
 /// Counts one outbox event by result (`published`, `failed`).

@@ -1,7 +1,9 @@
 //! The Kafka source, dead-letter topic and outbox publisher against a real broker (tansu): the golden
 //! records through Kafka equal a direct apply, commits resume, a rebalance moves partitions with every
-//! record applied once, stale commits are refused, malformed records reach `data-ingestion-dlq`, and
-//! `run_deleted` reaches `control-events`.
+//! record applied once, stale commits are refused, malformed records reach `data-ingestion-dlq` (from
+//! a hand-written loop and from the pipeline, whose commit waits for the dead letters'
+//! acknowledgement), and `run_deleted` reaches `control-events`. Two whole pipelines sharing a group
+//! are in `tests/kafka_rebalance.rs`.
 //!
 //! Needs the tansu binary (see `tests/common/broker.rs`); without it the tests print a message and
 //! pass, unless `CI` is set. To run them:
@@ -35,10 +37,8 @@ use matyan::storage::kv::{Database, RetryOptions};
 use matyan::storage::layout::{Columns, Layout, SeqId};
 use matyan::storage::value::{self, Value};
 use parking_lot::Mutex;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 
 const GOLDEN_RUN: &str = "00000000000000000000000000010000";
@@ -48,42 +48,6 @@ const NOW: f64 = 1_735_689_600.0;
 
 fn golden_records() -> Vec<(Vec<u8>, Vec<u8>)> {
     common::golden_records().into_iter().map(|r| (r.key.unwrap(), r.value)).collect()
-}
-
-/// Produces keyed records in order (idempotent producer, Kafka's murmur2 partitioner) and waits for all.
-fn produce(broker: &Broker, topic: &str, records: &[(Option<Vec<u8>>, Vec<u8>)]) {
-    let producer: BaseProducer = broker
-        .client_config()
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    for (key, value) in records {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((e, back)) => {
-                    assert!(matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
-                    rec = back;
-                    producer.poll(Duration::from_millis(50));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(60)).unwrap();
-    assert_eq!(producer.in_flight_count(), 0);
-}
-
-fn consumer_config(broker: &Broker) -> ClientConfig {
-    let mut c = broker.client_config();
-    c.set("session.timeout.ms", "6000").set("heartbeat.interval.ms", "300");
-    c
 }
 
 /// Applies `records` (one poll's worth) the way a pipeline does: decode, dead-letter failures, group
@@ -160,19 +124,7 @@ async fn memory_applier() -> (Database, Applier) {
 
 /// The group's committed offsets of `partitions` of the topic (-1 when none).
 fn committed_offsets(broker: &Broker, partitions: &[i32]) -> Vec<i64> {
-    let reader: rdkafka::consumer::BaseConsumer = broker.client_config().set("group.id", GROUP).create().unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    for p in partitions {
-        tpl.add_partition(TOPIC, *p);
-    }
-    let got = reader.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
-    partitions
-        .iter()
-        .map(|p| match got.find_partition(TOPIC, *p).map(|e| e.offset()) {
-            Some(rdkafka::Offset::Offset(o)) => o,
-            _ => -1,
-        })
-        .collect()
+    broker.committed_offsets(GROUP, TOPIC, partitions)
 }
 
 /// Polls until `source` has `n` partitions assigned, collecting any records it returns.
@@ -186,6 +138,15 @@ async fn wait_assigned(source: &KafkaSource, n: usize) -> Vec<Record> {
     got
 }
 
+/// Waits until `cond` holds, checking every 50 ms, for at most two minutes.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() {
     let Some(broker) = Broker::start() else { return };
@@ -193,10 +154,10 @@ async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() 
     let golden = golden_records();
     assert_eq!(golden.len(), 10_003);
     let keyed: Vec<(Option<Vec<u8>>, Vec<u8>)> = golden.iter().map(|(k, v)| (Some(k.clone()), v.clone())).collect();
-    produce(&broker, TOPIC, &keyed);
+    broker.produce(TOPIC, &keyed);
 
     let (db, applier) = memory_applier().await;
-    let source = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let source = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut seen = 0usize;
     let mut applied = 0u64;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -268,7 +229,7 @@ async fn golden_records_through_kafka_equal_a_direct_apply_and_commits_resume() 
     // A second consumer of the group, after the first left, starts at the commits: nothing new.
     source.unsubscribe();
     drop(source);
-    let again = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let again = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut late = wait_assigned(&again, 6).await;
     let until = Instant::now() + Duration::from_secs(2);
     while Instant::now() < until {
@@ -372,7 +333,7 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
     broker.create_topic(TOPIC, 6).await;
     const RUNS: usize = 24;
     const HALF: i64 = 50;
-    produce(&broker, TOPIC, &synthetic(RUNS, 0, HALF, true));
+    broker.produce(TOPIC, &synthetic(RUNS, 0, HALF, true));
     let first_half = RUNS as u64 * (HALF as u64 + 1);
     // Three parts: before the second consumer, while it joins, after the rebalance.
     let total = first_half + 2 * RUNS as u64 * HALF as u64;
@@ -384,11 +345,11 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
     let (start_b, b_started) = tokio::sync::oneshot::channel::<()>();
     // `Applier::apply` futures are not `Send` (its id callback is a plain `dyn FnMut`), so the two
     // workers and the test run as one task's concurrent futures rather than spawned tasks.
-    let a = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let a = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let worker_a = worker(a, db.clone(), applier.clone(), a_state.clone(), stop.clone());
     let worker_b = {
         let (db, applier, state, stop, config) =
-            (db.clone(), applier.clone(), b_state.clone(), stop.clone(), consumer_config(&broker));
+            (db.clone(), applier.clone(), b_state.clone(), stop.clone(), broker.consumer_config());
         async move {
             if b_started.await.is_err() {
                 return;
@@ -398,37 +359,22 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
         }
     };
     let drive = async {
-        let wait = |what: &'static str, cond: Box<dyn Fn() -> bool>| async move {
-            let deadline = Instant::now() + Duration::from_secs(90);
-            while !cond() {
-                assert!(Instant::now() < deadline, "timed out waiting for {what}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        let s = a_state.clone();
-        wait("the first half through consumer a", Box::new(move || s.applied.load(Ordering::Relaxed) >= first_half))
-            .await;
+        wait_until("the first half through consumer a", || a_state.applied.load(Ordering::Relaxed) >= first_half).await;
         start_b.send(()).unwrap();
         // The second half goes in while the group rebalances, so batches are in flight across it.
-        produce(&broker, TOPIC, &synthetic(RUNS, HALF, HALF, false));
-        let (sa, sb) = (a_state.clone(), b_state.clone());
-        wait(
-            "the rebalance",
-            Box::new(move || {
-                let (pa, pb) = (sa.assignment.lock().clone(), sb.assignment.lock().clone());
-                !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
-            }),
-        )
+        broker.produce(TOPIC, &synthetic(RUNS, HALF, HALF, false));
+        wait_until("the rebalance", || {
+            let (pa, pb) = (a_state.assignment.lock().clone(), b_state.assignment.lock().clone());
+            !pa.is_empty() && !pb.is_empty() && pa.len() + pb.len() == 6
+        })
         .await;
         let (pa, pb) = (a_state.assignment.lock().clone(), b_state.assignment.lock().clone());
         assert!(pa.iter().all(|p| !pb.contains(p)), "disjoint assignments: {pa:?} {pb:?}");
         assert!(a_state.events.lock().iter().any(|e| matches!(e, AssignmentEvent::Revoked(_))), "a saw a revocation");
-        produce(&broker, TOPIC, &synthetic(RUNS, 2 * HALF, HALF, false));
-        let (sa, sb) = (a_state.clone(), b_state.clone());
-        wait(
-            "every record applied",
-            Box::new(move || sa.applied.load(Ordering::Relaxed) + sb.applied.load(Ordering::Relaxed) >= total),
-        )
+        broker.produce(TOPIC, &synthetic(RUNS, 2 * HALF, HALF, false));
+        wait_until("every record applied", || {
+            a_state.applied.load(Ordering::Relaxed) + b_state.applied.load(Ordering::Relaxed) >= total
+        })
         .await;
         // Let any late duplicate show up before counting.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -468,8 +414,8 @@ async fn a_second_consumer_takes_partitions_and_every_record_is_applied_once() {
 async fn a_commit_under_a_revoked_lease_is_refused() {
     let Some(broker) = Broker::start() else { return };
     broker.create_topic(TOPIC, 6).await;
-    produce(&broker, TOPIC, &synthetic(6, 0, 5, true));
-    let a = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    broker.produce(TOPIC, &synthetic(6, 0, 5, true));
+    let a = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     wait_assigned(&a, 6).await;
     let old: Vec<Lease> = a.leases();
     assert_eq!(old.len(), 6);
@@ -480,7 +426,7 @@ async fn a_commit_under_a_revoked_lease_is_refused() {
     a.stage(old[1], 2).unwrap();
 
     // A second member joins: a's partitions are revoked (all of them, eagerly) inside its poll.
-    let b = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let b = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "no rebalance: a {:?} b {:?}", a.assignment(), b.assignment());
@@ -551,11 +497,11 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_neighbours_are_applie
     ];
     let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
         cases.iter().map(|(v, _)| (Some(run.as_bytes().to_vec()), v.clone())).collect();
-    produce(&broker, TOPIC, &records);
+    broker.produce(TOPIC, &records);
 
     let (db, applier) = memory_applier().await;
     let sink = DeadLetterSink::Kafka(KafkaDeadLetters::new(broker.client_config(), "data-ingestion-dlq").unwrap());
-    let source = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    let source = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut seen = 0;
     let mut applied = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -572,7 +518,8 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_neighbours_are_applie
     assert_eq!(points.iter().map(|p| p.step).collect::<Vec<_>>(), vec![1, 2]);
 
     // Read the dead-letter topic back.
-    let reader: StreamConsumer = consumer_config(&broker)
+    let reader: StreamConsumer = broker
+        .consumer_config()
         .set("group.id", "dlq-reader")
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -639,7 +586,8 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
     assert!(applier.outbox(&db.create_trx().unwrap(), 0).await.unwrap().is_empty(), "the outbox is empty");
     assert_eq!(publisher.publish_pending().await.unwrap(), 0, "nothing is published twice once removed");
 
-    let reader: StreamConsumer = consumer_config(&broker)
+    let reader: StreamConsumer = broker
+        .consumer_config()
         .set("group.id", "control-workers")
         .set("auto.offset.reset", "earliest")
         .create()
@@ -661,8 +609,8 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
 async fn a_paused_partition_returns_nothing_and_resumes_where_it_stopped() {
     let Some(broker) = Broker::start() else { return };
     broker.create_topic(TOPIC, 1).await;
-    produce(&broker, TOPIC, &synthetic(1, 0, 9, true));
-    let source = KafkaSource::new(consumer_config(&broker), GROUP, TOPIC).unwrap();
+    broker.produce(TOPIC, &synthetic(1, 0, 9, true));
+    let source = KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap();
     let mut got = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.len() < 3 {
@@ -701,4 +649,131 @@ async fn a_paused_partition_returns_nothing_and_resumes_where_it_stopped() {
         again.extend(source.poll(100, Duration::from_millis(200)).await.unwrap());
     }
     assert_eq!(again.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![8, 9]);
+}
+
+/// The Kafka role's pipeline: records that do not decode, and one too large for a transaction
+/// alone (dead-lettered at apply, staged in the keyspace, then forwarded), go to
+/// `data-ingestion-dlq` with their reason and origin; the good records around them are applied in
+/// order; and the group's offset passes a dead letter only once the broker acknowledged it (the
+/// dead-letter broker starts only after the offset is seen held at the first dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_dead_letters_to_the_topic_and_commits_past_a_dead_letter_only_once_acknowledged() {
+    use matyan::actors::{DeadLetterTarget, IngestPipeline, PipelineConfig};
+    use matyan::storage::kv::Limits;
+
+    let Some(broker) = Broker::start() else { return };
+    broker.create_topic(TOPIC, 1).await;
+    let run = "0123456789abcdef0123456789abcdef";
+    let metric = |n: i64| {
+        json!({"type":"log_metric","run_id":run,"timestamp":"2025-01-01T00:00:00Z","payload":{"name":"loss","value":n as f64,"step":null,"epoch":null,"context":{},"dtype":"float","client_datetime":"2025-01-01T00:00:00+00:00"}}).to_string().into_bytes()
+    };
+    let huge = json!({"type":"log_terminal_line","run_id":run,"timestamp":"2025-01-01T00:00:00Z","payload":{"line":"x".repeat(30_000),"step":0}});
+    // (value, the reason when it is dead-lettered)
+    let cases: Vec<(Vec<u8>, Option<&str>)> = vec![
+        (
+            json!({"type":"create_run","run_id":run,"timestamp":"2025-01-01T00:00:00Z","payload":{}})
+                .to_string()
+                .into_bytes(),
+            None,
+        ),
+        (metric(0), None),
+        (metric(1)[..40].to_vec(), Some("invalid_json")),
+        (metric(1), None),
+        (
+            br#"{"type":"teleport","run_id":"r","timestamp":"2025-01-01T00:00:00Z","payload":{}}"#.to_vec(),
+            Some("unknown_type"),
+        ),
+        (huge.to_string().into_bytes(), Some("transaction_too_large")),
+        (metric(2), None),
+        (b"{\"type\":\"finish_run\",\"run_id\":\"\xff\xfe\"}".to_vec(), Some("invalid_utf8")),
+        (metric(3), None),
+    ];
+    let records: Vec<(Option<Vec<u8>>, Vec<u8>)> =
+        cases.iter().map(|(v, _)| (Some(run.as_bytes().to_vec()), v.clone())).collect();
+    broker.produce(TOPIC, &records);
+
+    // A store whose transactions hold 20 kB: the 30 kB terminal line fails at apply, alone.
+    let db = Database::memory_with_limits(Limits { max_txn_bytes: 20_000, ..Limits::FDB });
+    let layout = Layout::open(&db).await.unwrap();
+    let applier = Applier::new(layout.clone());
+    // The dead-letter topic lives on a second broker, not started yet: nothing is acknowledged.
+    let dlq_port = Broker::reserve_port();
+    let mut dlq_config = rdkafka::ClientConfig::new();
+    dlq_config.set("bootstrap.servers", format!("127.0.0.1:{dlq_port}")).set("reconnect.backoff.max.ms", "500");
+    let sink = KafkaDeadLetters::new(dlq_config, "data-ingestion-dlq").unwrap();
+    let source = Arc::new(KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap());
+    let config = PipelineConfig {
+        commit_interval: Duration::from_millis(20),
+        restart_backoff_initial: Duration::from_millis(10),
+        restart_backoff_max: Duration::from_millis(500),
+        dead_letter_forward_interval: Duration::from_millis(200),
+        ..PipelineConfig::default()
+    };
+    let handle =
+        IngestPipeline::start_with(db.clone(), layout, Arc::clone(&source), config, DeadLetterTarget::Kafka(sink))
+            .unwrap();
+
+    // Every good record is applied, and the offset stops at the first dead letter (offset 2).
+    let good = cases.iter().filter(|(_, r)| r.is_none()).count() as u64;
+    wait_until("the good records applied", || handle.counters().applied >= good).await;
+    wait_until("the commit of the records before the first dead letter", || {
+        committed_offsets(&broker, &[0]) == vec![2]
+    })
+    .await;
+    assert_eq!(handle.counters().dead_letters, 1, "only the one failing at apply (staged) is counted yet");
+
+    let Some(dlq_broker) = Broker::start_on(dlq_port) else { return };
+    dlq_broker.ensure_topic("data-ingestion-dlq", 1).await;
+    let end = cases.len() as i64;
+    wait_until("the commit of every record", || committed_offsets(&broker, &[0]) == vec![end]).await;
+    let staged_empty = || async { applier.dead_letters(&db.create_trx().unwrap(), 0).await.unwrap().is_empty() };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !staged_empty().await {
+        assert!(Instant::now() < deadline, "staged dead letters were not forwarded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counters = handle.counters();
+    handle.shutdown().await.unwrap();
+    source.unsubscribe();
+    assert_eq!(counters.applied, good, "{counters:?}");
+    assert!(counters.dead_letters >= 4, "{counters:?}");
+
+    let id = SeqId { run, ctx_id: matyan::storage::context_id::context_to_id(&json!({})), name: "loss" };
+    let points =
+        applier.layout().seqs.read(&db.create_trx().unwrap(), id, None, None, Columns::default(), false).await.unwrap();
+    let got: Vec<(i64, f64)> =
+        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap())).collect();
+    assert_eq!(got, vec![(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0)], "the neighbours, once each, in order");
+
+    // Each dead letter reaches the topic (at least once: a retry after the broker came up may
+    // send one again), with its reason and origin.
+    let want: BTreeMap<i64, &str> =
+        cases.iter().enumerate().filter_map(|(i, (_, r))| r.map(|r| (i as i64, r))).collect();
+    let origin = |msg: &rdkafka::message::OwnedMessage| -> i64 {
+        let hs = msg.headers().unwrap();
+        let v = hs.iter().find(|h| h.key == headers::ORIGIN_OFFSET).and_then(|h| h.value).unwrap();
+        std::str::from_utf8(v).unwrap().parse().unwrap()
+    };
+    let letters = dlq_broker
+        .read_topic_until("data-ingestion-dlq", "dlq-reader", Duration::from_secs(30), |got| {
+            want.keys().all(|o| got.iter().any(|m| origin(m) == *o))
+        })
+        .await;
+    for msg in &letters {
+        let hs = msg.headers().unwrap();
+        let header = |name: &str| {
+            hs.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
+        let offset = origin(msg);
+        assert_eq!(header(headers::ORIGIN_TOPIC).as_deref(), Some(TOPIC));
+        assert_eq!(header(headers::ORIGIN_PARTITION).as_deref(), Some("0"));
+        assert_eq!(header(headers::REASON).as_deref(), want.get(&offset).copied(), "offset {offset}");
+        assert_eq!(msg.key(), Some(run.as_bytes()));
+        if offset == 5 {
+            assert_eq!(header(headers::MESSAGE_TYPE).as_deref(), Some("log_terminal_line"));
+            assert_eq!(msg.payload(), None, "failed at apply: the bytes are not kept");
+        } else {
+            assert_eq!(msg.payload().unwrap(), cases[offset as usize].0.as_slice(), "original bytes kept");
+        }
+    }
 }

@@ -19,5 +19,5 @@ pub mod runtime;
 pub mod stats;
 pub mod supervisor;
 
-pub use pipeline::{IngestPipeline, KillTarget, PipelineConfig, PipelineError, PipelineHandle};
+pub use pipeline::{DeadLetterTarget, IngestPipeline, KillTarget, PipelineConfig, PipelineError, PipelineHandle};
 pub use stats::{PartitionCounters, PipelineCounters};

@@ -1,7 +1,15 @@
-//! The partition actor: one per assigned partition. It decodes the partition's records, dead-letters
-//! those that do not decode (in a transaction of their own, counted by reason), routes the others by
-//! run id to run actors it creates on demand, tracks which offsets are not flushed yet, and commits
-//! the partition's low watermark of unflushed records to the source.
+//! The partition actor: one per assigned partition and lease. It decodes the partition's records,
+//! dead-letters those that do not decode (to the pipeline's sink, counted by reason, from a task of
+//! their own so a slow sink holds back only the commit past them; their offsets count as done only
+//! once the sink acknowledged them, and a delivery waits when [`DEAD_LETTER_SLOTS`] deliveries'
+//! letters are in flight), routes the others by run id to run actors
+//! it creates on demand, tracks which offsets are not flushed yet, and commits the partition's low
+//! watermark of unflushed records to the source under its lease.
+//!
+//! Rebalances: the supervisor stops the actor of a revoked partition like a kill (its buffered
+//! records are dropped; the new owner reads them again from the committed offset). Periodic
+//! commits run as tasks of their own, so one in flight at that moment still ends: the source
+//! refuses it as stale, which is expected, so it is logged and counted, never treated as a failure.
 //!
 //! A delivery is handled atomically (`AtomicResponse`): the next delivery waits until every run
 //! actor accepted its records, so the source loop feels a full run mailbox (back-pressure) and the
@@ -15,18 +23,22 @@ use std::collections::hash_map::Entry as MapEntry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::run_actor::{FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop};
 use super::supervisor::Failure;
-use crate::ingest::apply::DeadLetter;
-use crate::ingest::{ApplyError, Entry, FlushReason, Record, Source, decode};
+use crate::ingest::dlq::Rejected;
+use crate::ingest::{Entry, FlushReason, Lease, Record, Source, SourceError, decode};
 
 /// Mailbox capacity of a partition actor, in deliveries (each is one poll's records of the partition).
 pub const PARTITION_MAILBOX: usize = 4;
+
+/// Deliveries whose dead letters may be in flight at once; the next one waits for a slot.
+pub const DEAD_LETTER_SLOTS: u32 = 4;
 
 /// The offsets a partition actor received and has not seen flushed, in offset order.
 #[derive(Debug, Default)]
@@ -92,10 +104,27 @@ pub struct Drain {
 #[rtype(result = "Result<Option<i64>, String>")]
 pub struct CommitNow;
 
+/// The outcome of one delivery's dead letters: their offsets, or why the sink refused them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeadLettered {
+    /// The offsets written, or the error's text.
+    pub result: Result<Vec<i64>, String>,
+}
+
 /// Stops the actor now (its `killed` flag is already set).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct KillNow;
+
+/// A record that does not decode, on its way to the dead-letter sink.
+struct Undecodable {
+    offset: i64,
+    key: Option<Vec<u8>>,
+    value: Vec<u8>,
+    reason: &'static str,
+    detail: String,
+}
 
 struct RunSlot {
     addr: Addr<RunActor>,
@@ -109,6 +138,8 @@ pub struct PartitionSetup<S> {
     pub partition: i32,
     /// The group's epoch (unique per start).
     pub epoch: u64,
+    /// The source's lease of the partition, presented with every commit.
+    pub lease: Lease,
     /// The source, for commits.
     pub source: Arc<S>,
     /// Storage access for run actors and dead letters.
@@ -129,12 +160,20 @@ pub struct PartitionActor<S: Source + 'static> {
     runs: HashMap<String, RunSlot>,
     tracker: OffsetTracker,
     committing: bool,
+    /// Slots of dead-letter sends in flight.
+    dead_letter_slots: Arc<Semaphore>,
 }
 
 impl<S: Source + 'static> PartitionActor<S> {
     /// Creates the actor.
     pub fn new(setup: PartitionSetup<S>) -> Self {
-        Self { setup, runs: HashMap::new(), tracker: OffsetTracker::default(), committing: false }
+        Self {
+            setup,
+            runs: HashMap::new(),
+            tracker: OffsetTracker::default(),
+            committing: false,
+            dead_letter_slots: Arc::new(Semaphore::new(DEAD_LETTER_SLOTS as usize)),
+        }
     }
 
     fn stop_if_killed(&mut self, ctx: &mut Context<Self>) -> bool {
@@ -185,26 +224,64 @@ impl<S: Source + 'static> PartitionActor<S> {
         }
         self.committing = true;
         let source = Arc::clone(&self.setup.source);
-        let fut = async move { source.commit(partition, watermark).await };
-        ctx.spawn(fut.into_actor(self).map(move |result, act, _ctx| {
-            act.committing = false;
-            match result {
+        let lease = self.setup.lease;
+        let me = ctx.address();
+        // A task of its own: a commit in flight when the group is stopped (a revocation) still
+        // ends, refused as stale, and says so, instead of vanishing with the actor.
+        actix_rt::spawn(async move {
+            let failed = match source.commit_leased(lease, watermark).await {
                 Ok(()) => {
                     stats.note_committed(partition, watermark);
+                    None
+                }
+                Err(e) if e.is_stale() => {
+                    note_stale(&stats, lease, watermark, &e);
+                    None
                 }
                 Err(e) => {
                     tracing::warn!(partition, offset = watermark, error = %e, "offset commit failed");
-                    if !e.is_retryable() {
-                        act.fail("source_commit");
-                    }
+                    Some(e.is_retryable())
                 }
-            }
-        }));
+            };
+            me.do_send(Committed { failed });
+        });
     }
 }
 
-fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+/// The end of a periodic commit: `failed` is `None` when it succeeded or was refused as stale,
+/// else whether the error is retryable.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Committed {
+    /// `Some(retryable)` when the commit failed.
+    pub failed: Option<bool>,
+}
+
+impl<S: Source + 'static> Handler<Committed> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: Committed, ctx: &mut Self::Context) {
+        self.committing = false;
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        if msg.failed == Some(false) {
+            self.fail("source_commit");
+        }
+    }
+}
+
+/// A commit refused because the partition was revoked since the lease: another consumer owns it,
+/// and the supervisor stops this group when it handles the revocation.
+fn note_stale(stats: &super::stats::Stats, lease: Lease, offset: i64, e: &SourceError) {
+    stats.note_stale_commit();
+    tracing::info!(
+        partition = lease.partition,
+        epoch = lease.epoch,
+        offset,
+        error = %e,
+        "commit of a revoked partition refused, ignored"
+    );
 }
 
 impl<S: Source + 'static> Actor for PartitionActor<S> {
@@ -236,7 +313,7 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
         let partition = self.setup.partition;
         let mut groups: Vec<(String, Vec<Entry>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
-        let mut dead: Vec<(i64, DeadLetter, &'static str)> = Vec::new();
+        let mut dead: Vec<Undecodable> = Vec::new();
         for record in msg.records {
             if record.partition != partition || !self.tracker.receive(record.offset) {
                 continue;
@@ -251,16 +328,14 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
                 }
                 Err(e) => {
                     let reason = e.reason();
-                    tracing::warn!(partition, offset = record.offset, reason, error = %e, "record dead-lettered at decode");
-                    let letter = DeadLetter {
-                        reason: reason.to_owned(),
-                        key: record.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                        value: Some(record.value),
-                        timestamp: unix_now(),
-                        message_type: None,
+                    tracing::warn!(partition, offset = record.offset, reason, error = %e, "record does not decode");
+                    dead.push(Undecodable {
+                        offset: record.offset,
+                        key: record.key,
+                        value: record.value,
+                        reason,
                         detail: e.to_string(),
-                    };
-                    dead.push((record.offset, letter, reason));
+                    });
                 }
             }
         }
@@ -271,48 +346,81 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
             sends.push(slot.addr.send(Push { entries }));
         }
         let flusher = self.setup.flusher.clone();
+        let slots = Arc::clone(&self.dead_letter_slots);
+        let me = ctx.address();
         let fut = async move {
-            let dlq = if dead.is_empty() {
-                Ok(Vec::new())
-            } else {
-                let written = flusher
-                    .db
-                    .run(&flusher.retry, |tx| {
-                        let (applier, dead) = (&flusher.applier, &dead);
-                        async move {
-                            for (offset, letter, _) in dead {
-                                applier.write_dead_letter(&tx, partition, *offset, letter)?;
-                            }
-                            Ok::<_, ApplyError>(())
-                        }
-                    })
-                    .await;
-                written.map(|()| {
-                    dead.iter()
-                        .map(|(offset, _, reason)| {
-                            flusher.stats.note_dead_letter(reason);
-                            crate::metrics::ingest_error("validation");
-                            *offset
-                        })
-                        .collect::<Vec<_>>()
-                })
-            };
             let closed = futures_util::future::join_all(sends).await.iter().any(Result::is_err);
-            (dlq, closed)
-        };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |(dlq, closed), act, ctx| {
-            crate::metrics::ingest_batch_processed(started.elapsed().as_secs_f64());
-            match dlq {
-                Ok(offsets) => offsets.into_iter().for_each(|o| act.tracker.done(o)),
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "dead letters could not be written");
-                    act.fail("storage");
+            if !dead.is_empty() {
+                // Sent by a task of their own, so a slow sink delays only the commit past them;
+                // with every slot taken the delivery waits (back-pressure).
+                if let Ok(permit) = slots.acquire_owned().await {
+                    actix_rt::spawn(send_dead_letters(flusher, partition, dead, permit, me));
                 }
             }
+            closed
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |closed, act, ctx| {
+            crate::metrics::ingest_batch_processed(started.elapsed().as_secs_f64());
             if closed && !act.stop_if_killed(ctx) {
                 act.fail("mailbox_closed");
             }
         })))
+    }
+}
+
+/// Sends one delivery's undecodable records to the dead-letter sink and reports the outcome to the
+/// partition actor; the offsets count as done only once the sink acknowledged every letter.
+async fn send_dead_letters<S: Source + 'static>(
+    flusher: Flusher,
+    partition: i32,
+    dead: Vec<Undecodable>,
+    _slot: OwnedSemaphorePermit,
+    to: Addr<PartitionActor<S>>,
+) {
+    let letters = &flusher.dead_letters;
+    let rejected: Vec<Rejected<'_>> = dead
+        .iter()
+        .map(|d| Rejected {
+            topic: &letters.topic,
+            partition,
+            offset: d.offset,
+            key: d.key.as_deref(),
+            value: &d.value,
+            reason: d.reason,
+            detail: d.detail.clone(),
+            message_type: None,
+        })
+        .collect();
+    let result = match letters.sink.send_all(&rejected).await {
+        Ok(()) => Ok(rejected
+            .iter()
+            .map(|r| {
+                flusher.stats.note_dead_letter(r.reason);
+                crate::metrics::ingest_error("validation");
+                r.offset
+            })
+            .collect()),
+        Err(e) => Err(e.to_string()),
+    };
+    // A report, like `Flushed`: the actor may be gone (killed, revoked), then nothing is marked
+    // and the records are read again.
+    to.do_send(DeadLettered { result });
+}
+
+impl<S: Source + 'static> Handler<DeadLettered> for PartitionActor<S> {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeadLettered, ctx: &mut Self::Context) {
+        if self.stop_if_killed(ctx) {
+            return;
+        }
+        match msg.result {
+            Ok(offsets) => offsets.into_iter().for_each(|o| self.tracker.done(o)),
+            Err(e) => {
+                tracing::warn!(partition = self.setup.partition, error = %e, "dead letters could not be written");
+                self.fail("dead_letter");
+            }
+        }
     }
 }
 
@@ -355,7 +463,12 @@ impl<S: Source + 'static> Handler<Drain> for PartitionActor<S> {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err("partition actor killed".to_owned()))));
         }
         let flushes: Vec<_> = self.runs.values().map(|slot| slot.addr.send(FlushNow { reason: msg.reason })).collect();
-        let fut = futures_util::future::join_all(flushes);
+        let slots = Arc::clone(&self.dead_letter_slots);
+        let fut = async move {
+            // Dead letters in flight first: their reports queue before the commit that follows.
+            drop(slots.acquire_many_owned(DEAD_LETTER_SLOTS).await);
+            futures_util::future::join_all(flushes).await
+        };
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|results, act, _ctx| {
             let mut failed = 0usize;
             for result in results {
@@ -378,13 +491,22 @@ impl<S: Source + 'static> Handler<CommitNow> for PartitionActor<S> {
         }
         let watermark = self.tracker.watermark();
         let partition = self.setup.partition;
+        let lease = self.setup.lease;
         let source = Arc::clone(&self.setup.source);
         let stats = Arc::clone(&self.setup.flusher.stats);
         let fut = async move {
             let Some(watermark) = watermark else { return Ok(None) };
-            source.commit(partition, watermark).await.map_err(|e| e.to_string())?;
-            stats.note_committed(partition, watermark);
-            Ok(Some(watermark))
+            match source.commit_leased(lease, watermark).await {
+                Ok(()) => {
+                    stats.note_committed(partition, watermark);
+                    Ok(Some(watermark))
+                }
+                Err(e) if e.is_stale() => {
+                    note_stale(&stats, lease, watermark, &e);
+                    Ok(None)
+                }
+                Err(e) => Err(e.to_string()),
+            }
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self)))
     }

@@ -10,11 +10,12 @@ use parking_lot::{Mutex, RwLock};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use super::run_actor::Flusher;
+use super::run_actor::{DeadLetters, Flusher};
 use super::runtime;
 use super::stats::{PipelineCounters, Stats};
 use super::supervisor::{Control, Supervisor};
 use crate::config::Config;
+use crate::ingest::dlq::{DeadLetterSink, KafkaDeadLetters};
 use crate::ingest::{Applier, BatchBudget, Source};
 use crate::storage::kv::{Database, RetryOptions};
 use crate::storage::layout::Layout;
@@ -101,11 +102,17 @@ pub struct PipelineConfig {
     pub restart_backoff_initial: Duration,
     /// Cap of the restart backoff.
     pub restart_backoff_max: Duration,
+    /// The topic the source reads, named as the origin of dead letters.
+    pub topic: String,
+    /// How often dead letters staged in the keyspace are forwarded to the dead-letter topic (only
+    /// with [`DeadLetterTarget::Kafka`]).
+    pub dead_letter_forward_interval: Duration,
 }
 
 impl Default for PipelineConfig {
     /// Returns the default budgets, 30 s idle timeout, polls of 500 records or 50 ms, commits every
-    /// 100 ms, restart backoff from 50 ms to 5 s.
+    /// 100 ms, restart backoff from 50 ms to 5 s, topic `data-ingestion`, staged dead letters
+    /// forwarded every second.
     fn default() -> Self {
         Self {
             budget: BatchBudget::default(),
@@ -116,13 +123,15 @@ impl Default for PipelineConfig {
             commit_interval: Duration::from_millis(100),
             restart_backoff_initial: Duration::from_millis(50),
             restart_backoff_max: Duration::from_secs(5),
+            topic: "data-ingestion".to_owned(),
+            dead_letter_forward_interval: Duration::from_secs(1),
         }
     }
 }
 
 impl PipelineConfig {
     /// Builds the settings of a validated [`Config`]: `[ingest]` budgets and idle timeout,
-    /// `[storage.retry]`.
+    /// `[storage.retry]`, `kafka.data_ingestion_topic`.
     pub fn from_config(config: &Config) -> Self {
         let ingest = &config.ingest;
         Self {
@@ -133,9 +142,23 @@ impl PipelineConfig {
             },
             retry: config.storage.retry.options(),
             run_idle_timeout: ingest.run_idle_timeout(),
+            topic: config.kafka.data_ingestion_topic.clone(),
             ..Self::default()
         }
     }
+}
+
+/// Where a pipeline sends records that cannot be decoded or applied.
+#[derive(Debug, Clone, Default)]
+pub enum DeadLetterTarget {
+    /// Our keyspace of the store (`matyan serve`, the embedded queue).
+    #[default]
+    Embedded,
+    /// The dead-letter topic, with reason and origin headers (`matyan ingest`). Records failing at
+    /// apply are staged in the keyspace with their run's transaction and forwarded from there: by
+    /// the flush, and by a pass every `dead_letter_forward_interval` (and one at shutdown) for
+    /// what a failure or a crash left staged.
+    Kafka(KafkaDeadLetters),
 }
 
 /// Starts pipelines.
@@ -143,18 +166,35 @@ pub struct IngestPipeline;
 
 impl IngestPipeline {
     /// Starts the actor system on its own thread and consumes `source` into `db` through the
-    /// `layout`'s handlers, until [`PipelineHandle::shutdown`].
+    /// `layout`'s handlers, until [`PipelineHandle::shutdown`]. Dead letters go to the keyspace.
     pub fn start<S: Source + 'static>(
         db: Database,
         layout: Layout,
         source: Arc<S>,
         config: PipelineConfig,
     ) -> Result<PipelineHandle, PipelineError> {
+        Self::start_with(db, layout, source, config, DeadLetterTarget::Embedded)
+    }
+
+    /// Like [`start`](Self::start), with dead letters sent to `dead_letters`.
+    pub fn start_with<S: Source + 'static>(
+        db: Database,
+        layout: Layout,
+        source: Arc<S>,
+        config: PipelineConfig,
+        dead_letters: DeadLetterTarget,
+    ) -> Result<PipelineHandle, PipelineError> {
         config.budget.validate().map_err(|e| PipelineError::Budget(e.to_string()))?;
         let stats = Stats::new();
         let (control_tx, control_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();
-        let flusher = Flusher { db, applier: Applier::new(layout), retry: config.retry, stats: Arc::clone(&stats) };
+        let applier = Applier::new(layout);
+        let mut letters = DeadLetters::embedded(db.clone(), applier.clone(), config.retry, config.topic.clone());
+        if let DeadLetterTarget::Kafka(kafka) = dead_letters {
+            letters.sink = DeadLetterSink::Kafka(kafka);
+        }
+        let flusher =
+            Flusher { db, applier, retry: config.retry, stats: Arc::clone(&stats), dead_letters: Arc::new(letters) };
         let thread_stats = Arc::clone(&stats);
         let thread = runtime::spawn_system(move || async move {
             Supervisor::new(source, config, flusher, thread_stats, control_rx).run().await;

@@ -8,6 +8,10 @@
 //! - A batch refused with `transaction_too_large` is split in halves, each applied in order; a
 //!   single entry that is still too large is dead-lettered. Every split strictly shrinks the work,
 //!   so this never loops.
+//! - Records failing at apply are dead-lettered in the keyspace with the run's transaction. With
+//!   the Kafka dead-letter sink they are forwarded to the topic (and removed from the keyspace)
+//!   before the flush reports its offsets, so the partition's committed offset passes a dead
+//!   letter only once the broker acknowledged it.
 //! - Other storage errors, once the retry loop gave up, are reported to the supervisor, and the
 //!   actor stops: the supervisor restarts the partition group, which replays from the committed
 //!   offset; checkpoints skip whatever was applied.
@@ -26,6 +30,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::stats::Stats;
 use super::supervisor::Failure;
 use crate::ingest::apply::DeadLetter;
+use crate::ingest::dlq::{DeadLetterError, DeadLetterSink, EmbeddedDeadLetters};
 use crate::ingest::{Applier, ApplyError, Batch, BatchBudget, Entry, FlushReason, RunBatch, position_uuid};
 use crate::storage::kv::{Database, KvError, RetryOptions};
 
@@ -43,8 +48,56 @@ pub struct Flusher {
     pub retry: RetryOptions,
     /// Shared counters.
     pub stats: Arc<Stats>,
+    /// Where dead letters go.
+    pub dead_letters: Arc<DeadLetters>,
 }
 
+/// Where a pipeline's dead letters go.
+pub struct DeadLetters {
+    /// The sink of records that do not decode: the Kafka topic or the keyspace.
+    pub sink: DeadLetterSink,
+    /// The keyspace, where records failing at apply are written in their run's transaction; with
+    /// the Kafka sink only until they are forwarded.
+    pub stage: EmbeddedDeadLetters,
+    /// The topic the source reads, named as the origin of each dead letter.
+    pub topic: String,
+}
+
+impl DeadLetters {
+    /// Dead letters in the keyspace of `db` only (the embedded sink).
+    pub fn embedded(db: Database, applier: Applier, retry: RetryOptions, topic: String) -> Self {
+        let stage = EmbeddedDeadLetters { db: db.clone(), applier: applier.clone(), retry };
+        Self { sink: DeadLetterSink::embedded(db, applier, retry), stage, topic }
+    }
+
+    /// Tells whether staged dead letters are forwarded (the sink is Kafka).
+    pub fn forwards(&self) -> bool {
+        matches!(self.sink, DeadLetterSink::Kafka(_))
+    }
+
+    /// Forwards the letters staged at `positions` when the sink is Kafka; nothing to do otherwise.
+    async fn forward(&self, positions: &[(i32, i64)]) -> Result<(), DeadLetterError> {
+        if let DeadLetterSink::Kafka(kafka) = &self.sink {
+            kafka.forward_stored(&self.stage, &self.topic, positions).await?;
+        }
+        Ok(())
+    }
+
+    /// Forwards every staged letter when the sink is Kafka; returns how many.
+    pub async fn forward_all(&self) -> Result<usize, DeadLetterError> {
+        match &self.sink {
+            DeadLetterSink::Kafka(kafka) => kafka.forward_all_stored(&self.stage, &self.topic).await,
+            DeadLetterSink::Embedded(_) => Ok(0),
+        }
+    }
+
+    /// Forwards staged letters every `interval` until `shutdown` completes (Kafka sink only).
+    pub async fn run_forwarder(&self, interval: Duration, shutdown: impl std::future::Future<Output = ()>) {
+        if let DeadLetterSink::Kafka(kafka) = &self.sink {
+            kafka.run_forwarder(&self.stage, &self.topic, interval, shutdown).await;
+        }
+    }
+}
 /// Records of this run from one delivery, in source order.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -193,7 +246,7 @@ impl RunActor {
             return;
         }
         let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
-        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches);
+        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches, Some(self.flushed_to.clone()));
         ctx.wait(fut.into_actor(self).map(|result, act, ctx| act.after_flush(result, ctx).unwrap_or(())));
     }
 
@@ -210,7 +263,7 @@ impl RunActor {
                 if !failure.flushed.is_empty() {
                     self.flushed_to.do_send(Flushed { offsets: failure.flushed });
                 }
-                tracing::warn!(run = %self.run, partition = self.partition, error = %failure.error, "run flush failed");
+                tracing::warn!(run = %self.run, partition = self.partition, cause = failure.cause, error = %failure.error, "run flush failed");
                 let _ = self.failures.send(Failure {
                     partition: self.partition,
                     epoch: self.epoch,
@@ -261,7 +314,7 @@ impl Handler<FlushNow> for RunActor {
         }
         self.batch.flush(msg.reason);
         let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
-        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches);
+        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches, Some(self.flushed_to.clone()));
         AtomicResponse::new(Box::pin(fut.into_actor(self).map(|result, act, ctx| match result {
             // The caller marks these offsets itself; no separate report needed.
             Ok(offsets) => Ok(offsets),
@@ -288,16 +341,59 @@ pub struct FlushFailure {
     /// Bounded cause label.
     pub cause: &'static str,
     /// The error.
-    pub error: ApplyError,
+    pub error: FlushError,
+}
+
+/// The error of a failed flush.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// A transaction failed.
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    /// A dead letter could not be forwarded to the dead-letter topic.
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
 }
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Applies `batches` of `run` in order, one transaction each (split when too large). Returns the
-/// offsets committed (applied, replay-skipped or dead-lettered).
-pub async fn flush_batches(flusher: Flusher, run: String, batches: Vec<Batch>) -> Result<Vec<i64>, FlushFailure> {
+/// Applies `batches` of `run` in order, one transaction each (split when too large), then
+/// forwards the dead letters they staged when the sink is Kafka. Returns the offsets committed
+/// (applied, replay-skipped or dead-lettered). Offsets below the first staged letter are reported
+/// to `early` before the forward, so a slow dead-letter sink holds back only the commit past it.
+pub async fn flush_batches(
+    flusher: Flusher,
+    run: String,
+    batches: Vec<Batch>,
+    early: Option<Recipient<Flushed>>,
+) -> Result<Vec<i64>, FlushFailure> {
+    let mut staged = Vec::new();
+    let flushed = apply_batches(&flusher, &run, batches, &mut staged).await?;
+    if staged.is_empty() || !flusher.dead_letters.forwards() {
+        return Ok(flushed);
+    }
+    let first = staged.iter().map(|(_, o)| *o).min().unwrap_or(i64::MAX);
+    let before: Vec<i64> = flushed.iter().copied().filter(|o| *o < first).collect();
+    if let Some(to) = early.filter(|_| !before.is_empty()) {
+        to.do_send(Flushed { offsets: before.clone() });
+    }
+    if let Err(error) = flusher.dead_letters.forward(&staged).await {
+        // The data is committed; the letters stay staged for the forwarder's next pass. Offsets
+        // from the first unforwarded letter on are not reported, so they are not committed.
+        return Err(FlushFailure { flushed: before, cause: "dead_letter", error: error.into() });
+    }
+    Ok(flushed)
+}
+
+/// Applies `batches`; adds the positions of the dead letters written to `staged`.
+async fn apply_batches(
+    flusher: &Flusher,
+    run: &str,
+    batches: Vec<Batch>,
+    staged: &mut Vec<(i32, i64)>,
+) -> Result<Vec<i64>, FlushFailure> {
     let mut flushed = Vec::new();
     for batch in batches {
         let reason = batch.reason;
@@ -311,7 +407,7 @@ pub async fn flush_batches(flusher: Flusher, run: String, batches: Vec<Batch>) -
             }
             first = false;
             let started = Instant::now();
-            match apply_once(&flusher, &run, &entries).await {
+            match apply_once(flusher, run, &entries).await {
                 Ok((outcome, txn_bytes, retries)) => {
                     crate::metrics::ingest_flush(
                         reason.as_str(),
@@ -329,8 +425,11 @@ pub async fn flush_batches(flusher: Flusher, run: String, batches: Vec<Batch>) -
                     if outcome.tombstoned > 0 {
                         flusher.stats.note_applied(outcome.tombstoned as u64, 0);
                     }
-                    for (_, reason) in &outcome.dead_letters {
+                    for (index, reason) in &outcome.dead_letters {
                         flusher.stats.note_dead_letter(reason);
+                        if let Some(e) = entries.get(*index) {
+                            staged.push((e.partition, e.offset));
+                        }
                     }
                     flusher.stats.note_applied(outcome.applied_total(), outcome.replayed as u64);
                     flushed.extend(entries.iter().map(|e| e.offset));
@@ -344,9 +443,10 @@ pub async fn flush_batches(flusher: Flusher, run: String, batches: Vec<Batch>) -
                         pieces.push(entries);
                     } else if let Some(entry) = entries.first() {
                         let detail = format!("transaction of {size} bytes exceeds the limit of {limit} bytes alone");
-                        match dead_letter(&flusher, entry, "transaction_too_large", detail).await {
+                        match dead_letter(flusher, entry, "transaction_too_large", detail).await {
                             Ok(()) => {
                                 flusher.stats.note_dead_letter("transaction_too_large");
+                                staged.push((entry.partition, entry.offset));
                                 flushed.push(entry.offset);
                             }
                             Err(error) => return Err(failure(flushed, error)),
@@ -367,7 +467,7 @@ fn failure(flushed: Vec<i64>, error: ApplyError) -> FlushFailure {
         ApplyError::Corrupt(_) => "corrupt",
     };
     crate::metrics::ingest_error(if matches!(error, ApplyError::Kv(_)) { "fdb" } else { "unknown" });
-    FlushFailure { flushed, cause, error }
+    FlushFailure { flushed, cause, error: error.into() }
 }
 
 /// One transaction: apply, measure. Returns the outcome, the transaction's approximate size and
@@ -436,8 +536,10 @@ mod tests {
         let limits = Limits { max_txn_bytes: 20_000, ..Limits::FDB };
         let db = Database::memory_with_limits(limits);
         let layout = Layout::open(&db).await.expect("layout");
-        let flusher =
-            Flusher { db, applier: Applier::new(layout.clone()), retry: RetryOptions::default(), stats: Stats::new() };
+        let applier = Applier::new(layout.clone());
+        let dead_letters =
+            Arc::new(DeadLetters::embedded(db.clone(), applier.clone(), RetryOptions::default(), "t".to_owned()));
+        let flusher = Flusher { db, applier, retry: RetryOptions::default(), stats: Stats::new(), dead_letters };
         let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
         for i in 1..=60 {
             let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});
@@ -448,8 +550,10 @@ mod tests {
         entries.push(entry(62, serde_json::json!({"type": "finish_run", "payload": {}})));
         let batch = Batch { reason: FlushReason::Shutdown, estimated_bytes: 0, entries };
 
-        let flushed =
-            flush_batches(flusher.clone(), "r1".to_owned(), vec![batch]).await.map_err(|f| f.error).expect("flush");
+        let flushed = flush_batches(flusher.clone(), "r1".to_owned(), vec![batch], None)
+            .await
+            .map_err(|f| f.error)
+            .expect("flush");
 
         assert_eq!(flushed, (0..=62).collect::<Vec<i64>>(), "every offset is accounted for, in order");
         let tx = flusher.db.create_trx().expect("tx");

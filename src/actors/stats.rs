@@ -61,6 +61,15 @@ pub struct PipelineCounters {
     pub active_run_actors: usize,
     /// Seconds the source loop waited on full mailboxes.
     pub backpressure_seconds: f64,
+    /// Partitions handed to this pipeline by rebalances (the first assignment included).
+    pub assigned_partitions: u64,
+    /// Partitions taken from this pipeline by rebalances.
+    pub revoked_partitions: u64,
+    /// Records of revoked partitions received and not committed when they were revoked: dropped
+    /// here, read again by the new owner (which skips what was applied here).
+    pub revoked_uncommitted: u64,
+    /// Commits refused because their partition was revoked since (ignored).
+    pub stale_commits: u64,
     /// Per-partition progress.
     pub partitions: BTreeMap<i32, PartitionCounters>,
 }
@@ -91,6 +100,10 @@ pub struct Stats {
     dead_letters: AtomicU64,
     flushes: [AtomicU64; 6],
     backpressure_micros: AtomicU64,
+    assigned_partitions: AtomicU64,
+    revoked_partitions: AtomicU64,
+    revoked_uncommitted: AtomicU64,
+    stale_commits: AtomicU64,
     restarts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     partitions: Mutex<BTreeMap<i32, PartitionCounters>>,
     runs: Mutex<HashMap<(i32, String), RunEntry>>,
@@ -130,6 +143,30 @@ impl Stats {
         let lag = p.lag();
         crate::metrics::ingest_consumer_lag(partition, lag);
         lag
+    }
+
+    /// Counts partitions assigned by a rebalance.
+    pub fn note_assigned(&self, partitions: usize) {
+        self.assigned_partitions.fetch_add(partitions as u64, Ordering::Relaxed);
+        crate::metrics::ingest_rebalance("assigned", partitions);
+    }
+
+    /// Counts a revoked partition and forgets its progress: its floor belongs to the group now,
+    /// and a later assignment starts from the group's committed offset. Returns the records it
+    /// received and had not committed (what the new owner reads again).
+    pub fn note_revoked(&self, partition: i32) -> u64 {
+        let dropped = self.partitions.lock().remove(&partition).map_or(0, |p| p.lag().max(0) as u64);
+        self.revoked_partitions.fetch_add(1, Ordering::Relaxed);
+        self.revoked_uncommitted.fetch_add(dropped, Ordering::Relaxed);
+        crate::metrics::ingest_rebalance("revoked", 1);
+        crate::metrics::ingest_revoked_uncommitted(dropped);
+        crate::metrics::ingest_consumer_lag(partition, 0);
+        dropped
+    }
+
+    /// Counts a commit refused for a stale lease.
+    pub fn note_stale_commit(&self) {
+        self.stale_commits.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Returns one partition's progress.
@@ -217,6 +254,10 @@ impl Stats {
             restarts,
             active_run_actors: self.runs.lock().len(),
             backpressure_seconds: self.backpressure_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            assigned_partitions: self.assigned_partitions.load(Ordering::Relaxed),
+            revoked_partitions: self.revoked_partitions.load(Ordering::Relaxed),
+            revoked_uncommitted: self.revoked_uncommitted.load(Ordering::Relaxed),
+            stale_commits: self.stale_commits.load(Ordering::Relaxed),
             partitions: self.partitions.lock().clone(),
         }
     }
@@ -235,6 +276,17 @@ mod tests {
         assert_eq!(s.note_committed(0, 8), 2);
         s.note_committed(0, 7); // an older group's late commit never moves it back
         assert_eq!(s.partition(0).floor(), Some(8));
+    }
+
+    #[test]
+    fn a_revoked_partition_counts_what_it_had_not_committed_and_starts_over() {
+        let s = Stats::default();
+        s.note_polled(3, 10, 29, 20);
+        s.note_committed(3, 25);
+        assert_eq!(s.note_revoked(3), 5);
+        assert_eq!(s.partition(3), PartitionCounters::default(), "a later assignment starts from the group");
+        let c = s.snapshot();
+        assert_eq!((c.revoked_partitions, c.revoked_uncommitted), (1, 5));
     }
 
     #[test]

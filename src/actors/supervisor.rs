@@ -1,9 +1,9 @@
 //! The supervisor: runs the source loop, owns the partition groups (a partition actor and its run
 //! actors) and restarts them.
 //!
-//! Source loop: each step polls the source once, then hands each partition's records to its
-//! partition actor with `send().await` on a bounded mailbox, all partitions concurrently, and waits
-//! until every delivery was routed. The next poll starts only then, so a slow store (full run
+//! Source loop: each step polls the source once, reacts to the assignment changes that poll saw,
+//! then hands each partition's records to its partition actor with `send().await` on a bounded
+//! mailbox, all partitions concurrently, and waits until every delivery was routed. The next poll starts only then, so a slow store (full run
 //! mailboxes, blocked flushes) stops polling altogether: the source is simply not read, and the
 //! wait is counted as back-pressure. Memory is bounded by one poll plus the bounded mailboxes plus
 //! the runs' batches.
@@ -17,6 +17,15 @@
 //! - the source loop fails (a poll error) or is killed: every partition is restarted that way, since
 //!   polled records may have been dropped anywhere.
 //!
+//! Rebalances (Kafka; the embedded queue has none): the source reports them after the poll in
+//! which they happened ([`Source::take_assignment_events`]), and they are handled before that
+//! poll's records are routed. A revoked partition's group is stopped like a kill, without flushing
+//! and without a restart: its buffered records are dropped, and the new owner reads them again
+//! from the group's committed offset. A commit of the old group still in flight is refused by the
+//! source as stale and ignored. An assigned partition gets a fresh group holding the new lease,
+//! which every commit of the group presents. A poll never returns records read under a lease it
+//! revoked, so each record reaches the group of the lease it was read under.
+//!
 //! Restarts are applied only between steps, when no delivery is in flight: a step's records were
 //! read with the routes it started with, so no record read before a seek can reach a group started
 //! after it (the fence that keeps per-run order across restarts).
@@ -27,11 +36,14 @@
 //! replayed record at or below its run's checkpoint was applied and is skipped inside the
 //! transaction that would apply it, and one above it was not and is applied. A flush still in
 //! flight in a killed actor races a replay of the same records: both transactions read the
-//! checkpoint, so one of them conflicts and, retried, skips them. Nothing in memory is needed.
+//! checkpoint, so one of them conflicts and, retried, skips them. The same holds across consumers
+//! after a rebalance: the new owner starts at the committed offset, the old owner's late flushes
+//! race its replay through the checkpoints, and the old owner's late commits are refused. Nothing
+//! in memory is needed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -42,7 +54,7 @@ use super::partition_actor::{CommitNow, Deliver, Drain, KillNow, PartitionActor,
 use super::pipeline::{KillTarget, PipelineConfig, PipelineError};
 use super::run_actor::{Flusher, RunActorConfig};
 use super::stats::Stats;
-use crate::ingest::{FlushReason, Record, Source, SourceError};
+use crate::ingest::{AssignmentEvent, FlushReason, Lease, Record, Source, SourceError};
 
 /// A failure reported by an actor of partition group `epoch`.
 #[derive(Debug, Clone)]
@@ -65,6 +77,9 @@ pub enum Control {
     /// Flushes everything, commits, stops.
     Shutdown(oneshot::Sender<Result<(), PipelineError>>),
 }
+
+/// How long the last pass of the dead-letter forwarder may take at shutdown.
+const FORWARDER_FINAL_PASS: Duration = Duration::from_secs(10);
 
 /// Exponential backoff of restarts.
 #[derive(Debug, Clone)]
@@ -94,14 +109,24 @@ impl Backoff {
     }
 }
 
-const POLLING: u8 = 0;
-const DISPATCHING: u8 = 1;
-
 struct Group<S: Source + 'static> {
     addr: Addr<PartitionActor<S>>,
     killed: Arc<AtomicBool>,
     epoch: u64,
+    lease: Lease,
 }
+
+/// Where the step of the source loop that is waited on may be cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// A poll: never cut midway (a cut could lose records the source already handed out).
+    Poll,
+    /// Deliveries to partition actors: aborted by a source kill.
+    Dispatch,
+}
+
+/// What a shutdown request left to answer: `Some(None)` when every handle was dropped.
+type ShutdownReply = Option<Option<oneshot::Sender<Result<(), PipelineError>>>>;
 
 /// The supervisor (see the module docs).
 pub struct Supervisor<S: Source + 'static> {
@@ -153,54 +178,63 @@ impl<S: Source + 'static> Supervisor<S> {
     /// Runs until shutdown (or until every handle is dropped, which also drains).
     pub async fn run(mut self) {
         self.stats.set_running(true);
+        // A source may have partitions before its first poll (the embedded queue's are static).
+        self.sync_assignment();
         tracing::info!(partitions = ?self.source.assignment(), "ingest pipeline started");
-        let mut shutdown: Option<Option<oneshot::Sender<Result<(), PipelineError>>>> = None;
+        let forwarder = self.spawn_forwarder();
+        let mut shutdown: ShutdownReply = None;
         while shutdown.is_none() {
-            self.sync_assignment().await;
             self.restart_due();
-            let routes: Vec<(i32, Addr<PartitionActor<S>>)> =
-                self.groups.iter().map(|(p, g)| (*p, g.addr.clone())).collect();
-            let cancel = Arc::new(AtomicBool::new(false));
-            let stage = Arc::new(AtomicU8::new(POLLING));
-            let mut step = actix_rt::spawn(poll_and_dispatch(
+            let poll = actix_rt::spawn(poll_once(
                 Arc::clone(&self.source),
-                routes,
-                Arc::clone(&self.stats),
-                Arc::clone(&cancel),
-                Arc::clone(&stage),
                 self.config.poll_max_records,
                 self.config.poll_timeout,
             ));
-            let mut source_killed = false;
-            let outcome = loop {
-                tokio::select! {
-                    biased;
-                    cmd = self.control.recv(), if shutdown.is_none() => match cmd {
-                        None => shutdown = Some(None),
-                        Some(Control::Shutdown(reply)) => shutdown = Some(Some(reply)),
-                        Some(Control::Kill(target, reply)) => {
-                            let result = self.kill(target);
-                            if matches!(result, Ok(ref what) if what == "source") {
-                                source_killed = true;
-                                cancel.store(true, Ordering::SeqCst);
-                                if stage.load(Ordering::SeqCst) == DISPATCHING {
-                                    step.abort();
-                                }
-                            }
-                            let _ = reply.send(result);
-                        }
-                    },
-                    Some(failure) = self.failures_rx.recv() => self.on_failure(&failure),
-                    joined = &mut step => break joined,
-                }
-            };
-            match outcome {
-                Ok(Ok(_)) if !source_killed => {}
-                Ok(Ok(_)) => self.restart_all("chaos"),
+            let (polled, killed) = self.wait(poll, Step::Poll, &mut shutdown).await;
+            // Rebalances ran inside the poll: react before routing any of its records, so each
+            // record reaches the group of the lease it was read under.
+            self.handle_assignment_events();
+            let records = match polled {
+                Ok(Ok(records)) => records,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, retryable = e.is_retryable(), "source poll failed");
                     self.restart_all("source_error");
+                    continue;
                 }
+                Err(e) => {
+                    tracing::error!(error = %e, "source poll panicked");
+                    self.restart_all("panic");
+                    continue;
+                }
+            };
+            if records.is_empty() {
+                if killed {
+                    self.restart_all("chaos");
+                }
+                continue;
+            }
+            crate::metrics::ingest_polled(records.len());
+            let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
+            for record in records {
+                by_partition.entry(record.partition).or_default().push(record);
+            }
+            // Noted even when a kill drops them: a restart replays from the floor this sets.
+            for (p, recs) in &by_partition {
+                if let (Some(first), Some(last)) = (recs.first(), recs.last()) {
+                    self.stats.note_polled(*p, first.offset, last.offset, recs.len());
+                }
+            }
+            if killed {
+                self.restart_all("chaos");
+                continue;
+            }
+            let routes: Vec<(i32, Addr<PartitionActor<S>>)> =
+                self.groups.iter().map(|(p, g)| (*p, g.addr.clone())).collect();
+            let deliveries = actix_rt::spawn(dispatch(by_partition, routes, Arc::clone(&self.stats)));
+            let (delivered, killed) = self.wait(deliveries, Step::Dispatch, &mut shutdown).await;
+            match delivered {
+                Ok(()) if !killed => {}
+                Ok(()) => self.restart_all("chaos"),
                 Err(e) if e.is_cancelled() => self.restart_all("chaos"),
                 Err(e) => {
                     tracing::error!(error = %e, "source loop panicked");
@@ -209,6 +243,16 @@ impl<S: Source + 'static> Supervisor<S> {
             }
         }
         let result = self.shutdown().await;
+        if let Some((stop, task)) = forwarder {
+            let _ = stop.send(());
+            let _ = task.await;
+            let last = self.flusher.dead_letters.forward_all();
+            match tokio::time::timeout(FORWARDER_FINAL_PASS, last).await {
+                Ok(Ok(n)) => tracing::debug!(forwarded = n, "last dead-letter pass done"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "last dead-letter pass failed; letters stay staged"),
+                Err(_) => tracing::warn!("last dead-letter pass timed out; letters stay staged"),
+            }
+        }
         if let Err(e) = &result {
             tracing::warn!(error = %e, "ingest pipeline shut down with errors");
         }
@@ -219,13 +263,67 @@ impl<S: Source + 'static> Supervisor<S> {
         }
     }
 
-    fn start_group(&mut self, partition: i32) {
+    /// Waits for a step of the source loop while serving control requests and failure reports.
+    /// Returns the step's result and whether the source was killed meanwhile (which aborts a
+    /// dispatch; a poll runs to its end and its records are dropped by the caller).
+    async fn wait<T>(
+        &mut self,
+        mut step: tokio::task::JoinHandle<T>,
+        kind: Step,
+        shutdown: &mut ShutdownReply,
+    ) -> (Result<T, tokio::task::JoinError>, bool) {
+        let mut source_killed = false;
+        loop {
+            tokio::select! {
+                biased;
+                cmd = self.control.recv(), if shutdown.is_none() => match cmd {
+                    None => *shutdown = Some(None),
+                    Some(Control::Shutdown(reply)) => *shutdown = Some(Some(reply)),
+                    Some(Control::Kill(target, reply)) => {
+                        let result = self.kill(target);
+                        if matches!(result, Ok(ref what) if what == "source") {
+                            source_killed = true;
+                            if kind == Step::Dispatch {
+                                step.abort();
+                            }
+                        }
+                        let _ = reply.send(result);
+                    }
+                },
+                Some(failure) = self.failures_rx.recv() => self.on_failure(&failure),
+                joined = &mut step => return (joined, source_killed),
+            }
+        }
+    }
+
+    /// Starts the task forwarding staged dead letters to the dead-letter topic, when that is the
+    /// sink; returns its stop signal and handle.
+    fn spawn_forwarder(&self) -> Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
+        let letters = Arc::clone(&self.flusher.dead_letters);
+        if !letters.forwards() {
+            return None;
+        }
+        let (stop, stopped) = oneshot::channel::<()>();
+        let interval = self.config.dead_letter_forward_interval;
+        let task = actix_rt::spawn(async move {
+            letters
+                .run_forwarder(interval, async move {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Some((stop, task))
+    }
+
+    fn start_group(&mut self, lease: Lease) {
+        let partition = lease.partition;
         let epoch = self.next_epoch;
         self.next_epoch += 1;
         let killed = Arc::new(AtomicBool::new(false));
         let actor = PartitionActor::new(PartitionSetup {
             partition,
             epoch,
+            lease,
             source: Arc::clone(&self.source),
             flusher: self.flusher.clone(),
             run_config: Arc::clone(&self.run_config),
@@ -233,16 +331,21 @@ impl<S: Source + 'static> Supervisor<S> {
             killed: Arc::clone(&killed),
             commit_interval: self.config.commit_interval,
         });
-        self.groups.insert(partition, Group { addr: actor.start(), killed, epoch });
-        tracing::debug!(partition, epoch, "partition group started");
+        self.groups.insert(partition, Group { addr: actor.start(), killed, epoch, lease });
+        tracing::debug!(partition, epoch, lease_epoch = lease.epoch, "partition group started");
+    }
+
+    /// Stops a group's actors at once, without flushing.
+    fn stop_group(group: &Group<S>) {
+        group.killed.store(true, Ordering::SeqCst);
+        group.addr.do_send(KillNow);
     }
 
     /// Stops a group without flushing and schedules its restart; `count` records the restart
     /// under `actor`/`cause` and applies the backoff.
     fn kill_group(&mut self, partition: i32, actor: &'static str, cause: &'static str, count: bool) {
         let Some(group) = self.groups.remove(&partition) else { return };
-        group.killed.store(true, Ordering::SeqCst);
-        group.addr.do_send(KillNow);
+        Self::stop_group(&group);
         if let Err(e) = self.source.pause(partition) {
             tracing::warn!(partition, error = %e, "cannot pause partition");
         }
@@ -280,11 +383,17 @@ impl<S: Source + 'static> Supervisor<S> {
         }
     }
 
-    /// Restarts the partitions whose restart is due: seek to the floor, resume, fresh group.
+    /// Restarts the partitions whose restart is due: seek to the floor, resume, fresh group under
+    /// the partition's current lease.
     fn restart_due(&mut self) {
         let now = Instant::now();
         let due: Vec<i32> = self.pending.iter().filter(|(_, at)| **at <= now).map(|(p, _)| *p).collect();
         for p in due {
+            let Some(lease) = self.source.lease(p) else {
+                // Revoked while waiting: the new owner replays it.
+                self.pending.remove(&p);
+                continue;
+            };
             let floor = self.stats.partition(p).floor();
             if let Some(offset) = floor
                 && let Err(e) = self.source.seek(p, offset)
@@ -298,7 +407,7 @@ impl<S: Source + 'static> Supervisor<S> {
             }
             self.pending.remove(&p);
             tracing::debug!(partition = p, floor = ?floor, "partition replays from its floor");
-            self.start_group(p);
+            self.start_group(lease);
         }
     }
 
@@ -347,25 +456,89 @@ impl<S: Source + 'static> Supervisor<S> {
         }
     }
 
-    /// Starts groups for newly assigned partitions and drains revoked ones.
-    async fn sync_assignment(&mut self) {
-        let assigned = self.source.assignment();
-        let revoked: Vec<i32> = self.groups.keys().filter(|p| !assigned.contains(p)).copied().collect();
-        for p in revoked {
-            if let Some(group) = self.groups.remove(&p) {
-                let drained = drain_group(&group, FlushReason::Revoke).await;
-                if let Err(e) = drained {
-                    tracing::warn!(partition = p, error = %e, "revoked partition not fully drained");
+    /// Reacts to the rebalances of the last poll, in order: a revoked partition's actors stop at
+    /// once, an assigned partition gets a fresh group under its new lease. Then checks that every
+    /// group holds its partition's current lease (a safety net for sources without events).
+    fn handle_assignment_events(&mut self) {
+        for event in self.source.take_assignment_events() {
+            match event {
+                AssignmentEvent::Revoked(partitions) => {
+                    for p in partitions {
+                        self.revoke(p);
+                    }
                 }
-                group.killed.store(true, Ordering::SeqCst);
-                group.addr.do_send(KillNow);
+                AssignmentEvent::Assigned(leases) => {
+                    self.stats.note_assigned(leases.len());
+                    for lease in leases {
+                        self.assign(lease);
+                    }
+                }
             }
         }
-        self.pending.retain(|p, _| assigned.contains(p));
-        for p in assigned {
-            if !self.groups.contains_key(&p) && !self.pending.contains_key(&p) {
-                self.start_group(p);
+        self.sync_assignment();
+    }
+
+    /// Stops a revoked partition's group without flushing: its buffered records are dropped, the
+    /// new owner reads them again from the committed offset, and the per-run checkpoints skip
+    /// whatever was applied here. A flush or commit still in flight may finish; its commit is
+    /// refused as stale.
+    fn revoke(&mut self, partition: i32) {
+        self.pending.remove(&partition);
+        self.backoff.remove(&partition);
+        let group = self.groups.remove(&partition);
+        if let Some(group) = &group {
+            Self::stop_group(group);
+        }
+        let uncommitted = self.stats.note_revoked(partition);
+        tracing::info!(
+            partition,
+            epoch = group.as_ref().map(|g| g.epoch),
+            uncommitted,
+            "partition revoked: its actors stopped without flushing"
+        );
+    }
+
+    /// Starts a fresh group for a newly assigned partition.
+    fn assign(&mut self, lease: Lease) {
+        let p = lease.partition;
+        if let Some(group) = self.groups.remove(&p) {
+            // Assigned again without a revocation first: what the old group holds is stale.
+            Self::stop_group(&group);
+        }
+        self.pending.remove(&p);
+        // A partition paused for a restart under its previous lease must not stay paused.
+        if let Err(e) = self.source.resume(p) {
+            tracing::debug!(partition = p, error = %e, "cannot resume newly assigned partition");
+        }
+        self.start_group(lease);
+    }
+
+    /// Makes the groups match the source's assignment and leases: stops groups of partitions no
+    /// longer assigned or under an older lease, starts groups for assigned partitions without one.
+    fn sync_assignment(&mut self) {
+        let assigned = self.source.assignment();
+        let known: Vec<i32> = self.groups.keys().chain(self.pending.keys()).copied().collect();
+        for p in known {
+            if !assigned.contains(&p) {
+                self.revoke(p);
+            } else if let Some(group) = self.groups.get(&p)
+                && self.source.lease(p) != Some(group.lease)
+            {
+                self.revoke(p);
             }
+        }
+        let mut started = 0;
+        for p in assigned {
+            if !self.groups.contains_key(&p)
+                && !self.pending.contains_key(&p)
+                && let Some(lease) = self.source.lease(p)
+            {
+                self.start_group(lease);
+                started += 1;
+            }
+        }
+        if started > 0 {
+            self.stats.note_assigned(started);
         }
     }
 
@@ -374,8 +547,7 @@ impl<S: Source + 'static> Supervisor<S> {
         let results =
             futures_util::future::join_all(groups.values().map(|g| drain_group(g, FlushReason::Shutdown))).await;
         for group in groups.values() {
-            group.killed.store(true, Ordering::SeqCst);
-            group.addr.do_send(KillNow);
+            Self::stop_group(group);
         }
         let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
         if errors.is_empty() { Ok(()) } else { Err(PipelineError::Flush(errors.join("; "))) }
@@ -388,43 +560,28 @@ async fn drain_group<S: Source + 'static>(group: &Group<S>, reason: FlushReason)
     group.addr.send(CommitNow).await.map_err(|e| e.to_string())?.map(|_| ())
 }
 
-/// One step of the source loop: poll, then deliver each partition's records to its actor.
-async fn poll_and_dispatch<S: Source + 'static>(
+/// The first step of the source loop: one poll.
+async fn poll_once<S: Source + 'static>(
     source: Arc<S>,
-    routes: Vec<(i32, Addr<PartitionActor<S>>)>,
-    stats: Arc<Stats>,
-    cancel: Arc<AtomicBool>,
-    stage: Arc<AtomicU8>,
     max_records: usize,
     timeout: Duration,
-) -> Result<usize, SourceError> {
-    let records = source.poll(max_records, timeout).await?;
-    let count = records.len();
-    if count == 0 {
-        return Ok(0);
-    }
-    crate::metrics::ingest_polled(count);
-    let mut by_partition: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
-    for record in records {
-        by_partition.entry(record.partition).or_default().push(record);
-    }
-    for (p, recs) in &by_partition {
-        if let (Some(first), Some(last)) = (recs.first(), recs.last()) {
-            stats.note_polled(*p, first.offset, last.offset, recs.len());
-        }
-    }
-    // From here a kill aborts the step; before, it is noticed here (a poll is never cut midway).
-    stage.store(DISPATCHING, Ordering::SeqCst);
-    if cancel.load(Ordering::SeqCst) {
-        return Ok(0);
-    }
+) -> Result<Vec<Record>, SourceError> {
+    source.poll(max_records, timeout).await
+}
+
+/// The second step: delivers each partition's records to its actor and waits until all are routed.
+async fn dispatch<S: Source + 'static>(
+    by_partition: BTreeMap<i32, Vec<Record>>,
+    routes: Vec<(i32, Addr<PartitionActor<S>>)>,
+    stats: Arc<Stats>,
+) {
     let started = Instant::now();
+    // A partition without a route is waiting for a restart: it replays from its floor.
     let sends = by_partition.into_iter().filter_map(|(p, records)| {
         routes.iter().find(|(q, _)| *q == p).map(|(_, addr)| addr.send(Deliver { records }))
     });
     futures_util::future::join_all(sends).await;
     stats.note_backpressure(started.elapsed().as_secs_f64());
-    Ok(count)
 }
 
 #[cfg(test)]

@@ -3,9 +3,14 @@
 //! It consumes `kafka.data_ingestion_topic` in the group `kafka.consumer_group` through the actor
 //! pipeline into the configured storage, publishes the outbox's `run_deleted` events to
 //! `kafka.control_events_topic`, and serves `/health/live/`, `/health/ready/` and `/metrics/` on
-//! `metrics.port` (0 disables the listener). Records that cannot be decoded or applied go to the
-//! pipeline's dead-letter destination, which today is always our keyspace of the store (the
-//! pipeline has no choice of sink yet; `data-ingestion-dlq` is not produced to by this role).
+//! `metrics.port` (0 disables the listener). Records that cannot be decoded or applied go to
+//! `kafka.dead_letter_topic` (`data-ingestion-dlq`, which must exist) with `reason` and origin
+//! headers; a partition's offset is committed past a dead letter only after the broker acknowledged
+//! it. Records failing at apply are staged in the store with their run's transaction and forwarded
+//! from there by the pipeline.
+//!
+//! Rebalances of the consumer group are handled by the pipeline (see `actors/supervisor.rs`): a
+//! revoked partition's actors stop, an assigned one gets fresh actors under its new lease.
 //!
 //! On a signal the pipeline flushes every run and commits every partition first, then the
 //! consumer leaves the group, the outbox gets a last pass, and the listener stops.
@@ -15,8 +20,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use matyan::actors::{IngestPipeline, PipelineConfig};
+use matyan::actors::{DeadLetterTarget, IngestPipeline, PipelineConfig};
 use matyan::ingest::apply::Applier;
+use matyan::ingest::dlq::KafkaDeadLetters;
 use matyan::ingest::kafka::KafkaSource;
 use matyan::ingest::outbox::OutboxPublisher;
 use tokio::sync::oneshot;
@@ -55,12 +61,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let state = common::open_state(config, handle).await?;
     let kafka = state.config.kafka.clone();
 
+    let retry = state.config.storage.retry.options();
+    let dead_letters = KafkaDeadLetters::from_config(&kafka).context("cannot create the dead-letter producer")?;
     let source = Arc::new(KafkaSource::from_config(&kafka).context("cannot create the kafka consumer")?);
-    let pipeline = IngestPipeline::start(
+    let pipeline = IngestPipeline::start_with(
         state.db.clone(),
         (*state.layout).clone(),
         Arc::clone(&source),
         PipelineConfig::from_config(&state.config),
+        DeadLetterTarget::Kafka(dead_letters),
     )
     .context("cannot start the ingest pipeline")?;
     matyan::actors::pipeline::set_serving(Some(pipeline.clone()));
@@ -68,10 +77,10 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
         topic = %kafka.data_ingestion_topic,
         group = %kafka.consumer_group,
         bootstrap = %kafka.bootstrap_servers,
+        dead_letter_topic = %kafka.dead_letter_topic,
         "ingest pipeline consuming kafka"
     );
 
-    let retry = state.config.storage.retry.options();
     let outbox = OutboxPublisher::from_config(state.db.clone(), Applier::new((*state.layout).clone()), &kafka, retry)
         .context("cannot create the outbox publisher")?;
     let (outbox_stop, outbox_stopped) = oneshot::channel::<()>();

@@ -9,11 +9,23 @@
 //!   with [`Applier::write_dead_letter`], in its own transaction.
 //!
 //! Both are at-least-once: a crash between the dead letter and the offset commit writes it again
-//! on replay (the embedded key is the same, so it is simply overwritten).
+//! on replay (the embedded key is the same, so it is simply overwritten). The pipeline marks a
+//! dead-lettered offset done only after [`DeadLetterSink::send_all`] returned, so the source's
+//! committed offset never passes a dead letter that is not durable yet.
+//!
+//! Records that fail *at apply* (inside a run's transaction: a value that cannot be encoded, a
+//! record of another run, a lone record too large for a transaction) are written to the keyspace
+//! atomically with the run's checkpoint, because the data and the dead letter must commit together.
+//! With the Kafka sink the keyspace is only their staging area: [`KafkaDeadLetters::forward_stored`]
+//! produces them to the topic (no original bytes: the applier works on decoded records, so the
+//! value is null and the `message_type` header names the type) and removes them once acknowledged,
+//! the outbox pattern of [`crate::ingest::outbox`]. The pipeline forwards them before it marks their
+//! offsets done, and [`KafkaDeadLetters::forward_all_stored`] sweeps what a crash left behind.
 //!
 //! The producer uses Kafka's murmur2 partitioner on the original key, like the gateway, so a run's
 //! dead letters share one partition and stay in order.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::ClientConfig;
@@ -24,7 +36,9 @@ use thiserror::Error;
 use crate::config::KafkaConfig;
 use crate::ingest::apply::{Applier, ApplyError, DeadLetter};
 use crate::ingest::kafka::client_config;
+use crate::ingest::message::DecodeError;
 use crate::storage::kv::{Database, RetryOptions};
+use crate::storage::value::{self, Value};
 
 /// Header names of a dead letter on the topic.
 pub mod headers {
@@ -38,6 +52,17 @@ pub mod headers {
     pub const ORIGIN_OFFSET: &str = "origin_offset";
     /// The error's text, cut to a bounded length.
     pub const DETAIL: &str = "detail";
+    /// The message type, when the record decoded and failed at apply.
+    pub const MESSAGE_TYPE: &str = "message_type";
+}
+
+/// Reasons [`crate::ingest::Applier::apply`] and the run actor give to records failing at apply.
+pub const APPLY_REASONS: [&str; 6] =
+    ["wrong_run", "encode_error", "corrupt_data", "name_conflict", "invalid", "transaction_too_large"];
+
+/// Returns the bounded label of a stored reason: itself when it is a known reason, else `other`.
+pub fn bounded_reason(reason: &str) -> &'static str {
+    DecodeError::REASONS.iter().chain(APPLY_REASONS.iter()).find(|r| **r == reason).copied().unwrap_or("other")
 }
 
 /// Longest `detail` header kept (the rest is cut at a character boundary).
@@ -77,7 +102,7 @@ pub enum DeadLetterError {
     /// The broker did not acknowledge the dead letter.
     #[error("dead letter of {topic}/{partition}@{offset} not delivered: {source}")]
     Delivery { topic: String, partition: i32, offset: i64, source: rdkafka::error::KafkaError },
-    /// The embedded write failed.
+    /// The embedded write failed, or the staged dead letters could not be read or removed.
     #[error("embedded dead letter: {0}")]
     Embedded(#[from] ApplyError),
 }
@@ -106,20 +131,44 @@ impl DeadLetterSink {
         DeadLetterSink::Embedded(Box::new(EmbeddedDeadLetters { db, applier, retry }))
     }
 
+    /// Returns the name of the sink, a bounded label (`kafka`, `embedded`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeadLetterSink::Kafka(_) => "kafka",
+            DeadLetterSink::Embedded(_) => "embedded",
+        }
+    }
+
     /// Writes one dead letter and returns once it is durable (acknowledged by the broker, or
     /// committed in the store).
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
-        match self {
-            DeadLetterSink::Kafka(k) => k.send(rejected).await?,
-            DeadLetterSink::Embedded(e) => e.send(rejected).await?,
+        self.send_all(std::slice::from_ref(rejected)).await
+    }
+
+    /// Writes several dead letters and returns once every one is durable: all acknowledged by the
+    /// broker (sent concurrently), or committed in the store in one transaction. On an error some
+    /// may have been written; sending them again is harmless (at least once).
+    pub async fn send_all(&self, rejected: &[Rejected<'_>]) -> Result<(), DeadLetterError> {
+        if rejected.is_empty() {
+            return Ok(());
         }
-        tracing::warn!(
-            topic = rejected.topic,
-            partition = rejected.partition,
-            offset = rejected.offset,
-            reason = rejected.reason,
-            "record dead-lettered"
-        );
+        match self {
+            DeadLetterSink::Kafka(k) => {
+                let sends = futures_util::future::join_all(rejected.iter().map(|r| k.send(r))).await;
+                sends.into_iter().collect::<Result<Vec<()>, _>>()?;
+            }
+            DeadLetterSink::Embedded(e) => e.send_all(rejected).await?,
+        }
+        for r in rejected {
+            tracing::warn!(
+                topic = r.topic,
+                partition = r.partition,
+                offset = r.offset,
+                reason = r.reason,
+                sink = self.kind(),
+                "record dead-lettered"
+            );
+        }
         Ok(())
     }
 }
@@ -144,22 +193,41 @@ impl std::fmt::Debug for EmbeddedDeadLetters {
 impl EmbeddedDeadLetters {
     /// Writes one dead letter, with the original bytes, in its own transaction.
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
-        let letter = DeadLetter {
-            reason: rejected.reason.to_owned(),
-            key: rejected.key.map(|k| String::from_utf8_lossy(k).into_owned()),
-            value: Some(rejected.value.to_vec()),
-            timestamp: now_secs(),
-            message_type: rejected.message_type.map(str::to_owned),
-            detail: rejected.detail.clone(),
-        };
+        self.send_all(std::slice::from_ref(rejected)).await
+    }
+
+    /// Writes dead letters, with their original bytes, in one transaction.
+    pub async fn send_all(&self, rejected: &[Rejected<'_>]) -> Result<(), DeadLetterError> {
+        let now = now_secs();
+        let letters: Vec<(i32, i64, DeadLetter)> = rejected
+            .iter()
+            .map(|r| {
+                let letter = DeadLetter {
+                    reason: r.reason.to_owned(),
+                    key: r.key.map(|k| String::from_utf8_lossy(k).into_owned()),
+                    value: Some(r.value.to_vec()),
+                    timestamp: now,
+                    message_type: r.message_type.map(str::to_owned),
+                    detail: r.detail.clone(),
+                };
+                (r.partition, r.offset, letter)
+            })
+            .collect();
         let applier = &self.applier;
         self.db
             .run(&self.retry, |tx| {
-                let letter = &letter;
-                async move { applier.write_dead_letter(&tx, rejected.partition, rejected.offset, letter) }
+                let letters = &letters;
+                async move {
+                    for (partition, offset, letter) in letters {
+                        applier.write_dead_letter(&tx, *partition, *offset, letter)?;
+                    }
+                    Ok::<_, ApplyError>(())
+                }
             })
             .await?;
-        crate::metrics::dead_letter_published("embedded", rejected.reason);
+        for r in rejected {
+            crate::metrics::dead_letter_published("embedded", r.reason);
+        }
         Ok(())
     }
 }
@@ -169,6 +237,12 @@ impl EmbeddedDeadLetters {
 pub struct KafkaDeadLetters {
     producer: FutureProducer,
     topic: String,
+}
+
+impl std::fmt::Debug for KafkaDeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaDeadLetters").field("topic", &self.topic).finish_non_exhaustive()
+    }
 }
 
 impl KafkaDeadLetters {
@@ -197,17 +271,35 @@ impl KafkaDeadLetters {
 
     /// Produces one dead letter and waits for its delivery report.
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
+        self.produce(rejected, rejected.reason, Some(rejected.value)).await?;
+        crate::metrics::dead_letter_published("kafka", rejected.reason);
+        Ok(())
+    }
+
+    /// Produces `rejected` with `reason` as its reason header and `payload` as its value (`None`:
+    /// a null value, the original bytes were not kept) and waits for the delivery report.
+    async fn produce(
+        &self,
+        rejected: &Rejected<'_>,
+        reason: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(), DeadLetterError> {
         let partition = rejected.partition.to_string();
         let offset = rejected.offset.to_string();
         let detail = cut(&rejected.detail, MAX_DETAIL);
-        let headers = OwnedHeaders::new_with_capacity(5)
-            .insert(Header { key: headers::REASON, value: Some(rejected.reason) })
+        let mut headers = OwnedHeaders::new_with_capacity(6)
+            .insert(Header { key: headers::REASON, value: Some(reason) })
             .insert(Header { key: headers::ORIGIN_TOPIC, value: Some(rejected.topic) })
             .insert(Header { key: headers::ORIGIN_PARTITION, value: Some(&partition) })
             .insert(Header { key: headers::ORIGIN_OFFSET, value: Some(&offset) })
             .insert(Header { key: headers::DETAIL, value: Some(detail) });
-        let mut record: FutureRecord<'_, [u8], [u8]> =
-            FutureRecord::to(&self.topic).payload(rejected.value).headers(headers);
+        if let Some(kind) = rejected.message_type {
+            headers = headers.insert(Header { key: headers::MESSAGE_TYPE, value: Some(kind) });
+        }
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
+        if let Some(payload) = payload {
+            record = record.payload(payload);
+        }
         if let Some(key) = rejected.key {
             record = record.key(key);
         }
@@ -217,8 +309,122 @@ impl KafkaDeadLetters {
             offset: rejected.offset,
             source,
         })?;
-        crate::metrics::dead_letter_published("kafka", rejected.reason);
         Ok(())
+    }
+
+    /// Forwards the dead letters staged in the keyspace at `positions` (those a flush just wrote)
+    /// to the topic, then removes them in one transaction. Positions with nothing stored are
+    /// skipped (another pass forwarded them). Returns how many were forwarded.
+    pub async fn forward_stored(
+        &self,
+        stage: &EmbeddedDeadLetters,
+        origin_topic: &str,
+        positions: &[(i32, i64)],
+    ) -> Result<usize, DeadLetterError> {
+        if positions.is_empty() {
+            return Ok(0);
+        }
+        let tx = stage.db.create_trx().map_err(ApplyError::from)?;
+        let mut staged = Vec::with_capacity(positions.len());
+        for (partition, offset) in positions {
+            let key = stage.applier.dead_letter_key(*partition, *offset);
+            if let Some(bytes) = tx.get(&key, false).await.map_err(ApplyError::from)? {
+                let record = value::decode(&bytes)
+                    .map_err(|e| ApplyError::Corrupt(format!("dead letter {partition}/{offset}: {e}")))?;
+                staged.push((*partition, *offset, record));
+            }
+        }
+        drop(tx);
+        self.forward(stage, origin_topic, &staged).await
+    }
+
+    /// Forwards every dead letter staged in the keyspace (what a crash or a failed forward left
+    /// behind), in batches, removing each batch once acknowledged. Returns how many were forwarded.
+    pub async fn forward_all_stored(
+        &self,
+        stage: &EmbeddedDeadLetters,
+        origin_topic: &str,
+    ) -> Result<usize, DeadLetterError> {
+        const BATCH: usize = 256;
+        let mut forwarded = 0;
+        loop {
+            let tx = stage.db.create_trx().map_err(ApplyError::from)?;
+            let letters = stage.applier.dead_letters(&tx, BATCH).await?;
+            drop(tx);
+            if letters.is_empty() {
+                return Ok(forwarded);
+            }
+            let staged: Vec<(i32, i64, Value)> =
+                letters.into_iter().map(|l| (l.partition, l.offset, l.record)).collect();
+            forwarded += self.forward(stage, origin_topic, &staged).await?;
+        }
+    }
+
+    /// Runs [`forward_all_stored`](Self::forward_all_stored) every `interval` until `shutdown`
+    /// completes; a failed pass is logged and retried on the next.
+    pub async fn run_forwarder(
+        &self,
+        stage: &EmbeddedDeadLetters,
+        origin_topic: &str,
+        interval: Duration,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.forward_all_stored(stage, origin_topic).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(forwarded = n, topic = %self.topic, "staged dead letters forwarded"),
+                Err(e) => tracing::warn!(error = %e, "forwarding staged dead letters failed; retrying next pass"),
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(interval) => {}
+            }
+        }
+    }
+
+    async fn forward(
+        &self,
+        stage: &EmbeddedDeadLetters,
+        origin_topic: &str,
+        staged: &[(i32, i64, Value)],
+    ) -> Result<usize, DeadLetterError> {
+        let text = |record: &Value, field: &str| record.get(field).and_then(Value::as_str).map(str::to_owned);
+        let sends = staged.iter().map(|(partition, offset, record)| async move {
+            let reason = text(record, "reason").unwrap_or_else(|| "other".to_owned());
+            let key = text(record, "key");
+            let message_type = text(record, "type");
+            let value = match record.get("value") {
+                Some(Value::Bin(b)) => Some(b.clone()),
+                _ => None,
+            };
+            let label = bounded_reason(&reason);
+            let rejected = Rejected {
+                topic: origin_topic,
+                partition: *partition,
+                offset: *offset,
+                key: key.as_deref().map(str::as_bytes),
+                value: value.as_deref().unwrap_or_default(),
+                reason: label,
+                detail: text(record, "detail").unwrap_or_default(),
+                message_type: message_type.as_deref(),
+            };
+            self.produce(&rejected, &reason, value.as_deref()).await?;
+            crate::metrics::dead_letter_published("kafka", label);
+            Ok::<_, DeadLetterError>(())
+        });
+        futures_util::future::join_all(sends).await.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let applier = &stage.applier;
+        stage
+            .db
+            .run(&stage.retry, |tx| async move {
+                for (partition, offset, _) in staged {
+                    tx.clear(&applier.dead_letter_key(*partition, *offset));
+                }
+                Ok::<_, ApplyError>(())
+            })
+            .await?;
+        Ok(staged.len())
     }
 }
 

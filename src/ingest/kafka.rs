@@ -35,16 +35,21 @@
 //!
 //! # How a pipeline reacts
 //!
-//! After each [`Source::poll`], call [`KafkaSource::take_events`] and handle the events in order:
-//! - `Revoked(partitions)`: stop routing records of those partitions, flush what is buffered for
-//!   them if it can be done at once, and [`stage`](KafkaSource::stage) the resulting next offsets
-//!   (the next revocation callback commits staged offsets; a flush that finishes after the
-//!   revocation gets `StaleEpoch` from `commit_fenced`, which it logs and ignores). Then drop every
-//!   per-partition state: the records already returned for those partitions will be read again by
-//!   the new owner from the group's committed offset, and the per-run checkpoints skip what was
-//!   applied here.
+//! After each [`Source::poll`], call [`Source::take_assignment_events`] (or
+//! [`KafkaSource::take_events`]) and handle the events in order, before routing the poll's records:
+//! - `Revoked(partitions)`: stop routing records of those partitions and drop every
+//!   per-partition state, buffered records included: the new owner reads them again from the
+//!   group's committed offset, and the per-run checkpoints skip what was applied here. A flush
+//!   still in flight may finish; its commit gets `StaleEpoch` from `commit_fenced`, which the
+//!   pipeline logs and ignores. (A pipeline that wants to keep its progress can instead flush at
+//!   once and [`stage`](KafkaSource::stage) the next offsets before the revocation: the revocation
+//!   callback commits staged offsets while the partitions are still ours.)
 //! - `Assigned(leases)`: start per-partition state with the lease; records of these partitions
 //!   come from the group's committed offset (or the earliest, for a new group).
+//!
+//! A poll never returns a record read under a lease that the same poll revoked: such records are
+//! dropped before the poll returns, so every record it returns belongs to a current lease and can
+//! be routed to the state the events just started.
 //!
 //! Committing after every flush keeps the replay after a rebalance short; staging lets a pipeline
 //! commit less often without losing progress on a revocation.
@@ -65,6 +70,7 @@ use rdkafka::util::Timeout;
 use thiserror::Error;
 
 use crate::config::KafkaConfig;
+pub use crate::ingest::source::{AssignmentEvent, Lease};
 use crate::ingest::source::{Record, Source, SourceError};
 
 /// How long a blocking seek waits for librdkafka.
@@ -125,24 +131,6 @@ impl KafkaSourceError {
     fn client(operation: &'static str) -> impl FnOnce(KafkaError) -> Self {
         move |source| KafkaSourceError::Client { operation, source }
     }
-}
-
-/// A partition assigned to this consumer under one epoch: the token a commit must present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Lease {
-    /// The partition.
-    pub partition: i32,
-    /// The assignment's epoch, unique within the source.
-    pub epoch: u64,
-}
-
-/// A change of this consumer's assignment, in the order the rebalance callbacks saw them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AssignmentEvent {
-    /// Partitions newly assigned, each with its lease.
-    Assigned(Vec<Lease>),
-    /// Partitions taken away; their leases are stale from now on.
-    Revoked(Vec<i32>),
 }
 
 /// One assigned partition's fence state.
@@ -405,29 +393,34 @@ impl KafkaSource {
         Ok(tpl)
     }
 
-    /// Converts a message into a record if its partition is still assigned.
-    fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Record> {
-        if msg.topic() != self.topic || !self.fence.lock().slots.contains_key(&msg.partition()) {
-            // Fetched before a revocation and delivered after it: the new owner reads it again.
+    /// Converts a message into a record, with the epoch of its partition's lease, if the partition
+    /// is assigned.
+    fn accept(&self, msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<(u64, Record)> {
+        if msg.topic() != self.topic {
             return None;
         }
-        Some(Record {
+        // `None`: fetched before a revocation and delivered after it; the new owner reads it again.
+        let epoch = self.fence.lock().slots.get(&msg.partition()).map(|s| s.epoch)?;
+        let record = Record {
             partition: msg.partition(),
             offset: msg.offset(),
             key: msg.key().map(<[u8]>::to_vec),
             value: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             timestamp_ms: msg.timestamp().to_millis().unwrap_or(0),
-        })
+        };
+        Some((epoch, record))
     }
 }
 
 impl Source for KafkaSource {
     /// Returns up to `max_records` records, waiting at most `timeout` for the first. Rebalance
-    /// callbacks run inside this call; read their events with [`KafkaSource::take_events`].
+    /// callbacks run inside this call; read their events with [`KafkaSource::take_events`]. Records
+    /// read before a revocation of their partition in this call are dropped (they belong to a
+    /// stale lease).
     async fn poll(&self, max_records: usize, timeout: Duration) -> Result<Vec<Record>, SourceError> {
-        let mut out = Vec::new();
+        let mut out: Vec<(u64, Record)> = Vec::new();
         if max_records == 0 {
-            return Ok(out);
+            return Ok(Vec::new());
         }
         let deadline = Instant::now() + timeout;
         while out.len() < max_records {
@@ -458,7 +451,20 @@ impl Source for KafkaSource {
                 }
             }
         }
-        Ok(out)
+        // A rebalance during this call revoked (and perhaps re-assigned under a new epoch) some
+        // partitions: what was read before it is the new owner's to read again.
+        let fence = self.fence.lock();
+        let before = out.len();
+        let records: Vec<Record> = out
+            .into_iter()
+            .filter(|(epoch, r)| fence.slots.get(&r.partition).is_some_and(|s| s.epoch == *epoch))
+            .map(|(_, r)| r)
+            .collect();
+        drop(fence);
+        if records.len() < before {
+            tracing::debug!(dropped = before - records.len(), "records of revoked leases dropped from a poll");
+        }
+        Ok(records)
     }
 
     /// Commits under the partition's *current* lease: refused only when the partition is not
@@ -491,6 +497,18 @@ impl Source for KafkaSource {
     fn resume(&self, partition: i32) -> Result<(), SourceError> {
         let tpl = self.single(partition)?;
         self.consumer.resume(&tpl).map_err(|e| SourceError::from(KafkaSourceError::client("resume")(e)))
+    }
+
+    fn take_assignment_events(&self) -> Vec<AssignmentEvent> {
+        self.take_events()
+    }
+
+    fn lease(&self, partition: i32) -> Option<Lease> {
+        KafkaSource::lease(self, partition)
+    }
+
+    async fn commit_leased(&self, lease: Lease, next_offset: i64) -> Result<(), SourceError> {
+        self.commit_fenced(lease, next_offset).await
     }
 }
 

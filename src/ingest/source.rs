@@ -4,6 +4,12 @@
 //! the next offset to read (Kafka's semantics), and can pause and resume single partitions so a
 //! slow storage layer stops consumption instead of growing memory (back-pressure).
 //!
+//! Assignment changes are an optional hook: a source in a consumer group (Kafka) reports
+//! rebalances as [`AssignmentEvent`]s after the poll in which they happened, hands out a [`Lease`]
+//! per assigned partition, and refuses commits under a lease whose partition was revoked since
+//! ([`SourceError::is_stale`]). A source whose assignment never changes (the embedded queue) keeps
+//! the defaults: no events, epoch 0 for every assigned partition, leased commits are plain commits.
+//!
 //! The interface is a trait with explicit `impl Future + Send` return types rather than
 //! `async-trait`: no boxing per call, and the futures stay `Send` so they can run on any worker
 //! thread. Every method takes `&self`, as librdkafka's consumer does, so one source can be shared
@@ -32,6 +38,24 @@ pub struct Record {
     pub timestamp_ms: i64,
 }
 
+/// A partition assigned to a consumer under one epoch: the token a leased commit must present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lease {
+    /// The partition.
+    pub partition: i32,
+    /// The assignment's epoch, unique within the source (0 for sources without rebalances).
+    pub epoch: u64,
+}
+
+/// A change of a consumer's assignment, in the order the rebalance callbacks saw them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AssignmentEvent {
+    /// Partitions newly assigned, each with its lease.
+    Assigned(Vec<Lease>),
+    /// Partitions taken away; their leases are stale from now on.
+    Revoked(Vec<i32>),
+}
+
 /// Why a source operation failed.
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -57,6 +81,12 @@ impl SourceError {
             SourceError::Kafka(e) => e.is_retryable(),
             SourceError::NotAssigned { .. } | SourceError::InvalidOffset { .. } => false,
         }
+    }
+
+    /// Whether a commit was refused because its partition was revoked since the lease was taken
+    /// (another consumer owns it now; its commits are the ones that count).
+    pub fn is_stale(&self) -> bool {
+        matches!(self, SourceError::Kafka(KafkaSourceError::StaleEpoch { .. }))
     }
 }
 
@@ -89,4 +119,24 @@ pub trait Source: Send + Sync {
 
     /// Returns records of a paused `partition` again from where it stopped.
     fn resume(&self, partition: i32) -> Result<(), SourceError>;
+
+    /// Removes and returns the assignment changes seen since the last call, oldest first. They
+    /// happen inside [`Source::poll`], and a poll never returns a record read under a lease that
+    /// the same poll revoked. The default (a static assignment) has none.
+    fn take_assignment_events(&self) -> Vec<AssignmentEvent> {
+        Vec::new()
+    }
+
+    /// Returns the current lease of `partition`, `None` when it is not assigned. The default gives
+    /// every assigned partition epoch 0.
+    fn lease(&self, partition: i32) -> Option<Lease> {
+        self.assignment().contains(&partition).then_some(Lease { partition, epoch: 0 })
+    }
+
+    /// Commits `next_offset` of `lease.partition` unless the lease is stale (the partition was
+    /// revoked since): then nothing is committed and the error [`is_stale`](SourceError::is_stale).
+    /// The default, for sources without rebalances, is [`Source::commit`].
+    fn commit_leased(&self, lease: Lease, next_offset: i64) -> impl Future<Output = Result<(), SourceError>> + Send {
+        self.commit(lease.partition, next_offset)
+    }
 }
