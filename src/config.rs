@@ -156,6 +156,11 @@ pub struct KafkaConfig {
     pub sasl_username: String,
     /// SASL password; never logged.
     pub sasl_password: String,
+    /// The ingest consumer's `session.timeout.ms`: how long the group waits for a silent member
+    /// before moving its partitions.
+    pub session_timeout_ms: u64,
+    /// The ingest consumer's `heartbeat.interval.ms`, below the session timeout.
+    pub heartbeat_interval_ms: u64,
 }
 
 impl std::fmt::Debug for KafkaConfig {
@@ -170,6 +175,8 @@ impl std::fmt::Debug for KafkaConfig {
             .field("sasl_mechanism", &self.sasl_mechanism)
             .field("sasl_username", &self.sasl_username)
             .field("sasl_password", &if self.sasl_password.is_empty() { "" } else { "<redacted>" })
+            .field("session_timeout_ms", &self.session_timeout_ms)
+            .field("heartbeat_interval_ms", &self.heartbeat_interval_ms)
             .finish()
     }
 }
@@ -455,6 +462,19 @@ impl Config {
         if kafka.sasl_username.is_empty() != kafka.sasl_password.is_empty() {
             errors.push(ValidationError::Unpaired { key: "kafka.sasl_username", other: "kafka.sasl_password" });
         }
+        if kafka.session_timeout_ms == 0 {
+            errors.push(ValidationError::Zero { key: "kafka.session_timeout_ms" });
+        }
+        if kafka.heartbeat_interval_ms == 0 {
+            errors.push(ValidationError::Zero { key: "kafka.heartbeat_interval_ms" });
+        } else if kafka.heartbeat_interval_ms >= kafka.session_timeout_ms && kafka.session_timeout_ms > 0 {
+            errors.push(ValidationError::Greater {
+                key: "kafka.heartbeat_interval_ms",
+                value: kafka.heartbeat_interval_ms,
+                other: "kafka.session_timeout_ms",
+                other_value: kafka.session_timeout_ms,
+            });
+        }
         if crate::blobs::uri::check_secret(&self.blobs.uri_secret).is_err() {
             errors.push(ValidationError::NotAKey { key: "blobs.uri_secret" });
         }
@@ -696,6 +716,17 @@ mod tests {
             invalid_keys(&c),
             vec!["version", "server.host", "storage.retry.initial_backoff_ms", "kafka.data_ingestion_topic"]
         );
+    }
+
+    #[test]
+    fn kafka_session_timeout_and_heartbeat_must_be_positive_and_ordered() {
+        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 0\nheartbeat_interval_ms = 0\n").unwrap();
+        assert_eq!(invalid_keys(&c), vec!["kafka.session_timeout_ms", "kafka.heartbeat_interval_ms"]);
+        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 3000\nheartbeat_interval_ms = 3000\n").unwrap();
+        assert_eq!(invalid_keys(&c), vec!["kafka.heartbeat_interval_ms"]);
+        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 300\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(Config::load(None, no_env).unwrap().kafka.session_timeout_ms, 45_000);
     }
 
     #[test]

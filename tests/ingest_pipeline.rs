@@ -415,10 +415,7 @@ fn committed_via_admin(addr: std::net::SocketAddr) -> BTreeMap<i64, i64> {
 
 /// Posts `/admin/chaos/kill/?target=random` every ~50 ms to whichever server `addr` holds, until
 /// `stop` is set; returns the number of kills the servers acknowledged.
-fn chaos_loop(
-    addr: Arc<Mutex<Option<std::net::SocketAddr>>>,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<u32> {
+fn chaos_loop(addr: Arc<Mutex<Option<std::net::SocketAddr>>>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u32> {
     std::thread::spawn(move || {
         let mut kills = 0;
         while !stop.load(Ordering::Relaxed) {

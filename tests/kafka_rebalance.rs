@@ -435,11 +435,19 @@ async fn a_revoked_partition_stops_its_actors_and_their_commit_in_flight_is_refu
 // Two real `matyan ingest` processes. Each needs a store of its own (the embedded store is one
 // process's), so the check is the union: every point is in one of the stores, and the group's
 // offsets reach the end. (Exactly once across workers needs a shared store: the in-process test.)
-// It takes about 80 s: the binary keeps librdkafka's 45 s session timeout, and tansu completes
-// each of the three group joins (a alone, b joining, a leaving) after about half of it.
+// The processes run with a 6 s session timeout (`KAFKA_*` settings through a config file): tansu
+// completes each group join after about half the session timeout, and librdkafka's default of
+// 45 s made this test take about 80 s.
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Writes a config file with a short consumer session next to `data_dir`; returns its path.
+fn short_session_config(data_dir: &std::path::Path) -> std::path::PathBuf {
+    let path = data_dir.with_extension("toml");
+    std::fs::write(&path, "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 300\n").unwrap();
+    path
 }
 
 /// Starts `matyan ingest` on its own store with its probes on `port`, and waits for them.
@@ -450,6 +458,7 @@ fn start_ingest(data_dir: &std::path::Path, port: u16, bootstrap: &str) -> commo
         .args(["--metrics-port", &port.to_string()])
         .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
         .env("KAFKA_DATA_INGESTION_TOPIC", TOPIC)
+        .args(["--config", short_session_config(data_dir).to_str().unwrap()])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -267,9 +267,13 @@ impl std::fmt::Debug for KafkaSource {
 }
 
 impl KafkaSource {
-    /// Creates the source of the configured group on the data-ingestion topic and subscribes.
+    /// Creates the source of the configured group on the data-ingestion topic, with the
+    /// configured session timeout and heartbeat, and subscribes.
     pub fn from_config(cfg: &KafkaConfig) -> Result<Self, KafkaSourceError> {
-        Self::new(client_config(cfg), &cfg.consumer_group, &cfg.data_ingestion_topic)
+        let mut base = client_config(cfg);
+        base.set("session.timeout.ms", cfg.session_timeout_ms.to_string())
+            .set("heartbeat.interval.ms", cfg.heartbeat_interval_ms.to_string());
+        Self::new(base, &cfg.consumer_group, &cfg.data_ingestion_topic)
     }
 
     /// Creates a consumer in `group` with `base` settings (brokers, security; see
@@ -540,6 +544,8 @@ mod tests {
             sasl_mechanism: "plain".into(),
             sasl_username: String::new(),
             sasl_password: String::new(),
+            session_timeout_ms: 45_000,
+            heartbeat_interval_ms: 3_000,
         };
         let c = client_config(&cfg);
         assert_eq!(c.get("bootstrap.servers"), Some("k:9092"));
