@@ -720,11 +720,14 @@ mod tests {
 
     #[test]
     fn kafka_session_timeout_and_heartbeat_must_be_positive_and_ordered() {
-        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 0\nheartbeat_interval_ms = 0\n").unwrap();
+        let c =
+            Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 0\nheartbeat_interval_ms = 0\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["kafka.session_timeout_ms", "kafka.heartbeat_interval_ms"]);
-        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 3000\nheartbeat_interval_ms = 3000\n").unwrap();
+        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 3000\nheartbeat_interval_ms = 3000\n")
+            .unwrap();
         assert_eq!(invalid_keys(&c), vec!["kafka.heartbeat_interval_ms"]);
-        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 300\n").unwrap();
+        let c = Config::from_toml_str("f.toml", "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 300\n")
+            .unwrap();
         c.validate().unwrap();
         assert_eq!(Config::load(None, no_env).unwrap().kafka.session_timeout_ms, 45_000);
     }

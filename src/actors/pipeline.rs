@@ -193,8 +193,14 @@ impl IngestPipeline {
         if let DeadLetterTarget::Kafka(kafka) = dead_letters {
             letters.sink = DeadLetterSink::Kafka(kafka);
         }
-        let flusher =
-            Flusher { db, applier, retry: config.retry, stats: Arc::clone(&stats), dead_letters: Arc::new(letters) };
+        let flusher = Flusher {
+            db,
+            applier,
+            retry: config.retry,
+            stats: Arc::clone(&stats),
+            dead_letters: Arc::new(letters),
+            offload: Flusher::offload_runtime(),
+        };
         let thread_stats = Arc::clone(&stats);
         let thread = runtime::spawn_system(move || async move {
             Supervisor::new(source, config, flusher, thread_stats, control_rx).run().await;

@@ -3,8 +3,12 @@
 //!
 //! - Flushes happen on the batch's own decisions (bytes, count), on an age timer whose message
 //!   carries a generation id (a stale deadline does nothing), and on [`FlushNow`] (shutdown,
-//!   revoke). A flush runs inside `ctx.wait`, so pushes queue in the bounded mailbox meanwhile:
-//!   a slow store stops the partition actor, which stops the source loop (back-pressure).
+//!   revoke). One flush per run is in flight at a time (a run's transactions commit in source
+//!   order, which its checkpoint relies on), and it does not block the mailbox: the next batch
+//!   fills while the previous one commits, so decoding and storage work overlap. When a sealed
+//!   batch is waiting behind the flight, a push waits for the flight to land (`ctx.wait`): a slow
+//!   store stops the partition actor, which stops the source loop (back-pressure), with at most
+//!   two batches of the run in memory.
 //! - A batch refused with `transaction_too_large` is split in halves, each applied in order; a
 //!   single entry that is still too large is dead-lettered. Every split strictly shrinks the work,
 //!   so this never loops.
@@ -50,6 +54,34 @@ pub struct Flusher {
     pub stats: Arc<Stats>,
     /// Where dead letters go.
     pub dead_letters: Arc<DeadLetters>,
+    /// A multi-threaded runtime that runs the flushes, so encoding and applying use every core
+    /// instead of the actor system's one thread; `None` runs them on the actor's thread.
+    pub offload: Option<tokio::runtime::Handle>,
+}
+
+impl Flusher {
+    /// The multi-threaded runtime of the calling context, if it is one: where flushes go.
+    pub fn offload_runtime() -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    }
+
+    /// Runs [`flush_batches`] on the offload runtime when there is one, else in place. A flush
+    /// whose actor is killed meanwhile still finishes (as a commit in flight at a crash would);
+    /// the run's checkpoint makes the restarted actor skip whatever it committed.
+    pub async fn flush(
+        self,
+        run: String,
+        batches: Vec<Batch>,
+        early: Option<Recipient<Flushed>>,
+    ) -> Result<Vec<i64>, FlushFailure> {
+        let Some(rt) = self.offload.clone() else { return flush_batches(self, run, batches, early).await };
+        match rt.spawn(flush_batches(self, run, batches, early)).await {
+            Ok(result) => result,
+            Err(e) => Err(FlushFailure { flushed: Vec::new(), cause: "panic", error: FlushError::Task(e.to_string()) }),
+        }
+    }
 }
 
 /// Where a pipeline's dead letters go.
@@ -162,6 +194,23 @@ pub struct RunActor {
     /// Generation of the armed age timer; a timer of another generation is stale.
     generation: u64,
     armed: Option<Instant>,
+    /// The flush in flight, if any.
+    flight: Option<Flight>,
+    /// Id of the next flight.
+    flights: u64,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The outcome of a flush, shared by whoever waits for it.
+type FlushOutcome = Arc<Result<Vec<i64>, FlushFailure>>;
+
+/// A flush in flight. Its future is shared: the actor's completion item and a push or
+/// [`FlushNow`] waiting for it all poll the same flush (so it progresses even while `ctx.wait`
+/// holds the actor); whoever takes `RunActor::flight` first handles the outcome.
+struct Flight {
+    id: u64,
+    fut: futures_util::future::Shared<BoxFuture<FlushOutcome>>,
 }
 
 impl RunActor {
@@ -193,6 +242,8 @@ impl RunActor {
             last_activity: Instant::now(),
             generation: 0,
             armed: None,
+            flight: None,
+            flights: 0,
         }
     }
 
@@ -235,45 +286,66 @@ impl RunActor {
         if self.stop_if_killed(ctx) {
             return;
         }
-        if self.batch.pending_len() == 0 && self.last_activity.elapsed() >= self.idle_timeout {
+        if self.batch.pending_len() == 0 && self.flight.is_none() && self.last_activity.elapsed() >= self.idle_timeout {
             self.idle_to.do_send(Idle { run: self.run.clone(), pushes: self.pushes });
         }
     }
 
-    /// Flushes every sealed batch, blocking the mailbox until done.
+    /// Starts a flight with every sealed batch, unless one is in flight (the batches then wait
+    /// for it to land).
     fn flush_sealed(&mut self, ctx: &mut Context<Self>) {
-        if !self.batch.has_sealed() {
+        if self.flight.is_some() || !self.batch.has_sealed() {
             return;
         }
         let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
-        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches, Some(self.flushed_to.clone()));
-        ctx.wait(fut.into_actor(self).map(|result, act, ctx| act.after_flush(result, ctx).unwrap_or(())));
+        let flush = self.flusher.clone().flush(self.run.clone(), batches, Some(self.flushed_to.clone()));
+        let fut = futures_util::FutureExt::shared(Box::pin(async move { Arc::new(flush.await) }) as BoxFuture<_>);
+        self.flights += 1;
+        let id = self.flights;
+        self.flight = Some(Flight { id, fut: fut.clone() });
+        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| act.land(id, &outcome, ctx)));
+    }
+
+    /// Handles the outcome of flight `id` unless someone else did; then starts the next flight.
+    fn land(&mut self, id: u64, outcome: &FlushOutcome, ctx: &mut Context<Self>) {
+        if self.flight.as_ref().is_none_or(|f| f.id != id) {
+            return;
+        }
+        self.flight = None;
+        if self.after_flush(outcome, ctx).is_some() {
+            self.flush_sealed(ctx);
+        }
     }
 
     /// Reports a flush's outcome; on failure reports to the supervisor and stops.
-    fn after_flush(&mut self, result: Result<Vec<i64>, FlushFailure>, ctx: &mut Context<Self>) -> Option<()> {
+    fn after_flush(&mut self, result: &Result<Vec<i64>, FlushFailure>, ctx: &mut Context<Self>) -> Option<()> {
         match result {
             Ok(offsets) => {
                 if !offsets.is_empty() {
-                    self.flushed_to.do_send(Flushed { offsets });
+                    self.flushed_to.do_send(Flushed { offsets: offsets.clone() });
                 }
                 Some(())
             }
             Err(failure) => {
-                if !failure.flushed.is_empty() {
-                    self.flushed_to.do_send(Flushed { offsets: failure.flushed });
-                }
-                tracing::warn!(run = %self.run, partition = self.partition, cause = failure.cause, error = %failure.error, "run flush failed");
-                let _ = self.failures.send(Failure {
-                    partition: self.partition,
-                    epoch: self.epoch,
-                    actor: "run",
-                    cause: failure.cause,
-                });
-                ctx.stop();
+                self.fail(failure, ctx);
                 None
             }
         }
+    }
+
+    /// Reports a failed flush: what it committed, then the failure to the supervisor; stops.
+    fn fail(&mut self, failure: &FlushFailure, ctx: &mut Context<Self>) {
+        if !failure.flushed.is_empty() {
+            self.flushed_to.do_send(Flushed { offsets: failure.flushed.clone() });
+        }
+        tracing::warn!(run = %self.run, partition = self.partition, cause = failure.cause, error = %failure.error, "run flush failed");
+        let _ = self.failures.send(Failure {
+            partition: self.partition,
+            epoch: self.epoch,
+            actor: "run",
+            cause: failure.cause,
+        });
+        ctx.stop();
     }
 }
 
@@ -288,11 +360,12 @@ impl Actor for RunActor {
 }
 
 impl Handler<Push> for RunActor {
-    type Result = ();
+    type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: Push, ctx: &mut Self::Context) -> Self::Result {
+        let done = || AtomicResponse::new(Box::pin(actix::fut::ready(())));
         if self.stop_if_killed(ctx) {
-            return;
+            return done();
         }
         self.pushes += 1;
         let now = Instant::now();
@@ -302,6 +375,16 @@ impl Handler<Push> for RunActor {
         }
         self.flush_sealed(ctx);
         self.arm_age(ctx);
+        // A sealed batch waits behind the flight: hold the mailbox until the flight lands.
+        match &self.flight {
+            Some(flight) if self.batch.has_sealed() => {
+                let id = flight.id;
+                AtomicResponse::new(Box::pin(
+                    flight.fut.clone().into_actor(self).map(move |outcome, act, ctx| act.land(id, &outcome, ctx)),
+                ))
+            }
+            _ => done(),
+        }
     }
 }
 
@@ -313,13 +396,35 @@ impl Handler<FlushNow> for RunActor {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err(()))));
         }
         self.batch.flush(msg.reason);
+        // The flight (if any) lands first, so the run's transactions keep their order.
+        let prior = self.flight.take().map(|f| f.fut);
         let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
-        let fut = flush_batches(self.flusher.clone(), self.run.clone(), batches, Some(self.flushed_to.clone()));
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|result, act, ctx| match result {
+        let (flusher, run, early) = (self.flusher.clone(), self.run.clone(), self.flushed_to.clone());
+        let fut = async move {
+            let mut offsets = Vec::new();
+            if let Some(prior) = prior {
+                let outcome = prior.await;
+                match &*outcome {
+                    Ok(done) => offsets.extend_from_slice(done),
+                    Err(_) => return (offsets, Some(outcome)),
+                }
+            }
+            match flusher.flush(run, batches, Some(early)).await {
+                Ok(done) => {
+                    offsets.extend(done);
+                    (offsets, None)
+                }
+                Err(failure) => (offsets, Some(Arc::new(Err(failure)))),
+            }
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|(offsets, failed), act, ctx| match failed {
             // The caller marks these offsets itself; no separate report needed.
-            Ok(offsets) => Ok(offsets),
-            Err(failure) => {
-                act.after_flush(Err(failure), ctx);
+            None => Ok(offsets),
+            Some(outcome) => {
+                if !offsets.is_empty() {
+                    act.flushed_to.do_send(Flushed { offsets });
+                }
+                act.after_flush(&outcome, ctx);
                 Err(())
             }
         })))
@@ -353,6 +458,9 @@ pub enum FlushError {
     /// A dead letter could not be forwarded to the dead-letter topic.
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
+    /// The flush task panicked or was cancelled.
+    #[error("flush task failed: {0}")]
+    Task(String),
 }
 
 fn unix_now() -> f64 {
@@ -539,7 +647,8 @@ mod tests {
         let applier = Applier::new(layout.clone());
         let dead_letters =
             Arc::new(DeadLetters::embedded(db.clone(), applier.clone(), RetryOptions::default(), "t".to_owned()));
-        let flusher = Flusher { db, applier, retry: RetryOptions::default(), stats: Stats::new(), dead_letters };
+        let flusher =
+            Flusher { db, applier, retry: RetryOptions::default(), stats: Stats::new(), dead_letters, offload: None };
         let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
         for i in 1..=60 {
             let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});
