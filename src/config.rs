@@ -33,6 +33,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub kafka: KafkaConfig,
     pub metrics: MetricsConfig,
+    pub query: QueryConfig,
 }
 
 /// The HTTP API's listener.
@@ -186,6 +187,22 @@ pub struct MetricsConfig {
     pub enabled: bool,
     /// Listener of roles without an HTTP API; 0 disables it.
     pub port: u16,
+}
+
+/// Read requests of the REST API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Age of a read snapshot after which a request that goes run by run takes a fresh one before
+    /// its next run; below FoundationDB's 5 s read-version lifetime.
+    pub snapshot_max_age_ms: u64,
+}
+
+impl QueryConfig {
+    /// The snapshot age limit as a duration.
+    pub fn snapshot_max_age(&self) -> Duration {
+        Duration::from_millis(self.snapshot_max_age_ms)
+    }
 }
 
 /// Why a configuration could not be loaded.
@@ -432,6 +449,17 @@ impl Config {
         if kafka.sasl_username.is_empty() != kafka.sasl_password.is_empty() {
             errors.push(ValidationError::Unpaired { key: "kafka.sasl_username", other: "kafka.sasl_password" });
         }
+        let query = &self.query;
+        if query.snapshot_max_age_ms == 0 {
+            errors.push(ValidationError::Zero { key: "query.snapshot_max_age_ms" });
+        } else if query.snapshot_max_age_ms >= FDB_TXN_LIFETIME_MS {
+            errors.push(ValidationError::AboveFdbLimit {
+                key: "query.snapshot_max_age_ms",
+                value: query.snapshot_max_age_ms,
+                limit: FDB_TXN_LIFETIME_MS,
+                unit: "ms",
+            });
+        }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
 }
@@ -637,6 +665,24 @@ mod tests {
         // Exactly at the byte limit is allowed (the reference's 8 MiB default carries over).
         let c = Config::from_toml_str("f.toml", "[ingest]\nmax_txn_bytes = 10000000\n").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn query_snapshot_age_must_be_positive_and_below_the_read_version_lifetime() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.snapshot_max_age(), Duration::from_secs(3));
+        for (fixture, message) in [
+            ("[query]\nsnapshot_max_age_ms = 0\n", "query.snapshot_max_age_ms: must be at least 1"),
+            (
+                "[query]\nsnapshot_max_age_ms = 5000\n",
+                "query.snapshot_max_age_ms: 5000 exceeds FoundationDB's 5000-ms transaction limit",
+            ),
+        ] {
+            let c = Config::from_toml_str("f.toml", fixture).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{fixture}: {err}");
+        }
+        Config::from_toml_str("f.toml", "[query]\nsnapshot_max_age_ms = 4999\n").unwrap().validate().unwrap();
     }
 
     #[test]

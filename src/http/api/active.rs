@@ -10,7 +10,7 @@ use crate::query::plan::{IndexExpr, IndexPred};
 
 use super::ApiError;
 use super::params::Params;
-use super::read::{Reader, RunData};
+use super::read::{Reader, RunData, per_run};
 use super::runs::{Out, count, flush, stream_response};
 use super::shape::{stream_props, to_stream};
 
@@ -35,7 +35,7 @@ async fn stream_active(
     let mut enc = StreamEncoder::new();
     let total = count(hashes.len());
     for (i, hash) in hashes.iter().enumerate() {
-        let run = RunData::load(&mut reader, hash, false, true).await?;
+        let run = per_run!(&mut reader, |r| RunData::load(r, hash, false, true))?;
         if let Some(run) = run.filter(|r| r.meta.active && !r.meta.pending_deletion) {
             let traces: Vec<StreamValue> = run
                 .traces

@@ -16,7 +16,7 @@ use crate::storage::value::Value;
 
 use super::ApiError;
 use super::params::Params;
-use super::read::Reader;
+use super::read::{Reader, per_run};
 use super::runs::{Out, flush, parse_range, point_value, read_series, stream_response};
 use super::shape::to_stream;
 
@@ -80,7 +80,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let range = parse_range(Params::parse(raw.as_deref()).str("record_range"))?;
     let mut reader = Reader::open(&state)?;
-    let (points, _) = select(&mut reader, &run_id, LOGS, range).await?;
+    let (points, _) = per_run!(&mut reader, |r| select(r, &run_id, LOGS, range))?;
     Ok(stream_response(move |out| stream_points(points, None, |v| to_stream(&v), out)))
 }
 
@@ -139,7 +139,7 @@ pub async fn log_records(
 ) -> Result<Response, ApiError> {
     let range = parse_range(Params::parse(raw.as_deref()).str("record_range"))?;
     let mut reader = Reader::open(&state)?;
-    let (points, bounds) = select(&mut reader, &run_id, LOG_RECORDS, range).await?;
+    let (points, bounds) = per_run!(&mut reader, |r| select(r, &run_id, LOG_RECORDS, range))?;
     let total = bounds.map_or(0, |(first, last)| last.saturating_sub(first).saturating_add(1));
     let head = Some(("log_records_count", StreamValue::Int(total)));
     Ok(stream_response(move |out| stream_points(points, head, render_record, out)))

@@ -26,7 +26,7 @@ use crate::storage::value::{self, Value};
 
 use super::ApiError;
 use super::params::{Params, tz_offset};
-use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of};
+use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
 
 /// The bucket for artifact URIs when `S3_BUCKET` is not set.
@@ -55,7 +55,7 @@ pub async fn run_info(
         }
     }
     let mut reader = Reader::open(&state)?;
-    let run = RunData::load(&mut reader, &run_id, true, true).await?.ok_or(ApiError::NotFound)?;
+    let run = per_run!(&mut reader, |r| RunData::load(r, &run_id, true, true))?.ok_or(ApiError::NotFound)?;
     let mut traces: Vec<(&str, Vec<StreamValue>)> = buckets.iter().map(|b| (*b, Vec::new())).collect();
     for t in &run.traces {
         let Some(bucket) = bucket_of(&t.dtype) else { continue };
@@ -203,20 +203,22 @@ pub async fn search_run(
     let plan = plan(&query.expr);
     let mut reader = Reader::open(&state)?;
     let (hashes, exact) = candidates(&mut reader, &plan).await?;
-    let mut matched: Vec<RunData> = Vec::new();
+    // Each match with the snapshot generation it was read in.
+    let mut matched: Vec<(RunData, u64)> = Vec::new();
     for hash in hashes {
         // Evaluation needs attributes and traces; exact candidates only need what sorting reads.
-        let Some(run) = RunData::load(&mut reader, &hash, !exact, !exact).await? else { continue };
+        let loaded = per_run!(&mut reader, |r| RunData::load(r, &hash, !exact, !exact))?;
+        let Some(run) = loaded else { continue };
         if run.meta.pending_deletion {
             continue;
         }
         if !exact && !matches(&query.expr, &run_scope(&Arc::new(run.view()))) {
             continue;
         }
-        matched.push(RunData { attrs: Value::Nil, traces: Vec::new(), ..run });
+        matched.push((RunData { attrs: Value::Nil, traces: Vec::new(), ..run }, reader.snapshot_generation()));
     }
     let now = now();
-    matched.sort_by(|a, b| {
+    matched.sort_by(|(a, _), (b, _)| {
         sort.iter()
             .map(|(field, desc)| {
                 let o = compare(a, b, *field, now);
@@ -228,11 +230,11 @@ pub async fn search_run(
     let total = matched.len();
     let start = match &offset {
         None => 0,
-        Some(o) => matched.iter().position(|r| &r.hash == o).map_or(total, |i| i + 1),
+        Some(o) => matched.iter().position(|(r, _)| &r.hash == o).map_or(total, |i| i + 1),
     };
     let end =
         if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
-    let page: Vec<(usize, RunData)> = matched.into_iter().enumerate().take(end).skip(start).collect();
+    let page: Vec<(usize, (RunData, u64))> = matched.into_iter().enumerate().take(end).skip(start).collect();
     Ok(stream_response(move |out| async move { stream_runs(reader, page, total, opts, out).await }))
 }
 
@@ -279,9 +281,31 @@ pub(super) fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The rest of a sorted run (attributes and traces, as `opts` asks), from the snapshot its meta
+/// came from (`generation`), or read again whole from the current one when that has changed; `None`
+/// when the run is gone or pending deletion by then.
+async fn complete_run(
+    reader: &mut Reader,
+    run: &RunData,
+    generation: u64,
+    opts: RunSearch,
+) -> Result<Option<RunData>, ApiError> {
+    let mut run = if reader.snapshot_generation() == generation {
+        run.clone()
+    } else {
+        match RunData::load(reader, &run.hash, false, false).await? {
+            Some(fresh) if !fresh.meta.pending_deletion => fresh,
+            _ => return Ok(None),
+        }
+    };
+    run.attrs = if opts.exclude_params { Value::Map(Vec::new()) } else { reader.attrs(&run.hash).await? };
+    run.traces = if opts.exclude_traces { Vec::new() } else { reader.traces(&run.hash).await? };
+    Ok(Some(run))
+}
+
 async fn stream_runs(
     mut reader: Reader,
-    page: Vec<(usize, RunData)>,
+    page: Vec<(usize, (RunData, u64))>,
     total: usize,
     opts: RunSearch,
     out: Out,
@@ -290,9 +314,13 @@ async fn stream_runs(
     if opts.report_progress && total > 0 {
         enc.progress(0, count(total));
     }
-    for (position, mut run) in page {
-        run.attrs = if opts.exclude_params { Value::Map(Vec::new()) } else { reader.attrs(&run.hash).await? };
-        run.traces = if opts.exclude_traces { Vec::new() } else { reader.traces(&run.hash).await? };
+    for (position, (sorted, generation)) in page {
+        let Some(run) = per_run!(&mut reader, |r| complete_run(r, &sorted, generation, opts))? else {
+            if opts.report_progress {
+                enc.progress(count(position + 1), count(total));
+            }
+            continue;
+        };
         let metrics: Vec<StreamValue> = run
             .traces
             .iter()
@@ -410,16 +438,28 @@ pub async fn metric_get_batch(
     let requested: Vec<TraceRef> =
         serde_json::from_slice(&body).map_err(|e| ApiError::Validation(format!("Invalid request body: {e}")))?;
     let mut reader = Reader::open(&state)?;
-    if reader.meta(&run_id).await?.is_none() {
+    let out = per_run!(&mut reader, |r| get_batch(r, &run_id, &requested, range, density))?;
+    Ok(axum::Json(to_json(&StreamValue::List(out))).into_response())
+}
+
+/// The traces of metric get-batch, read from one snapshot.
+async fn get_batch(
+    reader: &mut Reader,
+    run_id: &str,
+    requested: &[TraceRef],
+    range: (Option<i64>, Option<i64>),
+    density: i64,
+) -> Result<Vec<StreamValue>, ApiError> {
+    if reader.meta(run_id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
-    let traces = reader.traces(&run_id).await?;
+    let traces = reader.traces(run_id).await?;
     let mut out = Vec::new();
     for r in requested {
         let ctx_id = context_to_id(&r.context);
         let Some(trace) = traces.iter().find(|t| t.ctx_id == ctx_id && t.name == r.name) else { continue };
-        let id = SeqId { run: &run_id, ctx_id, name: &trace.name };
-        let points = read_series(&mut reader, id, range, density, Columns::default()).await?;
+        let id = SeqId { run: run_id, ctx_id, name: &trace.name };
+        let points = read_series(reader, id, range, density, Columns::default()).await?;
         let iters: Vec<StreamValue> = points.iter().map(|p| StreamValue::Int(p.step)).collect();
         let values: Vec<StreamValue> = points.iter().map(|p| to_stream(&point_value(&p.val))).collect();
         out.push(StreamValue::dict([
@@ -429,7 +469,7 @@ pub async fn metric_get_batch(
             ("values", StreamValue::List(values)),
         ]));
     }
-    Ok(axum::Json(to_json(&StreamValue::List(out))).into_response())
+    Ok(out)
 }
 
 /// The flags of metric search.
@@ -486,7 +526,8 @@ async fn stream_metrics(
         if !seen.insert(hash) {
             continue;
         }
-        if let Some(object) = metric_object(&mut reader, hash, exact, &query, &plan, &opts).await? {
+        let object = per_run!(&mut reader, |r| metric_object(r, hash, exact, &query, &plan, &opts))?;
+        if let Some(object) = object {
             if opts.report_progress {
                 enc.progress(count(i + 1), total);
             }
