@@ -189,16 +189,25 @@ pub struct MetricsConfig {
     pub port: u16,
 }
 
-/// Read requests of the REST API.
+/// Read requests of the REST API: the work budget of one request and the age of its snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
+    /// Keys one request may read; past them it is answered with a budget error.
+    pub max_keys_per_request: u64,
+    /// Wall time one request may spend reading; past it it is answered with a budget error.
+    pub max_request_time_ms: u64,
     /// Age of a read snapshot after which a request that goes run by run takes a fresh one before
     /// its next run; below FoundationDB's 5 s read-version lifetime.
     pub snapshot_max_age_ms: u64,
 }
 
 impl QueryConfig {
+    /// The time budget as a duration.
+    pub fn max_request_time(&self) -> Duration {
+        Duration::from_millis(self.max_request_time_ms)
+    }
+
     /// The snapshot age limit as a duration.
     pub fn snapshot_max_age(&self) -> Duration {
         Duration::from_millis(self.snapshot_max_age_ms)
@@ -450,6 +459,12 @@ impl Config {
             errors.push(ValidationError::Unpaired { key: "kafka.sasl_username", other: "kafka.sasl_password" });
         }
         let query = &self.query;
+        if query.max_keys_per_request == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_keys_per_request" });
+        }
+        if query.max_request_time_ms == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_request_time_ms" });
+        }
         if query.snapshot_max_age_ms == 0 {
             errors.push(ValidationError::Zero { key: "query.snapshot_max_age_ms" });
         } else if query.snapshot_max_age_ms >= FDB_TXN_LIFETIME_MS {
@@ -668,9 +683,20 @@ mod tests {
     }
 
     #[test]
-    fn query_snapshot_age_must_be_positive_and_below_the_read_version_lifetime() {
+    fn query_budgets_and_snapshot_age_must_be_positive_and_the_age_below_the_read_version_lifetime() {
         let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.max_keys_per_request, 50_000_000);
+        assert_eq!(c.query.max_request_time(), Duration::from_secs(120));
         assert_eq!(c.query.snapshot_max_age(), Duration::from_secs(3));
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[query]\nmax_keys_per_request = 0\nmax_request_time_ms = 0\nsnapshot_max_age_ms = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            invalid_keys(&c),
+            vec!["query.max_keys_per_request", "query.max_request_time_ms", "query.snapshot_max_age_ms"]
+        );
         for (fixture, message) in [
             ("[query]\nsnapshot_max_age_ms = 0\n", "query.snapshot_max_age_ms: must be at least 1"),
             (

@@ -734,3 +734,21 @@ async fn a_run_search_outliving_a_snapshot_reads_each_later_run_whole_from_the_f
     let (_, r01) = objects.iter().find(|(k, _)| k == "r01").unwrap();
     assert_eq!(r01.get("props").and_then(|p| p.get("name")), Some(&StreamValue::from("renamed")));
 }
+
+#[tokio::test]
+async fn a_request_past_its_key_budget_is_a_400_budget_error_not_a_500() {
+    let fx = Fixture::new().await;
+    let state = fx.state_with(|q| q.max_keys_per_request = 3);
+    let a = get(&state, &search("", "")).await;
+    assert_envelope(&a, 400, "bad_request");
+    assert_eq!(
+        a.json()["detail"],
+        "request exceeds its work budget: more than 3 keys to read (query.max_keys_per_request)"
+    );
+    let body = json!([{"name": "loss", "context": {"subset": "train"}}]);
+    let a = call(&state, "POST", &format!("{R}/runs/{RUN}/metric/get-batch"), Some(body)).await;
+    assert_envelope(&a, 400, "bad_request");
+    assert!(a.json()["detail"].as_str().unwrap().contains("query.max_keys_per_request"));
+    // The same requests within the default budget.
+    assert_eq!(get(&fx.state(), &search("", "")).await.status, 200);
+}

@@ -23,41 +23,35 @@ use crate::storage::value::{self, Value};
 
 use super::ApiError;
 
-/// Keys one request may read before it is refused.
-pub const DEFAULT_MAX_KEYS: u64 = 50_000_000;
-/// How long one request may work before it is refused.
-pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(120);
-
-/// The work a request may still do: keys read and wall time.
+/// The work a request may still do: keys read and wall time (`[query]` `max_keys_per_request`
+/// and `max_request_time_ms`).
 #[derive(Debug, Clone)]
 pub struct Budget {
+    max_keys: u64,
     keys_left: u64,
+    max_time: Duration,
     deadline: Instant,
 }
 
 impl Budget {
     /// A budget of `max_keys` keys and `max_time` from now.
     pub fn new(max_keys: u64, max_time: Duration) -> Self {
-        Self { keys_left: max_keys, deadline: Instant::now() + max_time }
+        Self { max_keys, keys_left: max_keys, max_time, deadline: Instant::now() + max_time }
     }
 
     /// Charges `keys` keys read; fails once the keys or the time are spent.
     pub fn charge(&mut self, keys: usize) -> Result<(), ApiError> {
         let keys = u64::try_from(keys).unwrap_or(u64::MAX);
         if keys > self.keys_left {
-            return Err(ApiError::Budget("too many keys read".into()));
+            let max = self.max_keys;
+            return Err(ApiError::Budget(format!("more than {max} keys to read (query.max_keys_per_request)")));
         }
         self.keys_left -= keys;
         if Instant::now() > self.deadline {
-            return Err(ApiError::Budget("time limit reached".into()));
+            let ms = self.max_time.as_millis();
+            return Err(ApiError::Budget(format!("time limit of {ms} ms reached (query.max_request_time_ms)")));
         }
         Ok(())
-    }
-}
-
-impl Default for Budget {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_KEYS, DEFAULT_MAX_TIME)
     }
 }
 
@@ -224,7 +218,7 @@ impl Reader {
             snapshot_max_age: config.snapshot_max_age(),
             renewals: 0,
             layout,
-            budget: Budget::default(),
+            budget: Budget::new(config.max_keys_per_request, config.max_request_time()),
             experiments: HashMap::new(),
             tags: HashMap::new(),
         })
