@@ -411,13 +411,29 @@ pub(super) async fn read_series(
     let layout = reader.layout().clone();
     let points = layout.seqs.read(reader.tx(), id, start, end, cols, true).await?;
     reader.charge(points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time)))?;
-    if density <= 0 {
+    let density = usize::try_from(density).unwrap_or(0);
+    if density == 0 || points.len() <= density {
         return Ok(points);
     }
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-    let keep = sample_indices(&steps, usize::try_from(density).unwrap_or(usize::MAX));
+    let keep = sample_indices(&steps, density);
     let mut points: Vec<Option<crate::storage::layout::SeqPoint>> = points.into_iter().map(Some).collect();
     Ok(keep.into_iter().filter_map(|i| points.get_mut(i).and_then(Option::take)).collect())
+}
+
+/// Reads the whole of one series sampled to at most `p` points (at least one), as
+/// [`read_series`] would with density `p`, reading only the kept points when it can.
+async fn read_sampled(
+    reader: &mut Reader,
+    id: SeqId<'_>,
+    p: i64,
+    cols: Columns,
+) -> Result<Vec<crate::storage::layout::SeqPoint>, ApiError> {
+    let layout = reader.layout().clone();
+    let p = usize::try_from(p.max(1)).unwrap_or(usize::MAX);
+    let (points, keys) = layout.seqs.read_sampled(reader.tx(), id, p, cols, true).await?;
+    reader.charge(keys)?;
+    Ok(points)
 }
 
 pub(super) fn point_value(bytes: &[u8]) -> Value {
@@ -439,7 +455,33 @@ pub async fn metric_get_batch(
         serde_json::from_slice(&body).map_err(|e| ApiError::Validation(format!("Invalid request body: {e}")))?;
     let mut reader = Reader::open(&state)?;
     let out = per_run!(&mut reader, |r| get_batch(r, &run_id, &requested, range, density))?;
-    Ok(axum::Json(to_json(&StreamValue::List(out))).into_response())
+    Ok(axum::Json(out).into_response())
+}
+
+/// One trace of a metric get-batch answer, serialized to JSON as it is written out: a series of a
+/// million points does not become a million JSON values first.
+#[derive(serde::Serialize)]
+struct BatchTrace {
+    name: String,
+    context: serde_json::Value,
+    iters: Vec<i64>,
+    values: Vec<JsonPoint>,
+}
+
+/// A point value as [`to_json`] renders it (a non-finite float is `null`).
+struct JsonPoint(Value);
+
+impl serde::Serialize for JsonPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Int(i) => match i64::try_from(*i) {
+                Ok(i) => s.serialize_i64(i),
+                Err(_) => to_json(&to_stream(&self.0)).serialize(s),
+            },
+            other => to_json(&to_stream(other)).serialize(s),
+        }
+    }
 }
 
 /// The traces of metric get-batch, read from one snapshot.
@@ -449,7 +491,7 @@ async fn get_batch(
     requested: &[TraceRef],
     range: (Option<i64>, Option<i64>),
     density: i64,
-) -> Result<Vec<StreamValue>, ApiError> {
+) -> Result<Vec<BatchTrace>, ApiError> {
     if reader.meta(run_id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
@@ -460,14 +502,12 @@ async fn get_batch(
         let Some(trace) = traces.iter().find(|t| t.ctx_id == ctx_id && t.name == r.name) else { continue };
         let id = SeqId { run: run_id, ctx_id, name: &trace.name };
         let points = read_series(reader, id, range, density, Columns::default()).await?;
-        let iters: Vec<StreamValue> = points.iter().map(|p| StreamValue::Int(p.step)).collect();
-        let values: Vec<StreamValue> = points.iter().map(|p| to_stream(&point_value(&p.val))).collect();
-        out.push(StreamValue::dict([
-            ("name", StreamValue::from(trace.name.as_str())),
-            ("context", to_stream(&trace.context)),
-            ("iters", StreamValue::List(iters)),
-            ("values", StreamValue::List(values)),
-        ]));
+        out.push(BatchTrace {
+            name: trace.name.clone(),
+            context: to_json(&to_stream(&trace.context)),
+            iters: points.iter().map(|p| p.step).collect(),
+            values: points.iter().map(|p| JsonPoint(point_value(&p.val))).collect(),
+        });
     }
     Ok(out)
 }
@@ -585,7 +625,7 @@ async fn metric_object(
     let mut traces = Vec::with_capacity(selected.len());
     for t in selected {
         let id = SeqId { run: hash, ctx_id: t.ctx_id, name: &t.name };
-        let points = read_series(reader, id, (None, None), opts.p.max(1), cols).await?;
+        let points = read_sampled(reader, id, opts.p, cols).await?;
         let values: Float64Array = points.iter().map(|p| number(&point_value(&p.val))).collect();
         let iters: Float64Array = points.iter().map(|p| p.step as f64).collect();
         // Epochs are sent only when every sampled point has one; timestamps always (§10 item 1).
@@ -608,7 +648,7 @@ async fn metric_object(
         if let Some(x_axis) = &opts.x_axis {
             let (xv, xi) = if run.traces.iter().any(|x| x.ctx_id == t.ctx_id && &x.name == x_axis) {
                 let id = SeqId { run: hash, ctx_id: t.ctx_id, name: x_axis };
-                let xs = read_series(reader, id, (None, None), opts.p.max(1), Columns::default()).await?;
+                let xs = read_sampled(reader, id, opts.p, Columns::default()).await?;
                 (xs.iter().map(|p| number(&point_value(&p.val))).collect(), xs.iter().map(|p| p.step as f64).collect())
             } else {
                 (Float64Array::new(), Float64Array::new())
@@ -641,6 +681,24 @@ mod tests {
         assert_eq!(parse_sort(r#"[{"field":"zzz"}]"#).unwrap_err().message(), "Unknown sort field: 'zzz'");
         assert_eq!(parse_sort(r#"[{"field":"run","order":"up"}]"#).unwrap_err().message(), "Invalid sort order: 'up'");
         assert!(parse_sort("not json").unwrap_err().message().starts_with("Invalid sort JSON: "));
+    }
+
+    #[test]
+    fn get_batch_points_serialize_as_the_generic_json_conversion_does() {
+        for v in [
+            Value::Float(0.1),
+            Value::Float(-1e300),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Int(3),
+            Value::Int(1 << 70),
+            Value::Str("x".into()),
+            Value::Nil,
+            Value::Bool(true),
+        ] {
+            let generic = serde_json::to_string(&to_json(&to_stream(&v))).unwrap();
+            assert_eq!(serde_json::to_string(&JsonPoint(v.clone())).unwrap(), generic, "{v:?}");
+        }
     }
 
     #[test]
