@@ -11,13 +11,14 @@ use axum::extract::State;
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
+use crate::http::stream::{Float64Array, StreamValue};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId};
 
 use super::read::{Reader, Trace, per_run};
-use super::runs::{Out, flush, point_value, read_series, stream_response};
+use super::runs::{point_value, read_series};
 use super::shape::number;
+use super::streaming::{Out, Streamer, stream_response};
 use super::{ApiError, body};
 
 /// The request body.
@@ -53,12 +54,11 @@ pub async fn align(State(state): State<AppState>, bytes: Bytes) -> Result<Respon
 }
 
 async fn stream_align(mut reader: Reader, request: AlignRequest, out: Out) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
+    let mut s = Streamer::new(out, false);
     for run in &request.runs {
         let entries = per_run!(&mut reader, |r| align_run(r, run, &request.align_by))?;
-        enc.object(run.run_id.as_str(), &StreamValue::List(entries))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if !flush(&out, &mut enc).await {
+        s.object(run.run_id.as_str(), &StreamValue::List(entries))?;
+        if !s.flush().await {
             return Ok(());
         }
     }

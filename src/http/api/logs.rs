@@ -10,15 +10,16 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::http::stream::{Key, StreamEncoder, StreamValue};
+use crate::http::stream::{Key, StreamValue};
 use crate::storage::layout::{Columns, SeqId, SeqPoint};
 use crate::storage::value::Value;
 
 use super::ApiError;
 use super::params::Params;
 use super::read::{Reader, per_run};
-use super::runs::{Out, flush, parse_range, point_value, read_series, stream_response};
+use super::runs::{parse_range, point_value, read_series};
 use super::shape::to_stream;
+use super::streaming::{Out, Streamer, stream_response};
 
 /// Lines sent when no range is given: the last 200.
 const DEFAULT_TAIL: i64 = 200;
@@ -57,17 +58,17 @@ async fn stream_points(
     render: fn(Value) -> StreamValue,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
+    let mut s = Streamer::new(out, false);
     if let Some((key, value)) = head {
-        enc.object(key, &value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        s.object(key, &value)?;
     }
     for (i, p) in points.into_iter().enumerate() {
-        enc.object(Key::Int(p.step), &render(point_value(&p.val))).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if (i + 1) % FLUSH_EVERY == 0 && !flush(&out, &mut enc).await {
+        s.object(Key::Int(p.step), &render(point_value(&p.val)))?;
+        if (i + 1) % FLUSH_EVERY == 0 && !s.flush().await {
             return Ok(());
         }
     }
-    flush(&out, &mut enc).await;
+    s.finish(false).await;
     Ok(())
 }
 

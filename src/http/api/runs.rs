@@ -9,14 +9,13 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
+use crate::http::stream::{Float64Array, StreamValue};
 use crate::query::plan::{MetricUsage, Plan, plan};
 use crate::query::views::{run_scope, sequence_scope};
 use crate::query::{CompileOptions, Query, compile, matches};
@@ -28,6 +27,7 @@ use super::ApiError;
 use super::params::{Params, tz_offset};
 use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
+use super::streaming::Streamer;
 
 /// The bucket for artifact URIs when `S3_BUCKET` is not set.
 const DEFAULT_BUCKET: &str = "matyan-artifacts";
@@ -247,39 +247,8 @@ struct RunSearch {
     exclude_traces: bool,
 }
 
-/// Where a streaming route writes; `send` fails once the client is gone.
-pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
-
-/// Sends what the encoder holds; `false` when the client is gone.
-pub(super) async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
-    if enc.is_empty() {
-        return true;
-    }
-    out.send(Ok(Bytes::from(enc.take()))).await.is_ok()
-}
-
-/// Runs `produce` in its own task and answers with what it sends, as `application/octet-stream`.
-/// An error after the headers aborts the body, as the reference's streams do.
-pub(super) fn stream_response<F, Fut>(produce: F) -> Response
-where
-    F: FnOnce(Out) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let errors = tx.clone();
-        if let Err(e) = produce(tx).await {
-            tracing::warn!(error = %e, "stream aborted");
-            let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
-        }
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
-}
-
-pub(super) fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
+// Kept here for the routes that import them from `runs` (objects.rs).
+pub(super) use super::streaming::{Out, count, flush, stream_response};
 
 /// The rest of a sorted run (attributes and traces, as `opts` asks), from the snapshot its meta
 /// came from (`generation`), or read again whole from the current one when that has changed; `None`
@@ -310,59 +279,54 @@ async fn stream_runs(
     opts: RunSearch,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
-    if opts.report_progress && total > 0 {
-        enc.progress(0, count(total));
+    let mut s = Streamer::new(out, opts.report_progress);
+    if total > 0 {
+        s.progress(0, total);
     }
     for (position, (sorted, generation)) in page {
-        let Some(run) = per_run!(&mut reader, |r| complete_run(r, &sorted, generation, opts))? else {
-            if opts.report_progress {
-                enc.progress(count(position + 1), count(total));
-            }
-            continue;
-        };
-        let metrics: Vec<StreamValue> = run
-            .traces
-            .iter()
-            .filter(|t| bucket_of(&t.dtype) == Some("metric"))
-            .map(|t| {
-                let last = to_stream(&t.last);
-                StreamValue::dict([
-                    ("name", StreamValue::from(t.name.as_str())),
-                    ("context", to_stream(&t.context)),
-                    (
-                        "values",
-                        StreamValue::dict([
-                            ("last", last.clone()),
-                            ("last_step", to_stream(&t.last_step)),
-                            ("first", last.clone()),
-                            ("min", last.clone()),
-                            ("max", last),
-                        ]),
-                    ),
-                ])
-            })
-            .collect();
-        let params =
-            if opts.exclude_params { StreamValue::Dict(Vec::new()) } else { params_tree(&run.attrs, opts.skip_system) };
-        let object = StreamValue::dict([
-            ("params", params),
-            ("traces", StreamValue::dict([("metric", StreamValue::List(metrics))])),
-            ("props", stream_props(&run)),
-        ]);
-        enc.object(run.hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if opts.report_progress {
-            enc.progress(count(position + 1), count(total));
+        if let Some(run) = per_run!(&mut reader, |r| complete_run(r, &sorted, generation, opts))? {
+            s.object(run.hash.as_str(), &run_search_object(&run, opts))?;
         }
-        if !flush(&out, &mut enc).await {
+        s.progress(position + 1, total);
+        if !s.flush().await {
             return Ok(());
         }
     }
-    if opts.report_progress {
-        enc.progress_done();
-    }
-    flush(&out, &mut enc).await;
+    s.finish(true).await;
     Ok(())
+}
+
+/// The object of one run in run search.
+fn run_search_object(run: &RunData, opts: RunSearch) -> StreamValue {
+    let metrics: Vec<StreamValue> = run
+        .traces
+        .iter()
+        .filter(|t| bucket_of(&t.dtype) == Some("metric"))
+        .map(|t| {
+            let last = to_stream(&t.last);
+            StreamValue::dict([
+                ("name", StreamValue::from(t.name.as_str())),
+                ("context", to_stream(&t.context)),
+                (
+                    "values",
+                    StreamValue::dict([
+                        ("last", last.clone()),
+                        ("last_step", to_stream(&t.last_step)),
+                        ("first", last.clone()),
+                        ("min", last.clone()),
+                        ("max", last),
+                    ]),
+                ),
+            ])
+        })
+        .collect();
+    let params =
+        if opts.exclude_params { StreamValue::Dict(Vec::new()) } else { params_tree(&run.attrs, opts.skip_system) };
+    StreamValue::dict([
+        ("params", params),
+        ("traces", StreamValue::dict([("metric", StreamValue::List(metrics))])),
+        ("props", stream_props(run)),
+    ])
 }
 
 /// One requested trace of metric get-batch.
@@ -556,33 +520,25 @@ async fn stream_metrics(
     opts: MetricSearch,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
-    let total = count(hashes.len());
-    if opts.report_progress {
-        enc.progress(0, total);
-    }
+    let mut s = Streamer::new(out, opts.report_progress);
+    let total = hashes.len();
+    s.progress(0, total);
     let mut seen = HashSet::new();
     for (i, hash) in hashes.iter().enumerate() {
         if !seen.insert(hash) {
             continue;
         }
         let object = per_run!(&mut reader, |r| metric_object(r, hash, exact, &query, &plan, &opts))?;
+        // The frame goes before the run's object here (§4.2).
+        s.progress(i + 1, total);
         if let Some(object) = object {
-            if opts.report_progress {
-                enc.progress(count(i + 1), total);
-            }
-            enc.object(hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        } else if opts.report_progress {
-            enc.progress(count(i + 1), total);
+            s.object(hash.as_str(), &object)?;
         }
-        if !flush(&out, &mut enc).await {
+        if !s.flush().await {
             return Ok(());
         }
     }
-    if opts.report_progress {
-        enc.progress_done();
-    }
-    flush(&out, &mut enc).await;
+    s.finish(true).await;
     Ok(())
 }
 
