@@ -34,6 +34,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub metrics: MetricsConfig,
     pub blobs: BlobsConfig,
+    pub query: QueryConfig,
 }
 
 /// The HTTP API's listener.
@@ -209,6 +210,31 @@ pub struct BlobsConfig {
 impl std::fmt::Debug for BlobsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlobsConfig").field("uri_secret", &"<redacted>").field("dir", &self.dir).finish()
+    }
+}
+
+/// Read requests of the REST API: the work budget of one request and the age of its snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    /// Keys one request may read; past them it is answered with a budget error.
+    pub max_keys_per_request: u64,
+    /// Wall time one request may spend reading; past it it is answered with a budget error.
+    pub max_request_time_ms: u64,
+    /// Age of a read snapshot after which a request that goes run by run takes a fresh one before
+    /// its next run; below FoundationDB's 5 s read-version lifetime.
+    pub snapshot_max_age_ms: u64,
+}
+
+impl QueryConfig {
+    /// The time budget as a duration.
+    pub fn max_request_time(&self) -> Duration {
+        Duration::from_millis(self.max_request_time_ms)
+    }
+
+    /// The snapshot age limit as a duration.
+    pub fn snapshot_max_age(&self) -> Duration {
+        Duration::from_millis(self.snapshot_max_age_ms)
     }
 }
 
@@ -478,6 +504,23 @@ impl Config {
         if crate::blobs::uri::check_secret(&self.blobs.uri_secret).is_err() {
             errors.push(ValidationError::NotAKey { key: "blobs.uri_secret" });
         }
+        let query = &self.query;
+        if query.max_keys_per_request == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_keys_per_request" });
+        }
+        if query.max_request_time_ms == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_request_time_ms" });
+        }
+        if query.snapshot_max_age_ms == 0 {
+            errors.push(ValidationError::Zero { key: "query.snapshot_max_age_ms" });
+        } else if query.snapshot_max_age_ms >= FDB_TXN_LIFETIME_MS {
+            errors.push(ValidationError::AboveFdbLimit {
+                key: "query.snapshot_max_age_ms",
+                value: query.snapshot_max_age_ms,
+                limit: FDB_TXN_LIFETIME_MS,
+                unit: "ms",
+            });
+        }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
 }
@@ -703,6 +746,35 @@ mod tests {
         // Exactly at the byte limit is allowed (the reference's 8 MiB default carries over).
         let c = Config::from_toml_str("f.toml", "[ingest]\nmax_txn_bytes = 10000000\n").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn query_budgets_and_snapshot_age_must_be_positive_and_the_age_below_the_read_version_lifetime() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.max_keys_per_request, 50_000_000);
+        assert_eq!(c.query.max_request_time(), Duration::from_secs(120));
+        assert_eq!(c.query.snapshot_max_age(), Duration::from_secs(3));
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[query]\nmax_keys_per_request = 0\nmax_request_time_ms = 0\nsnapshot_max_age_ms = 0\n",
+        )
+        .unwrap();
+        assert_eq!(
+            invalid_keys(&c),
+            vec!["query.max_keys_per_request", "query.max_request_time_ms", "query.snapshot_max_age_ms"]
+        );
+        for (fixture, message) in [
+            ("[query]\nsnapshot_max_age_ms = 0\n", "query.snapshot_max_age_ms: must be at least 1"),
+            (
+                "[query]\nsnapshot_max_age_ms = 5000\n",
+                "query.snapshot_max_age_ms: 5000 exceeds FoundationDB's 5000-ms transaction limit",
+            ),
+        ] {
+            let c = Config::from_toml_str("f.toml", fixture).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{fixture}: {err}");
+        }
+        Config::from_toml_str("f.toml", "[query]\nsnapshot_max_age_ms = 4999\n").unwrap().validate().unwrap();
     }
 
     #[test]

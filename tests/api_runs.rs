@@ -9,10 +9,11 @@ use axum::http::Request;
 use matyan::app::AppState;
 use matyan::http::stream::{Float64Array, Key, StreamValue, decode_objects, progress_of};
 use matyan::storage::context_id::context_to_id;
-use matyan::storage::kv::{Database, RetryOptions};
+use matyan::storage::kv::{Database, Limits, RetryOptions};
 use matyan::storage::layout::{EntityKind, Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
 use matyan::storage::value::{self, Value};
 use serde_json::{Value as J, json};
+use std::time::Duration;
 use tower::ServiceExt as _;
 
 use common::{NOW, RUN};
@@ -32,8 +33,21 @@ impl Fixture {
         Fixture { db, layout }
     }
 
+    /// A memory store holding the worked example's run, whose snapshots die after `lifetime`
+    /// (FoundationDB's is 5 s).
+    async fn short_lived(lifetime: Duration) -> Self {
+        let db = Database::memory_with_limits(Limits { txn_lifetime: lifetime, ..Limits::FDB });
+        let layout = common::write_worked_example(&db).await;
+        Fixture { db, layout }
+    }
+
     fn state(&self) -> AppState {
         common::app_state(&self.db, &self.layout)
+    }
+
+    /// The state with `[query]` changed by `configure`.
+    fn state_with(&self, configure: impl FnOnce(&mut matyan::config::QueryConfig)) -> AppState {
+        common::app_state_with(&self.db, &self.layout, |c| configure(&mut c.query))
     }
 
     /// Creates a run named `name` at `created_at` with hparams `{"lr": lr}`.
@@ -610,4 +624,131 @@ async fn run_search_flushes_each_run_as_its_own_chunk() {
     for chunk in &chunks {
         assert_eq!(decode_objects(chunk).unwrap().len(), 1);
     }
+}
+
+/// Sends a GET and returns the body as it streams.
+async fn open_stream(state: &AppState, uri: &str) -> axum::body::BodyDataStream {
+    let req = Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let resp = matyan::http::service(state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().into_data_stream()
+}
+
+/// The first chunk, then, after `pause` spent in `meanwhile` and sleeping (the server stops
+/// reading while its channel is full), the rest; a stream that aborts fails the test.
+async fn read_with_pause(
+    mut body: axum::body::BodyDataStream,
+    pause: Duration,
+    meanwhile: impl Future<Output = ()>,
+) -> Answer {
+    use futures_util::StreamExt as _;
+    let mut bytes = body.next().await.unwrap().unwrap().to_vec();
+    meanwhile.await;
+    tokio::time::sleep(pause).await;
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk.expect("the stream completes"));
+    }
+    Answer { status: 200, content_type: String::new(), body: bytes }
+}
+
+/// Twelve runs `r00`..`r11` (created in that order after the worked example's) with a `loss`
+/// series of three points each.
+async fn twelve_runs(fx: &Fixture) -> Vec<String> {
+    let mut hashes = Vec::new();
+    for i in 0..12 {
+        let hash = format!("r{i:02}");
+        fx.run(&hash, &hash, NOW + 1.0 + f64::from(i), json!(0.1)).await;
+        fx.metric(&hash, "loss", json!({}), &[1.0, 2.0, 3.0]).await;
+        hashes.push(hash);
+    }
+    hashes
+}
+
+#[tokio::test]
+async fn a_metric_search_outliving_a_snapshot_renews_it_between_runs_and_answers_every_run() {
+    // Snapshots die after 1 s; the request renews its own after 200 ms. The reader pauses 1.2 s
+    // after the first chunk, with most runs still unread: read through the first snapshot,
+    // they would fail with transaction_too_old.
+    let fx = Fixture::short_lived(Duration::from_secs(1)).await;
+    let hashes = twelve_runs(&fx).await;
+    let state = fx.state_with(|q| q.snapshot_max_age_ms = 200);
+    let uri = format!("{R}/runs/search/metric?q={}&report_progress=false", enc("metric.name == \"loss\""));
+    let body = open_stream(&state, &uri).await;
+    // Meanwhile the last run in the answer (hash order) grows a point and is renamed, in one
+    // transaction: its object shows both, from one snapshot.
+    let last = hashes.last().unwrap().clone();
+    let grow = async {
+        let layout = fx.layout.clone();
+        fx.db
+            .run(&RetryOptions::default(), |tx| {
+                let (layout, last) = (layout.clone(), last.clone());
+                async move {
+                    let id = SeqId { run: &last, ctx_id: context_to_id(&json!({})), name: "loss" };
+                    let val = value::encode(&Value::Float(4.0)).unwrap();
+                    layout.seqs.write(&tx, id, &[SeqWrite { step: 3, val: &val, epoch: Some(0), time: NOW }]);
+                    let four = Value::Float(4.0);
+                    let trace =
+                        TraceInfo { ctx_id: id.ctx_id, name: "loss", dtype: "float", last: Some(&four), last_step: 3 };
+                    layout.runs.record_trace(&tx, &last, &trace)?;
+                    layout.runs.update_meta(&tx, &last, NOW, &[("name", Value::from("grown"))]).await
+                }
+            })
+            .await
+            .unwrap();
+    };
+    let a = read_with_pause(body, Duration::from_millis(1_200), grow).await;
+    let objects = a.objects();
+    let mut want = vec![RUN.to_owned()];
+    want.extend(hashes);
+    assert_eq!(objects.iter().map(|(k, _)| k.clone()).collect::<Vec<_>>(), want);
+    let (_, run) = objects.last().unwrap();
+    assert_eq!(run.get("props").and_then(|p| p.get("name")), Some(&StreamValue::from("grown")));
+    let StreamValue::List(traces) = run.get("traces").unwrap() else { panic!("traces") };
+    let trace = &traces[0];
+    assert_eq!(Float64Array::from_decoded(trace.get("iters").unwrap()).unwrap().values(), [0.0, 1.0, 2.0, 3.0]);
+    assert_eq!(
+        trace.get("slice"),
+        Some(&StreamValue::list([StreamValue::Int(0), StreamValue::Int(3), StreamValue::Int(1)]))
+    );
+}
+
+#[tokio::test]
+async fn a_run_search_outliving_a_snapshot_reads_each_later_run_whole_from_the_fresh_one() {
+    // Run search sorts on meta read through the first snapshot, then streams; once the snapshot
+    // is renewed, a run's whole object (props included) is read again from the fresh one, and a
+    // run deleted meanwhile is left out.
+    let fx = Fixture::short_lived(Duration::from_secs(1)).await;
+    let hashes = twelve_runs(&fx).await;
+    let state = fx.state_with(|q| q.snapshot_max_age_ms = 200);
+    let body = open_stream(&state, &search("", "&report_progress=false")).await;
+    // Newest first: r11 .. r00, then the worked example's run.
+    let change = async {
+        fx.meta("r01", vec![("name", Value::from("renamed"))]).await;
+        fx.meta("r00", vec![("pending_deletion", Value::Bool(true))]).await;
+    };
+    let a = read_with_pause(body, Duration::from_millis(1_200), change).await;
+    let mut want: Vec<String> = hashes.iter().rev().filter(|h| *h != "r00").cloned().collect();
+    want.push(RUN.to_owned());
+    assert_eq!(a.keys(), want);
+    let objects = a.objects();
+    let (_, r01) = objects.iter().find(|(k, _)| k == "r01").unwrap();
+    assert_eq!(r01.get("props").and_then(|p| p.get("name")), Some(&StreamValue::from("renamed")));
+}
+
+#[tokio::test]
+async fn a_request_past_its_key_budget_is_a_400_budget_error_not_a_500() {
+    let fx = Fixture::new().await;
+    let state = fx.state_with(|q| q.max_keys_per_request = 3);
+    let a = get(&state, &search("", "")).await;
+    assert_envelope(&a, 400, "bad_request");
+    assert_eq!(
+        a.json()["detail"],
+        "request exceeds its work budget: more than 3 keys to read (query.max_keys_per_request)"
+    );
+    let body = json!([{"name": "loss", "context": {"subset": "train"}}]);
+    let a = call(&state, "POST", &format!("{R}/runs/{RUN}/metric/get-batch"), Some(body)).await;
+    assert_envelope(&a, 400, "bad_request");
+    assert!(a.json()["detail"].as_str().unwrap().contains("query.max_keys_per_request"));
+    // The same requests within the default budget.
+    assert_eq!(get(&fx.state(), &search("", "")).await.status, 200);
 }

@@ -3,6 +3,10 @@
 //! whole response body consumed): run search without a query, run search on an indexed hparam,
 //! metric search with `p=500`, and the big run's whole series through metric get-batch.
 //!
+//! A store that already holds the data set of the same size (named by the marker file
+//! `bench-query.json` in its directory, written once populating has finished) is reused, so a
+//! `--dir` kept between runs skips the setup.
+//!
 //! Each request runs once untimed (warm-up), then `reps` times; the report gives the median and
 //! the 95th percentile (nearest rank) of the timed repetitions, and checks every answer's counts.
 //! A request that fails (for example a search outliving the 5 s transaction lifetime) is reported
@@ -67,8 +71,10 @@ pub struct QueryRow {
 /// The benchmark's figures.
 #[derive(Debug, Clone)]
 pub struct QueryReport {
-    /// Points written in setup.
+    /// Points written in setup (or found in a reused store).
     pub points_written: u64,
+    /// Whether the store was reused rather than populated.
+    pub reused: bool,
     /// Seconds the setup took.
     pub setup_secs: f64,
     /// Bytes on disk after setup.
@@ -105,6 +111,9 @@ pub const BIG_METRIC: &str = "throughput";
 /// Points per transaction when writing a series (about 650 bytes each in FoundationDB's accounting
 /// with the epoch and time columns, so about 3.3 MB per transaction).
 const CHUNK: u32 = 5_000;
+
+/// The marker file of a populated store: the data set's size as JSON.
+const MARKER: &str = "bench-query.json";
 
 /// The hash of bench run `i`.
 pub fn run_hash(i: u32) -> String {
@@ -301,10 +310,22 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
     if cfg.runs == 0 || cfg.steps == 0 || cfg.big_steps == 0 || cfg.reps == 0 {
         return Err(QueryBenchError::Invalid("runs, steps, big steps and reps must be positive".into()));
     }
+    let marker = dir.join(MARKER);
+    let shape = json!({"runs": cfg.runs, "steps": cfg.steps, "big_steps": cfg.big_steps}).to_string();
+    let reused = std::fs::read_to_string(&marker).is_ok_and(|m| m == shape);
+    if !reused && marker.exists() {
+        return Err(QueryBenchError::Invalid(format!("{} holds a data set of another size", dir.display())));
+    }
     let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB)?;
     let layout = Layout::open(&db).await?;
     let start = Instant::now();
-    let points_written = populate(&db, &layout, cfg).await?;
+    let points_written = if reused {
+        u64::from(cfg.runs) * 3 * u64::from(cfg.steps) + u64::from(cfg.big_steps)
+    } else {
+        let points = populate(&db, &layout, cfg).await?;
+        std::fs::write(&marker, &shape).map_err(|e| QueryBenchError::Invalid(format!("{}: {e}", marker.display())))?;
+        points
+    };
     let setup_secs = start.elapsed().as_secs_f64();
     let config = Config::from_toml_str("bench", "").map_err(|e| QueryBenchError::Invalid(e.to_string()))?;
     let state = AppState::new(db.clone(), layout, config, None).map_err(|e| QueryBenchError::Invalid(e.to_string()))?;
@@ -389,5 +410,5 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
             error,
         });
     }
-    Ok(QueryReport { points_written, setup_secs, disk_bytes: db.disk_bytes(), rows })
+    Ok(QueryReport { points_written, reused, setup_secs, disk_bytes: db.disk_bytes(), rows })
 }

@@ -65,7 +65,8 @@ struct QueryArgs {
     /// Timed repetitions of each request (after one warm-up).
     #[arg(long, default_value_t = 5)]
     reps: u32,
-    /// Scratch directory for the store [default: a temporary directory].
+    /// Store directory [default: a temporary directory, removed after]; a store there that an
+    /// earlier run populated with the same --runs, --steps and --big-steps is reused.
     #[arg(long)]
     dir: Option<PathBuf>,
 }
@@ -223,13 +224,21 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
 }
 
 fn print_query(report: &QueryReport) {
-    println!(
-        "setup: {} points in {:.1} s ({:.0} points/s), {:.1} MiB on disk",
-        report.points_written,
-        report.setup_secs,
-        report.points_written as f64 / report.setup_secs,
-        report.disk_bytes as f64 / (1024.0 * 1024.0)
-    );
+    if report.reused {
+        println!(
+            "setup: reused a store of {} points, {:.1} MiB on disk",
+            report.points_written,
+            report.disk_bytes as f64 / (1024.0 * 1024.0)
+        );
+    } else {
+        println!(
+            "setup: {} points in {:.1} s ({:.0} points/s), {:.1} MiB on disk",
+            report.points_written,
+            report.setup_secs,
+            report.points_written as f64 / report.setup_secs,
+            report.disk_bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
     println!(
         "{:<32} {:>9} {:>7} {:>12} {:>10} {:>10}",
         "request", "count", "unit", "body_bytes", "median_ms", "p95_ms"

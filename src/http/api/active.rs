@@ -5,14 +5,14 @@ use axum::extract::{RawQuery, State};
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::http::stream::{StreamEncoder, StreamValue};
+use crate::http::stream::StreamValue;
 use crate::query::plan::{IndexExpr, IndexPred};
 
 use super::ApiError;
 use super::params::Params;
-use super::read::{Reader, RunData};
-use super::runs::{Out, count, flush, stream_response};
+use super::read::{Reader, RunData, per_run};
 use super::shape::{stream_props, to_stream};
+use super::streaming::{Out, Streamer, stream_response};
 
 /// `GET runs/active/?report_progress=true`: `<hash>: {traces: {metric: [{name, context, values:
 /// {last, last_step}}]}, props}` per active run (every trace, custom objects and logs included, as
@@ -32,37 +32,38 @@ async fn stream_active(
     report_progress: bool,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
-    let total = count(hashes.len());
+    let mut s = Streamer::new(out, report_progress);
+    let total = hashes.len();
     for (i, hash) in hashes.iter().enumerate() {
-        let run = RunData::load(&mut reader, hash, false, true).await?;
+        let run = per_run!(&mut reader, |r| RunData::load(r, hash, false, true))?;
         if let Some(run) = run.filter(|r| r.meta.active && !r.meta.pending_deletion) {
-            let traces: Vec<StreamValue> = run
-                .traces
-                .iter()
-                .map(|t| {
-                    StreamValue::dict([
-                        ("name", StreamValue::from(t.name.as_str())),
-                        ("context", to_stream(&t.context)),
-                        (
-                            "values",
-                            StreamValue::dict([("last", to_stream(&t.last)), ("last_step", to_stream(&t.last_step))]),
-                        ),
-                    ])
-                })
-                .collect();
-            let object = StreamValue::dict([
-                ("traces", StreamValue::dict([("metric", StreamValue::List(traces))])),
-                ("props", stream_props(&run)),
-            ]);
-            enc.object(hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            s.object(hash.as_str(), &active_object(&run))?;
         }
-        if report_progress {
-            enc.progress(count(i + 1), total);
-        }
-        if !flush(&out, &mut enc).await {
+        s.progress(i + 1, total);
+        if !s.flush().await {
             return Ok(());
         }
     }
+    // No final frame here (§4.4).
+    s.finish(false).await;
     Ok(())
+}
+
+/// The object of one active run: every trace's last value, and the props.
+fn active_object(run: &RunData) -> StreamValue {
+    let traces: Vec<StreamValue> = run
+        .traces
+        .iter()
+        .map(|t| {
+            StreamValue::dict([
+                ("name", StreamValue::from(t.name.as_str())),
+                ("context", to_stream(&t.context)),
+                ("values", StreamValue::dict([("last", to_stream(&t.last)), ("last_step", to_stream(&t.last_step))])),
+            ])
+        })
+        .collect();
+    StreamValue::dict([
+        ("traces", StreamValue::dict([("metric", StreamValue::List(traces))])),
+        ("props", stream_props(run)),
+    ])
 }

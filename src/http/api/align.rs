@@ -11,13 +11,14 @@ use axum::extract::State;
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
+use crate::http::stream::{Float64Array, StreamValue};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId};
 
-use super::read::{Reader, Trace};
-use super::runs::{Out, flush, point_value, read_series, stream_response};
+use super::read::{Reader, Trace, per_run};
+use super::runs::{point_value, read_series};
 use super::shape::number;
+use super::streaming::{Out, Streamer, stream_response};
 use super::{ApiError, body};
 
 /// The request body.
@@ -53,40 +54,45 @@ pub async fn align(State(state): State<AppState>, bytes: Bytes) -> Result<Respon
 }
 
 async fn stream_align(mut reader: Reader, request: AlignRequest, out: Out) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
+    let mut s = Streamer::new(out, false);
     for run in &request.runs {
-        let meta = reader.meta(&run.run_id).await?;
-        let traces: Vec<Trace> = match meta {
-            Some(m) if !m.pending_deletion => reader.traces(&run.run_id).await?,
-            _ => Vec::new(),
-        };
-        let mut entries = Vec::with_capacity(run.traces.len());
-        for requested in &run.traces {
-            let ctx_id = context_to_id(&requested.context);
-            let has = |name: &str| traces.iter().any(|t| t.ctx_id == ctx_id && t.name == name);
-            let (values, iters) = if has(&requested.name) && has(&request.align_by) {
-                let id = SeqId { run: &run.run_id, ctx_id, name: &request.align_by };
-                let stop = requested.slice[1];
-                let range = (None, (stop > 0).then(|| stop.saturating_add(1)));
-                let points = read_series(&mut reader, id, range, 0, Columns::default()).await?;
-                let values: Float64Array = points.iter().map(|p| number(&point_value(&p.val))).collect();
-                let iters: Float64Array = points.iter().map(|p| p.step as f64).collect();
-                (values, iters)
-            } else {
-                (Float64Array::new(), Float64Array::new())
-            };
-            entries.push(StreamValue::dict([
-                ("name", StreamValue::from(requested.name.as_str())),
-                ("context", StreamValue::from(&requested.context)),
-                ("x_axis_values", StreamValue::from(values)),
-                ("x_axis_iters", StreamValue::from(iters)),
-            ]));
-        }
-        enc.object(run.run_id.as_str(), &StreamValue::List(entries))
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if !flush(&out, &mut enc).await {
+        let entries = per_run!(&mut reader, |r| align_run(r, run, &request.align_by))?;
+        s.object(run.run_id.as_str(), &StreamValue::List(entries))?;
+        if !s.flush().await {
             return Ok(());
         }
     }
     Ok(())
+}
+
+/// The entries of one requested run, read from one snapshot.
+async fn align_run(reader: &mut Reader, run: &AlignRun, align_by: &str) -> Result<Vec<StreamValue>, ApiError> {
+    let meta = reader.meta(&run.run_id).await?;
+    let traces: Vec<Trace> = match meta {
+        Some(m) if !m.pending_deletion => reader.traces(&run.run_id).await?,
+        _ => Vec::new(),
+    };
+    let mut entries = Vec::with_capacity(run.traces.len());
+    for requested in &run.traces {
+        let ctx_id = context_to_id(&requested.context);
+        let has = |name: &str| traces.iter().any(|t| t.ctx_id == ctx_id && t.name == name);
+        let (values, iters) = if has(&requested.name) && has(align_by) {
+            let id = SeqId { run: &run.run_id, ctx_id, name: align_by };
+            let stop = requested.slice[1];
+            let range = (None, (stop > 0).then(|| stop.saturating_add(1)));
+            let points = read_series(reader, id, range, 0, Columns::default()).await?;
+            let values: Float64Array = points.iter().map(|p| number(&point_value(&p.val))).collect();
+            let iters: Float64Array = points.iter().map(|p| p.step as f64).collect();
+            (values, iters)
+        } else {
+            (Float64Array::new(), Float64Array::new())
+        };
+        entries.push(StreamValue::dict([
+            ("name", StreamValue::from(requested.name.as_str())),
+            ("context", StreamValue::from(&requested.context)),
+            ("x_axis_values", StreamValue::from(values)),
+            ("x_axis_iters", StreamValue::from(iters)),
+        ]));
+    }
+    Ok(entries)
 }

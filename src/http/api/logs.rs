@@ -10,15 +10,16 @@ use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 
 use crate::app::AppState;
-use crate::http::stream::{Key, StreamEncoder, StreamValue};
+use crate::http::stream::{Key, StreamValue};
 use crate::storage::layout::{Columns, SeqId, SeqPoint};
 use crate::storage::value::Value;
 
 use super::ApiError;
 use super::params::Params;
-use super::read::Reader;
-use super::runs::{Out, flush, parse_range, point_value, read_series, stream_response};
+use super::read::{Reader, per_run};
+use super::runs::{parse_range, point_value, read_series};
 use super::shape::to_stream;
+use super::streaming::{Out, Streamer, stream_response};
 
 /// Lines sent when no range is given: the last 200.
 const DEFAULT_TAIL: i64 = 200;
@@ -57,17 +58,17 @@ async fn stream_points(
     render: fn(Value) -> StreamValue,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
+    let mut s = Streamer::new(out, false);
     if let Some((key, value)) = head {
-        enc.object(key, &value).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        s.object(key, &value)?;
     }
     for (i, p) in points.into_iter().enumerate() {
-        enc.object(Key::Int(p.step), &render(point_value(&p.val))).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if (i + 1) % FLUSH_EVERY == 0 && !flush(&out, &mut enc).await {
+        s.object(Key::Int(p.step), &render(point_value(&p.val)))?;
+        if (i + 1) % FLUSH_EVERY == 0 && !s.flush().await {
             return Ok(());
         }
     }
-    flush(&out, &mut enc).await;
+    s.finish(false).await;
     Ok(())
 }
 
@@ -80,7 +81,7 @@ pub async fn logs(
 ) -> Result<Response, ApiError> {
     let range = parse_range(Params::parse(raw.as_deref()).str("record_range"))?;
     let mut reader = Reader::open(&state)?;
-    let (points, _) = select(&mut reader, &run_id, LOGS, range).await?;
+    let (points, _) = per_run!(&mut reader, |r| select(r, &run_id, LOGS, range))?;
     Ok(stream_response(move |out| stream_points(points, None, |v| to_stream(&v), out)))
 }
 
@@ -139,7 +140,7 @@ pub async fn log_records(
 ) -> Result<Response, ApiError> {
     let range = parse_range(Params::parse(raw.as_deref()).str("record_range"))?;
     let mut reader = Reader::open(&state)?;
-    let (points, bounds) = select(&mut reader, &run_id, LOG_RECORDS, range).await?;
+    let (points, bounds) = per_run!(&mut reader, |r| select(r, &run_id, LOG_RECORDS, range))?;
     let total = bounds.map_or(0, |(first, last)| last.saturating_sub(first).saturating_add(1));
     let head = Some(("log_records_count", StreamValue::Int(total)));
     Ok(stream_response(move |out| stream_points(points, head, render_record, out)))

@@ -30,6 +30,7 @@ mod read;
 mod run_write;
 mod runs;
 mod shape;
+mod streaming;
 
 use axum::Json;
 use axum::Router;

@@ -1,55 +1,57 @@
-//! The read side of one REST request: one snapshot transaction, a work budget, and run data
+//! The read side of one REST request: a snapshot transaction, a work budget, and run data
 //! (meta, attributes, traces, contexts, tags, experiment) loaded from the Matyan layout.
+//!
+//! A snapshot is a FoundationDB read version, which dies 5 s after its first read
+//! (`transaction_too_old`). Routes that go run by run read each run inside [`per_run!`]:
+//! before the run, a snapshot older than `query.snapshot_max_age_ms` is replaced by a fresh one,
+//! and a run whose reads still outlive their snapshot (one huge run) is read again, whole, on a
+//! fresh one, once. So a long stream never dies of age, and each run's object comes from one
+//! snapshot; different runs of one answer may come from different ones.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::app::AppState;
+use crate::config::QueryConfig;
 use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
 use crate::query::views::{RunView, TraceSummary};
-use crate::storage::kv::{RangeOption, Transaction};
+use crate::storage::kv::{Database, KvError, RangeOption, RetryableError, Transaction};
 use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId};
 use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
 
 use super::ApiError;
 
-/// Keys one request may read before it is refused.
-pub const DEFAULT_MAX_KEYS: u64 = 50_000_000;
-/// How long one request may work before it is refused.
-pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(120);
-
-/// The work a request may still do: keys read and wall time.
+/// The work a request may still do: keys read and wall time (`[query]` `max_keys_per_request`
+/// and `max_request_time_ms`).
 #[derive(Debug, Clone)]
 pub struct Budget {
+    max_keys: u64,
     keys_left: u64,
+    max_time: Duration,
     deadline: Instant,
 }
 
 impl Budget {
     /// A budget of `max_keys` keys and `max_time` from now.
     pub fn new(max_keys: u64, max_time: Duration) -> Self {
-        Self { keys_left: max_keys, deadline: Instant::now() + max_time }
+        Self { max_keys, keys_left: max_keys, max_time, deadline: Instant::now() + max_time }
     }
 
     /// Charges `keys` keys read; fails once the keys or the time are spent.
     pub fn charge(&mut self, keys: usize) -> Result<(), ApiError> {
         let keys = u64::try_from(keys).unwrap_or(u64::MAX);
         if keys > self.keys_left {
-            return Err(ApiError::Budget("too many keys read".into()));
+            let max = self.max_keys;
+            return Err(ApiError::Budget(format!("more than {max} keys to read (query.max_keys_per_request)")));
         }
         self.keys_left -= keys;
         if Instant::now() > self.deadline {
-            return Err(ApiError::Budget("time limit reached".into()));
+            let ms = self.max_time.as_millis();
+            return Err(ApiError::Budget(format!("time limit of {ms} ms reached (query.max_request_time_ms)")));
         }
         Ok(())
-    }
-}
-
-impl Default for Budget {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_KEYS, DEFAULT_MAX_TIME)
     }
 }
 
@@ -141,14 +143,52 @@ pub fn bucket_of(dtype: &str) -> Option<&'static str> {
 /// The six sequence buckets in the reference's order.
 pub const BUCKETS: [&str; 6] = ["metric", "images", "texts", "distributions", "audios", "figures"];
 
-/// Everything a route reads from storage, through one snapshot, within one budget. Caches
-/// experiments and tags, which many runs share.
+/// Everything a route reads from storage, through a snapshot renewed between runs (see the
+/// module), within one budget. Caches experiments and tags, which many runs share, per snapshot.
 pub struct Reader {
+    db: Database,
     tx: Transaction,
+    /// When `tx` was created; its first read, where FoundationDB's clock starts, is later.
+    opened: Instant,
+    snapshot_max_age: Duration,
+    /// Snapshots taken before the current one.
+    renewals: u64,
     layout: Arc<Layout>,
     budget: Budget,
     experiments: HashMap<String, Option<Entity>>,
     tags: HashMap<String, Option<Entity>>,
+}
+
+/// Reads one run's data through one snapshot: `per_run!(reader, |r| read(r, ...))`, where
+/// `reader: &mut Reader` and the expression is a future using `r` for every read of that run,
+/// gives what it resolves to, a `Result<_, ApiError>`. First a run boundary
+/// ([`Reader::run_boundary`]), so an old snapshot is replaced; then the read; when it fails with
+/// `transaction_too_old`, the read again, from the start, on a fresh snapshot
+/// ([`Reader::renew_after`]); a second failure of that kind is [`Reader::outlived`].
+///
+/// A macro rather than a method taking an async closure: the futures of such closures cannot yet
+/// be shown `Send` for every borrow of the reader, and the streams run on spawned tasks.
+macro_rules! per_run {
+    ($reader:expr, |$r:ident| $read:expr) => {{
+        let $r: &mut $crate::http::api::read::Reader = $reader;
+        match $r.run_boundary() {
+            Err(e) => Err(e),
+            Ok(()) => match $read.await {
+                Err(e) => match $r.renew_after(&e) {
+                    Ok(true) => $read.await.map_err($crate::http::api::read::Reader::outlived),
+                    Ok(false) => Err(e),
+                    Err(renew) => Err(renew),
+                },
+                ok => ok,
+            },
+        }
+    }};
+}
+pub(crate) use per_run;
+
+/// Whether `e` is FoundationDB's `transaction_too_old`.
+fn too_old(e: &ApiError) -> bool {
+    matches!(e.kv_error(), Some(KvError::TransactionTooOld { .. }))
 }
 
 fn corrupt(e: impl std::fmt::Display) -> ApiError {
@@ -164,15 +204,67 @@ fn leaves(v: &Value) -> usize {
 }
 
 impl Reader {
-    /// Opens the request's snapshot.
+    /// Opens the request's first snapshot, with the limits of the `[query]` configuration.
     pub fn open(state: &AppState) -> Result<Self, ApiError> {
+        Self::with_config(&state.db, state.layout.clone(), &state.config.query)
+    }
+
+    /// Opens a first snapshot of `db` with the limits of `config`.
+    pub fn with_config(db: &Database, layout: Arc<Layout>, config: &QueryConfig) -> Result<Self, ApiError> {
         Ok(Self {
-            tx: state.db.create_trx()?,
-            layout: state.layout.clone(),
-            budget: Budget::default(),
+            db: db.clone(),
+            tx: db.create_trx()?,
+            opened: Instant::now(),
+            snapshot_max_age: config.snapshot_max_age(),
+            renewals: 0,
+            layout,
+            budget: Budget::new(config.max_keys_per_request, config.max_request_time()),
             experiments: HashMap::new(),
             tags: HashMap::new(),
         })
+    }
+
+    /// How many times the snapshot was replaced: reads done under different values come from
+    /// different snapshots.
+    pub fn snapshot_generation(&self) -> u64 {
+        self.renewals
+    }
+
+    /// Replaces the snapshot with a fresh one (and forgets the entities read through the old one).
+    pub fn renew_snapshot(&mut self) -> Result<(), ApiError> {
+        let tx = self.db.create_trx()?;
+        std::mem::replace(&mut self.tx, tx).cancel();
+        self.opened = Instant::now();
+        self.renewals += 1;
+        self.experiments.clear();
+        self.tags.clear();
+        Ok(())
+    }
+
+    /// Marks a run boundary: replaces the snapshot when it is `query.snapshot_max_age_ms` old.
+    pub fn run_boundary(&mut self) -> Result<(), ApiError> {
+        if self.opened.elapsed() >= self.snapshot_max_age { self.renew_snapshot() } else { Ok(()) }
+    }
+
+    /// After a run's read failed with `e`: whether to read the run again, from the start, on the
+    /// fresh snapshot this takes (when `e` is `transaction_too_old`). See [`per_run!`].
+    pub fn renew_after(&mut self, e: &ApiError) -> Result<bool, ApiError> {
+        if !too_old(e) {
+            return Ok(false);
+        }
+        tracing::debug!("a run outlived its snapshot, reading it again on a fresh one");
+        self.renew_snapshot()?;
+        Ok(true)
+    }
+
+    /// The error of a run's second read: outliving a fresh snapshot too is a budget error, since
+    /// nothing better can be done with that run.
+    pub fn outlived(e: ApiError) -> ApiError {
+        if too_old(&e) {
+            ApiError::Budget("reading one run takes longer than a read snapshot lives (5 s)".into())
+        } else {
+            e
+        }
     }
 
     /// Charges keys read to the request's budget.
@@ -482,6 +574,95 @@ mod tests {
         let mut late = Budget::new(10, Duration::ZERO);
         std::thread::sleep(Duration::from_millis(2));
         assert!(late.charge(1).unwrap_err().message().contains("time limit"));
+    }
+
+    use crate::config::Config;
+    use crate::storage::kv::{Limits, RetryOptions};
+
+    /// A memory store whose snapshots live 300 ms, holding run `r` named `name`.
+    async fn short_lived_store(name: &str) -> (Database, Arc<Layout>) {
+        let db = Database::memory_with_limits(Limits { txn_lifetime: Duration::from_millis(300), ..Limits::FDB });
+        let layout = Arc::new(Layout::open(&db).await.unwrap());
+        db.run(&RetryOptions::default(), |tx| {
+            let layout = layout.clone();
+            async move { layout.runs.create_run(&tx, "r", 1.0, None).await }
+        })
+        .await
+        .unwrap();
+        rename(&db, &layout, name).await;
+        (db, layout)
+    }
+
+    async fn rename(db: &Database, layout: &Layout, name: &str) {
+        db.run(&RetryOptions::default(), |tx| async move {
+            layout.runs.update_meta(&tx, "r", 2.0, &[("name", Value::from(name))]).await
+        })
+        .await
+        .unwrap();
+    }
+
+    fn reader(db: &Database, layout: &Arc<Layout>, snapshot_max_age_ms: u64) -> Reader {
+        let mut config = Config::from_toml_str("test", "").unwrap().query;
+        config.snapshot_max_age_ms = snapshot_max_age_ms;
+        Reader::with_config(db, layout.clone(), &config).unwrap()
+    }
+
+    /// Reads the run's name twice; the first `slow` calls wait past the snapshot's lifetime
+    /// between the two reads, while the run is renamed `renamed`.
+    async fn read_name_twice(
+        r: &mut Reader,
+        db: &Database,
+        slow: &mut u32,
+        renamed: &str,
+    ) -> Result<(Option<String>, Option<String>), ApiError> {
+        let first = r.meta("r").await?.and_then(|m| m.name);
+        if *slow > 0 {
+            *slow -= 1;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let layout = r.layout.clone();
+            rename(db, &layout, renamed).await;
+        }
+        let second = r.meta("r").await?.and_then(|m| m.name);
+        Ok((first, second))
+    }
+
+    #[tokio::test]
+    async fn a_run_that_outlives_its_snapshot_is_read_again_whole_on_a_fresh_one() {
+        let (db, layout) = short_lived_store("old").await;
+        let mut reader = reader(&db, &layout, 3_000);
+        let mut slow = 1;
+        let names = per_run!(&mut reader, |r| read_name_twice(r, &db, &mut slow, "new")).unwrap();
+        // The first attempt saw "old" then died of age; the answer is the second, from one snapshot.
+        assert_eq!(names, (Some("new".to_owned()), Some("new".to_owned())));
+        assert_eq!(reader.snapshot_generation(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_outlives_a_fresh_snapshot_too_is_a_budget_error() {
+        let (db, layout) = short_lived_store("old").await;
+        let mut reader = reader(&db, &layout, 3_000);
+        let mut slow = 2;
+        let err = per_run!(&mut reader, |r| read_name_twice(r, &db, &mut slow, "new")).unwrap_err();
+        assert_eq!(err.status().as_u16(), 400);
+        assert!(err.message().contains("longer than a read snapshot lives"), "{}", err.message());
+    }
+
+    #[tokio::test]
+    async fn a_run_boundary_renews_only_an_old_snapshot() {
+        let (db, layout) = short_lived_store("old").await;
+        let mut young = reader(&db, &layout, 4_999);
+        young.meta("r").await.unwrap();
+        young.run_boundary().unwrap();
+        assert_eq!(young.snapshot_generation(), 0);
+        // An age limit of zero makes every snapshot old: each boundary takes a fresh one, which
+        // sees writes committed since.
+        let mut old = reader(&db, &layout, 0);
+        assert_eq!(old.meta("r").await.unwrap().unwrap().name.as_deref(), Some("old"));
+        rename(&db, &layout, "new").await;
+        assert_eq!(old.meta("r").await.unwrap().unwrap().name.as_deref(), Some("old"));
+        old.run_boundary().unwrap();
+        assert_eq!(old.snapshot_generation(), 1);
+        assert_eq!(old.meta("r").await.unwrap().unwrap().name.as_deref(), Some("new"));
     }
 
     #[test]

@@ -9,14 +9,13 @@ use std::cmp::Ordering;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc;
 
 use crate::app::AppState;
-use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
+use crate::http::stream::{Float64Array, StreamValue};
 use crate::query::plan::{MetricUsage, Plan, plan};
 use crate::query::views::{run_scope, sequence_scope};
 use crate::query::{CompileOptions, Query, compile, matches};
@@ -26,8 +25,9 @@ use crate::storage::value::{self, Value};
 
 use super::ApiError;
 use super::params::{Params, tz_offset};
-use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of};
+use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
+use super::streaming::Streamer;
 
 /// The bucket for artifact URIs when `S3_BUCKET` is not set.
 const DEFAULT_BUCKET: &str = "matyan-artifacts";
@@ -55,7 +55,7 @@ pub async fn run_info(
         }
     }
     let mut reader = Reader::open(&state)?;
-    let run = RunData::load(&mut reader, &run_id, true, true).await?.ok_or(ApiError::NotFound)?;
+    let run = per_run!(&mut reader, |r| RunData::load(r, &run_id, true, true))?.ok_or(ApiError::NotFound)?;
     let mut traces: Vec<(&str, Vec<StreamValue>)> = buckets.iter().map(|b| (*b, Vec::new())).collect();
     for t in &run.traces {
         let Some(bucket) = bucket_of(&t.dtype) else { continue };
@@ -203,20 +203,22 @@ pub async fn search_run(
     let plan = plan(&query.expr);
     let mut reader = Reader::open(&state)?;
     let (hashes, exact) = candidates(&mut reader, &plan).await?;
-    let mut matched: Vec<RunData> = Vec::new();
+    // Each match with the snapshot generation it was read in.
+    let mut matched: Vec<(RunData, u64)> = Vec::new();
     for hash in hashes {
         // Evaluation needs attributes and traces; exact candidates only need what sorting reads.
-        let Some(run) = RunData::load(&mut reader, &hash, !exact, !exact).await? else { continue };
+        let loaded = per_run!(&mut reader, |r| RunData::load(r, &hash, !exact, !exact))?;
+        let Some(run) = loaded else { continue };
         if run.meta.pending_deletion {
             continue;
         }
         if !exact && !matches(&query.expr, &run_scope(&Arc::new(run.view()))) {
             continue;
         }
-        matched.push(RunData { attrs: Value::Nil, traces: Vec::new(), ..run });
+        matched.push((RunData { attrs: Value::Nil, traces: Vec::new(), ..run }, reader.snapshot_generation()));
     }
     let now = now();
-    matched.sort_by(|a, b| {
+    matched.sort_by(|(a, _), (b, _)| {
         sort.iter()
             .map(|(field, desc)| {
                 let o = compare(a, b, *field, now);
@@ -228,11 +230,11 @@ pub async fn search_run(
     let total = matched.len();
     let start = match &offset {
         None => 0,
-        Some(o) => matched.iter().position(|r| &r.hash == o).map_or(total, |i| i + 1),
+        Some(o) => matched.iter().position(|(r, _)| &r.hash == o).map_or(total, |i| i + 1),
     };
     let end =
         if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
-    let page: Vec<(usize, RunData)> = matched.into_iter().enumerate().take(end).skip(start).collect();
+    let page: Vec<(usize, (RunData, u64))> = matched.into_iter().enumerate().take(end).skip(start).collect();
     Ok(stream_response(move |out| async move { stream_runs(reader, page, total, opts, out).await }))
 }
 
@@ -245,96 +247,86 @@ struct RunSearch {
     exclude_traces: bool,
 }
 
-/// Where a streaming route writes; `send` fails once the client is gone.
-pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
+// Kept here for the routes that import them from `runs` (objects.rs).
+pub(super) use super::streaming::{Out, count, flush, stream_response};
 
-/// Sends what the encoder holds; `false` when the client is gone.
-pub(super) async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
-    if enc.is_empty() {
-        return true;
-    }
-    out.send(Ok(Bytes::from(enc.take()))).await.is_ok()
-}
-
-/// Runs `produce` in its own task and answers with what it sends, as `application/octet-stream`.
-/// An error after the headers aborts the body, as the reference's streams do.
-pub(super) fn stream_response<F, Fut>(produce: F) -> Response
-where
-    F: FnOnce(Out) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
-{
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let errors = tx.clone();
-        if let Err(e) = produce(tx).await {
-            tracing::warn!(error = %e, "stream aborted");
-            let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
+/// The rest of a sorted run (attributes and traces, as `opts` asks), from the snapshot its meta
+/// came from (`generation`), or read again whole from the current one when that has changed; `None`
+/// when the run is gone or pending deletion by then.
+async fn complete_run(
+    reader: &mut Reader,
+    run: &RunData,
+    generation: u64,
+    opts: RunSearch,
+) -> Result<Option<RunData>, ApiError> {
+    let mut run = if reader.snapshot_generation() == generation {
+        run.clone()
+    } else {
+        match RunData::load(reader, &run.hash, false, false).await? {
+            Some(fresh) if !fresh.meta.pending_deletion => fresh,
+            _ => return Ok(None),
         }
-    });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
-    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
-}
-
-pub(super) fn count(n: usize) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    };
+    run.attrs = if opts.exclude_params { Value::Map(Vec::new()) } else { reader.attrs(&run.hash).await? };
+    run.traces = if opts.exclude_traces { Vec::new() } else { reader.traces(&run.hash).await? };
+    Ok(Some(run))
 }
 
 async fn stream_runs(
     mut reader: Reader,
-    page: Vec<(usize, RunData)>,
+    page: Vec<(usize, (RunData, u64))>,
     total: usize,
     opts: RunSearch,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
-    if opts.report_progress && total > 0 {
-        enc.progress(0, count(total));
+    let mut s = Streamer::new(out, opts.report_progress);
+    if total > 0 {
+        s.progress(0, total);
     }
-    for (position, mut run) in page {
-        run.attrs = if opts.exclude_params { Value::Map(Vec::new()) } else { reader.attrs(&run.hash).await? };
-        run.traces = if opts.exclude_traces { Vec::new() } else { reader.traces(&run.hash).await? };
-        let metrics: Vec<StreamValue> = run
-            .traces
-            .iter()
-            .filter(|t| bucket_of(&t.dtype) == Some("metric"))
-            .map(|t| {
-                let last = to_stream(&t.last);
-                StreamValue::dict([
-                    ("name", StreamValue::from(t.name.as_str())),
-                    ("context", to_stream(&t.context)),
-                    (
-                        "values",
-                        StreamValue::dict([
-                            ("last", last.clone()),
-                            ("last_step", to_stream(&t.last_step)),
-                            ("first", last.clone()),
-                            ("min", last.clone()),
-                            ("max", last),
-                        ]),
-                    ),
-                ])
-            })
-            .collect();
-        let params =
-            if opts.exclude_params { StreamValue::Dict(Vec::new()) } else { params_tree(&run.attrs, opts.skip_system) };
-        let object = StreamValue::dict([
-            ("params", params),
-            ("traces", StreamValue::dict([("metric", StreamValue::List(metrics))])),
-            ("props", stream_props(&run)),
-        ]);
-        enc.object(run.hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if opts.report_progress {
-            enc.progress(count(position + 1), count(total));
+    for (position, (sorted, generation)) in page {
+        if let Some(run) = per_run!(&mut reader, |r| complete_run(r, &sorted, generation, opts))? {
+            s.object(run.hash.as_str(), &run_search_object(&run, opts))?;
         }
-        if !flush(&out, &mut enc).await {
+        s.progress(position + 1, total);
+        if !s.flush().await {
             return Ok(());
         }
     }
-    if opts.report_progress {
-        enc.progress_done();
-    }
-    flush(&out, &mut enc).await;
+    s.finish(true).await;
     Ok(())
+}
+
+/// The object of one run in run search.
+fn run_search_object(run: &RunData, opts: RunSearch) -> StreamValue {
+    let metrics: Vec<StreamValue> = run
+        .traces
+        .iter()
+        .filter(|t| bucket_of(&t.dtype) == Some("metric"))
+        .map(|t| {
+            let last = to_stream(&t.last);
+            StreamValue::dict([
+                ("name", StreamValue::from(t.name.as_str())),
+                ("context", to_stream(&t.context)),
+                (
+                    "values",
+                    StreamValue::dict([
+                        ("last", last.clone()),
+                        ("last_step", to_stream(&t.last_step)),
+                        ("first", last.clone()),
+                        ("min", last.clone()),
+                        ("max", last),
+                    ]),
+                ),
+            ])
+        })
+        .collect();
+    let params =
+        if opts.exclude_params { StreamValue::Dict(Vec::new()) } else { params_tree(&run.attrs, opts.skip_system) };
+    StreamValue::dict([
+        ("params", params),
+        ("traces", StreamValue::dict([("metric", StreamValue::List(metrics))])),
+        ("props", stream_props(run)),
+    ])
 }
 
 /// One requested trace of metric get-batch.
@@ -383,13 +375,29 @@ pub(super) async fn read_series(
     let layout = reader.layout().clone();
     let points = layout.seqs.read(reader.tx(), id, start, end, cols, true).await?;
     reader.charge(points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time)))?;
-    if density <= 0 {
+    let density = usize::try_from(density).unwrap_or(0);
+    if density == 0 || points.len() <= density {
         return Ok(points);
     }
     let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-    let keep = sample_indices(&steps, usize::try_from(density).unwrap_or(usize::MAX));
+    let keep = sample_indices(&steps, density);
     let mut points: Vec<Option<crate::storage::layout::SeqPoint>> = points.into_iter().map(Some).collect();
     Ok(keep.into_iter().filter_map(|i| points.get_mut(i).and_then(Option::take)).collect())
+}
+
+/// Reads the whole of one series sampled to at most `p` points (at least one), as
+/// [`read_series`] would with density `p`, reading only the kept points when it can.
+async fn read_sampled(
+    reader: &mut Reader,
+    id: SeqId<'_>,
+    p: i64,
+    cols: Columns,
+) -> Result<Vec<crate::storage::layout::SeqPoint>, ApiError> {
+    let layout = reader.layout().clone();
+    let p = usize::try_from(p.max(1)).unwrap_or(usize::MAX);
+    let (points, keys) = layout.seqs.read_sampled(reader.tx(), id, p, cols, true).await?;
+    reader.charge(keys)?;
+    Ok(points)
 }
 
 pub(super) fn point_value(bytes: &[u8]) -> Value {
@@ -410,26 +418,62 @@ pub async fn metric_get_batch(
     let requested: Vec<TraceRef> =
         serde_json::from_slice(&body).map_err(|e| ApiError::Validation(format!("Invalid request body: {e}")))?;
     let mut reader = Reader::open(&state)?;
-    if reader.meta(&run_id).await?.is_none() {
+    let out = per_run!(&mut reader, |r| get_batch(r, &run_id, &requested, range, density))?;
+    Ok(axum::Json(out).into_response())
+}
+
+/// One trace of a metric get-batch answer, serialized to JSON as it is written out: a series of a
+/// million points does not become a million JSON values first.
+#[derive(serde::Serialize)]
+struct BatchTrace {
+    name: String,
+    context: serde_json::Value,
+    iters: Vec<i64>,
+    values: Vec<JsonPoint>,
+}
+
+/// A point value as [`to_json`] renders it (a non-finite float is `null`).
+struct JsonPoint(Value);
+
+impl serde::Serialize for JsonPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Int(i) => match i64::try_from(*i) {
+                Ok(i) => s.serialize_i64(i),
+                Err(_) => to_json(&to_stream(&self.0)).serialize(s),
+            },
+            other => to_json(&to_stream(other)).serialize(s),
+        }
+    }
+}
+
+/// The traces of metric get-batch, read from one snapshot.
+async fn get_batch(
+    reader: &mut Reader,
+    run_id: &str,
+    requested: &[TraceRef],
+    range: (Option<i64>, Option<i64>),
+    density: i64,
+) -> Result<Vec<BatchTrace>, ApiError> {
+    if reader.meta(run_id).await?.is_none() {
         return Err(ApiError::NotFound);
     }
-    let traces = reader.traces(&run_id).await?;
+    let traces = reader.traces(run_id).await?;
     let mut out = Vec::new();
     for r in requested {
         let ctx_id = context_to_id(&r.context);
         let Some(trace) = traces.iter().find(|t| t.ctx_id == ctx_id && t.name == r.name) else { continue };
-        let id = SeqId { run: &run_id, ctx_id, name: &trace.name };
-        let points = read_series(&mut reader, id, range, density, Columns::default()).await?;
-        let iters: Vec<StreamValue> = points.iter().map(|p| StreamValue::Int(p.step)).collect();
-        let values: Vec<StreamValue> = points.iter().map(|p| to_stream(&point_value(&p.val))).collect();
-        out.push(StreamValue::dict([
-            ("name", StreamValue::from(trace.name.as_str())),
-            ("context", to_stream(&trace.context)),
-            ("iters", StreamValue::List(iters)),
-            ("values", StreamValue::List(values)),
-        ]));
+        let id = SeqId { run: run_id, ctx_id, name: &trace.name };
+        let points = read_series(reader, id, range, density, Columns::default()).await?;
+        out.push(BatchTrace {
+            name: trace.name.clone(),
+            context: to_json(&to_stream(&trace.context)),
+            iters: points.iter().map(|p| p.step).collect(),
+            values: points.iter().map(|p| JsonPoint(point_value(&p.val))).collect(),
+        });
     }
-    Ok(axum::Json(to_json(&StreamValue::List(out))).into_response())
+    Ok(out)
 }
 
 /// The flags of metric search.
@@ -476,32 +520,25 @@ async fn stream_metrics(
     opts: MetricSearch,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
-    let total = count(hashes.len());
-    if opts.report_progress {
-        enc.progress(0, total);
-    }
+    let mut s = Streamer::new(out, opts.report_progress);
+    let total = hashes.len();
+    s.progress(0, total);
     let mut seen = HashSet::new();
     for (i, hash) in hashes.iter().enumerate() {
         if !seen.insert(hash) {
             continue;
         }
-        if let Some(object) = metric_object(&mut reader, hash, exact, &query, &plan, &opts).await? {
-            if opts.report_progress {
-                enc.progress(count(i + 1), total);
-            }
-            enc.object(hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        } else if opts.report_progress {
-            enc.progress(count(i + 1), total);
+        let object = per_run!(&mut reader, |r| metric_object(r, hash, exact, &query, &plan, &opts))?;
+        // The frame goes before the run's object here (§4.2).
+        s.progress(i + 1, total);
+        if let Some(object) = object {
+            s.object(hash.as_str(), &object)?;
         }
-        if !flush(&out, &mut enc).await {
+        if !s.flush().await {
             return Ok(());
         }
     }
-    if opts.report_progress {
-        enc.progress_done();
-    }
-    flush(&out, &mut enc).await;
+    s.finish(true).await;
     Ok(())
 }
 
@@ -544,7 +581,7 @@ async fn metric_object(
     let mut traces = Vec::with_capacity(selected.len());
     for t in selected {
         let id = SeqId { run: hash, ctx_id: t.ctx_id, name: &t.name };
-        let points = read_series(reader, id, (None, None), opts.p.max(1), cols).await?;
+        let points = read_sampled(reader, id, opts.p, cols).await?;
         let values: Float64Array = points.iter().map(|p| number(&point_value(&p.val))).collect();
         let iters: Float64Array = points.iter().map(|p| p.step as f64).collect();
         // Epochs are sent only when every sampled point has one; timestamps always (§10 item 1).
@@ -567,7 +604,7 @@ async fn metric_object(
         if let Some(x_axis) = &opts.x_axis {
             let (xv, xi) = if run.traces.iter().any(|x| x.ctx_id == t.ctx_id && &x.name == x_axis) {
                 let id = SeqId { run: hash, ctx_id: t.ctx_id, name: x_axis };
-                let xs = read_series(reader, id, (None, None), opts.p.max(1), Columns::default()).await?;
+                let xs = read_sampled(reader, id, opts.p, Columns::default()).await?;
                 (xs.iter().map(|p| number(&point_value(&p.val))).collect(), xs.iter().map(|p| p.step as f64).collect())
             } else {
                 (Float64Array::new(), Float64Array::new())
@@ -600,6 +637,24 @@ mod tests {
         assert_eq!(parse_sort(r#"[{"field":"zzz"}]"#).unwrap_err().message(), "Unknown sort field: 'zzz'");
         assert_eq!(parse_sort(r#"[{"field":"run","order":"up"}]"#).unwrap_err().message(), "Invalid sort order: 'up'");
         assert!(parse_sort("not json").unwrap_err().message().starts_with("Invalid sort JSON: "));
+    }
+
+    #[test]
+    fn get_batch_points_serialize_as_the_generic_json_conversion_does() {
+        for v in [
+            Value::Float(0.1),
+            Value::Float(-1e300),
+            Value::Float(f64::NAN),
+            Value::Float(f64::NEG_INFINITY),
+            Value::Int(3),
+            Value::Int(1 << 70),
+            Value::Str("x".into()),
+            Value::Nil,
+            Value::Bool(true),
+        ] {
+            let generic = serde_json::to_string(&to_json(&to_stream(&v))).unwrap();
+            assert_eq!(serde_json::to_string(&JsonPoint(v.clone())).unwrap(), generic, "{v:?}");
+        }
     }
 
     #[test]

@@ -13,6 +13,12 @@ fn engine_err(e: impl std::fmt::Display) -> KvError {
     KvError::Engine(e.to_string())
 }
 
+/// Capacity of fjall's block cache (allocated as blocks are read, not up front). fjall's default,
+/// 32 MiB, does not hold the index blocks of a store of a few GB: each point read or range start
+/// then reads and checksums a whole index block from the file again, which made a search over
+/// 1,000 runs (31 M points, 1.4 GB) take 2.6 s instead of 0.1 s (`matyan bench query`).
+const CACHE_BYTES: u64 = 256 << 20;
+
 /// The fjall engine: one database directory, one keyspace.
 pub struct FjallEngine {
     db: Database,
@@ -23,7 +29,7 @@ impl FjallEngine {
     /// Opens or creates the store under `dir/fjall`.
     pub fn open(dir: &Path) -> Result<Self, KvError> {
         let path = dir.join("fjall");
-        let db = Database::builder(&path).open().map_err(|e| match e {
+        let db = Database::builder(&path).cache_size(CACHE_BYTES).open().map_err(|e| match e {
             fjall::Error::Locked => KvError::Locked(path.display().to_string()),
             other => engine_err(other),
         })?;

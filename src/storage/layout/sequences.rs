@@ -156,9 +156,13 @@ impl KeyPerStep {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
-        let vals = self.read_column(tx, id, "val", start, end, snapshot).await?;
-        let mut points: Vec<SeqPoint> =
-            vals.into_iter().map(|(step, val)| SeqPoint { step, val, epoch: None, time: None }).collect();
+        // One pass from the read keys to the points: a series may hold millions.
+        let (prefix, range) = self.column_range(id, "val", start, end);
+        let kvs = tx.get_range(&range, snapshot).await?;
+        let mut points = Vec::with_capacity(kvs.len());
+        for kv in kvs {
+            points.push(SeqPoint { step: step_of(&prefix, &kv)?, val: kv.value, epoch: None, time: None });
+        }
         if cols.epoch {
             let epochs = self.read_column(tx, id, "epoch", start, end, snapshot).await?;
             merge_column(&mut points, epochs, |p, v| {
@@ -169,15 +173,136 @@ impl KeyPerStep {
         if cols.time {
             let times = self.read_column(tx, id, "time", start, end, snapshot).await?;
             merge_column(&mut points, times, |p, v| {
-                p.time = match value::decode(&v).map_err(|e| SeqError::Corrupt(e.to_string()))? {
-                    Value::Float(f) => Some(f),
-                    Value::Int(i) => Some(i as f64),
-                    _ => None,
-                };
+                p.time = decode_time(&v)?;
                 Ok(())
             })?;
         }
         Ok(points)
+    }
+
+    /// The first and last step of the `val` column, `None` when the sequence has no points (two
+    /// one-key range reads).
+    pub async fn step_bounds(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        snapshot: bool,
+    ) -> Result<Option<(i64, i64)>, SeqError> {
+        let prefix = self.column_prefix(id, "val");
+        let (b, e) = tuple::range(&prefix, &[]);
+        let first = tx.get_range(&RangeOption::new(b.clone(), e.clone()).limit(1), snapshot).await?;
+        let Some(first) = first.first() else { return Ok(None) };
+        let last = tx.get_range(&RangeOption::new(b, e).reverse(true).limit(1), snapshot).await?;
+        let Some(last) = last.first() else { return Ok(None) };
+        Ok(Some((step_of(&prefix, first)?, step_of(&prefix, last)?)))
+    }
+
+    /// Reads the `val` of each of the ascending `steps` by point reads; `None` as soon as one of
+    /// them has no point (the rest are not read).
+    pub async fn values_at(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        steps: &[i64],
+        snapshot: bool,
+    ) -> Result<Option<Vec<Vec<u8>>>, SeqError> {
+        let prefix = self.column_prefix(id, "val");
+        let mut key = prefix.clone();
+        let mut out = Vec::with_capacity(steps.len());
+        for &step in steps {
+            key.truncate(prefix.len());
+            tuple::pack_into(&[Elem::Int(i128::from(step))], &mut key);
+            match tx.get(&key, snapshot).await? {
+                Some(v) => out.push(v),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Fills the `epoch` and `time` of `points` (as `cols` asks) by point reads at their steps;
+    /// returns the keys read.
+    pub async fn columns_at(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        points: &mut [SeqPoint],
+        cols: Columns,
+        snapshot: bool,
+    ) -> Result<usize, SeqError> {
+        let mut keys = 0;
+        for (col, wanted) in [("epoch", cols.epoch), ("time", cols.time)] {
+            if !wanted {
+                continue;
+            }
+            let prefix = self.column_prefix(id, col);
+            let mut key = prefix.clone();
+            for p in points.iter_mut() {
+                key.truncate(prefix.len());
+                tuple::pack_into(&[Elem::Int(i128::from(p.step))], &mut key);
+                keys += 1;
+                let Some(v) = tx.get(&key, snapshot).await? else { continue };
+                if col == "epoch" {
+                    p.epoch = decode_int(&v)?;
+                } else {
+                    p.time = decode_time(&v)?;
+                }
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Reads the points [`sample_indices`] keeps of the whole sequence for `p`, with `cols`, and
+    /// returns them with the number of keys read.
+    ///
+    /// The same points as reading everything and sampling, for less: when the steps between the
+    /// first and the last are many more than `p`, the steps a gapless sequence would keep are read
+    /// by point reads (columns included), which only fails over to reading the `val` column whole
+    /// when one of them is missing; the other columns are then still read at the kept steps only.
+    pub async fn read_sampled(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        p: usize,
+        cols: Columns,
+        snapshot: bool,
+    ) -> Result<(Vec<SeqPoint>, usize), SeqError> {
+        let Some((first, last)) = self.step_bounds(tx, id, snapshot).await? else {
+            return Ok((Vec::new(), 1));
+        };
+        let width = u64::try_from(i128::from(last) - i128::from(first) + 1).unwrap_or(u64::MAX);
+        let few = u64::try_from(p).unwrap_or(u64::MAX).saturating_mul(POINT_READ_RATIO);
+        if width <= few || width > MAX_GAPLESS_WIDTH {
+            let mut points = self.read(tx, id, None, None, cols, snapshot).await?;
+            let keys = 2 + points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time));
+            let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
+            let keep = sample_indices(&steps, p);
+            if keep.len() < points.len() {
+                let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
+                points = keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect();
+            }
+            return Ok((points, keys));
+        }
+        let steps = sample_gapless(first, last, p);
+        let mut keys = 2 + steps.len();
+        let mut points: Vec<SeqPoint> = match self.values_at(tx, id, &steps, snapshot).await? {
+            Some(vals) => {
+                steps.into_iter().zip(vals).map(|(step, val)| SeqPoint { step, val, epoch: None, time: None }).collect()
+            }
+            None => {
+                let all = self.read_column(tx, id, "val", None, None, snapshot).await?;
+                keys += all.len();
+                let all_steps: Vec<i64> = all.iter().map(|(s, _)| *s).collect();
+                let mut all: Vec<Option<(i64, Vec<u8>)>> = all.into_iter().map(Some).collect();
+                sample_indices(&all_steps, p)
+                    .into_iter()
+                    .filter_map(|i| all.get_mut(i).and_then(Option::take))
+                    .map(|(step, val)| SeqPoint { step, val, epoch: None, time: None })
+                    .collect()
+            }
+        };
+        keys += self.columns_at(tx, id, &mut points, cols, snapshot).await?;
+        Ok((points, keys))
     }
 
     async fn read_column(
@@ -189,6 +314,13 @@ impl KeyPerStep {
         end: Option<i64>,
         snapshot: bool,
     ) -> Result<Vec<(i64, Vec<u8>)>, SeqError> {
+        let (prefix, range) = self.column_range(id, col, start, end);
+        let kvs = tx.get_range(&range, snapshot).await?;
+        kvs.into_iter().map(|kv| Ok((step_of(&prefix, &kv)?, kv.value))).collect()
+    }
+
+    /// The prefix of a column and the range of its steps `start..=end`.
+    fn column_range(&self, id: SeqId<'_>, col: &str, start: Option<i64>, end: Option<i64>) -> (Vec<u8>, RangeOption) {
         let prefix = self.column_prefix(id, col);
         let (mut b, mut e) = tuple::range(&prefix, &[]);
         if let Some(s) = start {
@@ -197,9 +329,76 @@ impl KeyPerStep {
         if let Some(s) = end.filter(|s| *s < i64::MAX) {
             e = Self::step_key(&prefix, s + 1);
         }
-        let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
-        kvs.into_iter().map(|kv| Ok((step_of(&prefix, &kv)?, kv.value))).collect()
+        (prefix, RangeOption::new(b, e))
     }
+}
+
+/// [`KeyPerStep::read_sampled`] reads the kept steps one by one only when the sequence spans more
+/// than this many steps per point kept: a point read costs about as much as this many keys of a
+/// range read (fjall, measured with `matyan bench query`).
+const POINT_READ_RATIO: u64 = 8;
+
+/// Above this many steps between the first and the last, [`KeyPerStep::read_sampled`] does not
+/// assume a sequence without gaps: it would be sparse (or its kept steps costly to compute).
+const MAX_GAPLESS_WIDTH: u64 = 1 << 32;
+
+/// The bucket of `step` in the `p ≥ 128` rule of [`sample_indices`].
+fn bucket(step: i64, first: i64, buckets: usize, span: f64) -> usize {
+    ((((step - first) as f64) * buckets as f64 / span) as usize).min(buckets - 1)
+}
+
+/// The steps [`sample_indices`] keeps for `p` from the gapless steps `first..=last`, computed
+/// without listing them (`first < last`, more steps than `p`).
+pub fn sample_gapless(first: i64, last: i64, p: usize) -> Vec<i64> {
+    let n = u64::try_from(i128::from(last) - i128::from(first) + 1).unwrap_or(u64::MAX);
+    if n <= p as u64 {
+        return (first..=last).collect();
+    }
+    if p <= 1 {
+        return vec![first];
+    }
+    let span = (last - first) as f64;
+    if p >= 128 {
+        // The first step after `first` in each bucket, found from its estimate by stepping, with
+        // the same arithmetic as `sample_indices`.
+        let buckets = p - 2;
+        let mut out = vec![first];
+        for b in 0..buckets {
+            let mut s = first.saturating_add((b as f64 * span / buckets as f64).ceil() as i64).clamp(first + 1, last);
+            while s > first + 1 && bucket(s - 1, first, buckets, span) >= b {
+                s -= 1;
+            }
+            while s < last && bucket(s, first, buckets, span) < b {
+                s += 1;
+            }
+            if s < last && bucket(s, first, buckets, span) == b && out.last() != Some(&s) {
+                out.push(s);
+            }
+        }
+        out.push(last);
+        return out;
+    }
+    let mut out: Vec<i64> = Vec::with_capacity(p);
+    for i in 0..p {
+        let target = first as f64 + span * i as f64 / (p - 1) as f64;
+        // The first step not below the target, as `partition_point` finds it.
+        let mut s = (target.ceil() as i64).clamp(first, last);
+        while s > first && ((s - 1) as f64) >= target {
+            s -= 1;
+        }
+        while s < last && (s as f64) < target {
+            s += 1;
+        }
+        if out.last() != Some(&s) {
+            out.push(s);
+        }
+    }
+    if out.len() < p {
+        out = (0..p)
+            .map(|i| first + ((i as u128 * u128::from(n - 1)) as f64 / (p - 1) as f64).round_ties_even() as i64)
+            .collect();
+    }
+    out
 }
 
 /// Indices of the points kept when sampling ascending `steps` down to at most `p` points, by the
@@ -223,7 +422,7 @@ pub fn sample_indices(steps: &[i64], p: usize) -> Vec<usize> {
         let mut out = vec![0];
         let mut seen = vec![false; buckets];
         for (j, s) in steps.iter().enumerate().take(n - 1).skip(1) {
-            let b = ((((s - first) as f64) * buckets as f64 / span) as usize).min(buckets - 1);
+            let b = bucket(*s, first, buckets, span);
             if !seen[b] {
                 seen[b] = true;
                 out.push(j);
@@ -262,6 +461,14 @@ fn decode_int(v: &[u8]) -> Result<Option<i64>, SeqError> {
     }
 }
 
+fn decode_time(v: &[u8]) -> Result<Option<f64>, SeqError> {
+    Ok(match value::decode(v).map_err(|e| SeqError::Corrupt(e.to_string()))? {
+        Value::Float(f) => Some(f),
+        Value::Int(i) => Some(i as f64),
+        _ => None,
+    })
+}
+
 /// Joins a column's `(step, value)` pairs onto points sorted by step.
 fn merge_column(
     points: &mut [SeqPoint],
@@ -278,4 +485,82 @@ fn merge_column(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::kv::{Database, RetryOptions};
+
+    #[test]
+    fn gapless_sampling_keeps_the_steps_sample_indices_keeps() {
+        for (first, last) in [(0, 9_999), (3, 1_000), (-50, 77), (0, 129), (10, 140), (0, 1_000_000), (5, 6)] {
+            let steps: Vec<i64> = (first..=last).collect();
+            for p in [1, 2, 3, 7, 50, 100, 127, 128, 129, 130, 250, 500, 999, 5_000] {
+                let want: Vec<i64> = sample_indices(&steps, p).into_iter().map(|i| steps[i]).collect();
+                assert_eq!(sample_gapless(first, last, p), want, "{first}..={last}, p = {p}");
+            }
+        }
+    }
+
+    /// Steps of a test sequence: gapless, with gaps, or sparse.
+    fn layouts() -> Vec<(&'static str, Vec<i64>)> {
+        vec![
+            ("gapless", (0..3_000).collect()),
+            ("one gap", (0..3_000).filter(|s| *s != 1_234).collect()),
+            ("sparse", (0..3_000).map(|s| s * 7 + s % 3).collect()),
+            ("short", (5..40).collect()),
+            ("single", vec![9]),
+        ]
+    }
+
+    #[tokio::test]
+    async fn sampled_reads_give_the_points_of_reading_everything_and_sampling() {
+        let db = Database::memory();
+        let seqs = KeyPerStep::new(b"\x15\x01");
+        let mut ids = Vec::new();
+        for (name, steps) in layouts() {
+            let id = SeqId { run: "r", ctx_id: 0, name };
+            let vals: Vec<Vec<u8>> = steps.iter().map(|s| value::encode(&Value::Float(*s as f64)).unwrap()).collect();
+            for chunk in steps.chunks(1_000).zip(vals.chunks(1_000)) {
+                db.run(&RetryOptions::default(), |tx| {
+                    let (seqs, chunk) = (seqs.clone(), chunk);
+                    async move {
+                        let points: Vec<SeqWrite<'_>> = chunk
+                            .0
+                            .iter()
+                            .zip(chunk.1)
+                            .map(|(s, v)| SeqWrite {
+                                step: *s,
+                                val: v,
+                                // Every third point without an epoch.
+                                epoch: (s % 3 != 0).then_some(s / 10),
+                                time: 1000.0 + *s as f64,
+                            })
+                            .collect();
+                        seqs.write(&tx, id, &points);
+                        Ok::<_, SeqError>(())
+                    }
+                })
+                .await
+                .unwrap();
+            }
+            ids.push((id, steps.len()));
+        }
+        let tx = db.create_trx().unwrap();
+        let cols = Columns { epoch: true, time: true };
+        for (id, n) in ids {
+            let all = seqs.read(&tx, id, None, None, cols, true).await.unwrap();
+            assert_eq!(all.len(), n);
+            let steps: Vec<i64> = all.iter().map(|p| p.step).collect();
+            for p in [1, 3, 50, 128, 300, 500, 5_000] {
+                let want: Vec<SeqPoint> = sample_indices(&steps, p).into_iter().map(|i| all[i].clone()).collect();
+                let (got, keys) = seqs.read_sampled(&tx, id, p, cols, true).await.unwrap();
+                assert_eq!(got, want, "{} p = {p}", id.name);
+                assert!(keys >= got.len(), "{} p = {p}: {keys} keys", id.name);
+            }
+        }
+        let empty = SeqId { run: "r", ctx_id: 0, name: "none" };
+        assert_eq!(seqs.read_sampled(&tx, empty, 10, cols, true).await.unwrap().0, Vec::new());
+    }
 }

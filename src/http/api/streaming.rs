@@ -1,0 +1,87 @@
+//! The writing side of a streamed answer (spec `api.md` §3): the producer task behind the
+//! response body, and [`Streamer`], which encodes top-level objects and progress frames and sends
+//! them in chunks, noticing when the client has gone.
+
+use axum::body::{Body, Bytes};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use crate::http::stream::{Key, StreamEncoder, StreamValue};
+
+use super::ApiError;
+
+/// Where a streaming route writes; `send` fails once the client is gone.
+pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+/// Sends what the encoder holds; `false` when the client is gone.
+pub(super) async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
+    if enc.is_empty() {
+        return true;
+    }
+    out.send(Ok(Bytes::from(enc.take()))).await.is_ok()
+}
+
+/// Runs `produce` in its own task and answers with what it sends, as `application/octet-stream`.
+/// An error after the headers aborts the body, as the reference's streams do.
+pub(super) fn stream_response<F, Fut>(produce: F) -> Response
+where
+    F: FnOnce(Out) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let errors = tx.clone();
+        if let Err(e) = produce(tx).await {
+            tracing::warn!(error = %e, "stream aborted");
+            let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
+}
+
+/// A count as the codec's int.
+pub(super) fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Encodes one answer's objects and progress frames and sends them when flushed.
+pub(super) struct Streamer {
+    out: Out,
+    enc: StreamEncoder,
+    report_progress: bool,
+}
+
+impl Streamer {
+    /// A streamer writing to `out`; progress frames are dropped unless `report_progress`.
+    pub(super) fn new(out: Out, report_progress: bool) -> Self {
+        Self { out, enc: StreamEncoder::new(), report_progress }
+    }
+
+    /// Encodes one top-level object (sent at the next flush).
+    pub(super) fn object(&mut self, key: impl Into<Key>, value: &StreamValue) -> Result<(), ApiError> {
+        self.enc.object(key, value).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
+    /// Encodes the progress frame `[checked, total]`, when progress is reported.
+    pub(super) fn progress(&mut self, checked: usize, total: usize) {
+        if self.report_progress {
+            self.enc.progress(count(checked), count(total));
+        }
+    }
+
+    /// Sends what is encoded as one chunk; `false` when the client is gone (stop producing).
+    pub(super) async fn flush(&mut self) -> bool {
+        flush(&self.out, &mut self.enc).await
+    }
+
+    /// Ends the answer: the final `[0, 0]` frame when `done_frame` and progress is reported, then
+    /// a last flush.
+    pub(super) async fn finish(mut self, done_frame: bool) {
+        if done_frame && self.report_progress {
+            self.enc.progress_done();
+        }
+        self.flush().await;
+    }
+}
