@@ -617,8 +617,8 @@ mod tests {
         assert_eq!(c.storage.data_dir, PathBuf::from("./matyan-data"));
         assert_eq!(c.storage.fdb_cluster_file(), None);
         assert_eq!(c.ingest.max_txn_bytes, 1_000_000);
-        assert_eq!(c.ingest.max_messages_per_txn, 100);
-        assert_eq!(c.ingest.max_txn_age(), Duration::from_secs(1));
+        assert_eq!(c.ingest.max_messages_per_txn, 5_000);
+        assert_eq!(c.ingest.max_txn_age(), Duration::from_millis(100));
         assert_eq!(c.ingest.run_idle_timeout(), Duration::from_secs(30));
         assert!(!c.ingest.chaos, "chaos is off unless asked for");
         assert_eq!(c.storage.retry.max_attempts, 5);
@@ -674,7 +674,7 @@ mod tests {
         let c = Config::from_toml_str("f.toml", "[ingest]\nmax_txn_bytes = 500000\n[storage]\nengine = \"redb\"\n")
             .unwrap();
         assert_eq!(c.ingest.max_txn_bytes, 500_000);
-        assert_eq!(c.ingest.max_messages_per_txn, 100);
+        assert_eq!(c.ingest.max_messages_per_txn, 5_000);
         assert_eq!(c.storage.engine, EmbeddedEngine::Redb);
         c.validate().unwrap();
     }

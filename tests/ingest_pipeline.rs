@@ -210,10 +210,12 @@ async fn golden_10k_through_the_pipeline_give_the_keys_of_a_direct_apply() {
     assert_eq!(golden.len(), 10_003);
     append(&store.queue, &golden).await;
 
-    // `[ingest]` defaults: 1 MB, 100 messages, 1 s.
+    // `[ingest]` defaults: 1 MB, 5,000 messages, 100 ms.
     let config = PipelineConfig::from_config(&matyan::config::Config::from_toml_str("test", "").unwrap());
-    assert_eq!(config.budget.max_messages, 100);
-    let handle = start(&store, PipelineConfig { commit_interval: Duration::from_millis(20), ..config }).await;
+    assert_eq!(config.budget, matyan::ingest::BatchBudget::default());
+    // 100 messages per transaction (the reference's default) so that count is the flush reason.
+    let budget = BatchBudget { max_messages: 100, ..config.budget };
+    let handle = start(&store, PipelineConfig { commit_interval: Duration::from_millis(20), budget, ..config }).await;
     wait_committed(&store, &handle, Duration::from_secs(60)).await;
     let counters = handle.counters();
     stop(handle).await;
@@ -435,8 +437,8 @@ fn chaos_loop(addr: Arc<Mutex<Option<std::net::SocketAddr>>>, stop: Arc<AtomicBo
 /// points sent are stored, each run in source order.
 ///
 /// A kill drops its partition's unflushed records for replay, so batches must be able to flush
-/// between kills: the servers run with a 20 ms batch age (the default 1 s would let kills every
-/// ~50 ms starve the tail of the stream, where no batch fills up by count).
+/// between kills: the servers run with a 20 ms batch age (with a 1 s age, kills every ~50 ms
+/// starved the tail of the stream, where no batch fills up by count, and the test never ended).
 #[test]
 fn conservation_under_chaos_kills_and_kill_9_of_matyan_serve_loses_and_duplicates_nothing() {
     let n = points_from_env(20_000);

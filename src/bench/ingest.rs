@@ -243,8 +243,14 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
     sorted.get(idx.min(sorted.len() - 1)).copied()
 }
 
+/// The pipeline of `matyan serve` on the shipped `[ingest]` defaults, with run actors kept for
+/// the whole benchmark.
 fn pipeline_config() -> PipelineConfig {
-    PipelineConfig { run_idle_timeout: Duration::from_secs(120), ..PipelineConfig::default() }
+    let shipped = match crate::config::Config::from_toml_str("defaults", "") {
+        Ok(config) => PipelineConfig::from_config(&config),
+        Err(_) => PipelineConfig::default(),
+    };
+    PipelineConfig { run_idle_timeout: Duration::from_secs(120), ..shipped }
 }
 
 async fn open_store(dir: &Path) -> Result<(Database, Layout), IngestBenchError> {
