@@ -12,7 +12,10 @@ async fn ingest_bench_reports_every_point_stored() {
     assert_eq!(report.stored_points, 1_200);
     assert!(report.kafka_stored_points.is_none());
     let phases: Vec<&str> = report.rows.iter().map(|r| r.phase).collect();
-    assert_eq!(phases, ["embedded append", "embedded pipeline", "embedded queue read (ceiling)"]);
+    assert_eq!(
+        phases,
+        ["embedded append", "embedded pipeline", "embedded queue read (ceiling)", "embedded pipeline (backlog)"]
+    );
     for r in &report.rows {
         assert_eq!((r.records, r.points), (1_203, 1_200), "{r:?}");
         assert!(r.secs > 0.0, "{r:?}");

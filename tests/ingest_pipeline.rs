@@ -98,18 +98,6 @@ fn more_points(runs: usize, points: usize, per_run: &mut BTreeMap<String, i64>, 
     out
 }
 
-fn small_config() -> PipelineConfig {
-    PipelineConfig {
-        budget: BatchBudget { max_bytes: 200_000, max_messages: 200, max_age: Duration::from_millis(20) },
-        retry: RetryOptions { timeout: Duration::from_secs(20), retry_limit: 20, ..RetryOptions::default() },
-        run_idle_timeout: Duration::from_millis(500),
-        commit_interval: Duration::from_millis(20),
-        restart_backoff_initial: Duration::from_millis(10),
-        restart_backoff_max: Duration::from_millis(200),
-        ..PipelineConfig::default()
-    }
-}
-
 async fn start(store: &Store, config: PipelineConfig) -> PipelineHandle {
     let source = EmbeddedSource::new(store.queue.clone(), INGESTION_GROUP)
         .await
@@ -291,7 +279,7 @@ async fn shutdown_and_restart_mid_stream_lose_and_duplicate_nothing() {
     let (records, per_run) = workload(10, 20_000);
     let (first, second) = records.split_at(records.len() / 2);
     append(&store.queue, first).await;
-    let handle = start(&store, small_config()).await;
+    let handle = start(&store, common::small_pipeline_config()).await;
     // Stop while the first half is still being consumed, and append the rest meanwhile.
     let deadline = Instant::now() + Duration::from_secs(30);
     while handle.counters().consumed < 2_000 {
@@ -300,7 +288,7 @@ async fn shutdown_and_restart_mid_stream_lose_and_duplicate_nothing() {
     }
     append(&store.queue, second).await;
     stop(handle).await;
-    let handle = start(&store, small_config()).await;
+    let handle = start(&store, common::small_pipeline_config()).await;
     wait_committed(&store, &handle, Duration::from_secs(120)).await;
     let counters = handle.counters();
     stop(handle).await;
@@ -316,7 +304,7 @@ async fn conservation_under_random_chaos_kills() {
     let store = open_store(dir.path()).await;
     let (records, per_run) = workload(50, n);
     append(&store.queue, &records).await;
-    let handle = start(&store, small_config()).await;
+    let handle = start(&store, common::small_pipeline_config()).await;
 
     let chaos = {
         let handle = handle.clone();
@@ -361,7 +349,7 @@ async fn a_dead_lettered_record_does_not_stop_its_neighbours() {
     records.push((Some(run.as_bytes().to_vec()), vec![0xff, 0xfe, 0x00], 0)); // not UTF-8
     records.push(metric(2));
     append(&store.queue, &records).await;
-    let handle = start(&store, small_config()).await;
+    let handle = start(&store, common::small_pipeline_config()).await;
     wait_committed(&store, &handle, Duration::from_secs(30)).await;
     let counters = handle.counters();
     stop(handle).await;
@@ -380,7 +368,7 @@ async fn idle_run_actors_stop_and_come_back_on_the_next_record() {
     let store = open_store(dir.path()).await;
     let (records, mut per_run) = workload(5, 100);
     append(&store.queue, &records).await;
-    let config = PipelineConfig { run_idle_timeout: Duration::from_millis(100), ..small_config() };
+    let config = PipelineConfig { run_idle_timeout: Duration::from_millis(100), ..common::small_pipeline_config() };
     let handle = start(&store, config).await;
     wait_committed(&store, &handle, Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(10);

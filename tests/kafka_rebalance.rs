@@ -24,13 +24,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::broker::Broker;
-use matyan::actors::{IngestPipeline, PipelineConfig, PipelineCounters, PipelineHandle};
-use matyan::ingest::BatchBudget;
+use matyan::actors::{IngestPipeline, PipelineCounters, PipelineHandle};
 use matyan::ingest::kafka::{KafkaSource, KafkaSourceError};
 use matyan::ingest::partitioner::partition_for_key;
 use matyan::ingest::source::{AssignmentEvent, Lease, Record, Source, SourceError};
 use matyan::storage::context_id::context_to_id;
-use matyan::storage::kv::{Database, RetryOptions};
+use matyan::storage::kv::Database;
 use matyan::storage::layout::{Columns, Layout, SeqId};
 use matyan::storage::value;
 use serde_json::{Value, json};
@@ -97,18 +96,6 @@ fn workload_with(
     out
 }
 
-fn pipeline_config() -> PipelineConfig {
-    PipelineConfig {
-        budget: BatchBudget { max_bytes: 200_000, max_messages: 200, max_age: Duration::from_millis(20) },
-        retry: RetryOptions { timeout: Duration::from_secs(20), retry_limit: 50, ..RetryOptions::default() },
-        run_idle_timeout: Duration::from_millis(500),
-        commit_interval: Duration::from_millis(20),
-        restart_backoff_initial: Duration::from_millis(10),
-        restart_backoff_max: Duration::from_millis(200),
-        ..PipelineConfig::default()
-    }
-}
-
 /// One `matyan ingest` worker in miniature: a consumer of the group and its pipeline.
 struct Worker {
     name: &'static str,
@@ -119,7 +106,9 @@ struct Worker {
 impl Worker {
     fn start(name: &'static str, broker: &Broker, db: &Database, layout: &Layout) -> Worker {
         let source = Arc::new(KafkaSource::new(broker.consumer_config(), GROUP, TOPIC).unwrap());
-        let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::clone(&source), pipeline_config()).unwrap();
+        let handle =
+            IngestPipeline::start(db.clone(), layout.clone(), Arc::clone(&source), common::small_pipeline_config())
+                .unwrap();
         Worker { name, source, handle }
     }
 
@@ -407,7 +396,9 @@ async fn a_revoked_partition_stops_its_actors_and_their_commit_in_flight_is_refu
     let source = Arc::new(ScriptedSource::new(logs));
     let db = Database::memory();
     let layout = Layout::open(&db).await.unwrap();
-    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::clone(&source), pipeline_config()).unwrap();
+    let handle =
+        IngestPipeline::start(db.clone(), layout.clone(), Arc::clone(&source), common::small_pipeline_config())
+            .unwrap();
     let state = || format!("{:?}", handle.counters());
 
     // Everything is applied, but no commit gets through the gate: partition 0's is in flight.
@@ -439,10 +430,6 @@ async fn a_revoked_partition_stops_its_actors_and_their_commit_in_flight_is_refu
 // completes each group join after about half the session timeout, and librdkafka's default of
 // 45 s made this test take about 80 s.
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// Writes a config file with a short consumer session next to `data_dir`; returns its path.
 fn short_session_config(data_dir: &std::path::Path) -> std::path::PathBuf {
     let path = data_dir.with_extension("toml");
@@ -452,40 +439,16 @@ fn short_session_config(data_dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Starts `matyan ingest` on its own store with its probes on `port`, and waits for them.
 fn start_ingest(data_dir: &std::path::Path, port: u16, bootstrap: &str) -> common::server::Server {
-    use std::process::{Command, Stdio};
-    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
-        .args(["ingest", "--data-dir", data_dir.to_str().unwrap(), "--metrics-host", "127.0.0.1"])
-        .args(["--metrics-port", &port.to_string()])
-        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
-        .env("KAFKA_DATA_INGESTION_TOPIC", TOPIC)
-        .args(["--config", short_session_config(data_dir).to_str().unwrap()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start matyan ingest");
-    let mut server = common::server::Server(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            panic!("matyan ingest exited before listening: {status}");
-        }
-        assert!(Instant::now() < deadline, "matyan ingest does not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
+    let config = short_session_config(data_dir);
+    let env = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap), ("KAFKA_DATA_INGESTION_TOPIC", TOPIC)];
+    common::server::start_ingest(data_dir, port, &env, &["--config", config.to_str().unwrap()])
 }
 
 /// Sums the series of `name` whose labels contain `label` (empty: all) in a process's `/metrics/`.
 fn metric(port: u16, name: &str, label: &str) -> f64 {
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let (status, body) = common::server::get(addr, "/metrics/");
+    let (status, body) = common::server::get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/metrics/");
     assert_eq!(status, 200, "{body}");
-    body.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    common::server::metric_sum(&body, name, label)
 }
 
 /// The `(run, step, value)` of every stored `loss` point of a stopped process's store.
@@ -515,7 +478,7 @@ async fn two_matyan_ingest_processes_hand_partitions_over_and_lose_nothing() {
     broker.create_topic("control-events", 1).await;
     let dir = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
-    let (port_a, port_b) = (free_port(), free_port());
+    let (port_a, port_b) = (common::server::free_port(), common::server::free_port());
     let mut counts = BTreeMap::new();
     let mut total = 0usize;
     let mut produce = |points: usize, create: bool| {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -26,34 +26,6 @@ fn matyan(args: &[&str], env: &[(&str, &str)]) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run matyan")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Sums every series of `name` in a Prometheus text exposition.
-fn metric_sum(exposition: &str, name: &str) -> f64 {
-    exposition
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Polls `addr` until it answers `/health/live/` or the process exits.
-fn wait_listening(process: &mut Server, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return;
-        }
-        if let Some(status) = process.0.try_wait().unwrap() {
-            panic!("process exited before listening: {status}");
-        }
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// One HTTP/1.1 GET whose body may be binary (the streaming codec); returns the status and the raw
@@ -113,26 +85,16 @@ async fn queue_import_kafka_then_ingest_stores_the_golden_run() {
     // The embedded store was not touched.
     assert!(!data_dir.exists());
 
-    let port = free_port();
+    let port = server::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
-        .args(["ingest", "--data-dir", data, "--metrics-host", "127.0.0.1", "--metrics-port", &port.to_string()])
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start matyan ingest");
-    let mut ingest = Server(child);
-    wait_listening(&mut ingest, addr);
+    let mut ingest = server::start_ingest(Path::new(data), port, &env, &[]);
     assert_eq!(server::get(addr, "/health/live/").0, 200);
 
     let deadline = Instant::now() + Duration::from_secs(180);
     let processed = loop {
         let (status, body) = server::get(addr, "/metrics/");
         assert_eq!(status, 200, "{body}");
-        let processed = metric_sum(&body, "matyan_ingestion_messages_processed_total");
+        let processed = server::metric_sum(&body, "matyan_ingestion_messages_processed_total", "");
         if processed >= GOLDEN_RECORDS as f64 {
             break processed;
         }

@@ -461,6 +461,39 @@ async fn embedded(
     Ok((rows, stored))
 }
 
+/// What [`drain`] measured.
+struct Drained {
+    secs: f64,
+    rss: Option<u64>,
+    first: Instant,
+    start: Instant,
+    stored: u64,
+}
+
+/// Runs a pipeline on `source` until it applied `total` records, stops it and checks that every
+/// point is stored; the clock and the peak-RSS mark start with the pipeline.
+async fn drain<S: crate::ingest::Source + 'static>(
+    db: &Database,
+    layout: &Layout,
+    source: S,
+    total: u64,
+    cfg: &IngestBenchConfig,
+    what: &str,
+) -> Result<Drained, IngestBenchError> {
+    reset_peak_rss();
+    let start = Instant::now();
+    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
+    let first = wait_applied(&handle, total, cfg.timeout, what).await?;
+    let secs = start.elapsed().as_secs_f64();
+    let rss = peak_rss_kib();
+    handle.shutdown().await?;
+    let stored = stored_points(db, layout, cfg.runs as usize).await?;
+    if stored != cfg.records {
+        return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
+    }
+    Ok(Drained { secs, rss, first, start, stored })
+}
+
 /// The pipeline alone: the queue is filled first, then a pipeline drains it (the live phase is
 /// bounded by the appender's rate when the pipeline keeps up).
 async fn embedded_backlog(
@@ -481,17 +514,8 @@ async fn embedded_backlog(
     }
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
-    reset_peak_rss();
-    let start = Instant::now();
-    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
-    let first = wait_applied(&handle, total, cfg.timeout, "embedded pipeline on a backlog").await?;
-    let secs = start.elapsed().as_secs_f64();
-    let rss = peak_rss_kib();
-    handle.shutdown().await?;
-    let stored = stored_points(&db, &layout, cfg.runs as usize).await?;
-    if stored != cfg.records {
-        return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
-    }
+    let drained = drain(&db, &layout, source, total, cfg, "embedded pipeline on a backlog").await?;
+    let (secs, rss, first, start) = (drained.secs, drained.rss, drained.first, drained.start);
     Ok(IngestRow {
         phase: "embedded pipeline (backlog)",
         records: total,
@@ -625,18 +649,8 @@ async fn kafka(
     let bare_rss = peak_rss_kib();
 
     let (db, layout) = open_store(dir).await?;
-    reset_peak_rss();
-    let start = Instant::now();
     let source = KafkaSource::new(consumer_config(bootstrap), &format!("matyan-bench-{}", unique_suffix()), &topic)?;
-    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
-    let first = wait_applied(&handle, total, cfg.timeout, "kafka pipeline").await?;
-    let secs = start.elapsed().as_secs_f64();
-    let rss = peak_rss_kib();
-    handle.shutdown().await?;
-    let stored = stored_points(&db, &layout, cfg.runs as usize).await?;
-    if stored != cfg.records {
-        return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
-    }
+    let Drained { secs, rss, first, start, stored } = drain(&db, &layout, source, total, cfg, "kafka pipeline").await?;
     let row = |phase, secs, peak_rss_kib, startup_secs| IngestRow {
         phase,
         records: total,

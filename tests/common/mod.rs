@@ -124,3 +124,22 @@ pub async fn write_worked_example(db: &Database) -> Layout {
     .unwrap();
     layout
 }
+
+/// Pipeline settings for tests: small batches flushed every 20 ms, run actors idle after 500 ms,
+/// commits every 20 ms and quick restarts, so chaos and rebalances show within seconds.
+pub fn small_pipeline_config() -> matyan::actors::PipelineConfig {
+    use std::time::Duration;
+    matyan::actors::PipelineConfig {
+        budget: matyan::ingest::BatchBudget {
+            max_bytes: 200_000,
+            max_messages: 200,
+            max_age: Duration::from_millis(20),
+        },
+        retry: RetryOptions { timeout: Duration::from_secs(20), retry_limit: 50, ..RetryOptions::default() },
+        run_idle_timeout: Duration::from_millis(500),
+        commit_interval: Duration::from_millis(20),
+        restart_backoff_initial: Duration::from_millis(10),
+        restart_backoff_max: Duration::from_millis(200),
+        ..matyan::actors::PipelineConfig::default()
+    }
+}

@@ -74,3 +74,52 @@ pub fn terminate(mut server: Server) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Sums the series of `name` whose label set contains `label` (empty: every series) in a
+/// Prometheus text exposition.
+pub fn metric_sum(exposition: &str, name: &str, label: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until something listens on `addr`; fails if `process` exits first.
+pub fn wait_listening(process: &mut Server, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        if let Some(status) = process.0.try_wait().unwrap() {
+            panic!("process exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `matyan ingest` on the store under `data_dir` with its probes on `127.0.0.1:port`,
+/// the given environment and extra arguments, and waits until the probes listen.
+pub fn start_ingest(data_dir: &Path, port: u16, env: &[(&str, &str)], extra: &[&str]) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["ingest", "--data-dir", data_dir.to_str().unwrap(), "--metrics-host", "127.0.0.1"])
+        .args(["--metrics-port", &port.to_string()])
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start matyan ingest");
+    let mut server = Server(child);
+    wait_listening(&mut server, SocketAddr::from(([127, 0, 0, 1], port)));
+    server
+}
