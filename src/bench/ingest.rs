@@ -286,9 +286,10 @@ async fn wait_applied(
 /// Counts the points stored for every bench run.
 async fn stored_points(db: &Database, layout: &Layout, runs: usize) -> Result<u64, IngestBenchError> {
     let ctx_id = context_to_id(&json!({"subset": "train"}));
-    let tx = db.create_trx()?;
     let mut n = 0u64;
     for r in 0..runs {
+        // One snapshot per run: all of them through one would outlive the 5 s read limit at 10M.
+        let tx = db.create_trx()?;
         let hash = run_hash(r);
         let id = SeqId { run: &hash, ctx_id, name: METRIC };
         let cols = Columns { epoch: false, time: false };
