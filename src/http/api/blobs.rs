@@ -21,12 +21,13 @@ use axum::response::Response;
 
 use crate::app::AppState;
 use crate::blobs::{BlobError, BlobUri, Blobs};
-use crate::http::stream::{StreamEncoder, StreamValue};
+use crate::http::stream::StreamValue;
 use crate::storage::layout::{Columns, SeqId};
 use crate::storage::value::Value;
 
 use super::read::Reader;
-use super::runs::{Out, flush, point_value, read_series, stream_response};
+use super::runs::{point_value, read_series};
+use super::streaming::{Out, Streamer, stream_response};
 use super::{ApiError, body};
 
 /// One requested URI and the object key it resolved to (`None`: it points to nothing).
@@ -86,7 +87,7 @@ fn object_key(value: &Value, index: i64) -> Option<String> {
 
 /// Fetches and sends each blob in order; a failing store aborts the stream.
 async fn stream_blobs(blobs: Blobs, resolved: Vec<Resolved>, out: Out) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
+    let mut s = Streamer::new(out, false);
     for (token, key) in resolved {
         let bytes = match key {
             None => Vec::new(),
@@ -98,13 +99,13 @@ async fn stream_blobs(blobs: Blobs, resolved: Vec<Resolved>, out: Out) -> Result
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "blob store failed, stream aborted");
-                    let _ = out.send(Err(std::io::Error::other("blob store failed"))).await;
+                    s.abort("blob store failed").await;
                     return Ok(());
                 }
             },
         };
-        enc.object(token.as_str(), &StreamValue::Bytes(bytes)).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if !flush(&out, &mut enc).await {
+        s.object(token.as_str(), &StreamValue::Bytes(bytes))?;
+        if !s.flush().await {
             return Ok(());
         }
     }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use crate::app::AppState;
 use crate::blobs::{BlobUri, UriCodec};
-use crate::http::stream::{Float64Array, StreamEncoder, StreamValue};
+use crate::http::stream::{Float64Array, StreamValue};
 use crate::query::plan::plan;
 use crate::query::views::sequence_scope;
 use crate::query::{Query, matches};
@@ -33,11 +33,11 @@ use crate::storage::layout::{Columns, SeqId, SeqPoint};
 use crate::storage::value::Value;
 
 use super::params::Params;
+use super::read::per_run;
 use super::read::{Reader, RunData, Trace, bucket_of};
-use super::runs::{
-    Out, TraceRef, candidates, compile_query, count, flush, parse_range, point_value, read_series, stream_response,
-};
+use super::runs::{TraceRef, candidates, compile_query, parse_range, point_value, read_series};
 use super::shape::{number, params as params_tree, stream_props, to_json, to_stream};
+use super::streaming::{Out, Streamer, stream_response};
 use super::{ApiError, body};
 
 /// A custom-object sequence type served here.
@@ -330,28 +330,25 @@ async fn stream_search(
     opts: SearchOpts,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
-    let total = count(hashes.len());
+    let mut s = Streamer::new(out, opts.report_progress);
+    let total = hashes.len();
     let mut seen = std::collections::HashSet::new();
     let mut emitted = false;
     for (i, hash) in hashes.iter().enumerate() {
         if !seen.insert(hash) {
             continue;
         }
-        let Some(object) = search_object(&mut reader, hash, &query, &opts).await? else { continue };
-        if emitted && opts.report_progress {
-            enc.progress(count(i), total);
+        let Some(object) = per_run!(&mut reader, |r| search_object(r, hash, &query, &opts))? else { continue };
+        if emitted {
+            s.progress(i, total);
         }
-        enc.object(hash.as_str(), &object).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        s.object(hash.as_str(), &object)?;
         emitted = true;
-        if !flush(&out, &mut enc).await {
+        if !s.flush().await {
             return Ok(());
         }
     }
-    if opts.report_progress {
-        enc.progress_done();
-    }
-    flush(&out, &mut enc).await;
+    s.finish(true).await;
     Ok(())
 }
 
@@ -468,10 +465,10 @@ fn index_ranges(kind: Kind, window: &Window, items: usize) -> (StreamValue, Stre
 
 /// Encodes each trace view at the root of the stream (no wrapping key).
 async fn stream_views(views: Vec<StreamValue>, out: Out) -> Result<(), ApiError> {
-    let mut enc = StreamEncoder::new();
+    let mut s = Streamer::new(out, false);
     for view in &views {
-        enc.at(&[], view).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-        if !flush(&out, &mut enc).await {
+        s.at_root(view)?;
+        if !s.flush().await {
             return Ok(());
         }
     }

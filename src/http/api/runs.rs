@@ -27,7 +27,7 @@ use super::ApiError;
 use super::params::{Params, tz_offset};
 use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
-use super::streaming::Streamer;
+use super::streaming::{Out, Streamer, stream_response};
 
 /// The bucket for artifact URIs when `S3_BUCKET` is not set.
 const DEFAULT_BUCKET: &str = "matyan-artifacts";
@@ -246,9 +246,6 @@ struct RunSearch {
     exclude_params: bool,
     exclude_traces: bool,
 }
-
-// Kept here for the routes that import them from `runs` (objects.rs).
-pub(super) use super::streaming::{Out, count, flush, stream_response};
 
 /// The rest of a sorted run (attributes and traces, as `opts` asks), from the snapshot its meta
 /// came from (`generation`), or read again whole from the current one when that has changed; `None`

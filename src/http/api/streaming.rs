@@ -15,7 +15,7 @@ use super::ApiError;
 pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
 
 /// Sends what the encoder holds; `false` when the client is gone.
-pub(super) async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
+async fn flush(out: &Out, enc: &mut StreamEncoder) -> bool {
     if enc.is_empty() {
         return true;
     }
@@ -42,7 +42,7 @@ where
 }
 
 /// A count as the codec's int.
-pub(super) fn count(n: usize) -> i64 {
+fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -64,6 +64,11 @@ impl Streamer {
         self.enc.object(key, value).map_err(|e| ApiError::BadRequest(e.to_string()))
     }
 
+    /// Encodes one value at the root path (the view streams of get-batch and get-step).
+    pub(super) fn at_root(&mut self, value: &StreamValue) -> Result<(), ApiError> {
+        self.enc.at(&[], value).map_err(|e| ApiError::BadRequest(e.to_string()))
+    }
+
     /// Encodes the progress frame `[checked, total]`, when progress is reported.
     pub(super) fn progress(&mut self, checked: usize, total: usize) {
         if self.report_progress {
@@ -74,6 +79,12 @@ impl Streamer {
     /// Sends what is encoded as one chunk; `false` when the client is gone (stop producing).
     pub(super) async fn flush(&mut self) -> bool {
         flush(&self.out, &mut self.enc).await
+    }
+
+    /// Aborts the answer with `message` (the client sees a broken body, as with an error after
+    /// the headers); nothing encoded since the last flush is sent.
+    pub(super) async fn abort(self, message: &str) {
+        let _ = self.out.send(Err(std::io::Error::other(message.to_owned()))).await;
     }
 
     /// Ends the answer: the final `[0, 0]` frame when `done_frame` and progress is reported, then
