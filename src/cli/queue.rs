@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
@@ -23,7 +23,7 @@ use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use matyan::app::{AppError, open_database};
 use matyan::config::{Backend, Config};
-use matyan::ingest::kafka::client_config;
+use matyan::ingest::kafka::{client_config, idempotent_producer_config};
 use matyan::ingest::queue::{AppendRecord, DEFAULT_PARTITIONS, Queue};
 use matyan::storage::kv::KvError;
 use matyan::storage::layout::Dirs;
@@ -181,13 +181,8 @@ async fn import_kafka(args: &ImportArgs, config: &Config) -> anyhow::Result<()> 
     let topic = args.topic.clone().unwrap_or_else(|| config.kafka.data_ingestion_topic.clone());
     let bootstrap = config.kafka.bootstrap_servers.clone();
     let reader = open_records(&args.file)?;
-    let mut client = client_config(&config.kafka);
-    client
-        .set("partitioner", "murmur2_random")
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "60000");
+    let mut client = idempotent_producer_config(client_config(&config.kafka), Duration::from_secs(60));
+    client.set("linger.ms", "5");
     let producer: FutureProducer = client.create().context("cannot create the kafka producer")?;
     let partitions = topic_partitions(&producer, &topic)
         .await

@@ -254,13 +254,9 @@ impl KafkaDeadLetters {
     /// Creates an idempotent producer with `base` settings (brokers, security) to `topic`, with
     /// Kafka's murmur2 partitioner.
     pub fn new(base: ClientConfig, topic: &str) -> Result<Self, DeadLetterError> {
-        let mut config = base;
-        config
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
-        let producer: FutureProducer = config.create().map_err(DeadLetterError::Producer)?;
+        let producer: FutureProducer = crate::ingest::kafka::idempotent_producer_config(base, DELIVERY_TIMEOUT)
+            .create()
+            .map_err(DeadLetterError::Producer)?;
         Ok(Self { producer, topic: topic.to_owned() })
     }
 

@@ -252,6 +252,19 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// The settings of our producers over `base` (brokers, security): idempotent with `acks=all`,
+/// Kafka's murmur2 partitioner (a key lands on the partition the Java client picks), and
+/// `delivery_timeout` per message.
+pub fn idempotent_producer_config(base: ClientConfig, delivery_timeout: Duration) -> ClientConfig {
+    let mut config = base;
+    config
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", delivery_timeout.as_millis().to_string());
+    config
+}
+
 /// A [`Source`] over a Kafka consumer group, with fenced commits (see the module docs).
 pub struct KafkaSource {
     consumer: Arc<StreamConsumer<FenceContext>>,

@@ -85,13 +85,9 @@ impl OutboxPublisher {
         topic: &str,
         retry: RetryOptions,
     ) -> Result<Self, OutboxError> {
-        let mut config = base;
-        config
-            .set("partitioner", "murmur2_random")
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string());
-        let producer: FutureProducer = config.create().map_err(OutboxError::Producer)?;
+        let producer: FutureProducer = crate::ingest::kafka::idempotent_producer_config(base, DELIVERY_TIMEOUT)
+            .create()
+            .map_err(OutboxError::Producer)?;
         Ok(Self { db, applier, producer, topic: topic.to_owned(), retry, batch: 100 })
     }
 
