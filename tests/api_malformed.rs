@@ -111,17 +111,6 @@ async fn still_answers(state: &AppState) {
     assert_eq!(a.status, 200, "{}", a.text());
 }
 
-fn enc(q: &str) -> String {
-    let mut out = String::new();
-    for b in q.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn bad_json_bodies_are_422_with_the_envelope() {
     let st = state().await;
@@ -303,7 +292,7 @@ async fn huge_and_negative_numbers_never_give_a_5xx_or_a_hang() {
 
 /// Percent-encodes `q` for a query string, spaces as `+` (form encoding) to keep URIs short.
 fn enc_form(q: &str) -> String {
-    enc(q).replace("%20", "+")
+    common::enc(q).replace("%20", "+")
 }
 
 #[tokio::test]

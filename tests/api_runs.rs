@@ -171,19 +171,8 @@ async fn get(state: &AppState, uri: &str) -> Answer {
     call(state, "GET", uri, None).await
 }
 
-fn enc(q: &str) -> String {
-    let mut out = String::new();
-    for b in q.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => out.push(b as char),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 fn search(q: &str, extra: &str) -> String {
-    format!("{R}/runs/search/run?q={}{extra}", enc(q))
+    format!("{R}/runs/search/run?q={}{extra}", common::enc(q))
 }
 
 fn assert_envelope(a: &Answer, status: u16, code: &str) {
@@ -390,8 +379,11 @@ async fn conformance_6_run_search_sorting() {
     let state = fx.state();
     let sorted = |sort: &str, extra: &str| {
         let state = state.clone();
-        let uri =
-            format!("{}&sort={}{extra}", search("run.hash != '{RUN}'".replace("{RUN}", RUN).as_str(), ""), enc(sort));
+        let uri = format!(
+            "{}&sort={}{extra}",
+            search("run.hash != '{RUN}'".replace("{RUN}", RUN).as_str(), ""),
+            common::enc(sort)
+        );
         async move { get(&state, &uri).await.keys() }
     };
     assert_eq!(sorted(r#"[{"field":"run","order":"asc"}]"#, "").await, ["alpha", "bravo", "charlie", "delta"]);
@@ -404,7 +396,7 @@ async fn conformance_6_run_search_sorting() {
     assert_eq!(sorted(r#"[{"field":"run"}]"#, "&offset=bravo&limit=2").await, ["charlie", "delta"]);
     assert_eq!(sorted(r#"[{"field":"run"}]"#, "&offset=unknown").await, Vec::<String>::new());
     for bad in [r#"[{"field":"zzz"}]"#, "not json", r#"[{"field":"run","order":"up"}]"#] {
-        let uri = format!("{R}/runs/search/run?sort={}", enc(bad));
+        let uri = format!("{R}/runs/search/run?sort={}", common::enc(bad));
         assert_envelope(&get(&state, &uri).await, 400, "bad_request");
     }
 }
@@ -414,7 +406,8 @@ async fn run_search_progress_counts_positions_including_the_offset() {
     let fx = Fixture::new().await;
     fx.run("b", "b", NOW + 1.0, json!(1)).await;
     fx.run("c", "c", NOW + 2.0, json!(2)).await;
-    let a = get(&fx.state(), &format!("{}&sort={}&offset=b", search("", ""), enc(r#"[{"field":"hash"}]"#))).await;
+    let a =
+        get(&fx.state(), &format!("{}&sort={}&offset=b", search("", ""), common::enc(r#"[{"field":"hash"}]"#))).await;
     // Sorted by hash: RUN ("3f2a…"), b, c; after b comes only c, third of three.
     assert_eq!(a.keys(), ["c"]);
     assert_eq!(a.progress(), vec![(0, 3), (3, 3), (0, 0)]);
@@ -524,7 +517,7 @@ async fn conformance_15_metric_search_indexed_name() {
     let fx = Fixture::new().await;
     fx.metric(RUN, "acc", json!({}), &[0.1, 0.2]).await;
     let state = fx.state();
-    let metric = |q: &str| format!("{R}/runs/search/metric?q={}", enc(q));
+    let metric = |q: &str| format!("{R}/runs/search/metric?q={}", common::enc(q));
     let objects = get(&state, &metric("metric.name == \"loss\"")).await.objects();
     assert_eq!(objects.len(), 1);
     assert_eq!(trace_names(&objects[0].1), ["loss"]);
@@ -541,7 +534,7 @@ async fn conformance_16_metric_search_in_memory_predicates() {
     let state = fx.state();
     let hits = |q: &str| {
         let state = state.clone();
-        let uri = format!("{R}/runs/search/metric?q={}", enc(q));
+        let uri = format!("{R}/runs/search/metric?q={}", common::enc(q));
         async move { get(&state, &uri).await.keys() }
     };
     assert_eq!(hits("metric.context.subset == \"train\"").await, [RUN]);
@@ -558,7 +551,7 @@ async fn conformance_18_numpy_payloads() {
     let fx = Fixture::new().await;
     fx.run("np", "np", NOW + 1.0, json!(0.1)).await;
     fx.metric("np", "curve", json!({}), &[1.0, 0.75, 0.5]).await;
-    let a = get(&fx.state(), &format!("{R}/runs/search/metric?q={}&p=3", enc("run.hash == 'np'"))).await;
+    let a = get(&fx.state(), &format!("{R}/runs/search/metric?q={}&p=3", common::enc("run.hash == 'np'"))).await;
     let objects = a.objects();
     assert_eq!(objects.len(), 1);
     let StreamValue::List(traces) = objects[0].1.get("traces").unwrap() else { panic!("traces") };
@@ -587,8 +580,10 @@ async fn metric_search_samples_to_p_points_and_adds_the_x_axis() {
     let values: Vec<f64> = (0..200).map(f64::from).collect();
     fx.metric("big", "loss", json!({}), &values).await;
     fx.metric("big", "acc", json!({}), &values).await;
-    let uri =
-        format!("{R}/runs/search/metric?q={}&p=10&x_axis=acc", enc("run.hash == 'big' and metric.name == 'loss'"));
+    let uri = format!(
+        "{R}/runs/search/metric?q={}&p=10&x_axis=acc",
+        common::enc("run.hash == 'big' and metric.name == 'loss'")
+    );
     let objects = get(&fx.state(), &uri).await.objects();
     let StreamValue::List(traces) = objects[0].1.get("traces").unwrap() else { panic!("traces") };
     assert_eq!(traces.len(), 1);
@@ -602,7 +597,7 @@ async fn metric_search_samples_to_p_points_and_adds_the_x_axis() {
 #[tokio::test]
 async fn metric_search_bad_query_is_a_400() {
     let fx = Fixture::new().await;
-    let a = get(&fx.state(), &format!("{R}/runs/search/metric?q={}", enc("metric.name ==="))).await;
+    let a = get(&fx.state(), &format!("{R}/runs/search/metric?q={}", common::enc("metric.name ==="))).await;
     assert_envelope(&a, 400, "bad_request");
 }
 
@@ -672,7 +667,7 @@ async fn a_metric_search_outliving_a_snapshot_renews_it_between_runs_and_answers
     let fx = Fixture::short_lived(Duration::from_secs(1)).await;
     let hashes = twelve_runs(&fx).await;
     let state = fx.state_with(|q| q.snapshot_max_age_ms = 200);
-    let uri = format!("{R}/runs/search/metric?q={}&report_progress=false", enc("metric.name == \"loss\""));
+    let uri = format!("{R}/runs/search/metric?q={}&report_progress=false", common::enc("metric.name == \"loss\""));
     let body = open_stream(&state, &uri).await;
     // Meanwhile the last run in the answer (hash order) grows a point and is renamed, in one
     // transaction: its object shows both, from one snapshot.

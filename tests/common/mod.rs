@@ -143,3 +143,15 @@ pub fn small_pipeline_config() -> matyan::actors::PipelineConfig {
         ..matyan::actors::PipelineConfig::default()
     }
 }
+
+/// Percent-encodes `q` for a query string (unreserved characters kept).
+pub fn enc(q: &str) -> String {
+    let mut out = String::new();
+    for b in q.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
