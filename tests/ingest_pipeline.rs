@@ -139,18 +139,7 @@ async fn stop(handle: PipelineHandle) {
 /// Reads run `run`'s metric `m` (empty context) and checks steps 0..n hold values 0..n: nothing
 /// lost, nothing duplicated, source order kept.
 async fn check_run(store: &Store, run: &str, expected: i64) -> usize {
-    let tx = store.db.create_trx().unwrap();
-    let id = SeqId { run, ctx_id: context_to_id(&json!({})), name: "m" };
-    let cols = Columns { epoch: false, time: false };
-    let points = store.layout.seqs.read(&tx, id, None, None, cols, true).await.unwrap();
-    let got: Vec<(i64, i64)> =
-        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap() as i64)).collect();
-    let want: Vec<(i64, i64)> = (0..expected).map(|i| (i, i)).collect();
-    if got != want {
-        let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
-        panic!("run {run}: {} points, expected {expected}; first difference at {first_bad:?}", got.len());
-    }
-    points.len()
+    common::check_series(&store.db, &store.layout, run, &json!({}), "m", expected).await
 }
 
 async fn check_all(store: &Store, per_run: &BTreeMap<String, i64>) -> usize {

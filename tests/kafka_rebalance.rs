@@ -28,10 +28,8 @@ use matyan::actors::{IngestPipeline, PipelineCounters, PipelineHandle};
 use matyan::ingest::kafka::{KafkaSource, KafkaSourceError};
 use matyan::ingest::partitioner::partition_for_key;
 use matyan::ingest::source::{AssignmentEvent, Lease, Record, Source, SourceError};
-use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::Database;
-use matyan::storage::layout::{Columns, Layout, SeqId};
-use matyan::storage::value;
+use matyan::storage::layout::Layout;
 use serde_json::{Value, json};
 
 const TOPIC: &str = "data-ingestion";
@@ -148,17 +146,7 @@ fn all_partitions() -> Vec<i32> {
 /// Reads run `run`'s `loss` points (context `{"subset": "train"}`) and checks that steps 0..n hold
 /// values 0..n: nothing lost, nothing twice, source order kept. Returns n.
 async fn check_run(db: &Database, layout: &Layout, run: &str, expected: i64) -> usize {
-    let tx = db.create_trx().unwrap();
-    let id = SeqId { run, ctx_id: context_to_id(&json!({"subset": "train"})), name: "loss" };
-    let points = layout.seqs.read(&tx, id, None, None, Columns { epoch: false, time: false }, false).await.unwrap();
-    let got: Vec<(i64, i64)> =
-        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap() as i64)).collect();
-    let want: Vec<(i64, i64)> = (0..expected).map(|i| (i, i)).collect();
-    if got != want {
-        let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
-        panic!("run {run}: {} points, expected {expected}; first difference at {first_bad:?}", got.len());
-    }
-    points.len()
+    common::check_series(db, layout, run, &json!({"subset": "train"}), "loss", expected).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

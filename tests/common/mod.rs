@@ -155,3 +155,28 @@ pub fn enc(q: &str) -> String {
     }
     out
 }
+
+/// Checks that series `(run, ctx, name)` holds exactly the points `(i, i)` for `i` in
+/// `0..expected`, in step order (nothing lost, nothing duplicated, source order kept); returns
+/// how many points it holds.
+pub async fn check_series(
+    db: &Database,
+    layout: &Layout,
+    run: &str,
+    ctx: &serde_json::Value,
+    name: &str,
+    expected: i64,
+) -> usize {
+    let tx = db.create_trx().unwrap();
+    let id = SeqId { run, ctx_id: context_to_id(ctx), name };
+    let cols = matyan::storage::layout::Columns { epoch: false, time: false };
+    let points = layout.seqs.read(&tx, id, None, None, cols, true).await.unwrap();
+    let got: Vec<(i64, i64)> =
+        points.iter().map(|p| (p.step, value::decode(&p.val).unwrap().as_f64().unwrap() as i64)).collect();
+    let want: Vec<(i64, i64)> = (0..expected).map(|i| (i, i)).collect();
+    if got != want {
+        let first_bad = got.iter().zip(&want).position(|(g, w)| g != w);
+        panic!("run {run}: {} points, expected {expected}; first difference at {first_bad:?}", got.len());
+    }
+    points.len()
+}
