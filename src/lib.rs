@@ -4,12 +4,14 @@
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
 //! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle;
 //! - [`blobs`]: blob URIs (Fernet tokens) and the blob store of images, audios and artifacts;
-//! - [`http`]: the axum router (health probes, metrics, admin routes; the REST API later) and the
-//!   binary streaming codec of the API (`http::stream`);
+//! - [`http`]: the axum router: health probes, metrics, loopback admin routes, the REST API under
+//!   `/api/v1/rest` (`http::api`, one file per area) and its binary streaming codec (`http::stream`);
 //! - [`storage`]: the transactional KV contract, its backends (memory, embedded, FoundationDB),
 //!   the reference's byte codecs and the Matyan key layout on top;
-//! - [`ingest`]: ingestion's pure parts: message decoding, size estimates, Kafka's partitioner,
-//!   the `RunBatch` flush policy (actors and sources come next);
+//! - [`ingest`]: ingestion below the actors: the `Source` interface and its two sources (the
+//!   embedded durable queue, Kafka), message decoding, size estimates, Kafka's partitioner, the
+//!   `RunBatch` flush policy, the handlers that apply a batch (`ingest::apply`), dead letters and
+//!   the outbox publisher;
 //! - [`actors`]: the supervised ingest pipeline (partition and run actors) behind `PipelineHandle`;
 //! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
 //! - [`metrics`]: the metrics catalogue;

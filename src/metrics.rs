@@ -222,8 +222,8 @@ pub const INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL: &str = "matyan_ingest_revoke
 /// (`published`, `failed`).
 pub const INGEST_OUTBOX_EVENTS_TOTAL: &str = "matyan_ingest_outbox_events_total";
 
-/// Registers the help texts of the Kafka, dead-letter and outbox metrics. Kept out of
-/// [`describe`] so this section merges on its own; `describe` should call it once merged.
+/// Registers the help texts of the Kafka, dead-letter, outbox and rebalance metrics (called by
+/// [`describe`]).
 pub fn describe_kafka() {
     describe_counter!(INGEST_KAFKA_REBALANCE_PARTITIONS_TOTAL, "partitions assigned or revoked by kind");
     describe_counter!(INGEST_KAFKA_COMMITS_TOTAL, "kafka offset commits by result");
