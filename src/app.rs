@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
+use crate::gateway::Gateway;
 use crate::storage::kv::{Database, KvError, Limits};
 use crate::storage::layout::Layout;
 
@@ -57,6 +58,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The blob store and the blob URI codec of `config.blobs`.
     pub blobs: Blobs,
+    /// The SDK gateway, in the processes that serve it (`matyan serve`); its sink also takes the
+    /// REST API's `delete_run` records.
+    pub gateway: Option<Gateway>,
 }
 
 impl AppState {
@@ -76,6 +80,12 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, AppError> {
         let blobs = Blobs::from_config(&config)?;
-        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs })
+        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs, gateway: None })
+    }
+
+    /// This state with the gateway `gateway` served beside the REST API.
+    pub fn with_gateway(mut self, gateway: Gateway) -> Self {
+        self.gateway = Some(gateway);
+        self
     }
 }

@@ -35,6 +35,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub blobs: BlobsConfig,
     pub query: QueryConfig,
+    pub gateway: GatewayConfig,
 }
 
 /// The HTTP API's listener.
@@ -123,6 +124,18 @@ pub struct IngestConfig {
     pub run_idle_timeout_ms: u64,
     /// Enables `POST /admin/chaos/kill/` (also `matyan serve --chaos`).
     pub chaos: bool,
+    /// What `matyan serve` consumes (also `matyan serve --source`).
+    pub source: IngestSource,
+}
+
+/// The source `matyan serve` ingests from, and where its gateway and REST deletions publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestSource {
+    /// The embedded durable queue under the data directory.
+    Embedded,
+    /// `kafka.data_ingestion_topic` on `kafka.bootstrap_servers`.
+    Kafka,
 }
 
 impl IngestConfig {
@@ -238,6 +251,88 @@ impl QueryConfig {
     }
 }
 
+/// The SDK gateway (`WS /api/v1/ws/runs/{run_id}`, artifact uploads): its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Bytes of one WebSocket frame.
+    pub max_frame_bytes: usize,
+    /// Messages of one frame.
+    pub max_messages_per_frame: usize,
+    /// Bytes of one encoded record.
+    pub max_record_bytes: usize,
+    /// Open WebSocket connections; further upgrades are answered 503.
+    pub max_connections: usize,
+    /// A connection that sends nothing (not even a ping) for this long is closed.
+    pub idle_timeout_ms: u64,
+    /// A reply the client does not read within this long closes the connection.
+    pub send_timeout_ms: u64,
+    /// Bytes of frames one embedded-queue transaction takes together (group commit).
+    pub append_batch_bytes: usize,
+    /// How long Kafka may take to acknowledge a record before its frame fails.
+    pub kafka_delivery_timeout_ms: u64,
+    /// How long the Kafka producer waits to fill a batch.
+    pub kafka_linger_ms: u64,
+    /// Bytes of one uploaded blob.
+    pub max_upload_bytes: usize,
+    /// Uploads received at once; further ones are answered 503.
+    pub max_concurrent_uploads: usize,
+    /// Lifetime of a presigned upload URL, in seconds.
+    pub upload_expiry_secs: u64,
+    /// Base of presigned upload URLs (scheme, host, port); empty means the presign request's Host.
+    pub public_url: String,
+}
+
+impl GatewayConfig {
+    /// The largest frame this build accepts: with its encoding overhead, one frame must fit one
+    /// embedded-queue transaction.
+    pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+    /// The idle timeout as a duration.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    /// The send timeout as a duration.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
+        for (key, value, max) in [
+            ("gateway.max_frame_bytes", self.max_frame_bytes, Self::MAX_FRAME_BYTES),
+            ("gateway.max_messages_per_frame", self.max_messages_per_frame, 10_000),
+            // Our ingestion decodes records up to this size.
+            ("gateway.max_record_bytes", self.max_record_bytes, crate::ingest::message::MAX_RECORD_BYTES),
+            ("gateway.max_connections", self.max_connections, 1_000_000),
+            ("gateway.append_batch_bytes", self.append_batch_bytes, (fdb_bytes / 2) as usize),
+            ("gateway.max_upload_bytes", self.max_upload_bytes, 1 << 30),
+            ("gateway.max_concurrent_uploads", self.max_concurrent_uploads, 1024),
+        ] {
+            if value == 0 {
+                errors.push(ValidationError::Zero { key });
+            } else if value > max {
+                errors.push(ValidationError::AboveMax { key, value: value as u64, max: max as u64 });
+            }
+        }
+        for (key, value) in [
+            ("gateway.idle_timeout_ms", self.idle_timeout_ms),
+            ("gateway.send_timeout_ms", self.send_timeout_ms),
+            ("gateway.kafka_delivery_timeout_ms", self.kafka_delivery_timeout_ms),
+            ("gateway.upload_expiry_secs", self.upload_expiry_secs),
+        ] {
+            if value == 0 {
+                errors.push(ValidationError::Zero { key });
+            }
+        }
+        let url = self.public_url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            errors.push(ValidationError::NotAUrl { key: "gateway.public_url" });
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -286,6 +381,10 @@ pub enum ValidationError {
     Unpaired { key: &'static str, other: &'static str },
     #[error("{key}: must be url-safe base64 of 32 bytes (a fernet key)")]
     NotAKey { key: &'static str },
+    #[error("{key}: {value} is above the largest supported value {max}")]
+    AboveMax { key: &'static str, value: u64, max: u64 },
+    #[error("{key}: must be an http:// or https:// url")]
+    NotAUrl { key: &'static str },
 }
 
 impl ValidationError {
@@ -300,7 +399,9 @@ impl ValidationError {
             | ValidationError::FdbNotBuilt { key }
             | ValidationError::NotOneOf { key, .. }
             | ValidationError::Unpaired { key, .. }
-            | ValidationError::NotAKey { key } => key,
+            | ValidationError::NotAKey { key }
+            | ValidationError::AboveMax { key, .. }
+            | ValidationError::NotAUrl { key } => key,
         }
     }
 }
@@ -391,6 +492,9 @@ impl Config {
         }
         if let Some(v) = get("BLOB_URI_SECRET") {
             self.blobs.uri_secret = v;
+        }
+        if let Some(v) = get("S3_PRESIGN_EXPIRY") {
+            self.gateway.upload_expiry_secs = parse_env("S3_PRESIGN_EXPIRY", v, "a non-negative integer")?;
         }
         Ok(())
     }
@@ -521,6 +625,7 @@ impl Config {
                 unit: "ms",
             });
         }
+        self.gateway.validate(&mut errors);
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
 }

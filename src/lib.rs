@@ -13,6 +13,8 @@
 //!   `RunBatch` flush policy, the handlers that apply a batch (`ingest::apply`), dead letters and
 //!   the outbox publisher;
 //! - [`actors`]: the supervised ingest pipeline (partition and run actors) behind `PipelineHandle`;
+//! - [`gateway`]: the SDK gateway (`WS /api/v1/ws/runs/{run_id}`, artifact presign and upload),
+//!   publishing durably to the embedded queue or Kafka;
 //! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`bench`]: benchmarks that print figures.
@@ -23,6 +25,7 @@ pub mod app;
 pub mod bench;
 pub mod blobs;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

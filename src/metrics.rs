@@ -70,6 +70,7 @@ pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(INGESTION_BATCH_SIZE.to_owned()), BATCH_SIZE_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INGESTION_BATCH_PROCESSING_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INGESTION_TXN_ESTIMATED_BYTES.to_owned()), TXN_BYTES_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(GATEWAY_FRAME_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INGEST_TXN_BYTES.to_owned()), TXN_BYTES_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INGEST_TXN_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
         .install_recorder()?;
@@ -104,6 +105,7 @@ pub fn describe() {
     describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
     describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");
     describe_kafka();
+    describe_gateway();
 }
 
 /// Sets `matyan_build_info{version}` to 1.
@@ -267,4 +269,57 @@ pub fn ingest_revoked_uncommitted(records: u64) {
 /// Counts one outbox event by result (`published`, `failed`).
 pub fn outbox_event(result: &'static str) {
     counter!(INGEST_OUTBOX_EVENTS_TOTAL, "result" => result).increment(1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The SDK gateway
+
+/// `matyan_gateway_connections`: open WebSocket connections of the SDK gateway.
+pub const GATEWAY_CONNECTIONS: &str = "matyan_gateway_connections";
+/// `matyan_gateway_frames_total{result}`: frames answered, by result (`ok`, `rejected`, `failed`).
+pub const GATEWAY_FRAMES_TOTAL: &str = "matyan_gateway_frames_total";
+/// `matyan_gateway_rejected_total{reason}`: frames, connections and uploads refused, by bounded
+/// reason (`invalid_json`, `invalid_message`, `too_large`, `too_many_connections`, `bad_signature`,
+/// …).
+pub const GATEWAY_REJECTED_TOTAL: &str = "matyan_gateway_rejected_total";
+/// `matyan_gateway_records_total`: records made durable by the gateway.
+pub const GATEWAY_RECORDS_TOTAL: &str = "matyan_gateway_records_total";
+/// `matyan_gateway_bytes_total{kind}`: bytes received, by kind (`frames`, `uploads`).
+pub const GATEWAY_BYTES_TOTAL: &str = "matyan_gateway_bytes_total";
+/// `matyan_gateway_frame_seconds`: time from a frame's arrival to its reply (durable publish
+/// included).
+pub const GATEWAY_FRAME_SECONDS: &str = "matyan_gateway_frame_seconds";
+
+/// Registers the help texts of the gateway metrics (called by [`describe`]).
+pub fn describe_gateway() {
+    describe_gauge!(GATEWAY_CONNECTIONS, "open websocket connections of the sdk gateway");
+    describe_counter!(GATEWAY_FRAMES_TOTAL, "gateway frames answered by result");
+    describe_counter!(GATEWAY_REJECTED_TOTAL, "gateway frames, connections and uploads refused by reason");
+    describe_counter!(GATEWAY_RECORDS_TOTAL, "records the gateway made durable");
+    describe_counter!(GATEWAY_BYTES_TOTAL, Unit::Bytes, "bytes the gateway received by kind");
+    describe_histogram!(GATEWAY_FRAME_SECONDS, Unit::Seconds, "time from a gateway frame's arrival to its reply");
+}
+
+/// Counts one answered frame: its result (`ok`, `rejected`, `failed`), its records made durable,
+/// its bytes, and the time to its reply.
+pub fn gateway_frame(result: &'static str, records: usize, bytes: usize, seconds: f64) {
+    counter!(GATEWAY_FRAMES_TOTAL, "result" => result).increment(1);
+    counter!(GATEWAY_RECORDS_TOTAL).increment(records as u64);
+    counter!(GATEWAY_BYTES_TOTAL, "kind" => "frames").increment(bytes as u64);
+    histogram!(GATEWAY_FRAME_SECONDS).record(seconds);
+}
+
+/// Counts one refusal of the gateway; `reason` must be a bounded label.
+pub fn gateway_rejected(reason: &'static str) {
+    counter!(GATEWAY_REJECTED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts the bytes of one stored upload.
+pub fn gateway_upload(bytes: usize) {
+    counter!(GATEWAY_BYTES_TOTAL, "kind" => "uploads").increment(bytes as u64);
+}
+
+/// Moves the open-connections gauge by `delta` (+1 on open, −1 on close).
+pub fn gateway_connections(delta: f64) {
+    gauge!(GATEWAY_CONNECTIONS).increment(delta);
 }

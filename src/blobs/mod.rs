@@ -11,7 +11,7 @@ pub mod uri;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use store::{BlobError, BlobStore, LocalDirStore};
+pub use store::{BlobError, BlobStore, LocalDirStore, check_key};
 pub use uri::{BlobUri, UriCodec, UriError};
 
 use crate::config::Config;

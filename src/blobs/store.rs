@@ -65,33 +65,41 @@ impl LocalDirStore {
         &self.root
     }
 
-    /// The file of `key`, refusing keys that could name anything outside the root.
+    /// The file of `key`, refusing keys that could name anything outside the root ([`check_key`]).
     pub fn path_of(&self, key: &str) -> Result<PathBuf, BlobError> {
-        let invalid = |reason| BlobError::InvalidKey { key: key.to_owned(), reason };
-        if key.is_empty() {
-            return Err(invalid("empty"));
-        }
-        if key.contains('\0') {
-            return Err(invalid("contains a NUL byte"));
-        }
-        if key.starts_with('/') || Path::new(key).is_absolute() {
-            return Err(invalid("absolute"));
-        }
+        check_key(key)?;
         let mut path = self.root.clone();
-        for part in key.split('/') {
-            match part {
-                "" => return Err(invalid("empty path component")),
-                "." | ".." => return Err(invalid("`.` or `..` component")),
-                _ => {}
-            }
-            // A component that the platform reads as more than a plain name (a drive prefix).
-            if !matches!(Path::new(part).components().next(), Some(Component::Normal(_))) {
-                return Err(invalid("not a plain name"));
-            }
-            path.push(part);
-        }
+        path.extend(key.split('/'));
         Ok(path)
     }
+}
+
+/// Refuses a key that is not a relative, `/`-separated path of plain names: empty, absolute, with a
+/// NUL byte, an empty, `.` or `..` component, or a component a platform reads as more than a name
+/// (a drive prefix). Every store checks keys with it before any IO, and so do the routes that
+/// accept keys from clients.
+pub fn check_key(key: &str) -> Result<(), BlobError> {
+    let invalid = |reason| BlobError::InvalidKey { key: key.to_owned(), reason };
+    if key.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if key.contains('\0') {
+        return Err(invalid("contains a NUL byte"));
+    }
+    if key.starts_with('/') || Path::new(key).is_absolute() {
+        return Err(invalid("absolute"));
+    }
+    for part in key.split('/') {
+        match part {
+            "" => return Err(invalid("empty path component")),
+            "." | ".." => return Err(invalid("`.` or `..` component")),
+            _ => {}
+        }
+        if !matches!(Path::new(part).components().next(), Some(Component::Normal(_))) {
+            return Err(invalid("not a plain name"));
+        }
+    }
+    Ok(())
 }
 
 /// Maps an IO error on `key`: a missing file (or a directory in its place) is a missing object.

@@ -4,7 +4,9 @@ mod api;
 mod bench;
 mod common;
 mod dev;
+mod gateway;
 mod ingest;
+mod kafka_ingest;
 mod kv;
 mod queue;
 mod serve;
@@ -25,9 +27,12 @@ pub struct Cli {
 /// Every subcommand. Add one by adding a file beside this one and a variant here.
 #[derive(Debug, Subcommand)]
 pub enum Commands {
-    /// Run every role in one process: the HTTP API, health probes and metrics, on embedded
-    /// storage by default.
+    /// Run every role in one process on one port: the SDK gateway, ingestion, the REST API,
+    /// health probes and metrics, on embedded storage by default.
     Serve(serve::ServeArgs),
+    /// The SDK gateway alone: takes the SDK's WebSocket frames and blob uploads and produces
+    /// records to the Kafka ingestion topic.
+    Gateway(gateway::GatewayArgs),
     /// The HTTP role alone: the REST API, health probes and metrics, with no ingestion pipeline.
     Api(api::ApiArgs),
     /// The Kafka → storage role: consumes the ingestion topic into the configured storage, with
@@ -49,6 +54,7 @@ impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
         match self.command {
             Commands::Serve(args) => serve::run(args).await,
+            Commands::Gateway(args) => gateway::run(args).await,
             Commands::Api(args) => api::run(args).await,
             Commands::Ingest(args) => ingest::run(args).await,
             Commands::Kv(args) => kv::run(args).await,

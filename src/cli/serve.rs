@@ -1,5 +1,11 @@
-//! `matyan serve`: every role in one process on the configured storage (embedded by default), until
-//! SIGINT or SIGTERM.
+//! `matyan serve`: every role in one process on one port: the SDK gateway, ingestion, the REST
+//! API, probes and metrics, on the configured storage (embedded by default), until SIGINT or
+//! SIGTERM.
+//!
+//! With `ingest.source = "embedded"` (the default) the gateway appends to the embedded durable
+//! queue and the pipeline consumes it; with `"kafka"` (`--source kafka`) the gateway and the REST
+//! deletions produce to `kafka.data_ingestion_topic` and the pipeline consumes that topic instead,
+//! so the process can also sit behind the reference gateway.
 
 use std::sync::Arc;
 
@@ -8,10 +14,13 @@ use clap::Args;
 
 use matyan::actors::{IngestPipeline, PipelineConfig, PipelineHandle};
 use matyan::app::AppState;
+use matyan::config::{Config, IngestSource};
+use matyan::gateway::{Gateway, KafkaSink, QueueSink, RecordSink};
 use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
 use matyan::ingest::{EmbeddedSource, Queue};
 
 use super::common;
+use super::kafka_ingest::KafkaIngest;
 use super::{ConfigArgs, ListenArgs};
 
 /// The file under the data directory holding the address of a running server.
@@ -27,6 +36,16 @@ pub struct ServeArgs {
     /// Enables the chaos admin route `POST /admin/chaos/kill/` [default: ingest.chaos].
     #[arg(long)]
     pub chaos: bool,
+    /// What to ingest: the embedded queue, or the Kafka topic (brokers from
+    /// KAFKA_BOOTSTRAP_SERVERS) [default: ingest.source, i.e. embedded].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub source: Option<IngestSource>,
+}
+
+/// The ingestion this process runs.
+enum Ingest {
+    Embedded(PipelineHandle),
+    Kafka(Box<KafkaIngest>),
 }
 
 /// Runs the server until a shutdown signal, then removes `serve.addr` and closes the store.
@@ -36,36 +55,84 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if args.chaos {
             c.ingest.chaos = true;
         }
+        if let Some(source) = args.source {
+            c.ingest.source = source;
+        }
     })?;
     let handle = common::install_metrics(&config)?;
     let data_dir = config.storage.data_dir.clone();
     let host = config.server.host.clone();
     let port = config.server.port;
     let state = common::open_state(config, handle).await?;
-    let pipeline = start_ingest(&state).await?;
+    let (state, ingest) = match state.config.ingest.source {
+        IngestSource::Embedded => {
+            let queue = ingestion_queue(&state).await?;
+            let sink = QueueSink::start(queue.clone(), state.config.gateway.append_batch_bytes);
+            let pipeline = start_embedded_ingest(&state, queue).await?;
+            (with_gateway(state, Arc::new(sink)), Ingest::Embedded(pipeline))
+        }
+        IngestSource::Kafka => {
+            let sink = kafka_sink(&state.config)?;
+            let ingest = KafkaIngest::start(&state)?;
+            (with_gateway(state, Arc::new(sink)), Ingest::Kafka(Box::new(ingest)))
+        }
+    };
+    let gateway = state.gateway.clone();
 
     let (listener, _) = common::bind(&host, port).await?;
     let served = common::serve_api_until_signal(listener, state, &data_dir).await;
-    // Ingestion stops before the store closes: every run flushed, every watermark committed.
-    matyan::actors::pipeline::set_serving(None);
-    let drained = pipeline.shutdown().await;
+    // Open SDK connections end after the frame they are handling (every answered frame is
+    // durable), then ingestion stops before the store closes: every run flushed, every watermark
+    // committed.
+    if let Some(gateway) = gateway {
+        gateway.close_connections();
+    }
+    let drained = match ingest {
+        Ingest::Embedded(pipeline) => {
+            matyan::actors::pipeline::set_serving(None);
+            pipeline.shutdown().await.context("ingest pipeline did not shut down cleanly")
+        }
+        Ingest::Kafka(ingest) => ingest.shutdown().await,
+    };
     served?;
-    drained.context("ingest pipeline did not shut down cleanly")?;
+    drained?;
     // The router (and with it the last handle on the store) was dropped when serving ended: every
     // committed transaction is already synced, so dropping closes the store cleanly.
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Opens the embedded queue's ingestion topic (created with 6 partitions if absent) and starts the
-/// ingest pipeline on it as the consumer group `ingestion-workers`.
-async fn start_ingest(state: &AppState) -> anyhow::Result<PipelineHandle> {
+/// The state with a gateway publishing to `sink` and storing uploads in the blob store.
+fn with_gateway(state: AppState, sink: Arc<dyn RecordSink>) -> AppState {
+    let gateway = Gateway::new(&state.config, sink, Arc::clone(&state.blobs.store));
+    state.with_gateway(gateway)
+}
+
+/// The gateway's producer to `kafka.data_ingestion_topic`.
+pub fn kafka_sink(config: &Config) -> anyhow::Result<KafkaSink> {
+    let g = &config.gateway;
+    KafkaSink::new(
+        matyan::ingest::kafka::client_config(&config.kafka),
+        &config.kafka.data_ingestion_topic,
+        std::time::Duration::from_millis(g.kafka_delivery_timeout_ms),
+        std::time::Duration::from_millis(g.kafka_linger_ms),
+    )
+    .context("cannot create the gateway's kafka producer")
+}
+
+/// The embedded queue's ingestion topic, created with 6 partitions if absent.
+async fn ingestion_queue(state: &AppState) -> anyhow::Result<Queue> {
     let topic = state.config.kafka.data_ingestion_topic.as_str();
     let ours = &state.layout.dirs.ours;
-    let queue = match Queue::open_existing(&state.db, ours, topic).await? {
+    Ok(match Queue::open_existing(&state.db, ours, topic).await? {
         Some(queue) => queue,
         None => Queue::open(&state.db, ours, topic, DEFAULT_PARTITIONS).await?,
-    };
+    })
+}
+
+/// Starts the ingest pipeline on the embedded `queue` as the consumer group `ingestion-workers`.
+async fn start_embedded_ingest(state: &AppState, queue: Queue) -> anyhow::Result<PipelineHandle> {
+    let topic = queue.topic().to_owned();
     let partitions = queue.partitions();
     let source = EmbeddedSource::new(queue, INGESTION_GROUP)
         .await

@@ -45,6 +45,9 @@ pub fn router(state: AppState) -> Router {
         .route("/admin/chaos/kill/", axum::routing::post(admin::chaos_kill))
         .route("/api/v1/rest/openapi.json/", get(openapi::document))
         .merge(api::routes());
+    if let Some(gateway) = &state.gateway {
+        router = router.merge(gateway.routes());
+    }
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));
     }
@@ -97,6 +100,17 @@ pub async fn serve_probes(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let svc = probes_router(state).map_request(add_trailing_slash as fn(Request) -> Request);
+    axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(svc)).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves a role's own `router` (the gateway role's) behind trailing-slash normalisation and request
+/// metrics on `listener` until `shutdown` completes.
+pub async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let svc = router.layer(middleware::from_fn(track)).map_request(add_trailing_slash as fn(Request) -> Request);
     axum::serve(listener, axum::ServiceExt::<Request>::into_make_service(svc)).with_graceful_shutdown(shutdown).await
 }
 

@@ -18,8 +18,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use crate::app::AppState;
+use crate::gateway::{OutRecord, RecordSink};
 use crate::ingest::apply::rfc3339_utc;
 use crate::ingest::queue::{AppendRecord, DEFAULT_PARTITIONS, Queue};
 use crate::storage::kv::Database;
@@ -46,8 +48,12 @@ pub trait ControlSink: Send + Sync {
     }
 }
 
-/// The sink of this process: the embedded ingestion queue.
+/// The sink of this process: its gateway's record sink when it serves one (the embedded queue or
+/// Kafka, as `ingest.source` says), else the embedded ingestion queue.
 pub fn sink(state: &AppState) -> Box<dyn ControlSink> {
+    if let Some(gateway) = &state.gateway {
+        return Box::new(GatewaySink { sink: Arc::clone(gateway.sink()) });
+    }
     Box::new(EmbeddedQueueSink {
         db: state.db.clone(),
         ours: state.layout.dirs.ours.clone(),
@@ -68,6 +74,29 @@ impl EmbeddedQueueSink {
         Ok(match Queue::open_existing(&self.db, &self.ours, &self.topic).await? {
             Some(q) => q,
             None => Queue::open(&self.db, &self.ours, &self.topic, DEFAULT_PARTITIONS).await?,
+        })
+    }
+}
+
+/// Publishes through the gateway's [`RecordSink`], where the process's client records go, so a
+/// `delete_run` lands on the same topic and partition as the run's earlier records.
+pub struct GatewaySink {
+    sink: Arc<dyn RecordSink>,
+}
+
+impl ControlSink for GatewaySink {
+    fn delete_runs<'a>(&'a self, runs: &'a [String], now: f64) -> SinkFuture<'a> {
+        Box::pin(async move {
+            #[allow(clippy::cast_possible_truncation)]
+            let timestamp_ms = (now * 1000.0) as i64;
+            for chunk in runs.chunks(CHUNK) {
+                let records = chunk
+                    .iter()
+                    .map(|r| OutRecord { key: r.clone(), value: delete_run_value(r, now), timestamp_ms })
+                    .collect();
+                self.sink.publish(records).await?;
+            }
+            Ok(())
         })
     }
 }

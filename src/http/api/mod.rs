@@ -132,6 +132,9 @@ pub enum ApiError {
     /// An event the request must publish (a run's `delete_run`) could not be queued.
     #[error("publish: {0}")]
     Publish(#[from] QueueError),
+    /// An event the request must publish could not be made durable by the gateway's sink.
+    #[error("publish: {0}")]
+    Sink(#[from] crate::gateway::SinkError),
 }
 
 impl From<KvError> for ApiError {
@@ -187,7 +190,7 @@ impl ApiError {
             // A taken unique name or a request the layout refuses is the client's mistake (the
             // reference answers 400 for duplicate names).
             ApiError::Storage(LayoutError::Conflict(_) | LayoutError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            ApiError::Storage(_) | ApiError::Publish(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Storage(_) | ApiError::Publish(_) | ApiError::Sink(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -202,7 +205,7 @@ impl ApiError {
         }
         match self {
             ApiError::Storage(LayoutError::Conflict(m) | LayoutError::Invalid(m)) => m.clone(),
-            ApiError::Storage(_) | ApiError::Publish(_) => "Internal server error".to_owned(),
+            ApiError::Storage(_) | ApiError::Publish(_) | ApiError::Sink(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
     }
