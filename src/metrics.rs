@@ -104,6 +104,7 @@ pub fn describe() {
     describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
     describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");
     describe_kafka();
+    describe_counter!(HTTP_PANICS_TOTAL, "request handlers that panicked, answered 500, by method and route template");
 }
 
 /// Sets `matyan_build_info{version}` to 1.
@@ -267,4 +268,16 @@ pub fn ingest_revoked_uncommitted(records: u64) {
 /// Counts one outbox event by result (`published`, `failed`).
 pub fn outbox_event(result: &'static str) {
     counter!(INGEST_OUTBOX_EVENTS_TOTAL, "result" => result).increment(1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP handler panics (src/http/panic.rs).
+
+/// `matyan_http_panics_total{method,path_template}`: request handlers that panicked and were
+/// answered with the 500 envelope.
+pub const HTTP_PANICS_TOTAL: &str = "matyan_http_panics_total";
+
+/// Counts one panicking request handler. `path_template` must be a route template, never the raw path.
+pub fn http_panic(method: &'static str, path_template: String) {
+    counter!(HTTP_PANICS_TOTAL, "method" => method, "path_template" => path_template).increment(1);
 }
