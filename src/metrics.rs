@@ -106,6 +106,7 @@ pub fn describe() {
     describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");
     describe_kafka();
     describe_gateway();
+    describe_counter!(HTTP_PANICS_TOTAL, "request handlers that panicked, answered 500, by method and route template");
 }
 
 /// Sets `matyan_build_info{version}` to 1.
@@ -322,4 +323,16 @@ pub fn gateway_upload(bytes: usize) {
 /// Moves the open-connections gauge by `delta` (+1 on open, −1 on close).
 pub fn gateway_connections(delta: f64) {
     gauge!(GATEWAY_CONNECTIONS).increment(delta);
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP handler panics (src/http/panic.rs).
+
+/// `matyan_http_panics_total{method,path_template}`: request handlers that panicked and were
+/// answered with the 500 envelope.
+pub const HTTP_PANICS_TOTAL: &str = "matyan_http_panics_total";
+
+/// Counts one panicking request handler. `path_template` must be a route template, never the raw path.
+pub fn http_panic(method: &'static str, path_template: String) {
+    counter!(HTTP_PANICS_TOTAL, "method" => method, "path_template" => path_template).increment(1);
 }

@@ -282,7 +282,12 @@ async fn case_22_blob_batch_skips_invalid_uris_and_sends_blob_bytes_by_uri() {
 }
 
 async fn post(state: &AppState, uri: &str, body: J) -> (u16, Vec<u8>) {
-    let req = Request::builder().method("POST").uri(uri).body(Body::from(body.to_string())).unwrap();
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
     let work = async {
         let resp = matyan::http::service(state.clone()).oneshot(req).await.unwrap();
         let status = resp.status().as_u16();

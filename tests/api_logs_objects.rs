@@ -865,6 +865,7 @@ async fn a_failing_blob_store_aborts_the_stream() {
     let req = Request::builder()
         .method("POST")
         .uri(format!("{R}/runs/audios/get-batch/"))
+        .header("content-type", "application/json")
         .body(Body::from(json!([uri]).to_string()))
         .unwrap();
     let resp = matyan::http::service(state).oneshot(req).await.unwrap();

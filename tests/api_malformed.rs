@@ -1,8 +1,9 @@
 //! Malformed requests against the in-process router (issue 4, "Malformed requests"): bad JSON
 //! bodies, wrong JSON types, unknown routes, wrong methods, out-of-range and non-numeric numbers,
-//! deeply nested and 1 MB queries, invalid UTF-8 and overly long run ids. Each gets a 4xx (with the
-//! error envelope of spec `api.md` §1.7 when a handler answers), never a 500 and never a hang; the
-//! server still answers afterwards.
+//! deeply nested and 1 MB queries, invalid UTF-8, overly long run ids and names (issue 9 item 4),
+//! and bodies not sent as JSON (issue 9 item 5). Each gets a 4xx (with the error envelope of spec
+//! `api.md` §1.7 when a handler answers), never a 500 and never a hang; the server still answers
+//! afterwards.
 
 mod common;
 
@@ -11,8 +12,8 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::Request;
 use matyan::app::AppState;
-use matyan::storage::kv::Database;
-use serde_json::Value as J;
+use matyan::storage::kv::{Database, EmbeddedEngine, Limits, RangeOption};
+use serde_json::{Value as J, json};
 use tower::ServiceExt as _;
 
 use common::RUN;
@@ -42,6 +43,26 @@ impl Answer {
 /// Sends one request with a raw body; panics past [`DEADLINE`].
 async fn send(state: &AppState, method: &str, uri: &str, body: &[u8]) -> Answer {
     send_tz(state, method, uri, body, None).await
+}
+
+/// Sends one request with a raw body and the given `Content-Type` (none when `None`).
+async fn send_as(state: &AppState, method: &str, uri: &str, content_type: Option<&str>, body: &[u8]) -> Answer {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    let resp = matyan::http::service(state.clone()).oneshot(req.body(Body::from(body.to_vec())).unwrap());
+    let resp = tokio::time::timeout(DEADLINE, resp).await.expect("request hung").unwrap();
+    let status = resp.status().as_u16();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap().to_vec();
+    Answer { status, body }
+}
+
+/// Every key and value in the store, to show a refused request wrote nothing.
+async fn dump(db: &Database) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let tx = db.create_trx().unwrap();
+    let all = tx.get_range(&RangeOption::new(Vec::new(), vec![0xff]), true).await.unwrap();
+    all.into_iter().map(|kv| (kv.key, kv.value)).collect()
 }
 
 /// [`send`] with an `X-Timezone-Offset` header.
@@ -429,9 +450,9 @@ async fn overly_long_run_ids_are_404_or_400_never_500() {
         ];
         for (method, uri, body) in &cases {
             let a = send(&st, method, uri, body.as_bytes()).await;
-            // Not found, or refused for its size ("Request too large") past the store's key limit.
+            // Not found, or refused for its size past the longest run id a key holds (4,000 bytes).
             let what = format!("{method} run id of {len} bytes");
-            assert!(a.status == 404 || (len > 5_000 && a.status == 400), "{what}: {} {}", a.status, a.text());
+            assert!(a.status == 404 || (len > 4_000 && a.status == 400), "{what}: {} {}", a.status, a.text());
             assert_envelope(&a, a.status, &what);
         }
         // Routes that answer an unknown run with an empty result.
@@ -530,4 +551,117 @@ async fn oversized_bodies_are_a_4xx() {
         assert!((400..500).contains(&a.status), "{method} {uri}: {} {}", a.status, a.text());
     }
     still_answers(&st).await;
+}
+
+/// The app over the embedded fjall engine the release binary uses (it panicked on keys past
+/// 65,535 bytes where the memory engine does not), with the worked example, an experiment and a
+/// tag.
+async fn fjall_state(dir: &std::path::Path) -> (AppState, String, String) {
+    let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+    let layout = common::write_worked_example(&db).await;
+    let st = common::app_state(&db, &layout);
+    let mut ids = Vec::new();
+    for uri in [format!("{R}/experiments/"), format!("{R}/tags/")] {
+        let a = send(&st, "POST", &uri, br#"{"name":"kept"}"#).await;
+        assert_eq!(a.status, 200, "{}", a.text());
+        ids.push(serde_json::from_slice::<J>(&a.body).unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let tag = ids.pop().unwrap();
+    (st, ids.pop().unwrap(), tag)
+}
+
+#[tokio::test]
+async fn every_write_route_answers_a_70000_byte_name_or_id_with_a_400_naming_it_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, experiment, tag) = fjall_state(dir.path()).await;
+    let long = "a".repeat(70_000);
+    let before = dump(&st.db).await;
+    let in_body: Vec<(&str, String, String, &str)> = vec![
+        ("POST", format!("{R}/runs/finish-batch/"), json!([RUN, long]).to_string(), "run hash"),
+        ("POST", format!("{R}/runs/delete-batch/"), json!([RUN, long]).to_string(), "run hash"),
+        ("POST", format!("{R}/runs/archive-batch/?archive=true"), json!([long, RUN]).to_string(), "run hash"),
+        ("POST", format!("{R}/tags/"), json!({"name": long}).to_string(), "name"),
+        ("POST", format!("{R}/experiments/"), json!({"name": long}).to_string(), "name"),
+        ("PUT", format!("{R}/tags/{tag}/"), json!({"name": long}).to_string(), "name"),
+        ("PUT", format!("{R}/experiments/{experiment}/"), json!({"name": long}).to_string(), "name"),
+        ("PUT", format!("{R}/runs/{RUN}/"), json!({"archived": true, "experiment": long}).to_string(), "experiment"),
+        ("POST", format!("{R}/runs/{RUN}/tags/new/"), json!({"tag_name": long}).to_string(), "tag_name"),
+    ];
+    for (method, uri, body, field) in &in_body {
+        let a = send(&st, method, uri, body.as_bytes()).await;
+        let what = format!("{method} {uri} with a {field} of 70,000 bytes");
+        assert_envelope(&a, 400, &what);
+        let message = serde_json::from_slice::<J>(&a.body).unwrap()["detail"].as_str().unwrap().to_owned();
+        assert_eq!(message, format!("{field} is too long: 70000 bytes, the limit is 4000"), "{what}");
+    }
+    // A URI holds at most 65,534 bytes, so ids in paths are 60,000 bytes long.
+    let id = "a".repeat(60_000);
+    let in_path: Vec<(&str, String, &str)> = vec![
+        ("PUT", format!("{R}/runs/{id}/"), r#"{"name":"x"}"#),
+        ("DELETE", format!("{R}/runs/{id}/"), ""),
+        ("POST", format!("{R}/runs/{id}/clear-tombstone/"), ""),
+        ("POST", format!("{R}/runs/{id}/tags/new/"), r#"{"tag_name":"t"}"#),
+        ("DELETE", format!("{R}/runs/{RUN}/tags/{id}/"), ""),
+        ("POST", format!("{R}/runs/{id}/note/"), r#"{"content":"x"}"#),
+        ("PUT", format!("{R}/runs/{RUN}/note/{id}/"), r#"{"content":"x"}"#),
+        ("DELETE", format!("{R}/runs/{RUN}/note/{id}/"), ""),
+        ("POST", format!("{R}/experiments/{id}/note/"), r#"{"content":"x"}"#),
+        ("PUT", format!("{R}/experiments/{id}/"), r#"{"name":"x"}"#),
+        ("DELETE", format!("{R}/experiments/{id}/"), ""),
+        ("PUT", format!("{R}/tags/{id}/"), r#"{"name":"x"}"#),
+        ("DELETE", format!("{R}/tags/{id}/"), ""),
+        ("PUT", format!("{R}/dashboards/{id}/"), r#"{"name":"x"}"#),
+        ("DELETE", format!("{R}/dashboards/{id}/"), ""),
+        ("PUT", format!("{R}/apps/{id}/"), r#"{"type":"x"}"#),
+        ("DELETE", format!("{R}/apps/{id}/"), ""),
+        ("PUT", format!("{R}/reports/{id}/"), r#"{"name":"x"}"#),
+        ("DELETE", format!("{R}/reports/{id}/"), ""),
+    ];
+    for (method, uri, body) in &in_path {
+        let what = format!("{method} {} with an id of 60,000 bytes", uri.replace(&id, "<id>"));
+        let a = send(&st, method, uri, body.as_bytes()).await;
+        assert_envelope(&a, 400, &what);
+        let message = serde_json::from_slice::<J>(&a.body).unwrap()["detail"].as_str().unwrap().to_owned();
+        assert!(message.ends_with("is too long: 60000 bytes, the limit is 4000"), "{what}: {message}");
+    }
+    assert!(dump(&st.db).await == before, "a refused request wrote to the store");
+    still_answers(&st).await;
+}
+
+#[tokio::test]
+async fn a_text_plain_post_that_would_delete_or_archive_runs_is_a_415_and_changes_nothing() {
+    let st = state().await;
+    let before = dump(&st.db).await;
+    let runs = json!([RUN]).to_string();
+    // What a page on another origin can send without a CORS preflight: a text, form or typeless body.
+    let cross_site: [(&str, String, Option<&str>, String); 6] = [
+        ("POST", format!("{R}/runs/delete-batch/"), Some("text/plain"), runs.clone()),
+        ("POST", format!("{R}/runs/archive-batch/?archive=true"), Some("text/plain;charset=UTF-8"), runs.clone()),
+        ("POST", format!("{R}/runs/finish-batch/"), Some("application/x-www-form-urlencoded"), runs.clone()),
+        ("POST", format!("{R}/runs/delete-batch/"), Some("multipart/form-data; boundary=x"), runs.clone()),
+        ("POST", format!("{R}/runs/delete-batch/"), None, runs.clone()),
+        ("POST", format!("{R}/tags/"), Some("text/plain"), r#"{"name":"csrf"}"#.to_owned()),
+    ];
+    for (method, uri, content_type, body) in &cross_site {
+        let what = format!("{method} {uri} as {content_type:?}");
+        let a = send_as(&st, method, uri, *content_type, body.as_bytes()).await;
+        assert_envelope(&a, 415, &what);
+        let message = serde_json::from_slice::<J>(&a.body).unwrap()["detail"].as_str().unwrap().to_owned();
+        assert!(message.contains("application/json"), "{what}: {message}");
+    }
+    assert!(dump(&st.db).await == before, "a refused request wrote to the store");
+    let info = send(&st, "GET", &format!("{R}/runs/{RUN}/info/"), b"").await;
+    let props = &serde_json::from_slice::<J>(&info.body).unwrap()["props"];
+    assert_eq!(props["archived"], false, "{props}");
+
+    // JSON in any of its spellings is read as before; a GET's header is never checked.
+    let a = send_as(&st, "GET", &format!("{R}/runs/{RUN}/info/"), Some("text/plain"), b"").await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let uri = format!("{R}/runs/archive-batch/?archive=true");
+    let a = send_as(&st, "POST", &uri, Some("Application/JSON; charset=utf-8"), runs.as_bytes()).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let info = send(&st, "GET", &format!("{R}/runs/{RUN}/info/"), b"").await;
+    assert_eq!(serde_json::from_slice::<J>(&info.body).unwrap()["props"]["archived"], true);
+    let a = send_as(&st, "POST", &format!("{R}/tags/"), Some("application/vnd.matyan+json"), br#"{"name":"ok"}"#).await;
+    assert_eq!(a.status, 200, "{}", a.text());
 }

@@ -264,6 +264,32 @@ pub async fn limit_errors(db: Database, p: Vec<u8>) {
     clean(&db, &p).await;
 }
 
+/// Keys longer than the limit cannot be stored, so reads of them find nothing and ranges or clears
+/// bounded by them act as the bounds cut to the limit (FoundationDB's answers); no engine panics,
+/// whatever it can hold (fjall refuses keys past 65,535 bytes).
+pub async fn keys_past_the_limit_are_absent_when_read_and_cut_in_ranges(db: Database, p: Vec<u8>) {
+    clean(&db, &p).await;
+    commit_pairs(&db, &[(k(&p, "a"), b"1"), (k(&p, "b"), b"2")]).await;
+    let huge = |base: Vec<u8>| {
+        let mut key = base;
+        key.resize(70_000, b'z');
+        key
+    };
+    let (after_a, after_b) = (huge(k(&p, "a")), huge(k(&p, "b")));
+    let tx = db.create_trx().unwrap();
+    assert_eq!(tx.get(&after_a, false).await.unwrap(), None);
+    assert_eq!(tx.get(&after_a, true).await.unwrap(), None);
+    let range = RangeOption::new(after_a.clone(), after_b.clone());
+    assert_eq!(keys(&tx.get_range(&range, false).await.unwrap(), &p), vec!["b"]);
+    let range = RangeOption::new(p.clone(), after_a.clone());
+    assert_eq!(keys(&tx.get_range(&range, true).await.unwrap(), &p), vec!["a"]);
+    tx.clear_range(&after_a, &after_b);
+    tx.commit().await.unwrap();
+    let tx = db.create_trx().unwrap();
+    assert_eq!(keys(&tx.get_range(&RangeOption::prefix(&p), false).await.unwrap(), &p), vec!["a"]);
+    clean(&db, &p).await;
+}
+
 pub async fn size_accounting(db: Database, p: Vec<u8>) {
     let tx = db.create_trx().unwrap();
     let before = tx.approximate_size().await.unwrap();
@@ -466,6 +492,7 @@ macro_rules! kv_conformance_suite {
             case!(retry_loop_behaviour);
             case!(directories_are_stable);
             case!(random_ops_match_model);
+            case!(keys_past_the_limit_are_absent_when_read_and_cut_in_ranges);
         }
     };
 }

@@ -6,7 +6,8 @@
 //! - `api/`: the REST API under `/api/v1/rest` (one file per area);
 //! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO);
 //! - `cors.rs`: CORS for the configured origins (the UI is served from another origin);
-//! - `openapi.rs`: the OpenAPI document of the REST routes (`/api/v1/rest/openapi.json`).
+//! - `openapi.rs`: the OpenAPI document of the REST routes (`/api/v1/rest/openapi.json`);
+//! - `panic.rs`: a panicking handler answers the 500 envelope, counted and logged on one line.
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
 //! given one before routing, so both forms answer alike and nothing is redirected (a redirect breaks
@@ -18,6 +19,7 @@ mod cors;
 mod health;
 mod metrics;
 pub mod openapi;
+mod panic;
 pub mod stream;
 
 use std::convert::Infallible;
@@ -52,7 +54,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route("/metrics/", get(metrics::render));
     }
     let cors = cors::layer(&state.config.server.cors_origins);
-    router.layer(cors).layer(middleware::from_fn(track)).with_state(state)
+    router.layer(middleware::from_fn(panic::catch)).layer(cors).layer(middleware::from_fn(track)).with_state(state)
 }
 
 /// The router behind trailing-slash normalisation: what the listener serves.

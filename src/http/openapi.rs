@@ -317,6 +317,8 @@ fn operation(route: &Route) -> J {
     op.insert("parameters".into(), J::Array(parameters));
     if route.json_body {
         op.insert("requestBody".into(), json!({"required": true, "content": {"application/json": {"schema": {}}}}));
+        // A body sent as anything but JSON (src/http/api/body.rs).
+        responses.insert("415".to_owned(), error.clone());
     }
     op.insert("responses".into(), J::Object(responses));
     J::Object(op)
@@ -371,7 +373,12 @@ mod tests {
             }
             let path = route.path.replace("{run_id}", "nohash").replace("{id}", "noid").replace("{note_id}", "nonote");
             let body = if route.json_body { AxBody::from("{}") } else { AxBody::empty() };
-            let req = Request::builder().method(route.method.to_uppercase().as_str()).uri(&path).body(body).unwrap();
+            let req = Request::builder()
+                .method(route.method.to_uppercase().as_str())
+                .uri(&path)
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap();
             let resp = crate::http::service(state.clone()).oneshot(req).await.unwrap();
             let status = resp.status().as_u16();
             let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
@@ -409,5 +416,8 @@ mod tests {
         assert_eq!(params[0]["in"], "path");
         let stream = &doc["paths"]["/api/v1/rest/runs/search/run/"]["get"]["responses"]["200"]["content"];
         assert!(stream["application/octet-stream"].is_object());
+        let delete_batch = &doc["paths"]["/api/v1/rest/runs/delete-batch/"]["post"];
+        assert!(delete_batch["requestBody"]["content"]["application/json"].is_object());
+        assert_eq!(delete_batch["responses"]["415"]["content"]["application/json"]["schema"], error_schema());
     }
 }

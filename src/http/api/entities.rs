@@ -31,9 +31,9 @@ use crate::storage::layout::{EntityKind, LayoutError};
 use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
 
-use super::ApiError;
 use super::params::{Params, parse_bool, tz_offset};
 use super::read::{Meta, Reader};
+use super::{ApiError, limits};
 
 /// The outbox partition of control events recorded by REST handlers.
 pub const REST_PARTITION: i32 = -1;
@@ -109,6 +109,23 @@ fn opt_str(obj: &Map<String, J>, key: &str) -> Result<Option<String>, ApiError> 
         Some(J::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(ApiError::Validation("Input should be a valid string".into())),
     }
+}
+
+/// The required, trimmed `name` of an experiment or tag: it keys the unique-name index, so it is
+/// held to a key part's length.
+fn unique_name(obj: &Map<String, J>) -> Result<String, ApiError> {
+    let name = req_str(obj, "name")?.trim().to_owned();
+    limits::key_part("name", &name)?;
+    Ok(name)
+}
+
+/// The new `name` of an experiment or tag, if given and not blank (see [`unique_name`]).
+fn new_unique_name(obj: &Map<String, J>) -> Result<Option<String>, ApiError> {
+    let name = opt_str(obj, "name")?.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    if let Some(n) = &name {
+        limits::key_part("name", n)?;
+    }
+    Ok(name)
 }
 
 /// An optional boolean field, with Pydantic's lax parsing of strings and 0/1.
@@ -227,7 +244,7 @@ pub async fn experiments_search(State(state): State<AppState>, RawQuery(raw): Ra
 /// `POST experiments/` `{"name"}`: 200 `{"id","status":"OK"}`, 400 on a taken name.
 pub async fn experiments_create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let obj = body_object(&body)?;
-    let name = req_str(&obj, "name")?.trim().to_owned();
+    let name = unique_name(&obj)?;
     let id = uuid::Uuid::new_v4().to_string();
     let ts = now();
     write(&state, |tx| {
@@ -259,7 +276,7 @@ pub async fn experiments_update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let obj = body_object(&body)?;
-    let name = opt_str(&obj, "name")?.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let name = new_unique_name(&obj)?;
     let description = opt_str(&obj, "description")?.unwrap_or_default();
     let archived = opt_bool(&obj, "archived")?;
     let ts = now();
@@ -621,7 +638,7 @@ pub async fn tags_search(State(state): State<AppState>, RawQuery(raw): RawQuery)
 /// `POST tags/` `{"name", color?, description?}`: 200 `{"id","status":"OK"}`, 400 on a taken name.
 pub async fn tags_create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let obj = body_object(&body)?;
-    let name = req_str(&obj, "name")?.trim().to_owned();
+    let name = unique_name(&obj)?;
     let color = opt_str(&obj, "color")?.map(|s| s.trim().to_owned()).unwrap_or_default();
     let description = opt_str(&obj, "description")?.map(|s| s.trim().to_owned()).unwrap_or_default();
     let id = uuid::Uuid::new_v4().to_string();
@@ -655,7 +672,7 @@ pub async fn tags_update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let obj = body_object(&body)?;
-    let name = opt_str(&obj, "name")?.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+    let name = new_unique_name(&obj)?;
     let color = opt_str(&obj, "color")?.map(|s| s.trim().to_owned());
     let description = opt_str(&obj, "description")?.map(|s| s.trim().to_owned());
     let archived = opt_bool(&obj, "archived")?;

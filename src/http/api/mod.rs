@@ -7,7 +7,8 @@
 //! - `runs.rs`: run info, run search, metric get-batch and metric search (§4.1, §4.2, §4.5, §4.6);
 //! - `projects.rs`: project info, activity, params, pinned sequences and status (§6.6);
 //! - `entities.rs`: experiments, tags, dashboards, apps, reports, notes and `version` (§6.3–§6.8);
-//! - `body.rs`: JSON request bodies (a 422 for anything malformed);
+//! - `body.rs`: JSON request bodies (a 415 unless sent as JSON, a 422 for anything malformed);
+//! - `limits.rs`: the length of every id and name bound for a storage key (a 400 past the limit);
 //! - `run_write.rs`: run mutations and run ↔ tag links (§6.1, §6.2);
 //! - `control.rs`: where run mutations publish their events (the embedded ingestion queue);
 //! - `logs.rs`: terminal logs and structured log records (§4.7);
@@ -22,6 +23,7 @@ mod blobs;
 mod body;
 mod control;
 mod entities;
+mod limits;
 mod logs;
 mod objects;
 mod params;
@@ -35,6 +37,7 @@ mod streaming;
 use axum::Json;
 use axum::Router;
 use axum::http::StatusCode;
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::json;
@@ -72,7 +75,10 @@ pub fn routes() -> Router<AppState> {
         .route("/runs/images/get-batch/", post(blobs::blob_batch))
         .route("/runs/audios/get-batch/", post(blobs::blob_batch))
         .route("/projects/params/", get(projects::params))
-        .merge(entity_routes());
+        .merge(entity_routes())
+        // Checked once for every route, before any handler reads a body or builds a key.
+        .route_layer(middleware::from_fn(limits::path_params))
+        .route_layer(middleware::from_fn(body::require_json));
     Router::new().nest(PREFIX, rest)
 }
 
@@ -135,6 +141,12 @@ pub enum ApiError {
     /// An event the request must publish could not be made durable by the gateway's sink.
     #[error("publish: {0}")]
     Sink(#[from] crate::gateway::SinkError),
+    /// An id or name longer than a storage key can hold, refused before any key is built.
+    #[error("{field} is too long: {len} bytes, the limit is {limit}")]
+    TooLong { field: String, len: usize, limit: usize },
+    /// A body sent with a media type other than JSON (FastAPI does not parse those either).
+    #[error("Unsupported media type {0:?}: the body must be sent as application/json")]
+    UnsupportedMediaType(String),
 }
 
 impl From<KvError> for ApiError {
@@ -184,7 +196,8 @@ impl ApiError {
             return StatusCode::BAD_REQUEST;
         }
         match self {
-            ApiError::BadRequest(_) | ApiError::Budget(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Budget(_) | ApiError::TooLong { .. } => StatusCode::BAD_REQUEST,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             // A taken unique name or a request the layout refuses is the client's mistake (the
@@ -231,10 +244,14 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "rest request failed");
         }
-        let message = self.message();
-        let body = json!({"error": {"code": error_code(status), "message": message}, "detail": message});
-        (status, Json(body)).into_response()
+        envelope(status, &self.message())
     }
+}
+
+/// The error envelope of §1.7 with `status` and `message`.
+pub fn envelope(status: StatusCode, message: &str) -> Response {
+    let body = json!({"error": {"code": error_code(status), "message": message}, "detail": message});
+    (status, Json(body)).into_response()
 }
 
 #[cfg(test)]
@@ -250,6 +267,8 @@ mod tests {
             (ApiError::Budget("keys".into()), 400, "bad_request"),
             (ApiError::Storage(LayoutError::Corrupt("c".into())), 500, "internal_error"),
             (ApiError::Publish(QueueError::InvalidOffset { offset: -1 }), 500, "internal_error"),
+            (ApiError::TooLong { field: "name".into(), len: 5, limit: 4 }, 400, "bad_request"),
+            (ApiError::UnsupportedMediaType("text/plain".into()), 415, "error"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);

@@ -25,7 +25,7 @@ use crate::storage::value::Value;
 
 use super::params::Params;
 use super::runs::now;
-use super::{ApiError, body, control};
+use super::{ApiError, body, control, limits};
 
 /// Runs written per transaction by the batch endpoints.
 const BATCH_CHUNK: usize = 500;
@@ -78,6 +78,9 @@ pub async fn update_run(
     bytes: Bytes,
 ) -> Result<Response, ApiError> {
     let update: RunUpdate = body::object(&bytes)?;
+    if let Some(experiment) = &update.experiment {
+        limits::key_part("experiment", experiment)?;
+    }
     let now = now();
     let layout: &Layout = &state.layout;
     let (run, update_ref) = (run_id.as_str(), &update);
@@ -151,10 +154,15 @@ pub async fn delete_run(State(state): State<AppState>, Path(run_id): Path<String
     Ok(Json(json!({"id": run_id, "status": "OK"})).into_response())
 }
 
-/// The distinct hashes of a batch body, in order.
+/// The distinct hashes of a batch body, in order; one too long to be a run's is a 400 and nothing
+/// of the batch is written.
 fn batch_hashes(bytes: &[u8]) -> Result<Vec<String>, ApiError> {
+    let hashes = body::list::<String>(bytes)?;
+    for hash in &hashes {
+        limits::key_part("run hash", hash)?;
+    }
     let mut seen = std::collections::HashSet::new();
-    Ok(body::list::<String>(bytes)?.into_iter().filter(|h| seen.insert(h.clone())).collect())
+    Ok(hashes.into_iter().filter(|h| seen.insert(h.clone())).collect())
 }
 
 /// What a batch endpoint does to one existing run.
@@ -262,6 +270,7 @@ pub async fn add_tag(
     if name.is_empty() {
         return Err(ApiError::Validation("tag_name must not be empty".into()));
     }
+    limits::key_part("tag_name", name)?;
     let now = now();
     let new_uuid = uuid::Uuid::new_v4().to_string();
     let layout: &Layout = &state.layout;

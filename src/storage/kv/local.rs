@@ -26,6 +26,14 @@ fn key_after(key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// `bound` cut to `limit + 1` bytes. No stored key is longer than `limit`, so the cut bound orders
+/// every storable key exactly as the whole one did; FoundationDB cuts read and clear ranges the
+/// same way, and engines never see a key they cannot hold (fjall panics past 65,535 bytes).
+fn clamp_bound(mut bound: Vec<u8>, limit: usize) -> Vec<u8> {
+    bound.truncate(limit.saturating_add(1));
+    bound
+}
+
 /// Half-open key ranges `[begin, end)`.
 type Ranges = Vec<(Vec<u8>, Vec<u8>)>;
 
@@ -303,6 +311,11 @@ impl LocalTxn {
     pub fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
         let mut st = self.state.lock();
         let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
+        // No key longer than the limit can be stored, so it is absent (FoundationDB answers the
+        // same) and needs no read conflict.
+        if key.len() > self.db.limits.max_key_bytes {
+            return Ok(None);
+        }
         st.flush_pending();
         let committed = match st.writes.get(key) {
             Some(PointOp::Set(v)) => return Ok(Some(v.clone())),
@@ -326,6 +339,8 @@ impl LocalTxn {
     /// Reads a range, merging this transaction's writes over the snapshot.
     pub fn get_range(&self, opt: &RangeOption, snapshot: bool) -> Result<Vec<KeyValue>, KvError> {
         let (begin, end) = opt.bounds();
+        let limit = self.db.limits.max_key_bytes;
+        let (begin, end) = (clamp_bound(begin, limit), clamp_bound(end, limit));
         let mut st = self.state.lock();
         let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
         if begin >= end {
@@ -408,6 +423,8 @@ impl LocalTxn {
             st.deferred.get_or_insert(KvError::KeyOutsideLegalRange);
             return;
         }
+        let limit = self.db.limits.max_key_bytes;
+        let (begin, end) = (clamp_bound(begin.to_vec(), limit), clamp_bound(end.to_vec(), limit));
         st.size += 2 * (begin.len() + end.len());
         if begin == end {
             return;
@@ -415,14 +432,14 @@ impl LocalTxn {
         st.flush_pending();
         let doomed: Vec<Vec<u8>> = st
             .writes
-            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
+            .range::<[u8], _>((Bound::Included(begin.as_slice()), Bound::Excluded(end.as_slice())))
             .map(|(k, _)| k.clone())
             .collect();
         for k in doomed {
             st.writes.remove(&k);
         }
         let mut cleared = std::mem::take(&mut st.cleared);
-        cleared.push((begin.to_vec(), end.to_vec()));
+        cleared.push((begin, end));
         st.cleared = coalesce(cleared);
     }
 
