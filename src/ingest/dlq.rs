@@ -51,7 +51,7 @@
 //! On the dead-letter topic a record is forwarded whole when its key and value fit the producer's
 //! message limit (`message.max.bytes`, librdkafka's default 1,000,000 bytes) with room for the
 //! headers; a larger one is sent in the same bounded form, its value the first
-//! [`MAX_STORED_VALUE_BYTES`], with the headers `truncated` (`true`), `original_length` (decimal)
+//! [`MAX_STORED_VALUE_BYTES`] and its key the first [`MAX_STORED_KEY_BYTES`], with the headers `truncated` (`true`), `original_length` (decimal)
 //! and `original_sha256` (hex). Letters staged in the keyspace and cut there carry the same headers
 //! when forwarded.
 
@@ -375,7 +375,10 @@ impl KafkaDeadLetters {
     /// the producer's message limit, else the bounded form of the module docs.
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
         let (payload, cut) = self.bounded(rejected.key, rejected.value);
-        self.produce(rejected, rejected.reason, Some(payload), cut.as_ref()).await?;
+        // In the bounded form the key is bounded too, or a huge key alone could exceed the limit.
+        let key = rejected.key.map(|k| if cut.is_some() { &k[..k.len().min(MAX_STORED_KEY_BYTES)] } else { k });
+        let bounded = Rejected { key, ..rejected.clone() };
+        self.produce(&bounded, rejected.reason, Some(payload), cut.as_ref()).await?;
         crate::metrics::dead_letter_published("kafka", rejected.reason);
         Ok(())
     }
