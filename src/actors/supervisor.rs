@@ -81,6 +81,9 @@ pub enum Control {
 /// How long the last pass of the dead-letter forwarder may take at shutdown.
 const FORWARDER_FINAL_PASS: Duration = Duration::from_secs(10);
 
+/// How long the last reading of the consumer lag may take at shutdown.
+const LAG_FINAL_PASS: Duration = Duration::from_secs(5);
+
 /// Exponential backoff of restarts.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -247,7 +250,7 @@ impl<S: Source + 'static> Supervisor<S> {
         let _ = lag_stop.send(());
         let _ = lag_task.await;
         // After the last commits: a clean shutdown of a caught-up pipeline leaves the gauge at 0.
-        let _ = tokio::time::timeout(FORWARDER_FINAL_PASS, super::lag::report_once(&*self.source)).await;
+        let _ = tokio::time::timeout(LAG_FINAL_PASS, super::lag::report_once(&*self.source)).await;
         if let Some((stop, task)) = forwarder {
             let _ = stop.send(());
             let _ = task.await;
