@@ -43,8 +43,9 @@ pub const INGEST_TXN_BYTES: &str = "matyan_ingest_txn_bytes";
 pub const INGEST_TXN_SECONDS: &str = "matyan_ingest_txn_seconds";
 /// `matyan_ingest_dead_letters_total{reason}`: records dead-lettered, by bounded reason.
 pub const INGEST_DEAD_LETTERS_TOTAL: &str = "matyan_ingest_dead_letters_total";
-/// `matyan_ingest_consumer_lag{partition}`: records received from the source and not yet
-/// committed (highest offset seen + 1 − committed offset), per partition.
+/// `matyan_ingest_consumer_lag{partition}`: the backlog, records not yet applied per assigned
+/// partition (end offset − the group's committed offset, unread records included: the embedded
+/// queue's end, Kafka's high watermark), read from the source every second.
 pub const INGEST_CONSUMER_LAG: &str = "matyan_ingest_consumer_lag";
 /// `matyan_ingest_active_run_actors`: live run actors.
 pub const INGEST_ACTIVE_RUN_ACTORS: &str = "matyan_ingest_active_run_actors";
@@ -100,7 +101,10 @@ pub fn describe() {
     describe_histogram!(INGEST_TXN_BYTES, Unit::Bytes, "approximate size of each committed ingest transaction");
     describe_histogram!(INGEST_TXN_SECONDS, Unit::Seconds, "duration of each ingest flush transaction");
     describe_counter!(INGEST_DEAD_LETTERS_TOTAL, "records dead-lettered by reason");
-    describe_gauge!(INGEST_CONSUMER_LAG, "records received and not yet committed, by partition");
+    describe_gauge!(
+        INGEST_CONSUMER_LAG,
+        "records not yet applied (end offset minus committed offset, unread included), by partition"
+    );
     describe_gauge!(INGEST_ACTIVE_RUN_ACTORS, "live run actors");
     describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
     describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");

@@ -1,19 +1,23 @@
 //! The embedded durable queue on the memory and fjall backends: offsets, partitioning as Kafka
 //! does it, chunked large records, consumer offsets across reopen, concurrent appenders, trim,
-//! the `EmbeddedSource`, and `matyan queue import` through the real binary.
+//! the `EmbeddedSource`, its backlog and the consumer-lag gauge a pipeline over it reports, and
+//! `matyan queue import` through the real binary.
 
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use matyan::actors::{IngestPipeline, PipelineConfig};
 use matyan::ingest::partitioner::partition_for_key;
-use matyan::ingest::queue::{AppendRecord, EmbeddedSource, MAX_RECORD_BYTES, Queue, QueueError};
-use matyan::ingest::source::{Record, Source};
+use matyan::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, MAX_RECORD_BYTES, Queue, QueueError};
+use matyan::ingest::source::{Backlog, Record, Source, SourceError};
 use matyan::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOptions};
-use matyan::storage::layout::Dirs;
+use matyan::storage::layout::{Dirs, Layout};
 use tempfile::TempDir;
 
 const GOLDEN: &str = common::GOLDEN_10K;
@@ -383,6 +387,155 @@ async fn embedded_source_polls_in_offset_order_and_wakes_on_append() {
         assert!(source.pause(99).is_err());
         assert!(source.commit(0, -1).await.is_err());
     }
+}
+
+/// Two keys of `q` that land on different partitions.
+fn keys_on_two_partitions(q: &Queue) -> (Vec<u8>, Vec<u8>) {
+    let keys: Vec<Vec<u8>> = (0..100).map(|i| format!("run-{i}").into_bytes()).collect();
+    let first = keys[0].clone();
+    let second = keys.iter().find(|k| q.partition_for_key(k) != q.partition_for_key(&first)).unwrap().clone();
+    (first, second)
+}
+
+#[tokio::test]
+async fn the_backlog_is_the_end_minus_the_committed_offset_unread_records_included() {
+    for store in stores() {
+        let q = queue(&store.db, 3).await;
+        let (a, b) = keys_on_two_partitions(&q);
+        let (pa, pb) = (q.partition_for_key(&a), q.partition_for_key(&b));
+        let recs: Vec<AppendRecord<'_>> = (0..10).map(|_| (Some(a.as_slice()), b"v".as_slice(), 0)).collect();
+        q.append(&recs).await.unwrap();
+        q.append(&[(Some(b.as_slice()), b"v".as_slice(), 0); 4]).await.unwrap();
+        // Nothing read, nothing committed: every record is backlog.
+        let source = EmbeddedSource::new(q.clone(), "ingestion-workers").await.unwrap();
+        let expect = |a_lag: i64, b_lag: i64| {
+            let mut out = BTreeMap::from([(0, 0), (1, 0), (2, 0)]);
+            out.insert(pa, a_lag);
+            out.insert(pb, b_lag);
+            out
+        };
+        let lags = |backlogs: Vec<Backlog>| -> BTreeMap<i32, i64> {
+            backlogs.iter().map(|b| (b.partition, b.records())).collect()
+        };
+        assert_eq!(lags(source.backlog().await.unwrap()), expect(10, 4), "{}", store.name);
+        // Read but not committed is still backlog; a commit shrinks it; trimmed records are gone.
+        assert_eq!(source.poll(100, Duration::from_millis(200)).await.unwrap().len(), 14);
+        assert_eq!(lags(source.backlog().await.unwrap()), expect(10, 4), "{}", store.name);
+        source.commit(pa, 3).await.unwrap();
+        q.trim(pb, 1).await.unwrap();
+        assert_eq!(lags(source.backlog().await.unwrap()), expect(7, 3), "{}", store.name);
+        assert_eq!(lags(q.backlog("another-group").await.unwrap()), expect(10, 3), "{}", store.name);
+    }
+}
+
+/// The embedded source, held: polls return nothing until `open` is set (a pipeline that is
+/// stopped or slow, deterministically).
+struct Held {
+    inner: EmbeddedSource,
+    open: AtomicBool,
+}
+
+impl Source for Held {
+    async fn poll(&self, max_records: usize, timeout: Duration) -> Result<Vec<Record>, SourceError> {
+        if !self.open.load(Ordering::SeqCst) {
+            tokio::time::sleep(timeout).await;
+            return Ok(Vec::new());
+        }
+        self.inner.poll(max_records, timeout).await
+    }
+
+    async fn commit(&self, partition: i32, next_offset: i64) -> Result<(), SourceError> {
+        self.inner.commit(partition, next_offset).await
+    }
+
+    fn seek(&self, partition: i32, offset: i64) -> Result<(), SourceError> {
+        self.inner.seek(partition, offset)
+    }
+
+    fn assignment(&self) -> Vec<i32> {
+        self.inner.assignment()
+    }
+
+    fn pause(&self, partition: i32) -> Result<(), SourceError> {
+        self.inner.pause(partition)
+    }
+
+    fn resume(&self, partition: i32) -> Result<(), SourceError> {
+        self.inner.resume(partition)
+    }
+
+    async fn backlog(&self) -> Result<Vec<Backlog>, SourceError> {
+        self.inner.backlog().await
+    }
+}
+
+/// Reads `matyan_ingest_consumer_lag` per partition from the rendered metrics.
+fn lag_gauges(text: &str) -> BTreeMap<i32, i64> {
+    text.lines()
+        .filter_map(|line| line.strip_prefix("matyan_ingest_consumer_lag{partition=\""))
+        .filter_map(|rest| {
+            let (partition, value) = rest.split_once("\"} ")?;
+            Some((partition.parse().ok()?, value.trim().parse::<f64>().ok()? as i64))
+        })
+        .collect()
+}
+
+/// Waits until the lag gauges read `expected`.
+async fn wait_lag(metrics: &metrics_exporter_prometheus::PrometheusHandle, expected: &BTreeMap<i32, i64>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = lag_gauges(&metrics.render());
+        if &seen == expected {
+            return;
+        }
+        assert!(Instant::now() < deadline, "lag gauges {seen:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lag_gauge_is_the_unread_backlog_while_the_pipeline_is_held_and_0_once_everything_is_applied() {
+    // The only test of this binary that runs a pipeline, so nothing else sets these gauges.
+    let metrics = matyan::metrics::install_prometheus().unwrap();
+    let db = Database::memory();
+    let layout = Layout::open(&db).await.unwrap();
+    let q = Queue::open(&db, &layout.dirs.ours, TOPIC, 3).await.unwrap();
+    let (a, b) = keys_on_two_partitions(&q);
+    let mut records = Vec::new();
+    for key in [&a, &b] {
+        let run = String::from_utf8(key.clone()).unwrap();
+        let create = serde_json::json!({"run_id": run, "type": "create_run", "payload": {"force_resume": false}});
+        records.push((key.clone(), serde_json::to_vec(&create).unwrap()));
+        for n in 0..(if key == &a { 20 } else { 7 }) {
+            let payload = serde_json::json!({"name": "m", "value": n, "context": {}, "dtype": "int"});
+            let point = serde_json::json!({"run_id": run, "type": "log_metric", "payload": payload});
+            records.push((key.clone(), serde_json::to_vec(&point).unwrap()));
+        }
+    }
+    let appended: Vec<AppendRecord<'_>> = records.iter().map(|(k, v)| (Some(k.as_slice()), v.as_slice(), 0)).collect();
+    q.append(&appended).await.unwrap();
+    let mut backlog = BTreeMap::from([(0, 0), (1, 0), (2, 0)]);
+    backlog.insert(q.partition_for_key(&a), 21);
+    backlog.insert(q.partition_for_key(&b), 8);
+
+    let inner =
+        EmbeddedSource::new(q.clone(), INGESTION_GROUP).await.unwrap().with_poll_interval(Duration::from_millis(10));
+    let source = Arc::new(Held { inner, open: AtomicBool::new(false) });
+    let config = PipelineConfig { lag_interval: Duration::from_millis(20), ..common::small_pipeline_config() };
+    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::clone(&source), config).unwrap();
+
+    // Held: nothing is read, yet every appended record is lag.
+    wait_lag(&metrics, &backlog).await;
+    assert_eq!(handle.counters().consumed, 0);
+
+    source.open.store(true, Ordering::SeqCst);
+    let zero = BTreeMap::from([(0, 0), (1, 0), (2, 0)]);
+    wait_lag(&metrics, &zero).await;
+    for p in q.partition_ids() {
+        assert_eq!(q.committed(INGESTION_GROUP, p).await.unwrap().unwrap_or(0), q.end_offset(p).await.unwrap());
+    }
+    tokio::time::timeout(Duration::from_secs(30), handle.shutdown()).await.unwrap().unwrap();
+    assert_eq!(lag_gauges(&metrics.render()), zero);
 }
 
 fn import(data_dir: &Path, extra: &[&str]) -> Output {

@@ -351,6 +351,89 @@ async fn a_dead_lettered_record_does_not_stop_its_neighbours() {
     assert!(text.contains("matyan_ingest_dead_letters_total"), "{text}");
 }
 
+/// Appends, in one partition (one run's key): a create_run, then each of `junk` (undecodable
+/// values) between metric points 0, 1, 2, …; returns the run.
+async fn junk_between_points(store: &Store, junk: &[Vec<u8>]) -> String {
+    let run = run_id(2);
+    let metric = |n: usize| {
+        record(&run, json!({"type": "log_metric", "payload": {"name": "m", "value": n, "context": {}, "dtype": "int"}}))
+    };
+    append(&store.queue, &[record(&run, json!({"type": "create_run", "payload": {"force_resume": false}}))]).await;
+    for (i, value) in junk.iter().enumerate() {
+        append(&store.queue, &[metric(i)]).await;
+        // One record per append: an 8 MiB record fills a transaction alone.
+        append(&store.queue, &[(Some(run.as_bytes().to_vec()), value.clone(), 0)]).await;
+    }
+    append(&store.queue, &[metric(junk.len())]).await;
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_records_of_300_kb_and_8_mib_are_dead_lettered_once_and_their_partition_moves_on() {
+    use matyan::ingest::dlq::MAX_STORED_VALUE_BYTES;
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    // Over the store's 100,000-byte value limit, so the whole record cannot be a dead letter's
+    // value; the second is the largest record the queue takes.
+    let mut big = b"{\"type\":\"log_metric\",\"run_id\":\"".to_vec();
+    big.resize(300_000, b'x');
+    let huge = vec![b'\xfe'; matyan::ingest::queue::MAX_RECORD_BYTES - 64];
+    let run = junk_between_points(&store, &[big.clone(), huge.clone()]).await;
+
+    let handle = start(&store, common::small_pipeline_config()).await;
+    wait_committed(&store, &handle, Duration::from_secs(120)).await;
+    let counters = handle.counters();
+    stop(handle).await;
+
+    assert_eq!(counters.dead_letters, 2, "{counters:#?}");
+    assert_eq!(counters.restarts_total(), 0, "no partition restarted: {counters:#?}");
+    assert_eq!(check_run(&store, &run, 3).await, 3, "the points after the big records are stored");
+    let tx = store.db.create_trx().unwrap();
+    let letters = Applier::new(store.layout.clone()).dead_letters(&tx, 0).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    for (letter, original) in letters.iter().zip([&big, &huge]) {
+        let field = |name: &str| letter.record.get(name).cloned();
+        assert_eq!(field("truncated"), Some(Value::Bool(true)));
+        assert_eq!(field("value_len"), Some(Value::Int(original.len() as i128)));
+        let digest = hex::encode(Sha256::digest(original));
+        assert_eq!(field("value_sha256"), Some(Value::Str(digest)));
+        assert_eq!(field("value"), Some(Value::Bin(original[..MAX_STORED_VALUE_BYTES].to_vec())));
+        assert_eq!(field("key"), Some(Value::from(run.as_str())));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_hparams_of_100k_keys_is_dead_lettered_as_too_large_and_neither_stalls_its_partition_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let run = run_id(3);
+    let metric = |n: i64| {
+        record(&run, json!({"type": "log_metric", "payload": {"name": "m", "value": n, "context": {}, "dtype": "int"}}))
+    };
+    let params: serde_json::Map<String, serde_json::Value> =
+        (0..100_000).map(|i| (format!("k{i}"), json!(i))).collect();
+    let mut records = vec![record(&run, json!({"type": "create_run", "payload": {"force_resume": false}})), metric(0)];
+    records.push(record(&run, json!({"type": "log_hparams", "payload": {"value": {"hparams": params}}})));
+    records.push(metric(1));
+    append(&store.queue, &records).await;
+
+    let handle = start(&store, common::small_pipeline_config()).await;
+    wait_committed(&store, &handle, Duration::from_secs(60)).await;
+    let counters = handle.counters();
+    // `stop` gives shutdown 30 s: a partition busy with the record would hold it longer.
+    stop(handle).await;
+
+    assert_eq!(counters.restarts_total(), 0, "{counters:#?}");
+    assert_eq!(check_run(&store, &run, 2).await, 2, "the point after the record is stored");
+    let tx = store.db.create_trx().unwrap();
+    let letters = Applier::new(store.layout.clone()).dead_letters(&tx, 0).await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let field = |name: &str| letters[0].record.get(name).cloned();
+    assert_eq!(field("reason"), Some(Value::from("transaction_too_large")));
+    assert_eq!(field("type"), Some(Value::from("log_hparams")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_run_actors_stop_and_come_back_on_the_next_record() {
     let dir = tempfile::tempdir().unwrap();

@@ -11,7 +11,9 @@
 //!   actors, tracks unflushed offsets and commits the partition's low watermark;
 //! - [`run_actor`]: one per active run: owns a [`RunBatch`](crate::ingest::RunBatch), flushes it in
 //!   budgeted transactions, splits a batch that is too large, stops when idle;
-//! - [`stats`]: shared counters behind [`PipelineHandle::counters`] and the live-run registry.
+//! - [`stats`]: shared counters behind [`PipelineHandle::counters`] and the live-run registry;
+//! - [`lag`]: the consumer-lag gauge, each partition's backlog as the source reports it.
+pub mod lag;
 pub mod partition_actor;
 pub mod pipeline;
 pub mod run_actor;

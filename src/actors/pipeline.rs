@@ -107,12 +107,14 @@ pub struct PipelineConfig {
     /// How often dead letters staged in the keyspace are forwarded to the dead-letter topic (only
     /// with [`DeadLetterTarget::Kafka`]).
     pub dead_letter_forward_interval: Duration,
+    /// How often the consumer-lag gauge is read from the source's backlog.
+    pub lag_interval: Duration,
 }
 
 impl Default for PipelineConfig {
     /// Returns the default budgets, 30 s idle timeout, polls of 500 records or 50 ms, commits every
     /// 100 ms, restart backoff from 50 ms to 5 s, topic `data-ingestion`, staged dead letters
-    /// forwarded every second.
+    /// forwarded and the consumer lag read every second.
     fn default() -> Self {
         Self {
             budget: BatchBudget::default(),
@@ -125,6 +127,7 @@ impl Default for PipelineConfig {
             restart_backoff_max: Duration::from_secs(5),
             topic: "data-ingestion".to_owned(),
             dead_letter_forward_interval: Duration::from_secs(1),
+            lag_interval: Duration::from_secs(1),
         }
     }
 }

@@ -132,17 +132,15 @@ impl Stats {
         let p = parts.entry(partition).or_default();
         p.first_seen.get_or_insert(first);
         p.received_end = Some(p.received_end.map_or(last + 1, |e| e.max(last + 1)));
-        crate::metrics::ingest_consumer_lag(partition, p.lag());
     }
 
-    /// Records a successful commit to the source; returns the partition's lag.
+    /// Records a successful commit to the source; returns the records received and not committed
+    /// (the consumer-lag gauge is the source's backlog, set by [`super::lag`]).
     pub fn note_committed(&self, partition: i32, offset: i64) -> i64 {
         let mut parts = self.partitions.lock();
         let p = parts.entry(partition).or_default();
         p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));
-        let lag = p.lag();
-        crate::metrics::ingest_consumer_lag(partition, lag);
-        lag
+        p.lag()
     }
 
     /// Counts partitions assigned by a rebalance.

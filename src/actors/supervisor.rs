@@ -81,6 +81,9 @@ pub enum Control {
 /// How long the last pass of the dead-letter forwarder may take at shutdown.
 const FORWARDER_FINAL_PASS: Duration = Duration::from_secs(10);
 
+/// How long the last reading of the consumer lag may take at shutdown.
+const LAG_FINAL_PASS: Duration = Duration::from_secs(5);
+
 /// Exponential backoff of restarts.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -182,6 +185,7 @@ impl<S: Source + 'static> Supervisor<S> {
         self.sync_assignment();
         tracing::info!(partitions = ?self.source.assignment(), "ingest pipeline started");
         let forwarder = self.spawn_forwarder();
+        let (lag_stop, lag_task) = self.spawn_lag_reporter();
         let mut shutdown: ShutdownReply = None;
         while shutdown.is_none() {
             self.restart_due();
@@ -243,6 +247,10 @@ impl<S: Source + 'static> Supervisor<S> {
             }
         }
         let result = self.shutdown().await;
+        let _ = lag_stop.send(());
+        let _ = lag_task.await;
+        // After the last commits: a clean shutdown of a caught-up pipeline leaves the gauge at 0.
+        let _ = tokio::time::timeout(LAG_FINAL_PASS, super::lag::report_once(&*self.source)).await;
         if let Some((stop, task)) = forwarder {
             let _ = stop.send(());
             let _ = task.await;
@@ -313,6 +321,21 @@ impl<S: Source + 'static> Supervisor<S> {
                 .await;
         });
         Some((stop, task))
+    }
+
+    /// Starts the task that sets the consumer-lag gauge from the source's backlog every
+    /// `lag_interval`; returns its stop signal and handle.
+    fn spawn_lag_reporter(&self) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        let source = Arc::clone(&self.source);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let interval = self.config.lag_interval;
+        let task = actix_rt::spawn(async move {
+            super::lag::run_reporter(&*source, interval, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+        (stop, task)
     }
 
     fn start_group(&mut self, lease: Lease) {

@@ -52,6 +52,7 @@ use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
+use super::dlq;
 use super::message::{
     BlobRef, CreateRun, FinishRun, LogCustomObject, LogHparams, LogMetric, LogRecord, LogTerminalLine, MessageType,
     Payload, SetRunProperty, TagChange,
@@ -444,6 +445,10 @@ impl Applier {
 
     /// Writes a dead letter (also for records that failed to decode, with their bytes) as the
     /// msgpack map `{"reason","key","value","timestamp","type","detail"}`; absent parts are nil.
+    /// Whatever the record's size the letter stays bounded: a value longer than
+    /// [`dlq::MAX_STORED_VALUE_BYTES`] keeps that prefix plus `truncated`, `value_len` and
+    /// `value_sha256`, a key longer than [`dlq::MAX_STORED_KEY_BYTES`] is cut and its `key_len`
+    /// kept (the stored format is documented in [`crate::ingest::dlq`]).
     pub fn write_dead_letter(
         &self,
         tx: &Transaction,
@@ -451,23 +456,33 @@ impl Applier {
         offset: i64,
         letter: &DeadLetter,
     ) -> Result<(), ApplyError> {
-        let opt_str = |s: &Option<String>| s.as_ref().map_or(Value::Nil, |s| Value::from(s.as_str()));
-        let mut detail = letter.detail.clone();
-        if detail.len() > MAX_DETAIL {
-            let mut cut = MAX_DETAIL;
-            while !detail.is_char_boundary(cut) {
-                cut -= 1;
+        let key = letter.key.as_deref().map(|k| (cut_str(k, dlq::MAX_STORED_KEY_BYTES), k.len()));
+        let (value, truncation) = match letter.value.as_deref() {
+            Some(v) => {
+                let (kept, truncation) = dlq::bound_value(v, dlq::MAX_STORED_VALUE_BYTES);
+                (Value::Bin(kept.to_vec()), truncation)
             }
-            detail.truncate(cut);
-        }
-        let map = Value::Map(vec![
+            None => (Value::Nil, None),
+        };
+        let mut fields = vec![
             (Value::from("reason"), Value::from(letter.reason.as_str())),
-            (Value::from("key"), opt_str(&letter.key)),
-            (Value::from("value"), letter.value.clone().map_or(Value::Nil, Value::Bin)),
+            (Value::from("key"), key.map_or(Value::Nil, |(k, _)| Value::from(k))),
+            (Value::from("value"), value),
             (Value::from("timestamp"), Value::Float(letter.timestamp)),
-            (Value::from("type"), opt_str(&letter.message_type)),
-            (Value::from("detail"), Value::Str(detail)),
-        ]);
+            (Value::from("type"), letter.message_type.as_deref().map_or(Value::Nil, Value::from)),
+            (Value::from("detail"), Value::from(cut_str(&letter.detail, MAX_DETAIL))),
+        ];
+        if let Some(t) = truncation {
+            fields.push((Value::from("truncated"), Value::Bool(true)));
+            fields.push((Value::from("value_len"), Value::Int(t.len as i128)));
+            fields.push((Value::from("value_sha256"), Value::Str(t.sha256)));
+        }
+        if let Some((kept, len)) = key
+            && kept.len() < len
+        {
+            fields.push((Value::from("key_len"), Value::Int(len as i128)));
+        }
+        let map = Value::Map(fields);
         let bytes = value::encode(&map).map_err(|e| ApplyError::Corrupt(format!("dead letter: {e}")))?;
         tx.set(&self.dead_letter_key(partition, offset), &bytes);
         Ok(())
@@ -531,6 +546,18 @@ impl Applier {
         tx.set(&self.outbox_key(entry.partition, entry.offset), &bytes);
         Ok(())
     }
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+fn cut_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The control event `{"type":"run_deleted","timestamp":…,"payload":{"run_id":R}}` (§1.5).

@@ -24,6 +24,36 @@
 //!
 //! The producer uses Kafka's murmur2 partitioner on the original key, like the gateway, so a run's
 //! dead letters share one partition and stay in order.
+//!
+//! # Any record can be dead-lettered
+//!
+//! A dead letter must never be refused by the store, or the partition behind it could never move
+//! on. The stored form is bounded whatever the record's size:
+//!
+//! | Key (under ⟨ours⟩) | Value |
+//! |---|---|
+//! | `("dlq", partition, offset)` | mp(map), the fields below in this order |
+//!
+//! - `reason` (str): the bounded reason label; `key` (str or nil): the record key, lossy UTF-8, cut
+//!   to [`MAX_STORED_KEY_BYTES`]; `value` (bin or nil): the original value bytes, or their first
+//!   [`MAX_STORED_VALUE_BYTES`] when longer; `timestamp` (float): POSIX seconds; `type` (str or nil):
+//!   the message type when it decoded; `detail` (str): the error text, cut to 512 bytes;
+//! - only when the value was cut: `truncated` (true), `value_len` (int): the original length, and
+//!   `value_sha256` (str): the lowercase hex SHA-256 of the whole original value;
+//! - only when the key was cut: `key_len` (int): the original key length.
+//!
+//! The offset and partition are the key's. With these bounds a letter stays well under the store's
+//! value limit (100,000 bytes, FoundationDB's), and [`EmbeddedDeadLetters::send_all`] spreads many
+//! letters over transactions of at most [`MAX_LETTER_TXN_BYTES`], so nothing can wedge a partition.
+//! The original bytes of a cut record are still in the source (the embedded queue or the topic) at
+//! that offset until trimmed or expired; the digest tells whether a copy found there is the same.
+//!
+//! On the dead-letter topic a record is forwarded whole when its key and value fit the producer's
+//! message limit (`message.max.bytes`, librdkafka's default 1,000,000 bytes) with room for the
+//! headers; a larger one is sent in the same bounded form, its value the first
+//! [`MAX_STORED_VALUE_BYTES`] and its key the first [`MAX_STORED_KEY_BYTES`], with the headers `truncated` (`true`), `original_length` (decimal)
+//! and `original_sha256` (hex). Letters staged in the keyspace and cut there carry the same headers
+//! when forwarded.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +61,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::config::KafkaConfig;
@@ -54,6 +85,52 @@ pub mod headers {
     pub const DETAIL: &str = "detail";
     /// The message type, when the record decoded and failed at apply.
     pub const MESSAGE_TYPE: &str = "message_type";
+    /// `true` when the value is only a prefix of the original (absent otherwise).
+    pub const TRUNCATED: &str = "truncated";
+    /// Length of the original value in bytes, decimal text, when truncated.
+    pub const ORIGINAL_LENGTH: &str = "original_length";
+    /// Lowercase hex SHA-256 of the original value, when truncated.
+    pub const ORIGINAL_SHA256: &str = "original_sha256";
+}
+
+/// Longest original value a stored (or oversized forwarded) dead letter keeps; longer values keep
+/// this prefix plus their length and digest. With the key and detail bounds, a letter stays far
+/// below the store's value limit of 100,000 bytes.
+pub const MAX_STORED_VALUE_BYTES: usize = 64 * 1024;
+
+/// Longest record key a stored dead letter keeps (run ids are 32 bytes).
+pub const MAX_STORED_KEY_BYTES: usize = 1024;
+
+/// Budget of one transaction of embedded dead letters (FoundationDB's advice: near 1 MB); a single
+/// letter is always written, and it is bounded by [`MAX_STORED_VALUE_BYTES`].
+pub const MAX_LETTER_TXN_BYTES: usize = 1_000_000;
+
+/// librdkafka's default `message.max.bytes`, the producer's limit when the config does not say.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room kept for headers and framing when deciding whether a whole record fits one message.
+const MESSAGE_OVERHEAD: usize = 4096;
+
+/// What a bounded copy of a value says about the cut original.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Truncation {
+    /// The original length in bytes.
+    pub len: usize,
+    /// Lowercase hex SHA-256 of the original.
+    pub sha256: String,
+}
+
+impl Truncation {
+    /// Describes `original`.
+    pub fn of(original: &[u8]) -> Self {
+        Self { len: original.len(), sha256: hex::encode(Sha256::digest(original)) }
+    }
+}
+
+/// Returns `value` itself when it has at most `max` bytes, else its first `max` bytes with what
+/// the cut removed.
+pub fn bound_value(value: &[u8], max: usize) -> (&[u8], Option<Truncation>) {
+    if value.len() <= max { (value, None) } else { (&value[..max], Some(Truncation::of(value))) }
 }
 
 /// Reasons [`crate::ingest::Applier::apply`] and the run actor give to records failing at apply.
@@ -196,7 +273,8 @@ impl EmbeddedDeadLetters {
         self.send_all(std::slice::from_ref(rejected)).await
     }
 
-    /// Writes dead letters, with their original bytes, in one transaction.
+    /// Writes dead letters, with their original bytes (bounded as the module docs say), in as few
+    /// transactions of at most [`MAX_LETTER_TXN_BYTES`] as fit them, in order.
     pub async fn send_all(&self, rejected: &[Rejected<'_>]) -> Result<(), DeadLetterError> {
         let now = now_secs();
         let letters: Vec<(i32, i64, DeadLetter)> = rejected
@@ -214,17 +292,16 @@ impl EmbeddedDeadLetters {
             })
             .collect();
         let applier = &self.applier;
-        self.db
-            .run(&self.retry, |tx| {
-                let letters = &letters;
-                async move {
+        for letters in letter_batches(&letters, MAX_LETTER_TXN_BYTES) {
+            self.db
+                .run(&self.retry, |tx| async move {
                     for (partition, offset, letter) in letters {
                         applier.write_dead_letter(&tx, *partition, *offset, letter)?;
                     }
                     Ok::<_, ApplyError>(())
-                }
-            })
-            .await?;
+                })
+                .await?;
+        }
         for r in rejected {
             crate::metrics::dead_letter_published("embedded", r.reason);
         }
@@ -232,11 +309,38 @@ impl EmbeddedDeadLetters {
     }
 }
 
+/// Splits letters into consecutive runs whose stored size stays within `budget` (each run holds at
+/// least one letter).
+fn letter_batches(letters: &[(i32, i64, DeadLetter)], budget: usize) -> Vec<&[(i32, i64, DeadLetter)]> {
+    let stored = |l: &DeadLetter| {
+        l.value.as_ref().map_or(0, |v| v.len().min(MAX_STORED_VALUE_BYTES))
+            + l.key.as_ref().map_or(0, |k| k.len().min(MAX_STORED_KEY_BYTES))
+            + l.detail.len().min(MAX_DETAIL)
+            + 256
+    };
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, (_, _, letter)) in letters.iter().enumerate() {
+        let size = stored(letter);
+        if i > start && bytes + size > budget {
+            out.push(&letters[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < letters.len() {
+        out.push(&letters[start..]);
+    }
+    out
+}
+
 /// A producer of dead letters to the dead-letter topic.
 #[derive(Clone)]
 pub struct KafkaDeadLetters {
     producer: FutureProducer,
     topic: String,
+    /// The producer's `message.max.bytes`: larger records are sent truncated.
+    max_message_bytes: usize,
 }
 
 impl std::fmt::Debug for KafkaDeadLetters {
@@ -254,10 +358,12 @@ impl KafkaDeadLetters {
     /// Creates an idempotent producer with `base` settings (brokers, security) to `topic`, with
     /// Kafka's murmur2 partitioner.
     pub fn new(base: ClientConfig, topic: &str) -> Result<Self, DeadLetterError> {
+        let max_message_bytes =
+            base.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let producer: FutureProducer = crate::ingest::kafka::idempotent_producer_config(base, DELIVERY_TIMEOUT)
             .create()
             .map_err(DeadLetterError::Producer)?;
-        Ok(Self { producer, topic: topic.to_owned() })
+        Ok(Self { producer, topic: topic.to_owned(), max_message_bytes })
     }
 
     /// Returns the dead-letter topic.
@@ -265,20 +371,34 @@ impl KafkaDeadLetters {
         &self.topic
     }
 
-    /// Produces one dead letter and waits for its delivery report.
+    /// Produces one dead letter and waits for its delivery report: the whole record when it fits
+    /// the producer's message limit, else the bounded form of the module docs.
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
-        self.produce(rejected, rejected.reason, Some(rejected.value)).await?;
+        let (payload, cut) = self.bounded(rejected.key, rejected.value);
+        // In the bounded form the key is bounded too, or a huge key alone could exceed the limit.
+        let key = rejected.key.map(|k| if cut.is_some() { &k[..k.len().min(MAX_STORED_KEY_BYTES)] } else { k });
+        let bounded = Rejected { key, ..rejected.clone() };
+        self.produce(&bounded, rejected.reason, Some(payload), cut.as_ref()).await?;
         crate::metrics::dead_letter_published("kafka", rejected.reason);
         Ok(())
     }
 
+    /// Returns the value to produce for a record: whole when key and value fit one message with
+    /// room for the headers, else its first [`MAX_STORED_VALUE_BYTES`] and what was cut.
+    pub fn bounded<'v>(&self, key: Option<&[u8]>, value: &'v [u8]) -> (&'v [u8], Option<Truncation>) {
+        let whole = key.map_or(0, <[u8]>::len) + value.len() + MESSAGE_OVERHEAD;
+        if whole <= self.max_message_bytes { (value, None) } else { bound_value(value, MAX_STORED_VALUE_BYTES) }
+    }
+
     /// Produces `rejected` with `reason` as its reason header and `payload` as its value (`None`:
-    /// a null value, the original bytes were not kept) and waits for the delivery report.
+    /// a null value, the original bytes were not kept), with the truncation headers when `truncation` says so,
+    /// and waits for the delivery report.
     async fn produce(
         &self,
         rejected: &Rejected<'_>,
         reason: &str,
         payload: Option<&[u8]>,
+        truncation: Option<&Truncation>,
     ) -> Result<(), DeadLetterError> {
         let partition = rejected.partition.to_string();
         let offset = rejected.offset.to_string();
@@ -291,6 +411,13 @@ impl KafkaDeadLetters {
             .insert(Header { key: headers::DETAIL, value: Some(detail) });
         if let Some(kind) = rejected.message_type {
             headers = headers.insert(Header { key: headers::MESSAGE_TYPE, value: Some(kind) });
+        }
+        let original_length = truncation.map(|c| c.len.to_string());
+        if let (Some(cut), Some(len)) = (truncation, original_length.as_deref()) {
+            headers = headers
+                .insert(Header { key: headers::TRUNCATED, value: Some("true") })
+                .insert(Header { key: headers::ORIGINAL_LENGTH, value: Some(len) })
+                .insert(Header { key: headers::ORIGINAL_SHA256, value: Some(cut.sha256.as_str()) });
         }
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic).headers(headers);
         if let Some(payload) = payload {
@@ -394,6 +521,12 @@ impl KafkaDeadLetters {
                 Some(Value::Bin(b)) => Some(b.clone()),
                 _ => None,
             };
+            let cut = match (record.get("truncated"), record.get("value_len"), text(record, "value_sha256")) {
+                (Some(Value::Bool(true)), Some(Value::Int(len)), Some(sha256)) => {
+                    Some(Truncation { len: usize::try_from(*len).unwrap_or(usize::MAX), sha256 })
+                }
+                _ => None,
+            };
             let label = bounded_reason(&reason);
             let rejected = Rejected {
                 topic: origin_topic,
@@ -405,7 +538,7 @@ impl KafkaDeadLetters {
                 detail: text(record, "detail").unwrap_or_default(),
                 message_type: message_type.as_deref(),
             };
-            self.produce(&rejected, &reason, value.as_deref()).await?;
+            self.produce(&rejected, &reason, value.as_deref(), cut.as_ref()).await?;
             crate::metrics::dead_letter_published("kafka", label);
             Ok::<_, DeadLetterError>(())
         });
@@ -475,5 +608,78 @@ mod tests {
         assert_eq!(record.get("reason").and_then(|v| v.as_str()), Some("invalid_json"));
         assert_eq!(record.get("key").and_then(|v| v.as_str()), Some("run-1"));
         assert_eq!(record.get("value"), Some(&crate::storage::value::Value::Bin(b"{\"type\":".to_vec())));
+        assert_eq!(record.get("truncated"), None, "a small letter keeps the plain format");
+    }
+
+    #[tokio::test]
+    async fn records_beyond_the_value_limit_are_stored_as_a_prefix_with_length_and_digest() {
+        let db = Database::memory_with_limits(crate::storage::kv::Limits::FDB);
+        let applier = Applier::new(Layout::open(&db).await.unwrap());
+        let sink = DeadLetterSink::embedded(db.clone(), applier.clone(), RetryOptions::default());
+        let value: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let key = "k".repeat(5_000);
+        // Forty of them: far more than one transaction of the store takes.
+        let rejected: Vec<Rejected<'_>> = (0..40)
+            .map(|offset| Rejected {
+                topic: "data-ingestion",
+                partition: 1,
+                offset,
+                key: Some(key.as_bytes()),
+                value: &value,
+                reason: "invalid_json",
+                detail: "x".repeat(10_000),
+                message_type: None,
+            })
+            .collect();
+        sink.send_all(&rejected).await.unwrap();
+        let letters = applier.dead_letters(&db.create_trx().unwrap(), 0).await.unwrap();
+        assert_eq!(letters.len(), 40);
+        let record = &letters[39].record;
+        let field = |name: &str| record.get(name).cloned();
+        assert_eq!(field("value"), Some(Value::Bin(value[..MAX_STORED_VALUE_BYTES].to_vec())));
+        assert_eq!(field("truncated"), Some(Value::Bool(true)));
+        assert_eq!(field("value_len"), Some(Value::Int(300_000)));
+        assert_eq!(field("value_sha256"), Some(Value::Str(hex::encode(Sha256::digest(&value)))));
+        assert_eq!(field("key").and_then(|k| k.as_str().map(str::len)), Some(MAX_STORED_KEY_BYTES));
+        assert_eq!(field("key_len"), Some(Value::Int(5_000)));
+    }
+
+    #[test]
+    fn letters_are_spread_over_transactions_within_the_budget_one_at_least() {
+        let letter = |n: usize| DeadLetter {
+            reason: "invalid_json".into(),
+            key: None,
+            value: Some(vec![0; n]),
+            timestamp: 0.0,
+            message_type: None,
+            detail: String::new(),
+        };
+        let letters: Vec<(i32, i64, DeadLetter)> = (0..5).map(|i| (0, i, letter(400))).collect();
+        let sizes: Vec<usize> = letter_batches(&letters, 1_400).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+        let sizes: Vec<usize> = letter_batches(&letters, 10).iter().map(|b| b.len()).collect();
+        assert_eq!(sizes, vec![1; 5], "a letter over the budget still goes, alone");
+        assert!(letter_batches(&[], 10).is_empty());
+    }
+
+    #[test]
+    fn the_topic_gets_a_whole_record_under_the_message_limit_and_the_bounded_form_over_it() {
+        let mut base = ClientConfig::new();
+        base.set("bootstrap.servers", "127.0.0.1:1").set("message.max.bytes", "200000");
+        let kafka = KafkaDeadLetters::new(base, "data-ingestion-dlq").unwrap();
+        let small = vec![7u8; 150_000];
+        assert_eq!(kafka.bounded(Some(b"run"), &small), (&small[..], None));
+        let big = vec![7u8; 300_000];
+        let (kept, cut) = kafka.bounded(Some(b"run"), &big);
+        assert_eq!(kept.len(), MAX_STORED_VALUE_BYTES);
+        assert_eq!(cut.map(|c| c.len), Some(300_000));
+    }
+
+    #[test]
+    fn a_value_within_the_bound_is_kept_whole_and_a_longer_one_is_cut_with_its_digest() {
+        assert_eq!(bound_value(b"abc", 3), (&b"abc"[..], None));
+        let (kept, cut) = bound_value(b"abcd", 3);
+        assert_eq!(kept, b"abc");
+        assert_eq!(cut, Some(Truncation { len: 4, sha256: hex::encode(Sha256::digest(b"abcd")) }));
     }
 }

@@ -71,10 +71,13 @@ use thiserror::Error;
 
 use crate::config::KafkaConfig;
 pub use crate::ingest::source::{AssignmentEvent, Lease};
-use crate::ingest::source::{Record, Source, SourceError};
+use crate::ingest::source::{Backlog, Record, Source, SourceError};
 
 /// How long a blocking seek waits for librdkafka.
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long each broker query of a backlog reading (committed offsets, watermarks) may wait.
+const BACKLOG_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a Kafka source operation failed.
 #[derive(Debug, Error)]
@@ -522,6 +525,42 @@ impl Source for KafkaSource {
 
     fn lease(&self, partition: i32) -> Option<Lease> {
         KafkaSource::lease(self, partition)
+    }
+
+    /// Asks the broker, on a blocking thread, for the group's committed offsets of the assigned
+    /// partitions and each one's watermarks: the backlog is the high watermark minus the committed
+    /// offset (the low watermark when the group has none, as `auto.offset.reset=earliest` reads).
+    async fn backlog(&self) -> Result<Vec<Backlog>, SourceError> {
+        let partitions = self.assignment();
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let consumer = Arc::clone(&self.consumer);
+        let topic = self.topic.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<Vec<Backlog>, KafkaSourceError> {
+            let mut tpl = TopicPartitionList::new();
+            for p in &partitions {
+                tpl.add_partition(&topic, *p);
+            }
+            let committed = consumer
+                .committed_offsets(tpl, Timeout::After(BACKLOG_TIMEOUT))
+                .map_err(KafkaSourceError::client("committed offsets"))?;
+            let mut out = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, Timeout::After(BACKLOG_TIMEOUT))
+                    .map_err(KafkaSourceError::client("fetch watermarks"))?;
+                let group = committed.find_partition(&topic, p).and_then(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+                out.push(Backlog { partition: p, end: high, committed: group.unwrap_or(low).max(low) });
+            }
+            Ok(out)
+        })
+        .await
+        .map_err(|e| KafkaSourceError::Task { operation: "backlog", detail: e.to_string() })?;
+        Ok(result?)
     }
 
     async fn commit_leased(&self, lease: Lease, next_offset: i64) -> Result<(), SourceError> {

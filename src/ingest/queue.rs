@@ -44,7 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::ingest::partitioner::partition_for_key;
-use crate::ingest::source::{Record, Source, SourceError};
+use crate::ingest::source::{Backlog, Record, Source, SourceError};
 use crate::storage::kv::{Database, KvError, RangeOption, RetryOptions, RetryableError, Transaction};
 use crate::storage::tuple::{self, Elem};
 
@@ -443,6 +443,30 @@ impl Queue {
         self.read_counter_txn(&key).await
     }
 
+    /// Returns, for every partition in order, `group`'s backlog read in one snapshot: the end
+    /// offset and the committed offset (the start offset when the group never committed or its
+    /// offset was trimmed away, where [`EmbeddedSource`] starts).
+    pub async fn backlog(&self, group: &str) -> Result<Vec<Backlog>, QueueError> {
+        let this = self;
+        self.inner
+            .db
+            .run(&RetryOptions::default(), move |tx| async move {
+                let mut out = Vec::with_capacity(this.inner.partitions as usize);
+                for partition in this.partition_ids() {
+                    let end = this.read_counter(&tx, &this.end_key(partition), true).await?;
+                    let start = this.read_counter(&tx, &this.start_key(partition), true).await?;
+                    let key = this.consumer_key(group, partition);
+                    let committed = match tx.get(&key, true).await? {
+                        Some(v) => decode_i64(&key, &v)?,
+                        None => 0,
+                    };
+                    out.push(Backlog { partition, end, committed: committed.max(start) });
+                }
+                Ok::<_, QueueError>(out)
+            })
+            .await
+    }
+
     /// Returns the first offset of `partition` that is not trimmed.
     pub async fn start_offset(&self, partition: i32) -> Result<i64, QueueError> {
         self.check_partition(partition)?;
@@ -786,6 +810,10 @@ impl Source for EmbeddedSource {
         self.check_assigned(partition)?;
         self.state.lock().paused.remove(&partition);
         Ok(())
+    }
+
+    async fn backlog(&self) -> Result<Vec<Backlog>, SourceError> {
+        Ok(self.queue.backlog(&self.group).await?)
     }
 }
 

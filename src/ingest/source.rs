@@ -10,6 +10,9 @@
 //! ([`SourceError::is_stale`]). A source whose assignment never changes (the embedded queue) keeps
 //! the defaults: no events, epoch 0 for every assigned partition, leased commits are plain commits.
 //!
+//! [`Source::backlog`] reports, per assigned partition, the records the group has not applied yet
+//! (end offset minus committed offset), for the consumer-lag gauge.
+//!
 //! The interface is a trait with explicit `impl Future + Send` return types rather than
 //! `async-trait`: no boxing per call, and the futures stay `Send` so they can run on any worker
 //! thread. Every method takes `&self`, as librdkafka's consumer does, so one source can be shared
@@ -36,6 +39,26 @@ pub struct Record {
     pub value: Vec<u8>,
     /// The producer's or broker's timestamp, milliseconds since the epoch.
     pub timestamp_ms: i64,
+}
+
+/// How far a consumer group is behind on one partition, as the source sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backlog {
+    /// The partition.
+    pub partition: i32,
+    /// The partition's end: the offset the next appended record gets (Kafka's high watermark).
+    pub end: i64,
+    /// The group's committed offset: the next offset to apply (the partition's first offset when
+    /// the group never committed, as the source then starts there).
+    pub committed: i64,
+}
+
+impl Backlog {
+    /// Returns the records not yet applied: read or not, everything from the committed offset to
+    /// the end.
+    pub fn records(&self) -> i64 {
+        (self.end - self.committed).max(0)
+    }
 }
 
 /// A partition assigned to a consumer under one epoch: the token a leased commit must present.
@@ -131,6 +154,13 @@ pub trait Source: Send + Sync {
     /// every assigned partition epoch 0.
     fn lease(&self, partition: i32) -> Option<Lease> {
         self.assignment().contains(&partition).then_some(Lease { partition, epoch: 0 })
+    }
+
+    /// Returns the backlog of each assigned partition: its end and the group's committed offset,
+    /// read from the store or the broker (records not read yet count too). The default, for a
+    /// source that cannot tell, has none.
+    fn backlog(&self) -> impl Future<Output = Result<Vec<Backlog>, SourceError>> + Send {
+        std::future::ready(Ok(Vec::new()))
     }
 
     /// Commits `next_offset` of `lease.partition` unless the lease is stale (the partition was

@@ -11,6 +11,8 @@
 //! [`context_to_id_from_json`] parses the raw JSON text itself with Python's `json.loads` rules,
 //! so big integers and `NaN`/`Infinity` hash exactly as in Python.
 
+use std::collections::HashMap;
+
 use sha2::{Digest, Sha256};
 
 /// Nesting depth beyond which the raw-text parser refuses (Python would hit its recursion limit).
@@ -456,6 +458,9 @@ impl Parser<'_> {
     fn object(&mut self, depth: usize) -> Result<PyJson, ContextIdError> {
         self.pos += 1;
         let mut entries: Vec<(String, PyJson)> = Vec::new();
+        // Position of each key in `entries`: a repeated key replaces the value in place (Python's
+        // dict), found in constant time so an object of many keys parses in linear time.
+        let mut index: HashMap<String, usize> = HashMap::new();
         self.ws();
         if self.eat("}") {
             return Ok(PyJson::Object(entries));
@@ -472,9 +477,12 @@ impl Parser<'_> {
             }
             self.ws();
             let val = self.value(depth + 1)?;
-            match entries.iter_mut().find(|(k, _)| *k == key) {
-                Some(slot) => slot.1 = val,
-                None => entries.push((key, val)),
+            match index.get(&key) {
+                Some(&i) => entries[i].1 = val,
+                None => {
+                    index.insert(key.clone(), entries.len());
+                    entries.push((key, val));
+                }
             }
             self.ws();
             if self.eat(",") {

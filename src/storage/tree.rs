@@ -147,14 +147,20 @@ fn build(items: Vec<(&[Elem], Value)>) -> Result<Option<Value>, TreeError> {
             _ => {}
         }
     }
-    // Group by head, keeping first-seen order (key order from the range read).
+    // Group by head, keeping first-seen order (key order from the range read). In key order the
+    // keys of one head are adjacent, so the last group is checked first: linear time for a
+    // range read, whatever the number of children; other orders fall back to a search.
     let mut groups: Vec<Group<'_>> = Vec::new();
     for (key, v) in items {
         let Some((head, rest)) = key.split_first() else {
             // A key equal to the path itself next to deeper keys: nothing to place it under.
             continue;
         };
-        match groups.iter_mut().find(|(h, _)| *h == head) {
+        let slot = match groups.last_mut() {
+            Some(last) if last.0 == head => Some(last),
+            _ => groups.iter_mut().rev().skip(1).find(|(h, _)| *h == head),
+        };
+        match slot {
             Some((_, members)) => members.push((rest, v)),
             None => groups.push((head, vec![(rest, v)])),
         }
