@@ -1,6 +1,6 @@
 //! The process's shared state: the opened database, the raw prefixes of its directories, the blob
-//! store and URI codec, and the metrics handle, built once at start and shared by the HTTP
-//! handlers.
+//! store and URI codec, the metrics handle and the UI build, built once at start and shared by the
+//! HTTP handlers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use thiserror::Error;
 
 use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
+use crate::http::ui::UiBuild;
 use crate::storage::kv::{Database, KvError, Limits};
 use crate::storage::layout::Layout;
 
@@ -57,6 +58,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The blob store and the blob URI codec of `config.blobs`.
     pub blobs: Blobs,
+    /// The web UI build served on the paths no route answers; `None`: no UI.
+    pub ui: Option<Arc<UiBuild>>,
 }
 
 impl AppState {
@@ -76,6 +79,13 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, AppError> {
         let blobs = Blobs::from_config(&config)?;
-        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs })
+        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs, ui: None })
+    }
+
+    /// The state serving `ui` (loaded by [`UiBuild::load`] before the storage opens, so a bad
+    /// directory stops the start before anything is created).
+    pub fn with_ui(mut self, ui: Option<UiBuild>) -> Self {
+        self.ui = ui.map(Arc::new);
+        self
     }
 }

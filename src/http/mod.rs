@@ -7,6 +7,7 @@
 //! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO);
 //! - `cors.rs`: CORS for the configured origins (the UI is served from another origin);
 //! - `openapi.rs`: the OpenAPI document of the REST routes (`/api/v1/rest/openapi.json`).
+//! - `ui.rs`: the web UI build (`--ui-dir`) on the paths no route answers, outside the areas above.
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
 //! given one before routing, so both forms answer alike and nothing is redirected (a redirect breaks
@@ -19,6 +20,7 @@ mod health;
 mod metrics;
 pub mod openapi;
 pub mod stream;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -47,6 +49,9 @@ pub fn router(state: AppState) -> Router {
         .merge(api::routes());
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));
+    }
+    if let Some(ui) = state.ui.clone() {
+        router = ui::attach(router, ui);
     }
     let cors = cors::layer(&state.config.server.cors_origins);
     router.layer(cors).layer(middleware::from_fn(track)).with_state(state)
