@@ -5,7 +5,7 @@
 //! - `admin.rs`: `/admin/…` operator routes, loopback clients only.
 //! - `api/`: the REST API under `/api/v1/rest` (one file per area);
 //! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO);
-//! - `cors.rs`: CORS for the configured origins (the UI is served from another origin);
+//! - `cors.rs`: CORS for the configured origins (for a UI served from another origin);
 //! - `openapi.rs`: the OpenAPI document of the REST routes (`/api/v1/rest/openapi.json`).
 //! - `ui.rs`: the web UI build (`--ui-dir`) on the paths no route answers, outside the areas above.
 //!
