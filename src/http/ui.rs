@@ -51,17 +51,18 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// Why a UI build could not be loaded.
 #[derive(Debug, Error)]
 pub enum UiError {
-    /// The directory cannot be resolved.
-    #[error("ui dir {path}: {source}")]
-    Dir { path: PathBuf, source: std::io::Error },
+    /// The directory cannot be resolved. (The io error is in the message, not a `source`, so a
+    /// printed chain names it once.)
+    #[error("ui dir {path}: {error}")]
+    Dir { path: PathBuf, error: std::io::Error },
     /// Neither the directory nor its `static/` subdirectory holds the template.
     #[error(
         "ui dir {path}: no {TEMPLATE} in it or in its {PACKAGE_SUBDIR}/ subdirectory (give the `static` directory of the installed matyan-ui package)"
     )]
     NoTemplate { path: PathBuf },
     /// The template exists but cannot be read as text.
-    #[error("cannot read {path}: {source}")]
-    Template { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}: {error}")]
+    Template { path: PathBuf, error: std::io::Error },
 }
 
 /// A loaded UI build: its directory and its page, rendered once but for the API host base.
@@ -85,7 +86,7 @@ impl UiBuild {
         }
         let root = find_root(&config.dir)?;
         let path = root.join(TEMPLATE);
-        let template = std::fs::read_to_string(&path).map_err(|source| UiError::Template { path, source })?;
+        let template = std::fs::read_to_string(&path).map_err(|error| UiError::Template { path, error })?;
         let host_base = (!config.api_host_base.is_empty()).then(|| escape(&config.api_host_base));
         tracing::info!(dir = %root.display(), base_path = %config.base_path, "serving the ui");
         Ok(Some(Self { page: render(&template, config), root, base_path: config.base_path.clone(), host_base }))
@@ -100,7 +101,7 @@ impl UiBuild {
 /// The build directory under `dir`: `dir` itself when it holds the template, else its `static/`
 /// (the installed package's layout), canonical.
 fn find_root(dir: &Path) -> Result<PathBuf, UiError> {
-    let dir_error = |source| UiError::Dir { path: dir.to_path_buf(), source };
+    let dir_error = |error| UiError::Dir { path: dir.to_path_buf(), error };
     let canonical = dir.canonicalize().map_err(dir_error)?;
     for candidate in [canonical.clone(), canonical.join(PACKAGE_SUBDIR)] {
         if candidate.join(TEMPLATE).is_file() {
