@@ -1,6 +1,6 @@
 //! The process's shared state: the opened database, the raw prefixes of its directories, the blob
-//! store and URI codec, and the metrics handle, built once at start and shared by the HTTP
-//! handlers.
+//! store and URI codec, the metrics handle and the UI build, built once at start and shared by the
+//! HTTP handlers.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
 use crate::gateway::Gateway;
+use crate::http::ui::UiBuild;
 use crate::storage::kv::{Database, KvError, Limits};
 use crate::storage::layout::Layout;
 
@@ -61,6 +62,8 @@ pub struct AppState {
     /// The SDK gateway, in the processes that serve it (`matyan serve`); its sink also takes the
     /// REST API's `delete_run` records.
     pub gateway: Option<Gateway>,
+    /// The web UI build served on the paths no route answers; `None`: no UI.
+    pub ui: Option<Arc<UiBuild>>,
 }
 
 impl AppState {
@@ -80,12 +83,19 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, AppError> {
         let blobs = Blobs::from_config(&config)?;
-        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs, gateway: None })
+        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs, gateway: None, ui: None })
     }
 
     /// This state with the gateway `gateway` served beside the REST API.
     pub fn with_gateway(mut self, gateway: Gateway) -> Self {
         self.gateway = Some(gateway);
+        self
+    }
+
+    /// The state serving `ui` (loaded by [`UiBuild::load`] before the storage opens, so a bad
+    /// directory stops the start before anything is created).
+    pub fn with_ui(mut self, ui: Option<UiBuild>) -> Self {
+        self.ui = ui.map(Arc::new);
         self
     }
 }

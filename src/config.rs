@@ -36,6 +36,7 @@ pub struct Config {
     pub blobs: BlobsConfig,
     pub query: QueryConfig,
     pub gateway: GatewayConfig,
+    pub ui: UiConfig,
 }
 
 /// The HTTP API's listener.
@@ -333,6 +334,36 @@ impl GatewayConfig {
     }
 }
 
+/// The web UI served on the API's origin (`matyan serve --ui-dir`), rendered the way `matyan-ui`
+/// renders its page. `Debug` hides the auth token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UiConfig {
+    /// A `matyan-ui` build (the directory holding `index-template.html`) or the installed package
+    /// holding it under `static/`; empty: no UI.
+    pub dir: PathBuf,
+    /// Origin the page's API calls go to; empty: the origin the page was requested from.
+    pub api_host_base: String,
+    /// Path of the API under the host base; the UI appends `/rest`.
+    pub api_base_path: String,
+    /// Path prefix the UI is served under; empty: the root.
+    pub base_path: String,
+    /// Bearer token the UI sends with its API calls; empty: none.
+    pub api_auth_token: String,
+}
+
+impl std::fmt::Debug for UiConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UiConfig")
+            .field("dir", &self.dir)
+            .field("api_host_base", &self.api_host_base)
+            .field("api_base_path", &self.api_base_path)
+            .field("base_path", &self.base_path)
+            .field("api_auth_token", &if self.api_auth_token.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -385,6 +416,8 @@ pub enum ValidationError {
     AboveMax { key: &'static str, value: u64, max: u64 },
     #[error("{key}: must be an http:// or https:// url")]
     NotAUrl { key: &'static str },
+    #[error("{key}: {value:?} is not {expected}")]
+    Malformed { key: &'static str, value: String, expected: &'static str },
 }
 
 impl ValidationError {
@@ -401,7 +434,8 @@ impl ValidationError {
             | ValidationError::Unpaired { key, .. }
             | ValidationError::NotAKey { key }
             | ValidationError::AboveMax { key, .. }
-            | ValidationError::NotAUrl { key } => key,
+            | ValidationError::NotAUrl { key }
+            | ValidationError::Malformed { key, .. } => key,
         }
     }
 }
@@ -495,6 +529,18 @@ impl Config {
         }
         if let Some(v) = get("S3_PRESIGN_EXPIRY") {
             self.gateway.upload_expiry_secs = parse_env("S3_PRESIGN_EXPIRY", v, "a non-negative integer")?;
+        }
+        if let Some(v) = get("MATYAN_UI_API_HOST_BASE") {
+            self.ui.api_host_base = v;
+        }
+        if let Some(v) = get("MATYAN_UI_API_BASE_PATH") {
+            self.ui.api_base_path = v;
+        }
+        if let Some(v) = get("MATYAN_UI_BASE_PATH") {
+            self.ui.base_path = v;
+        }
+        if let Some(v) = get("MATYAN_UI_API_AUTH_TOKEN") {
+            self.ui.api_auth_token = v;
         }
         Ok(())
     }
@@ -626,8 +672,53 @@ impl Config {
             });
         }
         self.gateway.validate(&mut errors);
+        let ui = &self.ui;
+        if !ui.api_host_base.is_empty() && !is_host_base(&ui.api_host_base) {
+            errors.push(ValidationError::Malformed {
+                key: "ui.api_host_base",
+                value: ui.api_host_base.clone(),
+                expected: "empty or an http:// or https:// url without a trailing /",
+            });
+        }
+        if ui.api_base_path.is_empty() || !is_url_path(&ui.api_base_path) {
+            errors.push(ValidationError::Malformed {
+                key: "ui.api_base_path",
+                value: ui.api_base_path.clone(),
+                expected: "a path starting with / without a trailing /",
+            });
+        }
+        if !ui.base_path.is_empty() && !is_url_path(&ui.base_path) {
+            errors.push(ValidationError::Malformed {
+                key: "ui.base_path",
+                value: ui.base_path.clone(),
+                expected: "empty or a path starting with / without a trailing /",
+            });
+        }
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
+}
+
+/// A URL path the UI can prefix to its own: `/a/b`, no trailing `/`, no empty or dot segments,
+/// nothing that would end the path (`?`, `#`) or need quoting in the page.
+fn is_url_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    rest.split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~!$()*+,;=:@%".contains(&b))
+    })
+}
+
+/// An origin (with an optional path) the UI can prefix to the API path: `http(s)://authority[/path]`.
+fn is_host_base(base: &str) -> bool {
+    let Some(rest) = base.strip_prefix("http://").or_else(|| base.strip_prefix("https://")) else {
+        return false;
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    !authority.is_empty()
+        && authority.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~:[]".contains(&b))
+        && path.is_none_or(|p| is_url_path(&format!("/{p}")))
 }
 
 /// Overlays `over` on `base` table by table; a key `base` lacks is unknown.
@@ -1022,5 +1113,42 @@ mod tests {
         let missing = dir.path().join("missing.toml");
         let err = Config::load(Some(&missing), no_env).unwrap_err();
         assert!(err.to_string().contains("missing.toml"), "{err}");
+    }
+
+    #[test]
+    fn ui_settings_come_from_the_reference_environment_and_malformed_paths_fail_naming_the_key() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.ui.dir, PathBuf::new(), "no ui unless asked for");
+        assert_eq!((c.ui.api_host_base.as_str(), c.ui.api_base_path.as_str()), ("", "/api/v1"));
+        let env = env_of(&[
+            ("MATYAN_UI_API_HOST_BASE", "https://matyan.example.com"),
+            ("MATYAN_UI_API_BASE_PATH", "/tracker/api/v1"),
+            ("MATYAN_UI_BASE_PATH", "/ui"),
+            ("MATYAN_UI_API_AUTH_TOKEN", "t0ken"),
+        ]);
+        let c = Config::load(None, env).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.ui.api_host_base, "https://matyan.example.com");
+        assert_eq!(c.ui.api_base_path, "/tracker/api/v1");
+        assert_eq!(c.ui.base_path, "/ui");
+        assert_eq!(c.ui.api_auth_token, "t0ken");
+        assert!(!format!("{c:?}").contains("t0ken"), "debug output hides the token");
+
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[ui]\napi_host_base = \"localhost:53800\"\napi_base_path = \"api/v1\"\nbase_path = \"/ui/\"\n",
+        )
+        .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["ui.api_host_base", "ui.api_base_path", "ui.base_path"]);
+        for bad in ["http://h/", "https://", "http://h\"x", "ftp://h"] {
+            let c = Config::from_toml_str("f.toml", &format!("[ui]\napi_host_base = {bad:?}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["ui.api_host_base"], "{bad:?}");
+        }
+        for bad in ["", "/", "/a//b", "/a/../b", "/a b", "/a?b"] {
+            let c = Config::from_toml_str("f.toml", &format!("[ui]\napi_base_path = {bad:?}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["ui.api_base_path"], "{bad:?}");
+        }
+        let c = Config::from_toml_str("f.toml", "[ui]\napi_host_base = \"http://[::1]:8080/x\"\n").unwrap();
+        c.validate().unwrap();
     }
 }

@@ -2,10 +2,11 @@
 //!
 //! Module map:
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
-//! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle;
+//! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle, UI build;
 //! - [`blobs`]: blob URIs (Fernet tokens) and the blob store of images, audios and artifacts;
 //! - [`http`]: the axum router: health probes, metrics, loopback admin routes, the REST API under
-//!   `/api/v1/rest` (`http::api`, one file per area) and its binary streaming codec (`http::stream`);
+//!   `/api/v1/rest` (`http::api`, one file per area), its binary streaming codec (`http::stream`)
+//!   and the web UI build on the same origin (`http::ui`);
 //! - [`storage`]: the transactional KV contract, its backends (memory, embedded, FoundationDB),
 //!   the reference's byte codecs and the Matyan key layout on top;
 //! - [`ingest`]: ingestion below the actors: the `Source` interface and its two sources (the

@@ -24,7 +24,8 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let data_dir = config.storage.data_dir.clone();
     let host = config.server.host.clone();
     let port = config.server.port;
-    let state = common::open_state(config, handle).await?;
+    let ui = matyan::http::ui::UiBuild::load(&config.ui)?;
+    let state = common::open_state(config, handle).await?.with_ui(ui);
     let (listener, _) = common::bind(&host, port).await?;
     common::serve_api_until_signal(listener, state, &data_dir).await?;
     tracing::info!("stopped");

@@ -65,7 +65,7 @@ impl Cli {
     }
 }
 
-/// The listening address flags of the HTTP roles (`serve`, `api`).
+/// The listening address and UI flags of the HTTP roles (`serve`, `api`).
 #[derive(Debug, Clone, Args)]
 pub struct ListenArgs {
     /// Address to listen on [default: server.host, i.e. 0.0.0.0].
@@ -74,16 +74,23 @@ pub struct ListenArgs {
     /// Port to listen on; 0 picks a free one [default: server.port, i.e. 53800].
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// A matyan-ui build to serve at `/` on the same origin: the `static` directory of the installed
+    /// matyan-ui package (or the package directory) [default: ui.dir, i.e. none].
+    #[arg(long, value_name = "DIR")]
+    pub ui_dir: Option<PathBuf>,
 }
 
 impl ListenArgs {
-    /// Applies the flags given over the configured `server.host` and `server.port`.
+    /// Applies the flags given over the configured `server.host`, `server.port` and `ui.dir`.
     pub fn apply(&self, config: &mut Config) {
         if let Some(host) = &self.host {
             config.server.host = host.clone();
         }
         if let Some(port) = self.port {
             config.server.port = port;
+        }
+        if let Some(dir) = &self.ui_dir {
+            config.ui.dir = dir.clone();
         }
     }
 }

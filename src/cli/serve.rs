@@ -63,7 +63,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let data_dir = config.storage.data_dir.clone();
     let host = config.server.host.clone();
     let port = config.server.port;
-    let state = common::open_state(config, handle).await?;
+    let ui = matyan::http::ui::UiBuild::load(&config.ui)?;
+    let state = common::open_state(config, handle).await?.with_ui(ui);
     let (state, ingest) = match state.config.ingest.source {
         IngestSource::Embedded => {
             let queue = ingestion_queue(&state).await?;

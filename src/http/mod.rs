@@ -5,9 +5,10 @@
 //! - `admin.rs`: `/admin/…` operator routes, loopback clients only.
 //! - `api/`: the REST API under `/api/v1/rest` (one file per area);
 //! - `stream.rs`: the binary streaming codec shared by every streaming route (pure, no IO);
-//! - `cors.rs`: CORS for the configured origins (the UI is served from another origin);
+//! - `cors.rs`: CORS for the configured origins (for a UI served from another origin);
 //! - `openapi.rs`: the OpenAPI document of the REST routes (`/api/v1/rest/openapi.json`);
-//! - `panic.rs`: a panicking handler answers the 500 envelope, counted and logged on one line.
+//! - `panic.rs`: a panicking handler answers the 500 envelope, counted and logged on one line;
+//! - `ui.rs`: the web UI build (`--ui-dir`) on the paths no route answers, outside the areas above.
 //!
 //! Routes are declared with a trailing slash, as the reference declares them; a path without one is
 //! given one before routing, so both forms answer alike and nothing is redirected (a redirect breaks
@@ -21,6 +22,7 @@ mod metrics;
 pub mod openapi;
 mod panic;
 pub mod stream;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -52,6 +54,9 @@ pub fn router(state: AppState) -> Router {
     }
     if state.metrics.is_some() {
         router = router.route("/metrics/", get(metrics::render));
+    }
+    if let Some(ui) = state.ui.clone() {
+        router = ui::attach(router, ui);
     }
     let cors = cors::layer(&state.config.server.cors_origins);
     router.layer(middleware::from_fn(panic::catch)).layer(cors).layer(middleware::from_fn(track)).with_state(state)

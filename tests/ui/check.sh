@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The UI check, as a person would (issue 4): the real matyan-ui 0.3.2 in headless Chromium against
-# our `matyan serve` holding a few seeded runs. Opens the runs explorer, the metrics explorer with
+# The UI check, as a person would (issue 4): the real matyan-ui 0.3.2 in headless Chromium, served
+# by our `matyan serve --ui-dir` on the API's own origin (issue 8; no matyan-ui process, no CORS),
+# holding a few seeded runs. Opens the runs explorer, the metrics explorer with
 # `metric.name == "loss"`, a run page and its metrics tab; asserts the run is listed and the chart
 # renders (no error toast, SVG lines drawn). Screenshots, the UI's API calls and the logs go to
 # $UI_CHECK_OUT (default target/ui-check/).
 #
 # Installs what it needs when missing: Debian's `chromium` (apt), matyan-ui from PyPI into a venv
-# (Python 3.11 with --ignore-requires-python, pinned by fixtures/python-constraints.txt), and
+# (Python 3.11 with --ignore-requires-python, pinned by fixtures/python-constraints.txt, and
+# --no-deps: only its build is used), and
 # playwright-core from npm (the driver; it uses the system Chromium, no browser download). They are
 # kept under $UI_CHECK_CACHE (default ~/.cache/matyan-ui-check) for the next run.
 #
@@ -40,7 +42,7 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     if [ "$rc" -ne 0 ]; then
-        for f in serve.log ui.log; do
+        for f in serve.log; do
             if [ -f "$out/$f" ]; then
                 echo "----- last lines of $f (static files left out) -----"
                 grep -v 'GET /static-files/' "$out/$f" | tail -n 40
@@ -63,15 +65,22 @@ install_chromium() {
 
 install_ui() {
     local venv=$cache/venv
-    if [ -x "$venv/bin/matyan-ui" ] && "$venv/bin/pip" show matyan-ui 2>/dev/null | grep -q "^Version: $UI_VERSION$"; then
+    if "$venv/bin/pip" show matyan-ui 2>/dev/null | grep -q "^Version: $UI_VERSION$"; then
         return
     fi
     local py
     py=$(command -v python3.11 || command -v python3)
     rm -rf "$venv"
     "$py" -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check --ignore-requires-python \
+    "$venv/bin/pip" install -q --disable-pip-version-check --ignore-requires-python --no-deps \
         -c "$root/fixtures/python-constraints.txt" "matyan-ui==$UI_VERSION"
+}
+
+# The build inside the installed package (the README's one-liner, without importing the package,
+# whose server dependencies are not installed).
+ui_build_dir() {
+    "$cache/venv/bin/python" -c "import importlib.util, os; \
+print(os.path.join(os.path.dirname(importlib.util.find_spec('matyan_ui').origin), 'static'))"
 }
 
 install_driver() {
@@ -83,10 +92,6 @@ install_driver() {
     mkdir -p "$dir"
     (cd "$dir" && echo '{"private": true}' >package.json &&
         npm install --silent --no-audit --no-fund "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null)
-}
-
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
 # Waits until $1 answers 200, or fails after $2 seconds, unless process $3 died first.
@@ -115,10 +120,10 @@ log "server binary: $bin"
 data=$work/data
 "$bin" dev seed --data-dir "$data" --runs 3 --steps 300 | tee "$out/seed.log"
 
-ui_port=$(free_port)
-ui_origin=http://127.0.0.1:$ui_port
-RUST_LOG=${RUST_LOG:-info} CORS_ORIGINS="$ui_origin" \
-    "$bin" serve --data-dir "$data" --host 127.0.0.1 --port 0 >"$out/serve.log" 2>&1 &
+ui_dir=$(ui_build_dir)
+log "ui build: $ui_dir"
+RUST_LOG=${RUST_LOG:-info} "$bin" serve --data-dir "$data" --host 127.0.0.1 --port 0 --ui-dir "$ui_dir" \
+    >"$out/serve.log" 2>&1 &
 serve_pid=$!
 pids+=("$serve_pid")
 deadline=$((SECONDS + 60))
@@ -129,26 +134,16 @@ until [ -s "$data/serve.addr" ]; do
 done
 api=http://$(tr -d '\n' <"$data/serve.addr")
 wait_http "$api/health/ready/" 30 "$serve_pid"
-log "matyan serve at $api"
+log "matyan serve with the ui at $api"
 
-# The preflight every UI request starts with (§1.3): answered for the UI's origin.
-preflight=$(curl -sS -o /dev/null -D - -X OPTIONS "$api/api/v1/rest/projects" \
-    -H "Origin: $ui_origin" -H 'Access-Control-Request-Method: GET' \
-    -H 'Access-Control-Request-Headers: content-type,x-timezone-offset' | tr -d '\r')
-if ! grep -qi "^access-control-allow-origin: $ui_origin$" <<<"$preflight"; then
-    log "CORS preflight not answered for $ui_origin:"
-    echo "$preflight"
+# The page calls the origin that served it.
+if ! curl -fsS "$api/runs" | grep -qF "window.API_HOST_BASE=\"$api\""; then
+    log "the page at $api/runs does not call $api"
     exit 1
 fi
-
-MATYAN_UI_API_HOST_BASE=$api "$cache/venv/bin/matyan-ui" --host 127.0.0.1 --port "$ui_port" >"$out/ui.log" 2>&1 &
-ui_pid=$!
-pids+=("$ui_pid")
-wait_http "$ui_origin/" 60 "$ui_pid"
-log "matyan-ui at $ui_origin"
 
 # The seeded experiment's id, for a look at its page.
 export UI_CHECK_EXPERIMENT=00000000-5eed-4000-8000-000000000000
 cp "$root/tests/ui/drive.mjs" "$cache/node/drive.mjs"
-node "$cache/node/drive.mjs" "$ui_origin" "$api/api/v1/rest" "$out" 5eed000000000000 seed-run-0 | tee "$out/drive.log"
+node "$cache/node/drive.mjs" "$api" "$api/api/v1/rest" "$out" 5eed000000000000 seed-run-0 | tee "$out/drive.log"
 log "screenshots in $out"

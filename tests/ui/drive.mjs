@@ -1,8 +1,9 @@
-// The UI check's browser driver: opens the real matyan-ui (served by `matyan-ui`) in headless
-// Chromium through playwright-core, against our `matyan serve`, the way a person would: runs
+// The UI check's browser driver: opens the real matyan-ui (served by `matyan serve --ui-dir`) in
+// headless Chromium through playwright-core, the way a person would: runs
 // explorer, metrics explorer with `metric.name == "loss"`, a run page. Asserts the seeded runs
 // appear and the chart renders, saves screenshots, and lists every API request the UI made with
-// its status (so routes the UI needs but we lack show up as 404/405 lines).
+// its status (so routes the UI needs but we lack show up as 404/405 lines). Served on the API's
+// origin, the UI must call no other local origin (such as its default http://localhost:53800).
 //
 // Usage: node drive.mjs <ui-url> <api-url> <out-dir> <run-hash> <run-name>
 // Exits 0 when every check passes, 1 otherwise (with the failing check's message).
@@ -22,6 +23,7 @@ const TIMEOUT = 45_000;
 const failures = [];
 const apiCalls = [];
 const consoleErrors = [];
+const otherOrigins = new Set();
 
 function encodeSelect(state) {
   // The UI's "Matyan64": "O-" + base64(encodeURI(JSON)) with = dropped, + -> -, / -> _.
@@ -71,6 +73,12 @@ try {
   page.on('response', (r) => {
     const u = r.url();
     if (u.startsWith(api)) apiCalls.push(`${r.status()} ${r.request().method()} ${u.slice(api.length)}`);
+  });
+  page.on('request', (r) => {
+    const u = r.url();
+    if (/^https?:\/\/(127\.0\.0\.1|localhost)[:/]/.test(u) && new URL(u).origin !== new URL(ui).origin) {
+      otherOrigins.add(`${r.method()} ${u}`);
+    }
   });
   page.on('requestfailed', (r) => {
     const u = r.url();
@@ -148,6 +156,9 @@ console.log('API calls made by the UI (status method path):');
 for (const c of summary) console.log(`  ${c}`);
 const missing = summary.filter((c) => /^(404|405|FAILED|5\d\d) /.test(c));
 if (missing.length) console.log(`API calls that failed or hit missing routes: ${missing.length}`);
+if (otherOrigins.size) {
+  failures.push(`the UI called other origins than ${new URL(ui).origin}: ${[...otherOrigins].slice(0, 5).join(', ')}`);
+}
 if (failures.length) {
   console.log(`UI check failed:\n  ${failures.join('\n  ')}`);
   process.exit(1);
