@@ -1,4 +1,4 @@
-//! `matyan bench ingest` and `matyan bench query` at tiny scale: the reports' counts match what
+//! `matyan bench ingest`, `matyan bench query` and `matyan bench gateway` at tiny scale: the reports' counts match what
 //! was asked for (no timing is asserted).
 
 use matyan::bench::ingest::{IngestBenchConfig, run as run_ingest};
@@ -37,4 +37,19 @@ async fn query_bench_answers_have_the_expected_counts() {
     for r in &report.rows {
         assert!(r.error.is_none() && r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_bench_has_every_point_accepted_and_applied_in_each_phase() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = matyan::bench::gateway::GatewayBenchConfig { clients: 3, points_per_client: 250, frame_messages: 100 };
+    let rows = matyan::bench::gateway::run(dir.path(), &cfg).await.unwrap();
+    let phases: Vec<&str> = rows.iter().map(|r| r.phase).collect();
+    assert_eq!(phases, ["queue append, 1 task", "gateway alone accepted", "gateway accepted", "gateway stored"]);
+    for r in &rows {
+        assert_eq!(r.points, 750, "{r:?}");
+        assert!(r.secs > 0.0, "{r:?}");
+    }
+    // 3 frames per client (100, 100, 50): nine latencies, ordered percentiles.
+    assert!(rows[1].p50_ms.unwrap() <= rows[1].p99_ms.unwrap());
 }

@@ -224,7 +224,7 @@ impl Workload {
 }
 
 /// Resets the kernel's peak-RSS mark of this process (best effort).
-fn reset_peak_rss() {
+pub fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use matyan::bench::gateway::GatewayBenchConfig;
 use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
@@ -26,6 +27,25 @@ enum BenchCommand {
     /// Time run search, indexed run search, metric search and a whole-series get-batch through the
     /// in-process router on R runs × 3 metrics × S steps plus one B-step run.
     Query(QueryArgs),
+    /// N concurrent SDK-protocol WebSocket clients (100-message frames, stop-and-wait) against the
+    /// whole `matyan serve` stack in process, against the embedded queue's append rate.
+    Gateway(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// Concurrent clients, one run each.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Points each client logs.
+    #[arg(long, default_value_t = 62_500)]
+    points: u64,
+    /// Messages per frame (the SDK's batch size).
+    #[arg(long, default_value_t = 100)]
+    frame: usize,
+    /// Scratch directory for the stores [default: a temporary directory, removed after].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -90,7 +110,52 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Storage(a) => storage(a).await,
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Query(a) => query(a).await,
+        BenchCommand::Gateway(a) => gateway(a).await,
     }
+}
+
+async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=10_000).contains(&args.clients), "--clients must be between 1 and 10000");
+    anyhow::ensure!(args.points > 0, "--points must be positive");
+    anyhow::ensure!((1..=1000).contains(&args.frame), "--frame must be between 1 and 1000");
+    let (dir, scratch) = scratch_dir(args.dir)?;
+    let cfg = GatewayBenchConfig { clients: args.clients, points_per_client: args.points, frame_messages: args.frame };
+    eprintln!(
+        "{} clients x {} points in frames of {} under {} ...",
+        cfg.clients,
+        cfg.points_per_client,
+        cfg.frame_messages,
+        dir.display()
+    );
+    let result = matyan::bench::gateway::run(&dir, &cfg).await;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let rows = result.context("benchmark failed")?;
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+    println!(
+        "{:<24} {:>10} {:>8} {:>12} {:>8} {:>8} {:>9}",
+        "phase", "points", "secs", "points_per_s", "p50_ms", "p99_ms", "peak_MiB"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>10} {:>8.3} {:>12.0} {:>8} {:>8} {:>9}",
+            r.phase,
+            r.points,
+            r.secs,
+            r.points_per_sec(),
+            ms(r.p50_ms),
+            ms(r.p99_ms),
+            r.peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        );
+    }
+    let find = |p: &str| rows.iter().find(|r| r.phase == p);
+    for (a, b) in [("gateway alone accepted", "queue append, 1 task"), ("gateway stored", "gateway alone accepted")] {
+        if let (Some(x), Some(y)) = (find(a), find(b)) {
+            println!("{a} / {b}: {:.1} %", x.points_per_sec() / y.points_per_sec() * 100.0);
+        }
+    }
+    Ok(())
 }
 
 async fn storage(args: StorageArgs) -> anyhow::Result<()> {
