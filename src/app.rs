@@ -57,6 +57,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The blob store and the blob URI codec of `config.blobs`.
     pub blobs: Blobs,
+    /// Places for heavy requests (`query.max_concurrent_heavy_requests`), see `http::api::heavy`.
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, AppError> {
         let blobs = Blobs::from_config(&config)?;
-        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs })
+        let heavy = crate::http::api::heavy::limiter(config.query.max_concurrent_heavy_requests);
+        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs, heavy })
     }
 }

@@ -14,7 +14,8 @@
 //! - `align.rs`: metric alignment on a custom x-axis (§4.3);
 //! - `active.rs`: active runs (§4.4);
 //! - `objects.rs`: custom-object searches, get-batch and get-step (§4.8);
-//! - `blobs.rs`: the bytes behind image and audio blob URIs (§7.2).
+//! - `blobs.rs`: the bytes behind image and audio blob URIs (§7.2);
+//! - `heavy.rs`: searches and run-by-run streams on blocking threads, a bounded number at once.
 
 mod active;
 mod align;
@@ -22,6 +23,7 @@ mod blobs;
 mod body;
 mod control;
 mod entities;
+pub mod heavy;
 mod logs;
 mod objects;
 mod params;
@@ -132,6 +134,10 @@ pub enum ApiError {
     /// An event the request must publish (a run's `delete_run`) could not be queued.
     #[error("publish: {0}")]
     Publish(#[from] QueueError),
+    /// Every place for heavy requests is taken (`query.max_concurrent_heavy_requests`): 503 with
+    /// `Retry-After`.
+    #[error("too many searches are running (query.max_concurrent_heavy_requests), retry later")]
+    Busy,
 }
 
 impl From<KvError> for ApiError {
@@ -184,6 +190,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::Budget(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             // A taken unique name or a request the layout refuses is the client's mistake (the
             // reference answers 400 for duplicate names).
             ApiError::Storage(LayoutError::Conflict(_) | LayoutError::Invalid(_)) => StatusCode::BAD_REQUEST,
@@ -218,6 +225,7 @@ fn error_code(status: StatusCode) -> &'static str {
         409 => "conflict",
         422 => "validation_error",
         500 => "internal_error",
+        503 => "service_unavailable",
         _ => "error",
     }
 }
@@ -230,7 +238,11 @@ impl IntoResponse for ApiError {
         }
         let message = self.message();
         let body = json!({"error": {"code": error_code(status), "message": message}, "detail": message});
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if matches!(self, ApiError::Busy) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, heavy::RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
@@ -247,6 +259,7 @@ mod tests {
             (ApiError::Budget("keys".into()), 400, "bad_request"),
             (ApiError::Storage(LayoutError::Corrupt("c".into())), 500, "internal_error"),
             (ApiError::Publish(QueueError::InvalidOffset { offset: -1 }), 500, "internal_error"),
+            (ApiError::Busy, 503, "service_unavailable"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use crate::http::stream::{Key, StreamEncoder, StreamValue};
 
 use super::ApiError;
+use super::heavy::{HeavyPermit, spawn_producer};
 
 /// Where a streaming route writes; `send` fails once the client is gone.
 pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
@@ -29,14 +30,39 @@ where
     F: FnOnce(Out) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
 {
+    respond(None, produce)
+}
+
+/// [`stream_response`] for a heavy request: the producer runs on a blocking thread, holding the
+/// request's place until it ends (see [`super::heavy`]); the body reaches the client through the
+/// same bounded channel.
+pub(super) fn heavy_stream_response<F, Fut>(permit: HeavyPermit, produce: F) -> Response
+where
+    F: FnOnce(Out) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+{
+    respond(Some(permit), produce)
+}
+
+fn respond<F, Fut>(permit: Option<HeavyPermit>, produce: F) -> Response
+where
+    F: FnOnce(Out) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
+    let task = async move {
         let errors = tx.clone();
         if let Err(e) = produce(tx).await {
             tracing::warn!(error = %e, "stream aborted");
             let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
         }
-    });
+    };
+    match permit {
+        Some(permit) => spawn_producer(permit, task),
+        None => {
+            tokio::spawn(task);
+        }
+    }
     let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
 }
