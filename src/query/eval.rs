@@ -83,6 +83,53 @@ pub fn matches_within(expr: &Expr, scope: &dyn Scope, limits: &EvalLimits) -> Re
     }
 }
 
+/// Evaluates, under one meter of `limits`, every largest part of the expression that names
+/// nothing but builtins (`len([[0]*100000]*100000)` in `run.name == 'a' or len(...) > 0`), and
+/// tells whether one runs out of a request budget. Such parts evaluate alike for every
+/// candidate, so a request can be refused before any is read, even for a part that
+/// short-circuiting would reach only for some candidates. Other errors mean nothing here.
+pub fn check_constant_parts(expr: &Expr, limits: &EvalLimits) -> Result<(), EvalBudget> {
+    /// Pushes the largest constant parts under `e` to `out` and tells whether `e` is constant.
+    fn visit<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) -> bool {
+        let own = match &e.kind {
+            ExprKind::Name(n) => Builtin::from_name(n).is_some(),
+            // A slice evaluates only inside its subscript.
+            ExprKind::Slice(..) => false,
+            _ => true,
+        };
+        let children = e.children();
+        let constant: Vec<bool> = children.iter().map(|c| visit(c, out)).collect();
+        let all = own && constant.iter().all(|c| *c);
+        if !all {
+            // Literals and names build nothing worth checking.
+            let worth = |c: &Expr| !matches!(c.kind, ExprKind::Const(_) | ExprKind::Name(_));
+            out.extend(children.into_iter().zip(constant).filter(|(c, k)| *k && worth(c)).map(|(c, _)| c));
+        }
+        all
+    }
+    let mut parts = Vec::new();
+    if visit(expr, &mut parts) {
+        parts.push(expr);
+    }
+    start_evaluation(*limits);
+    let scope = Bindings::new();
+    for part in parts {
+        match (Evaluator { scope: &scope }).eval(part) {
+            Err(EvalError::OverBudget(budget)) => return Err(budget),
+            // The work budget is per candidate: once spent, the remaining parts go unchecked.
+            Err(EvalError::TooLarge("work budget")) => break,
+            _ => {}
+        }
+        if let Some(budget) = tripped() {
+            return Err(budget);
+        }
+    }
+    match tripped() {
+        Some(budget) => Err(budget),
+        None => Ok(()),
+    }
+}
+
 /// Accounts a value the evaluator got from elsewhere (a scope, an object of the embedding code, a
 /// clone out of a container) against the memory budget; shared objects cost nothing.
 fn account(v: QValue) -> Result<QValue, EvalError> {
@@ -1637,6 +1684,32 @@ mod tests {
         // Small values stay well within it.
         assert!(matches!(eval_within("len('a' * 1000 + 'b') == 1001", &limits), Ok(QValue::Bool(true))));
         assert!(matches!(eval_within("len([[0] * 10] * 10) == 10", &limits), Ok(QValue::Bool(true))));
+    }
+
+    #[test]
+    fn constant_parts_over_the_memory_budget_are_found_wherever_they_sit() {
+        let limits = EvalLimits { max_value_bytes: 1 << 20, ..EvalLimits::default() };
+        let check = |q: &str| {
+            let expr = parse_expression(q, ParseLimits::default()).unwrap_or_else(|e| panic!("{q:?}: {e}"));
+            check_constant_parts(&expr, &limits)
+        };
+        let over = Err(EvalBudget::Memory { limit_bytes: 1 << 20 });
+        for hostile in HOSTILE {
+            assert_eq!(check(hostile), over, "{hostile}");
+            for q in [
+                format!("run.archived == False and ({hostile})"),
+                format!("run.name == 'a' or {hostile}"),
+                format!("run.tags[0:len([[0]*100000]*100000)] and {hostile}"),
+                format!("metric.name in [{hostile}, run.name]"),
+            ] {
+                assert_eq!(check(&q), over, "{q}");
+            }
+        }
+        for q in ["run.name == 'a'", "len(run.tags) > 2 and 'a' * 10 in run.name", "1/0", "[0] * 10 ** 7", ""] {
+            if !q.is_empty() {
+                assert_eq!(check(q), Ok(()), "{q}");
+            }
+        }
     }
 
     #[test]

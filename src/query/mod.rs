@@ -29,7 +29,7 @@ pub mod value;
 pub mod views;
 
 pub use error::{EvalBudget, EvalError, SyntaxError};
-pub use eval::{Bindings, Scope, evaluate, evaluate_within, matches, matches_within};
+pub use eval::{Bindings, Scope, check_constant_parts, evaluate, evaluate_within, matches, matches_within};
 pub use pipeline::{CompileOptions, Query, compile};
 pub use value::EvalLimits;
 

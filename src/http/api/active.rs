@@ -9,10 +9,10 @@ use crate::http::stream::StreamValue;
 use crate::query::plan::{IndexExpr, IndexPred};
 
 use super::ApiError;
+use super::heavy::admit;
 use super::params::Params;
 use super::read::{Reader, RunData, per_run};
 use super::shape::{stream_props, to_stream};
-use super::heavy::admit;
 use super::streaming::{Out, Streamer, heavy_stream_response};
 
 /// `GET runs/active/?report_progress=true`: `<hash>: {traces: {metric: [{name, context, values:

@@ -15,10 +15,10 @@ use crate::http::stream::{Float64Array, StreamValue};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId};
 
+use super::heavy::admit;
 use super::read::{Reader, Trace, per_run};
 use super::runs::{point_value, read_series};
 use super::shape::number;
-use super::heavy::admit;
 use super::streaming::{Out, Streamer, heavy_stream_response};
 use super::{ApiError, body};
 

@@ -16,8 +16,8 @@ use crate::app::AppState;
 use crate::config::QueryConfig;
 use crate::query::ast::Expr;
 use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
-use crate::query::{EvalLimits, Scope, matches_within};
 use crate::query::views::{RunView, TraceSummary};
+use crate::query::{EvalLimits, Scope, check_constant_parts, matches_within};
 use crate::storage::kv::{Database, KvError, RangeOption, RetryableError, Transaction};
 use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId};
 use crate::storage::tuple::{self, Elem};
@@ -287,6 +287,13 @@ impl Reader {
     /// the evaluation, fail the request.
     pub fn matches(&self, expr: &Expr, scope: &dyn Scope) -> Result<bool, ApiError> {
         matches_within(expr, scope, &self.budget.eval_limits(self.max_value_bytes))
+            .map_err(|budget| ApiError::Budget(budget.to_string()))
+    }
+
+    /// Evaluates the constant parts of the query `expr` within the request's budget (see
+    /// [`check_constant_parts`]); one exceeding it fails the request.
+    pub fn check_constant_parts(&self, expr: &Expr) -> Result<(), ApiError> {
+        check_constant_parts(expr, &self.budget.eval_limits(self.max_value_bytes))
             .map_err(|budget| ApiError::Budget(budget.to_string()))
     }
 

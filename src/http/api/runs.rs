@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::http::stream::{Float64Array, StreamValue};
 use crate::query::plan::{MetricUsage, Plan, plan};
 use crate::query::views::{run_scope, sequence_scope};
-use crate::query::{Bindings, CompileOptions, Query, compile};
+use crate::query::{CompileOptions, Query, compile};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId, sample_indices};
 use crate::storage::value::{self, Value};
@@ -183,11 +183,10 @@ pub(super) async fn candidates(reader: &mut Reader, plan: &Plan) -> Result<(Vec<
     }
 }
 
-/// Evaluates the query once with no candidate bound, so that its constant parts
-/// (`len([[0]*100000]*100000) > 0`) exceed a budget here, answered as a 400, rather than after
-/// the stream has started. Other failures (the names `run`, `metric` are unbound) mean nothing.
+/// Evaluates the query's constant parts once, before any candidate, so that one exceeding a
+/// budget (`len([[0]*100000]*100000) > 0`) is a 400 here rather than a stream cut off later.
 pub(super) fn preflight(reader: &Reader, query: &Query) -> Result<(), ApiError> {
-    reader.matches(&query.expr, &Bindings::new()).map(|_| ())
+    reader.check_constant_parts(&query.expr)
 }
 
 /// `GET runs/search/run/`: the matching runs, sorted, after `offset`, at most `limit`, each as
