@@ -12,13 +12,28 @@ pub const CAP_BYTES: usize = 2 << 30;
 pub struct Capped;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// Live heap bytes of the whole binary right now.
+#[allow(dead_code)]
+pub fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// The highest live heap since the last call, which starts a new watch from the current value.
+#[allow(dead_code)]
+pub fn take_peak() -> usize {
+    PEAK.swap(LIVE.load(Ordering::Relaxed), Ordering::Relaxed)
+}
 
 fn reserve(size: usize) -> bool {
     let before = LIVE.fetch_add(size, Ordering::Relaxed);
-    if before.saturating_add(size) > CAP_BYTES {
+    let after = before.saturating_add(size);
+    if after > CAP_BYTES {
         LIVE.fetch_sub(size, Ordering::Relaxed);
         return false;
     }
+    PEAK.fetch_max(after, Ordering::Relaxed);
     true
 }
 

@@ -21,13 +21,15 @@ pub fn limiter(max_concurrent: u32) -> Arc<Semaphore> {
 
 /// A heavy request's place; the request holds it until its last byte is produced (clones share it).
 #[derive(Clone)]
-pub(super) struct HeavyPermit(#[allow(dead_code)] Arc<OwnedSemaphorePermit>);
+pub(super) struct HeavyPermit {
+    _place: Arc<OwnedSemaphorePermit>,
+}
 
 /// Takes a place for a heavy request, or refuses it with [`ApiError::Busy`] (503 with
 /// `Retry-After`) when every place is taken: queueing would only make every answer late.
 pub(super) fn admit(state: &AppState) -> Result<HeavyPermit, ApiError> {
     match state.heavy.clone().try_acquire_owned() {
-        Ok(permit) => Ok(HeavyPermit(Arc::new(permit))),
+        Ok(permit) => Ok(HeavyPermit { _place: Arc::new(permit) }),
         Err(_) => {
             tracing::debug!("heavy request refused, every place is taken");
             Err(ApiError::Busy)
