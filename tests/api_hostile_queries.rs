@@ -16,7 +16,8 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Request};
 use matyan::app::AppState;
 use matyan::config::Config;
-use matyan::storage::kv::Database;
+use matyan::storage::kv::{Database, RetryOptions};
+use matyan::storage::layout::LayoutError;
 use serde_json::Value as J;
 use tower::ServiceExt as _;
 
@@ -159,5 +160,41 @@ async fn health_and_metrics_answer_while_a_long_query_evaluates_and_a_search_bey
     assert_eq!(long.status, 200, "{}", String::from_utf8_lossy(&long.body));
     eprintln!("the long search finished {:?} after the others answered", started.elapsed());
     // Its place is free again.
+    assert_still_serving(&state).await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_a_search_frees_its_place_at_the_time_limit_and_gets_an_aborted_body() {
+    let state = state_with(|c| {
+        c.query.max_concurrent_heavy_requests = 1;
+        c.query.max_request_time_ms = 300;
+    })
+    .await;
+    // Twelve more runs: twelve flushes, more than the body channel holds.
+    state
+        .db
+        .run(&RetryOptions::default(), |tx| {
+            let layout = state.layout.clone();
+            async move {
+                for i in 0..12 {
+                    layout.runs.create_run(&tx, &format!("r{i:02}"), common::NOW, None).await?;
+                }
+                Ok::<_, LayoutError>(())
+            }
+        })
+        .await
+        .unwrap();
+    let req = Request::builder().uri(search("run", "")).body(Body::empty()).unwrap();
+    let resp = matyan::http::service(state.clone()).oneshot(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // The body is not read: the producer fills the channel and waits, holding the only place
+    // until the request's time limit.
+    let guard = tokio::time::Instant::now() + Duration::from_secs(60);
+    while state.heavy.available_permits() == 0 {
+        assert!(tokio::time::Instant::now() < guard, "a stalled stream kept its place");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let read = axum::body::to_bytes(resp.into_body(), 64 << 20).await;
+    assert!(read.is_err(), "a stream cut at its time limit must not end like a whole one");
     assert_still_serving(&state).await;
 }

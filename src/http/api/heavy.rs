@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -19,17 +20,24 @@ pub fn limiter(max_concurrent: u32) -> Arc<Semaphore> {
     Arc::new(Semaphore::new(usize::try_from(max_concurrent).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS)))
 }
 
-/// A heavy request's place; the request holds it until its last byte is produced (clones share it).
+/// A heavy request's place; the request holds it until its last byte is produced (clones share
+/// it), and at most until the request's time limit: a client that stops reading a stream must not
+/// keep a place for ever.
 #[derive(Clone)]
 pub(super) struct HeavyPermit {
     _place: Arc<OwnedSemaphorePermit>,
+    deadline: Instant,
+    time_limit: Duration,
 }
 
 /// Takes a place for a heavy request, or refuses it with [`ApiError::Busy`] (503 with
 /// `Retry-After`) when every place is taken: queueing would only make every answer late.
 pub(super) fn admit(state: &AppState) -> Result<HeavyPermit, ApiError> {
     match state.heavy.clone().try_acquire_owned() {
-        Ok(permit) => Ok(HeavyPermit { _place: Arc::new(permit) }),
+        Ok(permit) => {
+            let time_limit = state.config.query.max_request_time();
+            Ok(HeavyPermit { _place: Arc::new(permit), deadline: Instant::now() + time_limit, time_limit })
+        }
         Err(_) => {
             tracing::debug!("heavy request refused, every place is taken");
             Err(ApiError::Busy)
@@ -56,14 +64,22 @@ where
     }
 }
 
-/// Runs a stream's producer on a blocking thread, holding `permit` until it ends.
+/// Runs a stream's producer on a blocking thread, holding `permit` until it ends or the request's
+/// time limit (`query.max_request_time_ms`) is reached, where it is dropped: its body then ends
+/// without its last frames, which the body turns into an abort (see `streaming.rs`).
 pub(super) fn spawn_producer<Fut>(permit: HeavyPermit, produce: Fut)
 where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
+        let deadline = tokio::time::Instant::from_std(permit.deadline);
+        let limit_ms = permit.time_limit.as_millis();
         let _permit = permit;
-        runtime.block_on(produce)
+        runtime.block_on(async move {
+            if tokio::time::timeout_at(deadline, produce).await.is_err() {
+                tracing::warn!(limit_ms, "stream cut at the request's time limit (query.max_request_time_ms)");
+            }
+        })
     });
 }
