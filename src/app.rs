@@ -64,6 +64,8 @@ pub struct AppState {
     pub gateway: Option<Gateway>,
     /// The web UI build served on the paths no route answers; `None`: no UI.
     pub ui: Option<Arc<UiBuild>>,
+    /// Places for heavy requests (`query.max_concurrent_heavy_requests`), see `http::api::heavy`.
+    pub heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -83,7 +85,17 @@ impl AppState {
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, AppError> {
         let blobs = Blobs::from_config(&config)?;
-        Ok(Self { db, layout: Arc::new(layout), config: Arc::new(config), metrics, blobs, gateway: None, ui: None })
+        let heavy = crate::http::api::heavy::limiter(config.query.max_concurrent_heavy_requests);
+        Ok(Self {
+            db,
+            layout: Arc::new(layout),
+            config: Arc::new(config),
+            metrics,
+            blobs,
+            heavy,
+            gateway: None,
+            ui: None,
+        })
     }
 
     /// This state with the gateway `gateway` served beside the REST API.

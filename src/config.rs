@@ -238,6 +238,12 @@ pub struct QueryConfig {
     /// Age of a read snapshot after which a request that goes run by run takes a fresh one before
     /// its next run; below FoundationDB's 5 s read-version lifetime.
     pub snapshot_max_age_ms: u64,
+    /// Bytes of values one query evaluation may build (nested elements and string bytes counted);
+    /// past them the request is answered with a budget error.
+    pub max_value_bytes: u64,
+    /// Requests that evaluate queries or read run by run (searches, streams) running at once, each
+    /// on a blocking thread; one more is answered 503 with `Retry-After`.
+    pub max_concurrent_heavy_requests: u32,
 }
 
 impl QueryConfig {
@@ -661,6 +667,12 @@ impl Config {
         if query.max_request_time_ms == 0 {
             errors.push(ValidationError::Zero { key: "query.max_request_time_ms" });
         }
+        if query.max_value_bytes == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_value_bytes" });
+        }
+        if query.max_concurrent_heavy_requests == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_concurrent_heavy_requests" });
+        }
         if query.snapshot_max_age_ms == 0 {
             errors.push(ValidationError::Zero { key: "query.snapshot_max_age_ms" });
         } else if query.snapshot_max_age_ms >= FDB_TXN_LIFETIME_MS {
@@ -971,6 +983,16 @@ mod tests {
             assert!(err.contains(message), "{fixture}: {err}");
         }
         Config::from_toml_str("f.toml", "[query]\nsnapshot_max_age_ms = 4999\n").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn query_memory_budget_and_heavy_request_limit_default_sanely_and_must_be_positive() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.max_value_bytes, 64 << 20);
+        assert_eq!(c.query.max_concurrent_heavy_requests, 8);
+        let c = Config::from_toml_str("f.toml", "[query]\nmax_value_bytes = 0\nmax_concurrent_heavy_requests = 0\n")
+            .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["query.max_value_bytes", "query.max_concurrent_heavy_requests"]);
     }
 
     #[test]

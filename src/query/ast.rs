@@ -255,6 +255,25 @@ impl Expr {
         }
     }
 
+    /// Returns the direct children of the node, in evaluation order.
+    pub fn children(&self) -> Vec<&Expr> {
+        match &self.kind {
+            ExprKind::Const(_) | ExprKind::Name(_) => Vec::new(),
+            ExprKind::Attr(base, _) | ExprKind::Unary(_, base) => vec![base],
+            ExprKind::Subscript(a, b) | ExprKind::Binary(_, a, b) => vec![a, b],
+            ExprKind::Slice(a, b, c) => [a, b, c].into_iter().flatten().map(|e| &**e).collect(),
+            ExprKind::Call { func, args, kwargs } => {
+                std::iter::once(&**func).chain(args).chain(kwargs.iter().map(|(_, v)| v)).collect()
+            }
+            ExprKind::BoolOp(_, values) | ExprKind::List(values) | ExprKind::Tuple(values) | ExprKind::Set(values) => {
+                values.iter().collect()
+            }
+            ExprKind::Compare { left, ops } => std::iter::once(&**left).chain(ops.iter().map(|(_, r)| r)).collect(),
+            ExprKind::IfExp { test, body, orelse } => vec![test, body, orelse],
+            ExprKind::Dict(pairs) => pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+        }
+    }
+
     /// Rebuilds the node with `f` applied to each direct child (used by bottom-up rewrites).
     pub fn map_children(self, f: &mut dyn FnMut(Expr) -> Expr) -> Expr {
         let boxed = |b: Box<Expr>, f: &mut dyn FnMut(Expr) -> Expr| Box::new(f(*b));

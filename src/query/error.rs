@@ -172,4 +172,25 @@ pub enum EvalError {
     /// A construct the evaluator does not implement (`timedelta`, `.format`).
     #[error("not supported: {0}")]
     Unsupported(String),
+    /// A budget of the whole request ran out (values too large, or its time is up): unlike the
+    /// other errors, the request fails rather than the candidate (HTTP 400).
+    #[error("{0}")]
+    OverBudget(EvalBudget),
+}
+
+/// The request budget an evaluation ran out of, named by its `[query]` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EvalBudget {
+    /// The values the query builds would exceed `query.max_value_bytes`.
+    #[error("the query's values exceed the memory budget of {limit_bytes} bytes (query.max_value_bytes)")]
+    Memory {
+        /// The configured budget.
+        limit_bytes: u64,
+    },
+    /// The request's wall time ran out while evaluating.
+    #[error("time limit of {limit_ms} ms reached (query.max_request_time_ms)")]
+    Time {
+        /// The configured limit.
+        limit_ms: u64,
+    },
 }

@@ -4,11 +4,12 @@
 use std::cmp::Ordering;
 
 use super::ast::{BinOp, BoolOp, CmpOp, Constant, Expr, ExprKind, UnaryOp};
-use super::error::EvalError;
+use super::error::{EvalBudget, EvalError};
 use super::pipeline::utc_timestamp;
 use super::value::{
-    Builtin, DEFAULT_BUDGET, MAX_BYTES, MAX_HASHED, MAX_ITEMS, Num, QValue, charge, py_cmp, py_contains, py_eq, py_is,
-    py_iter, py_len, py_repr, py_str, range_len, set_budget,
+    Builtin, EvalLimits, MAX_BYTES, MAX_HASHED, MAX_ITEMS, Num, QValue, SLOT, alloc, charge, copy, deep_size,
+    items_size, py_cmp, py_contains, py_eq, py_is, py_iter, py_len, py_repr, py_str, range_len, repr_bound,
+    start_evaluation, tripped,
 };
 
 /// The names a query can see besides the builtins: `run`, and `metric` or `images`... per
@@ -42,23 +43,111 @@ impl Scope for Bindings {
     }
 }
 
-/// Evaluates the expression to a value within the default work budget.
+/// Evaluates the expression to a value within the default budgets.
 pub fn evaluate(expr: &Expr, scope: &dyn Scope) -> Result<QValue, EvalError> {
-    evaluate_with_budget(expr, scope, DEFAULT_BUDGET)
+    evaluate_within(expr, scope, &EvalLimits::default())
 }
 
 /// Evaluates the expression with a work budget (units of about one node or element visited);
 /// past it the evaluation fails with [`EvalError::TooLarge`], so a hostile query costs bounded
 /// time per candidate.
 pub fn evaluate_with_budget(expr: &Expr, scope: &dyn Scope, budget: u64) -> Result<QValue, EvalError> {
-    set_budget(budget);
-    Evaluator { scope }.eval(expr)
+    evaluate_within(expr, scope, &EvalLimits { work_units: budget, ..EvalLimits::default() })
+}
+
+/// Evaluates the expression within `limits`. When a request budget (memory, time) runs out the
+/// answer is [`EvalError::OverBudget`], even if an operation that cannot fail (`==`) swallowed
+/// the first report of it.
+pub fn evaluate_within(expr: &Expr, scope: &dyn Scope, limits: &EvalLimits) -> Result<QValue, EvalError> {
+    start_evaluation(*limits);
+    let result = Evaluator { scope }.eval(expr);
+    match tripped() {
+        Some(budget) => Err(EvalError::OverBudget(budget)),
+        None => result,
+    }
 }
 
 /// Tells whether the candidate matches: the expression evaluates without error to a truthy
 /// value. Errors (TypeError, NameError, division by zero...) mean no match.
 pub fn matches(expr: &Expr, scope: &dyn Scope) -> bool {
     evaluate(expr, scope).is_ok_and(|v| v.truthy())
+}
+
+/// Tells whether the candidate matches within `limits`, as [`matches`]; a request budget that
+/// runs out is the error, since the request, not the candidate, has failed.
+pub fn matches_within(expr: &Expr, scope: &dyn Scope, limits: &EvalLimits) -> Result<bool, EvalBudget> {
+    match evaluate_within(expr, scope, limits) {
+        Ok(v) => Ok(v.truthy()),
+        Err(EvalError::OverBudget(budget)) => Err(budget),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Evaluates, under one meter of `limits`, every largest part of the expression that names
+/// nothing but builtins (`len([[0]*100000]*100000)` in `run.name == 'a' or len(...) > 0`), and
+/// tells whether one runs out of a request budget. Such parts evaluate alike for every
+/// candidate, so a request can be refused before any is read, even for a part that
+/// short-circuiting would reach only for some candidates. Other errors mean nothing here.
+pub fn check_constant_parts(expr: &Expr, limits: &EvalLimits) -> Result<(), EvalBudget> {
+    /// Pushes the largest constant parts under `e` to `out` and tells whether `e` is constant.
+    fn visit<'a>(e: &'a Expr, out: &mut Vec<&'a Expr>) -> bool {
+        let own = match &e.kind {
+            ExprKind::Name(n) => Builtin::from_name(n).is_some(),
+            // A slice evaluates only inside its subscript.
+            ExprKind::Slice(..) => false,
+            _ => true,
+        };
+        let children = e.children();
+        let constant: Vec<bool> = children.iter().map(|c| visit(c, out)).collect();
+        let all = own && constant.iter().all(|c| *c);
+        if !all {
+            // Literals and names build nothing worth checking.
+            let worth = |c: &Expr| !matches!(c.kind, ExprKind::Const(_) | ExprKind::Name(_));
+            out.extend(children.into_iter().zip(constant).filter(|(c, k)| *k && worth(c)).map(|(c, _)| c));
+        }
+        all
+    }
+    let mut parts = Vec::new();
+    if visit(expr, &mut parts) {
+        parts.push(expr);
+    }
+    start_evaluation(*limits);
+    let scope = Bindings::new();
+    for part in parts {
+        match (Evaluator { scope: &scope }).eval(part) {
+            Err(EvalError::OverBudget(budget)) => return Err(budget),
+            // The work budget is per candidate: once spent, the remaining parts go unchecked.
+            Err(EvalError::TooLarge("work budget")) => break,
+            _ => {}
+        }
+        if let Some(budget) = tripped() {
+            return Err(budget);
+        }
+    }
+    match tripped() {
+        Some(budget) => Err(budget),
+        None => Ok(()),
+    }
+}
+
+/// Accounts a value the evaluator got from elsewhere (a scope, an object of the embedding code, a
+/// clone out of a container) against the memory budget; shared objects cost nothing.
+fn account(v: QValue) -> Result<QValue, EvalError> {
+    if !matches!(v, QValue::Object(_)) {
+        alloc(deep_size(&v)?)?;
+    }
+    Ok(v)
+}
+
+/// Longest `repr` an error message quotes; a longer value is named by its type.
+const MAX_REPR_IN_ERRORS: u64 = 256;
+
+/// `repr(v)` for an error message, without building a huge string for a huge value.
+fn short_repr(v: &QValue) -> String {
+    match repr_bound(v) {
+        Ok(n) if n <= MAX_REPR_IN_ERRORS => py_repr(v),
+        _ => format!("<{}>", v.type_name()),
+    }
 }
 
 struct Evaluator<'a> {
@@ -69,15 +158,21 @@ fn type_error(msg: String) -> EvalError {
     EvalError::Type(msg)
 }
 
-fn constant(c: &Constant) -> QValue {
-    match c {
+fn constant(c: &Constant) -> Result<QValue, EvalError> {
+    Ok(match c {
         Constant::None => QValue::None,
         Constant::Bool(b) => QValue::Bool(*b),
         Constant::Int(i) => QValue::Int(*i),
         Constant::Float(f) => QValue::Float(*f),
-        Constant::Str(s) => QValue::Str(s.clone()),
-        Constant::Bytes(b) => QValue::Bytes(b.clone()),
-    }
+        Constant::Str(s) => {
+            alloc(SLOT + s.len() as u64)?;
+            QValue::Str(s.clone())
+        }
+        Constant::Bytes(b) => {
+            alloc(SLOT + b.len() as u64)?;
+            QValue::Bytes(b.clone())
+        }
+    })
 }
 
 /// Method names of str, list, tuple and dict that the evaluator implements.
@@ -111,7 +206,7 @@ impl Evaluator<'_> {
     fn eval(&self, expr: &Expr) -> Result<QValue, EvalError> {
         charge(1)?;
         match &expr.kind {
-            ExprKind::Const(c) => Ok(constant(c)),
+            ExprKind::Const(c) => constant(c),
             ExprKind::Name(name) => self.name(name),
             ExprKind::Attr(base, attr) => get_attr(&self.eval(base)?, attr),
             ExprKind::Subscript(base, index) => {
@@ -163,6 +258,7 @@ impl Evaluator<'_> {
             ExprKind::Tuple(items) => Ok(QValue::Tuple(self.eval_all(items)?)),
             ExprKind::Set(items) => make_set(self.eval_all(items)?),
             ExprKind::Dict(pairs) => {
+                alloc((pairs.len() as u64).saturating_mul(2 * SLOT))?;
                 let mut out = Vec::with_capacity(pairs.len());
                 for (k, v) in pairs {
                     let (k, v) = (self.eval(k)?, self.eval(v)?);
@@ -173,13 +269,16 @@ impl Evaluator<'_> {
         }
     }
 
+    /// Evaluates the items of a display or a call; their values are accounted as they are
+    /// built, the slots holding them here.
     fn eval_all(&self, items: &[Expr]) -> Result<Vec<QValue>, EvalError> {
+        alloc((items.len() as u64).saturating_mul(SLOT))?;
         items.iter().map(|e| self.eval(e)).collect()
     }
 
     fn name(&self, name: &str) -> Result<QValue, EvalError> {
         if let Some(v) = self.scope.lookup(name) {
-            return Ok(v);
+            return account(v);
         }
         Builtin::from_name(name).map(QValue::Builtin).ok_or_else(|| EvalError::Name(name.to_string()))
     }
@@ -237,10 +336,10 @@ fn make_set(items: Vec<QValue>) -> Result<QValue, EvalError> {
 /// when the key is missing, as the reference's proxies do.
 fn get_attr(value: &QValue, attr: &str) -> Result<QValue, EvalError> {
     match value {
-        QValue::Object(o) => o.get_attr(attr),
+        QValue::Object(o) => account(o.get_attr(attr)?),
         QValue::Dict(pairs) => {
             if let Some((_, v)) = pairs.iter().find(|(k, _)| matches!(k, QValue::Str(s) if s == attr)) {
-                return Ok(v.clone());
+                return copy(v);
             }
             if DICT_METHODS.contains(&attr) {
                 return Err(EvalError::Unsupported("method objects".into()));
@@ -270,21 +369,23 @@ fn index_of(len: usize, index: &QValue) -> Result<usize, EvalError> {
 /// Resolves `value[index]`.
 fn get_item(value: &QValue, index: &QValue) -> Result<QValue, EvalError> {
     match value {
-        QValue::Object(o) => o.get_item(index),
+        QValue::Object(o) => account(o.get_item(index)?),
         QValue::Dict(pairs) => {
             if !index.hashable() {
                 return Err(type_error(format!("unhashable type: '{}'", index.type_name())));
             }
-            pairs
-                .iter()
-                .find(|(k, _)| py_eq(k, index))
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| EvalError::Key(py_repr(index)))
+            match pairs.iter().find(|(k, _)| py_eq(k, index)) {
+                Some((_, v)) => copy(v),
+                None => Err(EvalError::Key(short_repr(index))),
+            }
         }
-        QValue::List(items) | QValue::Tuple(items) => Ok(items[index_of(items.len(), index)?].clone()),
+        QValue::List(items) | QValue::Tuple(items) => copy(&items[index_of(items.len(), index)?]),
         QValue::Str(s) => {
-            let chars: Vec<char> = s.chars().collect();
-            Ok(QValue::Str(chars[index_of(chars.len(), index)?].to_string()))
+            charge(s.len() / 64)?;
+            let i = index_of(s.chars().count(), index)?;
+            let c = s.chars().nth(i).ok_or(EvalError::Index)?;
+            alloc(SLOT + 8)?;
+            Ok(QValue::Str(c.to_string()))
         }
         QValue::Bytes(b) => Ok(QValue::Int(i128::from(b[index_of(b.len(), index)?]))),
         r @ QValue::Range(start, _, step) => {
@@ -344,18 +445,30 @@ fn slice(
 ) -> Result<QValue, EvalError> {
     let (lower, upper, step) = (slice_bound(lower)?, slice_bound(upper)?, slice_bound(step)?);
     let value = value.plain();
+    // The index list takes a word per selected element.
+    const INDEX: u64 = std::mem::size_of::<usize>() as u64;
+    let pick = |items: &[QValue]| -> Result<Vec<QValue>, EvalError> {
+        alloc((items.len() as u64).saturating_mul(INDEX))?;
+        let indices = slice_indices(items.len(), lower, upper, step)?;
+        let mut size = 0u64;
+        for &i in &indices {
+            size = size.saturating_add(deep_size(&items[i])?);
+        }
+        alloc(size)?;
+        Ok(indices.into_iter().map(|i| items[i].clone()).collect())
+    };
     match value.as_ref() {
-        QValue::List(items) => Ok(QValue::List(
-            slice_indices(items.len(), lower, upper, step)?.into_iter().map(|i| items[i].clone()).collect(),
-        )),
-        QValue::Tuple(items) => Ok(QValue::Tuple(
-            slice_indices(items.len(), lower, upper, step)?.into_iter().map(|i| items[i].clone()).collect(),
-        )),
+        QValue::List(items) => Ok(QValue::List(pick(items)?)),
+        QValue::Tuple(items) => Ok(QValue::Tuple(pick(items)?)),
         QValue::Str(s) => {
+            // The characters (4 bytes each), the index list, and a result no longer than `s`.
+            let n = s.chars().count() as u64;
+            alloc(n.saturating_mul(4 + INDEX).saturating_add(s.len() as u64))?;
             let chars: Vec<char> = s.chars().collect();
             Ok(QValue::Str(slice_indices(chars.len(), lower, upper, step)?.into_iter().map(|i| chars[i]).collect()))
         }
         QValue::Bytes(b) => {
+            alloc((b.len() as u64).saturating_mul(INDEX + 1))?;
             Ok(QValue::Bytes(slice_indices(b.len(), lower, upper, step)?.into_iter().map(|i| b[i]).collect()))
         }
         other => Err(type_error(format!("'{}' object is not subscriptable", other.type_name()))),
@@ -398,7 +511,10 @@ fn float_of(n: Num) -> f64 {
     }
 }
 
-fn repeat<T: Clone>(items: &[T], times: i128, unit: usize) -> Result<Vec<T>, EvalError> {
+/// `items * times`; `size` is the bytes of one copy of `items` ([`items_size`] for values, the
+/// length for bytes). Repetition copies its operand, so the result is accounted as `times`
+/// copies, nested repetitions included, before any is made.
+fn repeat<T: Clone>(items: &[T], times: i128, unit: usize, size: u64) -> Result<Vec<T>, EvalError> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
@@ -407,6 +523,7 @@ fn repeat<T: Clone>(items: &[T], times: i128, unit: usize) -> Result<Vec<T>, Eva
     if items.len().saturating_mul(times) > limit {
         return Err(EvalError::TooLarge("repetition"));
     }
+    alloc(size.saturating_mul(times as u64))?;
     charge(items.len() * times)?;
     Ok((0..times).flat_map(|_| items.iter().cloned()).collect())
 }
@@ -431,6 +548,7 @@ fn binary(op: BinOp, a: &QValue, b: &QValue) -> Result<QValue, EvalError> {
             if x.len() + y.len() > MAX_BYTES {
                 return Err(EvalError::TooLarge("string"));
             }
+            alloc(SLOT + (x.len() + y.len()) as u64)?;
             charge((x.len() + y.len()) / 64)?;
             Ok(QValue::Str(format!("{x}{y}")))
         }
@@ -438,6 +556,7 @@ fn binary(op: BinOp, a: &QValue, b: &QValue) -> Result<QValue, EvalError> {
             if x.len() + y.len() > MAX_BYTES {
                 return Err(EvalError::TooLarge("bytes"));
             }
+            alloc(SLOT + (x.len() + y.len()) as u64)?;
             charge((x.len() + y.len()) / 64)?;
             Ok(QValue::Bytes([x.as_slice(), y.as_slice()].concat()))
         }
@@ -445,6 +564,7 @@ fn binary(op: BinOp, a: &QValue, b: &QValue) -> Result<QValue, EvalError> {
             if x.len() + y.len() > MAX_ITEMS {
                 return Err(EvalError::TooLarge("sequence"));
             }
+            alloc(SLOT.saturating_add(items_size(x)?).saturating_add(items_size(y)?))?;
             charge(x.len() + y.len())?;
             let joined = [x.as_slice(), y.as_slice()].concat();
             Ok(if matches!(a, QValue::List(_)) { QValue::List(joined) } else { QValue::Tuple(joined) })
@@ -452,12 +572,12 @@ fn binary(op: BinOp, a: &QValue, b: &QValue) -> Result<QValue, EvalError> {
         (BinOp::Mul, seq, n) | (BinOp::Mul, n, seq) if matches!(n.num(), Some(Num::Int(_))) => {
             let Some(Num::Int(times)) = n.num() else { return Err(unsupported()) };
             match seq {
-                QValue::Str(s) => {
-                    Ok(QValue::Str(String::from_utf8(repeat(s.as_bytes(), times, 1)?).map_err(|_| unsupported())?))
-                }
-                QValue::Bytes(s) => Ok(QValue::Bytes(repeat(s, times, 1)?)),
-                QValue::List(v) => Ok(QValue::List(repeat(v, times, 0)?)),
-                QValue::Tuple(v) => Ok(QValue::Tuple(repeat(v, times, 0)?)),
+                QValue::Str(s) => Ok(QValue::Str(
+                    String::from_utf8(repeat(s.as_bytes(), times, 1, s.len() as u64)?).map_err(|_| unsupported())?,
+                )),
+                QValue::Bytes(s) => Ok(QValue::Bytes(repeat(s, times, 1, s.len() as u64)?)),
+                QValue::List(v) => Ok(QValue::List(repeat(v, times, 0, items_size(v)?)?)),
+                QValue::Tuple(v) => Ok(QValue::Tuple(repeat(v, times, 0, items_size(v)?)?)),
                 _ => Err(unsupported()),
             }
         }
@@ -595,13 +715,13 @@ fn parse_float(s: &str) -> Result<f64, EvalError> {
         {
             return Err(EvalError::Value(format!(
                 "could not convert string to float: {}",
-                py_repr(&QValue::Str(s.into()))
+                short_repr(&QValue::Str(s.into()))
             )));
         }
         _ => {}
     }
     t.parse::<f64>().map_err(|_| {
-        EvalError::Value(format!("could not convert string to float: {}", py_repr(&QValue::Str(s.into()))))
+        EvalError::Value(format!("could not convert string to float: {}", short_repr(&QValue::Str(s.into()))))
     })
 }
 
@@ -639,7 +759,10 @@ fn min_max(name: &str, args: &[QValue], kwargs: &[(String, QValue)], want: Order
     let items = match args {
         [] => return Err(type_error(format!("{name} expected at least 1 argument, got 0"))),
         [one] => py_iter(one)?,
-        many => many.to_vec(),
+        many => {
+            alloc(items_size(many)?)?;
+            many.to_vec()
+        }
     };
     let mut best: Option<QValue> = None;
     for item in items {
@@ -656,7 +779,7 @@ fn min_max(name: &str, args: &[QValue], kwargs: &[(String, QValue)], want: Order
     }
     match (best, kwargs.first()) {
         (Some(b), _) => Ok(b),
-        (None, Some((_, default))) => Ok(default.clone()),
+        (None, Some((_, default))) => copy(default),
         (None, None) => Err(EvalError::Value(format!("{name}() arg is an empty sequence"))),
     }
 }
@@ -673,6 +796,9 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
             no_kwargs(name, kwargs, &[])?;
             arity(name, args, usize::from(b == Builtin::Repr), 1)?;
             let v = args.first().map(|v| v.plain().into_owned());
+            if let Some(v) = &v {
+                alloc(SLOT.saturating_add(repr_bound(v)?))?;
+            }
             Ok(QValue::Str(match (b, v) {
                 (_, None) => String::new(),
                 (Builtin::Repr, Some(v)) => py_repr(&v),
@@ -690,7 +816,7 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
                     let t = s.trim().replace('_', "");
                     t.parse::<i128>()
                         .map(QValue::Int)
-                        .map_err(|_| EvalError::Value(format!("invalid literal for int(): {}", py_repr(v))))
+                        .map_err(|_| EvalError::Value(format!("invalid literal for int(): {}", short_repr(v))))
                 }
                 (other, _) => {
                     Err(type_error(format!("int() argument must be a string or a number, not '{}'", other.type_name())))
@@ -748,7 +874,10 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
         Builtin::Sum => {
             no_kwargs(name, kwargs, &["start"])?;
             arity(name, args, 1, 2)?;
-            let mut total = arg(args, kwargs, 1, "start").cloned().unwrap_or(QValue::Int(0));
+            let mut total = match arg(args, kwargs, 1, "start") {
+                Some(start) => copy(start)?,
+                None => QValue::Int(0),
+            };
             if matches!(total, QValue::Str(_)) {
                 return Err(type_error("sum() can't sum strings [use ''.join(seq) instead]".into()));
             }
@@ -799,7 +928,13 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
             let mut out = Vec::new();
             if let Some(source) = args.first() {
                 match source.plain().as_ref() {
-                    QValue::Dict(pairs) => out = pairs.clone(),
+                    QValue::Dict(pairs) => {
+                        charge(pairs.len())?;
+                        for (k, v) in pairs {
+                            alloc(deep_size(k)?.saturating_add(deep_size(v)?))?;
+                        }
+                        out = pairs.clone();
+                    }
                     other => {
                         for item in py_iter(other)? {
                             let pair = py_iter(&item)?;
@@ -812,7 +947,8 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
                 }
             }
             for (k, v) in kwargs {
-                dict_insert(&mut out, QValue::Str(k.clone()), v.clone())?;
+                alloc(SLOT + k.len() as u64)?;
+                dict_insert(&mut out, QValue::Str(k.clone()), copy(v)?)?;
             }
             Ok(QValue::Dict(out))
         }
@@ -859,6 +995,11 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
             no_kwargs(name, kwargs, &[])?;
             let columns: Vec<Vec<QValue>> = args.iter().map(py_iter).collect::<Result<_, _>>()?;
             let n = columns.iter().map(Vec::len).min().unwrap_or(0);
+            // One tuple per row, and a copy of every value it holds.
+            alloc((n as u64).saturating_mul(2 * SLOT))?;
+            for column in &columns {
+                alloc(items_size(&column[..n])?)?;
+            }
             Ok(QValue::List((0..n).map(|i| QValue::Tuple(columns.iter().map(|c| c[i].clone()).collect())).collect()))
         }
         Builtin::Enumerate => {
@@ -870,6 +1011,7 @@ fn call_builtin(b: Builtin, args: &[QValue], kwargs: &[(String, QValue)]) -> Res
                 Some(_) => return Err(type_error("enumerate() start must be an integer".into())),
             };
             let items = py_iter(&args[0])?;
+            alloc((items.len() as u64).saturating_mul(3 * SLOT))?;
             items
                 .into_iter()
                 .enumerate()
@@ -926,7 +1068,7 @@ fn call_method(
                     .iter()
                     .position(|x| py_eq(x, needle))
                     .map(|i| QValue::Int(i as i128))
-                    .ok_or_else(|| EvalError::Value(format!("{} is not in list", py_repr(needle)))),
+                    .ok_or_else(|| EvalError::Value(format!("{} is not in list", short_repr(needle)))),
                 // Not Python: Aim's tag container answers `run.tags.contains("x")`.
                 _ => Ok(QValue::Bool(items.iter().any(|x| py_eq(x, needle)))),
             }
@@ -942,15 +1084,27 @@ fn call_method(
                     if !args[0].hashable() {
                         return Err(type_error(format!("unhashable type: '{}'", args[0].type_name())));
                     }
-                    Ok(pairs
-                        .iter()
-                        .find(|(k, _)| py_eq(k, &args[0]))
-                        .map_or_else(|| args.get(1).cloned().unwrap_or(QValue::None), |(_, v)| v.clone()))
+                    match pairs.iter().find(|(k, _)| py_eq(k, &args[0])) {
+                        Some((_, v)) => copy(v),
+                        None => args.get(1).map_or(Ok(QValue::None), copy),
+                    }
                 }
-                "keys" => Ok(QValue::List(pairs.iter().map(|(k, _)| k.clone()).collect())),
-                "values" => Ok(QValue::List(pairs.iter().map(|(_, v)| v.clone()).collect())),
-                "items" => {
-                    Ok(QValue::List(pairs.iter().map(|(k, v)| QValue::Tuple(vec![k.clone(), v.clone()])).collect()))
+                "keys" | "values" | "items" => {
+                    charge(pairs.len())?;
+                    let mut size = SLOT;
+                    for (k, v) in pairs {
+                        size = size.saturating_add(match method {
+                            "keys" => deep_size(k)?,
+                            "values" => deep_size(v)?,
+                            _ => deep_size(k)?.saturating_add(deep_size(v)?).saturating_add(SLOT),
+                        });
+                    }
+                    alloc(size)?;
+                    Ok(QValue::List(match method {
+                        "keys" => pairs.iter().map(|(k, _)| k.clone()).collect(),
+                        "values" => pairs.iter().map(|(_, v)| v.clone()).collect(),
+                        _ => pairs.iter().map(|(k, v)| QValue::Tuple(vec![k.clone(), v.clone()])).collect(),
+                    }))
                 }
                 // A missing key on a proxy is None, and None is not callable.
                 _ => Err(type_error("'NoneType' object is not callable".into())),
@@ -989,27 +1143,32 @@ fn str_method(s: &str, method: &str, args: &[QValue], kwargs: &[(String, QValue)
             };
             bool_of(prefixes.iter().any(|p| if method == "startswith" { s.starts_with(p) } else { s.ends_with(p) }))
         }
-        "lower" | "casefold" => Ok(QValue::Str(s.to_lowercase())),
-        "upper" => Ok(QValue::Str(s.to_uppercase())),
-        "capitalize" => {
-            let mut chars = s.chars();
-            Ok(QValue::Str(match chars.next() {
-                Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
-                None => String::new(),
+        "lower" | "casefold" | "upper" | "capitalize" => {
+            // Case mapping may lengthen a string up to threefold (in UTF-8 bytes).
+            alloc(SLOT + 3 * s.len() as u64)?;
+            Ok(QValue::Str(match method {
+                "upper" => s.to_uppercase(),
+                "capitalize" => {
+                    let mut chars = s.chars();
+                    match chars.next() {
+                        Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
+                        None => String::new(),
+                    }
+                }
+                _ => s.to_lowercase(),
             }))
         }
         "strip" | "lstrip" | "rstrip" => {
             arity(method, args, 0, 1)?;
             let set = opt_chars(method, args)?;
             let pred = |c: char| set.map_or(c.is_whitespace(), |set| set.contains(c));
-            Ok(QValue::Str(
-                match method {
-                    "strip" => s.trim_matches(pred),
-                    "lstrip" => s.trim_start_matches(pred),
-                    _ => s.trim_end_matches(pred),
-                }
-                .to_string(),
-            ))
+            let kept = match method {
+                "strip" => s.trim_matches(pred),
+                "lstrip" => s.trim_start_matches(pred),
+                _ => s.trim_end_matches(pred),
+            };
+            alloc(SLOT + kept.len() as u64)?;
+            Ok(QValue::Str(kept.to_string()))
         }
         "split" => {
             arity(method, args, 0, 2)?;
@@ -1025,6 +1184,14 @@ fn str_method(s: &str, method: &str, args: &[QValue], kwargs: &[(String, QValue)
                 Some(Some(Num::Int(n))) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
                 Some(_) => return Err(type_error("maxsplit must be an integer".into())),
             };
+            // At most one part per separator (or per whitespace character) plus one; each part
+            // a slot and a heap block, their bytes at most the string's.
+            let seps = match sep {
+                Some(sep) => s.matches(sep).count(),
+                None => s.chars().filter(|c| c.is_whitespace()).count(),
+            };
+            let parts = max.map_or(seps, |m| m.min(seps)).saturating_add(1) as u64;
+            alloc(parts.saturating_mul(SLOT + 8).saturating_add(s.len() as u64))?;
             let parts: Vec<QValue> = match (sep, max) {
                 (Some(sep), None) => s.split(sep).map(QValue::from).collect(),
                 (Some(sep), Some(n)) => s.splitn(n.saturating_add(1), sep).map(QValue::from).collect(),
@@ -1048,6 +1215,19 @@ fn str_method(s: &str, method: &str, args: &[QValue], kwargs: &[(String, QValue)
         "replace" => {
             arity(method, args, 2, 3)?;
             let (old, new) = (str_arg(method, args, 0)?, str_arg(method, args, 1)?);
+            // The result's length, known before it is built: an empty `old` matches between
+            // every two characters and at both ends.
+            let found = if old.is_empty() { s.chars().count() + 1 } else { s.matches(old).count() };
+            let replaced = match args.get(2).map(QValue::num) {
+                Some(Some(Num::Int(n))) if n >= 0 => found.min(usize::try_from(n).unwrap_or(usize::MAX)),
+                _ => found,
+            };
+            let len = (s.len() as u128 - (replaced * old.len()) as u128)
+                .saturating_add((replaced as u128).saturating_mul(new.len() as u128));
+            if len > MAX_BYTES as u128 {
+                return Err(EvalError::TooLarge("string"));
+            }
+            alloc(SLOT + len as u64)?;
             let out = match args.get(2).map(QValue::num) {
                 None => s.replace(old, new),
                 Some(Some(Num::Int(n))) if n < 0 => s.replace(old, new),
@@ -1087,11 +1267,14 @@ fn str_method(s: &str, method: &str, args: &[QValue], kwargs: &[(String, QValue)
                     }
                 })
                 .collect::<Result<_, _>>()?;
-            let out = parts.join(s);
-            if out.len() > MAX_BYTES {
+            let len = parts
+                .iter()
+                .fold(s.len().saturating_mul(parts.len().saturating_sub(1)), |n, p| n.saturating_add(p.len()));
+            if len > MAX_BYTES {
                 return Err(EvalError::TooLarge("string"));
             }
-            Ok(QValue::Str(out))
+            alloc(SLOT + len as u64)?;
+            Ok(QValue::Str(parts.join(s)))
         }
         // The restricted compiler's guard forbids str.format (it can reach attributes).
         "format" => Err(EvalError::Unsupported("str.format is not allowed".into())),
@@ -1423,7 +1606,8 @@ mod tests {
 
     #[test]
     fn work_is_bounded() {
-        assert!(matches!(eval("sum([[1]] * 100000, [])"), Err(EvalError::TooLarge(_))));
+        // Quadratic concatenation: each partial sum is a new copy, so memory runs out first.
+        assert!(matches!(eval("sum([[1]] * 100000, [])"), Err(EvalError::TooLarge(_) | EvalError::OverBudget(_))));
         assert!(matches!(eval("set(range(100000))"), Err(EvalError::TooLarge(_))));
         assert!(matches!(eval("[] * 10 ** 30"), Ok(QValue::List(v)) if v.is_empty()));
         assert!(matches!(eval("'' * 10 ** 30"), Ok(QValue::Str(v)) if v.is_empty()));
@@ -1437,6 +1621,108 @@ mod tests {
         let expr = parse_expression("sorted(list(range(1000))) == list(range(1000))", ParseLimits::default()).unwrap();
         assert!(matches!(evaluate_with_budget(&expr, &run_scope(), 100), Err(EvalError::TooLarge("work budget"))));
         assert!(matches(&expr, &run_scope()));
+    }
+
+    /// The queries of issue 9 item 1: each repeats or joins values far beyond memory.
+    const HOSTILE: [&str; 5] = [
+        "len([[0]*100000]*100000) > 0",
+        "len(['a'*1000000]*100000) > 0",
+        "len(((0,)*100000,)*100000) > 0",
+        "len([[[[0]*100]*100]*100]*100) > 0",
+        "len(','.join(['a'*100000]*100000)) > 0",
+    ];
+
+    fn eval_within(q: &str, limits: &EvalLimits) -> Result<QValue, EvalError> {
+        let expr = parse_expression(q, ParseLimits::default()).unwrap_or_else(|e| panic!("{q:?}: {e}"));
+        evaluate_within(&expr, &run_scope(), limits)
+    }
+
+    #[test]
+    fn nested_repetitions_beyond_the_memory_budget_fail_naming_it_before_allocating() {
+        let small = EvalLimits { max_value_bytes: 1 << 20, ..EvalLimits::default() };
+        for limits in [small, EvalLimits::default()] {
+            for q in HOSTILE {
+                let err = eval_within(q, &limits).unwrap_err();
+                let budget = EvalBudget::Memory { limit_bytes: limits.max_value_bytes };
+                assert_eq!(err, EvalError::OverBudget(budget), "{q}");
+                assert!(err.to_string().contains("query.max_value_bytes"), "{err}");
+                let expr = parse_expression(q, ParseLimits::default()).unwrap();
+                assert_eq!(matches_within(&expr, &run_scope(), &limits), Err(budget), "{q}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_operation_that_grows_values_is_accounted() {
+        let limits = EvalLimits { max_value_bytes: 64 << 10, ..EvalLimits::default() };
+        let over = |q: &str| matches!(eval_within(q, &limits), Err(EvalError::OverBudget(EvalBudget::Memory { .. })));
+        for q in [
+            "'a' * 100000",
+            "[0] * 10000",
+            "[[0] * 1000] * 10",
+            "[0] * 1000 + [0] * 1000 + [0] * 1000",
+            "'a' * 40000 + 'b' * 40000",
+            "''.join(['ab'] * 2000) * 20",
+            "('x' * 1000).replace('x', 'yyyy') * 20",
+            "('x' * 20000).replace('', 'yyyy')",
+            "('a,' * 3000).split(',')",
+            "list('a' * 3000)",
+            "sorted(range(5000))",
+            "list(zip(range(3000), range(3000)))",
+            "list(enumerate(range(3000)))",
+            "str(list(range(3000)))",
+            "repr(['a' * 100] * 300)",
+            "[[1] * 1000][0] * 10",
+            "([0] * 1000)[:] * 10",
+            "('a' * 20000).upper() * 2",
+            "{'k': [0] * 1000}.values() * 10",
+            "max([0] * 1000, [1] * 1000) * 10",
+            "sum([[0] * 100] * 100, [])",
+        ] {
+            assert!(over(q), "{q}: {:?}", eval_within(q, &limits).map(|v| py_repr(&v).len()));
+        }
+        // Small values stay well within it.
+        assert!(matches!(eval_within("len('a' * 1000 + 'b') == 1001", &limits), Ok(QValue::Bool(true))));
+        assert!(matches!(eval_within("len([[0] * 10] * 10) == 10", &limits), Ok(QValue::Bool(true))));
+    }
+
+    #[test]
+    fn constant_parts_over_the_memory_budget_are_found_wherever_they_sit() {
+        let limits = EvalLimits { max_value_bytes: 1 << 20, ..EvalLimits::default() };
+        let check = |q: &str| {
+            let expr = parse_expression(q, ParseLimits::default()).unwrap_or_else(|e| panic!("{q:?}: {e}"));
+            check_constant_parts(&expr, &limits)
+        };
+        let over = Err(EvalBudget::Memory { limit_bytes: 1 << 20 });
+        for hostile in HOSTILE {
+            assert_eq!(check(hostile), over, "{hostile}");
+            for q in [
+                format!("run.archived == False and ({hostile})"),
+                format!("run.name == 'a' or {hostile}"),
+                format!("run.tags[0:len([[0]*100000]*100000)] and {hostile}"),
+                format!("metric.name in [{hostile}, run.name]"),
+            ] {
+                assert_eq!(check(&q), over, "{q}");
+            }
+        }
+        for q in ["run.name == 'a'", "len(run.tags) > 2 and 'a' * 10 in run.name", "1/0", "[0] * 10 ** 7", ""] {
+            if !q.is_empty() {
+                assert_eq!(check(q), Ok(()), "{q}");
+            }
+        }
+    }
+
+    #[test]
+    fn evaluation_past_the_request_deadline_fails_naming_the_time_budget() {
+        let late = EvalLimits { deadline: Some(std::time::Instant::now()), time_limit_ms: 7, ..EvalLimits::default() };
+        for q in ["sorted(list(range(50000))) == list(range(50000))", "[1] * 50000 == [1] * 50000"] {
+            let err = eval_within(q, &late).unwrap_err();
+            assert_eq!(err, EvalError::OverBudget(EvalBudget::Time { limit_ms: 7 }), "{q}");
+        }
+        let err = EvalError::OverBudget(EvalBudget::Time { limit_ms: 7 });
+        assert!(err.to_string().contains("query.max_request_time_ms"), "{err}");
+        // A cheap query finishes before it looks at the clock.
+        assert!(matches!(eval_within("1 == 1", &late), Ok(QValue::Bool(true))));
     }
 
     #[test]

@@ -28,9 +28,10 @@ pub mod plan;
 pub mod value;
 pub mod views;
 
-pub use error::{EvalError, SyntaxError};
-pub use eval::{Bindings, Scope, evaluate, matches};
+pub use error::{EvalBudget, EvalError, SyntaxError};
+pub use eval::{Bindings, Scope, check_constant_parts, evaluate, evaluate_within, matches, matches_within};
 pub use pipeline::{CompileOptions, Query, compile};
+pub use value::EvalLimits;
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,9 @@ use std::cell::Cell;
 use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
-use super::error::EvalError;
+use super::error::{EvalBudget, EvalError};
 use crate::storage::value::Value;
 
 /// Largest number of elements an evaluation may materialise in one collection.
@@ -18,30 +19,203 @@ pub const MAX_BYTES: usize = 1 << 20;
 pub const MAX_HASHED: usize = 4_096;
 /// Default work budget of one evaluation, in units of roughly one node or one element visited.
 pub const DEFAULT_BUDGET: u64 = 10_000_000;
+/// Default memory budget of one evaluation, in bytes (`query.max_value_bytes` in the defaults).
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 64 << 20;
+/// Work units between two looks at the clock: reading it costs tens of nanoseconds, a unit a few.
+const UNITS_PER_CLOCK_CHECK: u64 = 4_096;
+
+/// What one evaluation may spend: work units, bytes of values built, and wall time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalLimits {
+    /// Work units (about one node or element visited); past them the candidate does not match.
+    pub work_units: u64,
+    /// Bytes of values the evaluation may build, counted recursively (elements of nested
+    /// containers, string bytes) before they are allocated and never given back, so the live
+    /// values of an evaluation never exceed it. Past it the evaluation fails with
+    /// [`EvalError::OverBudget`].
+    pub max_value_bytes: u64,
+    /// When the request's time is up; past it the evaluation fails with
+    /// [`EvalError::OverBudget`].
+    pub deadline: Option<Instant>,
+    /// The request's time limit, for the error message.
+    pub time_limit_ms: u64,
+}
+
+impl Default for EvalLimits {
+    fn default() -> Self {
+        Self { work_units: DEFAULT_BUDGET, max_value_bytes: DEFAULT_MAX_VALUE_BYTES, deadline: None, time_limit_ms: 0 }
+    }
+}
+
+/// What the evaluation running on a thread has left.
+#[derive(Debug, Clone, Copy)]
+struct Meter {
+    fuel: u64,
+    bytes_left: u64,
+    limits: EvalLimits,
+    /// Units charged since the clock was last read.
+    since_clock: u64,
+    /// The request budget that ran out, kept so that an error swallowed on the way (inside `==`)
+    /// still ends the evaluation with it.
+    tripped: Option<EvalBudget>,
+}
+
+impl Meter {
+    const fn new(limits: EvalLimits) -> Self {
+        Self { fuel: limits.work_units, bytes_left: limits.max_value_bytes, limits, since_clock: 0, tripped: None }
+    }
+}
 
 thread_local! {
-    /// Work units left to the evaluation running on this thread. Evaluation is synchronous and
-    /// never nests, so a thread-local budget is exact and keeps the value helpers' signatures.
-    static FUEL: Cell<u64> = const { Cell::new(DEFAULT_BUDGET) };
+    /// The budgets left to the evaluation running on this thread. Evaluation is synchronous and
+    /// never nests, so a thread-local meter is exact and keeps the value helpers' signatures.
+    static METER: Cell<Meter> = const {
+        Cell::new(Meter::new(EvalLimits {
+            work_units: DEFAULT_BUDGET,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            deadline: None,
+            time_limit_ms: 0,
+        }))
+    };
 }
 
-/// Sets the work budget of the evaluation about to run on this thread.
-pub(crate) fn set_budget(units: u64) {
-    FUEL.with(|f| f.set(units));
+/// Sets the budgets of the evaluation about to run on this thread.
+pub(crate) fn start_evaluation(limits: EvalLimits) {
+    METER.with(|m| m.set(Meter::new(limits)));
 }
 
-/// Spends `units` of the budget; once it is exhausted every later charge fails too, so work
-/// done where an error cannot propagate (inside `==`) is stopped at the next node.
+/// The request budget the evaluation on this thread ran out of, if any.
+pub(crate) fn tripped() -> Option<EvalBudget> {
+    METER.with(|m| m.get().tripped)
+}
+
+fn trip(m: &mut Meter, budget: EvalBudget) -> EvalError {
+    m.tripped = Some(budget);
+    m.fuel = 0;
+    EvalError::OverBudget(budget)
+}
+
+/// Spends `units` of the work budget; once it is exhausted every later charge fails too, so work
+/// done where an error cannot propagate (inside `==`) is stopped at the next node. Past the
+/// request's deadline it fails with [`EvalError::OverBudget`].
 pub(crate) fn charge(units: usize) -> Result<(), EvalError> {
-    FUEL.with(|f| {
-        let left = f.get();
-        let units = units as u64;
-        if left < units {
-            f.set(0);
-            return Err(EvalError::TooLarge("work budget"));
+    METER.with(|cell| {
+        let mut m = cell.get();
+        let result = charge_meter(&mut m, units as u64);
+        cell.set(m);
+        result
+    })
+}
+
+fn charge_meter(m: &mut Meter, units: u64) -> Result<(), EvalError> {
+    if let Some(budget) = m.tripped {
+        return Err(EvalError::OverBudget(budget));
+    }
+    m.since_clock = m.since_clock.saturating_add(units);
+    if m.since_clock >= UNITS_PER_CLOCK_CHECK {
+        m.since_clock = 0;
+        if m.limits.deadline.is_some_and(|d| Instant::now() >= d) {
+            let limit_ms = m.limits.time_limit_ms;
+            return Err(trip(m, EvalBudget::Time { limit_ms }));
         }
-        f.set(left - units);
-        Ok(())
+    }
+    if m.fuel < units {
+        m.fuel = 0;
+        return Err(EvalError::TooLarge("work budget"));
+    }
+    m.fuel -= units;
+    Ok(())
+}
+
+/// Reserves `bytes` of the memory budget for a value about to be built; fails (and keeps failing)
+/// once the evaluation's values would exceed `max_value_bytes`.
+pub(crate) fn alloc(bytes: u64) -> Result<(), EvalError> {
+    METER.with(|cell| {
+        let mut m = cell.get();
+        let result = if let Some(budget) = m.tripped {
+            Err(EvalError::OverBudget(budget))
+        } else if bytes > m.bytes_left {
+            let limit_bytes = m.limits.max_value_bytes;
+            Err(trip(&mut m, EvalBudget::Memory { limit_bytes }))
+        } else {
+            m.bytes_left -= bytes;
+            Ok(())
+        };
+        cell.set(m);
+        result
+    })
+}
+
+/// The bytes one value slot takes (an element of a list, a dict key...).
+pub(crate) const SLOT: u64 = std::mem::size_of::<QValue>() as u64;
+
+/// Returns the bytes `v` takes, counted recursively (a slot, plus its string bytes or its
+/// elements), charging one work unit per container visited; an object of the embedding code is
+/// shared, so it counts as a slot.
+pub(crate) fn deep_size(v: &QValue) -> Result<u64, EvalError> {
+    Ok(match v {
+        QValue::Str(s) => SLOT + s.len() as u64,
+        QValue::Bytes(b) => SLOT + b.len() as u64,
+        QValue::List(items) | QValue::Tuple(items) | QValue::Set(items) => {
+            charge(items.len())?;
+            items_size(items)?.saturating_add(SLOT)
+        }
+        QValue::Dict(pairs) => {
+            charge(pairs.len())?;
+            let mut total = SLOT;
+            for (k, v) in pairs {
+                total = total.saturating_add(deep_size(k)?).saturating_add(deep_size(v)?);
+            }
+            total
+        }
+        _ => SLOT,
+    })
+}
+
+/// Returns the bytes of `items` counted as [`deep_size`] does, without the container's slot.
+pub(crate) fn items_size(items: &[QValue]) -> Result<u64, EvalError> {
+    let mut total = 0u64;
+    for item in items {
+        total = total.saturating_add(deep_size(item)?);
+    }
+    Ok(total)
+}
+
+/// Reserves the memory of a copy of `v` (a deep clone) and returns the copy.
+pub(crate) fn copy(v: &QValue) -> Result<QValue, EvalError> {
+    alloc(deep_size(v)?)?;
+    Ok(v.clone())
+}
+
+/// Returns an upper bound of the length of `py_repr(v)`, in bytes, charging like [`deep_size`].
+pub(crate) fn repr_bound(v: &QValue) -> Result<u64, EvalError> {
+    Ok(match v {
+        // `\xNN` is the longest escape of a byte or character.
+        QValue::Str(s) => 4 * s.len() as u64 + 2,
+        QValue::Bytes(b) => 4 * b.len() as u64 + 3,
+        QValue::List(items) | QValue::Tuple(items) | QValue::Set(items) => {
+            charge(items.len())?;
+            let mut total = 8u64;
+            for item in items {
+                total = total.saturating_add(repr_bound(item)?).saturating_add(2);
+            }
+            total
+        }
+        QValue::Dict(pairs) => {
+            charge(pairs.len())?;
+            let mut total = 2u64;
+            for (k, v) in pairs {
+                total = total.saturating_add(repr_bound(k)?).saturating_add(repr_bound(v)?).saturating_add(4);
+            }
+            total
+        }
+        QValue::Range(..) => 128,
+        QValue::Object(o) => match o.as_plain() {
+            Some(p) => repr_bound(&p)?,
+            None => 64,
+        },
+        // Ints, floats, datetimes and builtins print in a few dozen characters.
+        _ => 64,
     })
 }
 
@@ -521,9 +695,33 @@ pub fn py_is(a: &QValue, b: &QValue) -> bool {
 /// Returns the elements of an iterable (str characters, list items, dict keys, range members).
 pub fn py_iter(v: &QValue) -> Result<Vec<QValue>, EvalError> {
     let v = v.plain();
+    alloc(iter_size(v.as_ref())?)?;
     let items = py_iter_plain(v.as_ref())?;
     charge(items.len())?;
     Ok(items)
+}
+
+/// The bytes [`py_iter_plain`] allocates for `v`'s elements (0 when it refuses `v`).
+fn iter_size(v: &QValue) -> Result<u64, EvalError> {
+    // A one-character string still takes a small heap block.
+    const CHAR: u64 = SLOT + 8;
+    Ok(match v {
+        QValue::Str(s) => (s.len() as u64).saturating_mul(CHAR),
+        QValue::Bytes(b) => (b.len() as u64).saturating_mul(SLOT),
+        QValue::List(items) | QValue::Tuple(items) | QValue::Set(items) => items_size(items)?,
+        QValue::Dict(pairs) => {
+            let mut total = 0u64;
+            for (k, _) in pairs {
+                total = total.saturating_add(deep_size(k)?);
+            }
+            total
+        }
+        r @ QValue::Range(..) => match range_len(r) {
+            Some(n) if n <= MAX_ITEMS as i128 => (n as u64).saturating_mul(SLOT),
+            _ => 0,
+        },
+        _ => 0,
+    })
 }
 
 fn py_iter_plain(v: &QValue) -> Result<Vec<QValue>, EvalError> {

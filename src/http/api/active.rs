@@ -9,10 +9,11 @@ use crate::http::stream::StreamValue;
 use crate::query::plan::{IndexExpr, IndexPred};
 
 use super::ApiError;
+use super::heavy::admit;
 use super::params::Params;
 use super::read::{Reader, RunData, per_run};
 use super::shape::{stream_props, to_stream};
-use super::streaming::{Out, Streamer, stream_response};
+use super::streaming::{Out, Streamer, heavy_stream_response};
 
 /// `GET runs/active/?report_progress=true`: `<hash>: {traces: {metric: [{name, context, values:
 /// {last, last_step}}]}, props}` per active run (every trace, custom objects and logs included, as
@@ -21,9 +22,11 @@ use super::streaming::{Out, Streamer, stream_response};
 /// (a stale index entry), are skipped.
 pub async fn active_runs(State(state): State<AppState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let report_progress = Params::parse(raw.as_deref()).bool("report_progress", true)?;
+    // Reads every active run, run by run: a heavy request (see `heavy.rs`).
+    let permit = admit(&state)?;
     let mut reader = Reader::open(&state)?;
     let hashes = reader.candidates(&IndexExpr::Pred(IndexPred::Active(true))).await?;
-    Ok(stream_response(move |out| stream_active(reader, hashes, report_progress, out)))
+    Ok(heavy_stream_response(permit, move |out| stream_active(reader, hashes, report_progress, out)))
 }
 
 async fn stream_active(

@@ -15,10 +15,11 @@ use crate::http::stream::{Float64Array, StreamValue};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId};
 
+use super::heavy::admit;
 use super::read::{Reader, Trace, per_run};
 use super::runs::{point_value, read_series};
 use super::shape::number;
-use super::streaming::{Out, Streamer, stream_response};
+use super::streaming::{Out, Streamer, heavy_stream_response};
 use super::{ApiError, body};
 
 /// The request body.
@@ -49,8 +50,10 @@ struct AlignTrace {
 /// `slice[1] > 0` (no sampling). No progress frames.
 pub async fn align(State(state): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
     let request: AlignRequest = body::object(&bytes)?;
+    // Reads whole series of many runs: a heavy request (see `heavy.rs`).
+    let permit = admit(&state)?;
     let reader = Reader::open(&state)?;
-    Ok(stream_response(move |out| stream_align(reader, request, out)))
+    Ok(heavy_stream_response(permit, move |out| stream_align(reader, request, out)))
 }
 
 async fn stream_align(mut reader: Reader, request: AlignRequest, out: Out) -> Result<(), ApiError> {

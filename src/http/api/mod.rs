@@ -15,7 +15,8 @@
 //! - `align.rs`: metric alignment on a custom x-axis (§4.3);
 //! - `active.rs`: active runs (§4.4);
 //! - `objects.rs`: custom-object searches, get-batch and get-step (§4.8);
-//! - `blobs.rs`: the bytes behind image and audio blob URIs (§7.2).
+//! - `blobs.rs`: the bytes behind image and audio blob URIs (§7.2);
+//! - `heavy.rs`: searches and run-by-run streams on blocking threads, a bounded number at once.
 
 mod active;
 mod align;
@@ -23,6 +24,7 @@ mod blobs;
 mod body;
 mod control;
 mod entities;
+pub mod heavy;
 mod limits;
 mod logs;
 mod objects;
@@ -147,6 +149,10 @@ pub enum ApiError {
     /// A body sent with a media type other than JSON (FastAPI does not parse those either).
     #[error("Unsupported media type {0:?}: the body must be sent as application/json")]
     UnsupportedMediaType(String),
+    /// Every place for heavy requests is taken (`query.max_concurrent_heavy_requests`): 503 with
+    /// `Retry-After`.
+    #[error("too many searches are running (query.max_concurrent_heavy_requests), retry later")]
+    Busy,
 }
 
 impl From<KvError> for ApiError {
@@ -200,6 +206,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             // A taken unique name or a request the layout refuses is the client's mistake (the
             // reference answers 400 for duplicate names).
             ApiError::Storage(LayoutError::Conflict(_) | LayoutError::Invalid(_)) => StatusCode::BAD_REQUEST,
@@ -234,6 +241,7 @@ fn error_code(status: StatusCode) -> &'static str {
         409 => "conflict",
         422 => "validation_error",
         500 => "internal_error",
+        503 => "service_unavailable",
         _ => "error",
     }
 }
@@ -244,7 +252,11 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %self, "rest request failed");
         }
-        envelope(status, &self.message())
+        let mut response = envelope(status, &self.message());
+        if matches!(self, ApiError::Busy) {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, heavy::RETRY_AFTER_SECS.into());
+        }
+        response
     }
 }
 
@@ -269,6 +281,7 @@ mod tests {
             (ApiError::Publish(QueueError::InvalidOffset { offset: -1 }), 500, "internal_error"),
             (ApiError::TooLong { field: "name".into(), len: 5, limit: 4 }, 400, "bad_request"),
             (ApiError::UnsupportedMediaType("text/plain".into()), 415, "error"),
+            (ApiError::Busy, 503, "service_unavailable"),
         ];
         for (err, status, code) in cases {
             assert_eq!(err.status().as_u16(), status);

@@ -25,19 +25,20 @@ use std::sync::Arc;
 use crate::app::AppState;
 use crate::blobs::{BlobUri, UriCodec};
 use crate::http::stream::{Float64Array, StreamValue};
+use crate::query::Query;
 use crate::query::plan::plan;
 use crate::query::views::sequence_scope;
-use crate::query::{Query, matches};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId, SeqPoint};
 use crate::storage::value::Value;
 
+use super::heavy::{HeavyPermit, admit, offload};
 use super::params::Params;
 use super::read::per_run;
 use super::read::{Reader, RunData, Trace, bucket_of};
-use super::runs::{TraceRef, candidates, compile_query, parse_range, point_value, read_series};
+use super::runs::{TraceRef, candidates, compile_query, parse_range, point_value, preflight, read_series};
 use super::shape::{number, params as params_tree, stream_props, to_json, to_stream};
-use super::streaming::{Out, Streamer, stream_response};
+use super::streaming::{Out, Streamer, heavy_stream_response, stream_response};
 use super::{ApiError, body};
 
 /// A custom-object sequence type served here.
@@ -300,6 +301,18 @@ async fn search(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
+    let permit = admit(&state)?;
+    offload(permit, move |permit| search_offloaded(kind, state, headers, raw, permit)).await
+}
+
+/// [`search`] on its blocking thread (see [`super::heavy`]).
+async fn search_offloaded(
+    kind: Kind,
+    state: AppState,
+    headers: HeaderMap,
+    raw: Option<String>,
+    permit: HeavyPermit,
+) -> Result<Response, ApiError> {
     let params = Params::parse(raw.as_deref());
     let query = compile_query(&params, &headers)?;
     let skip_system = params.bool("skip_system", true)?;
@@ -307,10 +320,11 @@ async fn search(
     let window = Window::parse(&params, true)?;
     let plan = plan(&query.expr);
     let mut reader = Reader::open(&state)?;
+    preflight(&reader, &query)?;
     // Index candidates are a superset of the matches; every trace is evaluated below.
     let (hashes, _) = candidates(&mut reader, &plan).await?;
     let opts = SearchOpts { kind, skip_system, report_progress, window, uris: state.blobs.uris.clone() };
-    Ok(stream_response(move |out| stream_search(reader, hashes, query, opts, out)))
+    Ok(heavy_stream_response(permit, move |out| stream_search(reader, hashes, query, opts, out)))
 }
 
 /// The flags of a custom-object search.
@@ -365,12 +379,12 @@ async fn search_object(
         return Ok(None);
     }
     let view = Arc::new(run.view());
-    let selected: Vec<&Trace> = run
-        .traces
-        .iter()
-        .filter(|t| bucket_of(&t.dtype) == Some(kind.seq()))
-        .filter(|t| matches(&query.expr, &sequence_scope(&view, kind.seq(), &t.summary())))
-        .collect();
+    let mut selected: Vec<&Trace> = Vec::new();
+    for t in run.traces.iter().filter(|t| bucket_of(&t.dtype) == Some(kind.seq())) {
+        if reader.matches(&query.expr, &sequence_scope(&view, kind.seq(), &t.summary()))? {
+            selected.push(t);
+        }
+    }
     if selected.is_empty() {
         return Ok(None);
     }

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::app::AppState;
 use crate::config::QueryConfig;
+use crate::query::ast::Expr;
 use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
 use crate::query::views::{RunView, TraceSummary};
+use crate::query::{EvalLimits, Scope, check_constant_parts, matches_within};
 use crate::storage::kv::{Database, KvError, RangeOption, RetryableError, Transaction};
 use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId};
 use crate::storage::tuple::{self, Elem};
@@ -37,6 +39,16 @@ impl Budget {
     /// A budget of `max_keys` keys and `max_time` from now.
     pub fn new(max_keys: u64, max_time: Duration) -> Self {
         Self { max_keys, keys_left: max_keys, max_time, deadline: Instant::now() + max_time }
+    }
+
+    /// The limits of one query evaluation within this budget: its deadline, and `max_value_bytes`.
+    pub fn eval_limits(&self, max_value_bytes: u64) -> EvalLimits {
+        EvalLimits {
+            max_value_bytes,
+            deadline: Some(self.deadline),
+            time_limit_ms: u64::try_from(self.max_time.as_millis()).unwrap_or(u64::MAX),
+            ..EvalLimits::default()
+        }
     }
 
     /// Charges `keys` keys read; fails once the keys or the time are spent.
@@ -155,6 +167,8 @@ pub struct Reader {
     renewals: u64,
     layout: Arc<Layout>,
     budget: Budget,
+    /// `query.max_value_bytes`, the memory budget of each evaluation of the request's query.
+    max_value_bytes: u64,
     experiments: HashMap<String, Option<Entity>>,
     tags: HashMap<String, Option<Entity>>,
 }
@@ -219,6 +233,7 @@ impl Reader {
             renewals: 0,
             layout,
             budget: Budget::new(config.max_keys_per_request, config.max_request_time()),
+            max_value_bytes: config.max_value_bytes,
             experiments: HashMap::new(),
             tags: HashMap::new(),
         })
@@ -265,6 +280,21 @@ impl Reader {
         } else {
             e
         }
+    }
+
+    /// Tells whether the candidate `scope` matches the query `expr`, evaluated within the request's
+    /// budget: values beyond `query.max_value_bytes`, or the request's time running out during
+    /// the evaluation, fail the request.
+    pub fn matches(&self, expr: &Expr, scope: &dyn Scope) -> Result<bool, ApiError> {
+        matches_within(expr, scope, &self.budget.eval_limits(self.max_value_bytes))
+            .map_err(|budget| ApiError::Budget(budget.to_string()))
+    }
+
+    /// Evaluates the constant parts of the query `expr` within the request's budget (see
+    /// [`check_constant_parts`]); one exceeding it fails the request.
+    pub fn check_constant_parts(&self, expr: &Expr) -> Result<(), ApiError> {
+        check_constant_parts(expr, &self.budget.eval_limits(self.max_value_bytes))
+            .map_err(|budget| ApiError::Budget(budget.to_string()))
     }
 
     /// Charges keys read to the request's budget.

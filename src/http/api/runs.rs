@@ -18,16 +18,17 @@ use crate::app::AppState;
 use crate::http::stream::{Float64Array, StreamValue};
 use crate::query::plan::{MetricUsage, Plan, plan};
 use crate::query::views::{run_scope, sequence_scope};
-use crate::query::{CompileOptions, Query, compile, matches};
+use crate::query::{CompileOptions, Query, compile};
 use crate::storage::context_id::context_to_id;
 use crate::storage::layout::{Columns, SeqId, sample_indices};
 use crate::storage::value::{self, Value};
 
 use super::ApiError;
+use super::heavy::{HeavyPermit, admit, offload};
 use super::params::{Params, tz_offset};
 use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
-use super::streaming::{Out, Streamer, stream_response};
+use super::streaming::{Out, Streamer, heavy_stream_response};
 
 /// The bucket for artifact URIs when `S3_BUCKET` is not set.
 const DEFAULT_BUCKET: &str = "matyan-artifacts";
@@ -182,12 +183,29 @@ pub(super) async fn candidates(reader: &mut Reader, plan: &Plan) -> Result<(Vec<
     }
 }
 
+/// Evaluates the query's constant parts once, before any candidate, so that one exceeding a
+/// budget (`len([[0]*100000]*100000) > 0`) is a 400 here rather than a stream cut off later.
+pub(super) fn preflight(reader: &Reader, query: &Query) -> Result<(), ApiError> {
+    reader.check_constant_parts(&query.expr)
+}
+
 /// `GET runs/search/run/`: the matching runs, sorted, after `offset`, at most `limit`, each as
-/// `{params, traces: {metric: [...]}, props}` in the stream codec.
+/// `{params, traces: {metric: [...]}, props}` in the stream codec. A heavy request (see
+/// [`super::heavy`]).
 pub async fn search_run(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let permit = admit(&state)?;
+    offload(permit, move |permit| search_run_offloaded(state, headers, raw, permit)).await
+}
+
+async fn search_run_offloaded(
+    state: AppState,
+    headers: HeaderMap,
+    raw: Option<String>,
+    permit: HeavyPermit,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(raw.as_deref());
     let query = compile_query(&params, &headers)?;
@@ -202,6 +220,7 @@ pub async fn search_run(
     };
     let plan = plan(&query.expr);
     let mut reader = Reader::open(&state)?;
+    preflight(&reader, &query)?;
     let (hashes, exact) = candidates(&mut reader, &plan).await?;
     // Each match with the snapshot generation it was read in.
     let mut matched: Vec<(RunData, u64)> = Vec::new();
@@ -212,7 +231,7 @@ pub async fn search_run(
         if run.meta.pending_deletion {
             continue;
         }
-        if !exact && !matches(&query.expr, &run_scope(&Arc::new(run.view()))) {
+        if !exact && !reader.matches(&query.expr, &run_scope(&Arc::new(run.view())))? {
             continue;
         }
         matched.push((RunData { attrs: Value::Nil, traces: Vec::new(), ..run }, reader.snapshot_generation()));
@@ -235,7 +254,7 @@ pub async fn search_run(
     let end =
         if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
     let page: Vec<(usize, (RunData, u64))> = matched.into_iter().enumerate().take(end).skip(start).collect();
-    Ok(stream_response(move |out| async move { stream_runs(reader, page, total, opts, out).await }))
+    Ok(heavy_stream_response(permit, move |out| async move { stream_runs(reader, page, total, opts, out).await }))
 }
 
 /// The flags of run search that shape each object.
@@ -483,11 +502,22 @@ struct MetricSearch {
 }
 
 /// `GET runs/search/metric/?q=&p=50&x_axis=`: one object per run with matching metric traces,
-/// each trace with its sampled `values`, `iters`, `epochs`, `timestamps` (and x-axis) series.
+/// each trace with its sampled `values`, `iters`, `epochs`, `timestamps` (and x-axis) series. A
+/// heavy request (see [`super::heavy`]).
 pub async fn search_metric(
     State(state): State<AppState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let permit = admit(&state)?;
+    offload(permit, move |permit| search_metric_offloaded(state, headers, raw, permit)).await
+}
+
+async fn search_metric_offloaded(
+    state: AppState,
+    headers: HeaderMap,
+    raw: Option<String>,
+    permit: HeavyPermit,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(raw.as_deref());
     let query = compile_query(&params, &headers)?;
@@ -500,12 +530,15 @@ pub async fn search_metric(
     params.int("trace_chunk_size", 10)?;
     let plan = plan(&query.expr);
     let mut reader = Reader::open(&state)?;
+    preflight(&reader, &query)?;
     let (hashes, exact) = if plan.metric_usage == MetricUsage::Other {
         (reader.all_runs().await?, false)
     } else {
         candidates(&mut reader, &plan).await?
     };
-    Ok(stream_response(move |out| async move { stream_metrics(reader, hashes, exact, query, plan, opts, out).await }))
+    Ok(heavy_stream_response(permit, move |out| async move {
+        stream_metrics(reader, hashes, exact, query, plan, opts, out).await
+    }))
 }
 
 async fn stream_metrics(
@@ -563,12 +596,15 @@ async fn metric_object(
     } else {
         let view = Arc::new(run.view());
         if plan.metric_usage == MetricUsage::None {
-            if matches(&query.expr, &run_scope(&view)) { candidates } else { Vec::new() }
+            if reader.matches(&query.expr, &run_scope(&view))? { candidates } else { Vec::new() }
         } else {
-            candidates
-                .into_iter()
-                .filter(|t| matches(&query.expr, &sequence_scope(&view, "metric", &t.summary())))
-                .collect()
+            let mut selected = Vec::with_capacity(candidates.len());
+            for t in candidates {
+                if reader.matches(&query.expr, &sequence_scope(&view, "metric", &t.summary()))? {
+                    selected.push(t);
+                }
+            }
+            selected
         }
     };
     if selected.is_empty() {

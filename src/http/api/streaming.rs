@@ -2,6 +2,9 @@
 //! response body, and [`Streamer`], which encodes top-level objects and progress frames and sends
 //! them in chunks, noticing when the client has gone.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::body::{Body, Bytes};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -10,6 +13,7 @@ use tokio::sync::mpsc;
 use crate::http::stream::{Key, StreamEncoder, StreamValue};
 
 use super::ApiError;
+use super::heavy::{HeavyPermit, spawn_producer};
 
 /// Where a streaming route writes; `send` fails once the client is gone.
 pub(super) type Out = mpsc::Sender<Result<Bytes, std::io::Error>>;
@@ -29,15 +33,55 @@ where
     F: FnOnce(Out) -> Fut + Send + 'static,
     Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
 {
+    respond(None, produce)
+}
+
+/// [`stream_response`] for a heavy request: the producer runs on a blocking thread, holding the
+/// request's place until it ends (see [`super::heavy`]); the body reaches the client through the
+/// same bounded channel.
+pub(super) fn heavy_stream_response<F, Fut>(permit: HeavyPermit, produce: F) -> Response
+where
+    F: FnOnce(Out) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+{
+    respond(Some(permit), produce)
+}
+
+fn respond<F, Fut>(permit: Option<HeavyPermit>, produce: F) -> Response
+where
+    F: FnOnce(Out) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<(), ApiError>> + Send + 'static,
+{
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    tokio::spawn(async move {
-        let errors = tx.clone();
-        if let Err(e) = produce(tx).await {
-            tracing::warn!(error = %e, "stream aborted");
-            let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
+    // Set once the producer has ended on its own; a channel closed before that (the producer
+    // was cut at its time limit, or panicked) aborts the body instead of ending it cleanly,
+    // so the client never takes a cut answer for a whole one.
+    let ended = Arc::new(AtomicBool::new(false));
+    let task = {
+        let ended = ended.clone();
+        async move {
+            let errors = tx.clone();
+            if let Err(e) = produce(tx).await {
+                tracing::warn!(error = %e, "stream aborted");
+                let _ = errors.send(Err(std::io::Error::other(e.message()))).await;
+            }
+            ended.store(true, Ordering::Release);
+        }
+    };
+    match permit {
+        Some(permit) => spawn_producer(permit, task),
+        None => {
+            tokio::spawn(task);
+        }
+    }
+    let body = futures_util::stream::unfold(Some((rx, ended)), |state| async move {
+        let (mut rx, ended) = state?;
+        match rx.recv().await {
+            Some(item) => Some((item, Some((rx, ended)))),
+            None if ended.load(Ordering::Acquire) => None,
+            None => Some((Err(std::io::Error::other("stream cut before its end")), None)),
         }
     });
-    let body = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     ([(header::CONTENT_TYPE, "application/octet-stream")], Body::from_stream(body)).into_response()
 }
 
