@@ -44,7 +44,7 @@ script=$work/quickstart-commands.sh
     echo 'set -Eeuo pipefail'
     printf '%s\n' "$commands" | while IFS= read -r line; do
         case "$line" in
-            "cargo build --release") echo ": skipped: CI's binary is used" ;;
+            "cargo build --release") echo ": skipped, the binary of the test step is used" ;;
             *"./target/release/matyan "*"&")
                 # The server goes to the background as written; its pid and log are kept for the checks.
                 printf '%s\n' "${line//.\/target\/release\/matyan/\"$bin\"}" | sed 's/&$/> serve.log 2>\&1 \&/'
@@ -89,7 +89,10 @@ print("quickstart: run read back:", counts)
 EOF
 "$work/.venv/bin/python" "$work/check.py" http://localhost:53800 "$run"
 
-page=$(curl -fsS -H 'Accept: text/html' http://localhost:53800/)
+page=$("$work/.venv/bin/python" -c "
+import urllib.request
+req = urllib.request.Request('http://localhost:53800/', headers={'Accept': 'text/html'})
+print(urllib.request.urlopen(req, timeout=10).read().decode())")
 case "$page" in
     *index*|*static-files*) echo "quickstart: the UI page is served at /" ;;
     *) echo "quickstart: / did not answer the UI page"; exit 1 ;;
