@@ -12,8 +12,8 @@
 # playwright-core from npm (the driver; it uses the system Chromium, no browser download). They are
 # kept under $UI_CHECK_CACHE (default ~/.cache/matyan-ui-check) for the next run.
 #
-# The runs come from `matyan dev seed` (a hidden subcommand writing deterministic runs through the
-# storage layout) into a fresh data directory before `matyan serve` starts on it.
+# The runs are logged by the real matyan-client 0.3.0 SDK (tests/ui/log_runs.py) through the
+# server's own gateway, as a training script would, once `matyan serve` is up.
 #
 # Env: MATYAN_BIN (a built `matyan`; default: `cargo build --bin matyan` and its debug binary),
 #      UI_CHECK_OUT, UI_CHECK_CACHE, CHROMIUM (default /usr/bin/chromium).
@@ -25,6 +25,7 @@ cache=${UI_CHECK_CACHE:-${HOME:-/root}/.cache/matyan-ui-check}
 export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
 PLAYWRIGHT_VERSION=1.65.1
 UI_VERSION=0.3.2
+CLIENT_VERSION=0.3.0
 
 rm -rf "$out"
 mkdir -p "$out" "$cache"
@@ -76,6 +77,15 @@ install_ui() {
         -c "$root/fixtures/python-constraints.txt" "matyan-ui==$UI_VERSION"
 }
 
+install_client() {
+    local venv=$cache/venv
+    if "$venv/bin/pip" show matyan-client 2>/dev/null | grep -q "^Version: $CLIENT_VERSION$"; then
+        return
+    fi
+    "$venv/bin/pip" install -q --disable-pip-version-check \
+        -c "$root/fixtures/python-constraints.txt" "matyan-client==$CLIENT_VERSION"
+}
+
 # The build inside the installed package (the README's one-liner, without importing the package,
 # whose server dependencies are not installed).
 ui_build_dir() {
@@ -108,6 +118,7 @@ wait_http() {
 log "installing what is missing (chromium, matyan-ui $UI_VERSION, playwright-core $PLAYWRIGHT_VERSION)"
 install_chromium
 install_ui
+install_client
 install_driver
 
 bin=${MATYAN_BIN:-}
@@ -118,7 +129,6 @@ fi
 log "server binary: $bin"
 
 data=$work/data
-"$bin" dev seed --data-dir "$data" --runs 3 --steps 300 | tee "$out/seed.log"
 
 ui_dir=$(ui_build_dir)
 log "ui build: $ui_dir"
@@ -142,8 +152,34 @@ if ! curl -fsS "$api/runs" | grep -qF "window.API_HOST_BASE=\"$api\""; then
     exit 1
 fi
 
-# The seeded experiment's id, for a look at its page.
-export UI_CHECK_EXPERIMENT=00000000-5eed-4000-8000-000000000000
+log "logging 3 runs with matyan-client $CLIENT_VERSION through the server's gateway"
+run_hash=$(cd "$work" && "$cache/venv/bin/python" "$root/tests/ui/log_runs.py" "$api" 300 2>"$out/client.log" | tail -n 1)
+log "first run: $run_hash"
+# Every point applied before the browser looks (ingestion runs behind the gateway's acknowledgement).
+"$cache/venv/bin/python" - "$api" "$run_hash" <<'PY'
+import json, sys, time, urllib.request
+api, run = sys.argv[1], sys.argv[2]
+body = json.dumps([{"name": "loss", "context": {"subset": "train"}}]).encode()
+deadline = time.time() + 60
+while True:
+    req = urllib.request.Request(f"{api}/api/v1/rest/runs/{run}/metric/get-batch/?record_density=1000",
+                                 data=body, headers={"Content-Type": "application/json"})
+    try:
+        series = json.load(urllib.request.urlopen(req, timeout=10))
+        if series and len(series[0]["values"]) == 300:
+            break
+    except Exception:
+        pass
+    if time.time() > deadline:
+        sys.exit("ui-check: the logged runs were not all applied within 60 s")
+    time.sleep(0.3)
+PY
+# The experiment's id, for a look at its page.
+UI_CHECK_EXPERIMENT=$("$cache/venv/bin/python" -c "
+import json, sys, urllib.request
+exps = json.load(urllib.request.urlopen(sys.argv[1] + '/api/v1/rest/experiments/', timeout=10))
+print(next(e['id'] for e in exps if e['name'] == 'baseline'))" "$api")
+export UI_CHECK_EXPERIMENT
 cp "$root/tests/ui/drive.mjs" "$cache/node/drive.mjs"
-node "$cache/node/drive.mjs" "$api" "$api/api/v1/rest" "$out" 5eed000000000000 seed-run-0 | tee "$out/drive.log"
+node "$cache/node/drive.mjs" "$api" "$api/api/v1/rest" "$out" "$run_hash" seed-run-0 | tee "$out/drive.log"
 log "screenshots in $out"
