@@ -1,6 +1,7 @@
 //! matyan-rs: a Rust backend for the Matyan experiment tracker.
 //!
 //! Module map:
+//! - [`clock`]: the wall clock and calendar conversions (every "now" of the process);
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
 //! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle, UI build;
 //! - [`blobs`]: blob URIs (Fernet tokens) and the blob store of images, audios and artifacts;
@@ -25,6 +26,7 @@ pub mod actors;
 pub mod app;
 pub mod bench;
 pub mod blobs;
+pub mod clock;
 pub mod config;
 pub mod gateway;
 pub mod http;

@@ -125,7 +125,7 @@ async fn append_ceiling(
     let queue =
         Queue::open(&state.db, &state.layout.dirs.ours, "data-ingestion", DEFAULT_PARTITIONS).await.map_err(setup)?;
     let limits = frame::FrameLimits { max_messages: cfg.frame_messages, max_record_bytes: 1 << 20 };
-    let stamp = datetime::receive_timestamp(datetime::now_micros());
+    let stamp = datetime::receive_timestamp(crate::clock::now_micros());
     let budget = state.config.gateway.append_batch_bytes;
     crate::bench::ingest::reset_peak_rss();
     let start = Instant::now();

@@ -2,9 +2,8 @@
 //! mode reads a `datetime` from JSON, written back with Python's `datetime.isoformat()`, and the
 //! envelope's receive-time `timestamp` as pydantic serialises an aware UTC datetime.
 
+use crate::clock::{self, Fraction, days_from_civil, days_in_month};
 use crate::storage::context_id::PyJson;
-
-const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// Above this many seconds a number is read as milliseconds (pydantic's `speedate` rule).
 const MS_THRESHOLD: f64 = 2e10;
@@ -50,12 +49,6 @@ pub fn receive_timestamp(micros: i64) -> String {
     out
 }
 
-/// Microseconds since the epoch now, from the wall clock.
-pub fn now_micros() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    i64::try_from(since.as_micros()).unwrap_or(i64::MAX)
-}
-
 fn from_number(secs: f64) -> Result<DateTime, &'static str> {
     if !secs.is_finite() {
         return Err(NOT_A_DATETIME);
@@ -82,7 +75,7 @@ fn parse_text(s: &str) -> Option<DateTime> {
     if !(1..=9999).contains(&y) || !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) {
         return None;
     }
-    let mut micros = days_from_civil(y, mo, d) * MICROS_PER_DAY;
+    let mut micros = days_from_civil(y, mo, d) * 86_400_000_000;
     if b.len() == 10 {
         return Some(DateTime { local_micros: micros, offset_secs: None });
     }
@@ -146,49 +139,9 @@ fn digits(b: &[u8]) -> Option<i64> {
     b.iter().try_fold(0_i64, |acc, c| acc.checked_mul(10)?.checked_add(i64::from(c - b'0')))
 }
 
-fn is_leap(y: i64) -> bool {
-    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
-}
-
-fn days_in_month(y: i64, m: i64) -> i64 {
-    match m {
-        2 if is_leap(y) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's `days_from_civil`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// `YYYY-MM-DDTHH:MM:SS[.ffffff]` of `micros` since the epoch (Hinnant's `civil_from_days`).
+/// `YYYY-MM-DDTHH:MM:SS[.ffffff]` of `micros` since the epoch.
 fn format_local(micros: i64) -> String {
-    let days = micros.div_euclid(MICROS_PER_DAY);
-    let rem = micros.rem_euclid(MICROS_PER_DAY);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let secs = rem / 1_000_000;
-    let frac = rem % 1_000_000;
-    let mut out = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
-    if frac != 0 {
-        out.push_str(&format!(".{frac:06}"));
-    }
-    out
+    clock::iso_datetime(micros, Fraction::WhenNotZero)
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl Gateway {
     /// Encodes `frame` for `run_id` and publishes its records; returns how many were made durable.
     /// All or nothing: an invalid message publishes none.
     pub async fn publish_frame(&self, run_id: &str, frame: &str) -> Result<usize, PublishError> {
-        let received = datetime::now_micros();
+        let received = crate::clock::now_micros();
         let limits = FrameLimits {
             max_messages: self.inner.config.max_messages_per_frame,
             max_record_bytes: self.inner.config.max_record_bytes,

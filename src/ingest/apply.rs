@@ -48,7 +48,6 @@
 //! position, so the same record always gets the same uuid: the default for the ingest path.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
 
@@ -573,21 +572,8 @@ pub fn run_deleted_event(run: &str, now: f64) -> Value {
 pub fn rfc3339_utc(secs: f64) -> String {
     #[allow(clippy::cast_possible_truncation)]
     let micros = (secs * 1e6).round() as i64;
-    let days = micros.div_euclid(86_400_000_000);
-    let rem = micros.rem_euclid(86_400_000_000);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    let (h, mi, s, us) = (rem / 3_600_000_000, rem / 60_000_000 % 60, rem / 1_000_000 % 60, rem % 1_000_000);
-    let mut out = String::with_capacity(27);
-    let _ = write!(out, "{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{us:06}Z");
+    let mut out = crate::clock::iso_datetime(micros, crate::clock::Fraction::Always);
+    out.push('Z');
     out
 }
 

@@ -56,7 +56,7 @@
 //! when forwarded.
 
 use std::future::Future;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -64,6 +64,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+use crate::clock::now_secs;
 use crate::config::KafkaConfig;
 use crate::ingest::apply::{Applier, ApplyError, DeadLetter};
 use crate::ingest::kafka::client_config;
@@ -567,10 +568,6 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-fn now_secs() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]

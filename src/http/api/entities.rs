@@ -39,9 +39,7 @@ use super::{ApiError, limits};
 pub const REST_PARTITION: i32 = -1;
 
 /// The current time in POSIX seconds.
-pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
+pub use crate::clock::now_secs as now;
 
 /// Runs `body` in one retried write transaction.
 pub async fn write<T, F, Fut>(state: &AppState, body: F) -> Result<T, ApiError>

@@ -150,9 +150,7 @@ fn parse_sort(raw: &str) -> Result<Vec<(SortField, bool)>, ApiError> {
     Ok(out)
 }
 
-pub(super) fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
-}
+pub(super) use crate::clock::now_secs as now;
 
 fn compare(a: &RunData, b: &RunData, field: SortField, now: f64) -> Ordering {
     let name = |r: &RunData| r.meta.name.clone().unwrap_or_default();

@@ -1,0 +1,101 @@
+//! The wall clock and the proleptic Gregorian calendar, in one place: every "now" of the process
+//! and every conversion between POSIX time and a calendar date (Howard Hinnant's algorithms).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// POSIX seconds now, from the wall clock (0 before 1970).
+pub fn now_secs() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// POSIX microseconds now, from the wall clock (0 before 1970).
+pub fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Whether `y` is a leap year.
+pub fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+/// Days of month `m` (1–12) of year `y`.
+pub fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of the date `y`-`m`-`d` (`days_from_civil`).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date `(y, m, d)` of `days` since 1970-01-01 (`civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of `micros` since the epoch, then `.ffffff` when `fraction` is
+/// [`Fraction::Always`] or the microseconds are not zero.
+pub fn iso_datetime(micros: i64, fraction: Fraction) -> String {
+    let (y, m, d) = civil_from_days(micros.div_euclid(MICROS_PER_DAY));
+    let rem = micros.rem_euclid(MICROS_PER_DAY);
+    let secs = rem / 1_000_000;
+    let us = rem % 1_000_000;
+    let mut out = format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    if fraction == Fraction::Always || us != 0 {
+        out.push_str(&format!(".{us:06}"));
+    }
+    out
+}
+
+/// When [`iso_datetime`] writes the microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fraction {
+    /// Always six digits (the reference worker's `isoformat(timespec="microseconds")`).
+    Always,
+    /// Only when not zero (Python's `isoformat()`, pydantic's datetimes).
+    WhenNotZero,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn days_and_dates_round_trip_across_eras_and_leap_days() {
+        for days in [-719_468, -1, 0, 59, 60, 10_957, 11_016, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(days_from_civil(2000, 2, 29), 11_016);
+        assert_eq!(days_in_month(2000, 2), 29);
+        assert_eq!(days_in_month(1900, 2), 28);
+    }
+
+    #[test]
+    fn datetimes_carry_their_fraction_as_asked() {
+        assert_eq!(iso_datetime(1_735_689_600_000_000, Fraction::WhenNotZero), "2025-01-01T00:00:00");
+        assert_eq!(iso_datetime(1_735_689_600_000_000, Fraction::Always), "2025-01-01T00:00:00.000000");
+        assert_eq!(iso_datetime(-1, Fraction::WhenNotZero), "1969-12-31T23:59:59.999999");
+    }
+}
