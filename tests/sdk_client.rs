@@ -58,7 +58,7 @@ fn the_real_sdk_reads_back_exactly_what_it_logged_through_matyan_serve_and_a_res
     let env = [("MATYAN_FRONTIER_URL", u.as_str()), ("MATYAN_BACKEND_URL", u.as_str())];
     let data_arg = data.to_str().unwrap();
 
-    // Phase 1: hparams, 20,000 points over 3 metrics x 2 contexts, tags, a text, log records,
+    // Phase 1: hparams, 20,000 points over 3 metrics x 2 contexts, tags, texts, log records,
     // terminal lines and an image; the script compares every value of every series, the records,
     // the lines, the text, and the image bytes (read back and under <data-dir>/blobs).
     sdk::script(&py, &["log", "--run", RUN, "--phase", "1"], &env);
@@ -70,6 +70,7 @@ fn the_real_sdk_reads_back_exactly_what_it_logged_through_matyan_serve_and_a_res
     assert_eq!(a["terminal"], serde_json::json!(["terminal line one", "terminal line two: ünïcode"]));
     assert_eq!(a["log_records"].as_array().unwrap().len(), 4);
     assert_eq!(a["image"], serde_json::json!({"caption": "tiny", "format": "PNG"}));
+    assert_eq!(a["many_texts"], 300, "frames over 64 KB (encoded on the blocking pool) are stored whole");
     let blob = std::fs::read(data.join("blobs").join(RUN).join("seq/img/0.png")).unwrap();
     assert!(blob.starts_with(b"\x89PNG\r\n\x1a\n"), "the stored blob is the uploaded PNG");
 

@@ -6,7 +6,7 @@
 
 `log` writes one phase of a deterministic run through the WebSocket gateway
 (MATYAN_FRONTIER_URL): phase 1 creates the run (hparams, 20,000 points over 3 metrics x 2
-contexts, tags, a text, log records, terminal lines, an image), phase 2 resumes it with
+contexts, tags, a text and 300 of 2 KB, log records, terminal lines, an image), phase 2 resumes it with
 `force_resume=True` and appends points and a tag. `check` waits until the backend
 (MATYAN_BACKEND_URL) has ingested the phases, reads the run back through the SDK's read API and
 compares every value with what was logged; it exits non-zero naming the first difference, else
@@ -36,6 +36,12 @@ PHASE_POINTS = {1: (0, 20_000), 2: (20_000, 23_000)}
 HPARAMS = {"lr": 0.001, "layers": [64, 32], "optimizer": {"name": "adam", "betas": [0.9, 0.999]}, "seed": 7}
 TAGS = {1: ["sdk", "baseline"], 2: ["resumed"]}
 TEXT = "héllo from the real SDK\nsecond line"
+# Texts of 2 KB: frames of 100 of them pass 64 KB, which the gateway encodes on the blocking pool.
+MANY_TEXTS = 300
+
+
+def many_text(i: int) -> str:
+    return f"{i:04d} " + "ü" * 1000
 TERMINAL = ["terminal line one", "terminal line two: ünïcode"]
 RECORDS = [
     (20, "info record", {"epoch": 1, "note": "x"}),
@@ -102,6 +108,8 @@ def log(run_hash: str, phase: int, image: bool, terminal: bool) -> None:
         run.track(value, name=name, step=step, context=ctx)
     if phase == 1:
         run.track(Text(TEXT), name="notes", step=0, context={"kind": "text"})
+        for i in range(MANY_TEXTS):
+            run.track(Text(many_text(i)), name="many", step=i)
         for level, msg, extra in RECORDS:
             {10: run.log_debug, 20: run.log_info, 30: run.log_warning, 40: run.log_error}[level](msg, **(extra or {}))
         if image:
@@ -272,9 +280,22 @@ def check(run_hash: str, phases: int, image: bool, terminal: bool, data_dir: str
             if r["hash"] == run_hash
             for tr in listify(r["traces"])
         ]
-        if got_texts != [("notes", [[{"data": TEXT, "index": 0}]], [0])]:
+        notes = [t for t in got_texts if t[0] == "notes"]
+        if notes != [("notes", [[{"data": TEXT, "index": 0}]], [0])]:
             fail(f"texts {got_texts!r}")
-        answers["texts"] = got_texts
+        answers["texts"] = notes
+        # Every one of the many texts (the search samples them), in order.
+        resp = run._http._client.post(
+            f"/api/v1/rest/runs/{run_hash}/texts/get-batch/",
+            params={"record_density": 0, "index_density": 0},
+            json=[{"name": "many", "context": {}}],
+        )
+        resp.raise_for_status()
+        tree = fold(_decode_flat_pairs(resp.content))
+        many = [v[0]["data"] for v in tree.get("values", [])]
+        if many != [many_text(i) for i in range(MANY_TEXTS)] or tree.get("iters") != list(range(MANY_TEXTS)):
+            fail(f"texts get-batch: {len(many)} texts, iters {str(tree.get('iters'))[:200]}")
+        answers["many_texts"] = len(many)
 
         # Log records, every field (the SDK's own decoder merges nested fields shallowly and loses
         # logger_info[0], so fold the stream here).
