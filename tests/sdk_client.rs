@@ -2,7 +2,8 @@
 //! gateway of `matyan serve` reads back exactly through the SDK's read API, resumed runs append;
 //! the reference gateway `matyan-frontier==0.3.0` → Kafka (tansu) → `matyan serve --source kafka`
 //! answers as the all-in-one path does and a REST delete travels through Kafka; and our
-//! `matyan gateway` writes records of the same shape as the reference's.
+//! `matyan gateway` writes records of the same shape as the reference's, for the SDK's messages
+//! and for the edge cases of `tests/sdk/edge_messages.jsonl`.
 //!
 //! Needs `MATYAN_SDK_PYTHON` (see `tests/common/sdk.rs`) and, for the Kafka tests, the tansu
 //! binary (see `tests/common/broker.rs`); without them the tests print a message and pass, unless
@@ -203,7 +204,7 @@ fn blank_times(mut v: Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn our_gateway_and_the_reference_gateway_write_records_of_the_same_shape_for_the_same_script() {
+async fn our_gateway_and_the_reference_gateway_write_records_of_the_same_shape_and_answer_edge_cases_alike() {
     let Some(py) = sdk::python() else { return };
     let Some(broker) = Broker::start() else { return };
     let (ours, theirs) = ("shape-ours", "shape-reference");
@@ -255,6 +256,56 @@ async fn our_gateway_and_the_reference_gateway_write_records_of_the_same_shape_f
     }
     assert_eq!(ours.len(), theirs.len());
 
+    // Edge cases the SDK does not send but a client may (lax types, odd date-times, invalid
+    // messages), one frame each: the same replies and, for those accepted, the same records.
+    let mut replies = Vec::new();
+    for gw in [addr, frontier.addr] {
+        replies.push(send_edge_messages(gw).await);
+    }
+    let lines: Vec<&str> = EDGE_MESSAGES.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(replies[0][i], replies[1][i], "reply to {line} (ours, then the reference's)");
+    }
+    let accepted = replies[0].iter().filter(|ok| **ok).count();
+    assert!(accepted > 20 && accepted < lines.len(), "both valid and invalid messages: {accepted}");
+    let ours = run_records(&broker, "shape-ours", "edge-ours-reader", EDGE_RUN, finished).await;
+    let theirs = run_records(&broker, "shape-reference", "edge-reference-reader", EDGE_RUN, finished).await;
+    assert_eq!(theirs.len(), accepted);
+    let drop_timestamp = |mut v: Value| {
+        v.as_object_mut().unwrap().shift_remove("timestamp");
+        serde_json::to_string(&v).unwrap()
+    };
+    let ours: Vec<String> = ours.into_iter().map(drop_timestamp).collect();
+    let theirs: Vec<String> = theirs.into_iter().map(drop_timestamp).collect();
+    assert_eq!(ours, theirs, "records of the edge cases (ours, then the reference's)");
+
     drop(frontier);
     assert!(server::terminate(gateway).success());
+}
+
+/// One message per line, sent as a frame of its own (`run_id` omitted: the path's is used).
+const EDGE_MESSAGES: &str = include_str!("sdk/edge_messages.jsonl");
+const EDGE_RUN: &str = "0e0d0c0b0a09080706050403020100ff";
+
+/// Sends every line of [`EDGE_MESSAGES`] to the gateway at `addr` as a frame of its own; returns
+/// which were acknowledged.
+async fn send_edge_messages(addr: SocketAddr) -> Vec<bool> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let url = format!("ws://{addr}/api/v1/ws/runs/{EDGE_RUN}");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut acked = Vec::new();
+    for line in EDGE_MESSAGES.lines() {
+        ws.send(Ws::Text(line.into())).await.unwrap();
+        let reply = loop {
+            match ws.next().await.expect("a reply").unwrap() {
+                Ws::Text(t) => break serde_json::from_str::<Value>(&t).unwrap(),
+                Ws::Ping(_) | Ws::Pong(_) => continue,
+                other => panic!("{other:?} in reply to {line}"),
+            }
+        };
+        acked.push(reply["status"] == "ok");
+    }
+    ws.close(None).await.unwrap();
+    acked
 }
