@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod broker;
+pub mod sdk;
 pub mod server;
 
 use matyan::storage::context_id::context_to_id;
