@@ -606,6 +606,73 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_experiment_or_tag_deletion_and_a_malformed_entry_do_not_wedge_the_outbox_deliberate_fix() {
+    // The reference's publisher stopped at the first event without payload.run_id, for good: one
+    // REST deletion of an experiment or a tag kept every later run_deleted from going out.
+    let Some(broker) = Broker::start() else { return };
+    broker.create_topic("control-events", 1).await;
+    let (db, applier) = memory_applier().await;
+    let event = |kind: &str, key: &str, id: &str| {
+        Value::Map(vec![
+            (Value::from("type"), Value::from(kind)),
+            (Value::from("timestamp"), Value::from("2025-01-01T00:00:00.000000Z")),
+            (Value::from("payload"), Value::Map(vec![(Value::from(key), Value::from(id))])),
+        ])
+    };
+    let run = "cccccccccccccccccccccccccccccccc";
+    let entries = [
+        (-1, 1, event("experiment_deleted", "experiment_id", "e-1")),
+        (-1, 2, Value::Int(42)),
+        (-1, 3, event("tag_deleted", "tag_id", "t-1")),
+        (3, 7, event("run_deleted", "run_id", run)),
+    ];
+    let tx = db.create_trx().unwrap();
+    for (partition, offset, value) in &entries {
+        tx.set(&applier.outbox_key(*partition, *offset), &value::encode(value).unwrap());
+    }
+    tx.commit().await.unwrap();
+
+    let publisher = OutboxPublisher::new(
+        db.clone(),
+        applier.clone(),
+        broker.client_config(),
+        "control-events",
+        RetryOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(publisher.publish_pending().await.unwrap(), 3, "every event behind the bad entry went out");
+    let tx = db.create_trx().unwrap();
+    assert!(applier.outbox(&tx, 0).await.unwrap().is_empty(), "the outbox is empty");
+    let letters = applier.dead_letters(&tx, 0).await.unwrap();
+    assert_eq!(letters.len(), 1, "the malformed entry is dead-lettered, not retried forever");
+    assert_eq!((letters[0].partition, letters[0].offset), (-1, 2));
+    assert_eq!(letters[0].record.get("reason"), Some(&Value::from("outbox_malformed")));
+
+    let reader: StreamConsumer = broker
+        .consumer_config()
+        .set("group.id", "control-workers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&["control-events"]).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await.expect("control event").unwrap();
+        let event: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+        got.push((msg.key().map(<[u8]>::to_vec), event["type"].as_str().unwrap().to_owned(), event["payload"].clone()));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (None, "experiment_deleted".to_owned(), json!({"experiment_id": "e-1"})),
+            (None, "tag_deleted".to_owned(), json!({"tag_id": "t-1"})),
+            (Some(run.as_bytes().to_vec()), "run_deleted".to_owned(), json!({"run_id": run})),
+        ],
+        "REST events keep the reference's null key; run_deleted is keyed by its run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_partition_returns_nothing_and_resumes_where_it_stopped() {
     let Some(broker) = Broker::start() else { return };
     broker.create_topic(TOPIC, 1).await;

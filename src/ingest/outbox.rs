@@ -1,11 +1,18 @@
-//! The outbox publisher: sends the `run_deleted` control events that `delete_run` recorded, then removes them.
+//! The outbox publisher: sends the control events that mutations recorded, then removes them.
 //!
 //! [`Applier::apply`] writes a `run_deleted` event under `("outbox", partition, offset)` in the
-//! transaction that deletes the run, so the event exists exactly when the deletion does. The
-//! [`OutboxPublisher`] reads pending entries, produces each to `control-events` (key = the run id,
-//! value = the event's compact JSON `{"type":"run_deleted","timestamp":…,"payload":{"run_id":R}}`,
-//! §1.5), waits for the broker's acknowledgement, and only then removes the entry in its own
-//! transaction.
+//! transaction that deletes the run, and the REST API writes `experiment_deleted` and `tag_deleted`
+//! (partition −1) in the transaction of its deletion, so each event exists exactly when its mutation
+//! does. The [`OutboxPublisher`] reads pending entries, produces each to `control-events` (value =
+//! the event's compact JSON `{"type":…,"timestamp":…,"payload":{…}}`, §1.5; key = the run id when
+//! the payload has one, else none, as the reference), waits for the broker's acknowledgement, and
+//! only then removes the entry in its own transaction.
+//!
+//! No entry blocks the others (the reference stopped at the first event without a `run_id`, for
+//! good): an entry that is not an event, or that the broker refused [`MAX_DELIVERY_ATTEMPTS`]
+//! times, is moved to the dead letters (reason `outbox_malformed` or `outbox_undeliverable`) in one
+//! transaction and the pass goes on; a broker that times out (down or unreachable) ends the pass,
+//! to be retried on the next one without counting against the entry.
 //!
 //! Delivery is at least once and never lost: a crash (or a failed removal) after the broker
 //! acknowledged and before the removal committed publishes the event again on the next pass. Such
@@ -16,21 +23,28 @@
 //! run id so a run's events stay in order on a multi-partition control topic. The control worker
 //! reads only the value, so this changes nothing for it.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rdkafka::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use thiserror::Error;
 
 use crate::config::KafkaConfig;
-use crate::ingest::apply::{Applier, ApplyError, OutboxEvent};
+use crate::ingest::apply::{Applier, ApplyError, DeadLetter, OutboxEvent};
 use crate::ingest::kafka::client_config;
 use crate::storage::kv::{Database, RetryOptions};
 use crate::storage::value::ValueError;
 
 /// How long one publish may wait in the producer's queue and for the broker.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Refusals by the broker (other than timeouts) after which an entry is dead-lettered.
+pub const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 
 /// Why a publishing pass stopped.
 #[derive(Debug, Error)]
@@ -49,6 +63,26 @@ pub enum OutboxError {
     Delivery { partition: i32, offset: i64, source: rdkafka::error::KafkaError },
 }
 
+impl OutboxError {
+    /// Whether the broker could not be reached in time (down, unreachable, its queue full): the
+    /// entry is not at fault and is retried without counting against it.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            OutboxError::Delivery {
+                source: KafkaError::MessageProduction(
+                    RDKafkaErrorCode::MessageTimedOut
+                        | RDKafkaErrorCode::QueueFull
+                        | RDKafkaErrorCode::AllBrokersDown
+                        | RDKafkaErrorCode::BrokerTransportFailure
+                        | RDKafkaErrorCode::RequestTimedOut
+                ),
+                ..
+            }
+        )
+    }
+}
+
 /// Publishes outbox events to the control-events topic (see the module docs).
 #[derive(Clone)]
 pub struct OutboxPublisher {
@@ -58,6 +92,8 @@ pub struct OutboxPublisher {
     topic: String,
     retry: RetryOptions,
     batch: usize,
+    /// Broker refusals per entry `(partition, offset)` since this process started.
+    refusals: Arc<Mutex<HashMap<(i32, i64), u32>>>,
 }
 
 impl std::fmt::Debug for OutboxPublisher {
@@ -88,7 +124,15 @@ impl OutboxPublisher {
         let producer: FutureProducer = crate::ingest::kafka::idempotent_producer_config(base, DELIVERY_TIMEOUT)
             .create()
             .map_err(OutboxError::Producer)?;
-        Ok(Self { db, applier, producer, topic: topic.to_owned(), retry, batch: 100 })
+        Ok(Self {
+            db,
+            applier,
+            producer,
+            topic: topic.to_owned(),
+            retry,
+            batch: 100,
+            refusals: Arc::new(Mutex::new(HashMap::new())),
+        })
     }
 
     /// Returns the control-events topic.
@@ -97,8 +141,9 @@ impl OutboxPublisher {
     }
 
     /// Publishes every pending event (in `(partition, offset)` order, `batch` at a time) and
-    /// removes each once delivered. Returns how many were published. Stops at the first failure;
-    /// the failed entry and the ones after it stay for the next pass.
+    /// removes each once delivered; dead-letters what can never be delivered (module docs).
+    /// Returns how many were published. A broker timeout ends the pass with an error; the entry
+    /// and the ones after it stay for the next pass.
     pub async fn publish_pending(&self) -> Result<usize, OutboxError> {
         let mut published = 0;
         loop {
@@ -114,33 +159,86 @@ impl OutboxPublisher {
                         crate::metrics::outbox_event("published");
                         published += 1;
                     }
+                    Err(e @ OutboxError::Malformed { .. }) => self.dead_letter(entry, "outbox_malformed", &e).await?,
+                    Err(e @ OutboxError::Delivery { .. }) if !e.is_transient() => {
+                        crate::metrics::outbox_event("failed");
+                        let key = (entry.partition, entry.offset);
+                        let refusals = {
+                            let mut map = self.refusals.lock();
+                            let n = map.entry(key).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        if refusals >= MAX_DELIVERY_ATTEMPTS {
+                            self.dead_letter(entry, "outbox_undeliverable", &e).await?;
+                            self.refusals.lock().remove(&key);
+                        } else {
+                            tracing::warn!(error = %e, refusals, "outbox event refused; retried on the next pass");
+                        }
+                    }
                     Err(e) => {
                         crate::metrics::outbox_event("failed");
                         return Err(e);
                     }
                 }
             }
+            // Entries refused but not yet dead-lettered are still first in the outbox: leave them
+            // for the next pass rather than reading them again at once.
+            if pending.iter().any(|e| self.refusals.lock().contains_key(&(e.partition, e.offset))) {
+                return Ok(published);
+            }
         }
+    }
+
+    /// Moves `entry` to the dead letters (reason `reason`) and out of the outbox, in one transaction.
+    async fn dead_letter(&self, entry: &OutboxEvent, reason: &str, error: &OutboxError) -> Result<(), OutboxError> {
+        let (partition, offset) = (entry.partition, entry.offset);
+        let letter = DeadLetter {
+            reason: reason.to_owned(),
+            key: None,
+            value: entry.event.to_json().ok().and_then(|j| serde_json::to_vec(&j).ok()),
+            timestamp: crate::clock::now_secs(),
+            message_type: entry.event.to_json().ok().and_then(|j| j["type"].as_str().map(str::to_owned)),
+            detail: error.to_string(),
+        };
+        let (applier, letter) = (&self.applier, &letter);
+        self.db
+            .run(&self.retry, |tx| async move {
+                applier.write_dead_letter(&tx, partition, offset, letter)?;
+                applier.remove_outbox(&tx, partition, offset);
+                Ok::<(), ApplyError>(())
+            })
+            .await?;
+        crate::metrics::outbox_event("dead_lettered");
+        tracing::error!(partition, offset, reason, error = %error, "outbox entry dead-lettered");
+        Ok(())
     }
 
     async fn publish_one(&self, entry: &OutboxEvent) -> Result<(), OutboxError> {
         let (partition, offset) = (entry.partition, entry.offset);
         let malformed = |detail: String| OutboxError::Malformed { partition, offset, detail };
         let json = entry.event.to_json().map_err(|e: ValueError| malformed(e.to_string()))?;
-        let run = json
-            .get("payload")
-            .and_then(|p| p.get("run_id"))
+        let kind = json
+            .get("type")
             .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| malformed("no payload.run_id".to_owned()))?
+            .ok_or_else(|| malformed("not a control event: no type".to_owned()))?
             .to_owned();
+        if !json.get("payload").is_some_and(serde_json::Value::is_object) {
+            return Err(malformed("not a control event: no payload object".to_owned()));
+        }
+        let run = json.pointer("/payload/run_id").and_then(serde_json::Value::as_str).map(str::to_owned);
         let value = serde_json::to_vec(&json).map_err(|e| malformed(e.to_string()))?;
-        let record: FutureRecord<'_, str, [u8]> =
-            FutureRecord::to(&self.topic).key(run.as_str()).payload(value.as_slice());
-        self.producer.send(record, DELIVERY_TIMEOUT).await.map_err(|(source, _)| OutboxError::Delivery {
-            partition,
-            offset,
-            source,
-        })?;
+        let delivery = match &run {
+            Some(run) => {
+                let record = FutureRecord::to(&self.topic).key(run.as_str()).payload(value.as_slice());
+                self.producer.send(record, DELIVERY_TIMEOUT).await
+            }
+            None => {
+                let record = FutureRecord::<(), [u8]>::to(&self.topic).payload(value.as_slice());
+                self.producer.send(record, DELIVERY_TIMEOUT).await
+            }
+        };
+        delivery.map_err(|(source, _)| OutboxError::Delivery { partition, offset, source })?;
         // Delivered: remove the entry. A failure here only means it is published again later.
         let applier = &self.applier;
         self.db
@@ -149,7 +247,8 @@ impl OutboxPublisher {
                 Ok::<(), ApplyError>(())
             })
             .await?;
-        tracing::info!(run = %run, partition, offset, topic = %self.topic, "run_deleted published");
+        self.refusals.lock().remove(&(partition, offset));
+        tracing::info!(kind = %kind, run = ?run, partition, offset, topic = %self.topic, "control event published");
         Ok(())
     }
 
