@@ -121,6 +121,10 @@ def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str
         component = doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
         volumes = {v["name"] for v in spec.get("volumes", [])}
         volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
+        for init in spec.get("initContainers", []):
+            for mount in init.get("volumeMounts", []):
+                if mount["name"] not in volumes:
+                    fail(errors, f"{where} {name}: init mount {mount['name']} has no volume")
         for container in spec["containers"]:
             ports = {p["name"] for p in container.get("ports", [])}
             container_ports[component] = ports

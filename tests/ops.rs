@@ -172,6 +172,10 @@ fn every_alert_rule_queries_catalogue_metrics_and_links_an_existing_runbook_entr
     assert!(tokens.len() > 8, "only {} metrics in the rules", tokens.len());
     assert_eq!(unknown_metrics(&tokens, &catalogue), Vec::<String>::new(), "alerted on but not in src/metrics.rs");
 
+    // The scrape configuration loads this file.
+    assert!(read("ops/prometheus.yml").contains("\n  - prometheus/alerts.yml\n"), "ops/prometheus.yml loads the rules");
+    assert!(root().join("ops").join("prometheus/alerts.yml").exists());
+
     let docs = read("docs/operations.md");
     let anchors = anchors(&docs);
     let alerts: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("- alert: ")).collect();

@@ -148,7 +148,7 @@ write 500000 as 500000.0, which the binary refuses for its integer keys. */}}
   value: {{ .Values.storage.retryMaxAttempts | quote }}
 {{- if eq .Values.storage.backend "fdb" }}
 - name: FDB_CLUSTER_FILE
-  value: /etc/foundationdb/fdb.cluster
+  value: /var/run/foundationdb/fdb.cluster
 {{- end }}
 {{- if .Values.blobs.uriSecret.existingSecret }}
 - name: BLOB_URI_SECRET
@@ -174,11 +174,10 @@ write 500000 as 500000.0, which the binary refuses for its integer keys. */}}
 - name: tmp
   mountPath: /tmp
 {{- if eq .Values.storage.backend "fdb" }}
-# The FoundationDB client rewrites a cluster file it can write to after a coordinator change; a
-# read-only mount keeps the operator's copy authoritative.
-- name: fdb-cluster-file
-  mountPath: /etc/foundationdb
-  readOnly: true
+# A writable copy of the cluster file (see matyan.initContainers): the FoundationDB client
+# rewrites its cluster file when the coordinators change.
+- name: fdb-cluster-file-rw
+  mountPath: /var/run/foundationdb
 {{- end }}
 {{- end -}}
 
@@ -197,6 +196,8 @@ write 500000 as 500000.0, which the binary refuses for its integer keys. */}}
   emptyDir: {}
 {{- end }}
 {{- if eq .Values.storage.backend "fdb" }}
+- name: fdb-cluster-file-rw
+  emptyDir: {}
 - name: fdb-cluster-file
 {{- if .Values.storage.fdb.clusterFile.secret }}
   secret:
@@ -211,6 +212,26 @@ write 500000 as 500000.0, which the binary refuses for its integer keys. */}}
       - key: {{ .Values.storage.fdb.clusterFile.key }}
         path: fdb.cluster
 {{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Copies the mounted cluster file (a ConfigMap or Secret, read-only) to the writable
+emptyDir named by FDB_CLUSTER_FILE, at every pod start. */}}
+{{- define "matyan.initContainers" -}}
+{{- if eq .Values.storage.backend "fdb" }}
+initContainers:
+  - name: fdb-cluster-file
+    image: {{ include "matyan.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command: ["cp", "/etc/foundationdb/fdb.cluster", "/var/run/foundationdb/fdb.cluster"]
+    securityContext:
+{{ toYaml .Values.securityContext | indent 6 }}
+    volumeMounts:
+      - name: fdb-cluster-file
+        mountPath: /etc/foundationdb
+        readOnly: true
+      - name: fdb-cluster-file-rw
+        mountPath: /var/run/foundationdb
 {{- end }}
 {{- end -}}
 
