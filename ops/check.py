@@ -8,6 +8,8 @@
   `kubernetes-validate`, schemas shipped in the package) in strict mode, for the oldest and the
   newest Kubernetes version it knows.
 - Each rendered config file is loaded and validated by the binary itself (--matyan BIN).
+- The embedded `serve` pod's rendered arguments and config file start the binary (--matyan BIN),
+  whose probes and /metrics/ answer 200, and SIGTERM stops it with status 0.
 - Rendered pods: Services and PodDisruptionBudgets select a pod, probes and Services name
   declared container ports, probes hit the health
   routes, the config file has only keys of config/default.toml, and every environment variable
@@ -27,10 +29,13 @@ import argparse
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import helm_python as helm
@@ -200,6 +205,8 @@ def check_chart(out: Path, errors: list[str]) -> None:
                 except kubernetes_validate.ValidationError as e:
                     fail(errors, f"{where} {doc['kind']}/{doc['metadata']['name']} (k8s {version}): {e.message}")
         check_pods(docs, defaults, known_env, where, errors)
+        if values.get("storage", {}).get("backend") == "embedded":
+            run_serve_pod(docs, where, errors)
     for values, phrase in REFUSALS:
         try:
             chart.render(values, name="matyan", namespace="matyan")
@@ -209,6 +216,53 @@ def check_chart(out: Path, errors: list[str]) -> None:
             continue
         fail(errors, f"render of {values} was accepted; it must be refused ({phrase})")
     print(f"chart: {len(scenarios)} scenarios rendered and validated, {len(REFUSALS)} refusals checked")
+
+
+def run_serve_pod(docs: list[dict], where: str, errors: list[str]) -> None:
+    """Runs the rendered `serve` container's own arguments and config file (paths moved under a
+    scratch directory, the port set to 0), then checks its probes and metrics answer 200 and that
+    SIGTERM stops it cleanly."""
+    pods = [d for d in docs if d.get("kind") == "StatefulSet"]
+    configs = [d["data"]["config.toml"] for d in docs if d.get("kind") == "ConfigMap"]
+    if MATYAN_BIN is None or len(pods) != 1 or len(configs) != 1:
+        return
+    container = pod_spec(pods[0])["containers"][0]
+    with tempfile.TemporaryDirectory() as scratch:
+        moved = lambda text: text.replace("/var/lib/matyan", f"{scratch}/var-lib-matyan").replace(
+            "/etc/matyan/config", f"{scratch}/etc"
+        )
+        Path(scratch, "etc").mkdir()
+        Path(scratch, "etc", "config.toml").write_text(moved(configs[0]))
+        args = [moved(a) for a in container["args"]]
+        args[args.index("--port") + 1] = "0"
+        if "--ui-dir" in args:
+            # The image's UI build is not here: the tiny one of the UI tests stands in for it.
+            args[args.index("--ui-dir") + 1] = str(ROOT / "fixtures" / "ui")
+        proc = subprocess.Popen([MATYAN_BIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            addr_file = Path(scratch, "var-lib-matyan", "serve.addr")
+            deadline = time.monotonic() + 60
+            while not addr_file.exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if not addr_file.exists():
+                fail(errors, f"{where}: `matyan {' '.join(args)}` did not start")
+                return
+            base = f"http://{addr_file.read_text().strip()}"
+            routes = ["/health/live/", "/health/ready/", "/metrics/"] + (["/"] if "--ui-dir" in args else [])
+            for route in routes:
+                with urllib.request.urlopen(base + route, timeout=10) as response:
+                    if response.status != 200:
+                        fail(errors, f"{where}: {route} answered {response.status}")
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=60)
+            if code != 0:
+                fail(errors, f"{where}: the serve pod's process exited {code} on SIGTERM: {proc.stderr.read()}")
+            else:
+                print(f"{where}: the serve container's arguments start matyan, its probes answer, SIGTERM stops it")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def check_dockerfile(errors: list[str]) -> None:

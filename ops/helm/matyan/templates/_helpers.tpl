@@ -80,9 +80,19 @@ write 500000 as 500000.0, which the binary refuses for its integer keys. */}}
   "kafka" (dict
     "consumer_group" .Values.kafka.consumerGroup
     "dead_letter_topic" .Values.kafka.deadLetterTopic)
-  "blobs" (dict "dir" "/var/lib/matyan-blobs")
+  "blobs" (dict "dir" (include "matyan.blobsDir" .))
 -}}
 {{- include "matyan.toml" (dict "table" (mustMergeOverwrite $cfg (deepCopy .Values.config)) "prefix" "") -}}
+{{- end -}}
+
+{{/* blobs.dir: the shared claim when there is one; else, for `serve`, beside its store (on the
+embedded store's claim), and for the split roles an emptyDir of each pod. */}}
+{{- define "matyan.blobsDir" -}}
+{{- if or .Values.blobs.existingClaim (eq .Values.mode "split") -}}
+/var/lib/matyan-blobs
+{{- else -}}
+/var/lib/matyan/blobs
+{{- end -}}
 {{- end -}}
 
 {{/* One TOML table: (dict "table" MAP "prefix" "a.b"); its scalars, then its sub-tables. */}}
