@@ -103,8 +103,7 @@ def check_config(text: str, defaults: dict[str, object], where: str, errors: lis
                 text=True,
                 timeout=60,
             )
-            refused = "command failed" in result.stderr
-            if refused and not any(phrase in result.stderr for phrase in AFTER_VALIDATION):
+            if result.returncode != 0 and not any(phrase in result.stderr for phrase in AFTER_VALIDATION):
                 fail(errors, f"{where}: the binary refuses the config file: {result.stderr.strip()}")
     for path, value in key_paths(config).items():
         if path not in defaults:
@@ -158,8 +157,13 @@ def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str
                 fail(errors, f"{where} {name}: runs `matyan {args[0]}` under component {component}")
     pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in docs if pod_spec(d) is not None]
     for doc in docs:
-        selector = {"Service": lambda d: d["spec"]["selector"], "PodDisruptionBudget": lambda d: d["spec"]["selector"]["matchLabels"]}.get(doc.get("kind"))
-        if selector is not None and not any(selector(doc).items() <= labels.items() for labels in pod_labels):
+        if doc.get("kind") == "Service":
+            selector = doc["spec"]["selector"]
+        elif doc.get("kind") == "PodDisruptionBudget":
+            selector = doc["spec"]["selector"]["matchLabels"]
+        else:
+            continue
+        if not any(selector.items() <= labels.items() for labels in pod_labels):
             fail(errors, f"{where} {doc['kind']} {doc['metadata']['name']}: selects no pod")
     for doc in docs:
         if doc.get("kind") != "Service":
@@ -228,9 +232,10 @@ def run_serve_pod(docs: list[dict], where: str, errors: list[str]) -> None:
         return
     container = pod_spec(pods[0])["containers"][0]
     with tempfile.TemporaryDirectory() as scratch:
-        moved = lambda text: text.replace("/var/lib/matyan", f"{scratch}/var-lib-matyan").replace(
-            "/etc/matyan/config", f"{scratch}/etc"
-        )
+
+        def moved(text: str) -> str:
+            return text.replace("/var/lib/matyan", f"{scratch}/var-lib-matyan").replace("/etc/matyan/config", f"{scratch}/etc")
+
         Path(scratch, "etc").mkdir()
         Path(scratch, "etc", "config.toml").write_text(moved(configs[0]))
         args = [moved(a) for a in container["args"]]
