@@ -10,7 +10,7 @@
 set -Eeuo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=${MATYAN_BIN:-$root/target/debug/matyan}
+bin=${MATYAN_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/matyan}
 [ -x "$bin" ] || { echo "quickstart: $bin is not built (cargo build --bin matyan)"; exit 1; }
 work=$(mktemp -d)
 serve_pid=""
