@@ -327,7 +327,7 @@ fn plain_text() -> J {
     string()
 }
 
-fn health() -> J {
+fn any_object() -> J {
     json!({"type": "object"})
 }
 
@@ -451,10 +451,10 @@ fn reports() -> J {
 
 /// Every documented operation.
 pub const ROUTES: &[Route] = &[
-    r("get", "/health/live/", "Liveness probe", health),
-    r("get", "/health/ready/", "Readiness probe (503 when storage fails)", health),
+    r("get", "/health/live/", "Liveness probe", any_object),
+    r("get", "/health/ready/", "Readiness probe (503 when storage fails)", any_object),
     Route { body: Body::Text, ..r("get", "/metrics/", "Prometheus metrics (when enabled)", plain_text) },
-    r("get", "/api/v1/rest/openapi.json", "This document", health),
+    r("get", "/api/v1/rest/openapi.json", "This document", any_object),
     r("get", "/api/v1/rest/version/", "Server version", version),
     tz(heavy(q(stream("get", "/api/v1/rest/runs/search/run/", "Run search (MatyanQL)"), SEARCH))),
     tz(heavy(q(stream("get", "/api/v1/rest/runs/search/metric/", "Metric search"), METRIC_SEARCH))),
@@ -674,6 +674,9 @@ fn operation(route: &Route) -> J {
         responses.insert("414".to_owned(), json!({"description": "The URI is longer than 64 KiB"}));
     }
     responses.insert("422".to_owned(), error("A parameter or body that does not validate"));
+    if route.path == "/health/ready/" {
+        responses.insert("503".to_owned(), json!({"description": "Storage does not answer"}));
+    }
     if route.heavy {
         responses.insert("503".to_owned(), error("Every place for heavy requests is taken (Retry-After)"));
     }
@@ -706,7 +709,10 @@ pub fn build() -> J {
         "info": {
             "title": "Matyan REST API (matyan-rs)",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Wire-compatible with the Matyan backend; paths answer with and without a trailing slash.",
+            "description": "Wire-compatible with the Matyan backend; paths answer with and without a trailing slash. \
+                JSON bodies must be sent as application/json (415 otherwise). The SDK gateway's routes \
+                (WS /api/v1/ws/runs/{run_id}, POST /api/v1/rest/artifacts/presign, the signed PUT \
+                /api/v1/rest/artifacts/upload/) are for matyan-client and not part of this document.",
         },
         "paths": paths,
     })
