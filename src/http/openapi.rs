@@ -220,15 +220,22 @@ fn trace_refs() -> J {
 }
 
 fn run_hashes() -> J {
+    array(key_part())
+}
+
+/// Blob URIs as the search answers mint them (`blobs.rs`).
+fn blob_uris() -> J {
     array(string())
 }
 
 fn run_update() -> J {
+    let mut experiment = key_part();
+    experiment["nullable"] = J::Bool(true);
     object(
         &[],
         json!({
             "name": nullable("string"), "description": nullable("string"), "archived": nullable("boolean"),
-            "active": nullable("boolean"), "experiment": nullable("string"),
+            "active": nullable("boolean"), "experiment": experiment,
         }),
     )
 }
@@ -519,8 +526,8 @@ pub const ROUTES: &[Route] = &[
         q(stream("post", "/api/v1/rest/runs/{run_id}/audios/get-step/", "Audios of one run at one step"), OBJECT_STEP),
         trace_refs,
     ),
-    with_body(stream("post", "/api/v1/rest/runs/images/get-batch/", "Bytes of image blobs by blob URI"), run_hashes),
-    with_body(stream("post", "/api/v1/rest/runs/audios/get-batch/", "Bytes of audio blobs by blob URI"), run_hashes),
+    with_body(stream("post", "/api/v1/rest/runs/images/get-batch/", "Bytes of image blobs by blob URI"), blob_uris),
+    with_body(stream("post", "/api/v1/rest/runs/audios/get-batch/", "Bytes of audio blobs by blob URI"), blob_uris),
     with_body(
         q(stream("post", "/api/v1/rest/runs/{run_id}/texts/get-batch/", "Texts of one run"), OBJECT_BATCH),
         trace_refs,
@@ -846,6 +853,8 @@ mod tests {
         let tag_name = &tags_new["requestBody"]["content"]["application/json"]["schema"]["properties"]["tag_name"];
         assert_eq!(tag_name["maxLength"], MAX_KEY_PART_BYTES);
         assert_eq!(tags_new["parameters"][0]["schema"]["maxLength"], MAX_KEY_PART_BYTES);
+        let delete_batch = &doc["paths"]["/api/v1/rest/runs/delete-batch/"]["post"]["requestBody"];
+        assert_eq!(delete_batch["content"]["application/json"]["schema"]["items"]["maxLength"], MAX_KEY_PART_BYTES);
     }
 
     #[test]
