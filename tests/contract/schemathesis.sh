@@ -114,7 +114,7 @@ log "matyan serve at $api has consumed the golden records"
 # Checks: all of them. Phases: examples, coverage (boundary and negative values of every
 # parameter and body) and fuzzing; the stateful phase is left out because the document declares
 # no links between operations, so it would only repeat the fuzzing phase. One worker: the
-# operations run in one order, so a fixed seed replays the same requests on the same store.
+# operations run in one order on one store (a deletion cannot race the reads a seed generated).
 st_rc=0
 "$venv/bin/st" --config-file "$root/tests/contract/schemathesis.toml" run "$api/api/v1/rest/openapi.json" \
     --url "$api" \
