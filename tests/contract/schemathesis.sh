@@ -25,6 +25,7 @@ log() { echo "contract: $*"; }
 
 rm -rf "$out"
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 work=$(mktemp -d)
 serve_pid=""
 
@@ -79,6 +80,7 @@ counter() {
 }
 
 install_schemathesis
+venv=$(cd "$venv" && pwd)
 
 bin=${MATYAN_BIN:-}
 if [ -z "$bin" ]; then
@@ -115,7 +117,9 @@ log "matyan serve at $api has consumed the golden records"
 # parameter and body) and fuzzing; the stateful phase is left out because the document declares
 # no links between operations, so it would only repeat the fuzzing phase. One worker: the
 # operations run in one order on one store (a deletion cannot race the reads a seed generated).
+# Run from the scratch directory: schemathesis leaves a `.schemathesis/` cache where it runs.
 st_rc=0
+cd "$work"
 "$venv/bin/st" --config-file "$root/tests/contract/schemathesis.toml" run "$api/api/v1/rest/openapi.json" \
     --url "$api" \
     --checks all \
