@@ -455,7 +455,7 @@ impl Applier {
         offset: i64,
         letter: &DeadLetter,
     ) -> Result<(), ApplyError> {
-        let key = letter.key.as_deref().map(|k| (cut_str(k, dlq::MAX_STORED_KEY_BYTES), k.len()));
+        let key = letter.key.as_deref().map(|k| (dlq::cut_str(k, dlq::MAX_STORED_KEY_BYTES), k.len()));
         let (value, truncation) = match letter.value.as_deref() {
             Some(v) => {
                 let (kept, truncation) = dlq::bound_value(v, dlq::MAX_STORED_VALUE_BYTES);
@@ -469,7 +469,7 @@ impl Applier {
             (Value::from("value"), value),
             (Value::from("timestamp"), Value::Float(letter.timestamp)),
             (Value::from("type"), letter.message_type.as_deref().map_or(Value::Nil, Value::from)),
-            (Value::from("detail"), Value::from(cut_str(&letter.detail, MAX_DETAIL))),
+            (Value::from("detail"), Value::from(dlq::cut_str(&letter.detail, MAX_DETAIL))),
         ];
         if let Some(t) = truncation {
             fields.push((Value::from("truncated"), Value::Bool(true)));
@@ -545,18 +545,6 @@ impl Applier {
         tx.set(&self.outbox_key(entry.partition, entry.offset), &bytes);
         Ok(())
     }
-}
-
-/// Cuts `s` to at most `max` bytes at a character boundary.
-fn cut_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The control event `{"type":"run_deleted","timestamp":…,"payload":{"run_id":R}}` (§1.5).

@@ -403,7 +403,7 @@ impl KafkaDeadLetters {
     ) -> Result<(), DeadLetterError> {
         let partition = rejected.partition.to_string();
         let offset = rejected.offset.to_string();
-        let detail = cut(&rejected.detail, MAX_DETAIL);
+        let detail = cut_str(&rejected.detail, MAX_DETAIL);
         let mut headers = OwnedHeaders::new_with_capacity(6)
             .insert(Header { key: headers::REASON, value: Some(reason) })
             .insert(Header { key: headers::ORIGIN_TOPIC, value: Some(rejected.topic) })
@@ -559,7 +559,7 @@ impl KafkaDeadLetters {
 }
 
 /// Cuts `s` to at most `max` bytes at a character boundary.
-fn cut(s: &str, max: usize) -> &str {
+pub(crate) fn cut_str(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -577,9 +577,9 @@ mod tests {
 
     #[test]
     fn cut_keeps_character_boundaries() {
-        assert_eq!(cut("héllo", 2), "h");
-        assert_eq!(cut("héllo", 3), "hé");
-        assert_eq!(cut("abc", 10), "abc");
+        assert_eq!(cut_str("héllo", 2), "h");
+        assert_eq!(cut_str("héllo", 3), "hé");
+        assert_eq!(cut_str("abc", 10), "abc");
     }
 
     #[tokio::test]
