@@ -1,7 +1,7 @@
 //! `matyan ingest`: the Kafka → storage role, with its own health and metrics listener, until SIGINT or SIGTERM.
 //!
 //! It consumes `kafka.data_ingestion_topic` in the group `kafka.consumer_group` through the actor
-//! pipeline into the configured storage, publishes the outbox's `run_deleted` events to
+//! pipeline into the configured storage, publishes the outbox's control events to
 //! `kafka.control_events_topic`, and serves `/health/live/`, `/health/ready/` and `/metrics/` on
 //! `metrics.port` (0 disables the listener). Records that cannot be decoded or applied go to
 //! `kafka.dead_letter_topic` (`data-ingestion-dlq`, which must exist) with `reason` and origin
