@@ -23,6 +23,9 @@ use crate::ingest::message::MAX_KEY_PART_BYTES;
 use super::Gateway;
 use super::upload::Refusal;
 
+/// Bytes of each connection's read and write buffers.
+const CONNECTION_BUFFER_BYTES: usize = 8 * 1024;
+
 /// Upgrades to the run's connection, or refuses it (bad run id, too many connections).
 pub async fn upgrade(State(gw): State<Gateway>, Path(run_id): Path<String>, ws: WebSocketUpgrade) -> Response {
     if run_id.is_empty() || run_id.len() > MAX_KEY_PART_BYTES || run_id.chars().any(char::is_control) {
@@ -38,12 +41,18 @@ pub async fn upgrade(State(gw): State<Gateway>, Path(run_id): Path<String>, ws: 
             .into_response();
     };
     let max = gw.config().max_frame_bytes;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
-        let _permit = permit;
-        crate::metrics::gateway_connections(1.0);
-        serve(socket, &run_id, &gw).await;
-        crate::metrics::gateway_connections(-1.0);
-    })
+    // Small per-connection buffers (tungstenite's defaults are 128 KiB each): ten thousand idle runs
+    // must not hold gigabytes; a large frame still grows the read buffer as it arrives.
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(CONNECTION_BUFFER_BYTES)
+        .write_buffer_size(CONNECTION_BUFFER_BYTES)
+        .on_upgrade(move |socket| async move {
+            let _permit = permit;
+            crate::metrics::gateway_connections(1.0);
+            serve(socket, &run_id, &gw).await;
+            crate::metrics::gateway_connections(-1.0);
+        })
 }
 
 /// The reply to a frame.
