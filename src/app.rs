@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RecordSink};
 use crate::http::ui::UiBuild;
 use crate::storage::kv::{Database, KvError, Limits};
 use crate::storage::layout::Layout;
@@ -59,9 +59,11 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The blob store and the blob URI codec of `config.blobs`.
     pub blobs: Blobs,
-    /// The SDK gateway, in the processes that serve it (`matyan serve`); its sink also takes the
-    /// REST API's `delete_run` records.
+    /// The SDK gateway, in the processes that serve it (`matyan serve`).
     pub gateway: Option<Gateway>,
+    /// Where this process publishes ingestion records (the gateway's frames, the REST API's
+    /// `delete_run`): `None` means the embedded queue of this store, opened per call.
+    pub records: Option<Arc<dyn RecordSink>>,
     /// The web UI build served on the paths no route answers; `None`: no UI.
     pub ui: Option<Arc<UiBuild>>,
     /// Places for heavy requests (`query.max_concurrent_heavy_requests`), see `http::api::heavy`.
@@ -94,13 +96,22 @@ impl AppState {
             blobs,
             heavy,
             gateway: None,
+            records: None,
             ui: None,
         })
     }
 
-    /// This state with the gateway `gateway` served beside the REST API.
+    /// This state with the gateway `gateway` served beside the REST API; the REST API publishes
+    /// through the gateway's sink too.
     pub fn with_gateway(mut self, gateway: Gateway) -> Self {
+        self.records = Some(Arc::clone(gateway.sink()));
         self.gateway = Some(gateway);
+        self
+    }
+
+    /// This state publishing ingestion records through `sink` (a `matyan api` in front of Kafka).
+    pub fn with_record_sink(mut self, sink: Arc<dyn RecordSink>) -> Self {
+        self.records = Some(sink);
         self
     }
 

@@ -156,3 +156,52 @@ fn api_serves_the_rest_api_alone_on_a_seeded_store() {
     assert!(status.success(), "matyan api exited with {status}");
     assert!(!dir.path().join("serve.addr").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_with_source_kafka_publishes_a_rest_deletion_as_delete_run_on_the_ingestion_topic() {
+    // Issue 11: `matyan api` queued delete_run into its own embedded queue, so a deployment on Kafka
+    // never purged the run. With `--source kafka` it produces it where the ingestion workers read.
+    let Some(broker) = Broker::start() else { return };
+    let topic = "data-ingestion";
+    broker.create_topic(topic, 6).await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = matyan(&["dev", "seed", "--data-dir", data, "--runs", "1"], &[]);
+    assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
+    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["api", "--data-dir", data, "--host", "127.0.0.1", "--port", "0", "--source", "kafka"])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start matyan api");
+    let mut api = Server(child);
+    let addr = server::wait_for_addr(&mut api, dir.path());
+
+    let run = "5eed000000000000";
+    let status = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(stream, "DELETE /api/v1/rest/runs/{run}/ HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response.split(' ').nth(1).unwrap().to_owned()
+    };
+    assert_eq!(status, "200");
+    let records = broker.read_topic_until(topic, "roles-check", Duration::from_secs(30), |got| !got.is_empty()).await;
+    use rdkafka::Message as _;
+    assert_eq!(records[0].key(), Some(run.as_bytes()));
+    let value: Value = serde_json::from_slice(records[0].payload().unwrap()).unwrap();
+    assert_eq!((value["type"].as_str(), value["run_id"].as_str()), (Some("delete_run"), Some(run)));
+    // Nothing went to the embedded queue of the api's own store.
+    let dump = matyan(&["kv", "dump", "--dir", "ours", "--data-dir", data], &[]);
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(!text.contains("\"queue\""), "no embedded queue record: {text}");
+
+    let status = server::terminate(api);
+    assert!(status.success(), "matyan api exited with {status}");
+}

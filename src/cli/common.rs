@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use matyan::app::AppState;
 use matyan::config::Config;
+use matyan::gateway::KafkaSink;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
@@ -49,6 +50,19 @@ pub async fn open_state(config: Config, metrics: Option<PrometheusHandle>) -> an
         .with_context(|| format!("cannot open {backend} storage (data dir {})", data_dir.display()))?;
     tracing::info!(backend, engine = state.db.backend(), data_dir = %data_dir.display(), "storage open");
     Ok(state)
+}
+
+/// The producer of ingestion records (gateway frames, REST `delete_run`) to
+/// `kafka.data_ingestion_topic`, with the `[gateway]` delivery settings.
+pub fn kafka_sink(config: &Config) -> anyhow::Result<KafkaSink> {
+    let g = &config.gateway;
+    KafkaSink::new(
+        matyan::ingest::kafka::client_config(&config.kafka),
+        &config.kafka.data_ingestion_topic,
+        std::time::Duration::from_millis(g.kafka_delivery_timeout_ms),
+        std::time::Duration::from_millis(g.kafka_linger_ms),
+    )
+    .context("cannot create the gateway's kafka producer")
 }
 
 /// Binds `host:port` and returns the listener with its bound address.

@@ -36,7 +36,7 @@ pub struct GatewayArgs {
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let config = args.common.load(|_| {})?;
     let handle = common::install_metrics(&config)?;
-    let sink = Arc::new(super::serve::kafka_sink(&config)?);
+    let sink = Arc::new(common::kafka_sink(&config)?);
     let blobs = Blobs::from_config(&config).context("blobs.uri_secret")?;
     let gateway = Gateway::new(&config, sink.clone(), blobs.store);
     let router = gateway.standalone_routes(handle);

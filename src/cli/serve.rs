@@ -14,8 +14,8 @@ use clap::Args;
 
 use matyan::actors::{IngestPipeline, PipelineConfig, PipelineHandle};
 use matyan::app::AppState;
-use matyan::config::{Config, IngestSource};
-use matyan::gateway::{Gateway, KafkaSink, QueueSink, RecordSink};
+use matyan::config::IngestSource;
+use matyan::gateway::{Gateway, QueueSink, RecordSink};
 use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
 use matyan::ingest::{EmbeddedSource, Queue};
 
@@ -73,7 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             (with_gateway(state, Arc::new(sink)), Ingest::Embedded(pipeline))
         }
         IngestSource::Kafka => {
-            let sink = kafka_sink(&state.config)?;
+            let sink = common::kafka_sink(&state.config)?;
             let ingest = KafkaIngest::start(&state)?;
             (with_gateway(state, Arc::new(sink)), Ingest::Kafka(Box::new(ingest)))
         }
@@ -107,18 +107,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn with_gateway(state: AppState, sink: Arc<dyn RecordSink>) -> AppState {
     let gateway = Gateway::new(&state.config, sink, Arc::clone(&state.blobs.store));
     state.with_gateway(gateway)
-}
-
-/// The gateway's producer to `kafka.data_ingestion_topic`.
-pub fn kafka_sink(config: &Config) -> anyhow::Result<KafkaSink> {
-    let g = &config.gateway;
-    KafkaSink::new(
-        matyan::ingest::kafka::client_config(&config.kafka),
-        &config.kafka.data_ingestion_topic,
-        std::time::Duration::from_millis(g.kafka_delivery_timeout_ms),
-        std::time::Duration::from_millis(g.kafka_linger_ms),
-    )
-    .context("cannot create the gateway's kafka producer")
 }
 
 /// The embedded queue's ingestion topic, created with 6 partitions if absent.

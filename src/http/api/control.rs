@@ -48,11 +48,11 @@ pub trait ControlSink: Send + Sync {
     }
 }
 
-/// The sink of this process: its gateway's record sink when it serves one (the embedded queue or
-/// Kafka, as `ingest.source` says), else the embedded ingestion queue.
+/// The sink of this process: its record sink when it has one (its gateway's, or Kafka for a
+/// `matyan api` with `ingest.source = "kafka"`), else the embedded ingestion queue.
 pub fn sink(state: &AppState) -> Box<dyn ControlSink> {
-    if let Some(gateway) = &state.gateway {
-        return Box::new(GatewaySink { sink: Arc::clone(gateway.sink()) });
+    if let Some(sink) = &state.records {
+        return Box::new(GatewaySink { sink: Arc::clone(sink) });
     }
     Box::new(EmbeddedQueueSink {
         db: state.db.clone(),
@@ -78,8 +78,8 @@ impl EmbeddedQueueSink {
     }
 }
 
-/// Publishes through the gateway's [`RecordSink`], where the process's client records go, so a
-/// `delete_run` lands on the same topic and partition as the run's earlier records.
+/// Publishes through the process's [`RecordSink`], where its client records go, so a `delete_run`
+/// lands on the same topic and partition as the run's earlier records.
 pub struct GatewaySink {
     sink: Arc<dyn RecordSink>,
 }
