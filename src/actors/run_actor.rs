@@ -20,7 +20,8 @@
 //!   actor stops: the supervisor restarts the partition group, which replays from the committed
 //!   offset; checkpoints skip whatever was applied.
 //! - With nothing buffered and no record for the idle timeout, the actor asks its partition actor
-//!   to stop it ([`Idle`]); the partition actor agrees only if no push is in flight.
+//!   to stop it ([`Idle`]); the partition actor agrees only if no push is in flight. A partition
+//!   at its cap of run actors evicts one with [`FlushNow`] (reason `evict`) and then [`Stop`].
 //! - A chaos kill sets the group's or the actor's flag: the next event stops the actor without
 //!   flushing, dropping its batch.
 
@@ -41,6 +42,12 @@ use crate::storage::kv::{Database, KvError, RetryOptions};
 /// Mailbox capacity of a run actor, in pushes (each carries one poll's records of the run).
 pub const RUN_MAILBOX: usize = 16;
 
+/// Flush transactions open at once in a pipeline. A transaction's 5 s clock starts when it opens,
+/// so thousands of runs flushing together (age timers of many small runs, evictions, a drain)
+/// would queue their open transactions for the same cores until they fail `transaction_too_old`;
+/// the rest wait for a slot before opening theirs.
+pub const FLUSH_TRANSACTIONS: usize = 64;
+
 /// What a flush needs from the outside world, shared by every run actor of a pipeline.
 #[derive(Clone)]
 pub struct Flusher {
@@ -57,9 +64,16 @@ pub struct Flusher {
     /// A multi-threaded runtime that runs the flushes, so encoding and applying use every core
     /// instead of the actor system's one thread; `None` runs them on the actor's thread.
     pub offload: Option<tokio::runtime::Handle>,
+    /// Slots of open flush transactions ([`FLUSH_TRANSACTIONS`]), shared by every run actor.
+    pub transactions: Arc<tokio::sync::Semaphore>,
 }
 
 impl Flusher {
+    /// The slots of open flush transactions of a new pipeline.
+    pub fn transaction_slots() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(FLUSH_TRANSACTIONS))
+    }
+
     /// The multi-threaded runtime of the calling context, if it is one: where flushes go.
     pub fn offload_runtime() -> Option<tokio::runtime::Handle> {
         tokio::runtime::Handle::try_current()
@@ -165,6 +179,9 @@ pub struct Flushed {
 pub struct Idle {
     /// The run.
     pub run: String,
+    /// The actor's incarnation: a report of an earlier actor of the run (idle-stopped or evicted,
+    /// its report still queued) must not stop a later one.
+    pub incarnation: u64,
     /// Pushes the actor received so far.
     pub pushes: u64,
 }
@@ -180,6 +197,7 @@ pub struct RunActorConfig {
 /// One run's actor (see the module docs).
 pub struct RunActor {
     run: String,
+    incarnation: u64,
     partition: i32,
     epoch: u64,
     batch: RunBatch,
@@ -214,10 +232,12 @@ struct Flight {
 }
 
 impl RunActor {
-    /// Creates the actor of `run` in partition group `epoch`.
+    /// Creates the actor of `run` in partition group `epoch`; `incarnation` tells it from earlier
+    /// actors of the run in the group.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         run: String,
+        incarnation: u64,
         partition: i32,
         epoch: u64,
         config: &RunActorConfig,
@@ -229,6 +249,7 @@ impl RunActor {
     ) -> Self {
         Self {
             run,
+            incarnation,
             partition,
             epoch,
             batch: RunBatch::new(config.budget),
@@ -287,7 +308,7 @@ impl RunActor {
             return;
         }
         if self.batch.pending_len() == 0 && self.flight.is_none() && self.last_activity.elapsed() >= self.idle_timeout {
-            self.idle_to.do_send(Idle { run: self.run.clone(), pushes: self.pushes });
+            self.idle_to.do_send(Idle { run: self.run.clone(), incarnation: self.incarnation, pushes: self.pushes });
         }
     }
 
@@ -585,6 +606,9 @@ async fn apply_once(
     run: &str,
     entries: &[Entry],
 ) -> Result<(crate::ingest::ApplyOutcome, usize, u64), ApplyError> {
+    // Opened only with a slot: waiting here costs nothing, waiting with an open transaction costs
+    // its 5 s. The semaphore is never closed, so an error only means no bound.
+    let _slot = flusher.transactions.acquire().await.ok();
     // The worker clock is read once, before the retry loop, so every attempt writes the same times.
     let now = unix_now();
     let mut attempts = 0u64;
@@ -647,8 +671,15 @@ mod tests {
         let applier = Applier::new(layout.clone());
         let dead_letters =
             Arc::new(DeadLetters::embedded(db.clone(), applier.clone(), RetryOptions::default(), "t".to_owned()));
-        let flusher =
-            Flusher { db, applier, retry: RetryOptions::default(), stats: Stats::new(), dead_letters, offload: None };
+        let flusher = Flusher {
+            db,
+            applier,
+            retry: RetryOptions::default(),
+            stats: Stats::new(),
+            dead_letters,
+            offload: None,
+            transactions: Flusher::transaction_slots(),
+        };
         let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
         for i in 1..=60 {
             let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});
