@@ -571,8 +571,13 @@ async fn a_hundred_thousand_runs_stay_under_the_run_actor_cap_and_survive_a_shut
     let sampled = sampler.await.unwrap().max(sampled_first);
 
     println!(
-        "live run actors: sampled at most {sampled}, peaks {} and {}; evicted {} and {}",
-        first.peak_run_actors, second.peak_run_actors, first.evicted_run_actors, second.evicted_run_actors
+        "live run actors: sampled at most {sampled}, peaks {} and {}; evicted {} and {}; flushes {:?} and {:?}",
+        first.peak_run_actors,
+        second.peak_run_actors,
+        first.evicted_run_actors,
+        second.evicted_run_actors,
+        first.flushes,
+        second.flushes
     );
     assert!(sampled <= limit, "sampled {sampled} live run actors, over {limit}");
     assert!(first.peak_run_actors <= limit && second.peak_run_actors <= limit, "{first:#?}\n{second:#?}");

@@ -17,10 +17,13 @@
 //!
 //! Live run actors are capped (`max_run_actors_per_partition`), so 100,000 runs do not mean
 //! 100,000 actors with their batches and timers. A delivery whose new runs do not fit first evicts
-//! the least recently used runs that are not in it: each flushes what it buffered ([`FlushNow`],
-//! reason `evict`, at most [`FLUSH_CONCURRENCY`] at a time), its offsets count as flushed only once
-//! that flush committed, and only then is it stopped and forgotten. No push is in flight to it
-//! (the previous delivery was accepted before this one started), so nothing sent to it is lost.
+//! the least recently used runs that are not in it: each hands over what it buffered
+//! ([`Surrender`], at most [`FLUSH_CONCURRENCY`] at a time, after its flight landed), the small
+//! ones are flushed together in shared transactions under the batch budgets (each run's
+//! checkpoint written in the transaction with its data, reason `evict`), their offsets count as
+//! flushed only once that committed, and only then are the actors stopped and forgotten. No push
+//! is in flight to them (the previous delivery was accepted before this one started), so nothing
+//! sent to them is lost.
 //! The delivery waits meanwhile, which is the back-pressure that keeps memory bounded. With more
 //! new runs in one delivery than the cap, those that fit go first and the rest follow once these
 //! accepted their records and can be evicted in turn.
@@ -40,10 +43,12 @@ use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::run_actor::{FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop};
+use super::run_actor::{
+    FlushFailure, FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop, Surrender, Surrendered,
+};
 use super::supervisor::Failure;
 use crate::ingest::dlq::Rejected;
-use crate::ingest::{Entry, FlushReason, Lease, Record, Source, SourceError, decode};
+use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Record, Source, SourceError, decode};
 
 /// Mailbox capacity of a partition actor, in deliveries (each is one poll's records of the partition).
 pub const PARTITION_MAILBOX: usize = 4;
@@ -344,9 +349,10 @@ impl<S: Source + 'static> PartitionActor<S> {
         }))
     }
 
-    /// Evicts `victims`: flushes them, marks their offsets once committed, then stops and forgets
-    /// them. Resolves to `false` when one could not flush (it reported its failure, so the group
-    /// restarts from the committed offset; the victim stays until then).
+    /// Evicts `victims`: takes what each buffered ([`Surrender`]), flushes it (small runs together,
+    /// see [`evict_flush`]), marks their offsets once committed, then stops and forgets them.
+    /// Resolves to `false` when something could not be flushed: the failure is reported, the
+    /// group restarts from the committed offset, which is still below the records not flushed.
     fn evict(&mut self, victims: Vec<String>) -> impl ActorFuture<Self, Output = bool> + 'static {
         let mut actors = Vec::with_capacity(victims.len());
         for run in victims {
@@ -355,26 +361,34 @@ impl<S: Source + 'static> PartitionActor<S> {
                 actors.push((run, slot.addr.clone()));
             }
         }
-        flush_all(actors, FlushReason::Evict).into_actor(self).map(|answers, act, _ctx| {
+        let flusher = self.setup.flusher.clone();
+        let budget = self.setup.run_config.budget;
+        evict_flush(flusher, budget, actors).into_actor(self).map(|eviction, act, _ctx| {
+            eviction.flushed.into_iter().for_each(|o| act.tracker.done(o));
             let s = &act.setup;
             let mut evicted = 0;
-            let mut ok = true;
-            for (run, answer) in answers {
-                match answer {
-                    Ok(Ok(offsets)) => {
-                        offsets.into_iter().for_each(|o| act.tracker.done(o));
-                        if let Some(slot) = act.runs.remove(&run) {
-                            s.flusher.stats.unregister_run(s.partition, &run, s.epoch);
-                            slot.addr.do_send(Stop);
-                            evicted += 1;
-                        }
-                    }
-                    _ => ok = false,
+            for run in eviction.emptied {
+                if let Some(slot) = act.runs.remove(&run) {
+                    s.flusher.stats.unregister_run(s.partition, &run, s.epoch);
+                    slot.addr.do_send(Stop);
+                    evicted += 1;
                 }
             }
             s.flusher.stats.note_evicted(evicted);
             tracing::debug!(partition = s.partition, evicted, live = act.runs.len(), "run actors evicted");
-            ok
+            match eviction.failed {
+                None => true,
+                Some(failure) => {
+                    tracing::warn!(partition = s.partition, cause = failure.cause, error = %failure.error, "eviction flush failed");
+                    let _ = s.failures.send(Failure {
+                        partition: s.partition,
+                        epoch: s.epoch,
+                        actor: "run",
+                        cause: failure.cause,
+                    });
+                    false
+                }
+            }
         })
     }
 
@@ -529,6 +543,81 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
             }
         })))
     }
+}
+
+/// What an eviction did: the offsets committed, the runs that hold nothing any more (stopped
+/// next), and the first flush failure, if any (a run that failed to surrender reported itself).
+struct Eviction {
+    flushed: Vec<i64>,
+    emptied: Vec<String>,
+    failed: Option<FlushFailure>,
+}
+
+/// Takes the buffered batches of the evicted `actors` ([`FLUSH_CONCURRENCY`] at a time) and
+/// flushes them: the single open batch of each small run packed with others' under `budget` into
+/// shared transactions (each run's checkpoint in it), anything else (several batches, a
+/// `delete_run`, the Kafka dead-letter sink, which needs the per-run forwarding) one run at a time.
+async fn evict_flush(flusher: Flusher, budget: BatchBudget, actors: Vec<(String, Addr<RunActor>)>) -> Eviction {
+    use futures_util::StreamExt;
+    let answers: Vec<_> = futures_util::stream::iter(actors)
+        .map(|(run, addr)| async move {
+            let answer = addr.send(Surrender).await;
+            (run, answer)
+        })
+        .buffer_unordered(FLUSH_CONCURRENCY)
+        .collect()
+        .await;
+    let share = !flusher.dead_letters.forwards();
+    let mut eviction = Eviction { flushed: Vec::new(), emptied: Vec::new(), failed: None };
+    let mut surrendered_all = true;
+    let mut shared: Vec<Vec<(String, Batch)>> = Vec::new();
+    let (mut bytes, mut messages) = (0usize, 0usize);
+    let mut alone: Vec<(String, Vec<Batch>)> = Vec::new();
+    for (run, answer) in answers {
+        let Ok(Ok(Surrendered { flushed, mut batches })) = answer else {
+            surrendered_all = false;
+            continue;
+        };
+        eviction.flushed.extend(flushed);
+        eviction.emptied.push(run.clone());
+        if share && batches.len() == 1 && batches[0].reason == FlushReason::Evict {
+            let Some(batch) = batches.pop() else { continue };
+            let fits = bytes + batch.estimated_bytes <= budget.max_bytes
+                && messages + batch.entries.len() <= budget.max_messages;
+            if !fits || shared.is_empty() {
+                shared.push(Vec::new());
+                (bytes, messages) = (0, 0);
+            }
+            bytes += batch.estimated_bytes;
+            messages += batch.entries.len();
+            if let Some(pack) = shared.last_mut() {
+                pack.push((run, batch));
+            }
+        } else if !batches.is_empty() {
+            alone.push((run, batches));
+        }
+    }
+    if !surrendered_all {
+        // The run that failed reported itself; the group restarts and replays the rest.
+        return eviction;
+    }
+    let flushes =
+        shared.into_iter().map(|pack| futures_util::future::Either::Left(flusher.clone().flush_shared(pack))).chain(
+            alone
+                .into_iter()
+                .map(|(run, batches)| futures_util::future::Either::Right(flusher.clone().flush(run, batches, None))),
+        );
+    let results: Vec<_> = futures_util::stream::iter(flushes).buffer_unordered(FLUSH_CONCURRENCY).collect().await;
+    for result in results {
+        match result {
+            Ok(done) => eviction.flushed.extend(done),
+            Err(failure) => {
+                eviction.flushed.extend_from_slice(&failure.flushed);
+                eviction.failed.get_or_insert(failure);
+            }
+        }
+    }
+    eviction
 }
 
 /// Asks each run actor to flush for `reason`, [`FLUSH_CONCURRENCY`] at a time: a request is sent
