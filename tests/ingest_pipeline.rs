@@ -288,12 +288,27 @@ async fn shutdown_and_restart_mid_stream_lose_and_duplicate_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conservation_under_random_chaos_kills() {
     let n = points_from_env(20_000);
+    conservation_under_chaos(n, common::small_pipeline_config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conservation_under_random_chaos_kills_while_run_actors_are_evicted_and_share_transactions() {
+    let n = points_from_env(20_000) / 2;
+    // 50 runs over 6 partitions, 3 actors each: nearly every delivery evicts.
+    let config = PipelineConfig { max_run_actors_per_partition: 3, ..common::small_pipeline_config() };
+    let counters = conservation_under_chaos(n, config).await;
+    assert!(counters.evicted_run_actors > 0 && counters.flushes["evict"] > 0, "{counters:#?}");
+}
+
+/// Ingests `n` points over 50 runs under random chaos kills every 50 ms and checks every point is
+/// stored once, in order; returns the counters.
+async fn conservation_under_chaos(n: usize, config: PipelineConfig) -> matyan::actors::PipelineCounters {
     println!("conservation oracle: {n} points over 50 runs");
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let (records, per_run) = workload(50, n);
     append(&store.queue, &records).await;
-    let handle = start(&store, common::small_pipeline_config()).await;
+    let handle = start(&store, config).await;
 
     let chaos = {
         let handle = handle.clone();
@@ -320,6 +335,7 @@ async fn conservation_under_random_chaos_kills() {
     println!("restarts: {:?}; replayed entries skipped: {}", counters.restarts, counters.replayed);
     assert!(counters.restarts_total() > 0, "no chaos kill happened: {counters:#?}");
     assert_eq!(check_all(&store, &per_run).await, n);
+    counters
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
