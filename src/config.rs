@@ -127,6 +127,9 @@ pub struct IngestConfig {
     pub chaos: bool,
     /// What `matyan serve` consumes (also `matyan serve --source`).
     pub source: IngestSource,
+    /// Live run actors per partition at most; a new run at a full partition evicts the least
+    /// recently used ones (each flushes first).
+    pub max_run_actors_per_partition: u32,
 }
 
 /// The source `matyan serve` ingests from, and where its gateway and REST deletions publish.
@@ -603,6 +606,9 @@ impl Config {
         }
         if ingest.run_idle_timeout_ms == 0 {
             errors.push(ValidationError::Zero { key: "ingest.run_idle_timeout_ms" });
+        }
+        if ingest.max_run_actors_per_partition == 0 {
+            errors.push(ValidationError::Zero { key: "ingest.max_run_actors_per_partition" });
         }
         if ingest.max_txn_age_ms == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_txn_age_ms" });
@@ -1172,5 +1178,13 @@ mod tests {
         }
         let c = Config::from_toml_str("f.toml", "[ui]\napi_host_base = \"http://[::1]:8080/x\"\n").unwrap();
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn a_zero_cap_of_run_actors_per_partition_is_rejected_naming_the_key() {
+        assert_eq!(Config::from_toml_str("f.toml", "").unwrap().ingest.max_run_actors_per_partition, 1000);
+        let c = Config::from_toml_str("f.toml", "[ingest]\nmax_run_actors_per_partition = 0\n").unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("ingest.max_run_actors_per_partition: must be at least 1"), "{err}");
     }
 }

@@ -110,6 +110,7 @@ pub fn describe() {
     describe_gauge!(INGEST_BACKPRESSURE_SECONDS_TOTAL, Unit::Seconds, "time the source loop waited on full mailboxes");
     describe_kafka();
     describe_gateway();
+    describe_run_actors();
     describe_counter!(HTTP_PANICS_TOTAL, "request handlers that panicked, answered 500, by method and route template");
 }
 
@@ -339,4 +340,21 @@ pub const HTTP_PANICS_TOTAL: &str = "matyan_http_panics_total";
 /// Counts one panicking request handler. `path_template` must be a route template, never the raw path.
 pub fn http_panic(method: &'static str, path_template: String) {
     counter!(HTTP_PANICS_TOTAL, "method" => method, "path_template" => path_template).increment(1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Run actors at scale (src/actors/partition_actor.rs).
+
+/// `matyan_ingest_run_actor_evictions_total`: run actors stopped (after flushing) to make room for
+/// another run in a partition at `ingest.max_run_actors_per_partition`.
+pub const INGEST_RUN_ACTOR_EVICTIONS_TOTAL: &str = "matyan_ingest_run_actor_evictions_total";
+
+/// Registers the help texts of the run-actor metrics (called by [`describe`]).
+pub fn describe_run_actors() {
+    describe_counter!(INGEST_RUN_ACTOR_EVICTIONS_TOTAL, "run actors evicted from a full partition after flushing");
+}
+
+/// Counts run actors evicted from a full partition.
+pub fn ingest_run_actor_evictions(count: usize) {
+    counter!(INGEST_RUN_ACTOR_EVICTIONS_TOTAL).increment(count as u64);
 }

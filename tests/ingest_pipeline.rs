@@ -288,12 +288,27 @@ async fn shutdown_and_restart_mid_stream_lose_and_duplicate_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conservation_under_random_chaos_kills() {
     let n = points_from_env(20_000);
+    conservation_under_chaos(n, common::small_pipeline_config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conservation_under_random_chaos_kills_while_run_actors_are_evicted_and_share_transactions() {
+    let n = points_from_env(20_000) / 2;
+    // 50 runs over 6 partitions, 3 actors each: nearly every delivery evicts.
+    let config = PipelineConfig { max_run_actors_per_partition: 3, ..common::small_pipeline_config() };
+    let counters = conservation_under_chaos(n, config).await;
+    assert!(counters.evicted_run_actors > 0 && counters.flushes["evict"] > 0, "{counters:#?}");
+}
+
+/// Ingests `n` points over 50 runs under random chaos kills every 50 ms and checks every point is
+/// stored once, in order; returns the counters.
+async fn conservation_under_chaos(n: usize, config: PipelineConfig) -> matyan::actors::PipelineCounters {
     println!("conservation oracle: {n} points over 50 runs");
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let (records, per_run) = workload(50, n);
     append(&store.queue, &records).await;
-    let handle = start(&store, common::small_pipeline_config()).await;
+    let handle = start(&store, config).await;
 
     let chaos = {
         let handle = handle.clone();
@@ -320,6 +335,7 @@ async fn conservation_under_random_chaos_kills() {
     println!("restarts: {:?}; replayed entries skipped: {}", counters.restarts, counters.replayed);
     assert!(counters.restarts_total() > 0, "no chaos kill happened: {counters:#?}");
     assert_eq!(check_all(&store, &per_run).await, n);
+    counters
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -454,6 +470,135 @@ async fn idle_run_actors_stop_and_come_back_on_the_next_record() {
     assert!(handle.counters().active_run_actors > 0 || handle.counters().applied >= 205);
     stop(handle).await;
     assert_eq!(check_all(&store, &per_run).await, 200);
+}
+
+/// Waits until `done` holds for the pipeline's counters.
+async fn wait_for(handle: &PipelineHandle, what: &str, done: impl Fn(&matyan::actors::PipelineCounters) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counters = handle.counters();
+        if done(&counters) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not reached in time: {counters:#?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn point(run: &str, value: i64) -> Rec {
+    record(run, json!({"type": "log_metric", "payload": {"name": "m", "value": value, "context": {}, "dtype": "int"}}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_partition_evicts_its_least_recently_used_run_after_flushing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+    let layout = Layout::open(&db).await.unwrap();
+    // One partition, so every run shares it and the order of deliveries is the order appended.
+    let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, 1).await.unwrap();
+    let store = Store { db, layout, queue };
+    let (a, b, c) = (run_id(1), run_id(2), run_id(3));
+    // Batches wait for the longest age allowed, so what is stored early was flushed by the eviction.
+    let small = common::small_pipeline_config();
+    let budget = BatchBudget { max_age: Duration::from_millis(4_900), ..small.budget };
+    let config =
+        PipelineConfig { budget, run_idle_timeout: Duration::from_secs(600), max_run_actors_per_partition: 2, ..small };
+    let handle = start(&store, config).await;
+    append(&store.queue, &[point(&a, 0), point(&b, 0)]).await;
+    wait_for(&handle, "a and b consumed", |c| c.consumed >= 2).await;
+    // a is used again: b is now the least recently used.
+    append(&store.queue, &[point(&a, 1)]).await;
+    wait_for(&handle, "a again consumed", |c| c.consumed >= 3).await;
+    assert_eq!(handle.counters().evicted_run_actors, 0, "two runs fit the cap of two");
+    append(&store.queue, &[point(&c, 0)]).await;
+    wait_for(&handle, "an eviction", |c| c.evicted_run_actors >= 1).await;
+
+    let counters = handle.counters();
+    assert_eq!((counters.evicted_run_actors, counters.active_run_actors, counters.peak_run_actors), (1, 2, 2));
+    assert_eq!(check_run(&store, &b, 1).await, 1, "the evicted run's record was flushed before its actor went");
+    let b_actor = handle.kill(KillTarget::Run(b.clone())).await;
+    assert!(matches!(b_actor, Err(matyan::actors::PipelineError::NoSuchTarget(_))), "b was evicted: {b_actor:?}");
+    // a is live (this kills its group, which replays from the committed offset: nothing doubles).
+    assert!(handle.kill(KillTarget::Run(a.clone())).await.is_ok(), "a, used more recently, stayed");
+    wait_committed(&store, &handle, Duration::from_secs(60)).await;
+    stop(handle).await;
+    let per_run = BTreeMap::from([(a, 2), (b, 1), (c, 1)]);
+    assert_eq!(check_all(&store, &per_run).await, 4);
+}
+
+/// One point per run over `runs` runs, and a second point for every tenth run `gap` records
+/// later (its first actor is long evicted by then, so the run comes back to a fresh one).
+fn many_runs(runs: usize, gap: usize) -> (Vec<Rec>, BTreeMap<String, i64>) {
+    let mut out = Vec::with_capacity(runs + runs / 10);
+    let mut per_run = BTreeMap::new();
+    for i in 0..runs + gap {
+        if i < runs {
+            out.push(point(&run_id(i), 0));
+            per_run.insert(run_id(i), 1);
+        }
+        if i >= gap && (i - gap).is_multiple_of(10) {
+            out.push(point(&run_id(i - gap), 1));
+            per_run.insert(run_id(i - gap), 2);
+        }
+    }
+    (out, per_run)
+}
+
+/// Samples the live run actor count every 2 ms until `stop` is set; returns the highest seen.
+fn sample_live_run_actors(handle: PipelineHandle, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let mut most = 0;
+        while !stop.load(Ordering::Relaxed) {
+            most = most.max(handle.counters().active_run_actors);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        most
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_runs_stay_under_the_run_actor_cap_and_survive_a_shutdown_midway() {
+    const RUNS: usize = 100_000;
+    const CAP: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let limit = store.queue.partition_ids().len() * CAP;
+    let (records, per_run) = many_runs(RUNS, 5_000);
+    append(&store.queue, &records).await;
+    let config = PipelineConfig { max_run_actors_per_partition: CAP, ..common::small_pipeline_config() };
+
+    let handle = start(&store, config.clone()).await;
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = sample_live_run_actors(handle.clone(), Arc::clone(&sampling));
+    wait_for(&handle, "a third consumed", |c| c.consumed >= records.len() as u64 / 3).await;
+    // A clean shutdown at scale: every live run flushes, none fails (stop unwraps the result).
+    stop(handle.clone()).await;
+    let first = handle.counters();
+    sampling.store(true, Ordering::Relaxed);
+    let sampled_first = sampler.await.unwrap();
+
+    let handle = start(&store, config).await;
+    let sampling = Arc::new(AtomicBool::new(false));
+    let sampler = sample_live_run_actors(handle.clone(), Arc::clone(&sampling));
+    wait_committed(&store, &handle, Duration::from_secs(300)).await;
+    stop(handle.clone()).await;
+    let second = handle.counters();
+    sampling.store(true, Ordering::Relaxed);
+    let sampled = sampler.await.unwrap().max(sampled_first);
+
+    println!(
+        "live run actors: sampled at most {sampled}, peaks {} and {}; evicted {} and {}; flushes {:?} and {:?}",
+        first.peak_run_actors,
+        second.peak_run_actors,
+        first.evicted_run_actors,
+        second.evicted_run_actors,
+        first.flushes,
+        second.flushes
+    );
+    assert!(sampled <= limit, "sampled {sampled} live run actors, over {limit}");
+    assert!(first.peak_run_actors <= limit && second.peak_run_actors <= limit, "{first:#?}\n{second:#?}");
+    assert!(second.evicted_run_actors > 0, "runs beyond the cap were evicted: {second:#?}");
+    assert_eq!(check_all(&store, &per_run).await, records.len());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,12 +15,26 @@
 //! actor accepted its records, so the source loop feels a full run mailbox (back-pressure) and the
 //! records of a run reach its actor in source order.
 //!
+//! Live run actors are capped (`max_run_actors_per_partition`), so 100,000 runs do not mean
+//! 100,000 actors with their batches and timers. A delivery whose new runs do not fit first evicts
+//! the least recently used runs that are not in it: each hands over what it buffered
+//! ([`Surrender`], at most [`FLUSH_CONCURRENCY`] at a time, after its flight landed), the small
+//! ones are flushed together in shared transactions under the batch budgets (each run's
+//! checkpoint written in the transaction with its data, reason `evict`), their offsets count as
+//! flushed only once that committed, and only then are the actors stopped and forgotten. No push
+//! is in flight to them (the previous delivery was accepted before this one started), so nothing
+//! sent to them is lost.
+//! The delivery waits meanwhile, which is the back-pressure that keeps memory bounded. With more
+//! new runs in one delivery than the cap, those that fit go first and the rest follow once these
+//! accepted their records and can be evicted in turn.
+//!
 //! Chaos and failures: the group's `killed` flag (shared with its run actors) makes every handler
 //! stop the actor without flushing; a failure is reported to the supervisor, which restarts the
 //! whole group from the committed offset.
 
 use std::collections::hash_map::Entry as MapEntry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,16 +43,70 @@ use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::run_actor::{FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop};
+use super::run_actor::{
+    FlushFailure, FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop, Surrender, Surrendered,
+};
 use super::supervisor::Failure;
 use crate::ingest::dlq::Rejected;
-use crate::ingest::{Entry, FlushReason, Lease, Record, Source, SourceError, decode};
+use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Record, Source, SourceError, decode};
 
 /// Mailbox capacity of a partition actor, in deliveries (each is one poll's records of the partition).
 pub const PARTITION_MAILBOX: usize = 4;
 
 /// Deliveries whose dead letters may be in flight at once; the next one waits for a slot.
 pub const DEAD_LETTER_SLOTS: u32 = 4;
+
+/// Run actors a drain (shutdown, revoke) or an eviction flushes at once in one partition. Each
+/// flush is a transaction: thousands started together queue for the same cores past the 5 s
+/// read-version limit (`transaction_too_old`) and fail, where a bounded stream of them commits.
+pub const FLUSH_CONCURRENCY: usize = 32;
+
+/// Run ids ordered by their last delivery, least recent first: whom an eviction picks.
+#[derive(Debug, Default)]
+pub struct RunLru {
+    by_tick: BTreeMap<u64, String>,
+    ticks: HashMap<String, u64>,
+    next: u64,
+}
+
+impl RunLru {
+    /// Marks `run` used now.
+    pub fn touch(&mut self, run: &str) {
+        if let Some(old) = self.ticks.insert(run.to_owned(), self.next) {
+            self.by_tick.remove(&old);
+        }
+        self.by_tick.insert(self.next, run.to_owned());
+        self.next += 1;
+    }
+
+    /// Forgets `run`.
+    pub fn remove(&mut self, run: &str) {
+        if let Some(old) = self.ticks.remove(run) {
+            self.by_tick.remove(&old);
+        }
+    }
+
+    /// Returns the tick the next [`touch`](Self::touch) gets: runs touched from now on are not
+    /// picked by [`oldest`](Self::oldest) with this as `before`.
+    pub fn now(&self) -> u64 {
+        self.next
+    }
+
+    /// Returns up to `k` runs, least recently used first, among those last used before `before`.
+    pub fn oldest(&self, k: usize, before: u64) -> Vec<String> {
+        self.by_tick.range(..before).take(k).map(|(_, run)| run.clone()).collect()
+    }
+
+    /// Returns how many runs it holds.
+    pub fn len(&self) -> usize {
+        self.ticks.len()
+    }
+
+    /// Tells whether it holds no run.
+    pub fn is_empty(&self) -> bool {
+        self.ticks.is_empty()
+    }
+}
 
 /// The offsets a partition actor received and has not seen flushed, in offset order.
 #[derive(Debug, Default)]
@@ -130,7 +198,15 @@ struct RunSlot {
     addr: Addr<RunActor>,
     /// Pushes sent; an idle report is honoured only when the actor received them all.
     pushes: u64,
+    /// Tells this actor from earlier ones of the run (their idle reports are ignored).
+    incarnation: u64,
 }
+
+/// The routing of a delivery: resolves to whether it failed (a closed mailbox, a failed eviction).
+type Routing<S> = Pin<Box<dyn ActorFuture<PartitionActor<S>, Output = bool>>>;
+
+/// What each run actor answered to a [`FlushNow`]: the offsets it flushed, or a failure.
+type FlushAnswers = Vec<(String, Result<Result<Vec<i64>, ()>, MailboxError>)>;
 
 /// What a partition actor is built from.
 pub struct PartitionSetup<S> {
@@ -152,12 +228,18 @@ pub struct PartitionSetup<S> {
     pub killed: Arc<AtomicBool>,
     /// How often the watermark is committed.
     pub commit_interval: Duration,
+    /// Live run actors at most (at least 1).
+    pub max_run_actors: usize,
 }
 
 /// One partition's actor (see the module docs).
 pub struct PartitionActor<S: Source + 'static> {
     setup: PartitionSetup<S>,
     runs: HashMap<String, RunSlot>,
+    /// The live runs by last delivery, for evictions.
+    lru: RunLru,
+    /// Run actors started so far (the next one's incarnation).
+    incarnations: u64,
     tracker: OffsetTracker,
     committing: bool,
     /// Slots of dead-letter sends in flight.
@@ -170,6 +252,8 @@ impl<S: Source + 'static> PartitionActor<S> {
         Self {
             setup,
             runs: HashMap::new(),
+            lru: RunLru::default(),
+            incarnations: 0,
             tracker: OffsetTracker::default(),
             committing: false,
             dead_letter_slots: Arc::new(Semaphore::new(DEAD_LETTER_SLOTS as usize)),
@@ -195,8 +279,11 @@ impl<S: Source + 'static> PartitionActor<S> {
             MapEntry::Vacant(v) => {
                 let s = &self.setup;
                 let me = ctx.address();
+                self.incarnations += 1;
+                let incarnation = self.incarnations;
                 let actor = RunActor::new(
                     run.to_owned(),
+                    incarnation,
                     s.partition,
                     s.epoch,
                     &s.run_config,
@@ -207,9 +294,102 @@ impl<S: Source + 'static> PartitionActor<S> {
                     Arc::clone(&s.killed),
                 );
                 s.flusher.stats.register_run(s.partition, run, s.epoch);
-                v.insert(RunSlot { addr: actor.start(), pushes: 0 })
+                v.insert(RunSlot { addr: actor.start(), pushes: 0, incarnation })
             }
         }
+    }
+
+    /// Hands each run's records to its actor, starting actors within the cap (see the module
+    /// docs): evicts the least recently used runs not in this delivery when its new runs do not
+    /// fit, and sends what still does not fit once the rest was accepted.
+    fn route(&mut self, groups: Vec<(String, Vec<Entry>)>, ctx: &mut Context<Self>) -> Routing<S> {
+        let cap = self.setup.max_run_actors.max(1);
+        // Runs of this delivery are touched from here on, so they are never its victims.
+        let since = self.lru.now();
+        let mut fresh = 0;
+        for (run, _) in &groups {
+            if self.runs.contains_key(run) {
+                self.lru.touch(run);
+            } else {
+                fresh += 1;
+            }
+        }
+        let room = cap.saturating_sub(self.runs.len());
+        if fresh > room {
+            let victims = self.lru.oldest(fresh - room, since);
+            if !victims.is_empty() {
+                return Box::pin(self.evict(victims).then(move |ok, act, ctx| -> Routing<S> {
+                    if ok { act.route(groups, ctx) } else { Box::pin(actix::fut::ready(true)) }
+                }));
+            }
+        }
+        let mut sends = Vec::with_capacity(groups.len());
+        let mut rest = Vec::new();
+        for (run, entries) in groups {
+            if !self.runs.contains_key(&run) && self.runs.len() >= cap {
+                rest.push((run, entries));
+                continue;
+            }
+            self.lru.touch(&run);
+            let slot = self.slot(&run, ctx);
+            slot.pushes += 1;
+            sends.push(slot.addr.send(Push { entries }));
+        }
+        let pushed =
+            async move { futures_util::future::join_all(sends).await.iter().any(Result::is_err) }.into_actor(self);
+        if rest.is_empty() {
+            return Box::pin(pushed);
+        }
+        Box::pin(pushed.then(move |closed, act, ctx| -> Routing<S> {
+            if closed || act.setup.killed.load(Ordering::Acquire) {
+                Box::pin(actix::fut::ready(closed))
+            } else {
+                act.route(rest, ctx)
+            }
+        }))
+    }
+
+    /// Evicts `victims`: takes what each buffered ([`Surrender`]), flushes it (small runs together,
+    /// see [`evict_flush`]), marks their offsets once committed, then stops and forgets them.
+    /// Resolves to `false` when something could not be flushed: the failure is reported, the
+    /// group restarts from the committed offset, which is still below the records not flushed.
+    fn evict(&mut self, victims: Vec<String>) -> impl ActorFuture<Self, Output = bool> + 'static {
+        let mut actors = Vec::with_capacity(victims.len());
+        for run in victims {
+            self.lru.remove(&run);
+            if let Some(slot) = self.runs.get(&run) {
+                actors.push((run, slot.addr.clone()));
+            }
+        }
+        let flusher = self.setup.flusher.clone();
+        let budget = self.setup.run_config.budget;
+        evict_flush(flusher, budget, actors).into_actor(self).map(|eviction, act, _ctx| {
+            eviction.flushed.into_iter().for_each(|o| act.tracker.done(o));
+            let s = &act.setup;
+            let mut evicted = 0;
+            for run in eviction.emptied {
+                if let Some(slot) = act.runs.remove(&run) {
+                    s.flusher.stats.unregister_run(s.partition, &run, s.epoch);
+                    slot.addr.do_send(Stop);
+                    evicted += 1;
+                }
+            }
+            s.flusher.stats.note_evicted(evicted);
+            tracing::debug!(partition = s.partition, evicted, live = act.runs.len(), "run actors evicted");
+            match eviction.failed {
+                None => true,
+                Some(failure) => {
+                    tracing::warn!(partition = s.partition, cause = failure.cause, error = %failure.error, "eviction flush failed");
+                    let _ = s.failures.send(Failure {
+                        partition: s.partition,
+                        epoch: s.epoch,
+                        actor: "run",
+                        cause: failure.cause,
+                    });
+                    false
+                }
+            }
+        })
     }
 
     fn commit_tick(&mut self, ctx: &mut Context<Self>) {
@@ -339,33 +519,119 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
                 }
             }
         }
-        let mut sends = Vec::with_capacity(groups.len());
-        for (run, entries) in groups {
-            let slot = self.slot(&run, ctx);
-            slot.pushes += 1;
-            sends.push(slot.addr.send(Push { entries }));
-        }
         let flusher = self.setup.flusher.clone();
         let slots = Arc::clone(&self.dead_letter_slots);
         let me = ctx.address();
-        let fut = async move {
-            let closed = futures_util::future::join_all(sends).await.iter().any(Result::is_err);
-            if !dead.is_empty() {
-                // Sent by a task of their own, so a slow sink delays only the commit past them;
-                // with every slot taken the delivery waits (back-pressure).
-                if let Ok(permit) = slots.acquire_owned().await {
-                    actix_rt::spawn(send_dead_letters(flusher, partition, dead, permit, me));
+        let routed = self.route(groups, ctx);
+        let fut = routed.then(move |closed, act, _ctx| {
+            async move {
+                if !dead.is_empty() {
+                    // Sent by a task of their own, so a slow sink delays only the commit past
+                    // them; with every slot taken the delivery waits (back-pressure).
+                    if let Ok(permit) = slots.acquire_owned().await {
+                        actix_rt::spawn(send_dead_letters(flusher, partition, dead, permit, me));
+                    }
                 }
+                closed
             }
-            closed
-        };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |closed, act, ctx| {
+            .into_actor(act)
+        });
+        AtomicResponse::new(Box::pin(fut.map(move |closed, act, ctx| {
             crate::metrics::ingest_batch_processed(started.elapsed().as_secs_f64());
             if closed && !act.stop_if_killed(ctx) {
                 act.fail("mailbox_closed");
             }
         })))
     }
+}
+
+/// What an eviction did: the offsets committed, the runs that hold nothing any more (stopped
+/// next), and the first flush failure, if any (a run that failed to surrender reported itself).
+struct Eviction {
+    flushed: Vec<i64>,
+    emptied: Vec<String>,
+    failed: Option<FlushFailure>,
+}
+
+/// Takes the buffered batches of the evicted `actors` ([`FLUSH_CONCURRENCY`] at a time) and
+/// flushes them: the single open batch of each small run packed with others' under `budget` into
+/// shared transactions (each run's checkpoint in it), anything else (several batches, a
+/// `delete_run`, the Kafka dead-letter sink, which needs the per-run forwarding) one run at a time.
+async fn evict_flush(flusher: Flusher, budget: BatchBudget, actors: Vec<(String, Addr<RunActor>)>) -> Eviction {
+    use futures_util::StreamExt;
+    let answers: Vec<_> = futures_util::stream::iter(actors)
+        .map(|(run, addr)| async move {
+            let answer = addr.send(Surrender).await;
+            (run, answer)
+        })
+        .buffer_unordered(FLUSH_CONCURRENCY)
+        .collect()
+        .await;
+    let share = !flusher.dead_letters.forwards();
+    let mut eviction = Eviction { flushed: Vec::new(), emptied: Vec::new(), failed: None };
+    let mut surrendered_all = true;
+    let mut shared: Vec<Vec<(String, Batch)>> = Vec::new();
+    let (mut bytes, mut messages) = (0usize, 0usize);
+    let mut alone: Vec<(String, Vec<Batch>)> = Vec::new();
+    for (run, answer) in answers {
+        let Ok(Ok(Surrendered { flushed, mut batches })) = answer else {
+            surrendered_all = false;
+            continue;
+        };
+        eviction.flushed.extend(flushed);
+        eviction.emptied.push(run.clone());
+        if share && batches.len() == 1 && batches[0].reason == FlushReason::Evict {
+            let Some(batch) = batches.pop() else { continue };
+            let fits = bytes + batch.estimated_bytes <= budget.max_bytes
+                && messages + batch.entries.len() <= budget.max_messages;
+            if !fits || shared.is_empty() {
+                shared.push(Vec::new());
+                (bytes, messages) = (0, 0);
+            }
+            bytes += batch.estimated_bytes;
+            messages += batch.entries.len();
+            if let Some(pack) = shared.last_mut() {
+                pack.push((run, batch));
+            }
+        } else if !batches.is_empty() {
+            alone.push((run, batches));
+        }
+    }
+    if !surrendered_all {
+        // The run that failed reported itself; the group restarts and replays the rest.
+        return eviction;
+    }
+    let flushes =
+        shared.into_iter().map(|pack| futures_util::future::Either::Left(flusher.clone().flush_shared(pack))).chain(
+            alone
+                .into_iter()
+                .map(|(run, batches)| futures_util::future::Either::Right(flusher.clone().flush(run, batches, None))),
+        );
+    let results: Vec<_> = futures_util::stream::iter(flushes).buffer_unordered(FLUSH_CONCURRENCY).collect().await;
+    for result in results {
+        match result {
+            Ok(done) => eviction.flushed.extend(done),
+            Err(failure) => {
+                eviction.flushed.extend_from_slice(&failure.flushed);
+                eviction.failed.get_or_insert(failure);
+            }
+        }
+    }
+    eviction
+}
+
+/// Asks each run actor to flush for `reason`, [`FLUSH_CONCURRENCY`] at a time: a request is sent
+/// only when its turn comes, so the others do not open their transactions meanwhile.
+async fn flush_all(actors: Vec<(String, Addr<RunActor>)>, reason: FlushReason) -> FlushAnswers {
+    use futures_util::StreamExt;
+    futures_util::stream::iter(actors)
+        .map(|(run, addr)| async move {
+            let answer = addr.send(FlushNow { reason }).await;
+            (run, answer)
+        })
+        .buffer_unordered(FLUSH_CONCURRENCY)
+        .collect()
+        .await
 }
 
 /// Sends one delivery's undecodable records to the dead-letter sink and reports the outcome to the
@@ -444,9 +710,10 @@ impl<S: Source + 'static> Handler<Idle> for PartitionActor<S> {
         if self.stop_if_killed(ctx) {
             return;
         }
-        if self.runs.get(&msg.run).is_some_and(|slot| slot.pushes == msg.pushes)
+        if self.runs.get(&msg.run).is_some_and(|slot| slot.incarnation == msg.incarnation && slot.pushes == msg.pushes)
             && let Some(slot) = self.runs.remove(&msg.run)
         {
+            self.lru.remove(&msg.run);
             let s = &self.setup;
             s.flusher.stats.unregister_run(s.partition, &msg.run, s.epoch);
             slot.addr.do_send(Stop);
@@ -462,16 +729,20 @@ impl<S: Source + 'static> Handler<Drain> for PartitionActor<S> {
         if self.stop_if_killed(ctx) {
             return AtomicResponse::new(Box::pin(actix::fut::ready(Err("partition actor killed".to_owned()))));
         }
-        let flushes: Vec<_> = self.runs.values().map(|slot| slot.addr.send(FlushNow { reason: msg.reason })).collect();
+        // Flushed with bounded concurrency (at scale, all at once would fail with
+        // `transaction_too_old`); the records of a run that still fails are not marked, so the
+        // committed offset stays below them and they are replayed at the next start.
+        let actors: Vec<_> = self.runs.iter().map(|(run, slot)| (run.clone(), slot.addr.clone())).collect();
         let slots = Arc::clone(&self.dead_letter_slots);
+        let reason = msg.reason;
         let fut = async move {
             // Dead letters in flight first: their reports queue before the commit that follows.
             drop(slots.acquire_many_owned(DEAD_LETTER_SLOTS).await);
-            futures_util::future::join_all(flushes).await
+            flush_all(actors, reason).await
         };
-        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|results, act, _ctx| {
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(|answers, act, _ctx| {
             let mut failed = 0usize;
-            for result in results {
+            for (_, result) in answers {
                 match result {
                     Ok(Ok(offsets)) => offsets.into_iter().for_each(|o| act.tracker.done(o)),
                     _ => failed += 1,
@@ -523,6 +794,24 @@ impl<S: Source + 'static> Handler<KillNow> for PartitionActor<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eviction_picks_the_least_recently_used_runs_never_those_of_the_current_delivery() {
+        let mut lru = RunLru::default();
+        for run in ["a", "b", "c"] {
+            lru.touch(run);
+        }
+        lru.touch("a");
+        assert_eq!(lru.oldest(2, lru.now()), ["b", "c"]);
+        let delivery = lru.now();
+        lru.touch("b"); // b is in the delivery being routed
+        assert_eq!(lru.oldest(3, delivery), ["c", "a"], "b is used by this delivery");
+        lru.remove("c");
+        assert_eq!((lru.oldest(3, delivery), lru.len()), (vec!["a".to_owned()], 2));
+        lru.remove("a");
+        lru.remove("b");
+        assert!(lru.is_empty() && lru.oldest(1, lru.now()).is_empty());
+    }
 
     #[test]
     fn watermark_is_the_lowest_unflushed_offset() {

@@ -109,12 +109,15 @@ pub struct PipelineConfig {
     pub dead_letter_forward_interval: Duration,
     /// How often the consumer-lag gauge is read from the source's backlog.
     pub lag_interval: Duration,
+    /// Live run actors per partition at most; a new run at a full partition evicts the least
+    /// recently used ones, each after flushing (at least 1).
+    pub max_run_actors_per_partition: usize,
 }
 
 impl Default for PipelineConfig {
     /// Returns the default budgets, 30 s idle timeout, polls of 500 records or 50 ms, commits every
     /// 100 ms, restart backoff from 50 ms to 5 s, topic `data-ingestion`, staged dead letters
-    /// forwarded and the consumer lag read every second.
+    /// forwarded, the consumer lag read every second and 1,000 run actors per partition.
     fn default() -> Self {
         Self {
             budget: BatchBudget::default(),
@@ -128,13 +131,14 @@ impl Default for PipelineConfig {
             topic: "data-ingestion".to_owned(),
             dead_letter_forward_interval: Duration::from_secs(1),
             lag_interval: Duration::from_secs(1),
+            max_run_actors_per_partition: 1000,
         }
     }
 }
 
 impl PipelineConfig {
-    /// Builds the settings of a validated [`Config`]: `[ingest]` budgets and idle timeout,
-    /// `[storage.retry]`, `kafka.data_ingestion_topic`.
+    /// Builds the settings of a validated [`Config`]: `[ingest]` budgets, idle timeout and run
+    /// actor cap, `[storage.retry]`, `kafka.data_ingestion_topic`.
     pub fn from_config(config: &Config) -> Self {
         let ingest = &config.ingest;
         Self {
@@ -146,6 +150,7 @@ impl PipelineConfig {
             retry: config.storage.retry.options(),
             run_idle_timeout: ingest.run_idle_timeout(),
             topic: config.kafka.data_ingestion_topic.clone(),
+            max_run_actors_per_partition: ingest.max_run_actors_per_partition as usize,
             ..Self::default()
         }
     }
@@ -188,6 +193,9 @@ impl IngestPipeline {
         dead_letters: DeadLetterTarget,
     ) -> Result<PipelineHandle, PipelineError> {
         config.budget.validate().map_err(|e| PipelineError::Budget(e.to_string()))?;
+        if config.max_run_actors_per_partition == 0 {
+            return Err(PipelineError::Budget("max_run_actors_per_partition must be at least 1".to_owned()));
+        }
         let stats = Stats::new();
         let (control_tx, control_rx) = mpsc::channel(64);
         let (done_tx, done_rx) = oneshot::channel();
@@ -203,6 +211,7 @@ impl IngestPipeline {
             stats: Arc::clone(&stats),
             dead_letters: Arc::new(letters),
             offload: Flusher::offload_runtime(),
+            transactions: Flusher::transaction_slots(),
         };
         let thread_stats = Arc::clone(&stats);
         let thread = runtime::spawn_system(move || async move {

@@ -20,7 +20,9 @@
 //!   actor stops: the supervisor restarts the partition group, which replays from the committed
 //!   offset; checkpoints skip whatever was applied.
 //! - With nothing buffered and no record for the idle timeout, the actor asks its partition actor
-//!   to stop it ([`Idle`]); the partition actor agrees only if no push is in flight.
+//!   to stop it ([`Idle`]); the partition actor agrees only if no push is in flight. A partition
+//!   at its cap of run actors evicts one with [`Surrender`] (it hands over its batches, flushed
+//!   with other evicted runs' in [`flush_shared`]) and then [`Stop`].
 //! - A chaos kill sets the group's or the actor's flag: the next event stops the actor without
 //!   flushing, dropping its batch.
 
@@ -41,6 +43,12 @@ use crate::storage::kv::{Database, KvError, RetryOptions};
 /// Mailbox capacity of a run actor, in pushes (each carries one poll's records of the run).
 pub const RUN_MAILBOX: usize = 16;
 
+/// Flush transactions open at once in a pipeline. A transaction's 5 s clock starts when it opens,
+/// so thousands of runs flushing together (age timers of many small runs, evictions, a drain)
+/// would queue their open transactions for the same cores until they fail `transaction_too_old`;
+/// the rest wait for a slot before opening theirs.
+pub const FLUSH_TRANSACTIONS: usize = 64;
+
 /// What a flush needs from the outside world, shared by every run actor of a pipeline.
 #[derive(Clone)]
 pub struct Flusher {
@@ -57,9 +65,16 @@ pub struct Flusher {
     /// A multi-threaded runtime that runs the flushes, so encoding and applying use every core
     /// instead of the actor system's one thread; `None` runs them on the actor's thread.
     pub offload: Option<tokio::runtime::Handle>,
+    /// Slots of open flush transactions ([`FLUSH_TRANSACTIONS`]), shared by every run actor.
+    pub transactions: Arc<tokio::sync::Semaphore>,
 }
 
 impl Flusher {
+    /// The slots of open flush transactions of a new pipeline.
+    pub fn transaction_slots() -> Arc<tokio::sync::Semaphore> {
+        Arc::new(tokio::sync::Semaphore::new(FLUSH_TRANSACTIONS))
+    }
+
     /// The multi-threaded runtime of the calling context, if it is one: where flushes go.
     pub fn offload_runtime() -> Option<tokio::runtime::Handle> {
         tokio::runtime::Handle::try_current()
@@ -78,6 +93,15 @@ impl Flusher {
     ) -> Result<Vec<i64>, FlushFailure> {
         let Some(rt) = self.offload.clone() else { return flush_batches(self, run, batches, early).await };
         match rt.spawn(flush_batches(self, run, batches, early)).await {
+            Ok(result) => result,
+            Err(e) => Err(FlushFailure { flushed: Vec::new(), cause: "panic", error: FlushError::Task(e.to_string()) }),
+        }
+    }
+
+    /// Runs [`flush_shared`] on the offload runtime when there is one, else in place.
+    pub async fn flush_shared(self, runs: Vec<(String, Batch)>) -> Result<Vec<i64>, FlushFailure> {
+        let Some(rt) = self.offload.clone() else { return flush_shared(self, runs).await };
+        match rt.spawn(flush_shared(self, runs)).await {
             Ok(result) => result,
             Err(e) => Err(FlushFailure { flushed: Vec::new(), cause: "panic", error: FlushError::Task(e.to_string()) }),
         }
@@ -146,6 +170,22 @@ pub struct FlushNow {
     pub reason: FlushReason,
 }
 
+/// Hands over what the actor buffered instead of flushing it, so its partition actor can flush it
+/// in a transaction shared with other evicted runs: the flight in flight lands first (its offsets
+/// are answered), then the open batch is sealed (reason `evict`) and every sealed batch is
+/// answered. The actor holds nothing afterwards; its partition actor stops it.
+#[derive(Message)]
+#[rtype(result = "Result<Surrendered, ()>")]
+pub struct Surrender;
+
+/// The answer to [`Surrender`].
+pub struct Surrendered {
+    /// Offsets of the flight that landed meanwhile.
+    pub flushed: Vec<i64>,
+    /// What is not flushed yet, oldest first.
+    pub batches: Vec<Batch>,
+}
+
 /// Stops an idle actor (sent by the partition actor after it removed the actor from its map).
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -165,6 +205,9 @@ pub struct Flushed {
 pub struct Idle {
     /// The run.
     pub run: String,
+    /// The actor's incarnation: a report of an earlier actor of the run (idle-stopped or evicted,
+    /// its report still queued) must not stop a later one.
+    pub incarnation: u64,
     /// Pushes the actor received so far.
     pub pushes: u64,
 }
@@ -180,6 +223,7 @@ pub struct RunActorConfig {
 /// One run's actor (see the module docs).
 pub struct RunActor {
     run: String,
+    incarnation: u64,
     partition: i32,
     epoch: u64,
     batch: RunBatch,
@@ -214,10 +258,12 @@ struct Flight {
 }
 
 impl RunActor {
-    /// Creates the actor of `run` in partition group `epoch`.
+    /// Creates the actor of `run` in partition group `epoch`; `incarnation` tells it from earlier
+    /// actors of the run in the group.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         run: String,
+        incarnation: u64,
         partition: i32,
         epoch: u64,
         config: &RunActorConfig,
@@ -229,6 +275,7 @@ impl RunActor {
     ) -> Self {
         Self {
             run,
+            incarnation,
             partition,
             epoch,
             batch: RunBatch::new(config.budget),
@@ -287,7 +334,7 @@ impl RunActor {
             return;
         }
         if self.batch.pending_len() == 0 && self.flight.is_none() && self.last_activity.elapsed() >= self.idle_timeout {
-            self.idle_to.do_send(Idle { run: self.run.clone(), pushes: self.pushes });
+            self.idle_to.do_send(Idle { run: self.run.clone(), incarnation: self.incarnation, pushes: self.pushes });
         }
     }
 
@@ -431,6 +478,35 @@ impl Handler<FlushNow> for RunActor {
     }
 }
 
+impl Handler<Surrender> for RunActor {
+    type Result = AtomicResponse<Self, Result<Surrendered, ()>>;
+
+    fn handle(&mut self, _: Surrender, ctx: &mut Self::Context) -> Self::Result {
+        if self.stop_if_killed(ctx) {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(()))));
+        }
+        self.batch.flush(FlushReason::Evict);
+        // The flight (if any) lands first, so the run's transactions keep their order.
+        let prior = self.flight.take().map(|f| f.fut);
+        let batches = std::iter::from_fn(|| self.batch.take()).collect::<Vec<_>>();
+        let fut = async move {
+            let Some(prior) = prior else { return Ok(Vec::new()) };
+            let outcome = prior.await;
+            match &*outcome {
+                Ok(done) => Ok(done.clone()),
+                Err(_) => Err(outcome),
+            }
+        };
+        AtomicResponse::new(Box::pin(fut.into_actor(self).map(move |landed, act, ctx| match landed {
+            Ok(flushed) => Ok(Surrendered { flushed, batches }),
+            Err(outcome) => {
+                act.after_flush(&outcome, ctx);
+                Err(())
+            }
+        })))
+    }
+}
+
 impl Handler<Stop> for RunActor {
     type Result = ();
 
@@ -527,19 +603,7 @@ async fn apply_batches(
                         crate::metrics::ingest_retries(retries);
                     }
                     flusher.stats.note_flush(reason);
-                    for (kind, n) in &outcome.applied {
-                        crate::metrics::ingest_processed(kind.as_str(), *n);
-                    }
-                    if outcome.tombstoned > 0 {
-                        flusher.stats.note_applied(outcome.tombstoned as u64, 0);
-                    }
-                    for (index, reason) in &outcome.dead_letters {
-                        flusher.stats.note_dead_letter(reason);
-                        if let Some(e) = entries.get(*index) {
-                            staged.push((e.partition, e.offset));
-                        }
-                    }
-                    flusher.stats.note_applied(outcome.applied_total(), outcome.replayed as u64);
+                    note_outcome(flusher, &outcome, &entries, staged);
                     flushed.extend(entries.iter().map(|e| e.offset));
                 }
                 Err(ApplyError::Kv(KvError::TransactionTooLarge { size, limit })) => {
@@ -568,6 +632,108 @@ async fn apply_batches(
     Ok(flushed)
 }
 
+/// Counts what one run's part of a committed transaction did; adds the positions of the dead
+/// letters it wrote to `staged`.
+fn note_outcome(
+    flusher: &Flusher,
+    outcome: &crate::ingest::ApplyOutcome,
+    entries: &[Entry],
+    staged: &mut Vec<(i32, i64)>,
+) {
+    for (kind, n) in &outcome.applied {
+        crate::metrics::ingest_processed(kind.as_str(), *n);
+    }
+    if outcome.tombstoned > 0 {
+        flusher.stats.note_applied(outcome.tombstoned as u64, 0);
+    }
+    for (index, reason) in &outcome.dead_letters {
+        flusher.stats.note_dead_letter(reason);
+        if let Some(e) = entries.get(*index) {
+            staged.push((e.partition, e.offset));
+        }
+    }
+    flusher.stats.note_applied(outcome.applied_total(), outcome.replayed as u64);
+}
+
+/// Applies one batch of each of several runs in one transaction, each run's checkpoint written in
+/// it, so evicting many small runs costs one commit instead of one per run. Only for the embedded
+/// dead-letter sink (letters staged here need no forwarding) and batches under the budgets
+/// together; a refusal as too large falls back to one flush per run, which splits further.
+/// Returns the offsets committed.
+pub async fn flush_shared(flusher: Flusher, runs: Vec<(String, Batch)>) -> Result<Vec<i64>, FlushFailure> {
+    let started = Instant::now();
+    let estimated = runs.iter().map(|(_, b)| b.estimated_bytes).sum();
+    match apply_shared_once(&flusher, &runs).await {
+        Ok((outcomes, txn_bytes, retries)) => {
+            crate::metrics::ingest_flush(
+                FlushReason::Evict.as_str(),
+                estimated,
+                txn_bytes,
+                started.elapsed().as_secs_f64(),
+            );
+            if retries > 0 {
+                crate::metrics::ingest_retries(retries);
+            }
+            flusher.stats.note_flush(FlushReason::Evict);
+            let mut staged = Vec::new();
+            let mut flushed = Vec::new();
+            for ((_, batch), outcome) in runs.iter().zip(&outcomes) {
+                note_outcome(&flusher, outcome, &batch.entries, &mut staged);
+                flushed.extend(batch.entries.iter().map(|e| e.offset));
+            }
+            Ok(flushed)
+        }
+        Err(ApplyError::Kv(KvError::TransactionTooLarge { .. })) if runs.len() > 1 => {
+            crate::metrics::ingest_error("txn_too_large_split");
+            let mut flushed = Vec::new();
+            for (run, batch) in runs {
+                match flush_batches(flusher.clone(), run, vec![batch], None).await {
+                    Ok(done) => flushed.extend(done),
+                    Err(mut failure) => {
+                        flushed.append(&mut failure.flushed);
+                        failure.flushed = flushed;
+                        return Err(failure);
+                    }
+                }
+            }
+            Ok(flushed)
+        }
+        Err(ApplyError::Kv(KvError::TransactionTooLarge { .. })) => {
+            let mut runs = runs;
+            let Some((run, batch)) = runs.pop() else { return Ok(Vec::new()) };
+            flush_batches(flusher, run, vec![batch], None).await
+        }
+        Err(error) => Err(failure(Vec::new(), error)),
+    }
+}
+
+/// One transaction applying one batch of each run: apply, measure. Returns the outcomes (in the
+/// order of `runs`), the transaction's approximate size and the retries it took.
+async fn apply_shared_once(
+    flusher: &Flusher,
+    runs: &[(String, Batch)],
+) -> Result<(Vec<crate::ingest::ApplyOutcome>, usize, u64), ApplyError> {
+    let _slot = flusher.transactions.acquire().await.ok();
+    let now = unix_now();
+    let mut attempts = 0u64;
+    let (outcomes, size) = flusher
+        .db
+        .run(&flusher.retry, |tx| {
+            attempts += 1;
+            let applier = &flusher.applier;
+            async move {
+                let mut outcomes = Vec::with_capacity(runs.len());
+                for (run, batch) in runs {
+                    outcomes.push(applier.apply(&tx, run, &batch.entries, now, &mut |req| position_uuid(req)).await?);
+                }
+                let size = tx.approximate_size().await?;
+                Ok::<_, ApplyError>((outcomes, size))
+            }
+        })
+        .await?;
+    Ok((outcomes, size, attempts.saturating_sub(1)))
+}
+
 fn failure(flushed: Vec<i64>, error: ApplyError) -> FlushFailure {
     let cause = match &error {
         ApplyError::Kv(KvError::TransactionTimedOut) => "storage_timeout",
@@ -585,6 +751,9 @@ async fn apply_once(
     run: &str,
     entries: &[Entry],
 ) -> Result<(crate::ingest::ApplyOutcome, usize, u64), ApplyError> {
+    // Opened only with a slot: waiting here costs nothing, waiting with an open transaction costs
+    // its 5 s. The semaphore is never closed, so an error only means no bound.
+    let _slot = flusher.transactions.acquire().await.ok();
     // The worker clock is read once, before the retry loop, so every attempt writes the same times.
     let now = unix_now();
     let mut attempts = 0u64;
@@ -639,6 +808,67 @@ mod tests {
         Entry { partition: 0, offset, message }
     }
 
+    async fn flusher_with(limits: Limits) -> Flusher {
+        let db = Database::memory_with_limits(limits);
+        let layout = Layout::open(&db).await.expect("layout");
+        let applier = Applier::new(layout.clone());
+        let dead_letters =
+            Arc::new(DeadLetters::embedded(db.clone(), applier.clone(), RetryOptions::default(), "t".to_owned()));
+        Flusher {
+            db,
+            applier,
+            retry: RetryOptions::default(),
+            stats: Stats::new(),
+            dead_letters,
+            offload: None,
+            transactions: Flusher::transaction_slots(),
+        }
+    }
+
+    /// A run's evicted batch: a `create_run` and a terminal line of `line_bytes` at `offset`, `offset + 1`.
+    fn evicted(run: &str, offset: i64, line_bytes: usize) -> (String, Batch) {
+        let mut entries = Vec::new();
+        for (i, body) in [
+            serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}),
+            serde_json::json!({"type": "log_terminal_line", "payload": {"line": "x".repeat(line_bytes), "step": 0}}),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut e = entry(offset + i as i64, body);
+            e.message.run_id = run.to_owned();
+            entries.push(e);
+        }
+        (run.to_owned(), Batch { reason: FlushReason::Evict, estimated_bytes: 0, entries })
+    }
+
+    #[tokio::test]
+    async fn evicted_runs_share_one_transaction_and_each_keeps_its_own_checkpoint() {
+        let flusher = flusher_with(Limits::FDB).await;
+        let runs = vec![evicted("r1", 0, 10), evicted("r2", 2, 10), evicted("r3", 4, 10)];
+        let flushed = flush_shared(flusher.clone(), runs).await.map_err(|f| f.error).expect("flush");
+        assert_eq!(flushed, vec![0, 1, 2, 3, 4, 5]);
+        let tx = flusher.db.create_trx().expect("tx");
+        for (run, last) in [("r1", 1), ("r2", 3), ("r3", 5)] {
+            assert_eq!(flusher.applier.checkpoint(&tx, run, 0).await.expect("checkpoint"), Some(last), "{run}");
+        }
+        let counters = flusher.stats.snapshot();
+        assert_eq!((counters.flushes["evict"], counters.applied), (1, 6), "one transaction: {counters:?}");
+    }
+
+    #[tokio::test]
+    async fn evicted_runs_too_large_together_fall_back_to_a_transaction_each() {
+        let flusher = flusher_with(Limits { max_txn_bytes: 20_000, ..Limits::FDB }).await;
+        let runs = vec![evicted("r1", 0, 12_000), evicted("r2", 2, 12_000)];
+        let flushed = flush_shared(flusher.clone(), runs).await.map_err(|f| f.error).expect("flush");
+        assert_eq!(flushed, vec![0, 1, 2, 3]);
+        let tx = flusher.db.create_trx().expect("tx");
+        assert_eq!(flusher.applier.checkpoint(&tx, "r1", 0).await.expect("checkpoint"), Some(1));
+        assert_eq!(flusher.applier.checkpoint(&tx, "r2", 0).await.expect("checkpoint"), Some(3));
+        let counters = flusher.stats.snapshot();
+        assert_eq!((counters.flushes["evict"], counters.applied, counters.dead_letters), (2, 4, 0), "{counters:?}");
+    }
+
     #[tokio::test]
     async fn flush_triggers_split_on_transaction_too_large_and_dead_letters_a_lone_oversize_entry() {
         let limits = Limits { max_txn_bytes: 20_000, ..Limits::FDB };
@@ -647,8 +877,15 @@ mod tests {
         let applier = Applier::new(layout.clone());
         let dead_letters =
             Arc::new(DeadLetters::embedded(db.clone(), applier.clone(), RetryOptions::default(), "t".to_owned()));
-        let flusher =
-            Flusher { db, applier, retry: RetryOptions::default(), stats: Stats::new(), dead_letters, offload: None };
+        let flusher = Flusher {
+            db,
+            applier,
+            retry: RetryOptions::default(),
+            stats: Stats::new(),
+            dead_letters,
+            offload: None,
+            transactions: Flusher::transaction_slots(),
+        };
         let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
         for i in 1..=60 {
             let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});

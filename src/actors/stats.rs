@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -72,6 +72,10 @@ pub struct PipelineCounters {
     pub stale_commits: u64,
     /// Per-partition progress.
     pub partitions: BTreeMap<i32, PartitionCounters>,
+    /// Run actors stopped to make room in a partition at its cap, each after its flush landed.
+    pub evicted_run_actors: u64,
+    /// The most run actors live at once since the pipeline started.
+    pub peak_run_actors: usize,
 }
 
 impl PipelineCounters {
@@ -98,7 +102,7 @@ pub struct Stats {
     applied: AtomicU64,
     replayed: AtomicU64,
     dead_letters: AtomicU64,
-    flushes: [AtomicU64; 6],
+    flushes: [AtomicU64; FlushReason::ALL.len()],
     backpressure_micros: AtomicU64,
     assigned_partitions: AtomicU64,
     revoked_partitions: AtomicU64,
@@ -107,6 +111,8 @@ pub struct Stats {
     restarts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     partitions: Mutex<BTreeMap<i32, PartitionCounters>>,
     runs: Mutex<HashMap<(i32, String), RunEntry>>,
+    evicted_run_actors: AtomicU64,
+    peak_run_actors: AtomicUsize,
 }
 
 impl Stats {
@@ -206,6 +212,7 @@ impl Stats {
     pub fn register_run(&self, partition: i32, run: &str, epoch: u64) {
         let mut runs = self.runs.lock();
         runs.insert((partition, run.to_owned()), RunEntry { partition, epoch });
+        self.peak_run_actors.fetch_max(runs.len(), Ordering::Relaxed);
         crate::metrics::ingest_active_run_actors(runs.len());
     }
 
@@ -217,6 +224,12 @@ impl Stats {
             runs.remove(&key);
         }
         crate::metrics::ingest_active_run_actors(runs.len());
+    }
+
+    /// Counts run actors evicted from a full partition (after their flush landed).
+    pub fn note_evicted(&self, count: usize) {
+        self.evicted_run_actors.fetch_add(count as u64, Ordering::Relaxed);
+        crate::metrics::ingest_run_actor_evictions(count);
     }
 
     /// Finds the live run actor of `run`.
@@ -257,6 +270,8 @@ impl Stats {
             revoked_uncommitted: self.revoked_uncommitted.load(Ordering::Relaxed),
             stale_commits: self.stale_commits.load(Ordering::Relaxed),
             partitions: self.partitions.lock().clone(),
+            evicted_run_actors: self.evicted_run_actors.load(Ordering::Relaxed),
+            peak_run_actors: self.peak_run_actors.load(Ordering::Relaxed),
         }
     }
 }

@@ -353,6 +353,7 @@ impl<S: Source + 'static> Supervisor<S> {
             failures: self.failures_tx.clone(),
             killed: Arc::clone(&killed),
             commit_interval: self.config.commit_interval,
+            max_run_actors: self.config.max_run_actors_per_partition,
         });
         self.groups.insert(partition, Group { addr: actor.start(), killed, epoch, lease });
         tracing::debug!(partition, epoch, lease_epoch = lease.epoch, "partition group started");

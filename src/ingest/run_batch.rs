@@ -47,17 +47,20 @@ pub enum FlushReason {
     Revoke,
     /// A `delete_run` arrived (before it, and the delete itself).
     Delete,
+    /// The run's actor was evicted to make room for another run in a full partition.
+    Evict,
 }
 
 impl FlushReason {
     /// Every reason, for metric pre-registration.
-    pub const ALL: [FlushReason; 6] = [
+    pub const ALL: [FlushReason; 7] = [
         FlushReason::Bytes,
         FlushReason::Count,
         FlushReason::Age,
         FlushReason::Shutdown,
         FlushReason::Revoke,
         FlushReason::Delete,
+        FlushReason::Evict,
     ];
 
     /// Returns the metric label.
@@ -69,6 +72,7 @@ impl FlushReason {
             FlushReason::Shutdown => "shutdown",
             FlushReason::Revoke => "revoke",
             FlushReason::Delete => "delete",
+            FlushReason::Evict => "evict",
         }
     }
 }
@@ -543,7 +547,7 @@ mod tests {
     #[test]
     fn flush_reason_labels_are_distinct_and_lowercase() {
         let labels: Vec<&str> = FlushReason::ALL.iter().map(|r| r.as_str()).collect();
-        assert_eq!(labels, ["bytes", "count", "age", "shutdown", "revoke", "delete"]);
+        assert_eq!(labels, ["bytes", "count", "age", "shutdown", "revoke", "delete", "evict"]);
     }
 
     #[test]
