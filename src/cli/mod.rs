@@ -40,7 +40,7 @@ pub enum Commands {
     Ingest(ingest::IngestArgs),
     /// Inspect the store's keys (`kv dump`).
     Kv(kv::KvArgs),
-    /// Print benchmark figures (`bench storage`).
+    /// Print benchmark figures against a baseline of the same run (`bench storage|ingest|query|gateway`).
     Bench(bench::BenchArgs),
     /// Append records to the embedded queue or a Kafka topic (`queue import`).
     Queue(queue::QueueArgs),
