@@ -8,6 +8,7 @@ use std::sync::Arc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 
+use crate::actors::PipelineHandle;
 use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
 use crate::gateway::{Gateway, RecordSink};
@@ -61,6 +62,9 @@ pub struct AppState {
     pub blobs: Blobs,
     /// The SDK gateway, in the processes that serve it (`matyan serve`).
     pub gateway: Option<Gateway>,
+    /// The ingest pipeline of this process (`matyan serve`, `matyan ingest`), for readiness and the
+    /// chaos route.
+    pub pipeline: Option<PipelineHandle>,
     /// Where this process publishes ingestion records (the gateway's frames, the REST API's
     /// `delete_run`): `None` means the embedded queue of this store, opened per call.
     pub records: Option<Arc<dyn RecordSink>>,
@@ -97,6 +101,7 @@ impl AppState {
             heavy,
             gateway: None,
             records: None,
+            pipeline: None,
             ui: None,
         })
     }
@@ -106,6 +111,12 @@ impl AppState {
     pub fn with_gateway(mut self, gateway: Gateway) -> Self {
         self.records = Some(Arc::clone(gateway.sink()));
         self.gateway = Some(gateway);
+        self
+    }
+
+    /// This state with the process's ingest pipeline `pipeline`.
+    pub fn with_pipeline(mut self, pipeline: PipelineHandle) -> Self {
+        self.pipeline = Some(pipeline);
         self
     }
 

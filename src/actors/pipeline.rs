@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -285,17 +285,4 @@ impl PipelineHandle {
     pub fn is_running(&self) -> bool {
         self.inner.stats.is_running()
     }
-}
-
-/// The pipeline `matyan serve` runs, for the admin routes (one per process).
-static SERVING: RwLock<Option<PipelineHandle>> = RwLock::new(None);
-
-/// Publishes (or, with `None`, withdraws) the process's serving pipeline.
-pub fn set_serving(handle: Option<PipelineHandle>) {
-    *SERVING.write() = handle;
-}
-
-/// Returns the process's serving pipeline, if one runs.
-pub fn serving() -> Option<PipelineHandle> {
-    SERVING.read().clone()
 }

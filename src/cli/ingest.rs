@@ -47,6 +47,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let metrics_port = config.metrics.port;
     let state = common::open_state(config, handle).await?;
     let ingest = KafkaIngest::start(&state)?;
+    let state = state.with_pipeline(ingest.pipeline());
 
     let (probes_stop, probes_stopped) = oneshot::channel::<()>();
     let probes = if metrics_port == 0 {

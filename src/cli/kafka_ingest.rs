@@ -46,7 +46,6 @@ impl KafkaIngest {
             DeadLetterTarget::Kafka(dead_letters),
         )
         .context("cannot start the ingest pipeline")?;
-        matyan::actors::pipeline::set_serving(Some(pipeline.clone()));
         tracing::info!(
             topic = %kafka.data_ingestion_topic,
             group = %kafka.consumer_group,
@@ -71,11 +70,15 @@ impl KafkaIngest {
         Ok(Self { pipeline, source, outbox, outbox_stop, outbox_task })
     }
 
+    /// The pipeline's handle, for the process's [`AppState`].
+    pub fn pipeline(&self) -> PipelineHandle {
+        self.pipeline.clone()
+    }
+
     /// Flushes every run and commits every partition, leaves the group, then gives the outbox a
     /// last pass (what it cannot publish stays for the next start).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let drained = self.pipeline.shutdown().await;
-        matyan::actors::pipeline::set_serving(None);
         self.source.unsubscribe();
         let _ = self.outbox_stop.send(());
         if let Err(e) = self.outbox_task.await {

@@ -70,12 +70,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let queue = ingestion_queue(&state).await?;
             let sink = QueueSink::start(queue.clone(), state.config.gateway.append_batch_bytes);
             let pipeline = start_embedded_ingest(&state, queue).await?;
-            (with_gateway(state, Arc::new(sink)), Ingest::Embedded(pipeline))
+            let state = with_gateway(state, Arc::new(sink)).with_pipeline(pipeline.clone());
+            (state, Ingest::Embedded(pipeline))
         }
         IngestSource::Kafka => {
             let sink = common::kafka_sink(&state.config)?;
             let ingest = KafkaIngest::start(&state)?;
-            (with_gateway(state, Arc::new(sink)), Ingest::Kafka(Box::new(ingest)))
+            let state = with_gateway(state, Arc::new(sink)).with_pipeline(ingest.pipeline());
+            (state, Ingest::Kafka(Box::new(ingest)))
         }
     };
     let gateway = state.gateway.clone();
@@ -89,10 +91,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         gateway.close_connections();
     }
     let drained = match ingest {
-        Ingest::Embedded(pipeline) => {
-            matyan::actors::pipeline::set_serving(None);
-            pipeline.shutdown().await.context("ingest pipeline did not shut down cleanly")
-        }
+        Ingest::Embedded(pipeline) => pipeline.shutdown().await.context("ingest pipeline did not shut down cleanly"),
         Ingest::Kafka(ingest) => ingest.shutdown().await,
     };
     served?;
@@ -133,7 +132,6 @@ async fn start_embedded_ingest(state: &AppState, queue: Queue) -> anyhow::Result
         PipelineConfig::from_config(&state.config),
     )
     .context("cannot start the ingest pipeline")?;
-    matyan::actors::pipeline::set_serving(Some(pipeline.clone()));
     tracing::info!(
         topic,
         partitions,

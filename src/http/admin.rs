@@ -85,7 +85,7 @@ pub async fn chaos_kill(
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let Some(pipeline) = crate::actors::pipeline::serving() else {
+    let Some(pipeline) = state.pipeline.clone() else {
         return error(StatusCode::SERVICE_UNAVAILABLE, "no ingest pipeline runs in this process".into());
     };
     match pipeline.kill(target).await {

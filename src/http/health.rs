@@ -29,7 +29,7 @@ pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         Ok(r) => r.map_err(|e| e.to_string()),
         Err(_) => Err(format!("storage read timed out after {} ms", READY_TIMEOUT.as_millis())),
     };
-    let ingest = crate::actors::pipeline::serving().map(|p| p.is_running());
+    let ingest = state.pipeline.as_ref().map(crate::actors::PipelineHandle::is_running);
     let ok = storage.is_ok() && ingest != Some(false);
     crate::metrics::health_ready(ok);
     let backend = state.db.backend();
