@@ -3,7 +3,8 @@
 //! Module map:
 //! - [`clock`]: the wall clock and calendar conversions (every "now" of the process);
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
-//! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle, UI build;
+//! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle, UI build,
+//!   gateway, record sink and pipeline handle;
 //! - [`blobs`]: blob URIs (Fernet tokens) and the blob store of images, audios and artifacts;
 //! - [`http`]: the axum router: health probes, metrics, loopback admin routes, the REST API under
 //!   `/api/v1/rest` (`http::api`, one file per area), its binary streaming codec (`http::stream`)
