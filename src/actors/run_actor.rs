@@ -707,13 +707,17 @@ pub async fn flush_shared(flusher: Flusher, runs: Vec<(String, Batch)>) -> Resul
     }
 }
 
-/// One transaction applying one batch of each run: apply, measure. Returns the outcomes (in the
-/// order of `runs`), the transaction's approximate size and the retries it took.
-async fn apply_shared_once(
+/// One transaction applying the entries of each run (each run's checkpoint written in it): apply,
+/// measure. Returns the outcomes (in the order of `runs`), the transaction's approximate size and
+/// the retries it took.
+async fn apply_in_one_transaction(
     flusher: &Flusher,
-    runs: &[(String, Batch)],
+    runs: &[(&str, &[Entry])],
 ) -> Result<(Vec<crate::ingest::ApplyOutcome>, usize, u64), ApplyError> {
+    // Opened only with a slot: waiting here costs nothing, waiting with an open transaction costs
+    // its 5 s. The semaphore is never closed, so an error only means no bound.
     let _slot = flusher.transactions.acquire().await.ok();
+    // The worker clock is read once, before the retry loop, so every attempt writes the same times.
     let now = unix_now();
     let mut attempts = 0u64;
     let (outcomes, size) = flusher
@@ -723,8 +727,8 @@ async fn apply_shared_once(
             let applier = &flusher.applier;
             async move {
                 let mut outcomes = Vec::with_capacity(runs.len());
-                for (run, batch) in runs {
-                    outcomes.push(applier.apply(&tx, run, &batch.entries, now, &mut |req| position_uuid(req)).await?);
+                for (run, entries) in runs {
+                    outcomes.push(applier.apply(&tx, run, entries, now, &mut |req| position_uuid(req)).await?);
                 }
                 let size = tx.approximate_size().await?;
                 Ok::<_, ApplyError>((outcomes, size))
@@ -732,6 +736,28 @@ async fn apply_shared_once(
         })
         .await?;
     Ok((outcomes, size, attempts.saturating_sub(1)))
+}
+
+/// [`apply_in_one_transaction`] for the batches of several runs.
+async fn apply_shared_once(
+    flusher: &Flusher,
+    runs: &[(String, Batch)],
+) -> Result<(Vec<crate::ingest::ApplyOutcome>, usize, u64), ApplyError> {
+    let runs: Vec<(&str, &[Entry])> =
+        runs.iter().map(|(run, batch)| (run.as_str(), batch.entries.as_slice())).collect();
+    apply_in_one_transaction(flusher, &runs).await
+}
+
+/// [`apply_in_one_transaction`] for one run.
+async fn apply_once(
+    flusher: &Flusher,
+    run: &str,
+    entries: &[Entry],
+) -> Result<(crate::ingest::ApplyOutcome, usize, u64), ApplyError> {
+    let (mut outcomes, size, retries) = apply_in_one_transaction(flusher, &[(run, entries)]).await?;
+    let outcome =
+        outcomes.pop().ok_or_else(|| ApplyError::Corrupt("a transaction of one run gave no outcome".into()))?;
+    Ok((outcome, size, retries))
 }
 
 fn failure(flushed: Vec<i64>, error: ApplyError) -> FlushFailure {
@@ -742,34 +768,6 @@ fn failure(flushed: Vec<i64>, error: ApplyError) -> FlushFailure {
     };
     crate::metrics::ingest_error(if matches!(error, ApplyError::Kv(_)) { "fdb" } else { "unknown" });
     FlushFailure { flushed, cause, error: error.into() }
-}
-
-/// One transaction: apply, measure. Returns the outcome, the transaction's approximate size and
-/// the retries it took.
-async fn apply_once(
-    flusher: &Flusher,
-    run: &str,
-    entries: &[Entry],
-) -> Result<(crate::ingest::ApplyOutcome, usize, u64), ApplyError> {
-    // Opened only with a slot: waiting here costs nothing, waiting with an open transaction costs
-    // its 5 s. The semaphore is never closed, so an error only means no bound.
-    let _slot = flusher.transactions.acquire().await.ok();
-    // The worker clock is read once, before the retry loop, so every attempt writes the same times.
-    let now = unix_now();
-    let mut attempts = 0u64;
-    let (outcome, size) = flusher
-        .db
-        .run(&flusher.retry, |tx| {
-            attempts += 1;
-            let applier = &flusher.applier;
-            async move {
-                let outcome = applier.apply(&tx, run, entries, now, &mut |req| position_uuid(req)).await?;
-                let size = tx.approximate_size().await?;
-                Ok::<_, ApplyError>((outcome, size))
-            }
-        })
-        .await?;
-    Ok((outcome, size, attempts.saturating_sub(1)))
 }
 
 /// Dead-letters one entry in its own transaction.
