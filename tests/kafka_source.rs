@@ -546,6 +546,24 @@ async fn malformed_records_go_to_the_dead_letter_topic_and_neighbours_are_applie
     assert_eq!(got, want);
 }
 
+/// An outbox publisher of `db` to `control-events` on `broker`.
+fn outbox_publisher(broker: &Broker, db: &Database, applier: &Applier) -> OutboxPublisher {
+    OutboxPublisher::new(db.clone(), applier.clone(), broker.client_config(), "control-events", RetryOptions::default())
+        .unwrap()
+}
+
+/// A consumer of `control-events` from its start, in the control workers' group.
+fn control_events_reader(broker: &Broker) -> StreamConsumer {
+    let reader: StreamConsumer = broker
+        .consumer_config()
+        .set("group.id", "control-workers")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    reader.subscribe(&["control-events"]).unwrap();
+    reader
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
     let Some(broker) = Broker::start() else { return };
@@ -574,25 +592,12 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
     }
     assert_eq!(applier.outbox(&db.create_trx().unwrap(), 0).await.unwrap().len(), 2);
 
-    let publisher = OutboxPublisher::new(
-        db.clone(),
-        applier.clone(),
-        broker.client_config(),
-        "control-events",
-        RetryOptions::default(),
-    )
-    .unwrap();
+    let publisher = outbox_publisher(&broker, &db, &applier);
     assert_eq!(publisher.publish_pending().await.unwrap(), 2);
     assert!(applier.outbox(&db.create_trx().unwrap(), 0).await.unwrap().is_empty(), "the outbox is empty");
     assert_eq!(publisher.publish_pending().await.unwrap(), 0, "nothing is published twice once removed");
 
-    let reader: StreamConsumer = broker
-        .consumer_config()
-        .set("group.id", "control-workers")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&["control-events"]).unwrap();
+    let reader = control_events_reader(&broker);
     for run in runs {
         let msg = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await.expect("control event").unwrap();
         assert_eq!(msg.key(), Some(run.as_bytes()));
@@ -632,14 +637,7 @@ async fn an_experiment_or_tag_deletion_and_a_malformed_entry_do_not_wedge_the_ou
     }
     tx.commit().await.unwrap();
 
-    let publisher = OutboxPublisher::new(
-        db.clone(),
-        applier.clone(),
-        broker.client_config(),
-        "control-events",
-        RetryOptions::default(),
-    )
-    .unwrap();
+    let publisher = outbox_publisher(&broker, &db, &applier);
     assert_eq!(publisher.publish_pending().await.unwrap(), 3, "every event behind the bad entry went out");
     let tx = db.create_trx().unwrap();
     assert!(applier.outbox(&tx, 0).await.unwrap().is_empty(), "the outbox is empty");
@@ -648,13 +646,7 @@ async fn an_experiment_or_tag_deletion_and_a_malformed_entry_do_not_wedge_the_ou
     assert_eq!((letters[0].partition, letters[0].offset), (-1, 2));
     assert_eq!(letters[0].record.get("reason"), Some(&Value::from("outbox_malformed")));
 
-    let reader: StreamConsumer = broker
-        .consumer_config()
-        .set("group.id", "control-workers")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    reader.subscribe(&["control-events"]).unwrap();
+    let reader = control_events_reader(&broker);
     let mut got = Vec::new();
     for _ in 0..3 {
         let msg = tokio::time::timeout(Duration::from_secs(30), reader.recv()).await.expect("control event").unwrap();

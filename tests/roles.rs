@@ -28,6 +28,24 @@ fn matyan(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run matyan")
 }
 
+/// Starts `matyan api` on a free loopback port over the store in `data_dir`, with `extra` flags and
+/// `env`; returns it with its address.
+fn start_api(data_dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Server, SocketAddr) {
+    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["api", "--data-dir", data_dir.to_str().unwrap(), "--host", "127.0.0.1", "--port", "0"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start matyan api");
+    let mut api = Server(child);
+    let addr = server::wait_for_addr(&mut api, data_dir);
+    (api, addr)
+}
+
 /// One HTTP/1.1 GET whose body may be binary (the streaming codec); returns the status and the raw
 /// body (chunk framing included).
 fn get_bytes(addr: SocketAddr, path: &str) -> (u16, Vec<u8>) {
@@ -124,16 +142,7 @@ fn api_serves_the_rest_api_alone_on_a_seeded_store() {
     let out = matyan(&["dev", "seed", "--data-dir", data], &[]);
     assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
 
-    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
-        .args(["api", "--data-dir", data, "--host", "127.0.0.1", "--port", "0"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start matyan api");
-    let mut api = Server(child);
-    let addr = server::wait_for_addr(&mut api, dir.path());
+    let (api, addr) = start_api(dir.path(), &[], &[]);
 
     let (status, body) = server::get(addr, "/health/ready/");
     assert_eq!(status, 200, "{body}");
@@ -168,17 +177,7 @@ async fn api_with_source_kafka_publishes_a_rest_deletion_as_delete_run_on_the_in
     let data = dir.path().to_str().unwrap();
     let out = matyan(&["dev", "seed", "--data-dir", data, "--runs", "1"], &[]);
     assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
-    let child = Command::new(env!("CARGO_BIN_EXE_matyan"))
-        .args(["api", "--data-dir", data, "--host", "127.0.0.1", "--port", "0", "--source", "kafka"])
-        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start matyan api");
-    let mut api = Server(child);
-    let addr = server::wait_for_addr(&mut api, dir.path());
+    let (api, addr) = start_api(dir.path(), &["--source", "kafka"], &[("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap)]);
 
     let run = "5eed000000000000";
     let status = {

@@ -869,21 +869,7 @@ mod tests {
 
     #[tokio::test]
     async fn flush_triggers_split_on_transaction_too_large_and_dead_letters_a_lone_oversize_entry() {
-        let limits = Limits { max_txn_bytes: 20_000, ..Limits::FDB };
-        let db = Database::memory_with_limits(limits);
-        let layout = Layout::open(&db).await.expect("layout");
-        let applier = Applier::new(layout.clone());
-        let dead_letters =
-            Arc::new(DeadLetters::embedded(db.clone(), applier.clone(), RetryOptions::default(), "t".to_owned()));
-        let flusher = Flusher {
-            db,
-            applier,
-            retry: RetryOptions::default(),
-            stats: Stats::new(),
-            dead_letters,
-            offload: None,
-            transactions: Flusher::transaction_slots(),
-        };
+        let flusher = flusher_with(Limits { max_txn_bytes: 20_000, ..Limits::FDB }).await;
         let mut entries = vec![entry(0, serde_json::json!({"type": "create_run", "payload": {"force_resume": false}}))];
         for i in 1..=60 {
             let payload = serde_json::json!({"name": "m", "value": i, "context": {}, "dtype": "int"});
