@@ -851,6 +851,17 @@ impl matyan::blobs::BlobStore for FailingStore {
     async fn delete(&self, key: &str) -> Result<(), matyan::blobs::BlobError> {
         self.get(key).await.map(|_| ())
     }
+    async fn list(
+        &self,
+        prefix: &str,
+        _: Option<&str>,
+        _: usize,
+    ) -> Result<matyan::blobs::Listing, matyan::blobs::BlobError> {
+        self.get(prefix).await.map(|_| matyan::blobs::Listing::default())
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), matyan::blobs::BlobError> {
+        self.get(keys.first().map_or("", String::as_str)).await.map(|_| ())
+    }
 }
 
 #[tokio::test]

@@ -11,7 +11,9 @@ pub mod uri;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use store::{BlobError, BlobStore, LocalDirStore, check_key};
+pub use store::{
+    BlobError, BlobStore, Listing, LocalDirStore, MAX_DELETE_BATCH, MAX_LIST_PAGE, ObjectInfo, check_key, check_prefix,
+};
 pub use uri::{BlobUri, UriCodec, UriError};
 
 use crate::config::Config;

@@ -21,6 +21,9 @@ pub enum BlobError {
     /// The key cannot name an object of this store (empty, absolute, `.` or `..` components).
     #[error("blob key {key:?} is invalid: {reason}")]
     InvalidKey { key: String, reason: &'static str },
+    /// A listing page or delete batch outside the sizes every store accepts.
+    #[error("{n} {what} is outside 1..={max}")]
+    Count { what: &'static str, n: usize, max: usize },
     /// The store failed.
     #[error("blob {key:?}: {source}")]
     Io { key: String, source: std::io::Error },
@@ -45,6 +48,62 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
 
     /// Removes the object `key`; removing a missing object succeeds (as S3's `DeleteObject`).
     async fn delete(&self, key: &str) -> Result<(), BlobError>;
+
+    /// One page of the objects whose keys start with `prefix`, in key order, beginning after
+    /// `start_after` (exclusive) and holding at most `max_keys` (1 to [`MAX_LIST_PAGE`]) objects.
+    /// `prefix` is empty or ends with `/` and is checked with [`check_prefix`]. A page's `next`
+    /// is where the following page starts (`None` on the last), as S3's `ListObjectsV2`.
+    async fn list(&self, prefix: &str, start_after: Option<&str>, max_keys: usize) -> Result<Listing, BlobError>;
+
+    /// Removes up to [`MAX_DELETE_BATCH`] objects; missing objects count as removed (as S3's
+    /// `DeleteObjects`). A failure may leave any subset removed: callers retry the whole batch,
+    /// which is idempotent.
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BlobError>;
+}
+
+/// The most objects one [`BlobStore::list`] page holds (S3's `ListObjectsV2` limit).
+pub const MAX_LIST_PAGE: usize = 1000;
+
+/// The most keys one [`BlobStore::delete_many`] call takes (S3's `DeleteObjects` limit).
+pub const MAX_DELETE_BATCH: usize = 1000;
+
+/// An object as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// The object's key.
+    pub key: String,
+    /// The object's size in bytes.
+    pub size: u64,
+}
+
+/// One page of a [`BlobStore::list`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The objects of the page, in key order.
+    pub objects: Vec<ObjectInfo>,
+    /// The `start_after` of the next page, or `None` when this page is the last.
+    pub next: Option<String>,
+}
+
+/// Refuses a listing prefix that is not empty or a valid key prefix ending with `/` (so a prefix
+/// names a whole "directory", as the janitor's `{run_id}/` does). Checked before any IO.
+pub fn check_prefix(prefix: &str) -> Result<(), BlobError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    match prefix.strip_suffix('/') {
+        Some(dir) => check_key(dir),
+        None => Err(BlobError::InvalidKey { key: prefix.to_owned(), reason: "a prefix must end with `/`" }),
+    }
+}
+
+/// Refuses a count outside `min..=max`: a page size outside 1..=[`MAX_LIST_PAGE`], a batch over
+/// [`MAX_DELETE_BATCH`] keys.
+fn check_count(what: &'static str, n: usize, max: usize, min: usize) -> Result<(), BlobError> {
+    if n < min || n > max {
+        return Err(BlobError::Count { what, n, max });
+    }
+    Ok(())
 }
 
 /// A blob store over a local directory: the object `a/b/c.png` is the file `<root>/a/b/c.png`.
@@ -162,6 +221,64 @@ impl BlobStore for LocalDirStore {
         })
         .await
     }
+
+    async fn list(&self, prefix: &str, start_after: Option<&str>, max_keys: usize) -> Result<Listing, BlobError> {
+        check_prefix(prefix)?;
+        check_count("keys per page", max_keys, MAX_LIST_PAGE, 1)?;
+        let root = self.root.clone();
+        let (prefix, after) = (prefix.to_owned(), start_after.map(str::to_owned));
+        blocking(&prefix.clone(), move || {
+            let mut dir = root.clone();
+            dir.extend(prefix.split('/').filter(|p| !p.is_empty()));
+            let mut objects = Vec::new();
+            walk(&dir, &prefix, &mut objects).map_err(|e| BlobError::Io { key: prefix.clone(), source: e })?;
+            objects.sort_by(|a: &ObjectInfo, b| a.key.cmp(&b.key));
+            let start = after.map_or(0, |after| objects.partition_point(|o| o.key.as_str() <= after.as_str()));
+            let mut page: Vec<ObjectInfo> = objects.drain(start..).take(max_keys + 1).collect();
+            let next = (page.len() > max_keys).then(|| {
+                page.truncate(max_keys);
+                page[max_keys - 1].key.clone()
+            });
+            Ok(Listing { objects: page, next })
+        })
+        .await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BlobError> {
+        check_count("keys per delete", keys.len(), MAX_DELETE_BATCH, 0)?;
+        for key in keys {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Collects the objects under `dir` (whose key prefix is `prefix`), skipping the temporary files
+/// of writes in flight. A missing directory holds no objects.
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            walk(&entry.path(), &format!("{prefix}{name}/"), out)?;
+        } else if kind.is_file() && !is_temporary(&name) {
+            out.push(ObjectInfo { key: format!("{prefix}{name}"), size: entry.metadata()?.len() });
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is the temporary file of a `put` in flight (`<name>.<32 hex>.tmp`).
+fn is_temporary(name: &str) -> bool {
+    name.strip_suffix(".tmp")
+        .and_then(|rest| rest.rsplit_once('.'))
+        .is_some_and(|(_, id)| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -207,5 +324,43 @@ mod tests {
         // Dots inside a name are just characters.
         store.put("run/..hidden/a..b", b"ok".to_vec()).await.unwrap();
         assert_eq!(store.get("run/..hidden/a..b").await.unwrap(), b"ok");
+    }
+
+    #[tokio::test]
+    async fn listing_pages_through_a_prefix_in_key_order_and_delete_many_removes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::new(dir.path().join("blobs"));
+        assert_eq!(store.list("run/", None, 10).await.unwrap(), Listing::default(), "no directory yet");
+        for i in 0..5 {
+            store.put(&format!("run/seq/images/{i}.png"), vec![0; i]).await.unwrap();
+        }
+        store.put("run/a.txt", b"a".to_vec()).await.unwrap();
+        store.put("runner/x", b"x".to_vec()).await.unwrap();
+        std::fs::write(dir.path().join("blobs/run/b.txt.0123456789abcdef0123456789abcdef.tmp"), b"").unwrap();
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list("run/", after.as_deref(), 2).await.unwrap();
+            assert!(page.objects.len() <= 2);
+            keys.extend(page.objects.iter().map(|o| o.key.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let want: Vec<String> =
+            std::iter::once("run/a.txt".to_owned()).chain((0..5).map(|i| format!("run/seq/images/{i}.png"))).collect();
+        assert_eq!(keys, want, "runner/ is not under run/ and temporary files are not objects");
+        let page = store.list("run/seq/", None, 1000).await.unwrap();
+        assert_eq!(page.objects[3], ObjectInfo { key: "run/seq/images/3.png".into(), size: 3 });
+        assert!(matches!(store.list("run", None, 10).await, Err(BlobError::InvalidKey { .. })));
+        assert!(matches!(store.list("../", None, 10).await, Err(BlobError::InvalidKey { .. })));
+        assert!(matches!(store.list("run/", None, 0).await, Err(BlobError::Count { .. })));
+        store.delete_many(&keys).await.unwrap();
+        store.delete_many(&keys).await.unwrap();
+        assert!(store.list("run/", None, 10).await.unwrap().objects.is_empty());
+        assert_eq!(store.get("runner/x").await.unwrap(), b"x");
+        let too_many: Vec<String> = (0..=MAX_DELETE_BATCH).map(|i| format!("k{i}")).collect();
+        assert!(matches!(store.delete_many(&too_many).await, Err(BlobError::Count { .. })));
     }
 }
