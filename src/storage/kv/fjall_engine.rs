@@ -38,6 +38,18 @@ impl FjallEngine {
     }
 }
 
+impl Drop for FjallEngine {
+    /// Flushes the active memtable into a table file on a clean close, so that the journal holds
+    /// nothing to replay: an unflushed journal of 85 MB took 4–8 s to replay at the next open
+    /// (1M small writes then a clean stop), a flushed one takes milliseconds. A crash skips this
+    /// and recovers from the journal as before.
+    fn drop(&mut self) {
+        if let Err(e) = self.ks.rotate_memtable_and_wait() {
+            tracing::warn!(error = %e, "could not flush the memtable at close; the next open replays the journal");
+        }
+    }
+}
+
 struct FjallSnapshot {
     snap: Snapshot,
     ks: Keyspace,
@@ -94,5 +106,48 @@ impl Engine for FjallEngine {
 
     fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bytes of the files under `dir` (recursively).
+    fn bytes_under(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .map(|e| e.unwrap())
+                    .map(|e| {
+                        if e.file_type().unwrap().is_dir() {
+                            bytes_under(&e.path())
+                        } else {
+                            e.metadata().unwrap().len()
+                        }
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_store_closed_cleanly_leaves_no_journal_to_replay_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        batch.ops = (0..10_000u32).map(|i| (i.to_be_bytes().to_vec(), PointOp::Set(vec![7; 60]))).collect();
+        engine.apply(&batch).unwrap();
+        engine.sync().unwrap();
+        let tables = dir.path().join("fjall/keyspaces");
+        assert!(bytes_under(&tables) < 100_000, "while open, the writes are only in the memtable and the journal");
+        drop(engine);
+        // The next open replays only what no table holds: with the memtable flushed, nothing (an 85 MB
+        // journal took 4–8 s to replay before).
+        assert!(bytes_under(&tables) > 300_000, "a clean close writes the memtable into a table");
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        let snap = engine.snapshot().unwrap();
+        assert_eq!(snap.get(&9_999u32.to_be_bytes()).unwrap(), Some(vec![7; 60]));
+        assert_eq!(snap.range(&[], &[0xff], false, 0).unwrap().len(), 10_000);
     }
 }
