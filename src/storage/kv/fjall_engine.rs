@@ -135,8 +135,10 @@ mod tests {
     fn a_store_closed_cleanly_leaves_no_journal_to_replay_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
         let engine = FjallEngine::open(dir.path()).unwrap();
-        let mut batch = WriteBatch::default();
-        batch.ops = (0..10_000u32).map(|i| (i.to_be_bytes().to_vec(), PointOp::Set(vec![7; 60]))).collect();
+        let batch = WriteBatch {
+            ops: (0..10_000u32).map(|i| (i.to_be_bytes().to_vec(), PointOp::Set(vec![7; 60]))).collect(),
+            ..WriteBatch::default()
+        };
         engine.apply(&batch).unwrap();
         engine.sync().unwrap();
         let tables = dir.path().join("fjall/keyspaces");
