@@ -609,4 +609,25 @@ mod tests {
         let c = client_config(&cfg);
         assert_eq!((c.get("sasl.username"), c.get("sasl.password")), (Some("u"), Some("p")));
     }
+
+    #[test]
+    fn every_security_protocol_and_sasl_mechanism_config_accepts_makes_a_client() {
+        // librdkafka refuses `ssl`/`sasl_ssl` and SCRAM when built without OpenSSL (it was: the
+        // config accepted them and the role failed at start-up). Creating a client does not connect.
+        use crate::config::{KAFKA_SASL_MECHANISMS, KAFKA_SECURITY_PROTOCOLS};
+        for protocol in KAFKA_SECURITY_PROTOCOLS {
+            for mechanism in KAFKA_SASL_MECHANISMS {
+                let cfg = KafkaConfig {
+                    bootstrap_servers: "127.0.0.1:1".into(),
+                    security_protocol: (*protocol).into(),
+                    sasl_mechanism: (*mechanism).into(),
+                    sasl_username: "u".into(),
+                    sasl_password: "p".into(),
+                    ..crate::config::Config::load(None, |_| None).unwrap().kafka
+                };
+                let made = client_config(&cfg).create::<rdkafka::producer::BaseProducer>();
+                assert!(made.is_ok(), "{protocol} + {mechanism}: {:?}", made.err());
+            }
+        }
+    }
 }
