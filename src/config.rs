@@ -37,6 +37,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub gateway: GatewayConfig,
     pub ui: UiConfig,
+    pub queue: QueueConfig,
 }
 
 /// The HTTP API's listener.
@@ -339,6 +340,37 @@ impl GatewayConfig {
         let url = self.public_url.trim();
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             errors.push(ValidationError::NotAUrl { key: "gateway.public_url" });
+        }
+    }
+}
+
+/// Upkeep of the embedded queue (`matyan serve`): records every consumer group has committed are
+/// trimmed, so the queue holds the live data only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Milliseconds between trim passes; 0 never trims.
+    pub trim_interval_ms: u64,
+    /// Consumed records kept per partition below the slowest group's committed offset.
+    pub retain_consumed_records: u64,
+}
+
+impl QueueConfig {
+    /// The shortest interval between trim passes: each pass reads every group's offsets.
+    pub const MIN_TRIM_INTERVAL_MS: u64 = 100;
+
+    /// The interval between trim passes, `None` when trimming is off.
+    pub fn trim_interval(&self) -> Option<Duration> {
+        (self.trim_interval_ms > 0).then(|| Duration::from_millis(self.trim_interval_ms))
+    }
+
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.trim_interval_ms != 0 && self.trim_interval_ms < Self::MIN_TRIM_INTERVAL_MS {
+            errors.push(ValidationError::Malformed {
+                key: "queue.trim_interval_ms",
+                value: self.trim_interval_ms.to_string(),
+                expected: "0 (never trim) or at least 100",
+            });
         }
     }
 }
@@ -690,6 +722,7 @@ impl Config {
             });
         }
         self.gateway.validate(&mut errors);
+        self.queue.validate(&mut errors);
         let ui = &self.ui;
         if !ui.api_host_base.is_empty() && !is_host_base(&ui.api_host_base) {
             errors.push(ValidationError::Malformed {

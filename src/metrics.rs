@@ -111,6 +111,7 @@ pub fn describe() {
     describe_kafka();
     describe_gateway();
     describe_run_actors();
+    describe_queue();
     describe_counter!(HTTP_PANICS_TOTAL, "request handlers that panicked, answered 500, by method and route template");
 }
 
@@ -357,4 +358,28 @@ pub fn describe_run_actors() {
 /// Counts run actors evicted from a full partition.
 pub fn ingest_run_actor_evictions(count: usize) {
     counter!(INGEST_RUN_ACTOR_EVICTIONS_TOTAL).increment(count as u64);
+}
+
+/// Records removed from the embedded queue once every consumer group had committed them, by topic.
+pub const QUEUE_TRIMMED_RECORDS_TOTAL: &str = "matyan_queue_trimmed_records_total";
+/// Records the embedded queue holds (end offset minus start offset, summed over partitions), by topic.
+pub const QUEUE_RECORDS: &str = "matyan_queue_records";
+
+/// Registers the embedded queue's metrics.
+pub fn describe_queue() {
+    describe_counter!(
+        QUEUE_TRIMMED_RECORDS_TOTAL,
+        "records trimmed from the embedded queue after every group committed them, by topic"
+    );
+    describe_gauge!(
+        QUEUE_RECORDS,
+        "records held by the embedded queue (end minus start offset over partitions), by topic"
+    );
+}
+
+/// Counts `records` trimmed from `topic` and sets what it still holds. `topic` is a configured topic
+/// name (bounded).
+pub fn queue_trimmed(topic: &str, records: u64, held: u64) {
+    counter!(QUEUE_TRIMMED_RECORDS_TOTAL, "topic" => topic.to_owned()).increment(records);
+    gauge!(QUEUE_RECORDS, "topic" => topic.to_owned()).set(held as f64);
 }

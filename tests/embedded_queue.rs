@@ -322,6 +322,43 @@ async fn trim_removes_only_records_below_the_offset() {
     }
 }
 
+#[tokio::test]
+async fn trim_consumed_removes_only_what_every_group_of_the_topic_has_committed() {
+    for store in stores() {
+        let q = queue(&store.db, 1).await;
+        let dirs = Dirs::open(&store.db).await.unwrap();
+        let other = Queue::open(&store.db, &dirs.ours, "control-events", 1).await.unwrap();
+        let recs: Vec<AppendRecord<'_>> = (0..20).map(|i| (Some(b"k".as_slice()), b"v".as_slice(), i)).collect();
+        q.append(&recs).await.unwrap();
+        other.append(&recs[..5]).await.unwrap();
+        assert_eq!(q.trim_consumed(0, 0).await.unwrap(), None, "no group has committed: nothing is known consumed");
+        assert_eq!(q.start_offset(0).await.unwrap(), 0);
+
+        q.commit("fast", 0, 15).await.unwrap();
+        q.commit("slow", 0, 8).await.unwrap();
+        // A group of another topic, further behind, does not hold this topic back.
+        other.commit("control-workers", 0, 1).await.unwrap();
+        assert_eq!(q.trim_consumed(0, 0).await.unwrap(), Some(8), "{}", store.name);
+        assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(8));
+        assert_eq!(read_all(&q, 0).await.len(), 12);
+
+        q.commit("slow", 0, 14).await.unwrap();
+        assert_eq!(q.trim_consumed(0, 3).await.unwrap(), Some(11), "three consumed records are kept");
+        assert_eq!(q.trim_consumed(0, 100).await.unwrap(), Some(11), "a larger retain never brings records back");
+        // The slow group rewinds (a replay) to where records are kept: it reads them all again.
+        q.commit("slow", 0, 11).await.unwrap();
+        let source = EmbeddedSource::new(q.clone(), "slow").await.unwrap();
+        assert_eq!(source.position(0), Some(11));
+        assert_eq!(q.trim_consumed(0, 0).await.unwrap(), Some(11));
+
+        let report = matyan::ingest::queue_trim::trim_once(&store.db, &dirs.ours, 0).await.unwrap();
+        let by_topic: BTreeMap<_, _> = report.iter().map(|t| (t.topic.as_str(), (t.trimmed, t.held))).collect();
+        assert_eq!(by_topic.get("control-events"), Some(&(1, 4)), "{}: {report:?}", store.name);
+        assert_eq!(by_topic.get(TOPIC), Some(&(0, 9)));
+        assert_eq!(other.start_offset(0).await.unwrap(), 1);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_source_polls_in_offset_order_and_wakes_on_append() {
     for store in stores() {

@@ -80,3 +80,33 @@ fn serve_refuses_a_bad_config_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("INGEST_MAX_MESSAGES_PER_TXN"), "{stderr}");
 }
+
+#[test]
+fn serve_trims_the_embedded_queue_once_every_record_is_ingested() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    let imported = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["queue", "import", common::GOLDEN_10K, "--data-dir"])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{}", String::from_utf8_lossy(&imported.stderr));
+    let records = common::golden_records().len() as f64;
+    let config = dir.path().join("trim.toml");
+    std::fs::write(&config, "[queue]\ntrim_interval_ms = 100\n").unwrap();
+    let mut server = start(&data_dir, &["--config", config.to_str().unwrap()]);
+    let addr = wait_for_addr(&mut server, &data_dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let (mut trimmed, mut held) = (0.0, f64::NAN);
+    while std::time::Instant::now() < deadline {
+        let (_, body) = get(addr, "/metrics/");
+        trimmed = common::server::metric_sum(&body, "matyan_queue_trimmed_records_total", "data-ingestion");
+        held = common::server::metric_sum(&body, "matyan_queue_records", "data-ingestion");
+        if trimmed == records {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!((trimmed, held), (records, 0.0), "every ingested record is trimmed and none is held");
+    assert_eq!(terminate(server).code(), Some(0));
+}

@@ -17,6 +17,7 @@ use matyan::app::AppState;
 use matyan::config::IngestSource;
 use matyan::gateway::{Gateway, QueueSink, RecordSink};
 use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
+use matyan::ingest::queue_trim::QueueTrimmer;
 use matyan::ingest::{EmbeddedSource, Queue};
 
 use super::common;
@@ -81,6 +82,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let gateway = state.gateway.clone();
+    let trimmer = state.config.queue.trim_interval().map(|interval| {
+        let ours = state.layout.dirs.ours.clone();
+        QueueTrimmer::spawn(state.db.clone(), ours, interval, state.config.queue.retain_consumed_records)
+    });
 
     let (listener, _) = common::bind(&host, port).await?;
     let served = common::serve_api_until_signal(listener, state, &data_dir).await;
@@ -94,6 +99,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Ingest::Embedded(pipeline) => pipeline.shutdown().await.context("ingest pipeline did not shut down cleanly"),
         Ingest::Kafka(ingest) => ingest.shutdown().await,
     };
+    if let Some(trimmer) = trimmer {
+        trimmer.stop();
+    }
     served?;
     drained?;
     // The router (and with it the last handle on the store) was dropped when serving ended: every

@@ -13,6 +13,7 @@
 //! - [`source`]: the [`Source`] interface (poll, commit, pause/resume) both Kafka and the embedded
 //!   queue implement;
 //! - [`queue`]: the embedded durable queue in our own KV directory and its [`EmbeddedSource`];
+//! - [`queue_trim`]: removes the queue's records every consumer group has committed;
 //! - [`kafka`]: [`KafkaSource`], the [`Source`] over a Kafka consumer group, with an epoch fence on
 //!   commits of revoked partitions;
 //! - [`dlq`]: dead-letter sinks, the `data-ingestion-dlq` topic or the embedded keyspace;
@@ -25,6 +26,7 @@ pub mod message;
 pub mod outbox;
 pub mod partitioner;
 pub mod queue;
+pub mod queue_trim;
 pub mod run_batch;
 pub mod source;
 

@@ -228,6 +228,27 @@ impl Queue {
         }
     }
 
+    /// The names of every topic of the queue under `ours`, in key order.
+    pub async fn topics(db: &Database, ours: &[u8]) -> Result<Vec<String>, QueueError> {
+        let (begin, end) = tuple::range(ours, &[Elem::from(META)]);
+        let (begin, end) = (&begin, &end);
+        db.run(&RetryOptions::default(), move |tx| async move {
+            // One key per topic: a handful, read in one go.
+            let pairs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()), true).await?;
+            pairs
+                .iter()
+                .map(|kv| match tuple::unpack_with_prefix(ours, &kv.key) {
+                    Some(Ok(elems)) => match elems.as_slice() {
+                        [_, Elem::Str(topic), _] => Ok(topic.clone()),
+                        _ => Err(corrupt(&kv.key, "meta key is not (queue_meta, topic, name)")),
+                    },
+                    _ => Err(corrupt(&kv.key, "meta key is not a tuple")),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+    }
+
     fn handle(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -532,14 +553,83 @@ impl Queue {
                 if new_start <= start {
                     return Ok(start);
                 }
-                let (begin, _) = tuple::range(&this.inner.ours, &this.partition_elems(partition));
-                let mut stop = this.partition_elems(partition);
-                stop.push(Elem::from(new_start));
-                tx.clear_range(&begin, &tuple::pack_with_prefix(&this.inner.ours, &stop));
+                this.clear_below(&tx, partition, new_start);
                 tx.set(start_key, &new_start.to_le_bytes());
                 Ok::<_, QueueError>(new_start)
             })
             .await
+    }
+
+    /// Trims the records of `partition` that every consumer group of this topic has committed,
+    /// keeping the last `retain` of them, and returns the new start offset, or `None` when no
+    /// group has committed on the partition (nothing is known to be consumed, so nothing goes).
+    ///
+    /// The committed offsets are read with conflicting reads in the trimming transaction: a
+    /// group rewinding its offset at the same time makes one of the two retry, so a replay never
+    /// finds its records trimmed under it. A group that has never committed on this topic is not
+    /// known here: start a new group's consumer (which commits its start) before trimming.
+    pub async fn trim_consumed(&self, partition: i32, retain: u64) -> Result<Option<i64>, QueueError> {
+        self.check_partition(partition)?;
+        let retain = i64::try_from(retain).unwrap_or(i64::MAX);
+        let (start_key, end_key) = (self.start_key(partition), self.end_key(partition));
+        let (this, start_key, end_key) = (self, &start_key, &end_key);
+        self.inner
+            .db
+            .run(&self.retry, move |tx| async move {
+                let Some(consumed) = this.slowest_committed(&tx, partition).await? else {
+                    return Ok(None);
+                };
+                let start = this.read_counter(&tx, start_key, false).await?;
+                let end = this.read_counter(&tx, end_key, true).await?;
+                let new_start = consumed.min(end).saturating_sub(retain);
+                if new_start <= start {
+                    return Ok(Some(start));
+                }
+                this.clear_below(&tx, partition, new_start);
+                tx.set(start_key, &new_start.to_le_bytes());
+                Ok::<_, QueueError>(Some(new_start))
+            })
+            .await
+    }
+
+    /// The smallest offset any group has committed on `partition` of this topic, read with
+    /// conflicting reads; `None` when none has.
+    async fn slowest_committed(&self, tx: &Transaction, partition: i32) -> Result<Option<i64>, QueueError> {
+        let (begin, end) = tuple::range(&self.inner.ours, &[Elem::from(CONSUMER)]);
+        let mut slowest: Option<i64> = None;
+        let mut from = begin;
+        loop {
+            let page = tx.get_range(&RangeOption::new(from.clone(), end.clone()).limit(1000), false).await?;
+            let Some(last) = page.last().map(|kv| kv.key.clone()) else { break };
+            for kv in &page {
+                let elems = match tuple::unpack_with_prefix(&self.inner.ours, &kv.key) {
+                    Some(Ok(elems)) => elems,
+                    Some(Err(e)) => return Err(corrupt(&kv.key, format!("consumer key: {e}"))),
+                    None => return Err(corrupt(&kv.key, "outside the directory")),
+                };
+                let [_, _, Elem::Str(topic), Elem::Int(p)] = elems.as_slice() else {
+                    return Err(corrupt(&kv.key, "consumer key is not (consumer, group, topic, partition)"));
+                };
+                if topic == &self.inner.topic && *p == i128::from(partition) {
+                    let offset = decode_i64(&kv.key, &kv.value)?;
+                    slowest = Some(slowest.map_or(offset, |s| s.min(offset)));
+                }
+            }
+            if page.len() < 1000 {
+                break;
+            }
+            from = last;
+            from.push(0x00);
+        }
+        Ok(slowest)
+    }
+
+    /// Clears every record of `partition` below offset `below`.
+    fn clear_below(&self, tx: &Transaction, partition: i32, below: i64) {
+        let (begin, _) = tuple::range(&self.inner.ours, &self.partition_elems(partition));
+        let mut stop = self.partition_elems(partition);
+        stop.push(Elem::from(below));
+        tx.clear_range(&begin, &tuple::pack_with_prefix(&self.inner.ours, &stop));
     }
 
     /// Resolves when a record is appended through a handle of this queue in this process.
