@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::blobs::check_key;
+use crate::blobs::{BlobError, check_key};
 use crate::ingest::message::MAX_KEY_PART_BYTES;
 
 use super::Gateway;
@@ -205,9 +205,13 @@ pub async fn upload(
     };
     let bytes = axum::body::to_bytes(body, cap).await.map_err(|_| too_large())?;
     let size = bytes.len();
-    gw.blobs().put(&q.key, bytes.to_vec()).await.map_err(|e| {
-        tracing::warn!(error = %e, "blob upload could not be stored");
-        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", "the blob could not be stored")
+    // The signed content type is kept with the object, for the artifact downloads.
+    gw.blobs().put(&q.key, bytes.to_vec(), Some(&q.content_type)).await.map_err(|e| match e {
+        BlobError::InvalidKey { .. } => Refusal::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "blob upload could not be stored");
+            Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", "the blob could not be stored")
+        }
     })?;
     crate::metrics::gateway_upload(size);
     Ok(StatusCode::OK)
