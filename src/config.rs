@@ -1346,4 +1346,71 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.max_run_actors_per_partition: must be at least 1"), "{err}");
     }
+
+    #[test]
+    fn s3_settings_come_from_the_references_environment_and_are_checked_when_s3_is_the_backend() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!((c.blobs.backend, c.blobs.s3_bucket.as_str()), (BlobBackend::Local, "matyan-artifacts"));
+        c.validate().unwrap();
+        let env = env_of(&[
+            ("BLOB_BACKEND_TYPE", "s3"),
+            ("S3_ENDPOINT", "http://seaweed:8333"),
+            ("S3_PUBLIC_ENDPOINT", "https://s3.example.com"),
+            ("S3_BUCKET", "runs"),
+            ("S3_REGION", "eu-west-1"),
+            ("S3_ACCESS_KEY", "ak"),
+            ("S3_SECRET_KEY", "sk-secret"),
+        ]);
+        let c = Config::load(None, env).unwrap();
+        let b = &c.blobs;
+        assert_eq!(b.backend, BlobBackend::S3);
+        assert_eq!(
+            [&b.s3_endpoint, &b.s3_public_endpoint, &b.s3_bucket, &b.s3_region, &b.s3_access_key, &b.s3_secret_key],
+            ["http://seaweed:8333", "https://s3.example.com", "runs", "eu-west-1", "ak", "sk-secret"]
+        );
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("sk-secret"), "debug output hides the secret key");
+        let err = Config::load(None, env_of(&[("BLOB_BACKEND_TYPE", "gcs")])).unwrap_err().to_string();
+        assert!(err.contains("BLOB_BACKEND_TYPE") && err.contains("local or s3"), "{err}");
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[blobs]\nbackend = \"s3\"\ns3_bucket = \"\"\ns3_endpoint = \"seaweed:8333\"\ns3_max_attempts = 0\n",
+        )
+        .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["blobs.s3_bucket", "blobs.s3_endpoint", "blobs.s3_max_attempts"]);
+    }
+
+    #[test]
+    fn production_refuses_the_development_blob_uri_key_and_s3_credentials_naming_each_setting() {
+        let c = Config::load(None, env_of(&[("MATYAN_ENVIRONMENT", "production")])).unwrap();
+        assert_eq!(c.environment, Environment::Production);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("blobs.uri_secret: the development default is refused"), "{err}");
+        assert!(err.contains("set BLOB_URI_SECRET"), "{err}");
+        assert_eq!(invalid_keys(&c), vec!["blobs.uri_secret"], "the local store has no credentials to refuse");
+        let key = "x9v2dZ0ZAgd1Qm4Kx0yH1UJqYfVZb3VmA9mQm0vWl7k=";
+        let c = Config::load(
+            None,
+            env_of(&[("MATYAN_ENVIRONMENT", "production"), ("BLOB_URI_SECRET", key), ("BLOB_BACKEND_TYPE", "s3")]),
+        )
+        .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["blobs.s3_access_key", "blobs.s3_secret_key", "blobs.s3_endpoint"]);
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("MATYAN_ENVIRONMENT", "production"),
+                ("BLOB_URI_SECRET", key),
+                ("BLOB_BACKEND_TYPE", "s3"),
+                ("S3_ENDPOINT", "https://s3.eu-west-1.amazonaws.com"),
+                ("S3_ACCESS_KEY", "AKIA0"),
+                ("S3_SECRET_KEY", "real"),
+            ]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        // Development accepts the development values; an unknown environment is refused by name.
+        Config::load(None, env_of(&[("BLOB_BACKEND_TYPE", "s3")])).unwrap().validate().unwrap();
+        let err = Config::load(None, env_of(&[("MATYAN_ENVIRONMENT", "prod")])).unwrap_err().to_string();
+        assert!(err.contains("MATYAN_ENVIRONMENT"), "{err}");
+    }
 }

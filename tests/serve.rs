@@ -80,3 +80,20 @@ fn serve_refuses_a_bad_config_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("INGEST_MAX_MESSAGES_PER_TXN"), "{stderr}");
 }
+
+#[test]
+fn serve_refuses_to_start_in_production_with_the_development_blob_uri_key_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["serve", "--port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("MATYAN_ENVIRONMENT", "production")
+        .env_remove("BLOB_URI_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("blobs.uri_secret") && stderr.contains("BLOB_URI_SECRET"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing is created before the config is accepted");
+}

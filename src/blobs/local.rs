@@ -278,7 +278,7 @@ mod tests {
         let sidecar = dir.path().join("blobs/.matyan-content-types/3f2a/seq/images/0.png");
         assert_eq!(std::fs::read_to_string(&sidecar).unwrap(), "image/png");
         let all = store.list("", None, 10).await.unwrap();
-        assert_eq!(all.objects, vec![ObjectInfo { key: key.to_owned(), size: 9 }], "the sidecar is not an object");
+        assert_eq!(all.objects, vec![ObjectInfo { key: key.to_owned(), size: 8 }], "the sidecar is not an object");
         // Replacing without a type drops the sidecar; deleting removes both.
         store.put(key, b"x".to_vec(), None).await.unwrap();
         assert!(!sidecar.exists());

@@ -109,6 +109,7 @@ impl ZipStream {
     pub fn finish(mut self) -> Vec<u8> {
         let mut out = self.end_member();
         let cd_start = self.offset;
+        let cd_from = out.len();
         for w in &self.written {
             put32(&mut out, 0x0201_4b50);
             put16(&mut out, MADE_BY);
@@ -134,7 +135,7 @@ impl ZipStream {
             put64(&mut out, w.size);
             put64(&mut out, w.offset);
         }
-        let cd_size = out.len() as u64;
+        let cd_size = (out.len() - cd_from) as u64;
         let eocd64 = cd_start + cd_size;
         let count = self.written.len() as u64;
         put32(&mut out, 0x0606_4b50);
@@ -227,6 +228,8 @@ mod tests {
         archive.extend(zip.finish());
         let at = |i: usize| u64::from_le_bytes(archive[i..i + 8].try_into().unwrap());
         let n = archive.len();
+        // The EOCD's record is 56 bytes, then the 20-byte locator and the 22-byte EOCD.
+        assert_eq!(at(n - 22 - 20 + 8) as usize, n - 22 - 20 - 56, "the locator points at the record");
         // EOCD (22) after the locator (20): the locator points at the ZIP64 EOCD record.
         let eocd64 = at(n - 22 - 20 + 8) as usize;
         assert_eq!(&archive[eocd64..eocd64 + 4], &0x0606_4b50u32.to_le_bytes());
