@@ -196,3 +196,19 @@ async fn artifacts_download_from_an_s3_store_with_their_content_type() {
     assert_eq!(get(&state, &format!("{R}/runs/{RUN}/artifacts/download/?path=lost.bin")).await.status, 404);
     check_download_all(&state, &big).await;
 }
+
+#[tokio::test]
+async fn run_info_names_each_artifact_by_an_s3_uri_in_the_configured_bucket() {
+    let key = format!("{RUN}/ckpt/model.pt");
+    let state = state_with(&[("ckpt/model.pt", &key, "application/x-torch")], |c| {
+        c.blobs.s3_bucket = "team-artifacts".to_owned();
+    })
+    .await;
+    let a = get(&state, &format!("{R}/runs/{RUN}/info/")).await;
+    assert_eq!(a.status, 200);
+    let info: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    assert_eq!(
+        info["artifacts"],
+        json!([{"name": "model.pt", "path": "ckpt/model.pt", "uri": format!("s3://team-artifacts/{key}")}])
+    );
+}

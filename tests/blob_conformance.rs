@@ -242,6 +242,7 @@ async fn an_unreachable_s3_endpoint_is_a_retryable_error() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let settings = matyan::blobs::S3Settings {
         endpoint: format!("http://127.0.0.1:{port}"),
+        public_endpoint: String::new(),
         bucket: "b".into(),
         region: "us-east-1".into(),
         access_key: "a".into(),
@@ -256,4 +257,53 @@ async fn an_unreachable_s3_endpoint_is_a_retryable_error() {
         let e = result.unwrap_err();
         assert!(e.is_retryable(), "{e}");
     }
+}
+
+/// One HTTP/1.1 `PUT` of `body` to `url` (`http://host:port/path?query`); the status code.
+fn http_put(url: &str, content_type: &str, body: &[u8]) -> u16 {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, target) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    write!(
+        stream,
+        "PUT {target} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(body).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_presigned_put_urls_name_the_public_endpoint_and_sign_the_content_type() {
+    let Some(server) = Seaweed::start() else { return };
+    let store = server.bucket("presign").await;
+    // The public endpoint is another name of the same server, as a proxy's would be.
+    let mut settings = server.settings(store.bucket());
+    settings.public_endpoint = server.endpoint.replace("127.0.0.1", "localhost");
+    let public = S3Store::new(&settings);
+    let expires = std::time::Duration::from_secs(600);
+    let url = public.presign_put("run/ckpt/model.pt", "application/x-torch", expires).await.unwrap().unwrap();
+    assert!(url.starts_with(&format!("{}/{}/run/ckpt/model.pt?", settings.public_endpoint, store.bucket())), "{url}");
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    // Another content type breaks the signature; the signed one stores the bytes with it.
+    let status = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || http_put(&url, "text/plain", b"forged")
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+    assert!(matches!(store.head("run/ckpt/model.pt").await, Err(BlobError::NotFound { .. })));
+    let status = tokio::task::spawn_blocking(move || http_put(&url, "application/x-torch", b"weights")).await.unwrap();
+    assert_eq!(status, 200);
+    let blob = store.get("run/ckpt/model.pt").await.unwrap();
+    assert_eq!((blob.bytes.as_slice(), blob.content_type.as_str()), (&b"weights"[..], "application/x-torch"));
+    assert!(matches!(public.presign_put("../x", "a/b", expires).await, Err(BlobError::InvalidKey { .. })));
+    let local = LocalDirStore::new(server.data_dir().join("unused"));
+    assert_eq!(local.presign_put("run/a", "a/b", expires).await.unwrap(), None, "the gateway signs its own route");
 }

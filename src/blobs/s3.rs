@@ -18,6 +18,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
@@ -34,6 +35,8 @@ use crate::config::BlobsConfig;
 pub struct S3Settings {
     /// `http(s)://host:port`; empty for AWS's endpoint of `region`.
     pub endpoint: String,
+    /// The endpoint presigned URLs name, when clients reach S3 elsewhere than `endpoint`.
+    pub public_endpoint: String,
     pub bucket: String,
     pub region: String,
     pub access_key: String,
@@ -62,6 +65,7 @@ impl S3Settings {
     pub fn from_config(blobs: &BlobsConfig) -> Self {
         Self {
             endpoint: blobs.s3_endpoint.trim().to_owned(),
+            public_endpoint: blobs.s3_public_endpoint.trim().to_owned(),
             bucket: blobs.s3_bucket.clone(),
             region: blobs.s3_region.clone(),
             access_key: blobs.s3_access_key.clone(),
@@ -78,6 +82,8 @@ impl S3Settings {
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
+    /// Signs presigned URLs: the client of `public_endpoint`, or `client` itself.
+    presigner: Client,
     bucket: String,
     endpoint: String,
 }
@@ -91,6 +97,16 @@ impl std::fmt::Debug for S3Store {
 impl S3Store {
     /// A store over `settings.bucket`; does no IO (the bucket is not checked until a request).
     pub fn new(settings: &S3Settings) -> Self {
+        let client = Self::client(settings, &settings.endpoint);
+        let presigner = match settings.public_endpoint.as_str() {
+            "" => client.clone(),
+            public => Self::client(settings, public),
+        };
+        Self { client, presigner, bucket: settings.bucket.clone(), endpoint: settings.endpoint.clone() }
+    }
+
+    /// A client of `endpoint` (empty: AWS's) with the rest of `settings`.
+    fn client(settings: &S3Settings, endpoint: &str) -> Client {
         // rustls on ring: no aws-lc C build, and the system's root certificates.
         let http =
             aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
@@ -113,14 +129,10 @@ impl S3Store {
             // in their support of the newer flexible checksums and aws-chunked uploads.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
-        if !settings.endpoint.is_empty() {
-            builder = builder.endpoint_url(settings.endpoint.clone());
+        if !endpoint.is_empty() {
+            builder = builder.endpoint_url(endpoint);
         }
-        Self {
-            client: Client::from_conf(builder.build()),
-            bucket: settings.bucket.clone(),
-            endpoint: settings.endpoint.clone(),
-        }
+        Client::from_conf(builder.build())
     }
 
     /// The bucket of the store.
@@ -362,6 +374,28 @@ impl BlobStore for S3Store {
             return Err(BlobError::Remote { key: key.to_owned(), operation: "DeleteObjects", message, retryable });
         }
         Ok(())
+    }
+
+    async fn presign_put(&self, key: &str, content_type: &str, expires: Duration) -> Result<Option<String>, BlobError> {
+        check_key(key)?;
+        let refused = |message: String| BlobError::Remote {
+            key: key.to_owned(),
+            operation: "PutObject",
+            message,
+            retryable: false,
+        };
+        let config = PresigningConfig::expires_in(expires).map_err(|e| refused(e.to_string()))?;
+        // Content-Type is signed, so the PUT must send the same one (as the reference's URLs).
+        let request = self
+            .presigner
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .presigned(config)
+            .await
+            .map_err(|e| refused(DisplayErrorContext(&e).to_string()))?;
+        Ok(Some(request.uri().to_owned()))
     }
 }
 

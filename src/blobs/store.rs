@@ -113,6 +113,20 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     /// `DeleteObjects`). A failure may leave any subset removed: callers retry the whole batch,
     /// which is idempotent.
     async fn delete_many(&self, keys: &[String]) -> Result<(), BlobError>;
+
+    /// A URL a client can `PUT` the object `key` to directly, sending `Content-Type:
+    /// content_type`, for `expires`; `None` when the store hands out no such URLs (the local one:
+    /// the gateway then signs its own upload route). Checks the key, does no IO.
+    async fn presign_put(
+        &self,
+        key: &str,
+        content_type: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, BlobError> {
+        let _ = (content_type, expires);
+        check_key(key)?;
+        Ok(None)
+    }
 }
 
 /// The most objects one [`BlobStore::list`] page holds (S3's `ListObjectsV2` limit).

@@ -138,6 +138,7 @@ impl Seaweed {
     pub fn settings(&self, bucket: &str) -> S3Settings {
         S3Settings {
             endpoint: self.endpoint.clone(),
+            public_endpoint: String::new(),
             bucket: bucket.to_owned(),
             region: "us-east-1".to_owned(),
             access_key: ACCESS_KEY.to_owned(),
