@@ -307,3 +307,42 @@ async fn s3_presigned_put_urls_name_the_public_endpoint_and_sign_the_content_typ
     let local = LocalDirStore::new(server.data_dir().join("unused"));
     assert_eq!(local.presign_put("run/a", "a/b", expires).await.unwrap(), None, "the gateway signs its own route");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_calls_while_the_server_is_down_are_retryable_and_succeed_once_it_is_back() {
+    let Some(mut server) = Seaweed::start() else { return };
+    let store = server.bucket("outage").await;
+    store.put("run/a.txt", b"a".to_vec(), Some("text/plain")).await.unwrap();
+    server.stop();
+    let mut settings = server.settings(store.bucket());
+    settings.max_attempts = 1;
+    let impatient = S3Store::new(&settings);
+    for result in [
+        impatient.get("run/a.txt").await.map(|_| ()),
+        impatient.delete_many(&["run/a.txt".into()]).await,
+        impatient.list("run/", None, 10).await.map(|_| ()),
+    ] {
+        let e = result.unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+    }
+    // The same ports and data: the object written before the outage is still there.
+    let server = tokio::task::spawn_blocking(move || {
+        server.restart();
+        server
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match store.get("run/a.txt").await {
+            Ok(blob) => {
+                assert_eq!((blob.bytes.as_slice(), blob.content_type.as_str()), (&b"a"[..], "text/plain"));
+                return;
+            }
+            Err(e) if e.is_retryable() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("after the restart: {e}; log:\n{}", server.log()),
+        }
+    }
+}

@@ -70,11 +70,19 @@ impl Seaweed {
         }]});
         std::fs::write(dir.path().join("s3.json"), identities.to_string()).unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
-        let ports = std::array::from_fn(|_| free_port());
-        let endpoint = format!("http://127.0.0.1:{}", ports[6]);
-        let mut server = Seaweed { child: None, bin, dir, ports, endpoint };
-        server.restart();
-        Some(server)
+        let mut server = Seaweed { child: None, bin, dir, ports: [0; 8], endpoint: String::new() };
+        // A port picked free may be taken by another test before the server binds it: try again
+        // on fresh ports.
+        for attempt in 1..=3 {
+            server.ports = std::array::from_fn(|_| free_port());
+            server.endpoint = format!("http://127.0.0.1:{}", server.ports[6]);
+            match server.launch() {
+                Ok(()) => return Some(server),
+                Err(e) if attempt < 3 => eprintln!("seaweedfs did not start, retrying on other ports: {e}"),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Stops the server (SIGKILL, as a crash), keeping its ports and data for [`Seaweed::restart`].
@@ -87,6 +95,13 @@ impl Seaweed {
 
     /// Starts the server again on the same ports and data, and waits until S3 answers.
     pub fn restart(&mut self) {
+        if let Err(e) = self.launch() {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the server on its ports and data and waits until S3 answers.
+    fn launch(&mut self) -> Result<(), String> {
         self.stop();
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] = self.ports;
         let dir = self.dir.path();
@@ -114,14 +129,16 @@ impl Seaweed {
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("seaweedfs exited early ({status}); log:\n{}", self.log());
+                self.child = None;
+                return Err(format!("seaweedfs exited early ({status}); log:\n{}", self.log()));
             }
             if TcpStream::connect(("127.0.0.1", s3)).is_ok() {
-                return;
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("seaweedfs s3 did not listen on {s3} in 60 s; log:\n{}", self.log());
+        self.stop();
+        Err(format!("seaweedfs s3 did not listen on {s3} in 60 s; log:\n{}", self.log()))
     }
 
     /// The server's log so far.
