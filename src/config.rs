@@ -38,6 +38,27 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub ui: UiConfig,
     pub queue: QueueConfig,
+    /// `production` refuses the development defaults of secrets and credentials (env
+    /// `MATYAN_ENVIRONMENT`, as the reference).
+    pub environment: Environment,
+}
+
+/// What the deployment is: `production` refuses to start with development secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// The reference's development values that `environment = "production"` refuses.
+pub mod dev_defaults {
+    /// The development blob URI key (`BLOB_URI_SECRET`'s default in the reference).
+    pub const BLOB_URI_SECRET: &str = "Juw5-cLlemQI2jAWvceOUB3_CrVfBmI99YIzkpGUXR4=";
+    /// The development S3 access and secret key (the reference's RustFS defaults).
+    pub const S3_CREDENTIAL: &str = "rustfsadmin";
+    /// The development S3 endpoint.
+    pub const S3_ENDPOINT: &str = "http://localhost:9000";
 }
 
 /// The HTTP API's listener.
@@ -215,7 +236,8 @@ pub struct MetricsConfig {
     pub port: u16,
 }
 
-/// Blob URIs and the blob store of images, audios and artifacts. `Debug` hides the URI secret.
+/// Blob URIs and the blob store of images, audios and artifacts. `Debug` hides the URI secret
+/// and the S3 secret key.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlobsConfig {
@@ -223,12 +245,54 @@ pub struct BlobsConfig {
     pub uri_secret: String,
     /// Directory of the local blob store; empty means `<storage.data_dir>/blobs`.
     pub dir: PathBuf,
+    /// Where blobs live: a local directory or an S3 bucket.
+    pub backend: BlobBackend,
+    /// The S3 API endpoint (`http(s)://host:port`); empty means AWS's endpoint of `s3_region`.
+    pub s3_endpoint: String,
+    /// The endpoint clients reach S3 at, when it differs from `s3_endpoint` (presigned URLs).
+    pub s3_public_endpoint: String,
+    pub s3_bucket: String,
+    pub s3_region: String,
+    pub s3_access_key: String,
+    pub s3_secret_key: String,
+    /// Path-style addressing (`endpoint/bucket/key`), as MinIO, RustFS and SeaweedFS need.
+    pub s3_force_path_style: bool,
+    /// Attempts of one S3 request, the first included, before its error is returned.
+    pub s3_max_attempts: u32,
+    pub s3_connect_timeout_ms: u64,
+    /// Limit of one attempt of an S3 request until its answer starts (a streamed body is not
+    /// bounded by it).
+    pub s3_attempt_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for BlobsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlobsConfig").field("uri_secret", &"<redacted>").field("dir", &self.dir).finish()
+        f.debug_struct("BlobsConfig")
+            .field("uri_secret", &"<redacted>")
+            .field("dir", &self.dir)
+            .field("backend", &self.backend)
+            .field("s3_endpoint", &self.s3_endpoint)
+            .field("s3_public_endpoint", &self.s3_public_endpoint)
+            .field("s3_bucket", &self.s3_bucket)
+            .field("s3_region", &self.s3_region)
+            .field("s3_access_key", &self.s3_access_key)
+            .field("s3_secret_key", &"<redacted>")
+            .field("s3_force_path_style", &self.s3_force_path_style)
+            .field("s3_max_attempts", &self.s3_max_attempts)
+            .field("s3_connect_timeout_ms", &self.s3_connect_timeout_ms)
+            .field("s3_attempt_timeout_ms", &self.s3_attempt_timeout_ms)
+            .finish()
     }
+}
+
+/// The blob store of `blobs.backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlobBackend {
+    /// A local directory (`blobs.dir`).
+    Local,
+    /// An S3-compatible bucket (`blobs.s3_*`).
+    S3,
 }
 
 /// Read requests of the REST API: the work budget of one request and the age of its snapshots.
@@ -459,6 +523,8 @@ pub enum ValidationError {
     NotAUrl { key: &'static str },
     #[error("{key}: {value:?} is not {expected}")]
     Malformed { key: &'static str, value: String, expected: &'static str },
+    #[error("{key}: the development default is refused when environment is production (MATYAN_ENVIRONMENT); set {var}")]
+    DevelopmentDefaultInProduction { key: &'static str, var: &'static str },
 }
 
 impl ValidationError {
@@ -476,7 +542,8 @@ impl ValidationError {
             | ValidationError::NotAKey { key }
             | ValidationError::AboveMax { key, .. }
             | ValidationError::NotAUrl { key }
-            | ValidationError::Malformed { key, .. } => key,
+            | ValidationError::Malformed { key, .. }
+            | ValidationError::DevelopmentDefaultInProduction { key, .. } => key,
         }
     }
 }
@@ -582,6 +649,44 @@ impl Config {
         }
         if let Some(v) = get("MATYAN_UI_API_AUTH_TOKEN") {
             self.ui.api_auth_token = v;
+        }
+        if let Some(v) = get("BLOB_BACKEND_TYPE") {
+            self.blobs.backend = match v.trim().to_ascii_lowercase().as_str() {
+                "local" => BlobBackend::Local,
+                "s3" => BlobBackend::S3,
+                _ => return Err(ConfigError::Env { var: "BLOB_BACKEND_TYPE", value: v, expected: "local or s3" }),
+            };
+        }
+        if let Some(v) = get("S3_ENDPOINT") {
+            self.blobs.s3_endpoint = v;
+        }
+        if let Some(v) = get("S3_PUBLIC_ENDPOINT") {
+            self.blobs.s3_public_endpoint = v;
+        }
+        if let Some(v) = get("S3_BUCKET") {
+            self.blobs.s3_bucket = v;
+        }
+        if let Some(v) = get("S3_REGION") {
+            self.blobs.s3_region = v;
+        }
+        if let Some(v) = get("S3_ACCESS_KEY") {
+            self.blobs.s3_access_key = v;
+        }
+        if let Some(v) = get("S3_SECRET_KEY") {
+            self.blobs.s3_secret_key = v;
+        }
+        if let Some(v) = get("MATYAN_ENVIRONMENT") {
+            self.environment = match v.trim().to_ascii_lowercase().as_str() {
+                "development" => Environment::Development,
+                "production" => Environment::Production,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: "MATYAN_ENVIRONMENT",
+                        value: v,
+                        expected: "development or production",
+                    });
+                }
+            };
         }
         Ok(())
     }
@@ -745,7 +850,61 @@ impl Config {
                 expected: "empty or a path starting with / without a trailing /",
             });
         }
+        self.validate_blobs(&mut errors);
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+    }
+
+    /// The S3 settings when `blobs.backend = "s3"`, and the development values refused in
+    /// production (the reference's `validate_production_settings`).
+    fn validate_blobs(&self, errors: &mut Vec<ValidationError>) {
+        let blobs = &self.blobs;
+        let production = self.environment == Environment::Production;
+        if production && blobs.uri_secret.trim() == dev_defaults::BLOB_URI_SECRET {
+            errors.push(ValidationError::DevelopmentDefaultInProduction {
+                key: "blobs.uri_secret",
+                var: "BLOB_URI_SECRET",
+            });
+        }
+        if blobs.backend != BlobBackend::S3 {
+            return;
+        }
+        for (key, value) in [
+            ("blobs.s3_bucket", &blobs.s3_bucket),
+            ("blobs.s3_region", &blobs.s3_region),
+            ("blobs.s3_access_key", &blobs.s3_access_key),
+            ("blobs.s3_secret_key", &blobs.s3_secret_key),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(ValidationError::Empty { key });
+            }
+        }
+        for (key, value) in
+            [("blobs.s3_endpoint", &blobs.s3_endpoint), ("blobs.s3_public_endpoint", &blobs.s3_public_endpoint)]
+        {
+            if !value.is_empty() && !is_host_base(value) {
+                errors.push(ValidationError::NotAUrl { key });
+            }
+        }
+        for (key, value) in [
+            ("blobs.s3_max_attempts", u64::from(blobs.s3_max_attempts)),
+            ("blobs.s3_connect_timeout_ms", blobs.s3_connect_timeout_ms),
+            ("blobs.s3_attempt_timeout_ms", blobs.s3_attempt_timeout_ms),
+        ] {
+            if value == 0 {
+                errors.push(ValidationError::Zero { key });
+            }
+        }
+        if production {
+            for (key, var, value, dev) in [
+                ("blobs.s3_access_key", "S3_ACCESS_KEY", &blobs.s3_access_key, dev_defaults::S3_CREDENTIAL),
+                ("blobs.s3_secret_key", "S3_SECRET_KEY", &blobs.s3_secret_key, dev_defaults::S3_CREDENTIAL),
+                ("blobs.s3_endpoint", "S3_ENDPOINT", &blobs.s3_endpoint, dev_defaults::S3_ENDPOINT),
+            ] {
+                if value.trim() == dev {
+                    errors.push(ValidationError::DevelopmentDefaultInProduction { key, var });
+                }
+            }
+        }
     }
 }
 
@@ -1219,5 +1378,72 @@ mod tests {
         let c = Config::from_toml_str("f.toml", "[ingest]\nmax_run_actors_per_partition = 0\n").unwrap();
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.max_run_actors_per_partition: must be at least 1"), "{err}");
+    }
+
+    #[test]
+    fn s3_settings_come_from_the_references_environment_and_are_checked_when_s3_is_the_backend() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!((c.blobs.backend, c.blobs.s3_bucket.as_str()), (BlobBackend::Local, "matyan-artifacts"));
+        c.validate().unwrap();
+        let env = env_of(&[
+            ("BLOB_BACKEND_TYPE", "s3"),
+            ("S3_ENDPOINT", "http://seaweed:8333"),
+            ("S3_PUBLIC_ENDPOINT", "https://s3.example.com"),
+            ("S3_BUCKET", "runs"),
+            ("S3_REGION", "eu-west-1"),
+            ("S3_ACCESS_KEY", "ak"),
+            ("S3_SECRET_KEY", "sk-secret"),
+        ]);
+        let c = Config::load(None, env).unwrap();
+        let b = &c.blobs;
+        assert_eq!(b.backend, BlobBackend::S3);
+        assert_eq!(
+            [&b.s3_endpoint, &b.s3_public_endpoint, &b.s3_bucket, &b.s3_region, &b.s3_access_key, &b.s3_secret_key],
+            ["http://seaweed:8333", "https://s3.example.com", "runs", "eu-west-1", "ak", "sk-secret"]
+        );
+        c.validate().unwrap();
+        assert!(!format!("{c:?}").contains("sk-secret"), "debug output hides the secret key");
+        let err = Config::load(None, env_of(&[("BLOB_BACKEND_TYPE", "gcs")])).unwrap_err().to_string();
+        assert!(err.contains("BLOB_BACKEND_TYPE") && err.contains("local or s3"), "{err}");
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[blobs]\nbackend = \"s3\"\ns3_bucket = \"\"\ns3_endpoint = \"seaweed:8333\"\ns3_max_attempts = 0\n",
+        )
+        .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["blobs.s3_bucket", "blobs.s3_endpoint", "blobs.s3_max_attempts"]);
+    }
+
+    #[test]
+    fn production_refuses_the_development_blob_uri_key_and_s3_credentials_naming_each_setting() {
+        let c = Config::load(None, env_of(&[("MATYAN_ENVIRONMENT", "production")])).unwrap();
+        assert_eq!(c.environment, Environment::Production);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("blobs.uri_secret: the development default is refused"), "{err}");
+        assert!(err.contains("set BLOB_URI_SECRET"), "{err}");
+        assert_eq!(invalid_keys(&c), vec!["blobs.uri_secret"], "the local store has no credentials to refuse");
+        let key = "x9v2dZ0ZAgd1Qm4Kx0yH1UJqYfVZb3VmA9mQm0vWl7k=";
+        let c = Config::load(
+            None,
+            env_of(&[("MATYAN_ENVIRONMENT", "production"), ("BLOB_URI_SECRET", key), ("BLOB_BACKEND_TYPE", "s3")]),
+        )
+        .unwrap();
+        assert_eq!(invalid_keys(&c), vec!["blobs.s3_access_key", "blobs.s3_secret_key", "blobs.s3_endpoint"]);
+        let c = Config::load(
+            None,
+            env_of(&[
+                ("MATYAN_ENVIRONMENT", "production"),
+                ("BLOB_URI_SECRET", key),
+                ("BLOB_BACKEND_TYPE", "s3"),
+                ("S3_ENDPOINT", "https://s3.eu-west-1.amazonaws.com"),
+                ("S3_ACCESS_KEY", "AKIA0"),
+                ("S3_SECRET_KEY", "real"),
+            ]),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        // Development accepts the development values; an unknown environment is refused by name.
+        Config::load(None, env_of(&[("BLOB_BACKEND_TYPE", "s3")])).unwrap().validate().unwrap();
+        let err = Config::load(None, env_of(&[("MATYAN_ENVIRONMENT", "prod")])).unwrap_err().to_string();
+        assert!(err.contains("MATYAN_ENVIRONMENT"), "{err}");
     }
 }

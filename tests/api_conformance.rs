@@ -258,7 +258,7 @@ async fn case_22_blob_batch_skips_invalid_uris_and_sends_blob_bytes_by_uri() {
     .await
     .unwrap();
     let bytes = b"\x89PNG\r\n\x1a\n the fourth image".to_vec();
-    state.blobs.store.put("abc/seq/images/10_3.png", bytes.clone()).await.unwrap();
+    state.blobs.store.put("abc/seq/images/10_3.png", bytes.clone(), Some("image/png")).await.unwrap();
 
     // An invalid URI: 200, skipped.
     let (status, body) = post(&state, &format!("{R}/runs/images/get-batch/"), json!(["invalid-uri"])).await;

@@ -113,7 +113,7 @@ impl Fixture {
 
     /// Puts `bytes` in the blob store under `key`, as the client's presigned upload does.
     async fn put_blob(&self, key: &str, bytes: &[u8]) {
-        self.state().blobs.store.put(key, bytes.to_vec()).await.unwrap();
+        self.state().blobs.store.put(key, bytes.to_vec(), None).await.unwrap();
     }
 
     /// The five fields of a blob URI minted by the app.
@@ -842,10 +842,16 @@ struct FailingStore;
 
 #[async_trait::async_trait]
 impl matyan::blobs::BlobStore for FailingStore {
-    async fn get(&self, key: &str) -> Result<Vec<u8>, matyan::blobs::BlobError> {
+    async fn get(&self, key: &str) -> Result<matyan::blobs::Blob, matyan::blobs::BlobError> {
         Err(matyan::blobs::BlobError::Io { key: key.to_owned(), source: std::io::Error::other("unreachable") })
     }
-    async fn put(&self, key: &str, _: Vec<u8>) -> Result<(), matyan::blobs::BlobError> {
+    async fn head(&self, key: &str) -> Result<matyan::blobs::ObjectMeta, matyan::blobs::BlobError> {
+        self.get(key).await.map(|_| unreachable!("the store always fails"))
+    }
+    async fn open(&self, key: &str) -> Result<matyan::blobs::BlobReader, matyan::blobs::BlobError> {
+        self.get(key).await.map(|_| unreachable!("the store always fails"))
+    }
+    async fn put(&self, key: &str, _: Vec<u8>, _: Option<&str>) -> Result<(), matyan::blobs::BlobError> {
         self.get(key).await.map(|_| ())
     }
     async fn delete(&self, key: &str) -> Result<(), matyan::blobs::BlobError> {

@@ -325,7 +325,7 @@ fn blob_files(h: &Harness) -> usize {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_presigned_upload_stores_the_bytes_under_the_runs_key() {
+async fn a_presigned_upload_stores_the_bytes_and_the_content_type_under_the_runs_key() {
     let h = start(|_| {}).await;
     let (status, v) =
         presign(&h, &format!(r#"{{"run_id":"{RUN}","artifact_path":"seq/images/3.png","content_type":"image/png"}}"#))
@@ -338,6 +338,9 @@ async fn a_presigned_upload_stores_the_bytes_under_the_runs_key() {
     assert_eq!(put(&h, url, "image/png", b"\x89PNG bytes").await.0, 200);
     let stored = std::fs::read(h.blobs.path().join(RUN).join("seq/images/3.png")).unwrap();
     assert_eq!(stored, b"\x89PNG bytes");
+    let key = format!("{RUN}/seq/images/3.png");
+    let blob = matyan::blobs::BlobStore::get(&matyan::blobs::LocalDirStore::new(h.blobs.path()), &key).await.unwrap();
+    assert_eq!(blob.content_type, "image/png", "the signed content type is kept with the object");
     // The same URL with another content type is refused, as S3 refuses it.
     assert_eq!(put(&h, url, "text/plain", b"other").await.0, 403);
     assert_eq!(std::fs::read(h.blobs.path().join(RUN).join("seq/images/3.png")).unwrap(), b"\x89PNG bytes");

@@ -110,3 +110,20 @@ fn serve_trims_the_embedded_queue_once_every_record_is_ingested() {
     assert_eq!((trimmed, held), (records, 0.0), "every ingested record is trimmed and none is held");
     assert_eq!(terminate(server).code(), Some(0));
 }
+
+#[test]
+fn serve_refuses_to_start_in_production_with_the_development_blob_uri_key_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["serve", "--port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("MATYAN_ENVIRONMENT", "production")
+        .env_remove("BLOB_URI_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("blobs.uri_secret") && stderr.contains("BLOB_URI_SECRET"), "{stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing is created before the config is accepted");
+}

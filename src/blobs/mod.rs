@@ -1,22 +1,31 @@
 //! Blobs: the bytes of images, audios and artifacts, kept outside the key-value store.
 //!
 //! - `uri.rs`: the opaque blob URIs of image and audio items (Fernet tokens, spec `api.md` §7.1);
-//! - `store.rs`: the [`BlobStore`] interface and its local-directory implementation.
+//! - `store.rs`: the [`BlobStore`] interface, its key checks and error type;
+//! - `local.rs`: [`LocalDirStore`], a local directory (`blobs.backend = "local"`);
+//! - `s3.rs`: [`S3Store`], any S3-compatible service (`blobs.backend = "s3"`);
+//! - `zip.rs`: the streamed ZIP64 archive of a run's artifacts.
 //!
 //! [`Blobs`] bundles the configured store and URI codec for the HTTP handlers.
 
+pub mod local;
+pub mod s3;
 pub mod store;
 pub mod uri;
+pub mod zip;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use local::LocalDirStore;
+pub use s3::{S3Settings, S3Store};
 pub use store::{
-    BlobError, BlobStore, Listing, LocalDirStore, MAX_DELETE_BATCH, MAX_LIST_PAGE, ObjectInfo, check_key, check_prefix,
+    Blob, BlobError, BlobReader, BlobStore, DEFAULT_CONTENT_TYPE, Listing, MAX_DELETE_BATCH, MAX_LIST_PAGE, ObjectInfo,
+    ObjectMeta, check_key, check_prefix,
 };
 pub use uri::{BlobUri, UriCodec, UriError};
 
-use crate::config::Config;
+use crate::config::{BlobBackend, Config};
 
 /// The blob store and the URI codec of a process. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -28,13 +37,15 @@ pub struct Blobs {
 }
 
 impl Blobs {
-    /// The blobs of `config`: a local store in `blobs.dir` (or `<storage.data_dir>/blobs`) and
-    /// the URI key `blobs.uri_secret`. Does no IO.
+    /// The blobs of `config`: the store of `blobs.backend` (a local directory in `blobs.dir`, or
+    /// `<storage.data_dir>/blobs`; or the S3 bucket of the `blobs.s3_*` settings) and the URI key
+    /// `blobs.uri_secret`. Does no IO.
     pub fn from_config(config: &Config) -> Result<Self, UriError> {
-        Ok(Self {
-            store: Arc::new(LocalDirStore::new(local_dir(config))),
-            uris: Arc::new(UriCodec::new(&config.blobs.uri_secret)?),
-        })
+        let store: Arc<dyn BlobStore> = match config.blobs.backend {
+            BlobBackend::Local => Arc::new(LocalDirStore::new(local_dir(config))),
+            BlobBackend::S3 => Arc::new(S3Store::new(&S3Settings::from_config(&config.blobs))),
+        };
+        Ok(Self { store, uris: Arc::new(UriCodec::new(&config.blobs.uri_secret)?) })
     }
 }
 

@@ -8,9 +8,12 @@
 //! reference makes it, checked with [`crate::blobs::check_key`] before it is signed, so no `..` or
 //! absolute path ever reaches a store.
 //!
-//! A URL is signed like an S3 presigned PUT: HMAC-SHA256 over the key, the expiry and the content
-//! type, keyed by a key derived from `blobs.uri_secret` (so every process sharing that secret
-//! accepts the others' URLs). The `PUT` must carry the signed content type, arrive before the
+//! With the S3 store the URL is S3's own presigned `PutObject` URL, signed (SigV4, content type
+//! included) against `blobs.s3_public_endpoint` when set, else `blobs.s3_endpoint`, as the
+//! reference's frontier signs it; the bytes then go to S3 directly. With the local store, this
+//! gateway's URL is signed like an S3 presigned PUT: HMAC-SHA256 over the key, the expiry and the
+//! content type, keyed by a key derived from `blobs.uri_secret` (so every process sharing that
+//! secret accepts the others' URLs). The `PUT` must carry the signed content type, arrive before the
 //! expiry and stay under `gateway.max_upload_bytes`; otherwise it is refused and nothing is
 //! written.
 
@@ -25,7 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::blobs::check_key;
+use crate::blobs::{BlobError, check_key};
 use crate::ingest::message::MAX_KEY_PART_BYTES;
 
 use super::Gateway;
@@ -116,13 +119,13 @@ fn octet_stream() -> String {
 
 /// `POST /api/v1/rest/artifacts/presign/`: `{"upload_url","s3_key","headers":null}`.
 pub async fn presign(State(gw): State<Gateway>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    match presign_answer(&gw, &headers, &body) {
+    match presign_answer(&gw, &headers, &body).await {
         Ok(v) => axum::Json(v).into_response(),
         Err(r) => r.into_response(),
     }
 }
 
-fn presign_answer(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Refusal> {
+async fn presign_answer(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Refusal> {
     let unprocessable = |detail: String| Refusal::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_presign", detail);
     let req: PresignRequest =
         serde_json::from_slice(body).map_err(|e| unprocessable(format!("invalid request body: {e}")))?;
@@ -140,6 +143,21 @@ fn presign_answer(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Result<serd
     }
     let key = format!("{}/{}", req.run_id, req.artifact_path);
     check_key(&key).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))?;
+    // A store with its own presigned URLs (S3, on blobs.s3_public_endpoint) takes the upload
+    // directly, as the reference's frontier hands out; the local store gets this gateway's route.
+    let expiry = std::time::Duration::from_secs(gw.config().upload_expiry_secs);
+    match gw.blobs().presign_put(&key, &req.content_type, expiry).await {
+        Ok(Some(upload_url)) => return Ok(json!({"upload_url": upload_url, "s3_key": key, "headers": null})),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "upload url could not be presigned");
+            return Err(Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "presign_failed",
+                "the upload URL could not be made",
+            ));
+        }
+    }
     let base = match gw.config().public_url.trim() {
         "" => {
             let host = headers
@@ -205,9 +223,13 @@ pub async fn upload(
     };
     let bytes = axum::body::to_bytes(body, cap).await.map_err(|_| too_large())?;
     let size = bytes.len();
-    gw.blobs().put(&q.key, bytes.to_vec()).await.map_err(|e| {
-        tracing::warn!(error = %e, "blob upload could not be stored");
-        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", "the blob could not be stored")
+    // The signed content type is kept with the object, for the artifact downloads.
+    gw.blobs().put(&q.key, bytes.to_vec(), Some(&q.content_type)).await.map_err(|e| match e {
+        BlobError::InvalidKey { .. } => Refusal::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()),
+        e => {
+            tracing::warn!(error = %e, "blob upload could not be stored");
+            Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", "the blob could not be stored")
+        }
     })?;
     crate::metrics::gateway_upload(size);
     Ok(StatusCode::OK)

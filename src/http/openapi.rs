@@ -25,6 +25,8 @@ pub enum Body {
     Text,
     /// No body (204).
     Empty,
+    /// A file of this media type (`*/*`: the type it was stored with), from the blob store.
+    File(&'static str),
 }
 
 /// A query parameter: name, schema type (`string`, `integer` (an i64), `boolean`, or `range`:
@@ -52,6 +54,8 @@ pub struct Route {
     pub timezone: bool,
     /// Whether it runs as a heavy request, answered 503 when every place is taken (`heavy.rs`).
     pub heavy: bool,
+    /// The query parameters it requires (422 without them).
+    pub required: &'static [&'static str],
 }
 
 const fn r(method: &'static str, path: &'static str, summary: &'static str, body: fn() -> J) -> Route {
@@ -65,6 +69,7 @@ const fn r(method: &'static str, path: &'static str, summary: &'static str, body
         body: Body::Json(body),
         timezone: false,
         heavy: false,
+        required: &[],
     }
 }
 
@@ -103,6 +108,18 @@ const fn tz(mut route: Route) -> Route {
 
 const fn heavy(mut route: Route) -> Route {
     route.heavy = true;
+    route
+}
+
+/// A route answering a file from the blob store, of `media` type.
+const fn file(path: &'static str, summary: &'static str, media: &'static str) -> Route {
+    let mut route = r("get", path, summary, any);
+    route.body = Body::File(media);
+    route
+}
+
+const fn required(mut route: Route, names: &'static [&'static str]) -> Route {
+    route.required = names;
     route
 }
 
@@ -500,6 +517,22 @@ pub const ROUTES: &[Route] = &[
     r("delete", "/api/v1/rest/runs/{run_id}/tags/{tag_id}/", "Untag a run", tag_removed),
     q(stream("get", "/api/v1/rest/runs/{run_id}/logs/", "Terminal logs of a run"), RANGE),
     q(stream("get", "/api/v1/rest/runs/{run_id}/log-records/", "Log records of a run"), RANGE),
+    required(
+        q(
+            file(
+                "/api/v1/rest/runs/{run_id}/artifacts/download/",
+                "One artifact of a run, with its content type",
+                "*/*",
+            ),
+            &[("path", "string", false)],
+        ),
+        &["path"],
+    ),
+    file(
+        "/api/v1/rest/runs/{run_id}/artifacts/download-all/",
+        "Every artifact of a run in one streamed ZIP64 archive (stored, mode 0600)",
+        "application/zip",
+    ),
     heavy(with_body(
         stream("post", "/api/v1/rest/runs/search/metric/align/", "Align metrics on a custom x-axis"),
         align,
@@ -653,7 +686,8 @@ fn operation(route: &Route) -> J {
             ty => json!({"type": ty}),
         };
         let schema = if *repeated { json!({"type": "array", "items": item}) } else { item };
-        parameters.push(json!({"name": name, "in": "query", "required": false, "schema": schema}));
+        let required = route.required.contains(name);
+        parameters.push(json!({"name": name, "in": "query", "required": required, "schema": schema}));
     }
     if route.timezone {
         parameters.push(json!({
@@ -669,6 +703,10 @@ fn operation(route: &Route) -> J {
         }),
         Body::Text => json!({"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}),
         Body::Empty => json!({"description": "No content"}),
+        Body::File(media) => json!({
+            "description": "The file, streamed",
+            "content": {media: {"schema": {"type": "string", "format": "binary"}}},
+        }),
     };
     let error = |why: &str| json!({"description": why, "content": {"application/json": {"schema": error_schema()}}});
     let mut responses = Map::new();
@@ -686,6 +724,9 @@ fn operation(route: &Route) -> J {
     }
     if route.heavy {
         responses.insert("503".to_owned(), error("Every place for heavy requests is taken (Retry-After)"));
+    }
+    if matches!(route.body, Body::File(_)) {
+        responses.insert("503".to_owned(), error("The blob store is unavailable"));
     }
     let mut op = Map::new();
     op.insert("summary".into(), J::from(route.summary));

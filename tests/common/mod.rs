@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod sdk;
+pub mod seaweed;
 pub mod server;
 
 use matyan::storage::context_id::context_to_id;

@@ -92,7 +92,7 @@ async fn stream_blobs(blobs: Blobs, resolved: Vec<Resolved>, out: Out) -> Result
         let bytes = match key {
             None => Vec::new(),
             Some(key) => match blobs.store.get(&key).await {
-                Ok(bytes) => bytes,
+                Ok(blob) => blob.bytes,
                 Err(e @ (BlobError::NotFound { .. } | BlobError::InvalidKey { .. })) => {
                     tracing::warn!(error = %e, "blob uri points to no object");
                     Vec::new()

@@ -16,10 +16,12 @@
 //! - `active.rs`: active runs (§4.4);
 //! - `objects.rs`: custom-object searches, get-batch and get-step (§4.8);
 //! - `blobs.rs`: the bytes behind image and audio blob URIs (§7.2);
+//! - `artifacts.rs`: artifact downloads, one file or a streamed ZIP of all (§7.3);
 //! - `heavy.rs`: searches and run-by-run streams on blocking threads, a bounded number at once.
 
 mod active;
 mod align;
+mod artifacts;
 mod blobs;
 mod body;
 mod control;
@@ -45,6 +47,7 @@ use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::json;
 
 use crate::app::AppState;
+use crate::blobs::BlobError;
 use crate::ingest::queue::QueueError;
 use crate::query::SyntaxError;
 use crate::storage::kv::{KvError, RetryableError};
@@ -76,6 +79,8 @@ pub fn routes() -> Router<AppState> {
         .merge(objects::routes())
         .route("/runs/images/get-batch/", post(blobs::blob_batch))
         .route("/runs/audios/get-batch/", post(blobs::blob_batch))
+        .route("/runs/{run_id}/artifacts/download/", get(artifacts::download))
+        .route("/runs/{run_id}/artifacts/download-all/", get(artifacts::download_all))
         .route("/projects/params/", get(projects::params))
         .merge(entity_routes())
         // Checked once for every route, before any handler reads a body or builds a key.
@@ -153,6 +158,10 @@ pub enum ApiError {
     /// `Retry-After`.
     #[error("too many searches are running (query.max_concurrent_heavy_requests), retry later")]
     Busy,
+    /// The blob store: a missing object behind a recorded artifact (404 naming it), or a failing
+    /// store (503 when retrying may help, else 500).
+    #[error("{0}")]
+    Blob(#[from] crate::blobs::BlobError),
 }
 
 impl From<KvError> for ApiError {
@@ -211,6 +220,9 @@ impl ApiError {
             // reference answers 400 for duplicate names).
             ApiError::Storage(LayoutError::Conflict(_) | LayoutError::Invalid(_)) => StatusCode::BAD_REQUEST,
             ApiError::Storage(_) | ApiError::Publish(_) | ApiError::Sink(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Blob(BlobError::NotFound { .. } | BlobError::InvalidKey { .. }) => StatusCode::NOT_FOUND,
+            ApiError::Blob(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Blob(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -226,6 +238,11 @@ impl ApiError {
         match self {
             ApiError::Storage(LayoutError::Conflict(m) | LayoutError::Invalid(m)) => m.clone(),
             ApiError::Storage(_) | ApiError::Publish(_) | ApiError::Sink(_) => "Internal server error".to_owned(),
+            ApiError::Blob(BlobError::NotFound { key } | BlobError::InvalidKey { key, .. }) => {
+                format!("the artifact is recorded but its object {key} is missing from the blob store")
+            }
+            ApiError::Blob(e) if e.is_retryable() => "The blob store is unavailable, retry later".to_owned(),
+            ApiError::Blob(_) => "Internal server error".to_owned(),
             other => other.to_string(),
         }
     }

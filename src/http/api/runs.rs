@@ -30,9 +30,6 @@ use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
 use super::streaming::{Out, Streamer, heavy_stream_response};
 
-/// The bucket for artifact URIs when `S3_BUCKET` is not set.
-const DEFAULT_BUCKET: &str = "matyan-artifacts";
-
 /// `GET runs/{run_id}/info/?skip_system=false&sequence=...`: params, traces by bucket, props and
 /// artifacts of one run; 404 when the run has no meta (pending deletion still answers).
 pub async fn run_info(
@@ -74,17 +71,17 @@ pub async fn run_info(
         ("params", params_tree(&run.attrs, skip_system)),
         ("traces", StreamValue::dict(traces.into_iter().map(|(b, l)| (b, StreamValue::List(l))))),
         ("props", info_props(&run)),
-        ("artifacts", StreamValue::List(artifacts(&run.attrs))),
+        ("artifacts", StreamValue::List(artifacts(&run.attrs, &state.config.blobs.s3_bucket))),
     ]);
     Ok(axum::Json(to_json(&body)).into_response())
 }
 
-/// The artifacts under `__blobs__`, minus sequence blobs (`seq/...`).
-fn artifacts(attrs: &Value) -> Vec<StreamValue> {
+/// The artifacts under `__blobs__`, minus sequence blobs (`seq/...`), with `s3://<bucket>/<key>`
+/// URIs of `blobs.s3_bucket` (env `S3_BUCKET`).
+fn artifacts(attrs: &Value, bucket: &str) -> Vec<StreamValue> {
     let Some(Value::Map(blobs)) = attrs.get("__blobs__") else {
         return Vec::new();
     };
-    let bucket = std::env::var("S3_BUCKET").unwrap_or_else(|_| DEFAULT_BUCKET.to_owned());
     blobs
         .iter()
         .filter_map(|(path, blob)| {
