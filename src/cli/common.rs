@@ -77,6 +77,7 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, SocketA
 /// file is removed whatever the outcome. Returns the server's result.
 pub async fn serve_api_until_signal(listener: TcpListener, state: AppState, data_dir: &Path) -> anyhow::Result<()> {
     let bound = listener.local_addr().context("cannot read the bound address")?;
+    let shutdown = shutdown_signal();
     let addr_file = data_dir.join(ADDR_FILE);
     write_addr_file(&addr_file, connectable(bound)).with_context(|| format!("cannot write {}", addr_file.display()))?;
     tracing::info!(addr = %bound, addr_file = %addr_file.display(), "listening");
@@ -86,7 +87,7 @@ pub async fn serve_api_until_signal(listener: TcpListener, state: AppState, data
     let signal = {
         let stopping = Arc::clone(&stopping);
         async move {
-            shutdown_signal().await;
+            shutdown.await;
             stopping.notify_one();
         }
     };
@@ -128,31 +129,41 @@ pub fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: a role calls it before it announces its address,
+/// so a signal sent as soon as the address is readable stops it cleanly instead of killing it.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind).inspect_err(|e| tracing::warn!(error = %e, signal = name, "cannot listen for the signal")).ok()
+        };
+        let (mut interrupt, mut terminate) =
+            (listen(SignalKind::interrupt(), "sigint"), listen(SignalKind::terminate(), "sigterm"));
+        async move {
+            tokio::select! {
+                _ = recv(interrupt.as_mut()) => tracing::info!(signal = "sigint", "shutting down"),
+                _ = recv(terminate.as_mut()) => tracing::info!(signal = "sigterm", "shutting down"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::warn!(error = %e, "cannot listen for sigint");
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for sigterm");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!(signal = "sigint", "shutting down"),
-        () = terminate => tracing::info!(signal = "sigterm", "shutting down"),
+        tracing::info!(signal = "sigint", "shutting down");
+    }
+}
+
+/// The next delivery of `signal`; never, when it could not be listened for.
+#[cfg(unix)]
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
     }
 }
 
