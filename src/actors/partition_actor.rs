@@ -43,10 +43,10 @@ use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::run_actor::{
-    FlushFailure, FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop, Surrender, Surrendered,
-};
-use super::supervisor::Failure;
+use super::flush::{FlushFailure, Flusher};
+use super::models::{Failure, Flushed, RunActorConfig};
+use super::run_actor::{FlushNow, Idle, Push, RunActor, Stop, Surrender, Surrendered};
+use super::stats::Stats;
 use crate::ingest::dlq::Rejected;
 use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Record, Source, SourceError, decode};
 
@@ -453,7 +453,7 @@ impl<S: Source + 'static> Handler<Committed> for PartitionActor<S> {
 
 /// A commit refused because the partition was revoked since the lease: another consumer owns it,
 /// and the supervisor stops this group when it handles the revocation.
-fn note_stale(stats: &super::stats::Stats, lease: Lease, offset: i64, e: &SourceError) {
+fn note_stale(stats: &Stats, lease: Lease, offset: i64, e: &SourceError) {
     stats.note_stale_commit();
     tracing::info!(
         partition = lease.partition,

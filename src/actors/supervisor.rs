@@ -50,24 +50,11 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
+use super::flush::Flusher;
+use super::models::{Failure, KillTarget, PipelineConfig, PipelineError, RunActorConfig};
 use super::partition_actor::{CommitNow, Deliver, Drain, KillNow, PartitionActor, PartitionSetup};
-use super::pipeline::{KillTarget, PipelineConfig, PipelineError};
-use super::run_actor::{Flusher, RunActorConfig};
 use super::stats::Stats;
 use crate::ingest::{AssignmentEvent, FlushReason, Lease, Record, Source, SourceError};
-
-/// A failure reported by an actor of partition group `epoch`.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// The partition of the group.
-    pub partition: i32,
-    /// The group's epoch; reports of an older group are ignored.
-    pub epoch: u64,
-    /// `partition` or `run`.
-    pub actor: &'static str,
-    /// Bounded cause label.
-    pub cause: &'static str,
-}
 
 /// Requests of the [`PipelineHandle`](super::PipelineHandle), on a channel of their own so they
 /// never queue behind data.
