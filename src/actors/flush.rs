@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::models::Flushed;
-use super::stats::Stats;
+use super::models::{FailureCause, Flushed};
+use super::stats::{FlushNote, Stats};
 use crate::ingest::apply::DeadLetter;
 use crate::ingest::dlq::{DeadLetterError, DeadLetterSink, EmbeddedDeadLetters};
 use crate::ingest::{Applier, ApplyError, Batch, Entry, FlushReason, position_uuid};
@@ -78,7 +78,11 @@ impl Flusher {
         let Some(rt) = self.offload.clone() else { return flush_batches(self, run, batches, early).await };
         match rt.spawn(flush_batches(self, run, batches, early)).await {
             Ok(result) => result,
-            Err(e) => Err(FlushFailure { flushed: Vec::new(), cause: "panic", error: FlushError::Task(e.to_string()) }),
+            Err(e) => Err(FlushFailure {
+                flushed: Vec::new(),
+                cause: FailureCause::Panic,
+                error: FlushError::Task(e.to_string()),
+            }),
         }
     }
 
@@ -87,7 +91,11 @@ impl Flusher {
         let Some(rt) = self.offload.clone() else { return flush_shared(self, runs).await };
         match rt.spawn(flush_shared(self, runs)).await {
             Ok(result) => result,
-            Err(e) => Err(FlushFailure { flushed: Vec::new(), cause: "panic", error: FlushError::Task(e.to_string()) }),
+            Err(e) => Err(FlushFailure {
+                flushed: Vec::new(),
+                cause: FailureCause::Panic,
+                error: FlushError::Task(e.to_string()),
+            }),
         }
     }
 }
@@ -143,8 +151,8 @@ impl DeadLetters {
 pub struct FlushFailure {
     /// Offsets committed before the failure.
     pub flushed: Vec<i64>,
-    /// Bounded cause label.
-    pub cause: &'static str,
+    /// Why, as the supervisor counts it.
+    pub cause: FailureCause,
     /// The error.
     pub error: FlushError,
 }
@@ -186,7 +194,7 @@ pub async fn flush_batches(
     if let Err(error) = flusher.dead_letters.forward(&staged).await {
         // The data is committed; the letters stay staged for the forwarder's next pass. Offsets
         // from the first unforwarded letter on are not reported, so they are not committed.
-        return Err(FlushFailure { flushed: before, cause: "dead_letter", error: error.into() });
+        return Err(FlushFailure { flushed: before, cause: FailureCause::DeadLetter, error: error.into() });
     }
     Ok(flushed)
 }
@@ -213,16 +221,14 @@ async fn apply_batches(
             let started = Instant::now();
             match apply_once(flusher, run, &entries).await {
                 Ok((outcome, txn_bytes, retries)) => {
-                    crate::metrics::ingest_flush(
-                        reason.as_str(),
-                        estimated,
+                    let seconds = started.elapsed().as_secs_f64();
+                    flusher.stats.note_flush(FlushNote {
+                        reason,
+                        estimated_bytes: estimated,
                         txn_bytes,
-                        started.elapsed().as_secs_f64(),
-                    );
-                    if retries > 0 {
-                        crate::metrics::ingest_retries(retries);
-                    }
-                    flusher.stats.note_flush(reason);
+                        seconds,
+                        retries,
+                    });
                     note_outcome(flusher, &outcome, &entries, staged);
                     flushed.extend(entries.iter().map(|e| e.offset));
                 }
@@ -260,19 +266,13 @@ fn note_outcome(
     entries: &[Entry],
     staged: &mut Vec<(i32, i64)>,
 ) {
-    for (kind, n) in &outcome.applied {
-        crate::metrics::ingest_processed(kind.as_str(), *n);
-    }
-    if outcome.tombstoned > 0 {
-        flusher.stats.note_applied(outcome.tombstoned as u64, 0);
-    }
+    flusher.stats.note_applied(outcome);
     for (index, reason) in &outcome.dead_letters {
         flusher.stats.note_dead_letter(reason);
         if let Some(e) = entries.get(*index) {
             staged.push((e.partition, e.offset));
         }
     }
-    flusher.stats.note_applied(outcome.applied_total(), outcome.replayed as u64);
 }
 
 /// Applies one batch of each of several runs in one transaction, each run's checkpoint written in
@@ -285,16 +285,9 @@ pub async fn flush_shared(flusher: Flusher, runs: Vec<(String, Batch)>) -> Resul
     let estimated = runs.iter().map(|(_, b)| b.estimated_bytes).sum();
     match apply_shared_once(&flusher, &runs).await {
         Ok((outcomes, txn_bytes, retries)) => {
-            crate::metrics::ingest_flush(
-                FlushReason::Evict.as_str(),
-                estimated,
-                txn_bytes,
-                started.elapsed().as_secs_f64(),
-            );
-            if retries > 0 {
-                crate::metrics::ingest_retries(retries);
-            }
-            flusher.stats.note_flush(FlushReason::Evict);
+            let seconds = started.elapsed().as_secs_f64();
+            let reason = FlushReason::Evict;
+            flusher.stats.note_flush(FlushNote { reason, estimated_bytes: estimated, txn_bytes, seconds, retries });
             let mut staged = Vec::new();
             let mut flushed = Vec::new();
             for ((_, batch), outcome) in runs.iter().zip(&outcomes) {
@@ -382,9 +375,9 @@ async fn apply_once(
 
 fn failure(flushed: Vec<i64>, error: ApplyError) -> FlushFailure {
     let cause = match &error {
-        ApplyError::Kv(KvError::TransactionTimedOut) => "storage_timeout",
-        ApplyError::Kv(_) => "storage",
-        ApplyError::Corrupt(_) => "corrupt",
+        ApplyError::Kv(KvError::TransactionTimedOut) => FailureCause::StorageTimeout,
+        ApplyError::Kv(_) => FailureCause::Storage,
+        ApplyError::Corrupt(_) => FailureCause::Corrupt,
     };
     crate::metrics::ingest_error(if matches!(error, ApplyError::Kv(_)) { "fdb" } else { "unknown" });
     FlushFailure { flushed, cause, error: error.into() }

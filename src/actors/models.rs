@@ -14,6 +14,82 @@ use crate::ingest::BatchBudget;
 use crate::ingest::dlq::KafkaDeadLetters;
 use crate::storage::kv::RetryOptions;
 
+/// The kinds of actor the supervisor restarts; [`as_str`](Self::as_str) is the `actor` label of
+/// `matyan_ingest_actor_restarts_total` and the first half of a restart counter's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ActorKind {
+    /// The source loop: its failure restarts every partition.
+    Source,
+    /// A partition actor: its failure restarts its group.
+    Partition,
+    /// A run actor: its failure restarts its partition's group.
+    Run,
+}
+
+impl ActorKind {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::Source => "source",
+            ActorKind::Partition => "partition",
+            ActorKind::Run => "run",
+        }
+    }
+}
+
+impl std::fmt::Display for ActorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an actor stopped and its group restarts (after Quickwit's `ActorExitStatus`);
+/// [`as_str`](Self::as_str) is the `cause` label of `matyan_ingest_actor_restarts_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailureCause {
+    /// A chaos kill (not a failure: restarted without backoff).
+    Chaos,
+    /// A poll of the source failed.
+    SourceError,
+    /// A task panicked or was cancelled.
+    Panic,
+    /// A run actor's mailbox closed under a delivery.
+    MailboxClosed,
+    /// Dead letters could not be written or forwarded.
+    DeadLetter,
+    /// A commit to the source failed with an error that retrying does not fix.
+    SourceCommit,
+    /// A flush transaction timed out after its retries.
+    StorageTimeout,
+    /// A flush transaction failed after its retries.
+    Storage,
+    /// Stored data is not in the layout's format.
+    Corrupt,
+}
+
+impl FailureCause {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::Chaos => "chaos",
+            FailureCause::SourceError => "source_error",
+            FailureCause::Panic => "panic",
+            FailureCause::MailboxClosed => "mailbox_closed",
+            FailureCause::DeadLetter => "dead_letter",
+            FailureCause::SourceCommit => "source_commit",
+            FailureCause::StorageTimeout => "storage_timeout",
+            FailureCause::Storage => "storage",
+            FailureCause::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A failure reported by an actor of partition group `epoch`.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -21,10 +97,34 @@ pub struct Failure {
     pub partition: i32,
     /// The group's epoch; reports of an older group are ignored.
     pub epoch: u64,
-    /// `partition` or `run`.
-    pub actor: &'static str,
-    /// Bounded cause label.
-    pub cause: &'static str,
+    /// The actor that failed (a partition or a run actor).
+    pub actor: ActorKind,
+    /// Why it failed.
+    pub cause: FailureCause,
+}
+
+/// Why an actor did not do what a request asked (answers of [`FlushNow`], [`Surrender`], a drain
+/// and a commit request). A failure it answers was already reported to the supervisor.
+///
+/// [`FlushNow`]: super::run_actor::FlushNow
+/// [`Surrender`]: super::run_actor::Surrender
+#[derive(Debug, Error)]
+pub enum ActorExit {
+    /// The actor's group was killed (chaos, revoke, restart): it stopped without flushing.
+    #[error("{0} actor killed")]
+    Killed(ActorKind),
+    /// The actor failed and stopped.
+    #[error("{0} actor failed: {1}")]
+    Failed(ActorKind, FailureCause),
+    /// Some run actors of a drained partition did not flush; their records are replayed.
+    #[error("{0} run actors failed to flush")]
+    RunsNotFlushed(usize),
+    /// The source refused a commit.
+    #[error("{0}")]
+    Commit(#[from] crate::ingest::SourceError),
+    /// The actor was gone before it answered.
+    #[error("{0}")]
+    Mailbox(#[from] MailboxError),
 }
 
 /// Why a pipeline request failed.

@@ -28,7 +28,7 @@ use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::flush::{FlushFailure, Flusher};
-use super::models::{Failure, Flushed, RunActorConfig};
+use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, RunActorConfig};
 use crate::ingest::{Batch, Entry, FlushReason, RunBatch};
 
 /// Mailbox capacity of a run actor, in pushes (each carries one poll's records of the run).
@@ -44,9 +44,9 @@ pub struct Push {
 
 /// Flushes everything buffered for `reason` (shutdown, revoke); answers the offsets flushed.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<i64>, ()>")]
+#[rtype(result = "Result<Vec<i64>, ActorExit>")]
 pub struct FlushNow {
-    /// Why.
+    /// The reason the flush is counted under (`shutdown` or `revoke`).
     pub reason: FlushReason,
 }
 
@@ -55,7 +55,7 @@ pub struct FlushNow {
 /// are answered), then the open batch is sealed (reason `evict`) and every sealed batch is
 /// answered. The actor holds nothing afterwards; its partition actor stops it.
 #[derive(Message)]
-#[rtype(result = "Result<Surrendered, ()>")]
+#[rtype(result = "Result<Surrendered, ActorExit>")]
 pub struct Surrender;
 
 /// The answer to [`Surrender`].
@@ -249,15 +249,20 @@ impl RunActor {
         if !failure.flushed.is_empty() {
             self.flushed_to.do_send(Flushed { offsets: failure.flushed.clone() });
         }
-        tracing::warn!(run = %self.run, partition = self.partition, cause = failure.cause, error = %failure.error, "run flush failed");
+        tracing::warn!(run = %self.run, partition = self.partition, cause = %failure.cause, error = %failure.error, "run flush failed");
         let _ = self.failures.send(Failure {
             partition: self.partition,
             epoch: self.epoch,
-            actor: "run",
+            actor: ActorKind::Run,
             cause: failure.cause,
         });
         ctx.stop();
     }
+}
+
+/// The cause of a failed flush's outcome (a successful one never gets here).
+fn failure_cause(outcome: &FlushOutcome) -> FailureCause {
+    outcome.as_ref().as_ref().err().map_or(FailureCause::Storage, |f| f.cause)
 }
 
 impl Actor for RunActor {
@@ -300,11 +305,11 @@ impl Handler<Push> for RunActor {
 }
 
 impl Handler<FlushNow> for RunActor {
-    type Result = AtomicResponse<Self, Result<Vec<i64>, ()>>;
+    type Result = AtomicResponse<Self, Result<Vec<i64>, ActorExit>>;
 
     fn handle(&mut self, msg: FlushNow, ctx: &mut Self::Context) -> Self::Result {
         if self.stop_if_killed(ctx) {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(()))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorExit::Killed(ActorKind::Run)))));
         }
         self.batch.flush(msg.reason);
         // The flight (if any) lands first, so the run's transactions keep their order.
@@ -336,18 +341,18 @@ impl Handler<FlushNow> for RunActor {
                     act.flushed_to.do_send(Flushed { offsets });
                 }
                 act.after_flush(&outcome, ctx);
-                Err(())
+                Err(ActorExit::Failed(ActorKind::Run, failure_cause(&outcome)))
             }
         })))
     }
 }
 
 impl Handler<Surrender> for RunActor {
-    type Result = AtomicResponse<Self, Result<Surrendered, ()>>;
+    type Result = AtomicResponse<Self, Result<Surrendered, ActorExit>>;
 
     fn handle(&mut self, _: Surrender, ctx: &mut Self::Context) -> Self::Result {
         if self.stop_if_killed(ctx) {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(()))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorExit::Killed(ActorKind::Run)))));
         }
         self.batch.flush(FlushReason::Evict);
         // The flight (if any) lands first, so the run's transactions keep their order.
@@ -365,7 +370,7 @@ impl Handler<Surrender> for RunActor {
             Ok(flushed) => Ok(Surrendered { flushed, batches }),
             Err(outcome) => {
                 act.after_flush(&outcome, ctx);
-                Err(())
+                Err(ActorExit::Failed(ActorKind::Run, failure_cause(&outcome)))
             }
         })))
     }

@@ -51,7 +51,9 @@ use tokio::sync::mpsc::{Receiver, UnboundedReceiver, UnboundedSender, unbounded_
 use tokio::sync::oneshot;
 
 use super::flush::Flusher;
-use super::models::{Failure, KillTarget, PipelineConfig, PipelineError, RunActorConfig};
+use super::models::{
+    ActorExit, ActorKind, Failure, FailureCause, KillTarget, PipelineConfig, PipelineError, RunActorConfig,
+};
 use super::partition_actor::{CommitNow, Deliver, Drain, KillNow, PartitionActor, PartitionSetup};
 use super::stats::Stats;
 use crate::ingest::{AssignmentEvent, FlushReason, Lease, Record, Source, SourceError};
@@ -189,18 +191,18 @@ impl<S: Source + 'static> Supervisor<S> {
                 Ok(Ok(records)) => records,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, retryable = e.is_retryable(), "source poll failed");
-                    self.restart_all("source_error");
+                    self.restart_all(FailureCause::SourceError);
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "source poll panicked");
-                    self.restart_all("panic");
+                    self.restart_all(FailureCause::Panic);
                     continue;
                 }
             };
             if records.is_empty() {
                 if killed {
-                    self.restart_all("chaos");
+                    self.restart_all(FailureCause::Chaos);
                 }
                 continue;
             }
@@ -216,7 +218,7 @@ impl<S: Source + 'static> Supervisor<S> {
                 }
             }
             if killed {
-                self.restart_all("chaos");
+                self.restart_all(FailureCause::Chaos);
                 continue;
             }
             let routes: Vec<(i32, Addr<PartitionActor<S>>)> =
@@ -225,11 +227,11 @@ impl<S: Source + 'static> Supervisor<S> {
             let (delivered, killed) = self.wait(deliveries, Step::Dispatch, &mut shutdown).await;
             match delivered {
                 Ok(()) if !killed => {}
-                Ok(()) => self.restart_all("chaos"),
-                Err(e) if e.is_cancelled() => self.restart_all("chaos"),
+                Ok(()) => self.restart_all(FailureCause::Chaos),
+                Err(e) if e.is_cancelled() => self.restart_all(FailureCause::Chaos),
                 Err(e) => {
                     tracing::error!(error = %e, "source loop panicked");
-                    self.restart_all("panic");
+                    self.restart_all(FailureCause::Panic);
                 }
             }
         }
@@ -354,14 +356,14 @@ impl<S: Source + 'static> Supervisor<S> {
 
     /// Stops a group without flushing and schedules its restart; `count` records the restart
     /// under `actor`/`cause` and applies the backoff.
-    fn kill_group(&mut self, partition: i32, actor: &'static str, cause: &'static str, count: bool) {
+    fn kill_group(&mut self, partition: i32, actor: ActorKind, cause: FailureCause, count: bool) {
         let Some(group) = self.groups.remove(&partition) else { return };
         Self::stop_group(&group);
         if let Err(e) = self.source.pause(partition) {
             tracing::warn!(partition, error = %e, "cannot pause partition");
         }
         let now = Instant::now();
-        let delay = if !count || cause == "chaos" {
+        let delay = if !count || cause == FailureCause::Chaos {
             Duration::ZERO
         } else {
             let (initial, max) = (self.config.restart_backoff_initial, self.config.restart_backoff_max);
@@ -373,20 +375,21 @@ impl<S: Source + 'static> Supervisor<S> {
         tracing::info!(
             partition,
             epoch = group.epoch,
-            actor,
-            cause,
+            actor = actor.as_str(),
+            cause = cause.as_str(),
             delay_ms = delay.as_millis() as u64,
             "partition group stopped, restart scheduled"
         );
         self.pending.insert(partition, now + delay);
     }
 
-    fn restart_all(&mut self, cause: &'static str) {
-        self.stats.note_restart("source", cause);
-        let delay = if cause == "chaos" { Duration::ZERO } else { self.source_backoff.next(Instant::now()) };
+    fn restart_all(&mut self, cause: FailureCause) {
+        self.stats.note_restart(ActorKind::Source, cause);
+        let delay =
+            if cause == FailureCause::Chaos { Duration::ZERO } else { self.source_backoff.next(Instant::now()) };
         let partitions: Vec<i32> = self.groups.keys().copied().collect();
         for p in partitions {
-            self.kill_group(p, "source", cause, false);
+            self.kill_group(p, ActorKind::Source, cause, false);
         }
         let due = Instant::now() + delay;
         for at in self.pending.values_mut() {
@@ -405,7 +408,7 @@ impl<S: Source + 'static> Supervisor<S> {
                 self.pending.remove(&p);
                 continue;
             };
-            let floor = self.stats.partition(p).floor();
+            let floor = self.stats.recovery.partition(p).floor();
             if let Some(offset) = floor
                 && let Err(e) = self.source.seek(p, offset)
             {
@@ -424,7 +427,7 @@ impl<S: Source + 'static> Supervisor<S> {
 
     fn on_failure(&mut self, failure: &Failure) {
         if self.groups.get(&failure.partition).is_some_and(|g| g.epoch == failure.epoch) {
-            tracing::warn!(partition = failure.partition, actor = failure.actor, cause = failure.cause, "actor failed");
+            tracing::warn!(partition = failure.partition, actor = %failure.actor, cause = %failure.cause, "actor failed");
             self.kill_group(failure.partition, failure.actor, failure.cause, true);
         }
     }
@@ -437,7 +440,7 @@ impl<S: Source + 'static> Supervisor<S> {
                 match seed % 3 {
                     0 => KillTarget::Source,
                     1 if !partitions.is_empty() => KillTarget::Partition(partitions[(seed / 3) % partitions.len()]),
-                    _ => match self.stats.pick_run(seed / 3) {
+                    _ => match self.stats.runs.pick(seed / 3) {
                         Some(run) => KillTarget::Run(run),
                         None => KillTarget::Source,
                     },
@@ -451,16 +454,17 @@ impl<S: Source + 'static> Supervisor<S> {
                 if !self.groups.contains_key(&p) {
                     return Err(PipelineError::NoSuchTarget(format!("partition {p} has no live actor")));
                 }
-                self.kill_group(p, "partition", "chaos", true);
+                self.kill_group(p, ActorKind::Partition, FailureCause::Chaos, true);
                 Ok(format!("partition {p}"))
             }
             KillTarget::Run(run) => {
                 let entry = self
                     .stats
-                    .find_run(&run)
+                    .runs
+                    .find(&run)
                     .filter(|e| self.groups.get(&e.partition).is_some_and(|g| g.epoch == e.epoch))
                     .ok_or_else(|| PipelineError::NoSuchTarget(format!("run {run} has no live actor")))?;
-                self.kill_group(entry.partition, "run", "chaos", true);
+                self.kill_group(entry.partition, ActorKind::Run, FailureCause::Chaos, true);
                 Ok(format!("run {run} (partition {})", entry.partition))
             }
             KillTarget::Random => Err(PipelineError::NoSuchTarget("nothing to kill".to_owned())),
@@ -560,15 +564,15 @@ impl<S: Source + 'static> Supervisor<S> {
         for group in groups.values() {
             Self::stop_group(group);
         }
-        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let errors: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|e| e.to_string())).collect();
         if errors.is_empty() { Ok(()) } else { Err(PipelineError::Flush(errors.join("; "))) }
     }
 }
 
 /// Flushes a group's runs, then commits its watermark (after the flush reports queued meanwhile).
-async fn drain_group<S: Source + 'static>(group: &Group<S>, reason: FlushReason) -> Result<(), String> {
-    group.addr.send(Drain { reason }).await.map_err(|e| e.to_string())??;
-    group.addr.send(CommitNow).await.map_err(|e| e.to_string())?.map(|_| ())
+async fn drain_group<S: Source + 'static>(group: &Group<S>, reason: FlushReason) -> Result<(), ActorExit> {
+    group.addr.send(Drain { reason }).await??;
+    group.addr.send(CommitNow).await?.map(|_| ())
 }
 
 /// The first step of the source loop: one poll.
