@@ -16,12 +16,13 @@
 //!   checkpoints skip whatever was applied.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::models::{FailureCause, Flushed};
 use super::stats::{FlushNote, Stats};
+use crate::clock::Clock;
 use crate::ingest::apply::DeadLetter;
 use crate::ingest::dlq::{DeadLetterError, DeadLetterSink, EmbeddedDeadLetters};
 use crate::ingest::{Applier, ApplyError, Batch, Entry, FlushReason, position_uuid};
@@ -51,6 +52,8 @@ pub struct Flusher {
     pub offload: Option<tokio::runtime::Handle>,
     /// Slots of open flush transactions ([`FLUSH_TRANSACTIONS`]), shared by every run actor.
     pub transactions: Arc<tokio::sync::Semaphore>,
+    /// What flushes read time from (durations, the worker timestamps they write).
+    pub clock: Clock,
 }
 
 impl Flusher {
@@ -218,10 +221,10 @@ async fn apply_batches(
                 estimated = entries.iter().map(|e| crate::ingest::estimate::estimated_bytes(&e.message)).sum();
             }
             first = false;
-            let started = Instant::now();
+            let started = flusher.clock.now();
             match apply_once(flusher, run, &entries).await {
                 Ok((outcome, txn_bytes, retries)) => {
-                    let seconds = started.elapsed().as_secs_f64();
+                    let seconds = flusher.clock.since(started).as_secs_f64();
                     flusher.stats.note_flush(FlushNote {
                         reason,
                         estimated_bytes: estimated,
@@ -281,11 +284,11 @@ fn note_outcome(
 /// together; a refusal as too large falls back to one flush per run, which splits further.
 /// Returns the offsets committed.
 pub async fn flush_shared(flusher: Flusher, runs: Vec<(String, Batch)>) -> Result<Vec<i64>, FlushFailure> {
-    let started = Instant::now();
+    let started = flusher.clock.now();
     let estimated = runs.iter().map(|(_, b)| b.estimated_bytes).sum();
     match apply_shared_once(&flusher, &runs).await {
         Ok((outcomes, txn_bytes, retries)) => {
-            let seconds = started.elapsed().as_secs_f64();
+            let seconds = flusher.clock.since(started).as_secs_f64();
             let reason = FlushReason::Evict;
             flusher.stats.note_flush(FlushNote { reason, estimated_bytes: estimated, txn_bytes, seconds, retries });
             let mut staged = Vec::new();
@@ -331,7 +334,7 @@ async fn apply_in_one_transaction(
     // its 5 s. The semaphore is never closed, so an error only means no bound.
     let _slot = flusher.transactions.acquire().await.ok();
     // The worker clock is read once, before the retry loop, so every attempt writes the same times.
-    let now = crate::clock::now_secs();
+    let now = flusher.clock.unix_secs();
     let mut attempts = 0u64;
     let (outcomes, size) = flusher
         .db
@@ -390,7 +393,7 @@ async fn dead_letter(flusher: &Flusher, entry: &Entry, reason: &str, detail: Str
         reason: reason.to_owned(),
         key: Some(entry.message.run_id.clone()),
         value: None,
-        timestamp: crate::clock::now_secs(),
+        timestamp: flusher.clock.unix_secs(),
         message_type: Some(entry.message.kind().as_str().to_owned()),
         detail,
     };
@@ -433,6 +436,7 @@ mod tests {
             dead_letters,
             offload: None,
             transactions: Flusher::transaction_slots(),
+            clock: Clock::System,
         }
     }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use thiserror::Error;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::ingest::BatchBudget;
 use crate::ingest::dlq::KafkaDeadLetters;
@@ -219,6 +220,8 @@ pub struct PipelineConfig {
     /// Live run actors per partition at most; a new run at a full partition evicts the least
     /// recently used ones, each after flushing (at least 1).
     pub max_run_actors_per_partition: usize,
+    /// What every actor of the pipeline reads time from.
+    pub clock: Clock,
 }
 
 impl Default for PipelineConfig {
@@ -239,6 +242,7 @@ impl Default for PipelineConfig {
             dead_letter_forward_interval: Duration::from_secs(1),
             lag_interval: Duration::from_secs(1),
             max_run_actors_per_partition: 1000,
+            clock: Clock::System,
         }
     }
 }
@@ -290,4 +294,6 @@ pub struct RunActorConfig {
     pub budget: BatchBudget,
     /// Time without records before the actor asks to stop.
     pub idle_timeout: Duration,
+    /// What the actor reads time from (batch deadlines, idleness).
+    pub clock: Clock,
 }

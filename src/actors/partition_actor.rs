@@ -37,7 +37,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
@@ -47,6 +47,7 @@ use super::flush::{FlushFailure, Flusher};
 use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, RunActorConfig};
 use super::run_actor::{FlushNow, Idle, Push, RunActor, Stop, Surrender, Surrendered};
 use super::stats::Stats;
+use crate::clock::Clock;
 use crate::ingest::dlq::{DeadLetterError, Rejected};
 use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Record, Source, SourceError, decode};
 
@@ -230,6 +231,8 @@ pub struct PartitionSetup<S> {
     pub commit_interval: Duration,
     /// Live run actors at most (at least 1).
     pub max_run_actors: usize,
+    /// What the actor reads time from.
+    pub clock: Clock,
 }
 
 /// One partition's actor (see the module docs).
@@ -489,7 +492,7 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
         if self.stop_if_killed(ctx) {
             return AtomicResponse::new(Box::pin(actix::fut::ready(())));
         }
-        let started = Instant::now();
+        let started = self.setup.clock.now();
         let partition = self.setup.partition;
         let mut groups: Vec<(String, Vec<Entry>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -537,7 +540,7 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
             .into_actor(act)
         });
         AtomicResponse::new(Box::pin(fut.map(move |closed, act, ctx| {
-            crate::metrics::ingest_batch_processed(started.elapsed().as_secs_f64());
+            crate::metrics::ingest_batch_processed(act.setup.clock.since(started).as_secs_f64());
             if closed && !act.stop_if_killed(ctx) {
                 act.fail(FailureCause::MailboxClosed);
             }

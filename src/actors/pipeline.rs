@@ -60,6 +60,7 @@ impl IngestPipeline {
             dead_letters: Arc::new(letters),
             offload: Flusher::offload_runtime(),
             transactions: Flusher::transaction_slots(),
+            clock: config.clock,
         };
         let thread_stats = Arc::clone(&stats);
         let thread = runtime::spawn_system(move || async move {

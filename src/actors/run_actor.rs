@@ -29,6 +29,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::flush::{FlushFailure, Flusher};
 use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, RunActorConfig};
+use crate::clock::Clock;
 use crate::ingest::{Batch, Entry, FlushReason, RunBatch};
 
 /// Mailbox capacity of a run actor, in pushes (each carries one poll's records of the run).
@@ -97,6 +98,7 @@ pub struct RunActor {
     failures: UnboundedSender<Failure>,
     group_killed: Arc<AtomicBool>,
     idle_timeout: Duration,
+    clock: Clock,
     pushes: u64,
     last_activity: Instant,
     /// Generation of the armed age timer; a timer of another generation is stale.
@@ -149,8 +151,9 @@ impl RunActor {
             failures,
             group_killed,
             idle_timeout: config.idle_timeout,
+            clock: config.clock,
             pushes: 0,
-            last_activity: Instant::now(),
+            last_activity: config.clock.now(),
             generation: 0,
             armed: None,
             flight: None,
@@ -177,7 +180,7 @@ impl RunActor {
         self.generation += 1;
         if let Some(deadline) = deadline {
             let generation = self.generation;
-            ctx.run_later(deadline.saturating_duration_since(Instant::now()), move |act, ctx| {
+            ctx.run_later(deadline.saturating_duration_since(self.clock.now()), move |act, ctx| {
                 act.on_age(generation, ctx);
             });
         }
@@ -188,7 +191,7 @@ impl RunActor {
             return;
         }
         self.armed = None;
-        self.batch.tick(Instant::now());
+        self.batch.tick(self.clock.now());
         self.flush_sealed(ctx);
         self.arm_age(ctx);
     }
@@ -197,7 +200,10 @@ impl RunActor {
         if self.stop_if_killed(ctx) {
             return;
         }
-        if self.batch.pending_len() == 0 && self.flight.is_none() && self.last_activity.elapsed() >= self.idle_timeout {
+        if self.batch.pending_len() == 0
+            && self.flight.is_none()
+            && self.clock.since(self.last_activity) >= self.idle_timeout
+        {
             self.idle_to.do_send(Idle { run: self.run.clone(), incarnation: self.incarnation, pushes: self.pushes });
         }
     }
@@ -284,7 +290,7 @@ impl Handler<Push> for RunActor {
             return done();
         }
         self.pushes += 1;
-        let now = Instant::now();
+        let now = self.clock.now();
         self.last_activity = now;
         for entry in msg.entries {
             self.batch.push(entry, now);

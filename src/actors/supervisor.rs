@@ -56,6 +56,7 @@ use super::models::{
 };
 use super::partition_actor::{CommitNow, Deliver, Drain, KillNow, PartitionActor, PartitionSetup};
 use super::stats::Stats;
+use crate::clock::Clock;
 use crate::ingest::{AssignmentEvent, FlushReason, Lease, Record, Source, SourceError};
 
 /// Requests of the [`PipelineHandle`](super::PipelineHandle), on a channel of their own so they
@@ -148,7 +149,11 @@ impl<S: Source + 'static> Supervisor<S> {
         control: Receiver<Control>,
     ) -> Self {
         let (failures_tx, failures_rx) = unbounded_channel();
-        let run_config = Arc::new(RunActorConfig { budget: config.budget, idle_timeout: config.run_idle_timeout });
+        let run_config = Arc::new(RunActorConfig {
+            budget: config.budget,
+            idle_timeout: config.run_idle_timeout,
+            clock: config.clock,
+        });
         let source_backoff = Backoff::new(config.restart_backoff_initial, config.restart_backoff_max);
         Self {
             source,
@@ -223,7 +228,8 @@ impl<S: Source + 'static> Supervisor<S> {
             }
             let routes: Vec<(i32, Addr<PartitionActor<S>>)> =
                 self.groups.iter().map(|(p, g)| (*p, g.addr.clone())).collect();
-            let deliveries = actix_rt::spawn(dispatch(by_partition, routes, Arc::clone(&self.stats)));
+            let deliveries =
+                actix_rt::spawn(dispatch(by_partition, routes, Arc::clone(&self.stats), self.config.clock));
             let (delivered, killed) = self.wait(deliveries, Step::Dispatch, &mut shutdown).await;
             match delivered {
                 Ok(()) if !killed => {}
@@ -343,6 +349,7 @@ impl<S: Source + 'static> Supervisor<S> {
             killed: Arc::clone(&killed),
             commit_interval: self.config.commit_interval,
             max_run_actors: self.config.max_run_actors_per_partition,
+            clock: self.config.clock,
         });
         self.groups.insert(partition, Group { addr: actor.start(), killed, epoch, lease });
         tracing::debug!(partition, epoch, lease_epoch = lease.epoch, "partition group started");
@@ -362,7 +369,7 @@ impl<S: Source + 'static> Supervisor<S> {
         if let Err(e) = self.source.pause(partition) {
             tracing::warn!(partition, error = %e, "cannot pause partition");
         }
-        let now = Instant::now();
+        let now = self.config.clock.now();
         let delay = if !count || cause == FailureCause::Chaos {
             Duration::ZERO
         } else {
@@ -385,13 +392,16 @@ impl<S: Source + 'static> Supervisor<S> {
 
     fn restart_all(&mut self, cause: FailureCause) {
         self.stats.note_restart(ActorKind::Source, cause);
-        let delay =
-            if cause == FailureCause::Chaos { Duration::ZERO } else { self.source_backoff.next(Instant::now()) };
+        let delay = if cause == FailureCause::Chaos {
+            Duration::ZERO
+        } else {
+            self.source_backoff.next(self.config.clock.now())
+        };
         let partitions: Vec<i32> = self.groups.keys().copied().collect();
         for p in partitions {
             self.kill_group(p, ActorKind::Source, cause, false);
         }
-        let due = Instant::now() + delay;
+        let due = self.config.clock.now() + delay;
         for at in self.pending.values_mut() {
             *at = (*at).max(due);
         }
@@ -400,7 +410,7 @@ impl<S: Source + 'static> Supervisor<S> {
     /// Restarts the partitions whose restart is due: seek to the floor, resume, fresh group under
     /// the partition's current lease.
     fn restart_due(&mut self) {
-        let now = Instant::now();
+        let now = self.config.clock.now();
         let due: Vec<i32> = self.pending.iter().filter(|(_, at)| **at <= now).map(|(p, _)| *p).collect();
         for p in due {
             let Some(lease) = self.source.lease(p) else {
@@ -589,14 +599,15 @@ async fn dispatch<S: Source + 'static>(
     by_partition: BTreeMap<i32, Vec<Record>>,
     routes: Vec<(i32, Addr<PartitionActor<S>>)>,
     stats: Arc<Stats>,
+    clock: Clock,
 ) {
-    let started = Instant::now();
+    let started = clock.now();
     // A partition without a route is waiting for a restart: it replays from its floor.
     let sends = by_partition.into_iter().filter_map(|(p, records)| {
         routes.iter().find(|(q, _)| *q == p).map(|(_, addr)| addr.send(Deliver { records }))
     });
     futures_util::future::join_all(sends).await;
-    stats.note_backpressure(started.elapsed().as_secs_f64());
+    stats.note_backpressure(clock.since(started).as_secs_f64());
 }
 
 #[cfg(test)]
