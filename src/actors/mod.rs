@@ -16,6 +16,8 @@
 //! - [`flush`]: the flush I/O: budgeted transactions with the run's checkpoint, splitting a batch
 //!   that is too large, shared transactions of evicted runs, dead-letter forwarding;
 //! - [`stats`]: shared counters behind [`PipelineHandle::counters`] and the live-run registry;
+//! - `testing` (tests only): paused time, a fake source and a probe, to drive one actor or the
+//!   supervisor through its mailbox without a real sleep;
 //! - [`lag`]: the consumer-lag gauge, each partition's backlog as the source reports it.
 pub mod flush;
 pub mod lag;
@@ -26,6 +28,8 @@ pub mod run_actor;
 pub mod runtime;
 pub mod stats;
 pub mod supervisor;
+#[cfg(test)]
+pub mod testing;
 
 pub use models::{DeadLetterTarget, KillTarget, PipelineConfig, PipelineError};
 pub use pipeline::{IngestPipeline, PipelineHandle};

@@ -389,3 +389,100 @@ impl Handler<Stop> for RunActor {
         ctx.stop();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    use super::*;
+    use crate::actors::flush::FLUSH_TRANSACTIONS;
+    use crate::actors::testing::{
+        self, Probe, ProbeLog, advance, create_run, entry, metric, run_paused, settle, until,
+    };
+    use crate::ingest::BatchBudget;
+
+    const BUDGET: BatchBudget = BatchBudget { max_bytes: 1 << 20, max_messages: 3, max_age: Duration::from_secs(2) };
+
+    struct Harness {
+        actor: Addr<RunActor>,
+        log: Arc<parking_lot::Mutex<ProbeLog>>,
+        flusher: Flusher,
+        _failures: UnboundedReceiver<Failure>,
+    }
+
+    /// Starts the run actor of `r1` in partition 0, reporting to a probe.
+    async fn start(idle_timeout: Duration) -> Harness {
+        let flusher = testing::flusher(FLUSH_TRANSACTIONS).await;
+        let (probe, log) = Probe::start();
+        let (failures, failures_rx) = unbounded_channel();
+        let actor = RunActor::new(
+            "r1".to_owned(),
+            1,
+            0,
+            1,
+            &testing::run_config(BUDGET, idle_timeout),
+            flusher.clone(),
+            probe.clone().recipient(),
+            probe.recipient(),
+            failures,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .start();
+        Harness { actor, log, flusher, _failures: failures_rx }
+    }
+
+    fn push(offsets: std::ops::Range<i64>) -> Push {
+        let entries = offsets
+            .map(|o| if o == 0 { entry(0, o, &create_run("r1")) } else { entry(0, o, &metric("r1", o)) })
+            .collect();
+        Push { entries }
+    }
+
+    #[test]
+    fn a_run_actor_flushes_a_batch_that_reaches_its_message_budget_without_waiting_for_its_age() {
+        run_paused(async {
+            let h = start(Duration::from_secs(30)).await;
+            h.actor.send(push(0..3)).await.expect("pushed");
+            until("the flush is reported", || h.log.lock().flushed == [0, 1, 2]).await;
+            let counters = h.flusher.stats.snapshot();
+            assert_eq!((counters.flushes["count"], counters.flushes["age"], counters.applied), (1, 0, 3));
+        });
+    }
+
+    #[test]
+    fn a_run_actor_flushes_a_partial_batch_when_its_age_budget_passes_and_not_before() {
+        run_paused(async {
+            let h = start(Duration::from_secs(30)).await;
+            h.actor.send(push(0..2)).await.expect("pushed");
+            settle().await;
+            advance(BUDGET.max_age - Duration::from_millis(1)).await;
+            assert!(h.log.lock().flushed.is_empty(), "nothing is flushed before the age budget");
+            advance(Duration::from_millis(1)).await;
+            until("the age flush is reported", || h.log.lock().flushed == [0, 1]).await;
+            let counters = h.flusher.stats.snapshot();
+            assert_eq!((counters.flushes["age"], counters.flushes["count"]), (1, 0));
+            assert_eq!(testing::checkpoint(&h.flusher, "r1", 0).await, Some(1));
+        });
+    }
+
+    #[test]
+    fn a_run_actor_with_nothing_buffered_asks_to_stop_once_idle_for_its_timeout() {
+        run_paused(async {
+            let idle = Duration::from_secs(10);
+            let h = start(idle).await;
+            let pushed_at = tokio::time::Instant::now();
+            h.actor.send(push(0..1)).await.expect("pushed");
+            until("the age flush is reported", || h.log.lock().flushed == [0]).await;
+            let almost =
+                (pushed_at + idle - Duration::from_secs(1)).saturating_duration_since(tokio::time::Instant::now());
+            advance(almost).await;
+            assert!(h.log.lock().idle.is_empty(), "not idle before the timeout");
+            until("the idle report", || !h.log.lock().idle.is_empty()).await;
+            assert_eq!(
+                h.log.lock().idle,
+                [("r1".to_owned(), 1, 1)],
+                "one report, of this incarnation, after its one push"
+            );
+        });
+    }
+}

@@ -612,7 +612,85 @@ async fn dispatch<S: Source + 'static>(
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::actors::flush::FLUSH_TRANSACTIONS;
+    use crate::actors::testing::{self, FakeSource, create_run, metric, run_paused, until};
+    use crate::ingest::BatchBudget;
+
+    /// Starts a supervisor over `source` (counts flushes at 2 messages or 3 s); returns its control
+    /// channel and its task.
+    fn start(source: &Arc<FakeSource>, flusher: &Flusher) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
+        let config = PipelineConfig {
+            budget: BatchBudget { max_bytes: 1 << 20, max_messages: 2, max_age: Duration::from_secs(3) },
+            clock: flusher.clock,
+            ..PipelineConfig::default()
+        };
+        let (control, control_rx) = mpsc::channel(8);
+        let stats = Arc::clone(&flusher.stats);
+        let supervisor = Supervisor::new(Arc::clone(source), config, flusher.clone(), stats, control_rx);
+        (control, actix_rt::spawn(supervisor.run()))
+    }
+
+    async fn shutdown(control: mpsc::Sender<Control>, task: tokio::task::JoinHandle<()>) -> Result<(), PipelineError> {
+        let (reply, answer) = oneshot::channel();
+        control.send(Control::Shutdown(reply)).await.expect("the supervisor listens");
+        let result = answer.await.expect("the supervisor answers");
+        task.await.expect("the supervisor ends");
+        result
+    }
+
+    #[test]
+    fn a_partition_revoked_while_its_flush_is_in_flight_commits_nothing_past_it_and_the_flight_still_lands() {
+        run_paused(async {
+            let source = FakeSource::new(1);
+            // No transaction slot: the run's first flight waits before opening its transaction.
+            let flusher = testing::flusher(0).await;
+            let (control, task) = start(&source, &flusher);
+            source.append(0, create_run("r1"));
+            source.append(0, metric("r1", 1));
+            until("both records are polled", || flusher.stats.snapshot().consumed == 2).await;
+            source.revoke(0);
+            until("the revocation is handled", || flusher.stats.snapshot().revoked_partitions == 1).await;
+            flusher.transactions.add_permits(FLUSH_TRANSACTIONS);
+            until("the flight lands", || flusher.stats.snapshot().applied == 2).await;
+            testing::advance(Duration::from_secs(1)).await;
+
+            assert_eq!(testing::checkpoint(&flusher, "r1", 0).await, Some(1), "the new owner skips what landed");
+            assert!(source.committed(0).unwrap_or(0) == 0, "the revoked group committed nothing past its flight");
+            let counters = flusher.stats.snapshot();
+            assert_eq!((counters.revoked_uncommitted, counters.restarts_total()), (2, 0), "{counters:?}");
+            assert_eq!(shutdown(control, task).await.ok(), Some(()));
+        });
+    }
+
+    #[test]
+    fn a_partition_killed_midway_seeks_back_to_its_committed_offset_and_replays_only_what_was_not_flushed() {
+        run_paused(async {
+            let source = FakeSource::new(1);
+            let flusher = testing::flusher(FLUSH_TRANSACTIONS).await;
+            let (control, task) = start(&source, &flusher);
+            source.append(0, create_run("r1"));
+            source.append(0, metric("r1", 1));
+            until("the first batch is committed to the source", || source.committed(0) == Some(2)).await;
+            source.append(0, metric("r1", 2));
+            until("the third record is polled", || flusher.stats.snapshot().consumed == 3).await;
+
+            let (reply, answer) = oneshot::channel();
+            control.send(Control::Kill(KillTarget::Partition(0), reply)).await.expect("the supervisor listens");
+            assert_eq!(answer.await.expect("answered").ok().as_deref(), Some("partition 0"));
+            until("the restarted group replays", || flusher.stats.snapshot().consumed == 4).await;
+            assert_eq!(source.seeks(), [(0, 2)], "the restart seeks to the committed offset");
+            assert_eq!(shutdown(control, task).await.ok(), Some(()));
+
+            assert_eq!(testing::checkpoint(&flusher, "r1", 0).await, Some(2));
+            assert_eq!(source.committed(0), Some(3));
+            let counters = flusher.stats.snapshot();
+            assert_eq!((counters.applied, counters.replayed), (3, 0), "each record applied once: {counters:?}");
+            assert_eq!(counters.restarts.get("partition/chaos"), Some(&1));
+        });
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets_after_a_stable_period() {
