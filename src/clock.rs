@@ -127,6 +127,15 @@ pub fn iso_datetime(micros: i64, fraction: Fraction) -> String {
     out
 }
 
+/// Formats POSIX seconds as RFC 3339 in UTC with microseconds, e.g. `2025-01-01T00:00:00.000000Z`.
+pub fn rfc3339_utc(secs: f64) -> String {
+    #[allow(clippy::cast_possible_truncation)]
+    let micros = (secs * 1e6).round() as i64;
+    let mut out = iso_datetime(micros, Fraction::Always);
+    out.push('Z');
+    out
+}
+
 /// When [`iso_datetime`] writes the microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fraction {

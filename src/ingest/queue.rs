@@ -5,7 +5,7 @@
 //! # Key shapes
 //!
 //! Every key is ⟨ours⟩ (the `matyan_rs` directory prefix, [`Dirs::ours`]) followed by a packed
-//! FDB tuple. Integer values are 8-byte little-endian `i64` (the encoding of FoundationDB's
+//! FDB tuple, built by [`Ours`] (`storage/layout/ours.rs`, which owns every key of ⟨ours⟩). Integer values are 8-byte little-endian `i64` (the encoding of FoundationDB's
 //! atomic add), decoded strictly.
 //!
 //! | Key | Value |
@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use crate::ingest::partitioner::partition_for_key;
 use crate::ingest::source::{Backlog, Record, Source, SourceError};
 use crate::storage::kv::{Database, KvError, RangeOption, RetryOptions, RetryableError, Transaction};
-use crate::storage::tuple::{self, Elem};
+use crate::storage::layout::Ours;
 
 /// The largest record (key plus value) the queue accepts: comfortably above the 4 MiB records the
 /// gateway may produce, and small enough that one record and its chunk keys stay under
@@ -63,12 +63,6 @@ pub const DEFAULT_PARTITIONS: u32 = 6;
 
 /// The consumer group of the ingestion workers (the reference's name).
 pub const INGESTION_GROUP: &str = "ingestion-workers";
-
-const META: &str = "queue_meta";
-const END: &str = "queue_end";
-const START: &str = "queue_start";
-const RECORDS: &str = "queue";
-const CONSUMER: &str = "consumer";
 
 const FRAME_VERSION: u8 = 1;
 const FLAG_KEY: u8 = 1;
@@ -151,7 +145,7 @@ pub fn default_append_retry() -> RetryOptions {
 
 struct Inner {
     db: Database,
-    ours: Vec<u8>,
+    ours: Ours,
     topic: String,
     partitions: u32,
     /// Signalled after every committed append of this process, to wake waiting polls.
@@ -183,7 +177,7 @@ impl Queue {
         if partitions == 0 || partitions > i32::MAX as u32 {
             return Err(QueueError::InvalidPartitionCount { topic: topic.to_owned(), requested: partitions });
         }
-        let key = meta_key(ours, topic);
+        let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
             .run(&RetryOptions::default(), move |tx| async move {
@@ -209,7 +203,7 @@ impl Queue {
 
     /// Opens `topic` if it exists, with its stored partition count.
     pub async fn open_existing(db: &Database, ours: &[u8], topic: &str) -> Result<Option<Self>, QueueError> {
-        let key = meta_key(ours, topic);
+        let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
             .run(&RetryOptions::default(), move |tx| async move {
@@ -232,7 +226,7 @@ impl Queue {
         Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
-                ours: ours.to_vec(),
+                ours: Ours::new(ours),
                 topic: topic.to_owned(),
                 partitions,
                 appended: Notify::new(),
@@ -372,9 +366,9 @@ impl Queue {
         from: i64,
         max: usize,
     ) -> Result<Vec<Record>, QueueError> {
-        let part = tuple::pack_with_prefix(&self.inner.ours, &self.partition_elems(partition));
-        let (_, end) = tuple::range(&self.inner.ours, &self.partition_elems(partition));
-        let mut cursor = tuple::pack_with_prefix(&part, &[Elem::from(from)]);
+        let ours = &self.inner.ours;
+        let (_, end) = ours.queue_partition(&self.inner.topic, partition);
+        let mut cursor = ours.queue_offset(&self.inner.topic, partition, from);
         let mut records = Vec::new();
         let mut bytes = 0usize;
         // The record being assembled: its offset and its chunks so far.
@@ -385,17 +379,9 @@ impl Queue {
             let page = tx.get_range(&RangeOption::new(cursor.clone(), end.clone()).limit(limit), true).await?;
             let full = page.len() == limit;
             for kv in &page {
-                let rest = kv.key.strip_prefix(part.as_slice()).ok_or_else(|| corrupt(&kv.key, "outside partition"))?;
-                let (offset, chunk) = match tuple::unpack(rest) {
-                    Ok(e) => match e.as_slice() {
-                        [Elem::Int(o), Elem::Int(c)] => (
-                            i64::try_from(*o).map_err(|_| corrupt(&kv.key, "offset out of range"))?,
-                            i64::try_from(*c).map_err(|_| corrupt(&kv.key, "chunk out of range"))?,
-                        ),
-                        _ => return Err(corrupt(&kv.key, "expected (offset, chunk)")),
-                    },
-                    Err(e) => return Err(corrupt(&kv.key, e.to_string())),
-                };
+                let (offset, chunk) = ours
+                    .decode_queue_record(&self.inner.topic, partition, &kv.key)
+                    .map_err(|e| corrupt(&kv.key, e.to_string()))?;
                 let same = current.as_ref().is_some_and(|(o, _, _)| *o == offset);
                 if !same {
                     if let Some((o, first_key, frame)) = current.take() {
@@ -532,10 +518,9 @@ impl Queue {
                 if new_start <= start {
                     return Ok(start);
                 }
-                let (begin, _) = tuple::range(&this.inner.ours, &this.partition_elems(partition));
-                let mut stop = this.partition_elems(partition);
-                stop.push(Elem::from(new_start));
-                tx.clear_range(&begin, &tuple::pack_with_prefix(&this.inner.ours, &stop));
+                let ours = &this.inner.ours;
+                let (begin, _) = ours.queue_partition(&this.inner.topic, partition);
+                tx.clear_range(&begin, &ours.queue_offset(&this.inner.topic, partition, new_start));
                 tx.set(start_key, &new_start.to_le_bytes());
                 Ok::<_, QueueError>(new_start)
             })
@@ -575,35 +560,21 @@ impl Queue {
             .await
     }
 
-    fn partition_elems(&self, partition: i32) -> Vec<Elem> {
-        vec![Elem::from(RECORDS), Elem::from(self.inner.topic.as_str()), Elem::from(partition)]
-    }
-
     fn record_key(&self, partition: i32, offset: i64, chunk: usize) -> Vec<u8> {
-        let mut elems = self.partition_elems(partition);
-        elems.push(Elem::from(offset));
-        elems.push(Elem::Int(chunk as i128));
-        tuple::pack_with_prefix(&self.inner.ours, &elems)
+        self.inner.ours.queue_record(&self.inner.topic, partition, offset, chunk)
     }
 
     fn end_key(&self, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(&self.inner.ours, &[END.into(), self.inner.topic.as_str().into(), partition.into()])
+        self.inner.ours.queue_end(&self.inner.topic, partition)
     }
 
     fn start_key(&self, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(&self.inner.ours, &[START.into(), self.inner.topic.as_str().into(), partition.into()])
+        self.inner.ours.queue_start(&self.inner.topic, partition)
     }
 
     fn consumer_key(&self, group: &str, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(
-            &self.inner.ours,
-            &[CONSUMER.into(), group.into(), self.inner.topic.as_str().into(), partition.into()],
-        )
+        self.inner.ours.consumer(group, &self.inner.topic, partition)
     }
-}
-
-fn meta_key(ours: &[u8], topic: &str) -> Vec<u8> {
-    tuple::pack_with_prefix(ours, &[META.into(), topic.into(), "partitions".into()])
 }
 
 fn encode_frame(key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) -> Vec<u8> {
