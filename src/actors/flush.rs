@@ -37,13 +37,13 @@ pub const FLUSH_TRANSACTIONS: usize = 64;
 /// What a flush needs from the outside world, shared by every run actor of a pipeline.
 #[derive(Clone)]
 pub struct Flusher {
-    /// The store.
+    /// The store every flush transaction runs on.
     pub db: Database,
-    /// The handlers and checkpoints.
+    /// Applies a run's entries in a transaction, with its checkpoint (and writes dead letters).
     pub applier: Applier,
     /// Retry options of each flush transaction.
     pub retry: RetryOptions,
-    /// Shared counters.
+    /// Where flushes count what they committed (shared by the whole pipeline).
     pub stats: Arc<Stats>,
     /// Where dead letters go.
     pub dead_letters: Arc<DeadLetters>,
@@ -156,14 +156,14 @@ pub struct FlushFailure {
     pub flushed: Vec<i64>,
     /// Why, as the supervisor counts it.
     pub cause: FailureCause,
-    /// The error.
+    /// What went wrong, for the log.
     pub error: FlushError,
 }
 
 /// The error of a failed flush.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
-    /// A transaction failed.
+    /// A transaction failed after its retries (or was refused as corrupt).
     #[error(transparent)]
     Apply(#[from] ApplyError),
     /// A dead letter could not be forwarded to the dead-letter topic.

@@ -28,7 +28,7 @@ pub enum ActorKind {
 }
 
 impl ActorKind {
-    /// The metric label.
+    /// The `actor` label value, also the first half of a restart counter's key (`run/chaos`).
     pub fn as_str(self) -> &'static str {
         match self {
             ActorKind::Source => "source",
@@ -69,7 +69,7 @@ pub enum FailureCause {
 }
 
 impl FailureCause {
-    /// The metric label.
+    /// The `cause` label value, also the second half of a restart counter's key.
     pub fn as_str(self) -> &'static str {
         match self {
             FailureCause::Chaos => "chaos",
@@ -290,7 +290,7 @@ pub struct Flushed {
 
 /// Settings of one run actor.
 pub struct RunActorConfig {
-    /// Batch budgets.
+    /// When a run's batch is sealed (bytes, messages, age).
     pub budget: BatchBudget,
     /// Time without records before the actor asks to stop.
     pub idle_timeout: Duration,

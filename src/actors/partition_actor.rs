@@ -156,7 +156,7 @@ impl OffsetTracker {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver {
-    /// The records.
+    /// Records of other partitions, or at or below an offset already received, are ignored.
     pub records: Vec<Record>,
 }
 
@@ -211,7 +211,7 @@ type FlushAnswers = Vec<(String, Result<Result<Vec<i64>, ActorExit>, MailboxErro
 
 /// What a partition actor is built from.
 pub struct PartitionSetup<S> {
-    /// The partition.
+    /// The partition whose records the actor takes (others delivered to it are ignored).
     pub partition: i32,
     /// The group's epoch (unique per start).
     pub epoch: u64,

@@ -39,7 +39,7 @@ pub const RUN_MAILBOX: usize = 16;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Push {
-    /// The entries.
+    /// Decoded records of this run only; the partition actor groups a delivery by run.
     pub entries: Vec<Entry>,
 }
 
@@ -76,7 +76,7 @@ pub struct Stop;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Idle {
-    /// The run.
+    /// The run whose actor is idle: the partition actor's key for it.
     pub run: String,
     /// The actor's incarnation: a report of an earlier actor of the run (idle-stopped or evicted,
     /// its report still queued) must not stop a later one.

@@ -231,7 +231,7 @@ pub struct Stats {
     running: AtomicBool,
     /// What a restart replays from.
     pub recovery: Recovery,
-    /// What happened.
+    /// What happened, for operators and tests (nothing decides on it).
     pub counters: Counters,
     /// The live run actors.
     pub runs: RunRegistry,
@@ -347,7 +347,7 @@ impl Stats {
         crate::metrics::ingest_run_actor_evictions(count);
     }
 
-    /// Returns a snapshot.
+    /// Returns a snapshot of the three parts, read without a message.
     pub fn snapshot(&self) -> PipelineCounters {
         let c = &self.counters;
         let flushes = FlushReason::ALL

@@ -192,7 +192,7 @@ pub struct DeadLetterRecord {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
-    /// The stored map.
+    /// The stored map, as `write_dead_letter` documents it.
     pub record: Value,
 }
 

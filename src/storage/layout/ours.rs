@@ -77,7 +77,7 @@ pub enum OursError {
     /// [`OUTBOX`] and [`DLQ`], `(offset, chunk)` under a queue partition), or they are out of range.
     #[error("{tag} key does not have its shape: {detail}")]
     NotAPosition {
-        /// The tag.
+        /// The tag whose shape the key lacks.
         tag: &'static str,
         /// What is wrong.
         detail: String,
