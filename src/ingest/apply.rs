@@ -51,7 +51,7 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
-use super::dlq;
+use super::dead_letter;
 use super::message::{
     BlobRef, CreateRun, FinishRun, LogCustomObject, LogHparams, LogMetric, LogRecord, LogTerminalLine, MessageType,
     Payload, SetRunProperty, TagChange,
@@ -67,9 +67,6 @@ use crate::storage::value::{self, Value};
 
 pub use crate::clock::rfc3339_utc;
 pub use crate::storage::layout::ours::{APPLIED, DLQ, OUTBOX};
-
-/// Longest error detail kept in a dead-letter record (the rest is cut).
-const MAX_DETAIL: usize = 512;
 
 /// Errors that fail a whole batch: the caller retries the transaction or splits the batch.
 #[derive(Debug, thiserror::Error)]
@@ -167,23 +164,7 @@ pub struct OutboxEvent {
     pub event: Value,
 }
 
-/// A dead-lettered record to store under `("dlq", partition, offset)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// Bounded reason label.
-    pub reason: String,
-    /// The record key (the run id) when known.
-    pub key: Option<String>,
-    /// The original record value, when the writer has it. [`Applier::apply`] works on decoded
-    /// entries, which do not carry their bytes, so it stores `None` and names the type instead.
-    pub value: Option<Vec<u8>>,
-    /// When it was dead-lettered (POSIX seconds).
-    pub timestamp: f64,
-    /// The message type, when known.
-    pub message_type: Option<String>,
-    /// The error's text.
-    pub detail: String,
-}
+pub use super::dead_letter::DeadLetter;
 
 /// A stored dead letter with its position.
 #[derive(Debug, Clone, PartialEq)]
@@ -442,9 +423,9 @@ impl Applier {
     /// Writes a dead letter (also for records that failed to decode, with their bytes) as the
     /// msgpack map `{"reason","key","value","timestamp","type","detail"}`; absent parts are nil.
     /// Whatever the record's size the letter stays bounded: a value longer than
-    /// [`dlq::MAX_STORED_VALUE_BYTES`] keeps that prefix plus `truncated`, `value_len` and
-    /// `value_sha256`, a key longer than [`dlq::MAX_STORED_KEY_BYTES`] is cut and its `key_len`
-    /// kept (the stored format is documented in [`crate::ingest::dlq`]).
+    /// [`dead_letter::MAX_STORED_VALUE_BYTES`] keeps that prefix plus `truncated`, `value_len` and
+    /// `value_sha256`, a key longer than [`dead_letter::MAX_STORED_KEY_BYTES`] is cut and its
+    /// `key_len` kept (the stored format is documented in [`crate::ingest::dlq`]).
     pub fn write_dead_letter(
         &self,
         tx: &Transaction,
@@ -452,33 +433,7 @@ impl Applier {
         offset: i64,
         letter: &DeadLetter,
     ) -> Result<(), ApplyError> {
-        let key = letter.key.as_deref().map(|k| (dlq::cut_str(k, dlq::MAX_STORED_KEY_BYTES), k.len()));
-        let (value, truncation) = match letter.value.as_deref() {
-            Some(v) => {
-                let (kept, truncation) = dlq::bound_value(v, dlq::MAX_STORED_VALUE_BYTES);
-                (Value::Bin(kept.to_vec()), truncation)
-            }
-            None => (Value::Nil, None),
-        };
-        let mut fields = vec![
-            (Value::from("reason"), Value::from(letter.reason.as_str())),
-            (Value::from("key"), key.map_or(Value::Nil, |(k, _)| Value::from(k))),
-            (Value::from("value"), value),
-            (Value::from("timestamp"), Value::Float(letter.timestamp)),
-            (Value::from("type"), letter.message_type.as_deref().map_or(Value::Nil, Value::from)),
-            (Value::from("detail"), Value::from(dlq::cut_str(&letter.detail, MAX_DETAIL))),
-        ];
-        if let Some(t) = truncation {
-            fields.push((Value::from("truncated"), Value::Bool(true)));
-            fields.push((Value::from("value_len"), Value::Int(t.len as i128)));
-            fields.push((Value::from("value_sha256"), Value::Str(t.sha256)));
-        }
-        if let Some((kept, len)) = key
-            && kept.len() < len
-        {
-            fields.push((Value::from("key_len"), Value::Int(len as i128)));
-        }
-        let map = Value::Map(fields);
+        let map = dead_letter::stored_value(letter);
         let bytes = value::encode(&map).map_err(|e| ApplyError::Corrupt(format!("dead letter: {e}")))?;
         tx.set(&self.dead_letter_key(partition, offset), &bytes);
         Ok(())

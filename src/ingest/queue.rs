@@ -39,13 +39,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::ingest::partitioner::partition_for_key;
 use crate::ingest::source::{Backlog, Record, Source, SourceError};
-use crate::storage::kv::{Database, KvError, RangeOption, RetryOptions, RetryableError, Transaction};
+use crate::storage::kv::{Database, RangeOption, RetryOptions, Transaction};
 use crate::storage::layout::Ours;
 
 /// The largest record (key plus value) the queue accepts: comfortably above the 4 MiB records the
@@ -73,53 +72,7 @@ const KEY_OVERHEAD: usize = 64;
 /// One record to append: `(key, value, timestamp_ms)`; a `None` key is Kafka's null key.
 pub type AppendRecord<'a> = (Option<&'a [u8]>, &'a [u8], i64);
 
-/// Why a queue operation failed.
-#[derive(Debug, Error)]
-pub enum QueueError {
-    /// The KV store failed.
-    #[error("storage: {0}")]
-    Kv(#[from] KvError),
-    /// The topic exists with another partition count.
-    #[error("topic {topic:?} has {stored} partitions, not {requested}: the count is fixed at creation")]
-    PartitionMismatch { topic: String, stored: u32, requested: u32 },
-    /// A partition count outside `1..=i32::MAX` (Kafka's partition numbers are `i32`).
-    #[error("topic {topic:?}: {requested} partitions requested, the count must be between 1 and 2147483647")]
-    InvalidPartitionCount { topic: String, requested: u32 },
-    /// The partition does not exist in this topic.
-    #[error("topic {topic:?} has no partition {partition} (partitions: {partitions})")]
-    PartitionOutOfRange { topic: String, partition: i32, partitions: u32 },
-    /// An offset is negative.
-    #[error("invalid offset {offset}")]
-    InvalidOffset { offset: i64 },
-    /// A committed offset lies beyond the partition's end.
-    #[error("offset {offset} is past the end offset {end} of partition {partition}")]
-    OffsetPastEnd { partition: i32, offset: i64, end: i64 },
-    /// One record is larger than [`MAX_RECORD_BYTES`].
-    #[error("record of {size} bytes exceeds the queue's limit of {limit} bytes")]
-    RecordTooLarge { size: usize, limit: usize },
-    /// The records of one append do not fit one transaction.
-    #[error("append of about {size} bytes exceeds the transaction limit of {limit} bytes: split it")]
-    BatchTooLarge { size: usize, limit: usize },
-    /// A stored key or value is not in the queue's format.
-    #[error("corrupt queue data at {key}: {reason}")]
-    Corrupt { key: String, reason: String },
-}
-
-impl QueueError {
-    /// Whether the same call may succeed later (a transient storage error).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, QueueError::Kv(e) if e.is_retryable() || matches!(e, KvError::TransactionTimedOut))
-    }
-}
-
-impl RetryableError for QueueError {
-    fn kv_error(&self) -> Option<&KvError> {
-        match self {
-            QueueError::Kv(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+pub use super::source_error::QueueError;
 
 fn corrupt(key: &[u8], reason: impl Into<String>) -> QueueError {
     QueueError::Corrupt { key: hex::encode(key), reason: reason.into() }
