@@ -21,7 +21,7 @@
 //! record: their partition is [`REST_PARTITION`] (-1, never a real partition) and their offset the
 //! event's time in microseconds, moved past any key already taken.
 
-use crate::storage::kv::{KvError, Transaction};
+use crate::storage::kv::{KvError, RetryableError, Transaction};
 use crate::storage::tuple::{self, Elem};
 
 /// The layout version of ⟨ours⟩ this build reads and writes. Stores written before the key
@@ -102,6 +102,15 @@ pub enum SchemaError {
     /// The stored version does not decode or is not this build's.
     #[error(transparent)]
     Ours(#[from] OursError),
+}
+
+impl RetryableError for SchemaError {
+    fn kv_error(&self) -> Option<&KvError> {
+        match self {
+            SchemaError::Kv(e) => Some(e),
+            SchemaError::Ours(_) => None,
+        }
+    }
 }
 
 /// The keys of ⟨ours⟩ under one directory prefix.
