@@ -32,7 +32,7 @@ pub enum AppError {
     /// The blob settings cannot be used (validation catches this first).
     #[error("blobs.uri_secret: {0}")]
     Blobs(#[from] UriError),
-    /// Our directory holds a layout version this build does not read (or one that does not decode).
+    /// Our directory holds a layout version this build does not read, or one that does not decode.
     #[error("storage: {0}")]
     Schema(#[from] SchemaError),
 }
@@ -83,11 +83,11 @@ impl AppState {
     pub async fn open(config: Config, metrics: Option<PrometheusHandle>) -> Result<Self, AppError> {
         let db = open_database(&config.storage)?;
         let layout = Layout::open(&db).await?;
-        // A store written by another layout version of ⟨ours⟩ is refused before anything reads it;
-        // one written before the version key existed gets the current one.
+        // A store written by another layout version of our directory is refused before anything
+        // reads it. Read only: a store without the version key is of this layout and stays as is.
         db.run(&RetryOptions::default(), |tx| {
             let ours = &layout.ours;
-            async move { ours.ensure_schema_version(&tx).await }
+            async move { ours.check_schema_version(&tx).await }
         })
         .await?;
         Self::new(db, layout, config, metrics)
@@ -160,7 +160,7 @@ mod tests {
         let state = AppState::open(config.clone(), None).await.expect("a new store opens");
         let tx = state.db.create_trx().expect("tx");
         let stored = state.layout.ours.read_schema_version(&tx).await.expect("the version reads");
-        assert_eq!(stored, Some(SCHEMA_VERSION), "a store gets this build's version");
+        assert_eq!(stored, None, "opening a store writes nothing");
         tx.set(&state.layout.ours.schema_version(), &(SCHEMA_VERSION + 1).to_le_bytes());
         tx.commit().await.expect("committed");
         drop(tx);

@@ -252,7 +252,18 @@ impl Ours {
         }
     }
 
-    /// Writes [`SCHEMA_VERSION`] when no version is stored; fails when another one is.
+    /// Fails when the store holds another version than [`SCHEMA_VERSION`] (or one that does not
+    /// decode); a store without the key (every store so far) has this layout and passes. Reads
+    /// only, so opening a store leaves it as it was.
+    pub async fn check_schema_version(&self, tx: &Transaction) -> Result<(), SchemaError> {
+        match self.read_schema_version(tx).await? {
+            None | Some(SCHEMA_VERSION) => Ok(()),
+            Some(stored) => Err(OursError::OtherVersion { stored }.into()),
+        }
+    }
+
+    /// Writes [`SCHEMA_VERSION`] when no version is stored; fails when another one is. For the
+    /// change that first moves a key of ⟨ours⟩: it writes the version its stores then have.
     pub async fn ensure_schema_version(&self, tx: &Transaction) -> Result<(), SchemaError> {
         match self.read_schema_version(tx).await? {
             None => {
