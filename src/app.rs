@@ -13,8 +13,9 @@ use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
 use crate::gateway::{Gateway, RecordSink};
 use crate::http::ui::UiBuild;
-use crate::storage::kv::{Database, KvError, Limits};
+use crate::storage::kv::{Database, KvError, Limits, RetryOptions};
 use crate::storage::layout::Layout;
+use crate::storage::layout::ours::SchemaError;
 
 /// Why the application could not start.
 #[derive(Debug, Error)]
@@ -31,6 +32,9 @@ pub enum AppError {
     /// The blob settings cannot be used (validation catches this first).
     #[error("blobs.uri_secret: {0}")]
     Blobs(#[from] UriError),
+    /// Our directory holds a layout version this build does not read, or one that does not decode.
+    #[error("storage: {0}")]
+    Schema(#[from] SchemaError),
 }
 
 /// Opens the configured backend, creating the embedded store's data directory if needed.
@@ -79,6 +83,13 @@ impl AppState {
     pub async fn open(config: Config, metrics: Option<PrometheusHandle>) -> Result<Self, AppError> {
         let db = open_database(&config.storage)?;
         let layout = Layout::open(&db).await?;
+        // A store written by another layout version of our directory is refused before anything
+        // reads it. Read only: a store without the version key is of this layout and stays as is.
+        db.run(&RetryOptions::default(), |tx| {
+            let ours = &layout.ours;
+            async move { ours.check_schema_version(&tx).await }
+        })
+        .await?;
         Self::new(db, layout, config, metrics)
     }
 
@@ -131,5 +142,31 @@ impl AppState {
     pub fn with_ui(mut self, ui: Option<UiBuild>) -> Self {
         self.ui = ui.map(Arc::new);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::layout::ours::SCHEMA_VERSION;
+
+    #[tokio::test]
+    async fn a_store_of_another_layout_version_of_our_directory_is_refused_at_open_naming_it() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut config = Config::from_toml_str("test", "").expect("the defaults parse");
+        config.storage.backend = Backend::Embedded;
+        config.storage.data_dir = dir.path().to_path_buf();
+
+        let state = AppState::open(config.clone(), None).await.expect("a new store opens");
+        let tx = state.db.create_trx().expect("tx");
+        let stored = state.layout.ours.read_schema_version(&tx).await.expect("the version reads");
+        assert_eq!(stored, None, "opening a store writes nothing");
+        tx.set(&state.layout.ours.schema_version(), &(SCHEMA_VERSION + 1).to_le_bytes());
+        tx.commit().await.expect("committed");
+        drop(tx);
+        drop(state);
+
+        let refused = AppState::open(config, None).await.err().expect("another version is refused");
+        assert!(refused.to_string().contains(&format!("layout version {}", SCHEMA_VERSION + 1)), "{refused}");
     }
 }

@@ -1,7 +1,11 @@
 //! The wall clock and the proleptic Gregorian calendar, in one place: every "now" of the process
 //! and every conversion between POSIX time and a calendar date (Howard Hinnant's algorithms).
+//!
+//! The ingest actors (batcher deadlines, idle stops, restart backoffs, transaction timestamps) read
+//! time only through a [`Clock`] they are given, so a test or a simulation runs them under tokio's
+//! paused time (`tokio::time::pause`, `advance`) and gets the same decisions every run.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
@@ -13,6 +17,62 @@ pub fn now_secs() -> f64 {
 /// POSIX microseconds now, from the wall clock (0 before 1970).
 pub fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The clock the ingest actors read.
+///
+/// Monotonic time is tokio's in both variants: the real monotonic clock in production, the paused
+/// clock of a test runtime under `tokio::time::pause`, so what an actor reads and when its timers
+/// (`run_later`, `run_interval`, `sleep`) fire always agree. The variants differ in wall time.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    /// The process's clocks: tokio's monotonic clock and the system's wall clock.
+    #[default]
+    System,
+    /// Wall time that starts at `epoch_micros` when the clock is made and moves with tokio's
+    /// monotonic clock: under paused time every timestamp an actor writes is deterministic.
+    Simulated {
+        /// POSIX microseconds at `start`.
+        epoch_micros: i64,
+        /// The monotonic instant the wall time counts from.
+        start: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A [`Clock::Simulated`] reading `epoch_micros` now.
+    pub fn simulated(epoch_micros: i64) -> Self {
+        Clock::Simulated { epoch_micros, start: tokio::time::Instant::now() }
+    }
+
+    /// The monotonic now (tokio's, so paused time applies).
+    pub fn now(&self) -> std::time::Instant {
+        tokio::time::Instant::now().into_std()
+    }
+
+    /// The time elapsed since `earlier`, by this clock (zero if `earlier` is later).
+    pub fn since(&self, earlier: std::time::Instant) -> Duration {
+        self.now().saturating_duration_since(earlier)
+    }
+
+    /// POSIX seconds now.
+    pub fn unix_secs(&self) -> f64 {
+        match self {
+            Clock::System => now_secs(),
+            Clock::Simulated { .. } => self.unix_micros() as f64 / 1e6,
+        }
+    }
+
+    /// POSIX microseconds now.
+    pub fn unix_micros(&self) -> i64 {
+        match self {
+            Clock::System => now_micros(),
+            Clock::Simulated { epoch_micros, start } => {
+                let elapsed = tokio::time::Instant::now().saturating_duration_since(*start);
+                epoch_micros.saturating_add(i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX))
+            }
+        }
+    }
 }
 
 /// Whether `y` is a leap year.
@@ -67,6 +127,15 @@ pub fn iso_datetime(micros: i64, fraction: Fraction) -> String {
     out
 }
 
+/// Formats POSIX seconds as RFC 3339 in UTC with microseconds, e.g. `2025-01-01T00:00:00.000000Z`.
+pub fn rfc3339_utc(secs: f64) -> String {
+    #[allow(clippy::cast_possible_truncation)]
+    let micros = (secs * 1e6).round() as i64;
+    let mut out = iso_datetime(micros, Fraction::Always);
+    out.push('Z');
+    out
+}
+
 /// When [`iso_datetime`] writes the microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fraction {
@@ -79,6 +148,16 @@ pub enum Fraction {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_simulated_clock_moves_only_with_paused_time() {
+        let clock = Clock::simulated(1_735_689_600_000_000);
+        let t0 = clock.now();
+        assert_eq!(clock.unix_micros(), 1_735_689_600_000_000);
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(clock.since(t0), Duration::from_millis(1_500));
+        assert_eq!(clock.unix_secs(), 1_735_689_601.5);
+    }
 
     #[test]
     fn days_and_dates_round_trip_across_eras_and_leap_days() {

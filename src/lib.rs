@@ -1,7 +1,8 @@
 //! matyan-rs: a Rust backend for the Matyan experiment tracker.
 //!
 //! Module map:
-//! - [`clock`]: the wall clock and calendar conversions (every "now" of the process);
+//! - [`clock`]: every "now" of the process (the wall clock, the actors' injectable `Clock`) and
+//!   calendar conversions;
 //! - [`config`]: the typed, versioned configuration, its defaults, environment overrides and validation;
 //! - [`app`]: the process's shared state: opened storage, the Matyan layout, blobs, metrics handle, UI build,
 //!   gateway, record sink and pipeline handle;

@@ -139,11 +139,10 @@ async fn health_and_metrics_answer_while_a_long_query_evaluates_and_a_search_bey
         let state = state.clone();
         async move { get(&state, &search("run", &long_query())).await }
     });
-    let guard = tokio::time::Instant::now() + Duration::from_secs(60);
-    while state.heavy.available_permits() > 0 {
-        assert!(tokio::time::Instant::now() < guard, "the long search never started");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    common::wait::until("the long search takes the only place", Duration::from_secs(60), || {
+        state.heavy.available_permits() == 0
+    })
+    .await;
     assert_eq!(get(&state, "/health/live/").await.status, 200);
     assert_eq!(get(&state, "/metrics/").await.status, 200);
     let busy = get(&state, &search("run", "run.name == 'x'")).await;
@@ -189,11 +188,10 @@ async fn a_client_that_stops_reading_a_search_frees_its_place_at_the_time_limit_
     assert_eq!(resp.status().as_u16(), 200);
     // The body is not read: the producer fills the channel and waits, holding the only place
     // until the request's time limit.
-    let guard = tokio::time::Instant::now() + Duration::from_secs(60);
-    while state.heavy.available_permits() == 0 {
-        assert!(tokio::time::Instant::now() < guard, "a stalled stream kept its place");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait::until("the stalled stream frees its place", Duration::from_secs(60), || {
+        state.heavy.available_permits() > 0
+    })
+    .await;
     let read = axum::body::to_bytes(resp.into_body(), 64 << 20).await;
     assert!(read.is_err(), "a stream cut at its time limit must not end like a whole one");
     assert_still_serving(&state).await;

@@ -519,15 +519,11 @@ fn lag_gauges(text: &str) -> BTreeMap<i32, i64> {
 
 /// Waits until the lag gauges read `expected`.
 async fn wait_lag(metrics: &metrics_exporter_prometheus::PrometheusHandle, expected: &BTreeMap<i32, i64>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    common::wait::until_ok(&format!("lag gauges {expected:?}"), Duration::from_secs(30), || {
         let seen = lag_gauges(&metrics.render());
-        if &seen == expected {
-            return;
-        }
-        assert!(Instant::now() < deadline, "lag gauges {seen:?}, expected {expected:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if &seen == expected { Ok(()) } else { Err(seen) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

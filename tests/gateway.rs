@@ -206,15 +206,12 @@ async fn connections_past_the_limit_are_refused_with_503_and_the_rest_keep_worki
     }
     drop(open.pop());
     // A closed connection frees its place (the server notices the close asynchronously).
-    let mut again = None;
-    for _ in 0..100 {
-        if let Ok((ws, _)) = tokio_tungstenite::connect_async(format!("ws://{}/api/v1/ws/runs/{RUN}", h.addr)).await {
-            again = Some(ws);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(frame(again.as_mut().expect("a freed place"), r#"{"type":"finish_run"}"#).await, ok());
+    let url = format!("ws://{}/api/v1/ws/runs/{RUN}", h.addr);
+    let mut again = common::wait::until_ok_async("a freed place", Duration::from_secs(10), || async {
+        tokio_tungstenite::connect_async(url.as_str()).await.map(|(ws, _)| ws)
+    })
+    .await;
+    assert_eq!(frame(&mut again, r#"{"type":"finish_run"}"#).await, ok());
     assert_eq!(queued(&h.queue).await.len(), 51);
 }
 

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use matyan::actors::{IngestPipeline, KillTarget, PipelineConfig, PipelineHandle};
 use matyan::ingest::apply::{Applier, position_uuid};
@@ -117,19 +117,16 @@ async fn end_offsets(queue: &Queue) -> BTreeMap<i32, i64> {
 /// Waits until every partition's committed offset reached its end.
 async fn wait_committed(store: &Store, handle: &PipelineHandle, timeout: Duration) {
     let ends = end_offsets(&store.queue).await;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut done = true;
+    common::wait::until_ok_async("every partition committed to its end", timeout, || async {
         for (p, end) in &ends {
             let committed = store.queue.committed(INGESTION_GROUP, *p).await.unwrap().unwrap_or(0);
-            done &= committed >= *end;
+            if committed < *end {
+                return Err(Box::new(handle.counters()));
+            }
         }
-        if done {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not everything committed in time: {:#?}", handle.counters());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(())
+    })
+    .await;
 }
 
 async fn stop(handle: PipelineHandle) {
@@ -270,11 +267,7 @@ async fn shutdown_and_restart_mid_stream_lose_and_duplicate_nothing() {
     append(&store.queue, first).await;
     let handle = start(&store, common::small_pipeline_config()).await;
     // Stop while the first half is still being consumed, and append the rest meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while handle.counters().consumed < 2_000 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_for(&handle, "2,000 records consumed", |c| c.consumed >= 2_000).await;
     append(&store.queue, second).await;
     stop(handle).await;
     let handle = start(&store, common::small_pipeline_config()).await;
@@ -459,11 +452,7 @@ async fn idle_run_actors_stop_and_come_back_on_the_next_record() {
     let config = PipelineConfig { run_idle_timeout: Duration::from_millis(100), ..common::small_pipeline_config() };
     let handle = start(&store, config).await;
     wait_committed(&store, &handle, Duration::from_secs(30)).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while handle.counters().active_run_actors > 0 {
-        assert!(Instant::now() < deadline, "idle run actors were not stopped: {:#?}", handle.counters());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(&handle, "idle run actors stopped", |c| c.active_run_actors == 0).await;
     let more = more_points(5, 100, &mut per_run, false);
     append(&store.queue, &more).await;
     wait_committed(&store, &handle, Duration::from_secs(30)).await;
@@ -474,15 +463,11 @@ async fn idle_run_actors_stop_and_come_back_on_the_next_record() {
 
 /// Waits until `done` holds for the pipeline's counters.
 async fn wait_for(handle: &PipelineHandle, what: &str, done: impl Fn(&matyan::actors::PipelineCounters) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
+    common::wait::until_ok(what, Duration::from_secs(60), || {
         let counters = handle.counters();
-        if done(&counters) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not reached in time: {counters:#?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        if done(&counters) { Ok(()) } else { Err(Box::new(counters)) }
+    })
+    .await;
 }
 
 fn point(run: &str, value: i64) -> Rec {
@@ -670,17 +655,12 @@ fn conservation_under_chaos_kills_and_kill_9_of_matyan_serve_loses_and_duplicate
     let mut server = common::server::start(&data_dir, &args);
     let addr = common::server::wait_for_addr(&mut server, &data_dir);
     *live.lock().unwrap() = Some(addr);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    let committed = common::wait::blocking_until_ok("a tenth committed", Duration::from_secs(120), || {
         let committed = committed_via_admin(addr).values().sum::<i64>();
-        if committed >= total / 10 {
-            println!("kill -9 with {committed} of {total} records committed");
-            assert!(committed < total, "the stream ended before the kill");
-            break;
-        }
-        assert!(Instant::now() < deadline, "nothing committed in time");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+        if committed >= total / 10 { Ok(committed) } else { Err(committed) }
+    });
+    println!("kill -9 with {committed} of {total} records committed");
+    assert!(committed < total, "the stream ended before the kill");
     *live.lock().unwrap() = None;
     server.0.kill().unwrap(); // SIGKILL
     server.0.wait().unwrap();
@@ -690,15 +670,15 @@ fn conservation_under_chaos_kills_and_kill_9_of_matyan_serve_loses_and_duplicate
     let mut server = common::server::start(&data_dir, &args);
     let addr = common::server::wait_for_addr(&mut server, &data_dir);
     *live.lock().unwrap() = Some(addr);
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let committed = committed_via_admin(addr);
-        if ends.iter().all(|(p, end)| committed.get(&i64::from(*p)).copied().unwrap_or(0) >= *end) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not everything committed: {committed:?} of {ends:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait::blocking_until_ok(
+        &format!("every partition committed to {ends:?}"),
+        Duration::from_secs(900),
+        || {
+            let committed = committed_via_admin(addr);
+            let done = ends.iter().all(|(p, end)| committed.get(&i64::from(*p)).copied().unwrap_or(0) >= *end);
+            if done { Ok(()) } else { Err(committed) }
+        },
+    );
     stop.store(true, Ordering::Relaxed);
     let kills = chaos.join().unwrap();
     let (_, metrics) = common::server::get(addr, "/metrics/");
@@ -753,14 +733,10 @@ fn the_chaos_route_kills_actors_only_when_enabled() {
     assert_eq!(post(addr, "/admin/chaos/kill/?target=run&run=nope").0, 404);
     assert_eq!(post(addr, "/admin/chaos/kill/?target=everything").0, 400);
     // The source loop restarts at the end of its current step.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    common::wait::blocking_until_ok("a source restart for chaos", Duration::from_secs(10), || {
         let (_, metrics) = common::server::get(addr, "/metrics/");
-        if metrics.contains("matyan_ingest_actor_restarts_total{actor=\"source\",cause=\"chaos\"}") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{metrics}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        let restarted = metrics.contains("matyan_ingest_actor_restarts_total{actor=\"source\",cause=\"chaos\"}");
+        if restarted { Ok(()) } else { Err(metrics) }
+    });
     assert_eq!(common::server::terminate(server).code(), Some(0));
 }

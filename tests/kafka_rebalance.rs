@@ -21,7 +21,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::Broker;
 use matyan::actors::{IngestPipeline, PipelineCounters, PipelineHandle};
@@ -129,14 +129,10 @@ impl Worker {
     }
 }
 
-/// Waits until `cond` holds, checking every 50 ms, failing with `what` and `state()` after
+/// Waits until `cond` holds, failing with `what` and `state()` after
 /// [`PATIENCE`].
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool, state: impl Fn() -> String) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {}", state());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait::until_ok(what, PATIENCE, || if cond() { Ok(()) } else { Err(state()) }).await;
 }
 
 fn all_partitions() -> Vec<i32> {

@@ -138,13 +138,9 @@ async fn wait_assigned(source: &KafkaSource, n: usize) -> Vec<Record> {
     got
 }
 
-/// Waits until `cond` holds, checking every 50 ms, for at most two minutes.
+/// Waits until `cond` holds, for at most two minutes.
 async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait::until(what, Duration::from_secs(120), cond).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -785,12 +781,11 @@ async fn the_pipeline_dead_letters_to_the_topic_and_commits_past_a_dead_letter_o
     dlq_broker.ensure_topic("data-ingestion-dlq", 1).await;
     let end = cases.len() as i64;
     wait_until("the commit of every record", || committed_offsets(&broker, &[0]) == vec![end]).await;
-    let staged_empty = || async { applier.dead_letters(&db.create_trx().unwrap(), 0).await.unwrap().is_empty() };
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !staged_empty().await {
-        assert!(Instant::now() < deadline, "staged dead letters were not forwarded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait::until_ok_async("staged dead letters forwarded", Duration::from_secs(120), || async {
+        let staged = applier.dead_letters(&db.create_trx().unwrap(), 0).await.unwrap();
+        if staged.is_empty() { Ok(()) } else { Err(staged.len()) }
+    })
+    .await;
     let counters = handle.counters();
     handle.shutdown().await.unwrap();
     source.unsubscribe();

@@ -8,7 +8,7 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::Broker;
 use common::server::{self, Server};
@@ -108,20 +108,18 @@ async fn queue_import_kafka_then_ingest_stores_the_golden_run() {
     let mut ingest = server::start_ingest(Path::new(data), port, &env, &[]);
     assert_eq!(server::get(addr, "/health/live/").0, 200);
 
-    let deadline = Instant::now() + Duration::from_secs(180);
-    let processed = loop {
+    let processed = common::wait::blocking_until_ok("every golden record processed", Duration::from_secs(180), || {
         let (status, body) = server::get(addr, "/metrics/");
         assert_eq!(status, 200, "{body}");
         let processed = server::metric_sum(&body, "matyan_ingestion_messages_processed_total", "");
         if processed >= GOLDEN_RECORDS as f64 {
-            break processed;
+            return Ok(processed);
         }
         if let Some(status) = ingest.0.try_wait().unwrap() {
             panic!("matyan ingest exited early: {status}");
         }
-        assert!(Instant::now() < deadline, "only {processed} of {GOLDEN_RECORDS} records processed");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        Err(processed)
+    });
     assert_eq!(processed, GOLDEN_RECORDS as f64);
     let (status, body) = server::get(addr, "/health/ready/");
     assert_eq!(status, 200, "{body}");

@@ -14,7 +14,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::broker::Broker;
 use common::sdk;
@@ -138,16 +138,13 @@ async fn the_reference_gateway_through_kafka_answers_as_the_all_in_one_path_and_
     assert_eq!(delete["run_id"], RUN);
     assert_eq!(delete["payload"], serde_json::json!({}));
     assert!(records.iter().any(|v| v["type"] == "finish_run"), "the frontier's records precede it");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (status, _) = server::get(addr, &format!("/api/v1/rest/runs/{RUN}/info/"));
-        if status == 404 {
-            break;
+    common::wait::until_ok("the deleted run is no longer served", Duration::from_secs(60), || {
+        match server::get(addr, &format!("/api/v1/rest/runs/{RUN}/info/")).0 {
+            404 => Ok(()),
+            status => Err(status),
         }
-        assert_eq!(status, 200);
-        assert!(Instant::now() < deadline, "the deleted run is still served after 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await;
     let (status, body) = sdk::request(addr, "GET", "/api/v1/rest/runs/search/run/?q=", None);
     assert_eq!(status, 200);
     assert!(!body.contains(RUN), "the deleted run is absent from search");
@@ -226,15 +223,10 @@ async fn our_gateway_and_the_reference_gateway_write_records_of_the_same_shape_a
         .expect("start matyan gateway");
     let mut gateway = Server(child);
     let addr_file = dir.path().join("gateway.addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr: SocketAddr = loop {
-        if let Ok(text) = std::fs::read_to_string(&addr_file) {
-            break text.trim().parse().unwrap();
-        }
+    let addr: SocketAddr = common::wait::blocking_until_ok("gateway.addr written", Duration::from_secs(30), || {
         assert!(gateway.0.try_wait().unwrap().is_none(), "matyan gateway exited before listening");
-        assert!(Instant::now() < deadline, "matyan gateway did not write gateway.addr");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        std::fs::read_to_string(&addr_file).map(|text| text.trim().parse().unwrap())
+    });
     let u = url(addr);
     sdk::script(&py, &shape, &[("MATYAN_FRONTIER_URL", u.as_str()), ("MATYAN_BACKEND_URL", u.as_str())]);
 

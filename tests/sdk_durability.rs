@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sdk;
 use common::server::{self, Server};
@@ -117,11 +117,11 @@ async fn every_point_the_gateway_acknowledged_is_stored_exactly_once_after_a_kil
 
     let total = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = RUNS.iter().map(|run| tokio::spawn(stream(addr, run, Arc::clone(&total)))).collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while total.load(Ordering::SeqCst) < KILL_AFTER && !clients.iter().all(|c| c.is_finished()) {
-        assert!(Instant::now() < deadline, "only {} points acknowledged", total.load(Ordering::SeqCst));
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::wait::until_ok("enough points acknowledged", Duration::from_secs(120), || {
+        let acked = total.load(Ordering::SeqCst);
+        if acked >= KILL_AFTER || clients.iter().all(|c| c.is_finished()) { Ok(()) } else { Err(acked) }
+    })
+    .await;
     // SIGKILL: nothing of the server's shutdown path runs.
     serve.0.kill().unwrap();
     serve.0.wait().unwrap();
@@ -142,16 +142,13 @@ async fn every_point_the_gateway_acknowledged_is_stored_exactly_once_after_a_kil
         assert_eq!(exchange(&mut ws, &sentinel).await, Some(true), "the restarted gateway acknowledges");
         ws.close(None).await.unwrap();
 
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let (iters, values) = loop {
-            if let Some((iters, values)) = read_series(addr, run)
-                && values.last() == Some(&SENTINEL)
-            {
-                break (iters, values);
-            }
-            assert!(Instant::now() < deadline, "{run}: the frame sent after the restart was not applied in 120 s");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let what = format!("{run}: the frame sent after the restart applied");
+        let (iters, values) =
+            common::wait::until_ok(&what, Duration::from_secs(120), || match read_series(addr, run) {
+                Some((iters, values)) if values.last() == Some(&SENTINEL) => Ok((iters, values)),
+                other => Err(other.map(|(_, values)| values.len())),
+            })
+            .await;
 
         let sentinels = values.iter().rev().take_while(|v| **v == SENTINEL).count();
         assert_eq!(sentinels as u64, FRAME, "{run}: the frame after the restart is stored once");

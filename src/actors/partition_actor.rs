@@ -37,17 +37,18 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::run_actor::{
-    FlushFailure, FlushNow, Flushed, Flusher, Idle, Push, RunActor, RunActorConfig, Stop, Surrender, Surrendered,
-};
-use super::supervisor::Failure;
-use crate::ingest::dlq::Rejected;
+use super::flush::{FlushFailure, Flusher};
+use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, RunActorConfig};
+use super::run_actor::{FlushNow, Idle, Push, RunActor, Stop, Surrender, Surrendered};
+use super::stats::Stats;
+use crate::clock::Clock;
+use crate::ingest::dlq::{DeadLetterError, Rejected};
 use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Record, Source, SourceError, decode};
 
 /// Mailbox capacity of a partition actor, in deliveries (each is one poll's records of the partition).
@@ -155,29 +156,29 @@ impl OffsetTracker {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Deliver {
-    /// The records.
+    /// Records of other partitions, or at or below an offset already received, are ignored.
     pub records: Vec<Record>,
 }
 
 /// Flushes every run actor for `reason` and marks their offsets (shutdown, revoke).
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), ActorExit>")]
 pub struct Drain {
-    /// Why.
+    /// The reason the flushes are counted under (`shutdown` or `revoke`).
     pub reason: FlushReason,
 }
 
 /// Commits the current watermark now (after a drain, once queued flush reports are in).
 #[derive(Message)]
-#[rtype(result = "Result<Option<i64>, String>")]
+#[rtype(result = "Result<Option<i64>, ActorExit>")]
 pub struct CommitNow;
 
 /// The outcome of one delivery's dead letters: their offsets, or why the sink refused them.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct DeadLettered {
-    /// The offsets written, or the error's text.
-    pub result: Result<Vec<i64>, String>,
+    /// The offsets written, or the sink's error.
+    pub result: Result<Vec<i64>, DeadLetterError>,
 }
 
 /// Stops the actor now (its `killed` flag is already set).
@@ -206,11 +207,11 @@ struct RunSlot {
 type Routing<S> = Pin<Box<dyn ActorFuture<PartitionActor<S>, Output = bool>>>;
 
 /// What each run actor answered to a [`FlushNow`]: the offsets it flushed, or a failure.
-type FlushAnswers = Vec<(String, Result<Result<Vec<i64>, ()>, MailboxError>)>;
+type FlushAnswers = Vec<(String, Result<Result<Vec<i64>, ActorExit>, MailboxError>)>;
 
 /// What a partition actor is built from.
 pub struct PartitionSetup<S> {
-    /// The partition.
+    /// The partition whose records the actor takes (others delivered to it are ignored).
     pub partition: i32,
     /// The group's epoch (unique per start).
     pub epoch: u64,
@@ -230,6 +231,8 @@ pub struct PartitionSetup<S> {
     pub commit_interval: Duration,
     /// Live run actors at most (at least 1).
     pub max_run_actors: usize,
+    /// What the actor reads time from.
+    pub clock: Clock,
 }
 
 /// One partition's actor (see the module docs).
@@ -268,9 +271,9 @@ impl<S: Source + 'static> PartitionActor<S> {
         false
     }
 
-    fn fail(&self, cause: &'static str) {
+    fn fail(&self, cause: FailureCause) {
         let s = &self.setup;
-        let _ = s.failures.send(Failure { partition: s.partition, epoch: s.epoch, actor: "partition", cause });
+        let _ = s.failures.send(Failure { partition: s.partition, epoch: s.epoch, actor: ActorKind::Partition, cause });
     }
 
     fn slot(&mut self, run: &str, ctx: &mut Context<Self>) -> &mut RunSlot {
@@ -293,7 +296,7 @@ impl<S: Source + 'static> PartitionActor<S> {
                     s.failures.clone(),
                     Arc::clone(&s.killed),
                 );
-                s.flusher.stats.register_run(s.partition, run, s.epoch);
+                s.flusher.stats.runs.register(s.partition, run, s.epoch);
                 v.insert(RunSlot { addr: actor.start(), pushes: 0, incarnation })
             }
         }
@@ -369,7 +372,7 @@ impl<S: Source + 'static> PartitionActor<S> {
             let mut evicted = 0;
             for run in eviction.emptied {
                 if let Some(slot) = act.runs.remove(&run) {
-                    s.flusher.stats.unregister_run(s.partition, &run, s.epoch);
+                    s.flusher.stats.runs.unregister(s.partition, &run, s.epoch);
                     slot.addr.do_send(Stop);
                     evicted += 1;
                 }
@@ -379,11 +382,11 @@ impl<S: Source + 'static> PartitionActor<S> {
             match eviction.failed {
                 None => true,
                 Some(failure) => {
-                    tracing::warn!(partition = s.partition, cause = failure.cause, error = %failure.error, "eviction flush failed");
+                    tracing::warn!(partition = s.partition, cause = %failure.cause, error = %failure.error, "eviction flush failed");
                     let _ = s.failures.send(Failure {
                         partition: s.partition,
                         epoch: s.epoch,
-                        actor: "run",
+                        actor: ActorKind::Run,
                         cause: failure.cause,
                     });
                     false
@@ -399,7 +402,7 @@ impl<S: Source + 'static> PartitionActor<S> {
         let Some(watermark) = self.tracker.watermark() else { return };
         let partition = self.setup.partition;
         let stats = Arc::clone(&self.setup.flusher.stats);
-        if stats.partition(partition).committed.is_some_and(|c| c >= watermark) {
+        if stats.recovery.partition(partition).committed.is_some_and(|c| c >= watermark) {
             return;
         }
         self.committing = true;
@@ -446,14 +449,14 @@ impl<S: Source + 'static> Handler<Committed> for PartitionActor<S> {
             return;
         }
         if msg.failed == Some(false) {
-            self.fail("source_commit");
+            self.fail(FailureCause::SourceCommit);
         }
     }
 }
 
 /// A commit refused because the partition was revoked since the lease: another consumer owns it,
 /// and the supervisor stops this group when it handles the revocation.
-fn note_stale(stats: &super::stats::Stats, lease: Lease, offset: i64, e: &SourceError) {
+fn note_stale(stats: &Stats, lease: Lease, offset: i64, e: &SourceError) {
     stats.note_stale_commit();
     tracing::info!(
         partition = lease.partition,
@@ -475,7 +478,7 @@ impl<S: Source + 'static> Actor for PartitionActor<S> {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let s = &self.setup;
         for (run, slot) in self.runs.drain() {
-            s.flusher.stats.unregister_run(s.partition, &run, s.epoch);
+            s.flusher.stats.runs.unregister(s.partition, &run, s.epoch);
             slot.addr.do_send(Stop);
         }
         tracing::debug!(partition = s.partition, epoch = s.epoch, "partition actor stopped");
@@ -489,7 +492,7 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
         if self.stop_if_killed(ctx) {
             return AtomicResponse::new(Box::pin(actix::fut::ready(())));
         }
-        let started = Instant::now();
+        let started = self.setup.clock.now();
         let partition = self.setup.partition;
         let mut groups: Vec<(String, Vec<Entry>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
@@ -537,9 +540,9 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
             .into_actor(act)
         });
         AtomicResponse::new(Box::pin(fut.map(move |closed, act, ctx| {
-            crate::metrics::ingest_batch_processed(started.elapsed().as_secs_f64());
+            crate::metrics::ingest_batch_processed(act.setup.clock.since(started).as_secs_f64());
             if closed && !act.stop_if_killed(ctx) {
-                act.fail("mailbox_closed");
+                act.fail(FailureCause::MailboxClosed);
             }
         })))
     }
@@ -661,12 +664,11 @@ async fn send_dead_letters<S: Source + 'static>(
         Ok(()) => Ok(rejected
             .iter()
             .map(|r| {
-                flusher.stats.note_dead_letter(r.reason);
-                crate::metrics::ingest_error("validation");
+                flusher.stats.note_undecodable(r.reason);
                 r.offset
             })
             .collect()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     };
     // A report, like `Flushed`: the actor may be gone (killed, revoked), then nothing is marked
     // and the records are read again.
@@ -684,7 +686,7 @@ impl<S: Source + 'static> Handler<DeadLettered> for PartitionActor<S> {
             Ok(offsets) => offsets.into_iter().for_each(|o| self.tracker.done(o)),
             Err(e) => {
                 tracing::warn!(partition = self.setup.partition, error = %e, "dead letters could not be written");
-                self.fail("dead_letter");
+                self.fail(FailureCause::DeadLetter);
             }
         }
     }
@@ -715,7 +717,7 @@ impl<S: Source + 'static> Handler<Idle> for PartitionActor<S> {
         {
             self.lru.remove(&msg.run);
             let s = &self.setup;
-            s.flusher.stats.unregister_run(s.partition, &msg.run, s.epoch);
+            s.flusher.stats.runs.unregister(s.partition, &msg.run, s.epoch);
             slot.addr.do_send(Stop);
             tracing::debug!(partition = s.partition, run = %msg.run, "idle run actor stopped");
         }
@@ -723,11 +725,11 @@ impl<S: Source + 'static> Handler<Idle> for PartitionActor<S> {
 }
 
 impl<S: Source + 'static> Handler<Drain> for PartitionActor<S> {
-    type Result = AtomicResponse<Self, Result<(), String>>;
+    type Result = AtomicResponse<Self, Result<(), ActorExit>>;
 
     fn handle(&mut self, msg: Drain, ctx: &mut Self::Context) -> Self::Result {
         if self.stop_if_killed(ctx) {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err("partition actor killed".to_owned()))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorExit::Killed(ActorKind::Partition)))));
         }
         // Flushed with bounded concurrency (at scale, all at once would fail with
         // `transaction_too_old`); the records of a run that still fails are not marked, so the
@@ -748,17 +750,17 @@ impl<S: Source + 'static> Handler<Drain> for PartitionActor<S> {
                     _ => failed += 1,
                 }
             }
-            if failed > 0 { Err(format!("{failed} run actors failed to flush")) } else { Ok(()) }
+            if failed > 0 { Err(ActorExit::RunsNotFlushed(failed)) } else { Ok(()) }
         })))
     }
 }
 
 impl<S: Source + 'static> Handler<CommitNow> for PartitionActor<S> {
-    type Result = AtomicResponse<Self, Result<Option<i64>, String>>;
+    type Result = AtomicResponse<Self, Result<Option<i64>, ActorExit>>;
 
     fn handle(&mut self, _: CommitNow, ctx: &mut Self::Context) -> Self::Result {
         if self.stop_if_killed(ctx) {
-            return AtomicResponse::new(Box::pin(actix::fut::ready(Err("partition actor killed".to_owned()))));
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Err(ActorExit::Killed(ActorKind::Partition)))));
         }
         let watermark = self.tracker.watermark();
         let partition = self.setup.partition;
@@ -776,7 +778,7 @@ impl<S: Source + 'static> Handler<CommitNow> for PartitionActor<S> {
                     note_stale(&stats, lease, watermark, &e);
                     Ok(None)
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(ActorExit::Commit(e)),
             }
         };
         AtomicResponse::new(Box::pin(fut.into_actor(self)))

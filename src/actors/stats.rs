@@ -1,5 +1,12 @@
-//! Counters shared by the supervisor and the actors, read by [`PipelineHandle::counters`] without a
-//! message (so a counters request never queues behind data), and the registry of live run actors.
+//! What the supervisor and the actors share, read by [`PipelineHandle::counters`] without a message
+//! (so a counters request never queues behind data), in three parts that must not be confused:
+//! - [`Recovery`]: each partition's committed offset and first offset received, the state a
+//!   restart seeks to (its floor); losing it would replay or skip records;
+//! - [`Counters`]: what happened, for operators and tests; nothing decides on them;
+//! - [`RunRegistry`]: the live run actors, for chaos kills and the active gauge.
+//!
+//! Each event that counts has one `note_*` on [`Stats`], which updates the parts, records the
+//! metric of the catalogue and logs, so an event is never counted in two places.
 //!
 //! [`PipelineHandle::counters`]: super::PipelineHandle::counters
 
@@ -10,7 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::ingest::FlushReason;
+use super::models::{ActorKind, FailureCause};
+use crate::ingest::{ApplyOutcome, FlushReason};
 
 /// Progress of one partition as the pipeline knows it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -94,10 +102,49 @@ pub struct RunEntry {
     pub epoch: u64,
 }
 
-/// The shared counters.
+/// The state that decides recovery: per partition, the committed offset and the first offset
+/// received, from which a restarted group replays ([`PartitionCounters::floor`]).
 #[derive(Debug, Default)]
-pub struct Stats {
-    running: AtomicBool,
+pub struct Recovery {
+    partitions: Mutex<BTreeMap<i32, PartitionCounters>>,
+}
+
+impl Recovery {
+    /// Notes the first and highest offset received of a partition.
+    fn note_received(&self, partition: i32, first: i64, last: i64) {
+        let mut parts = self.partitions.lock();
+        let p = parts.entry(partition).or_default();
+        p.first_seen.get_or_insert(first);
+        p.received_end = Some(p.received_end.map_or(last + 1, |e| e.max(last + 1)));
+    }
+
+    /// Notes a commit to the source (never moving the committed offset back: an older group's late
+    /// commit may land after a newer one's); returns the records received and not committed.
+    fn note_committed(&self, partition: i32, offset: i64) -> i64 {
+        let mut parts = self.partitions.lock();
+        let p = parts.entry(partition).or_default();
+        p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));
+        p.lag()
+    }
+
+    /// Forgets a partition; returns the records it received and had not committed.
+    fn forget(&self, partition: i32) -> u64 {
+        self.partitions.lock().remove(&partition).map_or(0, |p| p.lag().max(0) as u64)
+    }
+
+    /// Returns one partition's progress.
+    pub fn partition(&self, partition: i32) -> PartitionCounters {
+        self.partitions.lock().get(&partition).copied().unwrap_or_default()
+    }
+
+    fn snapshot(&self) -> BTreeMap<i32, PartitionCounters> {
+        self.partitions.lock().clone()
+    }
+}
+
+/// What happened, counted for operators and tests (see [`PipelineCounters`] for each meaning).
+#[derive(Debug, Default)]
+pub struct Counters {
     consumed: AtomicU64,
     applied: AtomicU64,
     replayed: AtomicU64,
@@ -108,15 +155,90 @@ pub struct Stats {
     revoked_partitions: AtomicU64,
     revoked_uncommitted: AtomicU64,
     stale_commits: AtomicU64,
-    restarts: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    partitions: Mutex<BTreeMap<i32, PartitionCounters>>,
-    runs: Mutex<HashMap<(i32, String), RunEntry>>,
+    restarts: Mutex<BTreeMap<(ActorKind, FailureCause), u64>>,
     evicted_run_actors: AtomicU64,
-    peak_run_actors: AtomicUsize,
+}
+
+/// The live run actors of a pipeline.
+#[derive(Debug, Default)]
+pub struct RunRegistry {
+    runs: Mutex<HashMap<(i32, String), RunEntry>>,
+    peak: AtomicUsize,
+}
+
+impl RunRegistry {
+    /// Registers a live run actor.
+    pub fn register(&self, partition: i32, run: &str, epoch: u64) {
+        let mut runs = self.runs.lock();
+        runs.insert((partition, run.to_owned()), RunEntry { partition, epoch });
+        self.peak.fetch_max(runs.len(), Ordering::Relaxed);
+        crate::metrics::ingest_active_run_actors(runs.len());
+    }
+
+    /// Forgets a run actor, if the registered one is of `epoch` (a newer group may own it now).
+    pub fn unregister(&self, partition: i32, run: &str, epoch: u64) {
+        let mut runs = self.runs.lock();
+        let key = (partition, run.to_owned());
+        if runs.get(&key).is_some_and(|e| e.epoch == epoch) {
+            runs.remove(&key);
+        }
+        crate::metrics::ingest_active_run_actors(runs.len());
+    }
+
+    /// Finds the live run actor of `run`.
+    pub fn find(&self, run: &str) -> Option<RunEntry> {
+        self.runs.lock().iter().find(|((_, r), _)| r == run).map(|(_, e)| e.clone())
+    }
+
+    /// Picks a live run id, `seed` selecting among them.
+    pub fn pick(&self, seed: usize) -> Option<String> {
+        let runs = self.runs.lock();
+        if runs.is_empty() {
+            return None;
+        }
+        runs.keys().nth(seed % runs.len()).map(|(_, r)| r.clone())
+    }
+
+    /// Returns the live run actors now.
+    pub fn len(&self) -> usize {
+        self.runs.lock().len()
+    }
+
+    /// Tells whether no run actor is live.
+    pub fn is_empty(&self) -> bool {
+        self.runs.lock().is_empty()
+    }
+}
+
+/// One committed flush transaction, as [`Stats::note_flush`] records it.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushNote {
+    /// Why the batch was flushed.
+    pub reason: FlushReason,
+    /// The batch's estimated bytes (the reference's `txn_estimated_bytes`).
+    pub estimated_bytes: usize,
+    /// The transaction's approximate size at commit.
+    pub txn_bytes: usize,
+    /// From the slot wait to the commit.
+    pub seconds: f64,
+    /// Retries the transaction took.
+    pub retries: u64,
+}
+
+/// The state shared by the supervisor and the actors of one pipeline (see the module docs).
+#[derive(Debug, Default)]
+pub struct Stats {
+    running: AtomicBool,
+    /// What a restart replays from.
+    pub recovery: Recovery,
+    /// What happened, for operators and tests (nothing decides on it).
+    pub counters: Counters,
+    /// The live run actors.
+    pub runs: RunRegistry,
 }
 
 impl Stats {
-    /// Creates zeroed counters.
+    /// Creates zeroed state.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
@@ -133,25 +255,19 @@ impl Stats {
 
     /// Counts polled records and notes the first and highest offset per partition.
     pub fn note_polled(&self, partition: i32, first: i64, last: i64, count: usize) {
-        self.consumed.fetch_add(count as u64, Ordering::Relaxed);
-        let mut parts = self.partitions.lock();
-        let p = parts.entry(partition).or_default();
-        p.first_seen.get_or_insert(first);
-        p.received_end = Some(p.received_end.map_or(last + 1, |e| e.max(last + 1)));
+        self.counters.consumed.fetch_add(count as u64, Ordering::Relaxed);
+        self.recovery.note_received(partition, first, last);
     }
 
     /// Records a successful commit to the source; returns the records received and not committed
     /// (the consumer-lag gauge is the source's backlog, set by [`super::lag`]).
     pub fn note_committed(&self, partition: i32, offset: i64) -> i64 {
-        let mut parts = self.partitions.lock();
-        let p = parts.entry(partition).or_default();
-        p.committed = Some(p.committed.map_or(offset, |c| c.max(offset)));
-        p.lag()
+        self.recovery.note_committed(partition, offset)
     }
 
     /// Counts partitions assigned by a rebalance.
     pub fn note_assigned(&self, partitions: usize) {
-        self.assigned_partitions.fetch_add(partitions as u64, Ordering::Relaxed);
+        self.counters.assigned_partitions.fetch_add(partitions as u64, Ordering::Relaxed);
         crate::metrics::ingest_rebalance("assigned", partitions);
     }
 
@@ -159,9 +275,9 @@ impl Stats {
     /// and a later assignment starts from the group's committed offset. Returns the records it
     /// received and had not committed (what the new owner reads again).
     pub fn note_revoked(&self, partition: i32) -> u64 {
-        let dropped = self.partitions.lock().remove(&partition).map_or(0, |p| p.lag().max(0) as u64);
-        self.revoked_partitions.fetch_add(1, Ordering::Relaxed);
-        self.revoked_uncommitted.fetch_add(dropped, Ordering::Relaxed);
+        let dropped = self.recovery.forget(partition);
+        self.counters.revoked_partitions.fetch_add(1, Ordering::Relaxed);
+        self.counters.revoked_uncommitted.fetch_add(dropped, Ordering::Relaxed);
         crate::metrics::ingest_rebalance("revoked", 1);
         crate::metrics::ingest_revoked_uncommitted(dropped);
         crate::metrics::ingest_consumer_lag(partition, 0);
@@ -170,108 +286,93 @@ impl Stats {
 
     /// Counts a commit refused for a stale lease.
     pub fn note_stale_commit(&self) {
-        self.stale_commits.fetch_add(1, Ordering::Relaxed);
+        self.counters.stale_commits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Returns one partition's progress.
-    pub fn partition(&self, partition: i32) -> PartitionCounters {
-        self.partitions.lock().get(&partition).copied().unwrap_or_default()
+    /// Counts what one run's part of a committed transaction did: messages applied by kind,
+    /// tombstoned (counted as applied) and replayed. Its dead letters are counted by the caller,
+    /// which knows their offsets.
+    pub fn note_applied(&self, outcome: &ApplyOutcome) {
+        for (kind, n) in &outcome.applied {
+            crate::metrics::ingest_processed(kind.as_str(), *n);
+        }
+        let applied = outcome.applied_total() + outcome.tombstoned as u64;
+        self.counters.applied.fetch_add(applied, Ordering::Relaxed);
+        self.counters.replayed.fetch_add(outcome.replayed as u64, Ordering::Relaxed);
     }
 
-    /// Counts applied, replayed and dead-lettered entries of one flush.
-    pub fn note_applied(&self, applied: u64, replayed: u64) {
-        self.applied.fetch_add(applied, Ordering::Relaxed);
-        self.replayed.fetch_add(replayed, Ordering::Relaxed);
-    }
-
-    /// Counts one dead letter.
+    /// Counts one record dead-lettered at apply (or as a lone entry too large for a transaction).
     pub fn note_dead_letter(&self, reason: &'static str) {
-        self.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.counters.dead_letters.fetch_add(1, Ordering::Relaxed);
         crate::metrics::ingest_dead_letter(reason);
     }
 
-    /// Counts one flush.
-    pub fn note_flush(&self, reason: FlushReason) {
-        let i = FlushReason::ALL.iter().position(|r| *r == reason).unwrap_or(0);
-        self.flushes[i].fetch_add(1, Ordering::Relaxed);
+    /// Counts one record that did not decode, once the sink acknowledged its dead letter.
+    pub fn note_undecodable(&self, reason: &'static str) {
+        self.note_dead_letter(reason);
+        crate::metrics::ingest_error("validation");
+    }
+
+    /// Counts one committed flush transaction and records its sizes, duration and retries.
+    pub fn note_flush(&self, flush: FlushNote) {
+        let i = FlushReason::ALL.iter().position(|r| *r == flush.reason).unwrap_or(0);
+        self.counters.flushes[i].fetch_add(1, Ordering::Relaxed);
+        crate::metrics::ingest_flush(flush.reason.as_str(), flush.estimated_bytes, flush.txn_bytes, flush.seconds);
+        if flush.retries > 0 {
+            crate::metrics::ingest_retries(flush.retries);
+        }
+        tracing::trace!(
+            reason = flush.reason.as_str(),
+            txn_bytes = flush.txn_bytes,
+            retries = flush.retries,
+            "flush committed"
+        );
     }
 
     /// Adds back-pressure wait time.
     pub fn note_backpressure(&self, seconds: f64) {
-        self.backpressure_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.counters.backpressure_micros.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
         crate::metrics::ingest_backpressure(seconds);
     }
 
     /// Counts one restart.
-    pub fn note_restart(&self, actor: &'static str, cause: &'static str) {
-        *self.restarts.lock().entry((actor, cause)).or_insert(0) += 1;
-        crate::metrics::ingest_actor_restart(actor, cause);
-    }
-
-    /// Registers a live run actor.
-    pub fn register_run(&self, partition: i32, run: &str, epoch: u64) {
-        let mut runs = self.runs.lock();
-        runs.insert((partition, run.to_owned()), RunEntry { partition, epoch });
-        self.peak_run_actors.fetch_max(runs.len(), Ordering::Relaxed);
-        crate::metrics::ingest_active_run_actors(runs.len());
-    }
-
-    /// Forgets a run actor, if the registered one is of `epoch` (a newer group may own it now).
-    pub fn unregister_run(&self, partition: i32, run: &str, epoch: u64) {
-        let mut runs = self.runs.lock();
-        let key = (partition, run.to_owned());
-        if runs.get(&key).is_some_and(|e| e.epoch == epoch) {
-            runs.remove(&key);
-        }
-        crate::metrics::ingest_active_run_actors(runs.len());
+    pub fn note_restart(&self, actor: ActorKind, cause: FailureCause) {
+        *self.counters.restarts.lock().entry((actor, cause)).or_insert(0) += 1;
+        crate::metrics::ingest_actor_restart(actor.as_str(), cause.as_str());
     }
 
     /// Counts run actors evicted from a full partition (after their flush landed).
     pub fn note_evicted(&self, count: usize) {
-        self.evicted_run_actors.fetch_add(count as u64, Ordering::Relaxed);
+        self.counters.evicted_run_actors.fetch_add(count as u64, Ordering::Relaxed);
         crate::metrics::ingest_run_actor_evictions(count);
     }
 
-    /// Finds the live run actor of `run`.
-    pub fn find_run(&self, run: &str) -> Option<RunEntry> {
-        self.runs.lock().iter().find(|((_, r), _)| r == run).map(|(_, e)| e.clone())
-    }
-
-    /// Picks a live run id, `seed` selecting among them.
-    pub fn pick_run(&self, seed: usize) -> Option<String> {
-        let runs = self.runs.lock();
-        if runs.is_empty() {
-            return None;
-        }
-        runs.keys().nth(seed % runs.len()).map(|(_, r)| r.clone())
-    }
-
-    /// Returns a snapshot.
+    /// Returns a snapshot of the three parts, read without a message.
     pub fn snapshot(&self) -> PipelineCounters {
+        let c = &self.counters;
         let flushes = FlushReason::ALL
             .iter()
-            .zip(self.flushes.iter())
+            .zip(c.flushes.iter())
             .map(|(r, n)| (r.as_str().to_owned(), n.load(Ordering::Relaxed)))
             .collect();
-        let restarts =
-            self.restarts.lock().iter().map(|((actor, cause), n)| (format!("{actor}/{cause}"), *n)).collect();
+        let restarts = c.restarts.lock().iter().map(|((actor, cause), n)| (format!("{actor}/{cause}"), *n)).collect();
         PipelineCounters {
             running: self.is_running(),
-            consumed: self.consumed.load(Ordering::Relaxed),
-            applied: self.applied.load(Ordering::Relaxed),
-            replayed: self.replayed.load(Ordering::Relaxed),
-            dead_letters: self.dead_letters.load(Ordering::Relaxed),
+            consumed: c.consumed.load(Ordering::Relaxed),
+            applied: c.applied.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            dead_letters: c.dead_letters.load(Ordering::Relaxed),
             flushes,
             restarts,
-            active_run_actors: self.runs.lock().len(),
-            backpressure_seconds: self.backpressure_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            assigned_partitions: self.assigned_partitions.load(Ordering::Relaxed),
-            revoked_partitions: self.revoked_partitions.load(Ordering::Relaxed),
-            revoked_uncommitted: self.revoked_uncommitted.load(Ordering::Relaxed),
-            stale_commits: self.stale_commits.load(Ordering::Relaxed),
-            partitions: self.partitions.lock().clone(),
-            evicted_run_actors: self.evicted_run_actors.load(Ordering::Relaxed),
-            peak_run_actors: self.peak_run_actors.load(Ordering::Relaxed),
+            active_run_actors: self.runs.len(),
+            backpressure_seconds: c.backpressure_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            assigned_partitions: c.assigned_partitions.load(Ordering::Relaxed),
+            revoked_partitions: c.revoked_partitions.load(Ordering::Relaxed),
+            revoked_uncommitted: c.revoked_uncommitted.load(Ordering::Relaxed),
+            stale_commits: c.stale_commits.load(Ordering::Relaxed),
+            partitions: self.recovery.snapshot(),
+            evicted_run_actors: c.evicted_run_actors.load(Ordering::Relaxed),
+            peak_run_actors: self.runs.peak.load(Ordering::Relaxed),
         }
     }
 }
@@ -283,12 +384,12 @@ mod tests {
     #[test]
     fn floor_prefers_the_committed_offset_and_lag_counts_from_it() {
         let s = Stats::default();
-        assert_eq!(s.partition(0).floor(), None);
+        assert_eq!(s.recovery.partition(0).floor(), None);
         s.note_polled(0, 5, 9, 5);
-        assert_eq!((s.partition(0).floor(), s.partition(0).lag()), (Some(5), 5));
+        assert_eq!((s.recovery.partition(0).floor(), s.recovery.partition(0).lag()), (Some(5), 5));
         assert_eq!(s.note_committed(0, 8), 2);
         s.note_committed(0, 7); // an older group's late commit never moves it back
-        assert_eq!(s.partition(0).floor(), Some(8));
+        assert_eq!(s.recovery.partition(0).floor(), Some(8));
     }
 
     #[test]
@@ -297,7 +398,7 @@ mod tests {
         s.note_polled(3, 10, 29, 20);
         s.note_committed(3, 25);
         assert_eq!(s.note_revoked(3), 5);
-        assert_eq!(s.partition(3), PartitionCounters::default(), "a later assignment starts from the group");
+        assert_eq!(s.recovery.partition(3), PartitionCounters::default(), "a later assignment starts from the group");
         let c = s.snapshot();
         assert_eq!((c.revoked_partitions, c.revoked_uncommitted), (1, 5));
     }
@@ -305,11 +406,11 @@ mod tests {
     #[test]
     fn run_registry_ignores_stale_epochs() {
         let s = Stats::default();
-        s.register_run(1, "r", 1);
-        s.register_run(1, "r", 2);
-        s.unregister_run(1, "r", 1);
-        assert_eq!(s.find_run("r").map(|e| e.epoch), Some(2));
-        s.unregister_run(1, "r", 2);
-        assert!(s.find_run("r").is_none());
+        s.runs.register(1, "r", 1);
+        s.runs.register(1, "r", 2);
+        s.runs.unregister(1, "r", 1);
+        assert_eq!(s.runs.find("r").map(|e| e.epoch), Some(2));
+        s.runs.unregister(1, "r", 2);
+        assert!(s.runs.find("r").is_none());
     }
 }

@@ -50,24 +50,14 @@ use actix::prelude::*;
 use tokio::sync::mpsc::{Receiver, UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::sync::oneshot;
 
+use super::flush::Flusher;
+use super::models::{
+    ActorExit, ActorKind, Failure, FailureCause, KillTarget, PipelineConfig, PipelineError, RunActorConfig,
+};
 use super::partition_actor::{CommitNow, Deliver, Drain, KillNow, PartitionActor, PartitionSetup};
-use super::pipeline::{KillTarget, PipelineConfig, PipelineError};
-use super::run_actor::{Flusher, RunActorConfig};
 use super::stats::Stats;
+use crate::clock::Clock;
 use crate::ingest::{AssignmentEvent, FlushReason, Lease, Record, Source, SourceError};
-
-/// A failure reported by an actor of partition group `epoch`.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    /// The partition of the group.
-    pub partition: i32,
-    /// The group's epoch; reports of an older group are ignored.
-    pub epoch: u64,
-    /// `partition` or `run`.
-    pub actor: &'static str,
-    /// Bounded cause label.
-    pub cause: &'static str,
-}
 
 /// Requests of the [`PipelineHandle`](super::PipelineHandle), on a channel of their own so they
 /// never queue behind data.
@@ -159,7 +149,11 @@ impl<S: Source + 'static> Supervisor<S> {
         control: Receiver<Control>,
     ) -> Self {
         let (failures_tx, failures_rx) = unbounded_channel();
-        let run_config = Arc::new(RunActorConfig { budget: config.budget, idle_timeout: config.run_idle_timeout });
+        let run_config = Arc::new(RunActorConfig {
+            budget: config.budget,
+            idle_timeout: config.run_idle_timeout,
+            clock: config.clock,
+        });
         let source_backoff = Backoff::new(config.restart_backoff_initial, config.restart_backoff_max);
         Self {
             source,
@@ -202,18 +196,18 @@ impl<S: Source + 'static> Supervisor<S> {
                 Ok(Ok(records)) => records,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, retryable = e.is_retryable(), "source poll failed");
-                    self.restart_all("source_error");
+                    self.restart_all(FailureCause::SourceError);
                     continue;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "source poll panicked");
-                    self.restart_all("panic");
+                    self.restart_all(FailureCause::Panic);
                     continue;
                 }
             };
             if records.is_empty() {
                 if killed {
-                    self.restart_all("chaos");
+                    self.restart_all(FailureCause::Chaos);
                 }
                 continue;
             }
@@ -229,20 +223,21 @@ impl<S: Source + 'static> Supervisor<S> {
                 }
             }
             if killed {
-                self.restart_all("chaos");
+                self.restart_all(FailureCause::Chaos);
                 continue;
             }
             let routes: Vec<(i32, Addr<PartitionActor<S>>)> =
                 self.groups.iter().map(|(p, g)| (*p, g.addr.clone())).collect();
-            let deliveries = actix_rt::spawn(dispatch(by_partition, routes, Arc::clone(&self.stats)));
+            let deliveries =
+                actix_rt::spawn(dispatch(by_partition, routes, Arc::clone(&self.stats), self.config.clock));
             let (delivered, killed) = self.wait(deliveries, Step::Dispatch, &mut shutdown).await;
             match delivered {
                 Ok(()) if !killed => {}
-                Ok(()) => self.restart_all("chaos"),
-                Err(e) if e.is_cancelled() => self.restart_all("chaos"),
+                Ok(()) => self.restart_all(FailureCause::Chaos),
+                Err(e) if e.is_cancelled() => self.restart_all(FailureCause::Chaos),
                 Err(e) => {
                     tracing::error!(error = %e, "source loop panicked");
-                    self.restart_all("panic");
+                    self.restart_all(FailureCause::Panic);
                 }
             }
         }
@@ -354,6 +349,7 @@ impl<S: Source + 'static> Supervisor<S> {
             killed: Arc::clone(&killed),
             commit_interval: self.config.commit_interval,
             max_run_actors: self.config.max_run_actors_per_partition,
+            clock: self.config.clock,
         });
         self.groups.insert(partition, Group { addr: actor.start(), killed, epoch, lease });
         tracing::debug!(partition, epoch, lease_epoch = lease.epoch, "partition group started");
@@ -367,14 +363,14 @@ impl<S: Source + 'static> Supervisor<S> {
 
     /// Stops a group without flushing and schedules its restart; `count` records the restart
     /// under `actor`/`cause` and applies the backoff.
-    fn kill_group(&mut self, partition: i32, actor: &'static str, cause: &'static str, count: bool) {
+    fn kill_group(&mut self, partition: i32, actor: ActorKind, cause: FailureCause, count: bool) {
         let Some(group) = self.groups.remove(&partition) else { return };
         Self::stop_group(&group);
         if let Err(e) = self.source.pause(partition) {
             tracing::warn!(partition, error = %e, "cannot pause partition");
         }
-        let now = Instant::now();
-        let delay = if !count || cause == "chaos" {
+        let now = self.config.clock.now();
+        let delay = if !count || cause == FailureCause::Chaos {
             Duration::ZERO
         } else {
             let (initial, max) = (self.config.restart_backoff_initial, self.config.restart_backoff_max);
@@ -386,22 +382,26 @@ impl<S: Source + 'static> Supervisor<S> {
         tracing::info!(
             partition,
             epoch = group.epoch,
-            actor,
-            cause,
+            actor = actor.as_str(),
+            cause = cause.as_str(),
             delay_ms = delay.as_millis() as u64,
             "partition group stopped, restart scheduled"
         );
         self.pending.insert(partition, now + delay);
     }
 
-    fn restart_all(&mut self, cause: &'static str) {
-        self.stats.note_restart("source", cause);
-        let delay = if cause == "chaos" { Duration::ZERO } else { self.source_backoff.next(Instant::now()) };
+    fn restart_all(&mut self, cause: FailureCause) {
+        self.stats.note_restart(ActorKind::Source, cause);
+        let delay = if cause == FailureCause::Chaos {
+            Duration::ZERO
+        } else {
+            self.source_backoff.next(self.config.clock.now())
+        };
         let partitions: Vec<i32> = self.groups.keys().copied().collect();
         for p in partitions {
-            self.kill_group(p, "source", cause, false);
+            self.kill_group(p, ActorKind::Source, cause, false);
         }
-        let due = Instant::now() + delay;
+        let due = self.config.clock.now() + delay;
         for at in self.pending.values_mut() {
             *at = (*at).max(due);
         }
@@ -410,7 +410,7 @@ impl<S: Source + 'static> Supervisor<S> {
     /// Restarts the partitions whose restart is due: seek to the floor, resume, fresh group under
     /// the partition's current lease.
     fn restart_due(&mut self) {
-        let now = Instant::now();
+        let now = self.config.clock.now();
         let due: Vec<i32> = self.pending.iter().filter(|(_, at)| **at <= now).map(|(p, _)| *p).collect();
         for p in due {
             let Some(lease) = self.source.lease(p) else {
@@ -418,7 +418,7 @@ impl<S: Source + 'static> Supervisor<S> {
                 self.pending.remove(&p);
                 continue;
             };
-            let floor = self.stats.partition(p).floor();
+            let floor = self.stats.recovery.partition(p).floor();
             if let Some(offset) = floor
                 && let Err(e) = self.source.seek(p, offset)
             {
@@ -437,7 +437,7 @@ impl<S: Source + 'static> Supervisor<S> {
 
     fn on_failure(&mut self, failure: &Failure) {
         if self.groups.get(&failure.partition).is_some_and(|g| g.epoch == failure.epoch) {
-            tracing::warn!(partition = failure.partition, actor = failure.actor, cause = failure.cause, "actor failed");
+            tracing::warn!(partition = failure.partition, actor = %failure.actor, cause = %failure.cause, "actor failed");
             self.kill_group(failure.partition, failure.actor, failure.cause, true);
         }
     }
@@ -450,7 +450,7 @@ impl<S: Source + 'static> Supervisor<S> {
                 match seed % 3 {
                     0 => KillTarget::Source,
                     1 if !partitions.is_empty() => KillTarget::Partition(partitions[(seed / 3) % partitions.len()]),
-                    _ => match self.stats.pick_run(seed / 3) {
+                    _ => match self.stats.runs.pick(seed / 3) {
                         Some(run) => KillTarget::Run(run),
                         None => KillTarget::Source,
                     },
@@ -464,16 +464,17 @@ impl<S: Source + 'static> Supervisor<S> {
                 if !self.groups.contains_key(&p) {
                     return Err(PipelineError::NoSuchTarget(format!("partition {p} has no live actor")));
                 }
-                self.kill_group(p, "partition", "chaos", true);
+                self.kill_group(p, ActorKind::Partition, FailureCause::Chaos, true);
                 Ok(format!("partition {p}"))
             }
             KillTarget::Run(run) => {
                 let entry = self
                     .stats
-                    .find_run(&run)
+                    .runs
+                    .find(&run)
                     .filter(|e| self.groups.get(&e.partition).is_some_and(|g| g.epoch == e.epoch))
                     .ok_or_else(|| PipelineError::NoSuchTarget(format!("run {run} has no live actor")))?;
-                self.kill_group(entry.partition, "run", "chaos", true);
+                self.kill_group(entry.partition, ActorKind::Run, FailureCause::Chaos, true);
                 Ok(format!("run {run} (partition {})", entry.partition))
             }
             KillTarget::Random => Err(PipelineError::NoSuchTarget("nothing to kill".to_owned())),
@@ -573,15 +574,15 @@ impl<S: Source + 'static> Supervisor<S> {
         for group in groups.values() {
             Self::stop_group(group);
         }
-        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        let errors: Vec<String> = results.into_iter().filter_map(|r| r.err().map(|e| e.to_string())).collect();
         if errors.is_empty() { Ok(()) } else { Err(PipelineError::Flush(errors.join("; "))) }
     }
 }
 
 /// Flushes a group's runs, then commits its watermark (after the flush reports queued meanwhile).
-async fn drain_group<S: Source + 'static>(group: &Group<S>, reason: FlushReason) -> Result<(), String> {
-    group.addr.send(Drain { reason }).await.map_err(|e| e.to_string())??;
-    group.addr.send(CommitNow).await.map_err(|e| e.to_string())?.map(|_| ())
+async fn drain_group<S: Source + 'static>(group: &Group<S>, reason: FlushReason) -> Result<(), ActorExit> {
+    group.addr.send(Drain { reason }).await??;
+    group.addr.send(CommitNow).await?.map(|_| ())
 }
 
 /// The first step of the source loop: one poll.
@@ -598,19 +599,98 @@ async fn dispatch<S: Source + 'static>(
     by_partition: BTreeMap<i32, Vec<Record>>,
     routes: Vec<(i32, Addr<PartitionActor<S>>)>,
     stats: Arc<Stats>,
+    clock: Clock,
 ) {
-    let started = Instant::now();
+    let started = clock.now();
     // A partition without a route is waiting for a restart: it replays from its floor.
     let sends = by_partition.into_iter().filter_map(|(p, records)| {
         routes.iter().find(|(q, _)| *q == p).map(|(_, addr)| addr.send(Deliver { records }))
     });
     futures_util::future::join_all(sends).await;
-    stats.note_backpressure(started.elapsed().as_secs_f64());
+    stats.note_backpressure(clock.since(started).as_secs_f64());
 }
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::actors::flush::FLUSH_TRANSACTIONS;
+    use crate::actors::testing::{self, FakeSource, create_run, metric, run_paused, until};
+    use crate::ingest::BatchBudget;
+
+    /// Starts a supervisor over `source` (counts flushes at 2 messages or 3 s); returns its control
+    /// channel and its task.
+    fn start(source: &Arc<FakeSource>, flusher: &Flusher) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
+        let config = PipelineConfig {
+            budget: BatchBudget { max_bytes: 1 << 20, max_messages: 2, max_age: Duration::from_secs(3) },
+            clock: flusher.clock,
+            ..PipelineConfig::default()
+        };
+        let (control, control_rx) = mpsc::channel(8);
+        let stats = Arc::clone(&flusher.stats);
+        let supervisor = Supervisor::new(Arc::clone(source), config, flusher.clone(), stats, control_rx);
+        (control, actix_rt::spawn(supervisor.run()))
+    }
+
+    async fn shutdown(control: mpsc::Sender<Control>, task: tokio::task::JoinHandle<()>) -> Result<(), PipelineError> {
+        let (reply, answer) = oneshot::channel();
+        control.send(Control::Shutdown(reply)).await.expect("the supervisor listens");
+        let result = answer.await.expect("the supervisor answers");
+        task.await.expect("the supervisor ends");
+        result
+    }
+
+    #[test]
+    fn a_partition_revoked_while_its_flush_is_in_flight_commits_nothing_past_it_and_the_flight_still_lands() {
+        run_paused(async {
+            let source = FakeSource::new(1);
+            // No transaction slot: the run's first flight waits before opening its transaction.
+            let flusher = testing::flusher(0).await;
+            let (control, task) = start(&source, &flusher);
+            source.append(0, create_run("r1"));
+            source.append(0, metric("r1", 1));
+            until("both records are polled", || flusher.stats.snapshot().consumed == 2).await;
+            source.revoke(0);
+            until("the revocation is handled", || flusher.stats.snapshot().revoked_partitions == 1).await;
+            flusher.transactions.add_permits(FLUSH_TRANSACTIONS);
+            until("the flight lands", || flusher.stats.snapshot().applied == 2).await;
+            testing::advance(Duration::from_secs(1)).await;
+
+            assert_eq!(testing::checkpoint(&flusher, "r1", 0).await, Some(1), "the new owner skips what landed");
+            assert!(source.committed(0).unwrap_or(0) == 0, "the revoked group committed nothing past its flight");
+            let counters = flusher.stats.snapshot();
+            assert_eq!((counters.revoked_uncommitted, counters.restarts_total()), (2, 0), "{counters:?}");
+            assert_eq!(shutdown(control, task).await.ok(), Some(()));
+        });
+    }
+
+    #[test]
+    fn a_partition_killed_midway_seeks_back_to_its_committed_offset_and_replays_only_what_was_not_flushed() {
+        run_paused(async {
+            let source = FakeSource::new(1);
+            let flusher = testing::flusher(FLUSH_TRANSACTIONS).await;
+            let (control, task) = start(&source, &flusher);
+            source.append(0, create_run("r1"));
+            source.append(0, metric("r1", 1));
+            until("the first batch is committed to the source", || source.committed(0) == Some(2)).await;
+            source.append(0, metric("r1", 2));
+            until("the third record is polled", || flusher.stats.snapshot().consumed == 3).await;
+
+            let (reply, answer) = oneshot::channel();
+            control.send(Control::Kill(KillTarget::Partition(0), reply)).await.expect("the supervisor listens");
+            assert_eq!(answer.await.expect("answered").ok().as_deref(), Some("partition 0"));
+            until("the restarted group replays", || flusher.stats.snapshot().consumed == 4).await;
+            assert_eq!(source.seeks(), [(0, 2)], "the restart seeks to the committed offset");
+            assert_eq!(shutdown(control, task).await.ok(), Some(()));
+
+            assert_eq!(testing::checkpoint(&flusher, "r1", 0).await, Some(2));
+            assert_eq!(source.committed(0), Some(3));
+            let counters = flusher.stats.snapshot();
+            assert_eq!((counters.applied, counters.replayed), (3, 0), "each record applied once: {counters:?}");
+            assert_eq!(counters.restarts.get("partition/chaos"), Some(&1));
+        });
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap_and_resets_after_a_stable_period() {

@@ -51,28 +51,22 @@ use std::collections::{HashMap, HashSet};
 
 use sha2::{Digest, Sha256};
 
-use super::dlq;
+use super::dead_letter;
 use super::message::{
     BlobRef, CreateRun, FinishRun, LogCustomObject, LogHparams, LogMetric, LogRecord, LogTerminalLine, MessageType,
     Payload, SetRunProperty, TagChange,
 };
 use super::run_batch::Entry;
 use crate::storage::kv::{KvError, RangeOption, RetryableError, Transaction};
+use crate::storage::layout::ours::OutboxAt;
 use crate::storage::layout::sequences::SeqError;
 use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
 use crate::storage::tree;
-use crate::storage::tuple::{self, Elem};
+use crate::storage::tuple::Elem;
 use crate::storage::value::{self, Value};
 
-/// Tag of checkpoint keys in our directory.
-pub const APPLIED: &str = "applied";
-/// Tag of outbox keys in our directory.
-pub const OUTBOX: &str = "outbox";
-/// Tag of dead-letter keys in our directory.
-pub const DLQ: &str = "dlq";
-
-/// Longest error detail kept in a dead-letter record (the rest is cut).
-const MAX_DETAIL: usize = 512;
+pub use crate::clock::rfc3339_utc;
+pub use crate::storage::layout::ours::{APPLIED, DLQ, OUTBOX};
 
 /// Errors that fail a whole batch: the caller retries the transaction or splits the batch.
 #[derive(Debug, thiserror::Error)]
@@ -170,23 +164,7 @@ pub struct OutboxEvent {
     pub event: Value,
 }
 
-/// A dead-lettered record to store under `("dlq", partition, offset)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeadLetter {
-    /// Bounded reason label.
-    pub reason: String,
-    /// The record key (the run id) when known.
-    pub key: Option<String>,
-    /// The original record value, when the writer has it. [`Applier::apply`] works on decoded
-    /// entries, which do not carry their bytes, so it stores `None` and names the type instead.
-    pub value: Option<Vec<u8>>,
-    /// When it was dead-lettered (POSIX seconds).
-    pub timestamp: f64,
-    /// The message type, when known.
-    pub message_type: Option<String>,
-    /// The error's text.
-    pub detail: String,
-}
+pub use super::dead_letter::DeadLetter;
 
 /// A stored dead letter with its position.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,7 +173,7 @@ pub struct DeadLetterRecord {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
-    /// The stored map.
+    /// The stored map, as `write_dead_letter` documents it.
     pub record: Value,
 }
 
@@ -290,9 +268,9 @@ impl Applier {
         &self.layout
     }
 
-    /// The checkpoint key `⟨ours⟩ + pack(("applied", R, partition))`.
+    /// The checkpoint key of `run` in `partition` ([`Ours::checkpoint`](crate::storage::layout::Ours::checkpoint)).
     pub fn checkpoint_key(&self, run: &str, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(&self.layout.dirs.ours, &[Elem::from(APPLIED), Elem::from(run), Elem::from(partition)])
+        self.layout.ours.checkpoint(run, partition)
     }
 
     /// Reads the highest applied offset of `partition` for `run` (`None` before the first apply).
@@ -376,7 +354,7 @@ impl Applier {
                 Ok(()) => {
                     *outcome.applied.entry(msg.kind()).or_insert(0) += 1;
                     if is_delete {
-                        self.record_deleted(tx, run, entry, now)?;
+                        self.record_deleted(tx, run, entry, now).await?;
                         outcome.deleted = true;
                         deleted = Some(true);
                         // Contexts written before the delete are gone with the run.
@@ -437,17 +415,17 @@ impl Applier {
         Ok(())
     }
 
-    /// The dead-letter key `⟨ours⟩ + pack(("dlq", partition, offset))`.
+    /// The dead-letter key of the record at `partition`/`offset`.
     pub fn dead_letter_key(&self, partition: i32, offset: i64) -> Vec<u8> {
-        tuple::pack_with_prefix(&self.layout.dirs.ours, &[Elem::from(DLQ), Elem::from(partition), Elem::from(offset)])
+        self.layout.ours.dead_letter(partition, offset)
     }
 
     /// Writes a dead letter (also for records that failed to decode, with their bytes) as the
     /// msgpack map `{"reason","key","value","timestamp","type","detail"}`; absent parts are nil.
     /// Whatever the record's size the letter stays bounded: a value longer than
-    /// [`dlq::MAX_STORED_VALUE_BYTES`] keeps that prefix plus `truncated`, `value_len` and
-    /// `value_sha256`, a key longer than [`dlq::MAX_STORED_KEY_BYTES`] is cut and its `key_len`
-    /// kept (the stored format is documented in [`crate::ingest::dlq`]).
+    /// [`dead_letter::MAX_STORED_VALUE_BYTES`] keeps that prefix plus `truncated`, `value_len` and
+    /// `value_sha256`, a key longer than [`dead_letter::MAX_STORED_KEY_BYTES`] is cut and its
+    /// `key_len` kept (the stored format is documented in [`crate::ingest::dlq`]).
     pub fn write_dead_letter(
         &self,
         tx: &Transaction,
@@ -455,33 +433,7 @@ impl Applier {
         offset: i64,
         letter: &DeadLetter,
     ) -> Result<(), ApplyError> {
-        let key = letter.key.as_deref().map(|k| (dlq::cut_str(k, dlq::MAX_STORED_KEY_BYTES), k.len()));
-        let (value, truncation) = match letter.value.as_deref() {
-            Some(v) => {
-                let (kept, truncation) = dlq::bound_value(v, dlq::MAX_STORED_VALUE_BYTES);
-                (Value::Bin(kept.to_vec()), truncation)
-            }
-            None => (Value::Nil, None),
-        };
-        let mut fields = vec![
-            (Value::from("reason"), Value::from(letter.reason.as_str())),
-            (Value::from("key"), key.map_or(Value::Nil, |(k, _)| Value::from(k))),
-            (Value::from("value"), value),
-            (Value::from("timestamp"), Value::Float(letter.timestamp)),
-            (Value::from("type"), letter.message_type.as_deref().map_or(Value::Nil, Value::from)),
-            (Value::from("detail"), Value::from(dlq::cut_str(&letter.detail, MAX_DETAIL))),
-        ];
-        if let Some(t) = truncation {
-            fields.push((Value::from("truncated"), Value::Bool(true)));
-            fields.push((Value::from("value_len"), Value::Int(t.len as i128)));
-            fields.push((Value::from("value_sha256"), Value::Str(t.sha256)));
-        }
-        if let Some((kept, len)) = key
-            && kept.len() < len
-        {
-            fields.push((Value::from("key_len"), Value::Int(len as i128)));
-        }
-        let map = Value::Map(fields);
+        let map = dead_letter::stored_value(letter);
         let bytes = value::encode(&map).map_err(|e| ApplyError::Corrupt(format!("dead letter: {e}")))?;
         tx.set(&self.dead_letter_key(partition, offset), &bytes);
         Ok(())
@@ -493,12 +445,9 @@ impl Applier {
         Ok(rows.into_iter().map(|(partition, offset, record)| DeadLetterRecord { partition, offset, record }).collect())
     }
 
-    /// The outbox key `⟨ours⟩ + pack(("outbox", partition, offset))`.
+    /// The outbox key of the record at `partition`/`offset`.
     pub fn outbox_key(&self, partition: i32, offset: i64) -> Vec<u8> {
-        tuple::pack_with_prefix(
-            &self.layout.dirs.ours,
-            &[Elem::from(OUTBOX), Elem::from(partition), Elem::from(offset)],
-        )
+        self.layout.ours.outbox(partition, offset)
     }
 
     /// Lists pending outbox events in `(partition, offset)` order, at most `limit` (0: all).
@@ -515,54 +464,44 @@ impl Applier {
     async fn list_positions(
         &self,
         tx: &Transaction,
-        tag: &str,
+        tag: &'static str,
         limit: usize,
     ) -> Result<Vec<(i32, i64, Value)>, ApplyError> {
-        let scope = [Elem::from(tag)];
-        let (b, e) = tuple::range(&self.layout.dirs.ours, &scope);
-        let base = tuple::pack_with_prefix(&self.layout.dirs.ours, &scope);
+        let ours = &self.layout.ours;
+        let (b, e) = ours.positions(tag);
         let mut out = Vec::new();
         for kv in tx.get_range(&RangeOption::new(b, e).limit(limit), false).await? {
-            let rest =
-                tuple::unpack(&kv.key[base.len()..]).map_err(|e| ApplyError::Corrupt(format!("{tag} key: {e}")))?;
-            let (partition, offset) = match rest.as_slice() {
-                [Elem::Int(p), Elem::Int(o)] => (
-                    i32::try_from(*p).map_err(|_| ApplyError::Corrupt(format!("{tag} partition {p}")))?,
-                    i64::try_from(*o).map_err(|_| ApplyError::Corrupt(format!("{tag} offset {o}")))?,
-                ),
-                _ => return Err(ApplyError::Corrupt(format!("{tag} key is not (partition, offset)"))),
-            };
+            let (partition, offset) =
+                ours.decode_position(tag, &kv.key).map_err(|e| ApplyError::Corrupt(e.to_string()))?;
             let v = value::decode(&kv.value).map_err(|e| ApplyError::Corrupt(format!("{tag} value: {e}")))?;
             out.push((partition, offset, v));
         }
         Ok(out)
     }
 
-    /// Writes the `run_deleted` outbox event of a `delete_run` record.
-    fn record_deleted(&self, tx: &Transaction, run: &str, entry: &Entry, now: f64) -> Result<(), ApplyError> {
+    /// Writes the `run_deleted` outbox event of a `delete_run` record, keyed by the record.
+    async fn record_deleted(&self, tx: &Transaction, run: &str, entry: &Entry, now: f64) -> Result<(), ApplyError> {
         let event = run_deleted_event(run, now);
         let bytes = value::encode(&event).map_err(|e| ApplyError::Corrupt(format!("outbox event: {e}")))?;
-        tx.set(&self.outbox_key(entry.partition, entry.offset), &bytes);
+        let at = OutboxAt::Record { partition: entry.partition, offset: entry.offset };
+        self.layout.ours.put_outbox(tx, at, &bytes).await?;
         Ok(())
     }
 }
 
 /// The control event `{"type":"run_deleted","timestamp":…,"payload":{"run_id":R}}` (§1.5).
 pub fn run_deleted_event(run: &str, now: f64) -> Value {
-    Value::Map(vec![
-        (Value::from("type"), Value::from("run_deleted")),
-        (Value::from("timestamp"), Value::Str(rfc3339_utc(now))),
-        (Value::from("payload"), Value::Map(vec![(Value::from("run_id"), Value::from(run))])),
-    ])
+    control_event("run_deleted", "run_id", run, now)
 }
 
-/// Formats POSIX seconds as RFC 3339 in UTC with microseconds, e.g. `2025-01-01T00:00:00.000000Z`.
-pub fn rfc3339_utc(secs: f64) -> String {
-    #[allow(clippy::cast_possible_truncation)]
-    let micros = (secs * 1e6).round() as i64;
-    let mut out = crate::clock::iso_datetime(micros, crate::clock::Fraction::Always);
-    out.push('Z');
-    out
+/// A control event `{"type": kind, "timestamp": RFC 3339 of now, "payload": {payload_key: id}}`
+/// (§1.5), as the outbox stores it for every kind.
+pub fn control_event(kind: &str, payload_key: &str, id: &str, now: f64) -> Value {
+    Value::Map(vec![
+        (Value::from("type"), Value::from(kind)),
+        (Value::from("timestamp"), Value::Str(rfc3339_utc(now))),
+        (Value::from("payload"), Value::Map(vec![(Value::from(payload_key), Value::from(id))])),
+    ])
 }
 
 impl Scope<'_> {

@@ -55,13 +55,15 @@
 //! and `original_sha256` (hex). Letters staged in the keyspace and cut there carry the same headers
 //! when forwarded.
 
+use super::dead_letter::MAX_DETAIL;
+pub(crate) use super::dead_letter::cut_str;
+pub use super::dead_letter::{MAX_STORED_KEY_BYTES, MAX_STORED_VALUE_BYTES, Truncation, bound_value};
 use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::clock::now_secs;
@@ -94,14 +96,6 @@ pub mod headers {
     pub const ORIGINAL_SHA256: &str = "original_sha256";
 }
 
-/// Longest original value a stored (or oversized forwarded) dead letter keeps; longer values keep
-/// this prefix plus their length and digest. With the key and detail bounds, a letter stays far
-/// below the store's value limit of 100,000 bytes.
-pub const MAX_STORED_VALUE_BYTES: usize = 64 * 1024;
-
-/// Longest record key a stored dead letter keeps (run ids are 32 bytes).
-pub const MAX_STORED_KEY_BYTES: usize = 1024;
-
 /// Budget of one transaction of embedded dead letters (FoundationDB's advice: near 1 MB); a single
 /// letter is always written, and it is bounded by [`MAX_STORED_VALUE_BYTES`].
 pub const MAX_LETTER_TXN_BYTES: usize = 1_000_000;
@@ -112,28 +106,6 @@ const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// Room kept for headers and framing when deciding whether a whole record fits one message.
 const MESSAGE_OVERHEAD: usize = 4096;
 
-/// What a bounded copy of a value says about the cut original.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Truncation {
-    /// The original length in bytes.
-    pub len: usize,
-    /// Lowercase hex SHA-256 of the original.
-    pub sha256: String,
-}
-
-impl Truncation {
-    /// Describes `original`.
-    pub fn of(original: &[u8]) -> Self {
-        Self { len: original.len(), sha256: hex::encode(Sha256::digest(original)) }
-    }
-}
-
-/// Returns `value` itself when it has at most `max` bytes, else its first `max` bytes with what
-/// the cut removed.
-pub fn bound_value(value: &[u8], max: usize) -> (&[u8], Option<Truncation>) {
-    if value.len() <= max { (value, None) } else { (&value[..max], Some(Truncation::of(value))) }
-}
-
 /// Reasons [`crate::ingest::Applier::apply`] and the run actor give to records failing at apply.
 pub const APPLY_REASONS: [&str; 6] =
     ["wrong_run", "encode_error", "corrupt_data", "name_conflict", "invalid", "transaction_too_large"];
@@ -142,9 +114,6 @@ pub const APPLY_REASONS: [&str; 6] =
 pub fn bounded_reason(reason: &str) -> &'static str {
     DecodeError::REASONS.iter().chain(APPLY_REASONS.iter()).find(|r| **r == reason).copied().unwrap_or("other")
 }
-
-/// Longest `detail` header kept (the rest is cut at a character boundary).
-const MAX_DETAIL: usize = 512;
 
 /// How long a dead-letter produce may wait in the producer's queue and for the broker.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -558,29 +527,12 @@ impl KafkaDeadLetters {
     }
 }
 
-/// Cuts `s` to at most `max` bytes at a character boundary.
-pub(crate) fn cut_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
     use crate::storage::layout::Layout;
-
-    #[test]
-    fn cut_keeps_character_boundaries() {
-        assert_eq!(cut_str("héllo", 2), "h");
-        assert_eq!(cut_str("héllo", 3), "hé");
-        assert_eq!(cut_str("abc", 10), "abc");
-    }
 
     #[tokio::test]
     async fn the_embedded_sink_stores_the_original_bytes_and_reason() {

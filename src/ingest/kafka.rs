@@ -63,11 +63,10 @@ use parking_lot::Mutex;
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::util::Timeout;
-use thiserror::Error;
 
 use crate::config::KafkaConfig;
 pub use crate::ingest::source::{AssignmentEvent, Lease};
@@ -79,62 +78,7 @@ const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long each broker query of a backlog reading (committed offsets, watermarks) may wait.
 const BACKLOG_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a Kafka source operation failed.
-#[derive(Debug, Error)]
-pub enum KafkaSourceError {
-    /// A commit under a lease whose partition was revoked since; the offset was not committed.
-    #[error("partition {partition} epoch {epoch} is stale (current epoch: {current:?}); commit refused")]
-    StaleEpoch {
-        /// The partition.
-        partition: i32,
-        /// The epoch of the caller's lease.
-        epoch: u64,
-        /// The partition's current epoch, `None` when it is not assigned to this consumer.
-        current: Option<u64>,
-    },
-    /// librdkafka reported an error.
-    #[error("{operation}: {source}")]
-    Client {
-        /// What was being done (`create consumer`, `commit`, `seek`, …).
-        operation: &'static str,
-        /// The client's error.
-        source: KafkaError,
-    },
-    /// A blocking task running a client call panicked or was cancelled.
-    #[error("{operation}: background task failed: {detail}")]
-    Task {
-        /// What was being done.
-        operation: &'static str,
-        /// The join error's text.
-        detail: String,
-    },
-}
-
-impl KafkaSourceError {
-    /// Whether retrying the same call later may succeed (a broker or network error). A stale
-    /// epoch never becomes fresh again.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            KafkaSourceError::StaleEpoch { .. } => false,
-            KafkaSourceError::Client { source, .. } => !matches!(
-                source.rdkafka_error_code(),
-                Some(
-                    RDKafkaErrorCode::InvalidConfig
-                        | RDKafkaErrorCode::UnknownTopicOrPartition
-                        | RDKafkaErrorCode::UnknownPartition
-                        | RDKafkaErrorCode::TopicAuthorizationFailed
-                        | RDKafkaErrorCode::GroupAuthorizationFailed
-                        | RDKafkaErrorCode::SaslAuthenticationFailed
-                )
-            ),
-            KafkaSourceError::Task { .. } => false,
-        }
-    }
-
-    fn client(operation: &'static str) -> impl FnOnce(KafkaError) -> Self {
-        move |source| KafkaSourceError::Client { operation, source }
-    }
-}
+pub use super::source_error::KafkaSourceError;
 
 /// One assigned partition's fence state.
 #[derive(Debug, Clone, Copy)]

@@ -12,13 +12,18 @@
 //!   count, age, shutdown, revoke and delete;
 //! - [`source`]: the [`Source`] interface (poll, commit, pause/resume) both Kafka and the embedded
 //!   queue implement;
+//! - [`source_error`]: what a source's calls fail with ([`SourceError`], and the queue's and
+//!   Kafka's errors it wraps), below the interface and both implementations;
 //! - [`queue`]: the embedded durable queue in our own KV directory and its [`EmbeddedSource`];
 //! - [`queue_trim`]: removes the queue's records every consumer group has committed;
 //! - [`kafka`]: [`KafkaSource`], the [`Source`] over a Kafka consumer group, with an epoch fence on
 //!   commits of revoked partitions;
+//! - [`dead_letter`]: the stored form of a dead letter and its bounds, shared by [`apply`] and
+//!   [`dlq`];
 //! - [`dlq`]: dead-letter sinks, the `data-ingestion-dlq` topic or the embedded keyspace;
 //! - [`outbox`]: the publisher of `run_deleted` control events recorded in the outbox.
 pub mod apply;
+pub mod dead_letter;
 pub mod dlq;
 pub mod estimate;
 pub mod kafka;
@@ -29,6 +34,7 @@ pub mod queue;
 pub mod queue_trim;
 pub mod run_batch;
 pub mod source;
+pub mod source_error;
 
 pub use apply::{Applier, ApplyError, ApplyOutcome, IdRequest, position_uuid};
 pub use kafka::{AssignmentEvent, KafkaSource, KafkaSourceError, Lease};

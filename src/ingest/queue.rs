@@ -5,7 +5,7 @@
 //! # Key shapes
 //!
 //! Every key is ⟨ours⟩ (the `matyan_rs` directory prefix, [`Dirs::ours`]) followed by a packed
-//! FDB tuple. Integer values are 8-byte little-endian `i64` (the encoding of FoundationDB's
+//! FDB tuple, built by [`Ours`] (`storage/layout/ours.rs`, which owns every key of ⟨ours⟩). Integer values are 8-byte little-endian `i64` (the encoding of FoundationDB's
 //! atomic add), decoded strictly.
 //!
 //! | Key | Value |
@@ -39,14 +39,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use thiserror::Error;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::ingest::partitioner::partition_for_key;
 use crate::ingest::source::{Backlog, Record, Source, SourceError};
-use crate::storage::kv::{Database, KvError, RangeOption, RetryOptions, RetryableError, Transaction};
-use crate::storage::tuple::{self, Elem};
+use crate::storage::kv::{Database, RangeOption, RetryOptions, Transaction};
+use crate::storage::layout::Ours;
 
 /// The largest record (key plus value) the queue accepts: comfortably above the 4 MiB records the
 /// gateway may produce, and small enough that one record and its chunk keys stay under
@@ -64,12 +63,6 @@ pub const DEFAULT_PARTITIONS: u32 = 6;
 /// The consumer group of the ingestion workers (the reference's name).
 pub const INGESTION_GROUP: &str = "ingestion-workers";
 
-const META: &str = "queue_meta";
-const END: &str = "queue_end";
-const START: &str = "queue_start";
-const RECORDS: &str = "queue";
-const CONSUMER: &str = "consumer";
-
 const FRAME_VERSION: u8 = 1;
 const FLAG_KEY: u8 = 1;
 const FRAME_HEADER: usize = 1 + 1 + 8 + 4 + 4;
@@ -79,53 +72,7 @@ const KEY_OVERHEAD: usize = 64;
 /// One record to append: `(key, value, timestamp_ms)`; a `None` key is Kafka's null key.
 pub type AppendRecord<'a> = (Option<&'a [u8]>, &'a [u8], i64);
 
-/// Why a queue operation failed.
-#[derive(Debug, Error)]
-pub enum QueueError {
-    /// The KV store failed.
-    #[error("storage: {0}")]
-    Kv(#[from] KvError),
-    /// The topic exists with another partition count.
-    #[error("topic {topic:?} has {stored} partitions, not {requested}: the count is fixed at creation")]
-    PartitionMismatch { topic: String, stored: u32, requested: u32 },
-    /// A partition count outside `1..=i32::MAX` (Kafka's partition numbers are `i32`).
-    #[error("topic {topic:?}: {requested} partitions requested, the count must be between 1 and 2147483647")]
-    InvalidPartitionCount { topic: String, requested: u32 },
-    /// The partition does not exist in this topic.
-    #[error("topic {topic:?} has no partition {partition} (partitions: {partitions})")]
-    PartitionOutOfRange { topic: String, partition: i32, partitions: u32 },
-    /// An offset is negative.
-    #[error("invalid offset {offset}")]
-    InvalidOffset { offset: i64 },
-    /// A committed offset lies beyond the partition's end.
-    #[error("offset {offset} is past the end offset {end} of partition {partition}")]
-    OffsetPastEnd { partition: i32, offset: i64, end: i64 },
-    /// One record is larger than [`MAX_RECORD_BYTES`].
-    #[error("record of {size} bytes exceeds the queue's limit of {limit} bytes")]
-    RecordTooLarge { size: usize, limit: usize },
-    /// The records of one append do not fit one transaction.
-    #[error("append of about {size} bytes exceeds the transaction limit of {limit} bytes: split it")]
-    BatchTooLarge { size: usize, limit: usize },
-    /// A stored key or value is not in the queue's format.
-    #[error("corrupt queue data at {key}: {reason}")]
-    Corrupt { key: String, reason: String },
-}
-
-impl QueueError {
-    /// Whether the same call may succeed later (a transient storage error).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, QueueError::Kv(e) if e.is_retryable() || matches!(e, KvError::TransactionTimedOut))
-    }
-}
-
-impl RetryableError for QueueError {
-    fn kv_error(&self) -> Option<&KvError> {
-        match self {
-            QueueError::Kv(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+pub use super::source_error::QueueError;
 
 fn corrupt(key: &[u8], reason: impl Into<String>) -> QueueError {
     QueueError::Corrupt { key: hex::encode(key), reason: reason.into() }
@@ -151,7 +98,7 @@ pub fn default_append_retry() -> RetryOptions {
 
 struct Inner {
     db: Database,
-    ours: Vec<u8>,
+    ours: Ours,
     topic: String,
     partitions: u32,
     /// Signalled after every committed append of this process, to wake waiting polls.
@@ -183,7 +130,7 @@ impl Queue {
         if partitions == 0 || partitions > i32::MAX as u32 {
             return Err(QueueError::InvalidPartitionCount { topic: topic.to_owned(), requested: partitions });
         }
-        let key = meta_key(ours, topic);
+        let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
             .run(&RetryOptions::default(), move |tx| async move {
@@ -209,7 +156,7 @@ impl Queue {
 
     /// Opens `topic` if it exists, with its stored partition count.
     pub async fn open_existing(db: &Database, ours: &[u8], topic: &str) -> Result<Option<Self>, QueueError> {
-        let key = meta_key(ours, topic);
+        let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
             .run(&RetryOptions::default(), move |tx| async move {
@@ -230,20 +177,14 @@ impl Queue {
 
     /// The names of every topic of the queue under `ours`, in key order.
     pub async fn topics(db: &Database, ours: &[u8]) -> Result<Vec<String>, QueueError> {
-        let (begin, end) = tuple::range(ours, &[Elem::from(META)]);
-        let (begin, end) = (&begin, &end);
+        let ours = &Ours::new(ours);
         db.run(&RetryOptions::default(), move |tx| async move {
+            let (begin, end) = ours.queue_metas();
             // One key per topic: a handful, read in one go.
-            let pairs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()), true).await?;
+            let pairs = tx.get_range(&RangeOption::new(begin, end), true).await?;
             pairs
                 .iter()
-                .map(|kv| match tuple::unpack_with_prefix(ours, &kv.key) {
-                    Some(Ok(elems)) => match elems.as_slice() {
-                        [_, Elem::Str(topic), _] => Ok(topic.clone()),
-                        _ => Err(corrupt(&kv.key, "meta key is not (queue_meta, topic, name)")),
-                    },
-                    _ => Err(corrupt(&kv.key, "meta key is not a tuple")),
-                })
+                .map(|kv| ours.decode_queue_meta(&kv.key).map_err(|e| corrupt(&kv.key, e.to_string())))
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
@@ -253,7 +194,7 @@ impl Queue {
         Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
-                ours: ours.to_vec(),
+                ours: Ours::new(ours),
                 topic: topic.to_owned(),
                 partitions,
                 appended: Notify::new(),
@@ -393,9 +334,9 @@ impl Queue {
         from: i64,
         max: usize,
     ) -> Result<Vec<Record>, QueueError> {
-        let part = tuple::pack_with_prefix(&self.inner.ours, &self.partition_elems(partition));
-        let (_, end) = tuple::range(&self.inner.ours, &self.partition_elems(partition));
-        let mut cursor = tuple::pack_with_prefix(&part, &[Elem::from(from)]);
+        let ours = &self.inner.ours;
+        let (_, end) = ours.queue_partition(&self.inner.topic, partition);
+        let mut cursor = ours.queue_offset(&self.inner.topic, partition, from);
         let mut records = Vec::new();
         let mut bytes = 0usize;
         // The record being assembled: its offset and its chunks so far.
@@ -406,17 +347,9 @@ impl Queue {
             let page = tx.get_range(&RangeOption::new(cursor.clone(), end.clone()).limit(limit), true).await?;
             let full = page.len() == limit;
             for kv in &page {
-                let rest = kv.key.strip_prefix(part.as_slice()).ok_or_else(|| corrupt(&kv.key, "outside partition"))?;
-                let (offset, chunk) = match tuple::unpack(rest) {
-                    Ok(e) => match e.as_slice() {
-                        [Elem::Int(o), Elem::Int(c)] => (
-                            i64::try_from(*o).map_err(|_| corrupt(&kv.key, "offset out of range"))?,
-                            i64::try_from(*c).map_err(|_| corrupt(&kv.key, "chunk out of range"))?,
-                        ),
-                        _ => return Err(corrupt(&kv.key, "expected (offset, chunk)")),
-                    },
-                    Err(e) => return Err(corrupt(&kv.key, e.to_string())),
-                };
+                let (offset, chunk) = ours
+                    .decode_queue_record(&self.inner.topic, partition, &kv.key)
+                    .map_err(|e| corrupt(&kv.key, e.to_string()))?;
                 let same = current.as_ref().is_some_and(|(o, _, _)| *o == offset);
                 if !same {
                     if let Some((o, first_key, frame)) = current.take() {
@@ -595,41 +528,33 @@ impl Queue {
     /// The smallest offset any group has committed on `partition` of this topic, read with
     /// conflicting reads; `None` when none has.
     async fn slowest_committed(&self, tx: &Transaction, partition: i32) -> Result<Option<i64>, QueueError> {
-        let (begin, end) = tuple::range(&self.inner.ours, &[Elem::from(CONSUMER)]);
+        let ours = &self.inner.ours;
+        let (mut from, end) = ours.consumers();
         let mut slowest: Option<i64> = None;
-        let mut from = begin;
         loop {
             let page = tx.get_range(&RangeOption::new(from.clone(), end.clone()).limit(1000), false).await?;
-            let Some(last) = page.last().map(|kv| kv.key.clone()) else { break };
             for kv in &page {
-                let elems = match tuple::unpack_with_prefix(&self.inner.ours, &kv.key) {
-                    Some(Ok(elems)) => elems,
-                    Some(Err(e)) => return Err(corrupt(&kv.key, format!("consumer key: {e}"))),
-                    None => return Err(corrupt(&kv.key, "outside the directory")),
-                };
-                let [_, _, Elem::Str(topic), Elem::Int(p)] = elems.as_slice() else {
-                    return Err(corrupt(&kv.key, "consumer key is not (consumer, group, topic, partition)"));
-                };
-                if topic == &self.inner.topic && *p == i128::from(partition) {
+                let (_, topic, p) = ours.decode_consumer(&kv.key).map_err(|e| corrupt(&kv.key, e.to_string()))?;
+                if topic == self.inner.topic && p == partition {
                     let offset = decode_i64(&kv.key, &kv.value)?;
                     slowest = Some(slowest.map_or(offset, |s| s.min(offset)));
                 }
             }
-            if page.len() < 1000 {
-                break;
+            match page.last() {
+                Some(last) if page.len() == 1000 => {
+                    from = last.key.clone();
+                    from.push(0x00);
+                }
+                _ => return Ok(slowest),
             }
-            from = last;
-            from.push(0x00);
         }
-        Ok(slowest)
     }
 
     /// Clears every record of `partition` below offset `below`.
     fn clear_below(&self, tx: &Transaction, partition: i32, below: i64) {
-        let (begin, _) = tuple::range(&self.inner.ours, &self.partition_elems(partition));
-        let mut stop = self.partition_elems(partition);
-        stop.push(Elem::from(below));
-        tx.clear_range(&begin, &tuple::pack_with_prefix(&self.inner.ours, &stop));
+        let ours = &self.inner.ours;
+        let (begin, _) = ours.queue_partition(&self.inner.topic, partition);
+        tx.clear_range(&begin, &ours.queue_offset(&self.inner.topic, partition, below));
     }
 
     /// Resolves when a record is appended through a handle of this queue in this process.
@@ -665,35 +590,21 @@ impl Queue {
             .await
     }
 
-    fn partition_elems(&self, partition: i32) -> Vec<Elem> {
-        vec![Elem::from(RECORDS), Elem::from(self.inner.topic.as_str()), Elem::from(partition)]
-    }
-
     fn record_key(&self, partition: i32, offset: i64, chunk: usize) -> Vec<u8> {
-        let mut elems = self.partition_elems(partition);
-        elems.push(Elem::from(offset));
-        elems.push(Elem::Int(chunk as i128));
-        tuple::pack_with_prefix(&self.inner.ours, &elems)
+        self.inner.ours.queue_record(&self.inner.topic, partition, offset, chunk)
     }
 
     fn end_key(&self, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(&self.inner.ours, &[END.into(), self.inner.topic.as_str().into(), partition.into()])
+        self.inner.ours.queue_end(&self.inner.topic, partition)
     }
 
     fn start_key(&self, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(&self.inner.ours, &[START.into(), self.inner.topic.as_str().into(), partition.into()])
+        self.inner.ours.queue_start(&self.inner.topic, partition)
     }
 
     fn consumer_key(&self, group: &str, partition: i32) -> Vec<u8> {
-        tuple::pack_with_prefix(
-            &self.inner.ours,
-            &[CONSUMER.into(), group.into(), self.inner.topic.as_str().into(), partition.into()],
-        )
+        self.inner.ours.consumer(group, &self.inner.topic, partition)
     }
-}
-
-fn meta_key(ours: &[u8], topic: &str) -> Vec<u8> {
-    tuple::pack_with_prefix(ours, &[META.into(), topic.into(), "partitions".into()])
 }
 
 fn encode_frame(key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) -> Vec<u8> {

@@ -21,11 +21,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use thiserror::Error;
-
-use crate::ingest::kafka::KafkaSourceError;
-use crate::ingest::queue::QueueError;
-
 /// One record as a source delivers it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -79,39 +74,7 @@ pub enum AssignmentEvent {
     Revoked(Vec<i32>),
 }
 
-/// Why a source operation failed.
-#[derive(Debug, Error)]
-pub enum SourceError {
-    /// The partition is not assigned to this consumer.
-    #[error("partition {partition} is not assigned to this consumer")]
-    NotAssigned { partition: i32 },
-    /// A committed or seek offset is negative.
-    #[error("invalid offset {offset} for partition {partition}")]
-    InvalidOffset { partition: i32, offset: i64 },
-    /// The embedded queue failed.
-    #[error("embedded queue: {0}")]
-    Queue(#[from] QueueError),
-    /// The Kafka consumer failed, or refused a commit of a revoked partition (a stale epoch).
-    #[error("kafka: {0}")]
-    Kafka(#[from] KafkaSourceError),
-}
-
-impl SourceError {
-    /// Whether retrying the same call later may succeed (a transient storage error).
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            SourceError::Queue(e) => e.is_retryable(),
-            SourceError::Kafka(e) => e.is_retryable(),
-            SourceError::NotAssigned { .. } | SourceError::InvalidOffset { .. } => false,
-        }
-    }
-
-    /// Whether a commit was refused because its partition was revoked since the lease was taken
-    /// (another consumer owns it now; its commits are the ones that count).
-    pub fn is_stale(&self) -> bool {
-        matches!(self, SourceError::Kafka(KafkaSourceError::StaleEpoch { .. }))
-    }
-}
+pub use super::source_error::SourceError;
 
 /// A partitioned, offset-addressed record source with consumer-group commits.
 pub trait Source: Send + Sync {

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod sdk;
 pub mod seaweed;
 pub mod server;
+pub mod wait;
 
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, RetryOptions, Transaction};

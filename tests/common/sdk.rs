@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::server::{self, Server};
 
@@ -91,14 +91,12 @@ pub fn start_frontier(python: &Path, bootstrap: &str, topic: &str) -> Frontier {
     let mut process = Server(child);
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     // Importing the frontier (fastapi, aiokafka, boto) takes seconds on a busy machine.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while TcpStream::connect(addr).is_err() {
+    super::wait::blocking_until_ok(&format!("matyan-frontier listening on {addr}"), Duration::from_secs(120), || {
         if let Some(status) = process.0.try_wait().unwrap() {
             panic!("matyan-frontier exited before listening: {status}");
         }
-        assert!(Instant::now() < deadline, "matyan-frontier does not listen on {addr}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        TcpStream::connect(addr).map(drop)
+    });
     Frontier { process, addr, _cwd: cwd }
 }
 

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Kills the server if a test fails before stopping it.
 pub struct Server(pub Child);
@@ -36,17 +36,15 @@ pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
 /// Waits for `serve.addr` to appear and returns the address it holds.
 pub fn wait_for_addr(server: &mut Server, data_dir: &Path) -> SocketAddr {
     let path = data_dir.join("serve.addr");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    super::wait::blocking_until_ok(&format!("{} written", path.display()), Duration::from_secs(30), || {
         if let Ok(text) = std::fs::read_to_string(&path) {
-            return text.trim().parse().expect("serve.addr holds an address");
+            return Ok(text.trim().parse().expect("serve.addr holds an address"));
         }
         if let Some(status) = server.0.try_wait().unwrap() {
             panic!("server exited before listening: {status}");
         }
-        assert!(Instant::now() < deadline, "server did not write {}", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        Err("no file yet")
+    })
 }
 
 /// One HTTP/1.1 GET; returns the status code and the body.
@@ -65,14 +63,9 @@ pub fn terminate(mut server: Server) -> ExitStatus {
     let pid = server.0.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "server did not stop after sigterm");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    super::wait::blocking_until_ok("the server stops after sigterm", Duration::from_secs(30), || {
+        server.0.try_wait().unwrap().ok_or("still running")
+    })
 }
 
 /// A port nothing listens on right now.
@@ -92,17 +85,12 @@ pub fn metric_sum(exposition: &str, name: &str, label: &str) -> f64 {
 
 /// Waits until something listens on `addr`; fails if `process` exits first.
 pub fn wait_listening(process: &mut Server, addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if TcpStream::connect(addr).is_ok() {
-            return;
-        }
+    super::wait::blocking_until_ok(&format!("something listening on {addr}"), Duration::from_secs(30), || {
         if let Some(status) = process.0.try_wait().unwrap() {
             panic!("process exited before listening: {status}");
         }
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        TcpStream::connect(addr).map(drop)
+    });
 }
 
 /// Starts `matyan ingest` on the store under `data_dir` with its probes on `127.0.0.1:port`,

@@ -4,10 +4,11 @@
 //! Writes go to the `system` directory in one retried transaction each, with the reference's
 //! fields (`ingest-storage.md` §2.3, §2.4, §3.7). Deleting an experiment or a tag also records its
 //! control event (`experiment_deleted` / `tag_deleted`, §1.5) in the outbox of our own directory in
-//! the same transaction, so the event is never lost: the key is
-//! `⟨ours⟩ + pack(("outbox", -1, n))`, the outbox shape of `ingest/apply.rs` with partition
-//! [`REST_PARTITION`] (no Kafka record caused it) and `n` the event's time in microseconds, bumped
-//! past any key already taken.
+//! the same transaction, so the event is never lost: it goes through the one outbox writer,
+//! [`Ours::put_outbox`](crate::storage::layout::Ours::put_outbox), at
+//! [`OutboxAt::Rest`] (partition
+//! [`REST_PARTITION`](crate::storage::layout::ours::REST_PARTITION), no source record caused it; offset the
+//! event's time in microseconds, bumped past any key already taken).
 //!
 //! Reference behaviours kept on purpose (§10): `POST experiments`/`POST tags` answer 200 and a
 //! duplicate name 400; `PUT experiments/{id}` without `description` resets it to `""` (quirk 13);
@@ -24,19 +25,17 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value as J, json};
 
 use crate::app::AppState;
-use crate::ingest::apply::{OUTBOX, rfc3339_utc};
+use crate::clock::rfc3339_utc;
+use crate::ingest::apply::control_event;
 use crate::storage::kv::{RetryOptions, Transaction};
+use crate::storage::layout::ours::OutboxAt;
 use crate::storage::layout::system::Fields;
 use crate::storage::layout::{EntityKind, LayoutError};
-use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
 
 use super::params::{Params, parse_bool, tz_offset};
 use super::read::{Meta, Reader};
 use super::{ApiError, limits};
-
-/// The outbox partition of control events recorded by REST handlers.
-pub const REST_PARTITION: i32 = -1;
 
 /// The current time in POSIX seconds.
 pub use crate::clock::now_secs as now;
@@ -60,25 +59,12 @@ pub async fn record_event(
     id: &str,
     now: f64,
 ) -> Result<(), ApiError> {
-    let event = Value::Map(vec![
-        (Value::from("type"), Value::from(kind)),
-        (Value::from("timestamp"), Value::Str(rfc3339_utc(now))),
-        (Value::from("payload"), Value::Map(vec![(Value::from(payload_key), Value::from(id))])),
-    ]);
+    let event = control_event(kind, payload_key, id, now);
     let bytes = value::encode(&event).map_err(|e| ApiError::Storage(LayoutError::Encode(e.to_string())))?;
     #[allow(clippy::cast_possible_truncation)]
-    let mut offset = (now * 1e6) as i64;
-    loop {
-        let key = tuple::pack_with_prefix(
-            &state.layout.dirs.ours,
-            &[Elem::from(OUTBOX), Elem::from(REST_PARTITION), Elem::from(offset)],
-        );
-        if tx.get(&key, false).await?.is_none() {
-            tx.set(&key, &bytes);
-            return Ok(());
-        }
-        offset += 1;
-    }
+    let micros = (now * 1e6) as i64;
+    state.layout.ours.put_outbox(tx, OutboxAt::Rest { micros }, &bytes).await?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

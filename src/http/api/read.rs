@@ -21,7 +21,7 @@ use crate::query::{EvalLimits, Scope, check_constant_parts, matches_within};
 use crate::storage::kv::{Database, KvError, RangeOption, RetryableError, Transaction};
 use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId};
 use crate::storage::tuple::{self, Elem};
-use crate::storage::value::{self, Value};
+use crate::storage::value::Value;
 
 use super::ApiError;
 
@@ -329,57 +329,27 @@ impl Reader {
         })
     }
 
-    /// The run's traces with their contexts, in storage order.
+    /// The run's traces with their contexts, in storage order (read by
+    /// [`Runs::read_contexts`](crate::storage::layout::Runs::read_contexts) and
+    /// [`Runs::read_traces`](crate::storage::layout::Runs::read_traces)).
     pub async fn traces(&mut self, run: &str) -> Result<Vec<Trace>, ApiError> {
         let layout = self.layout.clone();
         let runs = &layout.runs.runs;
-        let contexts_scope = [Elem::from("contexts")];
-        let (b, e) = runs.range(run, &contexts_scope);
-        let base = runs.key(run, &contexts_scope);
-        let kvs = self.tx.get_range(&RangeOption::new(b, e), true).await?;
-        self.charge(kvs.len())?;
-        let mut contexts: HashMap<i128, Value> = HashMap::new();
-        for kv in kvs {
-            if let [Elem::Int(id)] = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?.as_slice() {
-                contexts.insert(*id, value::decode(&kv.value).map_err(corrupt)?);
-            }
-        }
-        let traces_scope = [Elem::from("traces")];
-        let (b, e) = runs.range(run, &traces_scope);
-        let base = runs.key(run, &traces_scope);
-        let kvs = self.tx.get_range(&RangeOption::new(b, e), true).await?;
-        self.charge(kvs.len())?;
-        let mut out: Vec<Trace> = Vec::new();
-        for kv in kvs {
-            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?;
-            let [Elem::Int(ctx), Elem::Str(name), Elem::Str(field)] = rest.as_slice() else {
-                continue;
-            };
-            let ctx_id = u32::try_from(*ctx).map_err(|_| corrupt(format!("context id {ctx}")))?;
-            let v = value::decode(&kv.value).map_err(corrupt)?;
-            let trace = match out.last_mut() {
-                Some(t) if t.ctx_id == ctx_id && &t.name == name => t,
-                _ => {
-                    out.push(Trace {
-                        ctx_id,
-                        name: name.clone(),
-                        dtype: String::new(),
-                        last: Value::Nil,
-                        last_step: Value::Nil,
-                        context: contexts.get(ctx).cloned().unwrap_or(Value::Map(Vec::new())),
-                    });
-                    let Some(t) = out.last_mut() else { continue };
-                    t
-                }
-            };
-            match field.as_str() {
-                "dtype" => trace.dtype = v.as_str().unwrap_or_default().to_owned(),
-                "last" => trace.last = v,
-                "last_step" => trace.last_step = v,
-                _ => {}
-            }
-        }
-        Ok(out)
+        let (contexts, keys) = runs.read_contexts(&self.tx, run, true).await?;
+        self.charge(keys)?;
+        let (stored, keys) = runs.read_traces(&self.tx, run, true).await?;
+        self.charge(keys)?;
+        Ok(stored
+            .into_iter()
+            .map(|t| Trace {
+                context: contexts.get(&i128::from(t.ctx_id)).cloned().unwrap_or(Value::Map(Vec::new())),
+                ctx_id: t.ctx_id,
+                name: t.name,
+                dtype: t.dtype,
+                last: t.last,
+                last_step: t.last_step,
+            })
+            .collect())
     }
 
     /// The run's tags (uuid order), each as the tag entity (name etc. `None` for a vanished tag).

@@ -5,10 +5,12 @@
 //! - `runs.rs`: ⟨runs⟩ keys and the run operations that keep indexes in step;
 //! - `indexes.rs`: ⟨indexes⟩ entries, twins and tombstones;
 //! - `system.rs`: ⟨system⟩ entities, names, run links, settings, job locks;
-//! - `sequences.rs`: the sequence interface and its one-key-per-step layout.
+//! - `sequences.rs`: the sequence interface and its one-key-per-step layout;
+//! - `ours.rs`: every tag and key shape of our own directory (`matyan_rs`) and its schema version.
 
 pub mod dirs;
 pub mod indexes;
+pub mod ours;
 pub mod runs;
 pub mod sequences;
 pub mod system;
@@ -17,6 +19,7 @@ use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
 
 pub use dirs::Dirs;
 pub use indexes::Indexes;
+pub use ours::Ours;
 pub use runs::{RunOps, Runs, TraceInfo};
 pub use sequences::{Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, sample_indices};
 pub use system::{EntityKind, System};
@@ -70,6 +73,8 @@ pub struct Layout {
     pub system: System,
     /// Sequences.
     pub seqs: KeyPerStep,
+    /// The keys of our own directory.
+    pub ours: Ours,
 }
 
 impl Layout {
@@ -84,6 +89,7 @@ impl Layout {
             runs: RunOps { runs: Runs::new(&dirs.runs), indexes: Indexes::new(&dirs.indexes) },
             system: System::new(&dirs.system),
             seqs: KeyPerStep::new(&dirs.runs),
+            ours: Ours::new(&dirs.ours),
             dirs,
         }
     }

@@ -49,6 +49,21 @@ pub struct TraceInfo<'a> {
     pub last_step: i64,
 }
 
+/// One trace of a run as stored under `(R,"traces",ctx_id,name,…)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTrace {
+    /// Context id.
+    pub ctx_id: u32,
+    /// Sequence name.
+    pub name: String,
+    /// `dtype` (`float`, `image`, `logs`...), `""` when missing.
+    pub dtype: String,
+    /// The last value, `Nil` when unknown.
+    pub last: Value,
+    /// The last step, `Nil` when unknown.
+    pub last_step: Value,
+}
+
 /// Key-level access to ⟨runs⟩.
 #[derive(Debug, Clone)]
 pub struct Runs {
@@ -60,6 +75,10 @@ fn run_path(run: &str, rest: &[Elem]) -> Vec<Elem> {
     elems.push(Elem::from(run));
     elems.extend_from_slice(rest);
     elems
+}
+
+fn corrupt(e: impl std::fmt::Display) -> LayoutError {
+    LayoutError::Corrupt(e.to_string())
 }
 
 fn enc(v: &Value) -> Result<Vec<u8>, LayoutError> {
@@ -143,6 +162,72 @@ impl Runs {
     pub fn set_context(&self, tx: &Transaction, run: &str, ctx_id: u32, ctx: &Value) -> Result<(), LayoutError> {
         tx.set(&self.key(run, &[Elem::from("contexts"), Elem::from(ctx_id)]), &enc(ctx)?);
         Ok(())
+    }
+
+    /// Reads the run's contexts `(R,"contexts",ctx_id)` by id (`snapshot`: without read
+    /// conflicts); keys whose rest is not one integer are skipped. Returns them and the keys read.
+    pub async fn read_contexts(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        snapshot: bool,
+    ) -> Result<(std::collections::HashMap<i128, Value>, usize), LayoutError> {
+        let scope = [Elem::from("contexts")];
+        let (b, e) = self.range(run, &scope);
+        let base = self.key(run, &scope);
+        let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
+        let mut contexts = std::collections::HashMap::new();
+        for kv in &kvs {
+            if let [Elem::Int(id)] = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?.as_slice() {
+                contexts.insert(*id, value::decode(&kv.value).map_err(corrupt)?);
+            }
+        }
+        Ok((contexts, kvs.len()))
+    }
+
+    /// Reads the run's traces `(R,"traces",ctx_id,name,field)` in storage order (context id, then
+    /// name), one per `(ctx_id, name)` (`snapshot`: without read conflicts); keys of another shape
+    /// are skipped. Returns them and the keys read.
+    pub async fn read_traces(
+        &self,
+        tx: &Transaction,
+        run: &str,
+        snapshot: bool,
+    ) -> Result<(Vec<StoredTrace>, usize), LayoutError> {
+        let scope = [Elem::from("traces")];
+        let (b, e) = self.range(run, &scope);
+        let base = self.key(run, &scope);
+        let kvs = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
+        let mut out: Vec<StoredTrace> = Vec::new();
+        for kv in &kvs {
+            let rest = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?;
+            let [Elem::Int(ctx), Elem::Str(name), Elem::Str(field)] = rest.as_slice() else {
+                continue;
+            };
+            let ctx_id = u32::try_from(*ctx).map_err(|_| LayoutError::Corrupt(format!("context id {ctx}")))?;
+            let v = value::decode(&kv.value).map_err(corrupt)?;
+            let trace = match out.last_mut() {
+                Some(t) if t.ctx_id == ctx_id && &t.name == name => t,
+                _ => {
+                    out.push(StoredTrace {
+                        ctx_id,
+                        name: name.clone(),
+                        dtype: String::new(),
+                        last: Value::Nil,
+                        last_step: Value::Nil,
+                    });
+                    let Some(t) = out.last_mut() else { continue };
+                    t
+                }
+            };
+            match field.as_str() {
+                "dtype" => trace.dtype = v.as_str().unwrap_or_default().to_owned(),
+                "last" => trace.last = v,
+                "last_step" => trace.last_step = v,
+                _ => {}
+            }
+        }
+        Ok((out, kvs.len()))
     }
 
     /// Trace info of a sequence: `dtype`, `last` (only when given) and `last_step`.
