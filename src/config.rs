@@ -37,6 +37,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub gateway: GatewayConfig,
     pub ui: UiConfig,
+    pub maintenance: MaintenanceConfig,
 }
 
 /// The HTTP API's listener.
@@ -373,6 +374,62 @@ impl std::fmt::Debug for UiConfig {
     }
 }
 
+/// The maintenance commands (`reindex`, `finish-stale`, `cleanup-*`, `backup`, `restore`): the
+/// budget of each of their transactions, the job lock's time to live, and the reference's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Runs, tombstones or entities one batch transaction handles at most.
+    pub batch_size: u32,
+    /// Bytes one batch transaction writes at most (a batch ends early past them).
+    pub max_txn_bytes: u64,
+    /// Time to live of the storage job lock; renewed every third of it while a job runs.
+    pub lock_ttl_seconds: u64,
+    /// `cleanup-tombstones --older-than-hours` default.
+    pub tombstone_older_than_hours: u64,
+    /// `finish-stale --timeout-hours` default.
+    pub stale_timeout_hours: u64,
+}
+
+impl MaintenanceConfig {
+    /// The most keys a batch may name: FoundationDB's own budgets bound a transaction anyway.
+    pub const MAX_BATCH_SIZE: u32 = 10_000;
+    /// A week: a lock that outlives its job longer than this only blocks the next one.
+    pub const MAX_LOCK_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.batch_size == 0 {
+            errors.push(ValidationError::Zero { key: "maintenance.batch_size" });
+        } else if self.batch_size > Self::MAX_BATCH_SIZE {
+            errors.push(ValidationError::AboveMax {
+                key: "maintenance.batch_size",
+                value: u64::from(self.batch_size),
+                max: u64::from(Self::MAX_BATCH_SIZE),
+            });
+        }
+        let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
+        if self.max_txn_bytes == 0 {
+            errors.push(ValidationError::Zero { key: "maintenance.max_txn_bytes" });
+        } else if self.max_txn_bytes > fdb_bytes {
+            errors.push(ValidationError::AboveFdbLimit {
+                key: "maintenance.max_txn_bytes",
+                value: self.max_txn_bytes,
+                limit: fdb_bytes,
+                unit: "byte",
+            });
+        }
+        if self.lock_ttl_seconds == 0 {
+            errors.push(ValidationError::Zero { key: "maintenance.lock_ttl_seconds" });
+        } else if self.lock_ttl_seconds > Self::MAX_LOCK_TTL_SECONDS {
+            errors.push(ValidationError::AboveMax {
+                key: "maintenance.lock_ttl_seconds",
+                value: self.lock_ttl_seconds,
+                max: Self::MAX_LOCK_TTL_SECONDS,
+            });
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -551,6 +608,10 @@ impl Config {
         if let Some(v) = get("MATYAN_UI_API_AUTH_TOKEN") {
             self.ui.api_auth_token = v;
         }
+        if let Some(v) = get("TOMBSTONE_CLEANUP_OLDER_THAN_HOURS") {
+            self.maintenance.tombstone_older_than_hours =
+                parse_env("TOMBSTONE_CLEANUP_OLDER_THAN_HOURS", v, "a non-negative integer")?;
+        }
         Ok(())
     }
 
@@ -712,6 +773,7 @@ impl Config {
                 expected: "empty or a path starting with / without a trailing /",
             });
         }
+        self.maintenance.validate(&mut errors);
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
 }

@@ -5,10 +5,12 @@
 //! - `runs.rs`: ⟨runs⟩ keys and the run operations that keep indexes in step;
 //! - `indexes.rs`: ⟨indexes⟩ entries, twins and tombstones;
 //! - `system.rs`: ⟨system⟩ entities, names, run links, settings, job locks;
-//! - `sequences.rs`: the sequence interface and its one-key-per-step layout.
+//! - `sequences.rs`: the sequence interface and its one-key-per-step layout;
+//! - `jobs.rs`: ⟨ours⟩ keys of the maintenance jobs (job lock, saved progress).
 
 pub mod dirs;
 pub mod indexes;
+pub mod jobs;
 pub mod runs;
 pub mod sequences;
 pub mod system;
