@@ -331,11 +331,11 @@ impl Reporter for Console {
                 }
                 let total = self.total.lock().map(|t| *t).unwrap_or(0).max(1);
                 let tenth = done.saturating_mul(10) / total;
-                if let Ok(mut last) = self.logged_tenth.lock() {
-                    if tenth > *last {
-                        *last = tenth;
-                        tracing::info!(done, total, "job progress");
-                    }
+                if let Ok(mut last) = self.logged_tenth.lock()
+                    && tenth > *last
+                {
+                    *last = tenth;
+                    tracing::info!(done, total, "job progress");
                 }
             }
             Event::Line { text } => self.println(&text),

@@ -299,10 +299,10 @@ pub async fn restore(ctx: &Ctx<'_>, path: &Path, replace: bool, dry_run: bool) -
                 pending_bytes = 0;
             }
         }
-        if !pending.is_empty() {
-            if let Some(stop) = write_data(ctx, JOB, &mut p, &pending).await? {
-                return Ok(stop);
-            }
+        if !pending.is_empty()
+            && let Some(stop) = write_data(ctx, JOB, &mut p, &pending).await?
+        {
+            return Ok(stop);
         }
         let finals: Vec<&KeyLine> = indexed.iter().filter(|(_, l)| is_final(l)).map(|(_, l)| *l).collect();
         let mut next = p.clone();

@@ -203,22 +203,22 @@ async fn reindex_run(
         Some(Value::Str(u)) => Some(u.clone()),
         _ => None,
     };
-    if let Some(Value::Str(old)) = &linked {
-        if wanted.as_ref() != Some(old) {
-            tx.clear(&sys.key(&[Elem::from("experiment_runs"), Elem::from(old.as_str()), Elem::from(run)]));
-            tx.clear(&link_key);
-        }
+    if let Some(Value::Str(old)) = &linked
+        && wanted.as_ref() != Some(old)
+    {
+        tx.clear(&sys.key(&[Elem::from("experiment_runs"), Elem::from(old.as_str()), Elem::from(run)]));
+        tx.clear(&link_key);
     }
-    if let Some(uuid) = wanted {
-        if let Some(fields) = sys.get(tx, EntityKind::Experiment, &uuid).await? {
-            tx.set(&link_key, &enc(&Value::from(uuid.as_str()))?);
-            tx.set(
-                &sys.key(&[Elem::from("experiment_runs"), Elem::from(uuid.as_str()), Elem::from(run)]),
-                &enc(&Value::Bool(true))?,
-            );
-            if let Some((_, Value::Str(name))) = fields.iter().find(|(f, _)| f == "name") {
-                idx.add(tx, run, &[Elem::from("experiment"), Elem::from(name.as_str()), Elem::from(run)]);
-            }
+    if let Some(uuid) = wanted
+        && let Some(fields) = sys.get(tx, EntityKind::Experiment, &uuid).await?
+    {
+        tx.set(&link_key, &enc(&Value::from(uuid.as_str()))?);
+        tx.set(
+            &sys.key(&[Elem::from("experiment_runs"), Elem::from(uuid.as_str()), Elem::from(run)]),
+            &enc(&Value::Bool(true))?,
+        );
+        if let Some((_, Value::Str(name))) = fields.iter().find(|(f, _)| f == "name") {
+            idx.add(tx, run, &[Elem::from("experiment"), Elem::from(name.as_str()), Elem::from(run)]);
         }
     }
     for tag in sys.tags_of_run(tx, run).await? {
@@ -237,10 +237,10 @@ async fn reindex_run(
     let base_len = runs.key(run, &traces).len();
     let mut names = BTreeSet::new();
     for kv in tx.get_range(&RangeOption::new(b, e), false).await? {
-        if let Ok(rest) = tuple::unpack(&kv.key[base_len..]) {
-            if let Some(Elem::Str(name)) = rest.get(1) {
-                names.insert(name.clone());
-            }
+        if let Ok(rest) = tuple::unpack(&kv.key[base_len..])
+            && let Some(Elem::Str(name)) = rest.get(1)
+        {
+            names.insert(name.clone());
         }
     }
     for name in names {

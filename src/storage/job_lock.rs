@@ -125,14 +125,15 @@ impl JobLock {
         db.run(retry, |tx| {
             let (key, info) = (&key, &info);
             async move {
-                if let Some(current) = tx.get(key, false).await?.as_deref().and_then(LockInfo::decode) {
-                    if current.expires_at > now && current.token != info.token {
-                        return Err(JobLockError::Held {
-                            job: current.job,
-                            holder: current.holder,
-                            expires_in: current.expires_at - now,
-                        });
-                    }
+                if let Some(current) = tx.get(key, false).await?.as_deref().and_then(LockInfo::decode)
+                    && current.expires_at > now
+                    && current.token != info.token
+                {
+                    return Err(JobLockError::Held {
+                        job: current.job,
+                        holder: current.holder,
+                        expires_in: current.expires_at - now,
+                    });
                 }
                 tx.set(key, &info.encode());
                 Ok(())
