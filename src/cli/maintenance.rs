@@ -10,7 +10,8 @@
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use clap::Args;
@@ -41,7 +42,7 @@ impl std::error::Error for ExitStatus {}
 /// The exit statuses, shown at the end of every maintenance command's `--help`.
 pub const EXIT_CODES_HELP: &str = "Exit status (for a Kubernetes CronJob): 0 done; 1 failed (what was committed stays, \
 the next run resumes after it; retry); 2 bad command line; 3 another maintenance job holds the storage job lock, \
-nothing done (skip this time); 4 stopped before the end by --max-batches (run again to resume).";
+nothing done (skip this time); 4 stopped before the end by SIGTERM or --max-batches (run again to resume).";
 
 /// Flags of every maintenance command.
 #[derive(Debug, Clone, Args)]
@@ -200,7 +201,20 @@ async fn run(flags: &JobFlags, job: impl FnOnce(&matyan::config::Config) -> anyh
             let layout = Layout::open(&db).await.context("cannot open the store's directories")?;
             let blobs = Blobs::from_config(&config).context("blobs")?;
             let settings = Settings::new(&config.maintenance, config.storage.retry.options());
-            match maintenance::run(&db, &layout, blobs.store.as_ref(), &settings, &request, &reporter).await {
+            // SIGTERM (a CronJob's deadline) or Ctrl-C: end after the current batch, release the
+            // lock, exit 4; the next run resumes.
+            let stop = Arc::new(AtomicBool::new(false));
+            let on_signal = {
+                let stop = Arc::clone(&stop);
+                tokio::spawn(async move {
+                    super::common::shutdown_signal().await;
+                    stop.store(true, Ordering::Relaxed);
+                })
+            };
+            let result =
+                maintenance::run(&db, &layout, blobs.store.as_ref(), &settings, &request, &reporter, &stop).await;
+            on_signal.abort();
+            match result {
                 Ok(outcome) => outcome.code(),
                 Err(e) => e.code(),
             }

@@ -127,8 +127,11 @@ pub async fn maintenance(
             crate::maintenance::Settings::new(&state.config.maintenance, state.config.storage.retry.options());
         let reporter = StreamReporter(tx);
         let store = state.blobs.store.clone();
+        // The job runs to its end even if the client goes away: it holds the lock meanwhile.
+        let stop = std::sync::atomic::AtomicBool::new(false);
         let result =
-            crate::maintenance::run(&state.db, &state.layout, store.as_ref(), &settings, &request, &reporter).await;
+            crate::maintenance::run(&state.db, &state.layout, store.as_ref(), &settings, &request, &reporter, &stop)
+                .await;
         if let Err(e) = result {
             tracing::warn!(job = request.job.name(), error = %e, "maintenance job failed");
         }

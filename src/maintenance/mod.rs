@@ -20,6 +20,7 @@ mod tombstones;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ use crate::storage::kv::{Database, KvError, RetryOptions, RetryableError};
 use crate::storage::layout::{Layout, LayoutError};
 
 pub use backup::ARCHIVE_FORMAT;
-pub use progress::Ctx;
+use progress::Ctx;
 
 /// Exit status: the job finished.
 pub const EXIT_DONE: u8 = 0;
@@ -41,7 +42,7 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit status: another job holds the storage job lock; nothing was done.
 pub const EXIT_LOCKED: u8 = 3;
-/// Exit status: the job stopped before the end (`--max-batches`); the next run resumes it.
+/// Exit status: the job stopped before the end (`--max-batches`, SIGTERM); the next run resumes it.
 pub const EXIT_STOPPED: u8 = 4;
 
 /// A job and its flags, as the command line gives them (and as the admin route takes them).
@@ -208,7 +209,8 @@ impl MaintenanceError {
 }
 
 /// Takes the storage job lock, runs `request`'s job under it (renewing the lock), releases it and
-/// reports the end. The lock is released whether the job succeeds or fails.
+/// reports the end. The lock is released whether the job succeeds or fails. Once `stop` is set
+/// (SIGTERM, a CronJob's deadline), the job ends after its current batch, as with `max_batches`.
 pub async fn run(
     db: &Database,
     layout: &Layout,
@@ -216,6 +218,7 @@ pub async fn run(
     settings: &Settings,
     request: &JobRequest,
     reporter: &dyn Reporter,
+    stop: &AtomicBool,
 ) -> Result<Outcome, MaintenanceError> {
     let mut settings = settings.clone();
     if let Some(ttl) = request.lock_ttl_seconds.filter(|t| *t > 0) {
@@ -242,7 +245,17 @@ pub async fn run(
     };
     let lock = Arc::new(lock);
     let renewals = lock.keep_alive();
-    let ctx = Ctx::new(db, layout, blobs, &settings, &lock, reporter, request.max_batches);
+    let ctx = Ctx {
+        db,
+        layout,
+        blobs,
+        settings: &settings,
+        lock: &lock,
+        reporter,
+        max_batches: request.max_batches,
+        stop,
+        batches: AtomicU64::new(0),
+    };
     let result = match job {
         Job::Reindex { dry_run } => reindex::run(&ctx, *dry_run).await,
         Job::FinishStale { timeout_hours, dry_run } => stale::run(&ctx, *timeout_hours, *dry_run).await,
@@ -262,4 +275,67 @@ pub async fn run(
         Err(e) => reporter.event(Event::Finish { code: e.code(), summary: e.to_string() }),
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::LocalDirStore;
+    use crate::storage::layout::Layout;
+
+    #[derive(Default)]
+    struct Events(std::sync::Mutex<Vec<Event>>);
+
+    impl Reporter for Events {
+        fn event(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    async fn tombstoned(db: &Database, layout: &Layout, runs: &[&str]) {
+        db.run(&RetryOptions::default(), |tx| async move {
+            for run in runs {
+                layout.indexes().mark_deleted(&tx, run, 1.0);
+            }
+            Ok::<_, KvError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn tombstones(db: &Database, layout: &Layout) -> usize {
+        let tx = db.create_trx().unwrap();
+        layout.indexes().tombstones(&tx).await.unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_ends_the_job_after_its_current_batch_and_the_next_run_resumes() {
+        let db = Database::memory();
+        let layout = Layout::open(&db).await.unwrap();
+        tombstoned(&db, &layout, &["r1", "r2", "r3"]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = LocalDirStore::new(dir.path());
+        let settings = Settings {
+            batch_size: 1,
+            max_txn_bytes: 1_000_000,
+            lock_ttl: Duration::from_secs(60),
+            retry: RetryOptions::default(),
+        };
+        let request = JobRequest {
+            job: Job::CleanupTombstones { older_than_hours: 0.0, dry_run: false },
+            max_batches: None,
+            lock_ttl_seconds: None,
+        };
+        let events = Events::default();
+        let stopped = AtomicBool::new(true);
+        let outcome = run(&db, &layout, &blobs, &settings, &request, &events, &stopped).await.unwrap();
+        assert_eq!(outcome.code(), EXIT_STOPPED, "{outcome:?}");
+        assert_eq!(tombstones(&db, &layout).await, 2, "one batch committed");
+        let last = events.0.lock().unwrap().last().cloned();
+        assert!(matches!(last, Some(Event::Finish { code: EXIT_STOPPED, .. })), "{last:?}");
+
+        let outcome = run(&db, &layout, &blobs, &settings, &request, &events, &AtomicBool::new(false)).await.unwrap();
+        assert_eq!(outcome, Outcome::Done("cleared 2 tombstones older than 0 h (3 visited)".into()));
+        assert_eq!(tombstones(&db, &layout).await, 0);
+    }
 }

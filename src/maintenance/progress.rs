@@ -2,7 +2,7 @@
 //! job runs in: each batch is one fenced transaction that also saves the progress it reached.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::blobs::BlobStore;
 use crate::storage::job_lock::JobLock;
@@ -75,26 +75,17 @@ pub struct Ctx<'a> {
     pub layout: &'a Layout,
     pub blobs: &'a dyn BlobStore,
     pub settings: &'a Settings,
-    lock: &'a JobLock,
-    reporter: &'a dyn Reporter,
-    max_batches: Option<u64>,
-    batches: AtomicU64,
+    pub(super) lock: &'a JobLock,
+    pub(super) reporter: &'a dyn Reporter,
+    /// Stop after this many committed batches.
+    pub(super) max_batches: Option<u64>,
+    /// Set by a stop request: the job ends after its current batch.
+    pub(super) stop: &'a AtomicBool,
+    /// Batches committed so far.
+    pub(super) batches: AtomicU64,
 }
 
 impl<'a> Ctx<'a> {
-    /// A context for one job run.
-    pub fn new(
-        db: &'a Database,
-        layout: &'a Layout,
-        blobs: &'a dyn BlobStore,
-        settings: &'a Settings,
-        lock: &'a JobLock,
-        reporter: &'a dyn Reporter,
-        max_batches: Option<u64>,
-    ) -> Self {
-        Self { db, layout, blobs, settings, lock, reporter, max_batches, batches: AtomicU64::new(0) }
-    }
-
     /// Runs `body` in a transaction that commits only while this job holds the lock (retrying
     /// conflicts). `body` may run more than once: it must compute everything from its reads.
     pub async fn txn<T, F, Fut>(&self, mut body: F) -> Result<T, MaintenanceError>
@@ -183,10 +174,16 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Counts one committed batch; `Some(outcome)` when the batch limit says to stop here.
+    /// Counts one committed batch; `Some(outcome)` when the batch limit or a stop request says to
+    /// stop here.
     pub fn batch_committed(&self, job: &str, done: u64) -> Option<Outcome> {
         let n = self.batches.fetch_add(1, Ordering::Relaxed) + 1;
         self.reporter.event(Event::Progress { done });
+        if self.stop.load(Ordering::Relaxed) {
+            return Some(Outcome::Stopped(format!(
+                "{job} stopped on request after {n} batches ({done} items); run it again to resume"
+            )));
+        }
         match self.max_batches {
             Some(max) if n >= max => Some(Outcome::Stopped(format!(
                 "{job} stopped after {n} batches ({done} items); run it again to resume"
