@@ -425,3 +425,36 @@ fn every_maintenance_command_documents_its_exit_statuses_in_help() {
         assert!(help.contains("4 stopped before the end"), "{command}: {help}");
     }
 }
+
+#[tokio::test]
+async fn a_restore_stopped_midway_leaves_the_run_absent_and_the_next_run_completes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), NOW).await;
+    let before = dump_all(dir.path());
+    let archive = dir.path().join("b.backup");
+    let archive_arg = archive.to_str().unwrap();
+    ok(&matyan(dir.path(), &["backup", "--run", RUN_B, "--out", archive_arg]));
+    {
+        let db = open(dir.path());
+        let layout = Layout::open(&db).await.unwrap();
+        let layout = &layout;
+        db.run(&RetryOptions::default(), |tx| async move { layout.delete_run(&tx, RUN_B, NOW + 5.0).await })
+            .await
+            .unwrap();
+    }
+    // Batches of about one key, so the run's data takes several transactions.
+    let config = dir.path().join("tiny-txns.toml");
+    std::fs::write(&config, "[maintenance]\nmax_txn_bytes = 1\n").unwrap();
+    let config = config.to_str().unwrap();
+
+    let first = matyan(dir.path(), &["restore", archive_arg, "--config", config, "--max-batches", "2"]);
+    assert_eq!(status(&first), 4, "{}", String::from_utf8_lossy(&first.stderr));
+    let runs = dump(dir.path(), "runs");
+    assert!(runs.iter().any(|l| l["key"][0] == RUN_B), "some data is written");
+    assert!(!runs.iter().any(|l| l["key"][0] == RUN_B && l["key"][1] == "meta"), "but no meta: the run is absent");
+    assert!(tombstones(dir.path()).contains(&RUN_B.to_owned()), "and its tombstone stays");
+
+    let second = ok(&matyan(dir.path(), &["restore", archive_arg, "--config", config]));
+    assert!(second.contains("resuming restore"), "{second}");
+    assert_eq!(dump_all(dir.path()), before);
+}
