@@ -3,7 +3,10 @@
 //! 2. run by run: purge ghosts (no meta, no or zero `created_at`, or `pending_deletion`: data and
 //!    associations go, no tombstone is written), rewrite the others' tier 1/2/3 entries with their
 //!    twins and their experiment link;
-//! 3. rewrite `run_count` of every experiment and tag from the runs that link to them.
+//! 3. rewrite `run_count` of every experiment and tag from the runs with data that link to them.
+//!
+//! Counting (the progress total, the links) goes a page per transaction, so no transaction outlives
+//! FoundationDB's 5 s whatever the store's size.
 //!
 //! Phases 2 and 3 go in batches whose progress is saved with their writes. Between phase 1 and the
 //! end, searches of a live server see the indexes partly rebuilt, as with the reference's.
@@ -36,8 +39,7 @@ pub async fn run(ctx: &Ctx<'_>, dry_run: bool) -> Result<Outcome, MaintenanceErr
         p = Progress { phase: PHASE_RUNS, cursor: Vec::new(), done: 0, ..p };
     }
     let runs_prefix = ctx.layout.dirs.runs.clone();
-    let total = ctx.txn(|tx| async move { Ok(ctx.layout.runs.runs.hashes(&tx, true).await?.len() as u64) }).await?;
-    ctx.start(JOB, total, p.done);
+    ctx.start(JOB, count_runs(ctx).await?, p.done);
     if p.phase == PHASE_CLEAR {
         let next = Progress { phase: PHASE_RUNS, ..p.clone() };
         ctx.txn(|tx| {
@@ -115,38 +117,32 @@ pub async fn run(ctx: &Ctx<'_>, dry_run: bool) -> Result<Outcome, MaintenanceErr
     let mut counted = 0u64;
     while p.phase == PHASE_EXPERIMENTS || p.phase == PHASE_TAGS {
         let kind = if p.phase == PHASE_EXPERIMENTS { EntityKind::Experiment } else { EntityKind::Tag };
-        let (next, n) = ctx
-            .txn(|tx| {
-                let mut next = p.clone();
-                async move {
-                    let sys = &ctx.layout.system;
-                    let after = String::from_utf8_lossy(&next.cursor).into_owned();
-                    let mut n = 0;
-                    let entities = sys.list(&tx, kind).await?;
-                    let todo: Vec<&String> =
-                        entities.iter().map(|(u, _)| u).filter(|u| next.cursor.is_empty() || **u > after).collect();
-                    for uuid in todo.iter().take(ctx.settings.batch_size) {
-                        let mut count = 0i128;
-                        for run in sys.runs_of(&tx, kind, uuid).await? {
-                            if ctx.layout.runs.runs.exists(&tx, &run, false).await? {
-                                count += 1;
-                            }
-                        }
-                        sys.put_fields(&tx, kind, uuid, &[("run_count", Value::Int(count))])?;
-                        next.cursor = uuid.as_bytes().to_vec();
-                        n += 1;
-                    }
-                    if n == todo.len() {
-                        next.phase += 1;
-                        next.cursor.clear();
-                    }
-                    ctx.save(&tx, JOB, &next)?;
-                    Ok((next, n))
+        let (uuids, last) = next_entities(ctx, kind, &p.cursor).await?;
+        let mut counts = Vec::with_capacity(uuids.len());
+        for uuid in &uuids {
+            counts.push((uuid.clone(), count_linked_runs(ctx, kind, uuid).await?));
+        }
+        let mut next = p.clone();
+        match last {
+            Some(key) => next.cursor = key,
+            None => {
+                next.phase += 1;
+                next.cursor.clear();
+            }
+        }
+        ctx.txn(|tx| {
+            let (counts, next) = (&counts, &next);
+            async move {
+                for (uuid, count) in counts {
+                    let count = Value::Int(i128::from(*count));
+                    ctx.layout.system.put_fields(&tx, kind, uuid, &[("run_count", count)])?;
                 }
-            })
-            .await?;
+                ctx.save(&tx, JOB, next)
+            }
+        })
+        .await?;
         p = next;
-        counted += n as u64;
+        counted += counts.len() as u64;
         if let Some(stop) = ctx.batch_committed(JOB, p.done) {
             return Ok(stop);
         }
@@ -156,6 +152,113 @@ pub async fn run(ctx: &Ctx<'_>, dry_run: bool) -> Result<Outcome, MaintenanceErr
         "reindexed {} runs, purged {ghosts} ghosts, recounted {counted} experiments and tags",
         p.done
     )))
+}
+
+/// Keys read per transaction while counting (runs, links).
+const COUNT_PAGE: usize = 1_000;
+
+/// The runs of ⟨runs⟩, counted by skipping from run to run, a page per transaction.
+async fn count_runs(ctx: &Ctx<'_>) -> Result<u64, MaintenanceError> {
+    let prefix = &ctx.layout.dirs.runs;
+    let end = strinc(prefix);
+    let (mut n, mut begin) = (0u64, prefix.clone());
+    loop {
+        let (page, next) = ctx
+            .txn(|tx| {
+                let (mut begin, end) = (begin.clone(), end.clone());
+                async move {
+                    let mut page = 0;
+                    while page < COUNT_PAGE {
+                        let kvs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()).limit(1), true).await?;
+                        let Some(kv) = kvs.first() else { return Ok((page, None)) };
+                        let run = match tuple::unpack(&kv.key[prefix.len()..]).ok().and_then(|r| r.into_iter().next()) {
+                            Some(Elem::Str(run)) => run,
+                            _ => {
+                                return Err(
+                                    LayoutError::Corrupt("a ⟨runs⟩ key does not start with a run hash".into()).into()
+                                );
+                            }
+                        };
+                        begin = strinc(&ctx.layout.runs.runs.key(&run, &[]));
+                        page += 1;
+                    }
+                    Ok((page, Some(begin)))
+                }
+            })
+            .await?;
+        n += page as u64;
+        match next {
+            Some(b) => begin = b,
+            None => return Ok(n),
+        }
+    }
+}
+
+/// The next batch of experiment or tag uuids after `cursor` (the last one's key prefix), and the
+/// new cursor, `None` when the kind has no more.
+async fn next_entities(
+    ctx: &Ctx<'_>,
+    kind: EntityKind,
+    cursor: &[u8],
+) -> Result<(Vec<String>, Option<Vec<u8>>), MaintenanceError> {
+    let sys = &ctx.layout.system;
+    let scope = [Elem::from(kind.key_name())];
+    let base_len = sys.key(&scope).len();
+    let (first, end) = tuple::range(&ctx.layout.dirs.system, &scope);
+    ctx.txn(|tx| {
+        let (mut begin, end) = (if cursor.is_empty() { first.clone() } else { cursor.to_vec() }, end.clone());
+        async move {
+            let mut uuids = Vec::new();
+            while uuids.len() < ctx.settings.batch_size {
+                let kvs = tx.get_range(&RangeOption::new(begin.clone(), end.clone()).limit(1), true).await?;
+                let Some(kv) = kvs.first() else { return Ok((uuids, None)) };
+                let Some(Elem::Str(uuid)) = tuple::unpack(&kv.key[base_len..]).ok().and_then(|r| r.into_iter().next())
+                else {
+                    return Err(LayoutError::Corrupt(format!("a {} key without a uuid", kind.key_name())).into());
+                };
+                begin = strinc(&sys.key(&[Elem::from(kind.key_name()), Elem::from(uuid.as_str())]));
+                uuids.push(uuid);
+            }
+            Ok((uuids, Some(begin)))
+        }
+    })
+    .await
+}
+
+/// The runs with data that link to the experiment or tag (`experiment_runs` / `tag_runs`), a page
+/// of links per transaction.
+async fn count_linked_runs(ctx: &Ctx<'_>, kind: EntityKind, uuid: &str) -> Result<u64, MaintenanceError> {
+    let link = if kind == EntityKind::Experiment { "experiment_runs" } else { "tag_runs" };
+    let sys = &ctx.layout.system;
+    let scope = [Elem::from(link), Elem::from(uuid)];
+    let base_len = sys.key(&scope).len();
+    let (mut begin, end) = tuple::range(&ctx.layout.dirs.system, &scope);
+    let mut n = 0u64;
+    loop {
+        let (alive, last, full) = ctx
+            .txn(|tx| {
+                let opt = RangeOption::new(begin.clone(), end.clone()).limit(COUNT_PAGE);
+                async move {
+                    let kvs = tx.get_range(&opt, true).await?;
+                    let mut alive = 0u64;
+                    for kv in &kvs {
+                        if let Some(Elem::Str(run)) =
+                            tuple::unpack(&kv.key[base_len..]).ok().and_then(|r| r.into_iter().next())
+                            && ctx.layout.runs.runs.exists(&tx, &run, true).await?
+                        {
+                            alive += 1;
+                        }
+                    }
+                    Ok((alive, kvs.last().map(|kv| kv.key.clone()), kvs.len() == COUNT_PAGE))
+                }
+            })
+            .await?;
+        n += alive;
+        match last {
+            Some(key) if full => begin = super::progress::key_after(&key),
+            _ => return Ok(n),
+        }
+    }
 }
 
 /// Rewrites one run's index entries and experiment link; a ghost is purged instead and its reason
