@@ -3,8 +3,10 @@
 //! bytes in hex, the key without the directory's prefix so that it restores into any store), and
 //! an end line that tells a complete archive from a cut one.
 //!
-//! `backup` reads each run in pages and writes `<out>.partial`, renamed to `<out>` at the end; it
-//! does not resume (it writes nothing to the store). `restore` writes the run data in batches
+//! Both stream: `backup` reads each run in pages and writes `<out>.partial` as it reads, renamed to
+//! `<out>` at the end; it does not resume (it writes nothing to the store). `restore` reads the
+//! archive twice, once to check it whole (an incomplete archive restores nothing) and once to
+//! apply it; it writes the run data in batches
 //! within the byte budget, then, per run, one transaction with the meta, the index entries, the
 //! experiment and tag links (recreating a deleted experiment or tag) and the tombstone cleared:
 //! a run appears whole or not at all, and a restore that stops resumes at the archive line after
@@ -56,10 +58,7 @@ pub async fn backup(ctx: &Ctx<'_>, runs: &[String], out: &Path) -> Result<Outcom
     ctx.start("backup", runs.len() as u64, 0);
     let mut keys = 0u64;
     for (i, run) in runs.iter().enumerate() {
-        for line in run_lines(ctx, run).await? {
-            writeln!(w, "{line}").map_err(io(&partial))?;
-            keys += 1;
-        }
+        keys += write_run(ctx, run, &mut |line: String| writeln!(w, "{line}").map_err(io(&partial))).await?;
         ctx.advance(i as u64 + 1);
     }
     writeln!(w, "{}", json!({"end": true, "runs": runs.len(), "keys": keys})).map_err(io(&partial))?;
@@ -68,16 +67,21 @@ pub async fn backup(ctx: &Ctx<'_>, runs: &[String], out: &Path) -> Result<Outcom
     Ok(Outcome::Done(format!("backed up {} runs ({keys} keys) to {}", runs.len(), out.display())))
 }
 
-/// Every archive line of `run`: its ⟨runs⟩ keys, its index entries (forward and `_rev`), and its
-/// ⟨system⟩ links with the experiment's and tags' records.
-async fn run_lines(ctx: &Ctx<'_>, run: &str) -> Result<Vec<String>, MaintenanceError> {
+/// Writes every archive line of `run` through `emit` as it reads them (a run of any size takes no
+/// more memory than a page): its ⟨runs⟩ keys, its index entries (forward and `_rev`), and its
+/// ⟨system⟩ links with the experiment's and tags' records. Returns how many.
+async fn write_run(
+    ctx: &Ctx<'_>,
+    run: &str,
+    emit: &mut impl FnMut(String) -> Result<(), MaintenanceError>,
+) -> Result<u64, MaintenanceError> {
     let dirs = &ctx.layout.dirs;
     let runs = &ctx.layout.runs.runs;
     let exists = ctx.txn(|tx| async move { Ok(runs.exists(&tx, run, true).await?) }).await?;
     if !exists {
         return Err(MaintenanceError::Refused(format!("run {run} has no meta: there is nothing to back up")));
     }
-    let mut lines = Vec::new();
+    let mut n = 0u64;
     let (begin, end) = runs.range(run, &[]);
     let mut from = begin;
     loop {
@@ -88,7 +92,8 @@ async fn run_lines(ctx: &Ctx<'_>, run: &str) -> Result<Vec<String>, MaintenanceE
             })
             .await?;
         for kv in &kvs {
-            lines.push(key_line(run, "runs", &kv.key[dirs.runs.len()..], &kv.value));
+            emit(key_line(run, "runs", &kv.key[dirs.runs.len()..], &kv.value))?;
+            n += 1;
         }
         match kvs.last() {
             Some(last) if kvs.len() == READ_PAGE => from = key_after(&last.key),
@@ -137,8 +142,11 @@ async fn run_lines(ctx: &Ctx<'_>, run: &str) -> Result<Vec<String>, MaintenanceE
             Ok(rest)
         })
         .await?;
-    lines.extend(rest);
-    Ok(lines)
+    for line in rest {
+        emit(line)?;
+        n += 1;
+    }
+    Ok(n)
 }
 
 fn entity_key(kind: &str, uuid: &str, field: &str) -> Vec<Elem> {
@@ -169,16 +177,45 @@ fn parse_key_line(n: usize, json: &Json) -> Result<KeyLine, MaintenanceError> {
     Ok(KeyLine { run: text("run")?.to_owned(), dir, suffix: bytes("key")?, value: bytes("value")? })
 }
 
-/// A checked archive: its runs and key lines, in file order.
-struct Archive {
-    runs: Vec<String>,
-    lines: Vec<KeyLine>,
+/// What the first pass over an archive found: its runs in order, with the span of each run's key
+/// lines (they are contiguous), and the number of key lines.
+struct Scan {
+    runs: Vec<(String, usize, usize)>,
+    keys: usize,
 }
 
-fn read_archive(path: &Path) -> Result<Archive, MaintenanceError> {
+/// The key lines of an archive, numbered from 0, read one at a time; the header and the end line
+/// are checked as they pass.
+fn key_lines(
+    path: &Path,
+) -> Result<impl Iterator<Item = Result<(usize, KeyLine), MaintenanceError>>, MaintenanceError> {
     let file = std::fs::File::open(path).map_err(io(path))?;
-    let mut runs = Vec::new();
-    let mut lines = Vec::new();
+    let path = path.to_path_buf();
+    let mut lines = BufReader::new(file).lines().enumerate();
+    Ok(std::iter::from_fn(move || {
+        let (n, line) = lines.next()?;
+        let parsed = line.map_err(io(&path)).and_then(|line| {
+            serde_json::from_str::<Json>(&line)
+                .map_err(|e| MaintenanceError::Archive(format!("archive line {}: not JSON: {e}", n + 1)))
+        });
+        Some(parsed.map(|json| (n, json)))
+    })
+    .filter_map(|item| match item {
+        // The header (line 0) and the end line are checked by `scan`.
+        Ok((0, _)) => None,
+        Ok((_, json)) if json.get("end").is_some() => None,
+        Ok((n, json)) => Some(parse_key_line(n, &json).map(|kl| (n - 1, kl))),
+        Err(e) => Some(Err(e)),
+    }))
+}
+
+/// The first pass: checks the header, every key line, that each run's lines are contiguous and
+/// named in the header, and the end line (an archive without it is incomplete).
+fn scan(path: &Path) -> Result<Scan, MaintenanceError> {
+    let file = std::fs::File::open(path).map_err(io(path))?;
+    let mut header_runs: Vec<String> = Vec::new();
+    let mut runs: Vec<(String, usize, usize)> = Vec::new();
+    let mut keys = 0usize;
     let mut ended = false;
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.map_err(io(path))?;
@@ -197,26 +234,40 @@ fn read_archive(path: &Path) -> Result<Archive, MaintenanceError> {
                     "archive version {version:?} is not supported (this build reads {ARCHIVE_VERSION})"
                 )));
             }
-            runs = json
+            header_runs = json
                 .get("runs")
                 .and_then(Json::as_array)
                 .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
                 .unwrap_or_default();
-        } else if json.get("end").and_then(Json::as_bool) == Some(true) {
-            if json.get("keys").and_then(Json::as_u64) != Some(lines.len() as u64) {
+        } else if json.get("end").is_some() {
+            if json.get("keys").and_then(Json::as_u64) != Some(keys as u64) {
                 return Err(MaintenanceError::Archive("the end line's key count does not match the archive".into()));
             }
             ended = true;
         } else {
             let kl = parse_key_line(n, &json)?;
-            if !runs.contains(&kl.run) {
+            if !header_runs.contains(&kl.run) {
                 return Err(MaintenanceError::Archive(format!(
                     "archive line {}: run {} is not in the header",
                     n + 1,
                     kl.run
                 )));
             }
-            lines.push(kl);
+            let same = runs.last().is_some_and(|(run, _, _)| *run == kl.run);
+            if same {
+                if let Some((_, _, last)) = runs.last_mut() {
+                    *last = keys;
+                }
+            } else if runs.iter().any(|(r, _, _)| *r == kl.run) {
+                return Err(MaintenanceError::Archive(format!(
+                    "archive line {}: the lines of run {} are not together",
+                    n + 1,
+                    kl.run
+                )));
+            } else {
+                runs.push((kl.run, keys, keys));
+            }
+            keys += 1;
         }
     }
     if !ended {
@@ -225,7 +276,7 @@ fn read_archive(path: &Path) -> Result<Archive, MaintenanceError> {
             path.display()
         )));
     }
-    Ok(Archive { runs, lines })
+    Ok(Scan { runs, keys })
 }
 
 /// Whether a key line is written in the run's last transaction (meta, indexes, links) rather than
@@ -239,35 +290,38 @@ fn is_final(line: &KeyLine) -> bool {
 
 pub async fn restore(ctx: &Ctx<'_>, path: &Path, replace: bool, dry_run: bool) -> Result<Outcome, MaintenanceError> {
     const JOB: &str = "restore";
-    let archive = read_archive(path)?;
+    let scan = scan(path)?;
     let size = std::fs::metadata(path).map_err(io(path))?.len();
     let params = format!("archive={} size={size} replace={replace}", path.display());
     let mut p = ctx.resume(JOB, &params, 0.0).await?;
-    let total = archive.lines.len() as u64;
+    let total = scan.keys as u64;
     ctx.start(JOB, total, p.done);
     if dry_run {
-        for run in &archive.runs {
-            let n = archive.lines.iter().filter(|l| &l.run == run).count();
+        for (run, first, last) in &scan.runs {
             let exists = ctx.txn(|tx| async move { Ok(ctx.layout.runs.runs.exists(&tx, run, true).await?) }).await?;
             let note = match (exists, replace) {
                 (false, _) => "",
                 (true, true) => ", replacing the run in the store",
                 (true, false) => ", but the run exists in the store: it would be refused without --replace",
             };
-            ctx.line(format!("[dry-run] Would restore run {run} ({n} keys){note}"));
+            ctx.line(format!("[dry-run] Would restore run {run} ({} keys){note}", last - first + 1));
         }
-        return Ok(Outcome::Done(format!("[dry-run] would restore {} runs ({total} keys)", archive.runs.len())));
+        return Ok(Outcome::Done(format!("[dry-run] would restore {} runs ({total} keys)", scan.runs.len())));
     }
-    let cursor =
-        |p: &super::progress::Progress| <[u8; 8]>::try_from(p.cursor.as_slice()).map(u64::from_be_bytes).unwrap_or(0);
-    for run in &archive.runs {
-        let indexed: Vec<(usize, &KeyLine)> = archive.lines.iter().enumerate().filter(|(_, l)| &l.run == run).collect();
-        let Some(&(last, _)) = indexed.last() else { continue };
-        if (last as u64) < cursor(&p) {
+    let cursor = |p: &super::progress::Progress| {
+        <[u8; 8]>::try_from(p.cursor.as_slice()).map(u64::from_be_bytes).unwrap_or(0) as usize
+    };
+    let mut lines = key_lines(path)?;
+    for (run, first, last) in &scan.runs {
+        let from = cursor(&p);
+        if *last < from {
+            // Restored by an earlier start: skip its lines.
+            for item in lines.by_ref().take(last - first + 1) {
+                item?;
+            }
             continue;
         }
-        let first = indexed[0].0 as u64;
-        if first >= cursor(&p) {
+        if *first >= from {
             let exists = ctx.txn(|tx| async move { Ok(ctx.layout.runs.runs.exists(&tx, run, false).await?) }).await?;
             if exists && !replace {
                 return Err(MaintenanceError::Refused(format!(
@@ -285,10 +339,19 @@ pub async fn restore(ctx: &Ctx<'_>, path: &Path, replace: bool, dry_run: bool) -
                 .await?;
             }
         }
-        let mut pending: Vec<(usize, &KeyLine)> = Vec::new();
+        let mut finals: Vec<KeyLine> = Vec::new();
+        let mut pending: Vec<(usize, KeyLine)> = Vec::new();
         let mut pending_bytes = 0usize;
-        let from = cursor(&p);
-        for &(i, line) in indexed.iter().filter(|(i, l)| !is_final(l) && *i as u64 >= from) {
+        for item in lines.by_ref().take(last - first + 1) {
+            let (i, line) = item?;
+            if is_final(&line) {
+                // Needed for the run's last transaction even when its data was written before a stop.
+                finals.push(line);
+                continue;
+            }
+            if i < from {
+                continue;
+            }
             pending_bytes += line.suffix.len() + line.value.len() + ctx.layout.dirs.runs.len();
             pending.push((i, line));
             if pending_bytes >= ctx.settings.max_txn_bytes {
@@ -304,10 +367,9 @@ pub async fn restore(ctx: &Ctx<'_>, path: &Path, replace: bool, dry_run: bool) -
         {
             return Ok(stop);
         }
-        let finals: Vec<&KeyLine> = indexed.iter().filter(|(_, l)| is_final(l)).map(|(_, l)| *l).collect();
         let mut next = p.clone();
-        next.cursor = (last as u64 + 1).to_be_bytes().to_vec();
-        next.done = last as u64 + 1;
+        next.cursor = (*last as u64 + 1).to_be_bytes().to_vec();
+        next.done = *last as u64 + 1;
         let warnings = ctx
             .txn(|tx| {
                 let (finals, next) = (&finals, &next);
@@ -328,7 +390,7 @@ pub async fn restore(ctx: &Ctx<'_>, path: &Path, replace: bool, dry_run: bool) -
         }
     }
     ctx.finish(JOB).await?;
-    Ok(Outcome::Done(format!("restored {} runs ({total} keys) from {}", archive.runs.len(), path.display())))
+    Ok(Outcome::Done(format!("restored {} runs ({total} keys) from {}", scan.runs.len(), path.display())))
 }
 
 /// Writes one batch of a run's data lines and the progress after them.
@@ -336,7 +398,7 @@ async fn write_data(
     ctx: &Ctx<'_>,
     job: &str,
     p: &mut super::progress::Progress,
-    lines: &[(usize, &KeyLine)],
+    lines: &[(usize, KeyLine)],
 ) -> Result<Option<Outcome>, MaintenanceError> {
     let Some(&(last, _)) = lines.last() else { return Ok(None) };
     let mut next = p.clone();
@@ -365,7 +427,7 @@ async fn finish_run(
     ctx: &Ctx<'_>,
     tx: &Transaction,
     run: &str,
-    finals: &[&KeyLine],
+    finals: &[KeyLine],
 ) -> Result<Vec<String>, MaintenanceError> {
     let dirs = &ctx.layout.dirs;
     let (idx, sys) = (ctx.layout.indexes(), &ctx.layout.system);
