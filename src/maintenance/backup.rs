@@ -6,11 +6,10 @@
 //! Both stream: `backup` reads each run in pages and writes `<out>.partial` as it reads, renamed to
 //! `<out>` at the end; it does not resume (it writes nothing to the store). `restore` reads the
 //! archive twice, once to check it whole (an incomplete archive restores nothing) and once to
-//! apply it; it writes the run data in batches
-//! within the byte budget, then, per run, one transaction with the meta, the index entries, the
-//! experiment and tag links (recreating a deleted experiment or tag) and the tombstone cleared:
-//! a run appears whole or not at all, and a restore that stops resumes at the archive line after
-//! its last batch.
+//! apply it. It writes the run data in batches within the byte budget, then, per run, one
+//! transaction with the meta, the index entries, the experiment and tag links (recreating a
+//! deleted experiment or tag) and the tombstone cleared: a run appears whole or not at all, and a
+//! restore that stops resumes at the archive line after its last batch.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, BufWriter, Write};
