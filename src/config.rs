@@ -1249,4 +1249,23 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.max_run_actors_per_partition: must be at least 1"), "{err}");
     }
+
+    #[test]
+    fn maintenance_budgets_outside_their_bounds_are_rejected_naming_the_key() {
+        let c = Config::load(None, env_of(&[("TOMBSTONE_CLEANUP_OLDER_THAN_HOURS", "72")])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.maintenance.tombstone_older_than_hours, 72);
+        assert_eq!((c.maintenance.batch_size, c.maintenance.lock_ttl_seconds), (100, 600));
+        for (toml, key) in [
+            ("batch_size = 0", "maintenance.batch_size"),
+            ("batch_size = 10001", "maintenance.batch_size"),
+            ("max_txn_bytes = 0", "maintenance.max_txn_bytes"),
+            ("max_txn_bytes = 10000001", "maintenance.max_txn_bytes"),
+            ("lock_ttl_seconds = 0", "maintenance.lock_ttl_seconds"),
+            ("lock_ttl_seconds = 604801", "maintenance.lock_ttl_seconds"),
+        ] {
+            let c = Config::from_toml_str("f.toml", &format!("[maintenance]\n{toml}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec![key], "{toml}");
+        }
+    }
 }
