@@ -9,12 +9,15 @@
 //!
 //! - `progress.rs`: the saved progress and the batch context every job runs in;
 //! - `reindex.rs`, `stale.rs`, `tombstones.rs`, `orphans.rs`: one job each;
-//! - `backup.rs`: `backup` and `restore` of runs (format: `docs/backup-format.md`).
+//! - `archive.rs`, `backup.rs`, `restore.rs`: the run archive (`docs/backup-format.md`), and
+//!   `backup` and `restore` of runs through it.
 
+mod archive;
 mod backup;
 mod orphans;
 mod progress;
 mod reindex;
+mod restore;
 mod stale;
 mod tombstones;
 
@@ -31,7 +34,7 @@ use crate::storage::job_lock::{self, JobLock, JobLockError};
 use crate::storage::kv::{Database, KvError, RetryOptions, RetryableError};
 use crate::storage::layout::{Layout, LayoutError};
 
-pub use backup::ARCHIVE_FORMAT;
+pub use archive::ARCHIVE_FORMAT;
 use progress::Ctx;
 
 /// Exit status: the job finished.
@@ -264,7 +267,7 @@ pub async fn run(
         }
         Job::CleanupOrphanBlobs { limit, dry_run } => orphans::run(&ctx, *limit, *dry_run).await,
         Job::Backup { runs, out } => backup::backup(&ctx, runs, out).await,
-        Job::Restore { archive, replace, dry_run } => backup::restore(&ctx, archive, *replace, *dry_run).await,
+        Job::Restore { archive, replace, dry_run } => restore::run(&ctx, archive, *replace, *dry_run).await,
     };
     drop(renewals);
     if let Err(e) = lock.release().await {
