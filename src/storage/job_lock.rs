@@ -280,4 +280,22 @@ mod tests {
         .unwrap();
         take(&db, "reindex", 1000.0).await.expect("garbage is no lock");
     }
+
+    #[tokio::test]
+    async fn a_held_lock_is_renewed_while_its_job_runs() {
+        let db = Database::memory();
+        // Renewed every second; a renewal leaves two seconds of margin for the check below.
+        let ttl = Duration::from_secs(3);
+        let retry = RetryOptions::default();
+        // Taken long ago: without renewals it would have expired decades ago.
+        let lock = Arc::new(JobLock::acquire(&db, b"\x15\x09", "reindex", "h", ttl, 1000.0, &retry).await.unwrap());
+        let _renewals = lock.keep_alive();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while lock.info().unwrap().expires_at < 2000.0 {
+            assert!(std::time::Instant::now() < deadline, "the lock was never renewed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let other = take(&db, "other", crate::clock::now_secs()).await;
+        assert!(matches!(other, Err(JobLockError::Held { .. })), "{other:?}");
+    }
 }
