@@ -29,11 +29,7 @@ pub async fn run(ctx: &Ctx<'_>, limit: u64, dry_run: bool) -> Result<Outcome, Ma
     let scope = [Elem::from(DELETED)];
     let (begin, end) = tuple::range(prefix, &scope);
     let base_len = tuple::pack_with_prefix(prefix, &scope).len();
-    let mut p = ctx.resume(JOB, &format!("limit={limit}"), 0.0).await?;
-    if dry_run {
-        p.cursor.clear();
-        p.done = 0;
-    }
+    let mut p = ctx.resume(JOB, &format!("limit={limit}"), 0.0, dry_run).await?;
     let mut total = ctx.count(&begin, &end).await?;
     if limit > 0 {
         total = total.min(limit);

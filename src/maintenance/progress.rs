@@ -110,13 +110,15 @@ impl<'a> Ctx<'a> {
     }
 
     /// The saved progress of `job` when it was saved under the same `params`, else a fresh one
-    /// with `cutoff`. Progress saved under other flags is dropped with a log line.
-    pub async fn resume(&self, job: &str, params: &str, cutoff: f64) -> Result<Progress, MaintenanceError> {
-        let key = jobs::progress_key(&self.layout.dirs.ours, job);
-        let saved = self.txn(|tx| {
-            let key = key.clone();
-            async move { Ok(tx.get(&key, false).await?) }
-        });
+    /// with `cutoff`. Progress saved under other flags is dropped with a log line. A dry run
+    /// always starts fresh: it shows everything the job would do from the beginning.
+    pub async fn resume(
+        &self,
+        job: &str,
+        params: &str,
+        cutoff: f64,
+        dry_run: bool,
+    ) -> Result<Progress, MaintenanceError> {
         let fresh = Progress {
             params: params.to_owned(),
             phase: 0,
@@ -125,6 +127,14 @@ impl<'a> Ctx<'a> {
             cutoff,
             started_at: crate::clock::now_secs(),
         };
+        if dry_run {
+            return Ok(fresh);
+        }
+        let key = jobs::progress_key(&self.layout.dirs.ours, job);
+        let saved = self.txn(|tx| {
+            let key = key.clone();
+            async move { Ok(tx.get(&key, false).await?) }
+        });
         Ok(match saved.await?.as_deref().map(Progress::decode) {
             Some(Some(p)) if p.params == params => {
                 self.line(format!("resuming {job} after {} items (saved progress)", p.done));

@@ -34,9 +34,10 @@ const PHASE_EXPERIMENTS: u32 = 2;
 const PHASE_TAGS: u32 = 3;
 
 pub async fn run(ctx: &Ctx<'_>, dry_run: bool) -> Result<Outcome, MaintenanceError> {
-    let mut p = ctx.resume(JOB, "", 0.0).await?;
+    let mut p = ctx.resume(JOB, "", 0.0, dry_run).await?;
     if dry_run {
-        p = Progress { phase: PHASE_RUNS, cursor: Vec::new(), done: 0, ..p };
+        // Nothing is cleared: the dry run only walks the runs.
+        p.phase = PHASE_RUNS;
     }
     let runs_prefix = ctx.layout.dirs.runs.clone();
     ctx.start(JOB, count_runs(ctx).await?, p.done);

@@ -21,7 +21,7 @@ pub async fn run(ctx: &Ctx<'_>, path: &Path, replace: bool, dry_run: bool) -> Re
     let scan = scan(path)?;
     let size = std::fs::metadata(path).map_err(io(path))?.len();
     let params = format!("archive={} size={size} replace={replace}", path.display());
-    let mut p = ctx.resume(JOB, &params, 0.0).await?;
+    let mut p = ctx.resume(JOB, &params, 0.0, dry_run).await?;
     let total = scan.keys as u64;
     ctx.start(JOB, total, p.done);
     if dry_run {

@@ -19,11 +19,7 @@ pub async fn run(ctx: &Ctx<'_>, timeout_hours: f64, dry_run: bool) -> Result<Out
     let base_len = tuple::pack_with_prefix(prefix, &scope).len();
     let now = crate::clock::now_secs();
     let params = format!("timeout_hours={timeout_hours}");
-    let mut p = ctx.resume(JOB, &params, now - timeout_hours * 3600.0).await?;
-    if dry_run {
-        p.cursor.clear();
-        p.done = 0;
-    }
+    let mut p = ctx.resume(JOB, &params, now - timeout_hours * 3600.0, dry_run).await?;
     ctx.start(JOB, ctx.count(&begin, &end).await? + p.done, p.done);
     let ops = &ctx.layout.runs;
     let mut finished = 0u64;

@@ -29,11 +29,8 @@ pub async fn run(ctx: &Ctx<'_>, older_than_hours: f64, dry_run: bool) -> Result<
     let (begin, end) = tuple::range(prefix, &scope);
     let base_len = tuple::pack_with_prefix(prefix, &scope).len();
     let params = format!("older_than_hours={older_than_hours}");
-    let mut p = ctx.resume(JOB, &params, crate::clock::now_secs() - older_than_hours * 3600.0).await?;
-    if dry_run {
-        p.cursor.clear();
-        p.done = 0;
-    }
+    let cutoff = crate::clock::now_secs() - older_than_hours * 3600.0;
+    let mut p = ctx.resume(JOB, &params, cutoff, dry_run).await?;
     ctx.start(JOB, ctx.count(&begin, &end).await? + p.done, p.done);
     let mut cleared = 0u64;
     loop {
