@@ -64,9 +64,11 @@ REFUSALS = [
     ({}, "needs storage.fdb.clusterFile"),
     ({**FDB, "s3": {"enabled": True}}, "issue 11"),
     ({**FDB, "control": {"enabled": True}}, "issue 11"),
-    ({**FDB, "maintenance": {"finishStale": {"enabled": True}}}, "issue 11"),
-    ({**FDB, "maintenance": {"cleanupTombstones": {"enabled": True}}}, "issue 11"),
-    ({**FDB, "maintenance": {"cleanupOrphanBlobs": {"enabled": True}}}, "issue 11"),
+    ({"mode": "serve", "storage": {"backend": "embedded"}, "maintenance": {"finishStale": {"enabled": True}}},
+     "maintenance.finishStale.enabled needs storage.backend fdb"),
+    ({"mode": "serve", "storage": {"backend": "embedded"}, "maintenance": {"cleanupTombstones": {"enabled": True}}},
+     "maintenance.cleanupTombstones.enabled needs storage.backend fdb"),
+    ({**FDB, "maintenance": {"cleanupOrphanBlobs": {"enabled": True}}}, "needs blobs.existingClaim"),
     ({**FDB, "kafka": {"sasl": {"mechanism": "PLAIN"}}}, "kafka.sasl.existingSecret"),
     ({**FDB, "mode": "all"}, "mode must be split or serve"),
 ]
@@ -115,7 +117,29 @@ def check_config(text: str, defaults: dict[str, object], where: str, errors: lis
 def pod_spec(doc: dict) -> dict | None:
     if doc.get("kind") in ("Deployment", "StatefulSet"):
         return doc["spec"]["template"]["spec"]
+    if doc.get("kind") == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     return None
+
+
+def pod_template(doc: dict) -> dict:
+    if doc.get("kind") == "CronJob":
+        return doc["spec"]["jobTemplate"]["spec"]["template"]
+    return doc["spec"]["template"]
+
+
+def check_cronjob_args(doc: dict, where: str, errors: list[str]) -> None:
+    """A maintenance CronJob's arguments parse: the binary is run with them and `--help`, which
+    clap answers only after accepting every argument before it."""
+    if MATYAN_BIN is None:
+        return
+    for container in pod_spec(doc)["containers"]:
+        args = container.get("args", [])
+        result = subprocess.run([MATYAN_BIN, *args, "--help"], capture_output=True, text=True, timeout=60)
+        if result.returncode != 0:
+            fail(errors, f"{where} {doc['metadata']['name']}: `matyan {' '.join(args)}` is refused: {result.stderr.strip()}")
+        elif "Exit status (for a Kubernetes CronJob)" not in result.stdout:
+            fail(errors, f"{where} {doc['metadata']['name']}: `matyan {args[0]}` does not document its exit statuses")
 
 
 def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str], where: str, errors: list[str]) -> None:
@@ -127,17 +151,23 @@ def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str
         if spec is None:
             continue
         name = doc["metadata"]["name"]
-        component = doc["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+        component = pod_template(doc)["metadata"]["labels"]["app.kubernetes.io/component"]
         volumes = {v["name"] for v in spec.get("volumes", [])}
         volumes |= {t["metadata"]["name"] for t in doc["spec"].get("volumeClaimTemplates", [])}
         for init in spec.get("initContainers", []):
             for mount in init.get("volumeMounts", []):
                 if mount["name"] not in volumes:
                     fail(errors, f"{where} {name}: init mount {mount['name']} has no volume")
+        if doc["kind"] == "CronJob":
+            check_cronjob_args(doc, where, errors)
+            if spec.get("restartPolicy") != "Never":
+                fail(errors, f"{where} {name}: a Job with a podFailurePolicy needs restartPolicy Never")
         for container in spec["containers"]:
             ports = {p["name"] for p in container.get("ports", [])}
             container_ports[component] = ports
             for probe, route in HEALTH_ROUTES.items():
+                if doc["kind"] == "CronJob":
+                    break
                 get = container.get(probe, {}).get("httpGet")
                 if get is None:
                     fail(errors, f"{where} {name}: no {probe}")
@@ -155,7 +185,7 @@ def check_pods(docs: list[dict], defaults: dict[str, object], known_env: set[str
             args = container.get("args", [])
             if args and args[0] != component:
                 fail(errors, f"{where} {name}: runs `matyan {args[0]}` under component {component}")
-    pod_labels = [d["spec"]["template"]["metadata"]["labels"] for d in docs if pod_spec(d) is not None]
+    pod_labels = [pod_template(d)["metadata"]["labels"] for d in docs if pod_spec(d) is not None]
     for doc in docs:
         if doc.get("kind") == "Service":
             selector = doc["spec"]["selector"]

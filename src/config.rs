@@ -38,6 +38,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub ui: UiConfig,
     pub queue: QueueConfig,
+    pub maintenance: MaintenanceConfig,
     /// `production` refuses the development defaults of secrets and credentials (env
     /// `MATYAN_ENVIRONMENT`, as the reference).
     pub environment: Environment,
@@ -469,6 +470,62 @@ impl std::fmt::Debug for UiConfig {
     }
 }
 
+/// The maintenance commands (`reindex`, `finish-stale`, `cleanup-*`, `backup`, `restore`): the
+/// budget of each of their transactions, the job lock's time to live, and the reference's defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Runs, tombstones or entities one batch transaction handles at most.
+    pub batch_size: u32,
+    /// Bytes one batch transaction writes at most (a batch ends early past them).
+    pub max_txn_bytes: u64,
+    /// Time to live of the storage job lock; renewed every third of it while a job runs.
+    pub lock_ttl_seconds: u64,
+    /// `cleanup-tombstones --older-than-hours` default.
+    pub tombstone_older_than_hours: u64,
+    /// `finish-stale --timeout-hours` default.
+    pub stale_timeout_hours: u64,
+}
+
+impl MaintenanceConfig {
+    /// The most keys a batch may name: FoundationDB's own budgets bound a transaction anyway.
+    pub const MAX_BATCH_SIZE: u32 = 10_000;
+    /// A week: a lock that outlives its job longer than this only blocks the next one.
+    pub const MAX_LOCK_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.batch_size == 0 {
+            errors.push(ValidationError::Zero { key: "maintenance.batch_size" });
+        } else if self.batch_size > Self::MAX_BATCH_SIZE {
+            errors.push(ValidationError::AboveMax {
+                key: "maintenance.batch_size",
+                value: u64::from(self.batch_size),
+                max: u64::from(Self::MAX_BATCH_SIZE),
+            });
+        }
+        let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
+        if self.max_txn_bytes == 0 {
+            errors.push(ValidationError::Zero { key: "maintenance.max_txn_bytes" });
+        } else if self.max_txn_bytes > fdb_bytes {
+            errors.push(ValidationError::AboveFdbLimit {
+                key: "maintenance.max_txn_bytes",
+                value: self.max_txn_bytes,
+                limit: fdb_bytes,
+                unit: "byte",
+            });
+        }
+        if self.lock_ttl_seconds == 0 {
+            errors.push(ValidationError::Zero { key: "maintenance.lock_ttl_seconds" });
+        } else if self.lock_ttl_seconds > Self::MAX_LOCK_TTL_SECONDS {
+            errors.push(ValidationError::AboveMax {
+                key: "maintenance.lock_ttl_seconds",
+                value: self.lock_ttl_seconds,
+                max: Self::MAX_LOCK_TTL_SECONDS,
+            });
+        }
+    }
+}
+
 /// Why a configuration could not be loaded.
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -688,6 +745,10 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("TOMBSTONE_CLEANUP_OLDER_THAN_HOURS") {
+            self.maintenance.tombstone_older_than_hours =
+                parse_env("TOMBSTONE_CLEANUP_OLDER_THAN_HOURS", v, "a non-negative integer")?;
+        }
         Ok(())
     }
 
@@ -851,6 +912,7 @@ impl Config {
             });
         }
         self.validate_blobs(&mut errors);
+        self.maintenance.validate(&mut errors);
         if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
 
@@ -1445,5 +1507,24 @@ mod tests {
         Config::load(None, env_of(&[("BLOB_BACKEND_TYPE", "s3")])).unwrap().validate().unwrap();
         let err = Config::load(None, env_of(&[("MATYAN_ENVIRONMENT", "prod")])).unwrap_err().to_string();
         assert!(err.contains("MATYAN_ENVIRONMENT"), "{err}");
+    }
+
+    #[test]
+    fn maintenance_budgets_outside_their_bounds_are_rejected_naming_the_key() {
+        let c = Config::load(None, env_of(&[("TOMBSTONE_CLEANUP_OLDER_THAN_HOURS", "72")])).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.maintenance.tombstone_older_than_hours, 72);
+        assert_eq!((c.maintenance.batch_size, c.maintenance.lock_ttl_seconds), (100, 600));
+        for (toml, key) in [
+            ("batch_size = 0", "maintenance.batch_size"),
+            ("batch_size = 10001", "maintenance.batch_size"),
+            ("max_txn_bytes = 0", "maintenance.max_txn_bytes"),
+            ("max_txn_bytes = 10000001", "maintenance.max_txn_bytes"),
+            ("lock_ttl_seconds = 0", "maintenance.lock_ttl_seconds"),
+            ("lock_ttl_seconds = 604801", "maintenance.lock_ttl_seconds"),
+        ] {
+            let c = Config::from_toml_str("f.toml", &format!("[maintenance]\n{toml}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec![key], "{toml}");
+        }
     }
 }

@@ -20,6 +20,8 @@
 //! - [`gateway`]: the SDK gateway (`WS /api/v1/ws/runs/{run_id}`, artifact presign and upload),
 //!   publishing durably to the embedded queue or Kafka;
 //! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
+//! - [`maintenance`]: the maintenance jobs (reindex, finish-stale, cleanups, backup and restore),
+//!   resumable batches under the storage job lock;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`bench`]: benchmarks that print figures.
 //!
@@ -33,6 +35,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod ingest;
+pub mod maintenance;
 pub mod metrics;
 pub mod query;
 pub mod storage;

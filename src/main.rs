@@ -24,9 +24,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(cli.run()) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "command failed");
-            ExitCode::FAILURE
-        }
+        // A maintenance command has reported its end already; it only sets the status.
+        Err(e) => match e.downcast_ref::<cli::ExitStatus>() {
+            Some(status) => ExitCode::from(status.0),
+            None => {
+                tracing::error!(error = format!("{e:#}"), "command failed");
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -251,10 +251,8 @@ fn the_helm_chart_runs_each_role_with_flags_the_binary_has_on_the_default_ports(
     assert_eq!(port_of("ingest", "metricsPort"), default_port("metrics", "port"));
     // Roles that do not exist yet are off, and refused when turned on.
     let helpers = read("ops/helm/matyan/templates/_helpers.tpl");
-    for missing in ["control", "finish-stale", "cleanup-tombstones", "cleanup-orphan-blobs"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_matyan")).arg(missing).arg("--help").output().expect("run matyan");
-        assert!(!out.status.success(), "`matyan {missing}` exists now: add it to the chart");
-    }
+    let out = Command::new(env!("CARGO_BIN_EXE_matyan")).arg("control").arg("--help").output().expect("run matyan");
+    assert!(!out.status.success(), "`matyan control` exists now: add it to the chart");
     assert!(helpers.contains("control.enabled: `matyan control` does not exist yet (issue 11)"));
 }
 
@@ -292,4 +290,33 @@ fn the_token_and_anchor_helpers_read_what_they_should() {
         container_args("args:\n  - api\n  {{- if x }}\n  - --port\n  - \"1\"\nports:\n"),
         ["api", "--port", "1"]
     );
+}
+
+#[test]
+fn the_helm_chart_runs_each_maintenance_cronjob_with_flags_the_binary_has() {
+    let template = read("ops/helm/matyan/templates/maintenance.yaml");
+    let values = read("ops/helm/matyan/values.yaml");
+    let jobs = template.split("\n---\n").skip(1).collect::<Vec<_>>();
+    let commands: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            let args = container_args(job);
+            let command = args.first().cloned().unwrap_or_default();
+            assert!(job.contains("kind: CronJob"), "{command}: a CronJob");
+            assert!(job.contains(&format!("app.kubernetes.io/component: {command}")), "{command}: its component");
+            assert_real_invocation(&format!("maintenance.yaml {command}"), &command, &args[1..]);
+            assert!(args.contains(&"--lock-ttl-seconds".to_owned()), "{command}: its lock's ttl");
+            // The CronJob's retry policy relies on the exit statuses the command documents.
+            let help = help(&[command.as_str()]);
+            assert!(help.contains("3 another maintenance job holds the storage job lock"), "{command}:\n{help}");
+            command
+        })
+        .collect();
+    assert_eq!(commands, ["finish-stale", "cleanup-tombstones", "cleanup-orphan-blobs"]);
+    let helpers = read("ops/helm/matyan/templates/_helpers.tpl");
+    assert!(helpers.contains("values: [2, 3]"), "statuses 2 and 3 end the Job without retries");
+    assert!(!helpers.contains("the maintenance commands do not exist yet"), "the refusal is gone");
+    for key in ["finishStale:", "cleanupTombstones:", "cleanupOrphanBlobs:"] {
+        assert!(values.contains(&format!("\n  {key}\n    enabled: false\n")), "values.yaml has maintenance.{key} off");
+    }
 }

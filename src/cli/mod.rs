@@ -8,8 +8,11 @@ mod gateway;
 mod ingest;
 mod kafka_ingest;
 mod kv;
+mod maintenance;
 mod queue;
 mod serve;
+
+pub use maintenance::ExitStatus;
 
 use std::path::PathBuf;
 
@@ -47,6 +50,18 @@ pub enum Commands {
     /// Development tools (`dev seed`: demonstration runs for the UI check).
     #[command(hide = true)]
     Dev(dev::DevArgs),
+    /// Rebuild every index entry from run data and purge ghost runs (resumable, locked).
+    Reindex(maintenance::ReindexArgs),
+    /// Finish active runs created more than --timeout-hours ago (resumable, locked).
+    FinishStale(maintenance::FinishStaleArgs),
+    /// Clear tombstones older than --older-than-hours (resumable, locked).
+    CleanupTombstones(maintenance::CleanupTombstonesArgs),
+    /// Delete the blobs of every tombstoned run (resumable, locked).
+    CleanupOrphanBlobs(maintenance::CleanupOrphanBlobsArgs),
+    /// Write runs to an archive file (docs/backup-format.md).
+    Backup(maintenance::BackupArgs),
+    /// Restore the runs of a backup archive and clear their tombstones (resumable, locked).
+    Restore(maintenance::RestoreArgs),
 }
 
 impl Cli {
@@ -61,6 +76,12 @@ impl Cli {
             Commands::Bench(args) => bench::run(args).await,
             Commands::Queue(args) => queue::run(args).await,
             Commands::Dev(args) => dev::run(args).await,
+            Commands::Reindex(args) => maintenance::reindex(args).await,
+            Commands::FinishStale(args) => maintenance::finish_stale(args).await,
+            Commands::CleanupTombstones(args) => maintenance::cleanup_tombstones(args).await,
+            Commands::CleanupOrphanBlobs(args) => maintenance::cleanup_orphan_blobs(args).await,
+            Commands::Backup(args) => maintenance::backup(args).await,
+            Commands::Restore(args) => maintenance::restore(args).await,
         }
     }
 }

@@ -6,6 +6,10 @@
 //! - `POST /admin/chaos/kill/?target=partition|run|source|random&partition=&run=`: kills an ingest
 //!   actor without flushing (chaos drills), when `[ingest] chaos` or `matyan serve --chaos` enabled
 //!   it; answers what was killed and the pipeline's counters.
+//! - `POST /admin/maintenance/` (body: a `maintenance::JobRequest`): runs a maintenance job in
+//!   this process, on the store it holds, streaming the job's events as JSON lines (the last one
+//!   is `finish`, with the exit status); this is how `matyan reindex` and the other maintenance
+//!   commands run against a store that a running `matyan serve` holds open.
 
 use std::net::SocketAddr;
 
@@ -96,4 +100,47 @@ pub async fn chaos_kill(
         Err(e @ crate::actors::PipelineError::NoSuchTarget(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
+}
+
+/// Sends a job's events into the response stream.
+struct StreamReporter(tokio::sync::mpsc::UnboundedSender<crate::maintenance::Event>);
+
+impl crate::maintenance::Reporter for StreamReporter {
+    fn event(&self, event: crate::maintenance::Event) {
+        // A client that went away stops reading; the job still runs to its end under its lock.
+        let _ = self.0.send(event);
+    }
+}
+
+/// Runs a maintenance job here and streams its events.
+pub async fn maintenance(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<crate::maintenance::JobRequest>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        return error(StatusCode::FORBIDDEN, "admin routes answer loopback clients only".into());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let settings =
+            crate::maintenance::Settings::new(&state.config.maintenance, state.config.storage.retry.options());
+        let reporter = StreamReporter(tx);
+        let store = state.blobs.store.clone();
+        // The job runs to its end even if the client goes away: it holds the lock meanwhile.
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let result =
+            crate::maintenance::run(&state.db, &state.layout, store.as_ref(), &settings, &request, &reporter, &stop)
+                .await;
+        if let Err(e) = result {
+            tracing::warn!(job = request.job.name(), error = %e, "maintenance job failed");
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(stream)).into_response()
 }

@@ -47,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health/ready/", get(health::ready))
         .route("/admin/kv/dump/", get(admin::kv_dump))
         .route("/admin/chaos/kill/", axum::routing::post(admin::chaos_kill))
+        .route("/admin/maintenance/", axum::routing::post(admin::maintenance))
         .route("/api/v1/rest/openapi.json/", get(openapi::document))
         .merge(api::routes());
     if let Some(gateway) = &state.gateway {

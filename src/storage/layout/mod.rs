@@ -6,7 +6,8 @@
 //! - `indexes.rs`: ⟨indexes⟩ entries, twins and tombstones;
 //! - `system.rs`: ⟨system⟩ entities, names, run links, settings, job locks;
 //! - `sequences.rs`: the sequence interface and its one-key-per-step layout;
-//! - `ours.rs`: every tag and key shape of our own directory (`matyan_rs`) and its schema version.
+//! - `ours.rs`: every tag and key shape of our own directory (`matyan_rs`) and its schema version
+//!   (checkpoints, outbox, dead letters, queue, consumers, the job lock and jobs' progress).
 
 pub mod dirs;
 pub mod indexes;

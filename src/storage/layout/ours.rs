@@ -16,6 +16,8 @@
 //! | `("queue_start", topic, partition)` | 8-byte LE: the first offset not trimmed | [`crate::ingest::queue`] |
 //! | `("queue", topic, partition, offset, chunk)` | a chunk of the record's frame | [`crate::ingest::queue`] |
 //! | `("consumer", group, topic, partition)` | 8-byte LE: the group's committed offset | [`crate::ingest::queue`] |
+//! | `("job_lock",)` | mp({job, holder, token, expires_at}): the one storage job lock | [`crate::storage::job_lock`] |
+//! | `("job_progress", job)` | mp({params, phase, cursor, done, cutoff, started_at}): how far a job got | [`crate::maintenance`] |
 //!
 //! Outbox events recorded by REST handlers (deleting an experiment or a tag) have no source
 //! record: their partition is [`REST_PARTITION`] (-1, never a real partition) and their offset the
@@ -46,6 +48,11 @@ pub const QUEUE_START: &str = "queue_start";
 pub const QUEUE: &str = "queue";
 /// Tag of consumer groups' committed offsets.
 pub const CONSUMER: &str = "consumer";
+/// Tag of the storage job lock. The reference's lock is per job name in ⟨system⟩ and holds only an
+/// expiry; ours is one key for every job (and `migrate`), so two jobs never rewrite the store at once.
+pub const JOB_LOCK: &str = "job_lock";
+/// Tag of the maintenance jobs' saved progress (the reference's jobs do not resume).
+pub const JOB_PROGRESS: &str = "job_progress";
 
 /// The outbox partition of control events recorded by REST handlers (no source record caused
 /// them, so no real partition applies).
@@ -242,6 +249,16 @@ impl Ours {
     /// `("consumer", group, topic, partition)`.
     pub fn consumer(&self, group: &str, topic: &str, partition: i32) -> Vec<u8> {
         self.key(&[Elem::from(CONSUMER), Elem::from(group), Elem::from(topic), Elem::from(partition)])
+    }
+
+    /// `("job_lock",)`: the one storage job lock.
+    pub fn job_lock(&self) -> Vec<u8> {
+        self.key(&[Elem::from(JOB_LOCK)])
+    }
+
+    /// `("job_progress", job)`: where the job named `job` saves how far it got.
+    pub fn job_progress(&self, job: &str) -> Vec<u8> {
+        self.key(&[Elem::from(JOB_PROGRESS), Elem::from(job)])
     }
 
     /// The range of every consumer group's committed offsets, in `(group, topic, partition)` order.

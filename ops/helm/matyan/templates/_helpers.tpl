@@ -61,9 +61,12 @@ app.kubernetes.io/component: {{ .role }}
 {{- fail "control.enabled: `matyan control` does not exist yet (issue 11)" -}}
 {{- end -}}
 {{- range $name, $job := .Values.maintenance -}}
-{{- if $job.enabled -}}
-{{- fail (printf "maintenance.%s.enabled: the maintenance commands do not exist yet (issue 11)" $name) -}}
+{{- if and $job.enabled (ne $.Values.storage.backend "fdb") -}}
+{{- fail (printf "maintenance.%s.enabled needs storage.backend fdb: an embedded store belongs to the serve pod (run the command there with kubectl exec)" $name) -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.maintenance.cleanupOrphanBlobs.enabled (not .Values.blobs.existingClaim) -}}
+{{- fail "maintenance.cleanupOrphanBlobs.enabled needs blobs.existingClaim: the job must see the blob store the other roles write" -}}
 {{- end -}}
 {{- if and .Values.kafka.sasl.mechanism (not .Values.kafka.sasl.existingSecret) -}}
 {{- fail "kafka.sasl.mechanism needs kafka.sasl.existingSecret (user name and password)" -}}
@@ -286,4 +289,52 @@ readinessProbe:
 prometheus.io/scrape: "true"
 prometheus.io/path: /metrics/
 prometheus.io/port: {{ .port | quote }}
+{{- end -}}
+
+{{/* A maintenance CronJob's schedule policy: never two runs of one job at once (the storage job
+lock also keeps different jobs apart). */}}
+{{- define "matyan.cronJobPolicy" -}}
+concurrencyPolicy: Forbid
+successfulJobsHistoryLimit: {{ .Values.maintenanceJobs.successfulJobsHistoryLimit }}
+failedJobsHistoryLimit: {{ .Values.maintenanceJobs.failedJobsHistoryLimit }}
+{{- end -}}
+
+{{/* A maintenance Job's retries by exit status (`matyan <command> --help`): 2 (bad flags) and 3
+(another job holds the storage job lock) end the Job; 1 and 4 are retried and resume. */}}
+{{- define "matyan.jobPolicy" -}}
+activeDeadlineSeconds: {{ .Values.maintenanceJobs.activeDeadlineSeconds }}
+backoffLimit: {{ .Values.maintenanceJobs.backoffLimit }}
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        operator: In
+        values: [2, 3]
+      # Required by the 1.28 schema; empty: the rule is about exit codes only.
+      onPodConditions: []
+{{- end -}}
+
+{{/* A maintenance Job's pod, but its containers. */}}
+{{- define "matyan.jobPodSpec" -}}
+{{ include "matyan.podSpecCommon" . | trim }}
+restartPolicy: Never
+{{- with include "matyan.initContainers" . | trim }}
+{{ . }}
+{{- end }}
+volumes:
+  {{- include "matyan.volumes" . | nindent 2 }}
+  - name: data
+    emptyDir: {}
+{{- end -}}
+
+{{/* A maintenance container's settings after its args. */}}
+{{- define "matyan.jobContainer" -}}
+env:
+  {{- include "matyan.env" . | nindent 2 }}
+resources:
+  {{- toYaml .Values.maintenanceJobs.resources | nindent 2 }}
+securityContext:
+  {{- toYaml .Values.securityContext | nindent 2 }}
+volumeMounts:
+  {{- include "matyan.volumeMounts" . | nindent 2 }}
 {{- end -}}
