@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::storage::kv::{Database, EmbeddedEngine, KvError, Limits};
-use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
+use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo};
 use crate::storage::value::{self, Value};
 
 /// The benchmark's parameters.
@@ -19,11 +19,13 @@ pub struct StorageBenchConfig {
     pub txn_budget_bytes: usize,
     /// Points written between budget checks.
     pub slice: usize,
+    /// The sequence layout of the stores written.
+    pub layout: SequenceLayoutKind,
 }
 
 impl Default for StorageBenchConfig {
     fn default() -> Self {
-        Self { points: 1_000_000, txn_budget_bytes: 5_000_000, slice: 500 }
+        Self { points: 1_000_000, txn_budget_bytes: 5_000_000, slice: 500, layout: SequenceLayoutKind::Chunked }
     }
 }
 
@@ -77,7 +79,7 @@ const RUN: &str = "00000000000000000000000000b3c4f1";
 
 /// Runs the benchmark on `db`.
 pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBenchReport, BenchError> {
-    let layout = Layout::open(db).await?;
+    let layout = Layout::open_settled(db, cfg.layout).await?;
     let ctx = Value::Map(vec![(Value::from("subset"), Value::from("train"))]);
     let ctx_id = crate::storage::context_id::context_to_id(&serde_json::json!({"subset": "train"}));
     let id = SeqId { run: RUN, ctx_id, name: "loss" };
@@ -100,7 +102,7 @@ pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBench
             let n = (cfg.slice as i64).min(total - step) as usize;
             let points: Vec<SeqWrite<'_>> =
                 (0..n).map(|i| SeqWrite { step: step + i as i64, val: &vals[i], epoch: None, time: now }).collect();
-            layout.seqs.write(&tx, id, &points);
+            layout.seqs.write(&tx, id, &points).await.map_err(LayoutError::from)?;
             step += n as i64;
         }
         let last =
