@@ -42,8 +42,11 @@ pub struct StorageBenchReport {
     pub write_secs: f64,
     /// Seconds to read the whole series back (values decoded).
     pub read_secs: f64,
-    /// Bytes on disk after writing (0 for memory).
+    /// Bytes on disk after writing (0 for memory), as the engine reports them.
     pub disk_bytes: u64,
+    /// Bytes the store's files occupy (allocated blocks, 0 for memory): fjall preallocates its
+    /// journal, 64 MiB of apparent size that `disk_bytes` counts in full.
+    pub allocated_bytes: u64,
 }
 
 impl StorageBenchReport {
@@ -55,6 +58,11 @@ impl StorageBenchReport {
     /// Bytes on disk per point.
     pub fn bytes_per_point(&self) -> f64 {
         self.disk_bytes as f64 / self.points as f64
+    }
+
+    /// Allocated bytes per point.
+    pub fn allocated_per_point(&self) -> f64 {
+        self.allocated_bytes as f64 / self.points as f64
     }
 }
 
@@ -134,6 +142,7 @@ pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBench
         write_secs,
         read_secs,
         disk_bytes: db.disk_bytes(),
+        allocated_bytes: 0,
     })
 }
 
@@ -144,7 +153,32 @@ pub async fn run_all(dir: &Path, cfg: &StorageBenchConfig) -> Result<Vec<Storage
     for engine in [EmbeddedEngine::Fjall, EmbeddedEngine::Redb] {
         let sub = dir.join(format!("{engine:?}").to_lowercase());
         let db = Database::open_embedded(&sub, engine, Limits::FDB)?;
-        reports.push(run(&db, cfg).await?);
+        let mut report = run(&db, cfg).await?;
+        report.allocated_bytes = allocated_bytes(&sub);
+        reports.push(report);
     }
     Ok(reports)
+}
+
+/// The bytes the files under `dir` occupy on disk (their allocated blocks), 0 where unknown.
+fn allocated_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += allocated_bytes(&entry.path());
+        } else {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                total += meta.blocks() * 512;
+            }
+            #[cfg(not(unix))]
+            {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }

@@ -192,8 +192,8 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         None => tempfile_dir()?,
     };
     println!(
-        "{:<13} {:<8} {:>10} {:>6} {:>10} {:>14} {:>10} {:>12}",
-        "layout", "backend", "points", "txns", "write_s", "points_per_s", "read_s", "bytes_per_pt"
+        "{:<13} {:<8} {:>10} {:>6} {:>10} {:>14} {:>10} {:>12} {:>12}",
+        "layout", "backend", "points", "txns", "write_s", "points_per_s", "read_s", "bytes_per_pt", "alloc_per_pt"
     );
     for layout in args.layout {
         let cfg = StorageBenchConfig {
@@ -205,7 +205,9 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         let sub = dir.join(layout.as_str());
         eprintln!("writing {} points per backend, {}, under {} ...", cfg.points, layout.as_str(), sub.display());
         let reports = run_all(&sub, &cfg).await.context("benchmark failed")?;
-        let _ = std::fs::remove_dir_all(&sub);
+        if scratch {
+            let _ = std::fs::remove_dir_all(&sub);
+        }
         print_storage(layout, &reports);
     }
     if scratch {
@@ -217,7 +219,7 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
 fn print_storage(layout: SequenceLayoutKind, reports: &[matyan::bench::storage::StorageBenchReport]) {
     for r in reports {
         println!(
-            "{:<13} {:<8} {:>10} {:>6} {:>10.3} {:>14.0} {:>10.3} {:>12.1}",
+            "{:<13} {:<8} {:>10} {:>6} {:>10.3} {:>14.0} {:>10.3} {:>12.1} {:>12.1}",
             layout.as_str(),
             r.backend,
             r.points,
@@ -225,7 +227,8 @@ fn print_storage(layout: SequenceLayoutKind, reports: &[matyan::bench::storage::
             r.write_secs,
             r.write_rate(),
             r.read_secs,
-            r.bytes_per_point()
+            r.bytes_per_point(),
+            r.allocated_per_point()
         );
     }
 }
