@@ -29,6 +29,9 @@ pub enum AppError {
     /// The configuration names a backend this build does not have.
     #[error("storage.backend: {0:?} is not available in this build")]
     BackendUnavailable(&'static str),
+    /// The store's sequence layout cannot be settled (an unknown version key).
+    #[error("storage: {0}")]
+    Layout(#[from] crate::storage::layout::LayoutError),
     /// The blob settings cannot be used (validation catches this first).
     #[error("blobs.uri_secret: {0}")]
     Blobs(#[from] UriError),
@@ -82,7 +85,7 @@ impl AppState {
     /// Opens the storage of `config` and its directories.
     pub async fn open(config: Config, metrics: Option<PrometheusHandle>) -> Result<Self, AppError> {
         let db = open_database(&config.storage)?;
-        let layout = Layout::open(&db).await?;
+        let layout = Layout::open_settled(&db, config.storage.sequence_layout).await?;
         // A store written by another layout version of our directory is refused before anything
         // reads it. Read only: a store without the version key is of this layout and stays as is.
         db.run(&RetryOptions::default(), |tx| {

@@ -105,6 +105,9 @@ pub struct StorageConfig {
     /// Empty means the FoundationDB client's default cluster file.
     pub fdb_cluster_file: PathBuf,
     pub retry: RetryConfig,
+    /// The sequence layout of a new store; a store keeps the layout it has (see
+    /// `storage/layout/sequences/version.rs`).
+    pub sequence_layout: crate::storage::layout::SequenceLayoutKind,
 }
 
 impl StorageConfig {

@@ -161,7 +161,11 @@ async fn seed_run(db: &Database, layout: &Layout, hash: &str, at: f64, names: &[
                 for (step, v) in [0.5, 0.25].into_iter().enumerate() {
                     let step = step as i64;
                     let val = value::encode(&Value::Float(v)).unwrap();
-                    layout.seqs.write(&tx, id, &[SeqWrite { step, val: &val, epoch: Some(0), time: NOW }]);
+                    layout
+                        .seqs
+                        .write(&tx, id, &[SeqWrite { step, val: &val, epoch: Some(0), time: NOW }])
+                        .await
+                        .unwrap();
                     let last = Value::Float(v);
                     let trace = TraceInfo { ctx_id, name, dtype: "float", last: Some(&last), last_step: step };
                     layout.runs.record_trace(&tx, hash, &trace)?;
@@ -248,7 +252,7 @@ async fn case_22_blob_batch_skips_invalid_uris_and_sends_blob_bytes_by_uri() {
             let items: Vec<J> = (0..4).map(|i| json!({"s3_key": format!("abc/seq/images/10_{i}.png")})).collect();
             let val = value::encode(&Value::from(&J::Array(items))).unwrap();
             let id = SeqId { run: "abc", ctx_id, name: "images" };
-            layout.seqs.write(&tx, id, &[SeqWrite { step: 10, val: &val, epoch: None, time: NOW }]);
+            layout.seqs.write(&tx, id, &[SeqWrite { step: 10, val: &val, epoch: None, time: NOW }]).await.unwrap();
             let last = Value::Float(0.0);
             let trace = TraceInfo { ctx_id, name: "images", dtype: "image", last: Some(&last), last_step: 10 };
             layout.runs.record_trace(&tx, "abc", &trace)?;

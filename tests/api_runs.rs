@@ -111,7 +111,11 @@ impl Fixture {
                     for (step, v) in values.iter().enumerate() {
                         let step = step as i64;
                         let val = value::encode(&Value::Float(*v)).unwrap();
-                        layout.seqs.write(&tx, id, &[SeqWrite { step, val: &val, epoch: Some(0), time: NOW }]);
+                        layout
+                            .seqs
+                            .write(&tx, id, &[SeqWrite { step, val: &val, epoch: Some(0), time: NOW }])
+                            .await
+                            .unwrap();
                         let last = Value::Float(*v);
                         let trace = TraceInfo { ctx_id, name, dtype: "float", last: Some(&last), last_step: step };
                         layout.runs.record_trace(&tx, hash, &trace)?;
@@ -680,7 +684,11 @@ async fn a_metric_search_outliving_a_snapshot_renews_it_between_runs_and_answers
                 async move {
                     let id = SeqId { run: &last, ctx_id: context_to_id(&json!({})), name: "loss" };
                     let val = value::encode(&Value::Float(4.0)).unwrap();
-                    layout.seqs.write(&tx, id, &[SeqWrite { step: 3, val: &val, epoch: Some(0), time: NOW }]);
+                    layout
+                        .seqs
+                        .write(&tx, id, &[SeqWrite { step: 3, val: &val, epoch: Some(0), time: NOW }])
+                        .await
+                        .unwrap();
                     let four = Value::Float(4.0);
                     let trace =
                         TraceInfo { ctx_id: id.ctx_id, name: "loss", dtype: "float", last: Some(&four), last_step: 3 };

@@ -3,6 +3,7 @@
 
 use matyan::bench::ingest::{IngestBenchConfig, run as run_ingest};
 use matyan::bench::query::{QueryBenchConfig, lr_matches, run as run_query};
+use matyan::storage::layout::SequenceLayoutKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_bench_reports_every_point_stored() {
@@ -27,16 +28,18 @@ async fn ingest_bench_reports_every_point_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_bench_answers_have_the_expected_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = QueryBenchConfig { runs: 6, steps: 40, big_steps: 7_000, reps: 2 };
-    let report = run_query(dir.path(), &cfg).await.unwrap();
-    assert_eq!(report.points_written, 6 * 3 * 40 + 7_000);
-    let counts: Vec<u64> = report.rows.iter().map(|r| r.count).collect();
-    assert_eq!(counts, [7, lr_matches(6), 6, 7_000]);
-    assert_eq!(lr_matches(20), 10, "half the runs match lr > 0.01");
-    for r in &report.rows {
-        assert!(r.error.is_none() && r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
+    for layout in [SequenceLayoutKind::KeyPerStep, SequenceLayoutKind::Chunked] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = QueryBenchConfig { runs: 6, steps: 40, big_steps: 7_000, reps: 2, layout };
+        let report = run_query(dir.path(), &cfg).await.unwrap();
+        assert_eq!(report.points_written, 6 * 3 * 40 + 7_000);
+        let counts: Vec<u64> = report.rows.iter().map(|r| r.count).collect();
+        assert_eq!(counts, [7, lr_matches(6), 6, 7_000], "{layout:?}");
+        for r in &report.rows {
+            assert!(r.error.is_none() && r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
+        }
     }
+    assert_eq!(lr_matches(20), 10, "half the runs match lr > 0.01");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

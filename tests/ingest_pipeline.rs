@@ -17,7 +17,7 @@ use matyan::ingest::queue::{EmbeddedSource, INGESTION_GROUP, Queue};
 use matyan::ingest::{BatchBudget, Entry, decode};
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, EmbeddedEngine, Limits, RangeOption, RetryOptions, strinc};
-use matyan::storage::layout::{Columns, Layout, SeqId};
+use matyan::storage::layout::{Columns, Layout, SeqId, SequenceLayoutKind};
 use matyan::storage::tuple::Elem;
 use matyan::storage::value::{self, Value};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -37,9 +37,15 @@ struct Store {
     queue: Queue,
 }
 
+/// Opens the store under `dir`: a new one is chunked, as `matyan serve` makes it by default, so the
+/// conservation oracles run on the chunked layout (the golden key comparison pins key-per-step).
 async fn open_store(dir: &Path) -> Store {
+    open_store_with(dir, SequenceLayoutKind::Chunked).await
+}
+
+async fn open_store_with(dir: &Path, sequences: SequenceLayoutKind) -> Store {
     let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB).unwrap();
-    let layout = Layout::open(&db).await.unwrap();
+    let layout = Layout::open_settled(&db, sequences).await.unwrap();
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, 6).await.unwrap();
     Store { db, layout, queue }
 }
@@ -179,7 +185,7 @@ async fn reference_keys(db: &Database, layout: &Layout) -> BTreeSet<(String, Str
 async fn golden_10k_through_the_pipeline_give_the_keys_of_a_direct_apply() {
     let metrics = recorder();
     let dir = tempfile::tempdir().unwrap();
-    let store = open_store(dir.path()).await;
+    let store = open_store_with(dir.path(), SequenceLayoutKind::KeyPerStep).await;
     let golden = golden_records();
     assert_eq!(golden.len(), 10_003);
     append(&store.queue, &golden).await;

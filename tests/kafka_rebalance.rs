@@ -414,10 +414,13 @@ async fn a_revoked_partition_stops_its_actors_and_their_commit_in_flight_is_refu
 // completes each group join after about half the session timeout, and librdkafka's default of
 // 45 s made this test take about 80 s.
 
-/// Writes a config file with a short consumer session next to `data_dir`; returns its path.
+/// Writes a config file with a short consumer session next to `data_dir`; returns its path. The
+/// store is pinned to key-per-step: [`stored_points`] reads the reference's `seqs` keys.
 fn short_session_config(data_dir: &std::path::Path) -> std::path::PathBuf {
     let path = data_dir.with_extension("toml");
-    std::fs::write(&path, "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 300\n").unwrap();
+    let text = "[kafka]\nsession_timeout_ms = 6000\nheartbeat_interval_ms = 300\n\n\
+                [storage]\nsequence_layout = \"key_per_step\"\n";
+    std::fs::write(&path, text).unwrap();
     path
 }
 

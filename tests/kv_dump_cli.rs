@@ -105,3 +105,31 @@ async fn kv_dump_reads_through_a_running_server_that_holds_the_store() {
 
     assert!(terminate(server).success());
 }
+
+#[tokio::test]
+async fn kv_dump_shows_a_chunk_of_the_chunked_layout_as_its_points() {
+    use matyan::storage::layout::{Layout, SeqId, SeqWrite, SequenceLayoutKind};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+        let layout = Layout::open_settled(&db, SequenceLayoutKind::Chunked).await.unwrap();
+        let (half, nil) = ([0xcb, 0x3f, 0xe0, 0, 0, 0, 0, 0, 0], [0xc0]);
+        let points = [
+            SeqWrite { step: 3, val: &half, epoch: Some(1), time: 10.0 },
+            SeqWrite { step: 5, val: &nil, epoch: None, time: 10.0 },
+        ];
+        let tx = db.create_trx().unwrap();
+        layout.seqs.write(&tx, SeqId { run: common::RUN, ctx_id: 0, name: "loss" }, &points).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    let runs = lines(&kv_dump(dir.path(), &["--dir", "runs"]));
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["key"], json!([common::RUN, "chunks", 0, "loss", 3]));
+    assert_eq!(
+        runs[0]["value"],
+        json!({"chunk": [
+            {"step": 3, "val": 0.5, "epoch": 1, "time": 10.0},
+            {"step": 5, "val": null, "epoch": null, "time": 10.0},
+        ]})
+    );
+}

@@ -42,10 +42,10 @@ async fn item_2_next_step_is_zero_then_follows_the_highest_step() {
     let t = db.create_trx().unwrap();
     assert_eq!(layout.seqs.next_step(&t, id).await.unwrap(), 0);
     let val = value::encode(&Value::Float(0.5)).unwrap();
-    layout.seqs.write(&t, id, &[SeqWrite { step: 0, val: &val, epoch: None, time: 1.0 }]);
-    layout.seqs.write(&t, id, &[SeqWrite { step: 1, val: &val, epoch: None, time: 1.0 }]);
+    layout.seqs.write(&t, id, &[SeqWrite { step: 0, val: &val, epoch: None, time: 1.0 }]).await.unwrap();
+    layout.seqs.write(&t, id, &[SeqWrite { step: 1, val: &val, epoch: None, time: 1.0 }]).await.unwrap();
     assert_eq!(layout.seqs.next_step(&t, id).await.unwrap(), 2);
-    layout.seqs.write(&t, id, &[SeqWrite { step: 5, val: &val, epoch: None, time: 1.0 }]);
+    layout.seqs.write(&t, id, &[SeqWrite { step: 5, val: &val, epoch: None, time: 1.0 }]).await.unwrap();
     assert_eq!(layout.seqs.next_step(&t, id).await.unwrap(), 6, "continues after explicit steps");
     let other = SeqId { run: "r1", ctx_id: 7, name: "loss" };
     assert_eq!(layout.seqs.next_step(&t, other).await.unwrap(), 0, "per context");
@@ -59,11 +59,14 @@ async fn item_13_delete_run_removes_data_and_writes_tombstone_even_for_unknown_r
         async move {
             l.runs.create_run(&t, "r1", 10.0, None).await.unwrap();
             let val = value::encode(&Value::Float(1.0)).unwrap();
-            l.seqs.write(
-                &t,
-                SeqId { run: "r1", ctx_id: 0, name: "m" },
-                &[SeqWrite { step: 0, val: &val, epoch: None, time: 1.0 }],
-            );
+            l.seqs
+                .write(
+                    &t,
+                    SeqId { run: "r1", ctx_id: 0, name: "m" },
+                    &[SeqWrite { step: 0, val: &val, epoch: None, time: 1.0 }],
+                )
+                .await
+                .unwrap();
         }
     })
     .await;
@@ -388,7 +391,7 @@ async fn item_30_sequence_ranges_are_inclusive_and_missing_epochs_read_null() {
         async move {
             let points: Vec<SeqWrite<'_>> =
                 (0..10).map(|i| SeqWrite { step: i * 2, val: &vals[i as usize], epoch: None, time: 5.0 }).collect();
-            l.seqs.write(&t, id, &points);
+            l.seqs.write(&t, id, &points).await.unwrap();
             let trace =
                 TraceInfo { ctx_id: 0, name: "m", dtype: "float", last: Some(&Value::Float(9.0)), last_step: 18 };
             l.runs.record_trace(&t, "r", &trace).unwrap();

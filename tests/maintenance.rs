@@ -42,7 +42,7 @@ async fn write_run(layout: &Layout, db: &Database, run: &str, created: f64, link
         let id = SeqId { run, ctx_id: 0, name: "loss" };
         layout.runs.runs.set_context(&tx, run, 0, &Value::Map(vec![]))?;
         let val = value::encode(&Value::Float(0.5)).unwrap();
-        layout.seqs.write(&tx, id, &[SeqWrite { step: 0, val: &val, epoch: None, time: created }]);
+        layout.seqs.write(&tx, id, &[SeqWrite { step: 0, val: &val, epoch: None, time: created }]).await?;
         let last = Value::Float(0.5);
         let trace = TraceInfo { ctx_id: 0, name: "loss", dtype: "float", last: Some(&last), last_step: 0 };
         layout.runs.record_trace(&tx, run, &trace)?;

@@ -105,7 +105,10 @@ async fn queue_import_kafka_then_ingest_stores_the_golden_run() {
 
     let port = server::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut ingest = server::start_ingest(Path::new(data), port, &env, &[]);
+    // Key-per-step, pinned: the count below reads the reference's `seqs` keys.
+    let config = dir.path().join("key-per-step.toml");
+    std::fs::write(&config, "[storage]\nsequence_layout = \"key_per_step\"\n").unwrap();
+    let mut ingest = server::start_ingest(Path::new(data), port, &env, &["--config", config.to_str().unwrap()]);
     assert_eq!(server::get(addr, "/health/live/").0, 200);
 
     let processed = common::wait::blocking_until_ok("every golden record processed", Duration::from_secs(180), || {

@@ -40,7 +40,7 @@ use crate::ingest::kafka::{KafkaSource, KafkaSourceError};
 use crate::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, Queue, QueueError};
 use crate::storage::context_id::context_to_id;
 use crate::storage::kv::{Database, EmbeddedEngine, KvError, Limits};
-use crate::storage::layout::{Columns, Layout, LayoutError, SeqId};
+use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SequenceLayoutKind};
 
 /// The benchmark's parameters.
 #[derive(Debug, Clone)]
@@ -57,6 +57,8 @@ pub struct IngestBenchConfig {
     pub kafka: Option<String>,
     /// Longest wait for one phase to finish.
     pub timeout: Duration,
+    /// The sequence layout of the stores written.
+    pub layout: SequenceLayoutKind,
 }
 
 impl Default for IngestBenchConfig {
@@ -68,6 +70,7 @@ impl Default for IngestBenchConfig {
             append_batch: 500,
             kafka: None,
             timeout: Duration::from_secs(600),
+            layout: SequenceLayoutKind::Chunked,
         }
     }
 }
@@ -253,9 +256,9 @@ fn pipeline_config() -> PipelineConfig {
     PipelineConfig { run_idle_timeout: Duration::from_secs(120), ..shipped }
 }
 
-async fn open_store(dir: &Path) -> Result<(Database, Layout), IngestBenchError> {
+async fn open_store(dir: &Path, sequences: SequenceLayoutKind) -> Result<(Database, Layout), IngestBenchError> {
     let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB)?;
-    let layout = Layout::open(&db).await?;
+    let layout = Layout::open_settled(&db, sequences).await?;
     Ok((db, layout))
 }
 
@@ -333,7 +336,7 @@ async fn embedded(
     recs: &Arc<Workload>,
 ) -> Result<(Vec<IngestRow>, u64), IngestBenchError> {
     let total = recs.len();
-    let (db, layout) = open_store(dir).await?;
+    let (db, layout) = open_store(dir, cfg.layout).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
@@ -503,7 +506,7 @@ async fn embedded_backlog(
     recs: &Arc<Workload>,
 ) -> Result<IngestRow, IngestBenchError> {
     let total = recs.len();
-    let (db, layout) = open_store(dir).await?;
+    let (db, layout) = open_store(dir, cfg.layout).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
     let mut from = 0;
     while from < total {
@@ -649,7 +652,7 @@ async fn kafka(
     let bare_start = start;
     let bare_rss = peak_rss_kib();
 
-    let (db, layout) = open_store(dir).await?;
+    let (db, layout) = open_store(dir, cfg.layout).await?;
     let source = KafkaSource::new(consumer_config(bootstrap), &format!("matyan-bench-{}", unique_suffix()), &topic)?;
     let Drained { secs, rss, first, start, stored } = drain(&db, &layout, source, total, cfg, "kafka pipeline").await?;
     let row = |phase, secs, peak_rss_kib, startup_secs| IngestRow {

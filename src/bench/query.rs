@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::http::stream::decode_objects;
 use crate::storage::context_id::context_to_id;
 use crate::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOptions, Transaction};
-use crate::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
+use crate::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo};
 use crate::storage::value::{self, Value};
 
 /// The benchmark's parameters.
@@ -39,11 +39,13 @@ pub struct QueryBenchConfig {
     pub big_steps: u32,
     /// Timed repetitions of each request.
     pub reps: u32,
+    /// The sequence layout of the store written.
+    pub layout: SequenceLayoutKind,
 }
 
 impl Default for QueryBenchConfig {
     fn default() -> Self {
-        Self { runs: 1_000, steps: 10_000, big_steps: 1_000_000, reps: 5 }
+        Self { runs: 1_000, steps: 10_000, big_steps: 1_000_000, reps: 5, layout: SequenceLayoutKind::Chunked }
     }
 }
 
@@ -145,7 +147,7 @@ async fn create_run(layout: &Layout, tx: &Transaction, hash: &str, created: f64,
 
 /// Writes steps `from..to` of one metric trace and records the trace.
 #[allow(clippy::too_many_arguments)]
-fn write_series(
+async fn write_series(
     layout: &Layout,
     tx: &Transaction,
     hash: &str,
@@ -163,7 +165,7 @@ fn write_series(
         .zip(&vals)
         .map(|(s, v)| SeqWrite { step: i64::from(s), val: v, epoch: Some(0), time: created + f64::from(s) })
         .collect();
-    layout.seqs.write(tx, id, &points);
+    layout.seqs.write(tx, id, &points).await?;
     if to > from {
         let last = Value::Float(f(f64::from(to - 1)));
         let info = TraceInfo { ctx_id, name, dtype: "float", last: Some(&last), last_step: i64::from(to) - 1 };
@@ -232,7 +234,7 @@ async fn write_chunked(
         let to = from.saturating_add(CHUNK).min(steps);
         db.run(&RetryOptions::default(), |tx| {
             let layout = layout.clone();
-            async move { write_series(&layout, &tx, hash, name, ctx, (from, to), created, f) }
+            async move { write_series(&layout, &tx, hash, name, ctx, (from, to), created, f).await }
         })
         .await?;
         from = to;
@@ -311,13 +313,15 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
         return Err(QueryBenchError::Invalid("runs, steps, big steps and reps must be positive".into()));
     }
     let marker = dir.join(MARKER);
-    let shape = json!({"runs": cfg.runs, "steps": cfg.steps, "big_steps": cfg.big_steps}).to_string();
+    let shape =
+        json!({"runs": cfg.runs, "steps": cfg.steps, "big_steps": cfg.big_steps, "layout": cfg.layout.as_str()})
+            .to_string();
     let reused = std::fs::read_to_string(&marker).is_ok_and(|m| m == shape);
     if !reused && marker.exists() {
         return Err(QueryBenchError::Invalid(format!("{} holds a data set of another size", dir.display())));
     }
     let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB)?;
-    let layout = Layout::open(&db).await?;
+    let layout = Layout::open_settled(&db, cfg.layout).await?;
     let start = Instant::now();
     let points_written = if reused {
         u64::from(cfg.runs) * 3 * u64::from(cfg.steps) + u64::from(cfg.big_steps)

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::storage::kv::{Database, EmbeddedEngine, KvError, Limits};
-use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
+use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo};
 use crate::storage::value::{self, Value};
 
 /// The benchmark's parameters.
@@ -19,11 +19,13 @@ pub struct StorageBenchConfig {
     pub txn_budget_bytes: usize,
     /// Points written between budget checks.
     pub slice: usize,
+    /// The sequence layout of the stores written.
+    pub layout: SequenceLayoutKind,
 }
 
 impl Default for StorageBenchConfig {
     fn default() -> Self {
-        Self { points: 1_000_000, txn_budget_bytes: 5_000_000, slice: 500 }
+        Self { points: 1_000_000, txn_budget_bytes: 5_000_000, slice: 500, layout: SequenceLayoutKind::Chunked }
     }
 }
 
@@ -40,8 +42,11 @@ pub struct StorageBenchReport {
     pub write_secs: f64,
     /// Seconds to read the whole series back (values decoded).
     pub read_secs: f64,
-    /// Bytes on disk after writing (0 for memory).
+    /// Bytes on disk after writing (0 for memory), as the engine reports them.
     pub disk_bytes: u64,
+    /// Bytes the store's files occupy (allocated blocks, 0 for memory): fjall preallocates its
+    /// journal, 64 MiB of apparent size that `disk_bytes` counts in full.
+    pub allocated_bytes: u64,
 }
 
 impl StorageBenchReport {
@@ -53,6 +58,11 @@ impl StorageBenchReport {
     /// Bytes on disk per point.
     pub fn bytes_per_point(&self) -> f64 {
         self.disk_bytes as f64 / self.points as f64
+    }
+
+    /// Allocated bytes per point.
+    pub fn allocated_per_point(&self) -> f64 {
+        self.allocated_bytes as f64 / self.points as f64
     }
 }
 
@@ -77,7 +87,7 @@ const RUN: &str = "00000000000000000000000000b3c4f1";
 
 /// Runs the benchmark on `db`.
 pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBenchReport, BenchError> {
-    let layout = Layout::open(db).await?;
+    let layout = Layout::open_settled(db, cfg.layout).await?;
     let ctx = Value::Map(vec![(Value::from("subset"), Value::from("train"))]);
     let ctx_id = crate::storage::context_id::context_to_id(&serde_json::json!({"subset": "train"}));
     let id = SeqId { run: RUN, ctx_id, name: "loss" };
@@ -100,7 +110,7 @@ pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBench
             let n = (cfg.slice as i64).min(total - step) as usize;
             let points: Vec<SeqWrite<'_>> =
                 (0..n).map(|i| SeqWrite { step: step + i as i64, val: &vals[i], epoch: None, time: now }).collect();
-            layout.seqs.write(&tx, id, &points);
+            layout.seqs.write(&tx, id, &points).await.map_err(LayoutError::from)?;
             step += n as i64;
         }
         let last =
@@ -132,6 +142,7 @@ pub async fn run(db: &Database, cfg: &StorageBenchConfig) -> Result<StorageBench
         write_secs,
         read_secs,
         disk_bytes: db.disk_bytes(),
+        allocated_bytes: 0,
     })
 }
 
@@ -142,7 +153,32 @@ pub async fn run_all(dir: &Path, cfg: &StorageBenchConfig) -> Result<Vec<Storage
     for engine in [EmbeddedEngine::Fjall, EmbeddedEngine::Redb] {
         let sub = dir.join(format!("{engine:?}").to_lowercase());
         let db = Database::open_embedded(&sub, engine, Limits::FDB)?;
-        reports.push(run(&db, cfg).await?);
+        let mut report = run(&db, cfg).await?;
+        report.allocated_bytes = allocated_bytes(&sub);
+        reports.push(report);
     }
     Ok(reports)
+}
+
+/// The bytes the files under `dir` occupy on disk (their allocated blocks), 0 where unknown.
+fn allocated_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut total = 0;
+    for entry in entries.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        if meta.is_dir() {
+            total += allocated_bytes(&entry.path());
+        } else {
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::MetadataExt;
+                total += meta.blocks() * 512;
+            }
+            #[cfg(not(unix))]
+            {
+                total += meta.len();
+            }
+        }
+    }
+    total
 }

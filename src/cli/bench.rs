@@ -8,6 +8,16 @@ use matyan::bench::gateway::GatewayBenchConfig;
 use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
+use matyan::storage::layout::SequenceLayoutKind;
+
+/// Parses a `--layout` value.
+fn parse_layout(s: &str) -> Result<SequenceLayoutKind, String> {
+    match s {
+        "key_per_step" => Ok(SequenceLayoutKind::KeyPerStep),
+        "chunked" => Ok(SequenceLayoutKind::Chunked),
+        other => Err(format!("unknown layout {other:?}: expected key_per_step or chunked")),
+    }
+}
 
 /// `matyan bench ...`.
 #[derive(Debug, Args)]
@@ -66,6 +76,10 @@ struct IngestArgs {
     /// ingest it through the Kafka source.
     #[arg(long)]
     kafka: Option<String>,
+    /// Sequence layouts to measure, one after the other on fresh stores (comma-separated:
+    /// key_per_step, chunked): a before/after pair in one invocation.
+    #[arg(long, value_delimiter = ',', default_value = "key_per_step,chunked", value_parser = parse_layout)]
+    layout: Vec<SequenceLayoutKind>,
     /// Scratch directory for the stores [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -85,6 +99,10 @@ struct QueryArgs {
     /// Timed repetitions of each request (after one warm-up).
     #[arg(long, default_value_t = 5)]
     reps: u32,
+    /// Sequence layouts to measure, one after the other on fresh stores (comma-separated:
+    /// key_per_step, chunked): a before/after pair in one invocation.
+    #[arg(long, value_delimiter = ',', default_value = "key_per_step,chunked", value_parser = parse_layout)]
+    layout: Vec<SequenceLayoutKind>,
     /// Store directory [default: a temporary directory, removed after]; a store there that an
     /// earlier run populated with the same --runs, --steps and --big-steps is reused.
     #[arg(long)]
@@ -99,6 +117,10 @@ struct StorageArgs {
     /// Byte budget per transaction (FoundationDB's accounting; its limit is 10,000,000).
     #[arg(long, default_value_t = 5_000_000)]
     txn_budget_bytes: usize,
+    /// Sequence layouts to measure, one after the other on fresh stores (comma-separated:
+    /// key_per_step, chunked): a before/after pair in one invocation.
+    #[arg(long, value_delimiter = ',', default_value = "key_per_step,chunked", value_parser = parse_layout)]
+    layout: Vec<SequenceLayoutKind>,
     /// Scratch directory for the embedded stores [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -169,24 +191,24 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
         Some(d) => d,
         None => tempfile_dir()?,
     };
-    let cfg = StorageBenchConfig { points: args.points, txn_budget_bytes: args.txn_budget_bytes, ..Default::default() };
-    eprintln!("writing {} points per backend under {} ...", cfg.points, dir.display());
-    let reports = run_all(&dir, &cfg).await.context("benchmark failed")?;
     println!(
-        "{:<8} {:>10} {:>6} {:>10} {:>14} {:>10} {:>12}",
-        "backend", "points", "txns", "write_s", "points_per_s", "read_s", "bytes_per_pt"
+        "{:<13} {:<8} {:>10} {:>6} {:>10} {:>14} {:>10} {:>12} {:>12}",
+        "layout", "backend", "points", "txns", "write_s", "points_per_s", "read_s", "bytes_per_pt", "alloc_per_pt"
     );
-    for r in &reports {
-        println!(
-            "{:<8} {:>10} {:>6} {:>10.3} {:>14.0} {:>10.3} {:>12.1}",
-            r.backend,
-            r.points,
-            r.txns,
-            r.write_secs,
-            r.write_rate(),
-            r.read_secs,
-            r.bytes_per_point()
-        );
+    for layout in args.layout {
+        let cfg = StorageBenchConfig {
+            points: args.points,
+            txn_budget_bytes: args.txn_budget_bytes,
+            layout,
+            ..Default::default()
+        };
+        let sub = dir.join(layout.as_str());
+        eprintln!("writing {} points per backend, {}, under {} ...", cfg.points, layout.as_str(), sub.display());
+        let reports = run_all(&sub, &cfg).await.context("benchmark failed")?;
+        if scratch {
+            let _ = std::fs::remove_dir_all(&sub);
+        }
+        print_storage(layout, &reports);
     }
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
@@ -194,25 +216,56 @@ async fn storage(args: StorageArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn print_storage(layout: SequenceLayoutKind, reports: &[matyan::bench::storage::StorageBenchReport]) {
+    for r in reports {
+        println!(
+            "{:<13} {:<8} {:>10} {:>6} {:>10.3} {:>14.0} {:>10.3} {:>12.1} {:>12.1}",
+            layout.as_str(),
+            r.backend,
+            r.points,
+            r.txns,
+            r.write_secs,
+            r.write_rate(),
+            r.read_secs,
+            r.bytes_per_point(),
+            r.allocated_per_point()
+        );
+    }
+}
+
 async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.records > 0 && args.runs > 0, "--records and --runs must be positive");
     anyhow::ensure!((1..=256).contains(&args.partitions), "--partitions must be between 1 and 256");
     anyhow::ensure!((1..=10_000).contains(&args.append_batch), "--append-batch must be between 1 and 10000");
     let (dir, scratch) = scratch_dir(args.dir)?;
-    let cfg = IngestBenchConfig {
-        records: args.records,
-        runs: args.runs,
-        partitions: args.partitions,
-        append_batch: args.append_batch,
-        kafka: args.kafka,
-        ..Default::default()
-    };
-    eprintln!("ingesting {} points over {} runs under {} ...", cfg.records, cfg.runs, dir.display());
-    let result = matyan::bench::ingest::run(&dir, &cfg).await;
+    for layout in args.layout {
+        let cfg = IngestBenchConfig {
+            records: args.records,
+            runs: args.runs,
+            partitions: args.partitions,
+            append_batch: args.append_batch,
+            kafka: args.kafka.clone(),
+            layout,
+            ..Default::default()
+        };
+        let sub = dir.join(layout.as_str());
+        eprintln!(
+            "ingesting {} points over {} runs, {}, under {} ...",
+            cfg.records,
+            cfg.runs,
+            layout.as_str(),
+            sub.display()
+        );
+        let result = matyan::bench::ingest::run(&sub, &cfg).await;
+        if scratch {
+            let _ = std::fs::remove_dir_all(&sub);
+        }
+        println!("layout: {}", layout.as_str());
+        print_ingest(&result.context("benchmark failed")?);
+    }
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    print_ingest(&result.context("benchmark failed")?);
     Ok(())
 }
 
@@ -272,19 +325,28 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
         "--runs, --steps, --big-steps and --reps must be positive"
     );
     let (dir, scratch) = scratch_dir(args.dir)?;
-    let cfg = QueryBenchConfig { runs: args.runs, steps: args.steps, big_steps: args.big_steps, reps: args.reps };
-    eprintln!(
-        "storing {} runs x 3 metrics x {} steps + 1 run x {} steps under {} ...",
-        cfg.runs,
-        cfg.steps,
-        cfg.big_steps,
-        dir.display()
-    );
-    let result = matyan::bench::query::run(&dir, &cfg).await;
+    for layout in args.layout {
+        let cfg =
+            QueryBenchConfig { runs: args.runs, steps: args.steps, big_steps: args.big_steps, reps: args.reps, layout };
+        let sub = dir.join(layout.as_str());
+        eprintln!(
+            "storing {} runs x 3 metrics x {} steps + 1 run x {} steps, {}, under {} ...",
+            cfg.runs,
+            cfg.steps,
+            cfg.big_steps,
+            layout.as_str(),
+            sub.display()
+        );
+        let result = matyan::bench::query::run(&sub, &cfg).await;
+        if scratch {
+            let _ = std::fs::remove_dir_all(&sub);
+        }
+        println!("layout: {}", layout.as_str());
+        print_query(&result.context("benchmark failed")?);
+    }
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    print_query(&result.context("benchmark failed")?);
     Ok(())
 }
 

@@ -110,13 +110,17 @@ async fn write_run(
         runs.runs.set_context(tx, hash, ctx_id, &Value::from(&ctx))?;
         let id = SeqId { run: hash, ctx_id, name };
         let mut last = Value::Nil;
+        let mut vals = Vec::with_capacity(steps as usize);
         for step in 0..steps {
             let v = f(f64::from(step) / f64::from(steps), decay);
-            let val = value::encode(&Value::Float(v)).map_err(|e| LayoutError::Encode(e.to_string()))?;
-            let time = created + f64::from(step);
-            layout.seqs.write(tx, id, &[SeqWrite { step: i64::from(step), val: &val, epoch: Some(0), time }]);
+            vals.push(value::encode(&Value::Float(v)).map_err(|e| LayoutError::Encode(e.to_string()))?);
             last = Value::Float(v);
         }
+        let points: Vec<SeqWrite<'_>> = (0..steps)
+            .zip(&vals)
+            .map(|(step, val)| SeqWrite { step: i64::from(step), val, epoch: Some(0), time: created + f64::from(step) })
+            .collect();
+        layout.seqs.write(tx, id, &points).await?;
         let info = TraceInfo { ctx_id, name, dtype: "float", last: Some(&last), last_step: i64::from(steps) - 1 };
         runs.record_trace(tx, hash, &info)?;
     }

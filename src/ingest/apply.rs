@@ -245,6 +245,24 @@ struct Scope<'a> {
     traces: Vec<PendingTrace>,
     /// Index in `traces` of each `(ctx_id, name)`.
     trace_slots: HashMap<(u32, String), usize>,
+    /// Points of the sequences written so far, written as one batch per sequence by
+    /// [`Scope::flush_points`]: the chunked layout rewrites a tail chunk once per transaction
+    /// rather than once per point.
+    points: Vec<PendingPoints>,
+    /// Index in `points` of each `(ctx_id, name)`.
+    point_slots: HashMap<(u32, String), usize>,
+}
+
+/// The points of one sequence in this transaction, in message order.
+struct PendingPoints {
+    ctx_id: u32,
+    name: String,
+    /// `(step, value, epoch)`; the time is the transaction's `now`.
+    rows: Vec<(i64, Vec<u8>, Option<i64>)>,
+    /// The highest stored step, read once, when an automatic step first needs it.
+    stored_last: Option<Option<i64>>,
+    /// The highest step in `rows`.
+    max_step: Option<i64>,
 }
 
 /// The latest trace info of one sequence in this transaction.
@@ -313,6 +331,8 @@ impl Applier {
             contexts: HashSet::new(),
             traces: Vec::new(),
             trace_slots: HashMap::new(),
+            points: Vec::new(),
+            point_slots: HashMap::new(),
         };
         let mut deleted: Option<bool> = None;
         for (index, entry) in entries.iter().enumerate() {
@@ -367,6 +387,10 @@ impl Applier {
                 }
             }
         }
+        scope.flush_points().await.map_err(|e| match e {
+            Fail::Kv(k) => ApplyError::Kv(k),
+            Fail::Message { detail, .. } => ApplyError::Corrupt(format!("sequence points: {detail}")),
+        })?;
         scope.flush_traces().map_err(|e| match e {
             Fail::Kv(k) => ApplyError::Kv(k),
             Fail::Message { detail, .. } => ApplyError::Corrupt(format!("trace info: {detail}")),
@@ -524,7 +548,10 @@ impl Scope<'_> {
             Payload::BlobRef(p) => self.blob_ref(p).await,
             Payload::DeleteRun => {
                 // Pending trace info belongs to the run being deleted: write it before the clear.
+                // Pending points would be cleared with the run: they are dropped unwritten.
                 self.flush_traces()?;
+                self.points.clear();
+                self.point_slots.clear();
                 self.layout.delete_run(self.tx, self.run, self.now).await?;
                 Ok(())
             }
@@ -597,14 +624,59 @@ impl Scope<'_> {
             encode(last)?;
         }
         let ctx_bytes = self.context_bytes(ctx_id, ctx)?;
-        let id = SeqId { run: self.run, ctx_id, name };
+        let slot = match self.point_slots.get(&(ctx_id, name.to_string())) {
+            Some(&i) => i,
+            None => {
+                self.point_slots.insert((ctx_id, name.to_string()), self.points.len());
+                self.points.push(PendingPoints {
+                    ctx_id,
+                    name: name.to_string(),
+                    rows: Vec::new(),
+                    stored_last: None,
+                    max_step: None,
+                });
+                self.points.len() - 1
+            }
+        };
         let step = match step {
             Some(s) => s,
-            None => self.layout.seqs.next_step(self.tx, id).await?,
+            None => self.next_step(slot).await?,
         };
         self.context(ctx_id, ctx_bytes.as_deref());
-        self.layout.seqs.write(self.tx, id, &[SeqWrite { step, val: &val_bytes, epoch, time: self.now }]);
+        let pending = &mut self.points[slot];
+        pending.rows.push((step, val_bytes, epoch));
+        pending.max_step = Some(pending.max_step.map_or(step, |m| m.max(step)));
         self.pend_trace(ctx_id, name, dtype, last, step);
+        Ok(())
+    }
+
+    /// `next_step` of the reference over what is stored and what this transaction wrote.
+    async fn next_step(&mut self, slot: usize) -> Result<i64, Fail> {
+        let stored = match self.points[slot].stored_last {
+            Some(s) => s,
+            None => {
+                let p = &self.points[slot];
+                let id = SeqId { run: self.run, ctx_id: p.ctx_id, name: &p.name };
+                let s = self.layout.seqs.last_step(self.tx, id).await?;
+                self.points[slot].stored_last = Some(s);
+                s
+            }
+        };
+        Ok(stored.max(self.points[slot].max_step).map_or(0, |s| s + 1))
+    }
+
+    /// Writes the pending points, one batch per sequence.
+    async fn flush_points(&mut self) -> Result<(), Fail> {
+        for p in self.points.drain(..) {
+            let id = SeqId { run: self.run, ctx_id: p.ctx_id, name: &p.name };
+            let writes: Vec<SeqWrite<'_>> = p
+                .rows
+                .iter()
+                .map(|(step, val, epoch)| SeqWrite { step: *step, val, epoch: *epoch, time: self.now })
+                .collect();
+            self.layout.seqs.write(self.tx, id, &writes).await?;
+        }
+        self.point_slots.clear();
         Ok(())
     }
 

@@ -2,7 +2,8 @@
 //! `getrange`: `{"dir":"runs","key":[...],"value":...}` (plus `key_hex`/`value_hex` with `raw`).
 //!
 //! Keys decode as tuples and values as msgpack; what does not decode (index entries' empty values,
-//! foreign bytes) is shown as `{"bytes":"<hex>"}`. The scan reads in chunks, each in a fresh
+//! foreign bytes) is shown as `{"bytes":"<hex>"}`; a chunk of the chunked sequence layout as its points,
+//! `{"chunk":[{"step","val","epoch","time"}, ...]}`. The scan reads in chunks, each in a fresh
 //! transaction, so it never exceeds the 5 s transaction lifetime: the output is consistent per chunk,
 //! not across the whole store.
 
@@ -12,6 +13,7 @@ use serde_json::{Value as Json, json};
 
 use crate::storage::kv::{Database, KvError, RangeOption, strinc};
 use crate::storage::layout::Dirs;
+use crate::storage::layout::sequences::codec::ChunkView;
 use crate::storage::tuple::{self, Elem};
 use crate::storage::value;
 
@@ -50,14 +52,37 @@ fn bytes_json(b: &[u8]) -> Json {
     json!({ "bytes": hex::encode(b) })
 }
 
+/// A chunk of the chunked sequence layout as `{"chunk": [{"step","val","epoch","time"}, ...]}`;
+/// `None` when it does not decode (it is then shown as bytes).
+fn chunk_json(val: &[u8]) -> Option<Json> {
+    let rows = ChunkView::parse(val).and_then(|v| v.rows()).ok()?;
+    let points: Vec<Json> = rows
+        .into_iter()
+        .map(|r| {
+            let v = value::decode(&r.val).map_or_else(|_| bytes_json(&r.val), |v| v.to_dump_json());
+            json!({ "step": r.step, "val": v, "epoch": r.epoch, "time": r.time })
+        })
+        .collect();
+    Some(json!({ "chunk": points }))
+}
+
 /// One dump line for a stored pair.
 pub fn line(dir: &str, dir_prefix: &[u8], key: &[u8], val: &[u8], raw: bool) -> Json {
     let rel = &key[dir_prefix.len().min(key.len())..];
-    let key_json = match tuple::unpack(rel) {
-        Ok(elems) => tuple::to_json(&elems),
-        Err(_) => bytes_json(rel),
+    let elems = tuple::unpack(rel).ok();
+    let key_json = match &elems {
+        Some(elems) => tuple::to_json(elems),
+        None => bytes_json(rel),
     };
-    let value_json = if val.is_empty() {
+    let chunk = match (dir, elems.as_deref()) {
+        ("runs", Some([Elem::Str(_), Elem::Str(tag), Elem::Int(_), Elem::Str(_), Elem::Int(_)])) if tag == "chunks" => {
+            chunk_json(val)
+        }
+        _ => None,
+    };
+    let value_json = if let Some(chunk) = chunk {
+        chunk
+    } else if val.is_empty() {
         bytes_json(val)
     } else {
         match value::decode(val) {

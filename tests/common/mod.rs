@@ -10,7 +10,7 @@ pub mod wait;
 
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, RetryOptions, Transaction};
-use matyan::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, TraceInfo};
+use matyan::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo};
 use matyan::storage::value::{self, Value};
 use serde_json::json;
 
@@ -52,7 +52,7 @@ pub async fn apply_example(layout: &Layout, tx: &Transaction) -> Result<(), Layo
         let step = layout.seqs.next_step(tx, id).await?;
         layout.runs.runs.set_context(tx, RUN, ctx_id, &Value::from(&ctx))?;
         let val = value::encode(&Value::Float(v)).unwrap();
-        layout.seqs.write(tx, id, &[SeqWrite { step, val: &val, epoch: None, time: NOW }]);
+        layout.seqs.write(tx, id, &[SeqWrite { step, val: &val, epoch: None, time: NOW }]).await?;
         let last = Value::Float(v);
         let trace = TraceInfo { ctx_id, name: "loss", dtype: "float", last: Some(&last), last_step: step };
         layout.runs.record_trace(tx, RUN, &trace)?;
@@ -116,9 +116,10 @@ pub fn golden_records() -> Vec<GoldenRecord> {
         .collect()
 }
 
-/// Writes the worked example in one retried transaction.
+/// Writes the worked example in one retried transaction, on the reference's key-per-step layout
+/// (pinned: the example is the reference's bytes).
 pub async fn write_worked_example(db: &Database) -> Layout {
-    let layout = Layout::open(db).await.unwrap();
+    let layout = Layout::open_settled(db, SequenceLayoutKind::KeyPerStep).await.unwrap();
     db.run(&RetryOptions::default(), |tx| {
         let layout = layout.clone();
         async move { apply_example(&layout, &tx).await }

@@ -18,9 +18,9 @@ use crate::query::ast::Expr;
 use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
 use crate::query::views::{RunView, TraceSummary};
 use crate::query::{EvalLimits, Scope, check_constant_parts, matches_within};
-use crate::storage::kv::{Database, KvError, RangeOption, RetryableError, Transaction};
-use crate::storage::layout::{EntityKind, Layout, LayoutError, SeqId};
-use crate::storage::tuple::{self, Elem};
+use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
+use crate::storage::layout::{EntityKind, Layout, SeqId};
+use crate::storage::tuple::Elem;
 use crate::storage::value::Value;
 
 use super::ApiError;
@@ -205,10 +205,6 @@ fn too_old(e: &ApiError) -> bool {
     matches!(e.kv_error(), Some(KvError::TransactionTooOld { .. }))
 }
 
-fn corrupt(e: impl std::fmt::Display) -> ApiError {
-    ApiError::Storage(LayoutError::Corrupt(e.to_string()))
-}
-
 /// The number of leaves of a stored tree, what a tree read costs in keys.
 fn leaves(v: &Value) -> usize {
     match v {
@@ -391,21 +387,9 @@ impl Reader {
 
     /// The first and last step of a sequence, `None` when it has no points (two one-key reads).
     pub async fn step_bounds(&mut self, id: SeqId<'_>) -> Result<Option<(i64, i64)>, ApiError> {
-        let prefix = self.layout.seqs.column_prefix(id, "val");
-        let (b, e) = tuple::range(&prefix, &[]);
-        let first = self.tx.get_range(&RangeOption::new(b.clone(), e.clone()).limit(1), true).await?;
-        let last = self.tx.get_range(&RangeOption::new(b, e).reverse(true).limit(1), true).await?;
+        let bounds = self.layout.seqs.step_bounds(&self.tx, id, true).await?;
         self.charge(2)?;
-        let step = |key: &[u8]| -> Result<i64, ApiError> {
-            match tuple::unpack(&key[prefix.len()..]).map_err(corrupt)?.as_slice() {
-                [Elem::Int(i)] => i64::try_from(*i).map_err(|_| corrupt(format!("step {i}"))),
-                other => Err(corrupt(format!("sequence key {other:?}"))),
-            }
-        };
-        match (first.first(), last.first()) {
-            (Some(f), Some(l)) => Ok(Some((step(&f.key)?, step(&l.key)?))),
-            _ => Ok(None),
-        }
+        Ok(bounds)
     }
 
     /// Every run hash with data (storage order).

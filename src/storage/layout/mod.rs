@@ -5,7 +5,7 @@
 //! - `runs.rs`: ⟨runs⟩ keys and the run operations that keep indexes in step;
 //! - `indexes.rs`: ⟨indexes⟩ entries, twins and tombstones;
 //! - `system.rs`: ⟨system⟩ entities, names, run links, settings, job locks;
-//! - `sequences.rs`: the sequence interface and its one-key-per-step layout;
+//! - `sequences/`: the sequence interface and its two layouts, one chosen per store.
 //! - `ours.rs`: every tag and key shape of our own directory (`matyan_rs`) and its schema version
 //!   (checkpoints, outbox, dead letters, queue, consumers, the job lock and jobs' progress).
 
@@ -22,7 +22,9 @@ pub use dirs::Dirs;
 pub use indexes::Indexes;
 pub use ours::Ours;
 pub use runs::{RunOps, Runs, TraceInfo};
-pub use sequences::{Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, sample_indices};
+pub use sequences::{
+    Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, sample_indices,
+};
 pub use system::{EntityKind, System};
 
 /// Errors of the layout layer.
@@ -72,24 +74,43 @@ pub struct Layout {
     pub runs: RunOps,
     /// ⟨system⟩.
     pub system: System,
-    /// Sequences.
-    pub seqs: KeyPerStep,
+    /// Sequences, in the store's layout.
+    pub seqs: SequenceLayout,
     /// The keys of our own directory.
     pub ours: Ours,
 }
 
 impl Layout {
-    /// Opens the directories of `db` and builds the layout on them.
-    pub async fn open(db: &Database) -> Result<Self, KvError> {
-        Ok(Self::new(Dirs::open(db).await?))
+    /// Opens the directories of `db` and builds the layout on them, with the sequence layout the
+    /// store records (key-per-step when it records none). Writes nothing.
+    pub async fn open(db: &Database) -> Result<Self, LayoutError> {
+        let dirs = Dirs::open(db).await?;
+        let kind = sequences::version::recorded(&db.create_trx()?, &dirs).await?;
+        Ok(Self::with_sequences(dirs, kind))
     }
 
-    /// The layout on known directory prefixes.
+    /// Opens the layout of `db`, settling its sequence layout: the recorded one, key-per-step for
+    /// a store with data and no record, else `wanted` (`storage.sequence_layout`), recorded.
+    pub async fn open_settled(db: &Database, wanted: SequenceLayoutKind) -> Result<Self, LayoutError> {
+        let dirs = Dirs::open(db).await?;
+        let kind = sequences::version::settle(db, &dirs, wanted).await?;
+        if kind != wanted {
+            tracing::info!(store = kind.as_str(), configured = wanted.as_str(), "the store keeps its sequence layout");
+        }
+        Ok(Self::with_sequences(dirs, kind))
+    }
+
+    /// The layout on known directory prefixes, key-per-step (the reference's).
     pub fn new(dirs: Dirs) -> Self {
+        Self::with_sequences(dirs, SequenceLayoutKind::KeyPerStep)
+    }
+
+    /// The layout on known directory prefixes with sequences in `kind`.
+    pub fn with_sequences(dirs: Dirs, kind: SequenceLayoutKind) -> Self {
         Self {
             runs: RunOps { runs: Runs::new(&dirs.runs), indexes: Indexes::new(&dirs.indexes) },
             system: System::new(&dirs.system),
-            seqs: KeyPerStep::new(&dirs.runs),
+            seqs: SequenceLayout::new(kind, &dirs.runs),
             ours: Ours::new(&dirs.ours),
             dirs,
         }

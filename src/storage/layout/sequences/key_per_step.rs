@@ -1,78 +1,11 @@
-//! Sequences (metric series, custom objects, logs) behind their own interface.
-//!
-//! [`KeyPerStep`] is the reference's layout, byte compatible with a Matyan store: one key per step
-//! and column, `⟨runs⟩(R, "seqs", ctx_id, name, col, step)` with `col` ∈ `val`, `step`, `epoch`,
-//! `time`. A chunked column layout can implement the same operations later, chosen per store.
+//! The reference's layout, byte compatible with a Matyan store: one key per step and column,
+//! `⟨runs⟩(R, "seqs", ctx_id, name, col, step)` with `col` ∈ `val`, `step`, `epoch`, `time`.
 
-use crate::storage::kv::{KeyValue, KvError, RangeOption, Transaction};
+use super::sampling::{sample_gapless, sample_indices};
+use super::{Columns, SeqError, SeqId, SeqPoint, SeqWrite};
+use crate::storage::kv::{KeyValue, RangeOption, Transaction};
 use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
-
-/// One sequence: run, context id and name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeqId<'a> {
-    /// Run hash.
-    pub run: &'a str,
-    /// `context_to_id` of the context.
-    pub ctx_id: u32,
-    /// Sequence name (metric name, `logs`, `__log_records`, ...).
-    pub name: &'a str,
-}
-
-/// A point to write.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeqWrite<'a> {
-    /// The step (a tuple integer in the key).
-    pub step: i64,
-    /// The value, msgpack-encoded by the caller (a float, or a custom object's map).
-    pub val: &'a [u8],
-    /// The epoch; the `epoch` column is written only when present.
-    pub epoch: Option<i64>,
-    /// The writer's clock, stored in the `time` column.
-    pub time: f64,
-}
-
-/// A stored point as read back.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeqPoint {
-    /// The step.
-    pub step: i64,
-    /// The msgpack-encoded value.
-    pub val: Vec<u8>,
-    /// The epoch, when the `epoch` column was read and has a value for this step.
-    pub epoch: Option<i64>,
-    /// The time, when the `time` column was read.
-    pub time: Option<f64>,
-}
-
-/// Errors of the sequence layer.
-#[derive(Debug, thiserror::Error)]
-pub enum SeqError {
-    /// The KV layer failed.
-    #[error(transparent)]
-    Kv(#[from] KvError),
-    /// A stored key or value does not decode as the layout says.
-    #[error("corrupt sequence data: {0}")]
-    Corrupt(String),
-}
-
-impl crate::storage::kv::RetryableError for SeqError {
-    fn kv_error(&self) -> Option<&KvError> {
-        match self {
-            SeqError::Kv(e) => Some(e),
-            SeqError::Corrupt(_) => None,
-        }
-    }
-}
-
-/// Which columns a read returns besides `val`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Columns {
-    /// Read the `epoch` column.
-    pub epoch: bool,
-    /// Read the `time` column.
-    pub time: bool,
-}
 
 /// The reference's one-key-per-step layout.
 #[derive(Debug, Clone)]
@@ -92,6 +25,15 @@ impl KeyPerStep {
             &self.runs,
             &[Elem::from(id.run), Elem::from("seqs"), Elem::from(id.ctx_id), Elem::from(id.name), Elem::from(col)],
         )
+    }
+
+    /// Removes every column of the sequence.
+    pub fn clear(&self, tx: &Transaction, id: SeqId<'_>) {
+        let (b, e) = tuple::range(
+            &self.runs,
+            &[Elem::from(id.run), Elem::from("seqs"), Elem::from(id.ctx_id), Elem::from(id.name)],
+        );
+        tx.clear_range(&b, &e);
     }
 
     fn step_key(prefix: &[u8], step: i64) -> Vec<u8> {
@@ -342,109 +284,6 @@ const POINT_READ_RATIO: u64 = 8;
 /// assume a sequence without gaps: it would be sparse (or its kept steps costly to compute).
 const MAX_GAPLESS_WIDTH: u64 = 1 << 32;
 
-/// The bucket of `step` in the `p ≥ 128` rule of [`sample_indices`].
-fn bucket(step: i64, first: i64, buckets: usize, span: f64) -> usize {
-    ((((step - first) as f64) * buckets as f64 / span) as usize).min(buckets - 1)
-}
-
-/// The steps [`sample_indices`] keeps for `p` from the gapless steps `first..=last`, computed
-/// without listing them (`first < last`, more steps than `p`).
-pub fn sample_gapless(first: i64, last: i64, p: usize) -> Vec<i64> {
-    let n = u64::try_from(i128::from(last) - i128::from(first) + 1).unwrap_or(u64::MAX);
-    if n <= p as u64 {
-        return (first..=last).collect();
-    }
-    if p <= 1 {
-        return vec![first];
-    }
-    let span = (last - first) as f64;
-    if p >= 128 {
-        // The first step after `first` in each bucket, found from its estimate by stepping, with
-        // the same arithmetic as `sample_indices`.
-        let buckets = p - 2;
-        let mut out = vec![first];
-        for b in 0..buckets {
-            let mut s = first.saturating_add((b as f64 * span / buckets as f64).ceil() as i64).clamp(first + 1, last);
-            while s > first + 1 && bucket(s - 1, first, buckets, span) >= b {
-                s -= 1;
-            }
-            while s < last && bucket(s, first, buckets, span) < b {
-                s += 1;
-            }
-            if s < last && bucket(s, first, buckets, span) == b && out.last() != Some(&s) {
-                out.push(s);
-            }
-        }
-        out.push(last);
-        return out;
-    }
-    let mut out: Vec<i64> = Vec::with_capacity(p);
-    for i in 0..p {
-        let target = first as f64 + span * i as f64 / (p - 1) as f64;
-        // The first step not below the target, as `partition_point` finds it.
-        let mut s = (target.ceil() as i64).clamp(first, last);
-        while s > first && ((s - 1) as f64) >= target {
-            s -= 1;
-        }
-        while s < last && (s as f64) < target {
-            s += 1;
-        }
-        if out.last() != Some(&s) {
-            out.push(s);
-        }
-    }
-    if out.len() < p {
-        out = (0..p)
-            .map(|i| first + ((i as u128 * u128::from(n - 1)) as f64 / (p - 1) as f64).round_ties_even() as i64)
-            .collect();
-    }
-    out
-}
-
-/// Indices of the points kept when sampling ascending `steps` down to at most `p` points, by the
-/// reference's rules (`api.md` §4.9): everything when there are at most `p`; one point when `p ≤ 1`
-/// or all steps are equal; for `p ≥ 128` the first and last step plus the first step in each of
-/// `p − 2` equal-width step buckets between them; below 128, `p` evenly spaced target steps each
-/// resolved to the nearest existing step at or after it, falling back to `p` evenly spaced positions
-/// when duplicates leave fewer than `p`.
-pub fn sample_indices(steps: &[i64], p: usize) -> Vec<usize> {
-    let n = steps.len();
-    if n <= p {
-        return (0..n).collect();
-    }
-    let (first, last) = (steps[0], steps[n - 1]);
-    if p <= 1 || first == last {
-        return vec![0];
-    }
-    let span = (last - first) as f64;
-    if p >= 128 {
-        let buckets = p - 2;
-        let mut out = vec![0];
-        let mut seen = vec![false; buckets];
-        for (j, s) in steps.iter().enumerate().take(n - 1).skip(1) {
-            let b = bucket(*s, first, buckets, span);
-            if !seen[b] {
-                seen[b] = true;
-                out.push(j);
-            }
-        }
-        out.push(n - 1);
-        return out;
-    }
-    let mut out: Vec<usize> = Vec::with_capacity(p);
-    for i in 0..p {
-        let target = first as f64 + span * i as f64 / (p - 1) as f64;
-        let j = steps.partition_point(|s| (*s as f64) < target).min(n - 1);
-        if out.last() != Some(&j) {
-            out.push(j);
-        }
-    }
-    if out.len() < p {
-        out = (0..p).map(|i| ((i * (n - 1)) as f64 / (p - 1) as f64).round_ties_even() as usize).collect();
-    }
-    out
-}
-
 fn step_of(prefix: &[u8], kv: &KeyValue) -> Result<i64, SeqError> {
     let suffix = kv.key.strip_prefix(prefix).ok_or_else(|| SeqError::Corrupt("key outside its column".into()))?;
     match tuple::unpack_one(suffix).map_err(|e| SeqError::Corrupt(format!("step: {e}")))? {
@@ -491,17 +330,6 @@ fn merge_column(
 mod tests {
     use super::*;
     use crate::storage::kv::{Database, RetryOptions};
-
-    #[test]
-    fn gapless_sampling_keeps_the_steps_sample_indices_keeps() {
-        for (first, last) in [(0, 9_999), (3, 1_000), (-50, 77), (0, 129), (10, 140), (0, 1_000_000), (5, 6)] {
-            let steps: Vec<i64> = (first..=last).collect();
-            for p in [1, 2, 3, 7, 50, 100, 127, 128, 129, 130, 250, 500, 999, 5_000] {
-                let want: Vec<i64> = sample_indices(&steps, p).into_iter().map(|i| steps[i]).collect();
-                assert_eq!(sample_gapless(first, last, p), want, "{first}..={last}, p = {p}");
-            }
-        }
-    }
 
     /// Steps of a test sequence: gapless, with gaps, or sparse.
     fn layouts() -> Vec<(&'static str, Vec<i64>)> {

@@ -1,0 +1,197 @@
+//! Sequences (metric series, custom objects, logs) behind their own interface: every reader and
+//! writer of sequence keys goes through [`SequenceLayout`], which is one of two layouts, chosen per
+//! store by [`version`]:
+//!
+//! - `key_per_step.rs`: [`KeyPerStep`], the reference's layout, byte compatible with a Matyan store;
+//! - `chunked.rs`: [`Chunked`], each series as chunks of consecutive steps (`codec.rs` packs one);
+//! - `sampling.rs`: the density rules of `api.md` §4.9 both layouts sample with;
+//! - `version.rs`: the schema-version key in ⟨system⟩ that names a store's layout.
+//!
+//! Both layouts keep the reference's semantics: points sort by step, the last write of a step
+//! wins (an epoch absent from a later write leaves the stored one, as the reference's `epoch`
+//! column does), and the trace info (`last`, `last_step`) and indexes are written elsewhere.
+
+pub mod chunked;
+pub mod codec;
+pub mod key_per_step;
+pub mod sampling;
+pub mod version;
+
+pub use chunked::{ChunkLimits, Chunked};
+pub use key_per_step::KeyPerStep;
+pub use sampling::{sample_gapless, sample_indices};
+pub use version::SequenceLayoutKind;
+
+use crate::storage::kv::{KvError, Transaction};
+
+/// One sequence: run, context id and name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqId<'a> {
+    /// Run hash.
+    pub run: &'a str,
+    /// `context_to_id` of the context.
+    pub ctx_id: u32,
+    /// Sequence name (metric name, `logs`, `__log_records`, ...).
+    pub name: &'a str,
+}
+
+/// A point to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqWrite<'a> {
+    /// The step (a tuple integer in the key).
+    pub step: i64,
+    /// The value, msgpack-encoded by the caller (a float, or a custom object's map).
+    pub val: &'a [u8],
+    /// The epoch; the `epoch` column is written only when present.
+    pub epoch: Option<i64>,
+    /// The writer's clock, stored in the `time` column.
+    pub time: f64,
+}
+
+/// A stored point as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqPoint {
+    /// The step.
+    pub step: i64,
+    /// The msgpack-encoded value.
+    pub val: Vec<u8>,
+    /// The epoch, when the `epoch` column was read and has a value for this step.
+    pub epoch: Option<i64>,
+    /// The time, when the `time` column was read.
+    pub time: Option<f64>,
+}
+
+/// Errors of the sequence layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SeqError {
+    /// The KV layer failed.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// A stored key or value does not decode as the layout says.
+    #[error("corrupt sequence data: {0}")]
+    Corrupt(String),
+}
+
+impl crate::storage::kv::RetryableError for SeqError {
+    fn kv_error(&self) -> Option<&KvError> {
+        match self {
+            SeqError::Kv(e) => Some(e),
+            SeqError::Corrupt(_) => None,
+        }
+    }
+}
+
+/// Which columns a read returns besides `val`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// Read the `epoch` column.
+    pub epoch: bool,
+    /// Read the `time` column.
+    pub time: bool,
+}
+
+/// The layout of a store's sequences: the same operations over either key shape.
+#[derive(Debug, Clone)]
+pub enum SequenceLayout {
+    /// One key per step and column (the reference's).
+    KeyPerStep(KeyPerStep),
+    /// Chunks of consecutive steps, columns packed.
+    Chunked(Chunked),
+}
+
+impl SequenceLayout {
+    /// The layout `kind` under the `data/runs` prefix, chunks of the default size.
+    pub fn new(kind: SequenceLayoutKind, runs_prefix: &[u8]) -> Self {
+        match kind {
+            SequenceLayoutKind::KeyPerStep => Self::KeyPerStep(KeyPerStep::new(runs_prefix)),
+            SequenceLayoutKind::Chunked => Self::Chunked(Chunked::new(runs_prefix, ChunkLimits::default())),
+        }
+    }
+
+    /// Which layout this is.
+    pub fn kind(&self) -> SequenceLayoutKind {
+        match self {
+            Self::KeyPerStep(_) => SequenceLayoutKind::KeyPerStep,
+            Self::Chunked(_) => SequenceLayoutKind::Chunked,
+        }
+    }
+
+    /// Writes a batch of points of one sequence, in any step order; of repeated steps the last in
+    /// `points` wins. The chunked layout reads the stored tail (or the chunks the steps fall in)
+    /// through `tx`, so the batch should be whole: one call per sequence and transaction.
+    pub async fn write(&self, tx: &Transaction, id: SeqId<'_>, points: &[SeqWrite<'_>]) -> Result<(), SeqError> {
+        match self {
+            Self::KeyPerStep(l) => {
+                l.write(tx, id, points);
+                Ok(())
+            }
+            Self::Chunked(l) => l.write(tx, id, points).await,
+        }
+    }
+
+    /// The highest step, seeing this transaction's writes.
+    pub async fn last_step(&self, tx: &Transaction, id: SeqId<'_>) -> Result<Option<i64>, SeqError> {
+        match self {
+            Self::KeyPerStep(l) => l.last_step(tx, id).await,
+            Self::Chunked(l) => l.last_step(tx, id).await,
+        }
+    }
+
+    /// `next_step` of the reference: the highest step plus one, or 0 for an empty sequence.
+    pub async fn next_step(&self, tx: &Transaction, id: SeqId<'_>) -> Result<i64, SeqError> {
+        Ok(self.last_step(tx, id).await?.map_or(0, |s| s + 1))
+    }
+
+    /// Reads the points with `start <= step <= end` (inclusive end, as the reference's readers).
+    pub async fn read(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        start: Option<i64>,
+        end: Option<i64>,
+        cols: Columns,
+        snapshot: bool,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
+        match self {
+            Self::KeyPerStep(l) => l.read(tx, id, start, end, cols, snapshot).await,
+            Self::Chunked(l) => l.read(tx, id, start, end, cols, snapshot).await,
+        }
+    }
+
+    /// The first and last step, `None` when the sequence has no points.
+    pub async fn step_bounds(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        snapshot: bool,
+    ) -> Result<Option<(i64, i64)>, SeqError> {
+        match self {
+            Self::KeyPerStep(l) => l.step_bounds(tx, id, snapshot).await,
+            Self::Chunked(l) => l.step_bounds(tx, id, snapshot).await,
+        }
+    }
+
+    /// The points [`sample_indices`] keeps of the whole sequence for `p`, with `cols`, and the
+    /// number of keys read: exactly what reading everything and sampling gives, for less.
+    pub async fn read_sampled(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        p: usize,
+        cols: Columns,
+        snapshot: bool,
+    ) -> Result<(Vec<SeqPoint>, usize), SeqError> {
+        match self {
+            Self::KeyPerStep(l) => l.read_sampled(tx, id, p, cols, snapshot).await,
+            Self::Chunked(l) => l.read_sampled(tx, id, p, cols, snapshot).await,
+        }
+    }
+
+    /// Removes every point of the sequence.
+    pub fn clear(&self, tx: &Transaction, id: SeqId<'_>) {
+        match self {
+            Self::KeyPerStep(l) => l.clear(tx, id),
+            Self::Chunked(l) => l.clear(tx, id),
+        }
+    }
+}
