@@ -68,6 +68,9 @@ use crate::storage::value::{self, Value};
 pub const APPLIED: &str = "applied";
 /// Tag of outbox keys in our directory.
 pub const OUTBOX: &str = "outbox";
+
+/// Tag of the control consumer's dead letters in our directory.
+pub const CONTROL_DLQ: &str = "control_dlq";
 /// Tag of dead-letter keys in our directory.
 pub const DLQ: &str = "dlq";
 
@@ -455,6 +458,37 @@ impl Applier {
         offset: i64,
         letter: &DeadLetter,
     ) -> Result<(), ApplyError> {
+        self.write_letter_at(tx, &self.dead_letter_key(partition, offset), letter)
+    }
+
+    /// Writes a dead letter of the control consumer (a record of `control-events`) under
+    /// `("control_dlq", partition, offset)`, apart from the ingestion's, whose positions are of
+    /// another topic; same format as [`Applier::write_dead_letter`].
+    pub fn write_control_dead_letter(
+        &self,
+        tx: &Transaction,
+        partition: i32,
+        offset: i64,
+        letter: &DeadLetter,
+    ) -> Result<(), ApplyError> {
+        let key = tuple::pack_with_prefix(
+            &self.layout.dirs.ours,
+            &[Elem::from(CONTROL_DLQ), Elem::from(partition), Elem::from(offset)],
+        );
+        self.write_letter_at(tx, &key, letter)
+    }
+
+    /// Lists the control consumer's dead letters in `(partition, offset)` order, at most `limit` (0: all).
+    pub async fn control_dead_letters(
+        &self,
+        tx: &Transaction,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>, ApplyError> {
+        let rows = self.list_positions(tx, CONTROL_DLQ, limit).await?;
+        Ok(rows.into_iter().map(|(partition, offset, record)| DeadLetterRecord { partition, offset, record }).collect())
+    }
+
+    fn write_letter_at(&self, tx: &Transaction, at: &[u8], letter: &DeadLetter) -> Result<(), ApplyError> {
         let key = letter.key.as_deref().map(|k| (dlq::cut_str(k, dlq::MAX_STORED_KEY_BYTES), k.len()));
         let (value, truncation) = match letter.value.as_deref() {
             Some(v) => {
@@ -483,7 +517,7 @@ impl Applier {
         }
         let map = Value::Map(fields);
         let bytes = value::encode(&map).map_err(|e| ApplyError::Corrupt(format!("dead letter: {e}")))?;
-        tx.set(&self.dead_letter_key(partition, offset), &bytes);
+        tx.set(at, &bytes);
         Ok(())
     }
 
