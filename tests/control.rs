@@ -1,0 +1,282 @@
+//! The control workers on real components: the embedded queue's control topic, the local blob
+//! store (behind a flaky wrapper for faults), the supervised actors, and `matyan serve` end to end.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use matyan::blobs::{BlobError, BlobStore, Listing, LocalDirStore};
+use matyan::control::{ControlDeadLetters, ControlHandle, ControlKill, ControlWorkers, JanitorConfig, WorkersConfig};
+use matyan::ingest::apply::Applier;
+use matyan::ingest::{EmbeddedSource, Queue};
+use matyan::storage::kv::{Database, RetryOptions};
+use matyan::storage::layout::Layout;
+use matyan::storage::value::Value;
+
+const TOPIC: &str = "control-events";
+
+/// A blob store over a local directory that fails every call while `failing` is set, delays
+/// deletes by `delay`, and records the largest delete batch it was given.
+#[derive(Debug)]
+struct FlakyStore {
+    inner: LocalDirStore,
+    failing: AtomicBool,
+    delay: Duration,
+    failures: AtomicUsize,
+    largest_batch: AtomicUsize,
+    deletes: AtomicUsize,
+}
+
+impl FlakyStore {
+    fn new(root: &Path, delay: Duration) -> Self {
+        Self {
+            inner: LocalDirStore::new(root),
+            failing: AtomicBool::new(false),
+            delay,
+            failures: AtomicUsize::new(0),
+            largest_batch: AtomicUsize::new(0),
+            deletes: AtomicUsize::new(0),
+        }
+    }
+
+    fn check(&self, key: &str) -> Result<(), BlobError> {
+        if self.failing.load(Ordering::SeqCst) {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            let source = std::io::Error::other("store unavailable");
+            return Err(BlobError::Io { key: key.to_owned(), source });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobStore for FlakyStore {
+    async fn get(&self, key: &str) -> Result<Vec<u8>, BlobError> {
+        self.check(key)?;
+        self.inner.get(key).await
+    }
+    async fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), BlobError> {
+        self.inner.put(key, bytes).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), BlobError> {
+        self.check(key)?;
+        self.inner.delete(key).await
+    }
+    async fn list(&self, prefix: &str, start_after: Option<&str>, max_keys: usize) -> Result<Listing, BlobError> {
+        self.check(prefix)?;
+        self.inner.list(prefix, start_after, max_keys).await
+    }
+    async fn delete_many(&self, keys: &[String]) -> Result<(), BlobError> {
+        self.check(keys.first().map_or("", String::as_str))?;
+        tokio::time::sleep(self.delay).await;
+        self.largest_batch.fetch_max(keys.len(), Ordering::SeqCst);
+        self.deletes.fetch_add(1, Ordering::SeqCst);
+        self.inner.delete_many(keys).await
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    blobs: std::path::PathBuf,
+    db: Database,
+    layout: Layout,
+    queue: Queue,
+    store: Arc<FlakyStore>,
+}
+
+async fn fixture(delay: Duration) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let blobs = dir.path().join("blobs");
+    let db = Database::memory();
+    let layout = Layout::open(&db).await.unwrap();
+    let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, 1).await.unwrap();
+    let store = Arc::new(FlakyStore::new(&blobs, delay));
+    Fixture { _dir: dir, blobs, db, layout, queue, store }
+}
+
+fn config() -> WorkersConfig {
+    WorkersConfig {
+        janitor: JanitorConfig {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+        },
+        restart_backoff_initial: Duration::from_millis(20),
+        restart_backoff_max: Duration::from_millis(100),
+        ..WorkersConfig::default()
+    }
+}
+
+async fn start(f: &Fixture) -> ControlHandle {
+    let source = EmbeddedSource::new(f.queue.clone(), "control-workers").await.unwrap();
+    let letters = ControlDeadLetters::Embedded {
+        db: f.db.clone(),
+        applier: Applier::new(f.layout.clone()),
+        retry: RetryOptions::default(),
+    };
+    let store: Arc<dyn BlobStore> = f.store.clone();
+    ControlWorkers::start(Arc::new(source.with_poll_interval(Duration::from_millis(10))), store, letters, config())
+        .unwrap()
+}
+
+/// Writes `n` objects under `{run}/` straight into the directory.
+fn put_objects(blobs: &Path, run: &str, n: usize) {
+    let dir = blobs.join(run).join("seq").join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..n {
+        std::fs::write(dir.join(format!("{i}.png")), b"png").unwrap();
+    }
+}
+
+fn count_objects(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .map(|e| e.unwrap().path())
+        .map(|p| if p.is_dir() { count_objects(&p) } else { 1 })
+        .sum()
+}
+
+async fn append(queue: &Queue, values: &[Vec<u8>]) {
+    let records: Vec<_> = values.iter().map(|v| (None, v.as_slice(), 0i64)).collect();
+    queue.append(&records).await.unwrap();
+}
+
+fn run_deleted(run: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": "run_deleted", "timestamp": "2026-01-01T00:00:00.000000Z", "payload": {"run_id": run}
+    }))
+    .unwrap()
+}
+
+async fn committed(queue: &Queue) -> i64 {
+    queue.committed("control-workers", 0).await.unwrap().unwrap_or(0)
+}
+
+/// Waits until the group committed `offset` on the queue (what a restart would read from).
+async fn wait_committed(queue: &Queue, offset: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed(queue).await < offset {
+        assert!(Instant::now() < deadline, "offset {offset} not committed (at {})", committed(queue).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_deleted_removes_all_2500_objects_of_the_run_in_batches_of_at_most_1000_then_commits() {
+    let f = fixture(Duration::ZERO).await;
+    put_objects(&f.blobs, "run-a", 2_500);
+    put_objects(&f.blobs, "run-b", 3);
+    let control = start(&f).await;
+    append(&f.queue, &[run_deleted("run-a")]).await;
+    wait_committed(&f.queue, 1).await;
+
+    assert_eq!(count_objects(&f.blobs.join("run-a")), 0, "every object of the deleted run is gone");
+    assert_eq!(count_objects(&f.blobs.join("run-b")), 3, "another run's objects stay");
+    assert!(f.store.largest_batch.load(Ordering::SeqCst) <= 1_000);
+    assert!(f.store.deletes.load(Ordering::SeqCst) >= 3, "2,500 objects need three batches");
+    let counters = control.counters();
+    assert_eq!((counters.objects_removed, counters.processed, counters.janitor_backlog), (2_500, 1, 0));
+
+    // A duplicate event (the outbox is at least once) is harmless: nothing left to remove.
+    append(&f.queue, &[run_deleted("run-a")]).await;
+    wait_committed(&f.queue, 2).await;
+    assert_eq!(control.counters().objects_removed, 2_500);
+    control.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_blob_store_is_retried_and_the_offset_is_committed_only_after_it_recovers() {
+    let f = fixture(Duration::ZERO).await;
+    put_objects(&f.blobs, "run-a", 1_200);
+    f.store.failing.store(true, Ordering::SeqCst);
+    let control = start(&f).await;
+    append(&f.queue, &[run_deleted("run-a")]).await;
+
+    // Several rounds of retries and at least one restart of the group while the store is down.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while control.counters().restarts < 2 {
+        assert!(Instant::now() < deadline, "no restart while the store fails: {:?}", control.counters());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(control.counters().janitor_retries >= 2);
+    assert_eq!(committed(&f.queue).await, 0, "nothing is acknowledged while the store fails");
+    assert_eq!(count_objects(&f.blobs.join("run-a")), 1_200);
+
+    f.store.failing.store(false, Ordering::SeqCst);
+    wait_committed(&f.queue, 1).await;
+    assert_eq!(count_objects(&f.blobs.join("run-a")), 0, "the replay after recovery removed everything");
+    control.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_consumer_killed_mid_batch_replays_from_its_committed_offset_and_removes_everything() {
+    // Slow deletes, so the kill lands while runs are still being cleaned.
+    let f = fixture(Duration::from_millis(30)).await;
+    let runs: Vec<String> = (0..6).map(|i| format!("run-{i}")).collect();
+    for run in &runs {
+        put_objects(&f.blobs, run, 1_500);
+    }
+    let control = start(&f).await;
+    append(&f.queue, &runs.iter().map(|r| run_deleted(r)).collect::<Vec<_>>()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while f.store.deletes.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "the janitor never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let before = committed(&f.queue).await;
+    assert!(before < 6, "the kill lands mid-batch (committed {before})");
+    let killed = control.kill(ControlKill::Consumer).await.unwrap();
+    assert_eq!(killed, "control consumer");
+    wait_committed(&f.queue, 6).await;
+
+    for run in &runs {
+        assert_eq!(count_objects(&f.blobs.join(run)), 0, "{run} has objects left");
+    }
+    let counters = control.counters();
+    assert!(counters.restarts >= 1, "{counters:?}");
+    assert!(counters.consumed > 6, "records after the committed offset were read again: {counters:?}");
+    control.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_control_event_is_dead_lettered_with_its_reason_and_the_events_after_it_still_run() {
+    let f = fixture(Duration::ZERO).await;
+    put_objects(&f.blobs, "run-a", 10);
+    put_objects(&f.blobs, "run-b", 10);
+    let control = start(&f).await;
+    let escaping = serde_json::to_vec(&serde_json::json!({"type": "run_deleted", "payload": {"run_id": ".."}})).unwrap();
+    let others = ["experiment_deleted", "tag_deleted"].map(|kind| {
+        let field = if kind == "tag_deleted" { "tag_id" } else { "experiment_id" };
+        serde_json::to_vec(&serde_json::json!({"type": kind, "timestamp": "t", "payload": {field: "u"}})).unwrap()
+    });
+    append(
+        &f.queue,
+        &[b"{not json".to_vec(), escaping, others[0].clone(), others[1].clone(), run_deleted("run-b")],
+    )
+    .await;
+    wait_committed(&f.queue, 5).await;
+
+    assert_eq!(count_objects(&f.blobs.join("run-b")), 0);
+    assert_eq!(count_objects(&f.blobs.join("run-a")), 10, "`..` reached nothing");
+    let applier = Applier::new(f.layout.clone());
+    let tx = f.db.create_trx().unwrap();
+    let letters = applier.control_dead_letters(&tx, 0).await.unwrap();
+    let reasons: Vec<(i64, String)> = letters
+        .iter()
+        .map(|l| {
+            let Value::Map(fields) = &l.record else { panic!("a map") };
+            let reason = fields.iter().find(|(k, _)| *k == Value::from("reason")).map(|(_, v)| v.clone());
+            (l.offset, format!("{reason:?}"))
+        })
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons[0].1.contains("control_envelope") && reasons[0].0 == 0, "{reasons:?}");
+    assert!(reasons[1].1.contains("control_key") && reasons[1].0 == 1, "{reasons:?}");
+    let counters = control.counters();
+    assert_eq!((counters.dead_lettered, counters.processed), (2, 3));
+    control.shutdown().await.unwrap();
+}
