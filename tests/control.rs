@@ -280,3 +280,137 @@ async fn a_malformed_control_event_is_dead_lettered_with_its_reason_and_the_even
     assert_eq!((counters.dead_lettered, counters.processed), (2, 3));
     control.shutdown().await.unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// End to end through `matyan serve`: REST deletion → ingestion (tombstone, purge) → outbox →
+// control-events → janitor, on the embedded queue and on Kafka.
+
+use common::broker::Broker;
+use common::sdk::request;
+use common::server;
+
+const SEEDED_RUN: &str = "5eed000000000000";
+const R: &str = "/api/v1/rest";
+
+fn matyan(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_matyan")).args(args).env("RUST_LOG", "warn").output().unwrap()
+}
+
+/// Seeds one run with 2,500 objects, starts `matyan serve` with `extra` flags and `env`.
+fn seeded_server(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (server::Server, std::net::SocketAddr) {
+    let data = dir.to_str().unwrap();
+    let out = matyan(&["dev", "seed", "--data-dir", data, "--runs", "1"]);
+    assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
+    put_objects(&dir.join("blobs"), SEEDED_RUN, 2_500);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["serve", "--data-dir", data, "--host", "127.0.0.1", "--port", "0"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut serve = server::Server(child);
+    let addr = server::wait_for_addr(&mut serve, dir);
+    (serve, addr)
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Deletes an experiment and a tag, then the seeded run, and follows the run's deletion until its
+/// 2,500 objects are gone and its tombstone is written.
+fn delete_entities_then_the_run(dir: &Path, addr: std::net::SocketAddr) {
+    // Entity deletions first: their events go out before the run's (issue 11: they once wedged the
+    // outbox, so no run_deleted was published again).
+    let (status, body) = request(addr, "POST", &format!("{R}/experiments/"), Some(r#"{"name":"gone-exp"}"#));
+    assert_eq!(status, 200, "{body}");
+    let exp: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, _) = request(addr, "DELETE", &format!("{R}/experiments/{}/", exp["id"].as_str().unwrap()), None);
+    assert_eq!(status, 200);
+    let (status, body) = request(addr, "POST", &format!("{R}/tags/"), Some(r#"{"name":"gone-tag"}"#));
+    assert_eq!(status, 200, "{body}");
+    let tag: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, _) = request(addr, "DELETE", &format!("{R}/tags/{}/", tag["id"].as_str().unwrap()), None);
+    assert_eq!(status, 200);
+
+    let search = format!("{R}/runs/search/run/?q=&report_progress=false");
+    let (_, before) = request(addr, "GET", &search, None);
+    assert!(before.contains(SEEDED_RUN), "the seeded run is searchable before its deletion");
+    let (status, body) = request(addr, "DELETE", &format!("{R}/runs/{SEEDED_RUN}/"), None);
+    assert_eq!(status, 200, "{body}");
+    let (_, after) = request(addr, "GET", &search, None);
+    assert!(!after.contains(SEEDED_RUN), "hidden at once (pending_deletion)");
+
+    let blobs = dir.join("blobs").join(SEEDED_RUN);
+    wait_until("the janitor removed every object", || count_objects(&blobs) == 0);
+    let data = dir.to_str().unwrap();
+    let dump = matyan(&["kv", "dump", "--dir", "indexes", "--data-dir", data]);
+    let text = String::from_utf8_lossy(&dump.stdout);
+    assert!(text.contains("_deleted") && text.contains(SEEDED_RUN), "the tombstone is written: {text}");
+    let (status, _) = request(addr, "GET", &format!("{R}/runs/{SEEDED_RUN}/info/"), None);
+    assert_eq!(status, 404, "the run is purged");
+}
+
+#[test]
+fn serve_deletes_a_run_through_rest_and_the_control_workers_remove_its_2500_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (serve, addr) = seeded_server(dir.path(), &[], &[]);
+    delete_entities_then_the_run(dir.path(), addr);
+    let status = server::terminate(serve);
+    assert!(status.success(), "matyan serve exited with {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_on_kafka_deletes_a_run_through_rest_removes_its_objects_ignores_late_records_until_cleared() {
+    let Some(broker) = Broker::start() else { return };
+    broker.create_topic("data-ingestion", 6).await;
+    broker.create_topic(TOPIC, 1).await;
+    broker.create_topic("data-ingestion-dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bootstrap = broker.bootstrap.clone();
+    let env = [("KAFKA_BOOTSTRAP_SERVERS", bootstrap.as_str())];
+    let (serve, addr) = seeded_server(dir.path(), &["--source", "kafka"], &env);
+    let path = dir.path().to_owned();
+    tokio::task::spawn_blocking(move || delete_entities_then_the_run(&path, addr)).await.unwrap();
+
+    // Late records of the deleted run are dropped while its tombstone stands.
+    let record = |name: &str| {
+        let value = serde_json::json!({"type": "create_run", "run_id": SEEDED_RUN,
+            "timestamp": "2026-01-01T00:00:00Z", "payload": {"force_resume": false, "name": name}});
+        (Some(SEEDED_RUN.as_bytes().to_vec()), serde_json::to_vec(&value).unwrap())
+    };
+    broker.produce("data-ingestion", &[record("late")]);
+    let lag = |addr| {
+        let (_, metrics) = server::get(addr, "/metrics/");
+        server::metric_sum(&metrics, "matyan_ingest_consumer_lag", "")
+    };
+    tokio::task::spawn_blocking(move || {
+        // The lag gauge is read every second: wait until ingestion applied (skipped) the record.
+        std::thread::sleep(Duration::from_millis(1_500));
+        wait_until("ingestion caught up", || lag(addr) == 0.0);
+        let (status, _) = request(addr, "GET", &format!("{R}/runs/{SEEDED_RUN}/info/"), None);
+        assert_eq!(status, 404, "a late record did not bring the run back");
+        let (status, _) = request(addr, "POST", &format!("{R}/runs/{SEEDED_RUN}/clear-tombstone/"), None);
+        assert_eq!(status, 204);
+    })
+    .await
+    .unwrap();
+    broker.produce("data-ingestion", &[record("back")]);
+    tokio::task::spawn_blocking(move || {
+        wait_until("the run is ingested again", || {
+            request(addr, "GET", &format!("{R}/runs/{SEEDED_RUN}/info/"), None).0 == 200
+        });
+    })
+    .await
+    .unwrap();
+    let status = server::terminate(serve);
+    assert!(status.success(), "matyan serve exited with {status}");
+}
