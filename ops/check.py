@@ -63,7 +63,6 @@ REFUSALS = [
     ({"storage": {"backend": "embedded"}}, "mode split needs storage.backend fdb"),
     ({}, "needs storage.fdb.clusterFile"),
     ({**FDB, "s3": {"enabled": True}}, "issue 11"),
-    ({**FDB, "control": {"enabled": True}}, "issue 11"),
     ({**FDB, "maintenance": {"finishStale": {"enabled": True}}}, "issue 11"),
     ({**FDB, "maintenance": {"cleanupTombstones": {"enabled": True}}}, "issue 11"),
     ({**FDB, "maintenance": {"cleanupOrphanBlobs": {"enabled": True}}}, "issue 11"),
