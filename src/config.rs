@@ -1234,4 +1234,24 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("ingest.max_run_actors_per_partition: must be at least 1"), "{err}");
     }
+
+    #[test]
+    fn control_budgets_default_to_the_documented_values_and_zero_or_inverted_ones_are_rejected() {
+        let c = Config::from_toml_str("f.toml", "").unwrap();
+        assert_eq!(c.control.consumer_group, "control-workers");
+        assert_eq!((c.control.max_backlog, c.control.janitor_max_attempts), (1000, 5));
+        let bad = "[control]\nconsumer_group = \" \"\nmax_backlog = 0\njanitor_max_attempts = 0\n\
+                   janitor_initial_backoff_ms = 9000\nrestart_backoff_max_ms = 0\n";
+        let c = Config::from_toml_str("f.toml", bad).unwrap();
+        assert_eq!(
+            invalid_keys(&c),
+            vec![
+                "control.consumer_group",
+                "control.max_backlog",
+                "control.janitor_max_attempts",
+                "control.restart_backoff_max_ms",
+                "control.janitor_initial_backoff_ms",
+            ]
+        );
+    }
 }

@@ -113,11 +113,7 @@ fn config() -> WorkersConfig {
 
 async fn start(f: &Fixture) -> ControlHandle {
     let source = EmbeddedSource::new(f.queue.clone(), "control-workers").await.unwrap();
-    let letters = ControlDeadLetters::Embedded {
-        db: f.db.clone(),
-        applier: Applier::new(f.layout.clone()),
-        retry: RetryOptions::default(),
-    };
+    let letters = ControlDeadLetters::embedded(f.db.clone(), Applier::new(f.layout.clone()), RetryOptions::default());
     let store: Arc<dyn BlobStore> = f.store.clone();
     ControlWorkers::start(Arc::new(source.with_poll_interval(Duration::from_millis(10))), store, letters, config())
         .unwrap()
@@ -134,10 +130,7 @@ fn put_objects(blobs: &Path, run: &str, n: usize) {
 
 fn count_objects(dir: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .map(|e| e.unwrap().path())
-        .map(|p| if p.is_dir() { count_objects(&p) } else { 1 })
-        .sum()
+    entries.map(|e| e.unwrap().path()).map(|p| if p.is_dir() { count_objects(&p) } else { 1 }).sum()
 }
 
 async fn append(queue: &Queue, values: &[Vec<u8>]) {
@@ -248,16 +241,14 @@ async fn a_malformed_control_event_is_dead_lettered_with_its_reason_and_the_even
     put_objects(&f.blobs, "run-a", 10);
     put_objects(&f.blobs, "run-b", 10);
     let control = start(&f).await;
-    let escaping = serde_json::to_vec(&serde_json::json!({"type": "run_deleted", "payload": {"run_id": ".."}})).unwrap();
+    let escaping =
+        serde_json::to_vec(&serde_json::json!({"type": "run_deleted", "payload": {"run_id": ".."}})).unwrap();
     let others = ["experiment_deleted", "tag_deleted"].map(|kind| {
         let field = if kind == "tag_deleted" { "tag_id" } else { "experiment_id" };
         serde_json::to_vec(&serde_json::json!({"type": kind, "timestamp": "t", "payload": {field: "u"}})).unwrap()
     });
-    append(
-        &f.queue,
-        &[b"{not json".to_vec(), escaping, others[0].clone(), others[1].clone(), run_deleted("run-b")],
-    )
-    .await;
+    append(&f.queue, &[b"{not json".to_vec(), escaping, others[0].clone(), others[1].clone(), run_deleted("run-b")])
+        .await;
     wait_committed(&f.queue, 5).await;
 
     assert_eq!(count_objects(&f.blobs.join("run-b")), 0);

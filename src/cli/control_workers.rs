@@ -76,7 +76,7 @@ impl Control {
         let source = EmbeddedSource::new(queue, group)
             .await
             .with_context(|| format!("cannot open the consumer of topic {topic:?}"))?;
-        let letters = ControlDeadLetters::Embedded { db: state.db.clone(), applier, retry };
+        let letters = ControlDeadLetters::embedded(state.db.clone(), applier, retry);
         let handle = ControlWorkers::start(
             Arc::new(source),
             Arc::clone(&state.blobs.store),

@@ -7,7 +7,7 @@
 
 use crate::clock::now_secs;
 use crate::ingest::apply::{Applier, ApplyError, DeadLetter};
-use crate::ingest::dlq::{DeadLetterError, KafkaDeadLetters, Rejected};
+use crate::ingest::dlq::{DeadLetterError, EmbeddedDeadLetters, KafkaDeadLetters, Rejected};
 use crate::storage::kv::{Database, RetryOptions};
 
 /// The dead-letter sink of the control consumer.
@@ -15,32 +15,31 @@ use crate::storage::kv::{Database, RetryOptions};
 pub enum ControlDeadLetters {
     /// The dead-letter topic.
     Kafka(KafkaDeadLetters),
-    /// Our directory of the store.
-    Embedded {
-        /// The store.
-        db: Database,
-        /// The applier whose layout holds our directory.
-        applier: Applier,
-        /// Retry settings of the write's transaction.
-        retry: RetryOptions,
-    },
+    /// Our directory of the store (its `db`, `applier` and `retry`).
+    Embedded(Box<EmbeddedDeadLetters>),
 }
 
 impl std::fmt::Debug for ControlDeadLetters {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ControlDeadLetters::Kafka(k) => f.debug_tuple("Kafka").field(&k.topic()).finish(),
-            ControlDeadLetters::Embedded { .. } => f.write_str("Embedded"),
+            ControlDeadLetters::Embedded(_) => f.write_str("Embedded"),
         }
     }
 }
 
 impl ControlDeadLetters {
+    /// The sink writing to our keyspace of `db`.
+    pub fn embedded(db: Database, applier: Applier, retry: RetryOptions) -> Self {
+        ControlDeadLetters::Embedded(Box::new(EmbeddedDeadLetters { db, applier, retry }))
+    }
+
     /// Writes one dead letter and returns once it is durable.
     pub async fn send(&self, rejected: &Rejected<'_>) -> Result<(), DeadLetterError> {
         match self {
             ControlDeadLetters::Kafka(k) => k.send(rejected).await?,
-            ControlDeadLetters::Embedded { db, applier, retry } => {
+            ControlDeadLetters::Embedded(e) => {
+                let EmbeddedDeadLetters { db, applier, retry } = &**e;
                 let letter = DeadLetter {
                     reason: rejected.reason.to_owned(),
                     key: rejected.key.map(|k| String::from_utf8_lossy(k).into_owned()),

@@ -59,6 +59,9 @@ pub enum JanitorError {
     /// The store kept failing for every attempt, or refused the call outright.
     #[error("blob store failed after {attempts} attempt(s): {source}")]
     Store { attempts: u32, source: BlobError },
+    /// The store acknowledged a batch of deletes but still lists its first key.
+    #[error("blob {key:?} is still listed after its deletion was acknowledged")]
+    NotRemoved { key: String },
     /// The janitor stopped (killed or shut down) before the clean ended.
     #[error("the janitor stopped")]
     Stopped,
@@ -156,6 +159,7 @@ pub async fn clean(
         removed += batch.len() as u64;
     }
     let prefix = format!("{}/", job.run_id);
+    let mut previous_first: Option<String> = None;
     loop {
         // Always from the start: the previous page is gone, and a restart mid-way needs no cursor.
         let page = retry(&config, &stats, || store.list(&prefix, None, MAX_LIST_PAGE)).await?;
@@ -163,6 +167,11 @@ pub async fn clean(
             break;
         }
         let keys: Vec<String> = page.objects.into_iter().map(|o| o.key).collect();
+        // A store that acknowledges deletes but keeps listing the objects would loop forever.
+        if previous_first.as_deref() == keys.first().map(String::as_str) {
+            return Err(JanitorError::NotRemoved { key: keys[0].clone() });
+        }
+        previous_first = keys.first().cloned();
         retry(&config, &stats, || store.delete_many(&keys)).await?;
         stats.note_removed(keys.len());
         removed += keys.len() as u64;
