@@ -405,3 +405,51 @@ async fn serve_on_kafka_deletes_a_run_through_rest_removes_its_objects_ignores_l
     let status = server::terminate(serve);
     assert!(status.success(), "matyan serve exited with {status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matyan_control_alone_cleans_a_deleted_run_from_kafka_and_dead_letters_a_malformed_event_with_its_reason() {
+    let Some(broker) = Broker::start() else { return };
+    broker.create_topic(TOPIC, 1).await;
+    broker.create_topic("data-ingestion-dlq", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    put_objects(&dir.path().join("blobs"), "run-x", 1_500);
+    let port = server::free_port();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_matyan"))
+        .args(["control", "--data-dir", dir.path().to_str().unwrap(), "--metrics-host", "127.0.0.1"])
+        .args(["--metrics-port", &port.to_string()])
+        .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut control = server::Server(child);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    server::wait_listening(&mut control, addr);
+
+    broker.produce(TOPIC, &[(None, b"{not json".to_vec()), (Some(b"run-x".to_vec()), run_deleted("run-x"))]);
+    let blobs = dir.path().join("blobs").join("run-x");
+    tokio::task::spawn_blocking(move || wait_until("the run's objects are gone", || count_objects(&blobs) == 0))
+        .await
+        .unwrap();
+    let letters =
+        broker.read_topic_until("data-ingestion-dlq", "control-check", Duration::from_secs(30), |got| !got.is_empty()).await;
+    use rdkafka::message::{Headers as _, Message as _};
+    let headers = letters[0].headers().expect("dead-letter headers");
+    let header = |name: &str| {
+        headers.iter().find(|h| h.key == name).and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    assert_eq!(header("reason").as_deref(), Some("control_envelope"));
+    assert_eq!(header("origin_topic").as_deref(), Some(TOPIC));
+    assert_eq!(letters[0].payload(), Some(&b"{not json"[..]));
+    let (status, metrics) = server::get(addr, "/metrics/");
+    assert_eq!(status, 200);
+    assert_eq!(server::metric_sum(&metrics, "matyan_control_events_processed_total", "run_deleted"), 1.0);
+    assert_eq!(server::metric_sum(&metrics, "matyan_control_janitor_objects_removed_total", ""), 1_500.0);
+
+    let status = server::terminate(control);
+    assert!(status.success(), "matyan control exited with {status}");
+    // Both events are acknowledged: a restarted worker would not read them again.
+    assert_eq!(broker.committed_offsets("control-workers", TOPIC, &[0]), vec![2]);
+}
