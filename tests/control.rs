@@ -433,8 +433,9 @@ async fn matyan_control_alone_cleans_a_deleted_run_from_kafka_and_dead_letters_a
     tokio::task::spawn_blocking(move || wait_until("the run's objects are gone", || count_objects(&blobs) == 0))
         .await
         .unwrap();
-    let letters =
-        broker.read_topic_until("data-ingestion-dlq", "control-check", Duration::from_secs(30), |got| !got.is_empty()).await;
+    let letters = broker
+        .read_topic_until("data-ingestion-dlq", "control-check", Duration::from_secs(30), |got| !got.is_empty())
+        .await;
     use rdkafka::message::{Headers as _, Message as _};
     let headers = letters[0].headers().expect("dead-letter headers");
     let header = |name: &str| {
