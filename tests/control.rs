@@ -293,6 +293,12 @@ fn seeded_server(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (server::S
     let out = matyan(&["dev", "seed", "--data-dir", data, "--runs", "1"]);
     assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
     put_objects(&dir.join("blobs"), SEEDED_RUN, 2_500);
+    start_serve(dir, extra, env)
+}
+
+/// Starts `matyan serve` on the store under `dir`.
+fn start_serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (server::Server, std::net::SocketAddr) {
+    let data = dir.to_str().unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_matyan"))
         .args(["serve", "--data-dir", data, "--host", "127.0.0.1", "--port", "0"])
         .args(extra)
@@ -350,11 +356,55 @@ fn delete_entities_then_the_run(dir: &Path, addr: std::net::SocketAddr) {
     assert_eq!(status, 404, "the run is purged");
 }
 
+/// A `create_run` record of the seeded run named `name`, as the gateway writes it.
+fn create_run(name: &str) -> Vec<u8> {
+    let value = serde_json::json!({"type": "create_run", "run_id": SEEDED_RUN,
+        "timestamp": "2026-01-01T00:00:00Z", "payload": {"force_resume": false, "name": name}});
+    serde_json::to_vec(&value).unwrap()
+}
+
+/// Appends `value` keyed by the seeded run to the embedded ingestion queue of a stopped server.
+fn import(dir: &Path, value: &[u8]) {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+    let line = serde_json::json!({"key_b64": b64(SEEDED_RUN.as_bytes()), "value_b64": b64(value), "timestamp_ms": 0});
+    let file = dir.join("late.jsonl");
+    std::fs::write(&file, format!("{line}\n")).unwrap();
+    let out = matyan(&["queue", "import", file.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "queue import failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Waits until ingestion applied everything queued (the lag gauge is read every second).
+fn wait_caught_up(addr: std::net::SocketAddr) {
+    std::thread::sleep(Duration::from_millis(1_500));
+    wait_until("ingestion caught up", || {
+        let (_, metrics) = server::get(addr, "/metrics/");
+        server::metric_sum(&metrics, "matyan_ingest_consumer_lag", "") == 0.0
+    });
+}
+
 #[test]
-fn serve_deletes_a_run_through_rest_and_the_control_workers_remove_its_2500_objects() {
+fn serve_deletes_a_run_through_rest_removes_its_2500_objects_and_ignores_late_records_until_cleared() {
     let dir = tempfile::tempdir().unwrap();
     let (serve, addr) = seeded_server(dir.path(), &[], &[]);
     delete_entities_then_the_run(dir.path(), addr);
+    assert!(server::terminate(serve).success());
+
+    // A late record of the deleted run is dropped while the tombstone stands.
+    import(dir.path(), &create_run("late"));
+    let (serve, addr) = start_serve(dir.path(), &[], &[]);
+    wait_caught_up(addr);
+    let (status, _) = request(addr, "GET", &format!("{R}/runs/{SEEDED_RUN}/info/"), None);
+    assert_eq!(status, 404, "a late record did not bring the run back");
+    let (status, _) = request(addr, "POST", &format!("{R}/runs/{SEEDED_RUN}/clear-tombstone/"), None);
+    assert_eq!(status, 204);
+    assert!(server::terminate(serve).success());
+
+    import(dir.path(), &create_run("back"));
+    let (serve, addr) = start_serve(dir.path(), &[], &[]);
+    wait_until("the run is ingested again", || {
+        request(addr, "GET", &format!("{R}/runs/{SEEDED_RUN}/info/"), None).0 == 200
+    });
     let status = server::terminate(serve);
     assert!(status.success(), "matyan serve exited with {status}");
 }
@@ -373,20 +423,10 @@ async fn serve_on_kafka_deletes_a_run_through_rest_removes_its_objects_ignores_l
     tokio::task::spawn_blocking(move || delete_entities_then_the_run(&path, addr)).await.unwrap();
 
     // Late records of the deleted run are dropped while its tombstone stands.
-    let record = |name: &str| {
-        let value = serde_json::json!({"type": "create_run", "run_id": SEEDED_RUN,
-            "timestamp": "2026-01-01T00:00:00Z", "payload": {"force_resume": false, "name": name}});
-        (Some(SEEDED_RUN.as_bytes().to_vec()), serde_json::to_vec(&value).unwrap())
-    };
+    let record = |name: &str| (Some(SEEDED_RUN.as_bytes().to_vec()), create_run(name));
     broker.produce("data-ingestion", &[record("late")]);
-    let lag = |addr| {
-        let (_, metrics) = server::get(addr, "/metrics/");
-        server::metric_sum(&metrics, "matyan_ingest_consumer_lag", "")
-    };
     tokio::task::spawn_blocking(move || {
-        // The lag gauge is read every second: wait until ingestion applied (skipped) the record.
-        std::thread::sleep(Duration::from_millis(1_500));
-        wait_until("ingestion caught up", || lag(addr) == 0.0);
+        wait_caught_up(addr);
         let (status, _) = request(addr, "GET", &format!("{R}/runs/{SEEDED_RUN}/info/"), None);
         assert_eq!(status, 404, "a late record did not bring the run back");
         let (status, _) = request(addr, "POST", &format!("{R}/runs/{SEEDED_RUN}/clear-tombstone/"), None);
