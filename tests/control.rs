@@ -494,3 +494,35 @@ async fn matyan_control_alone_cleans_a_deleted_run_from_kafka_and_dead_letters_a
     // Both events are acknowledged: a restarted worker would not read them again.
     assert_eq!(broker.committed_offsets("control-workers", TOPIC, &[0]), vec![2]);
 }
+
+#[test]
+fn the_chaos_route_kills_the_control_consumer_mid_batch_and_every_deleted_runs_objects_are_still_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = matyan(&["dev", "seed", "--data-dir", data, "--runs", "20"]);
+    assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
+    let runs: Vec<String> = (0..20).map(|i| format!("5eed{i:012x}")).collect();
+    for run in &runs {
+        put_objects(&dir.path().join("blobs"), run, 500);
+    }
+    let (serve, addr) = start_serve(dir.path(), &["--chaos"], &[]);
+    let body = serde_json::to_string(&runs).unwrap();
+    let (status, text) = request(addr, "POST", &format!("{R}/runs/delete-batch/"), Some(&body));
+    assert_eq!(status, 200, "{text}");
+
+    let blobs = dir.path().join("blobs");
+    let total = 20 * 500;
+    wait_until("the janitor started", || count_objects(&blobs) < total);
+    let left = count_objects(&blobs);
+    let (status, text) = request(addr, "POST", "/admin/chaos/kill/?target=control", None);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("control consumer"), "{text}");
+    assert!(left > 0, "the kill landed while objects were left");
+
+    wait_until("every deleted run's objects are gone", || count_objects(&blobs) == 0);
+    let (_, metrics) = server::get(addr, "/metrics/");
+    assert!(server::metric_sum(&metrics, "matyan_control_actor_restarts_total", "chaos") >= 1.0);
+    assert_eq!(server::metric_sum(&metrics, "matyan_control_janitor_backlog", ""), 0.0);
+    let status = server::terminate(serve);
+    assert!(status.success(), "matyan serve exited with {status}");
+}
