@@ -4,6 +4,8 @@
 //! Envelope `{"type": str, "timestamp": str, "payload": object}`. A record that is not such an
 //! envelope, or a `run_deleted` whose run id or listed keys could name objects outside the run's
 //! prefix, is malformed: the consumer dead-letters it with the [`EventError::reason`] label.
+//! Departure from the reference (§2.6): a `run_deleted` without a run id is logged and dropped
+//! there; here it is dead-lettered like any malformed record, so nothing vanishes silently.
 //! An unknown `type` is not malformed: the reference logs it and counts it as processed, and so
 //! do we (a newer producer may add types).
 
