@@ -6,7 +6,8 @@
 //! Figures: objects removed per second (baseline: the janitor alone on the store; end to end: from
 //! the first REST `DELETE` to the last object gone), and per run the time from its `DELETE` to its
 //! last object gone (p50, p99, max). The end-to-end latency includes the outbox publisher's poll
-//! interval (1 s, as in `matyan serve`).
+//! interval (1 s, as in `matyan serve`) and the wait behind the runs cleaned before (one janitor
+//! per control partition, one partition).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -185,15 +186,20 @@ pub async fn run(dir: &Path, cfg: &ControlBenchConfig) -> Result<ControlReport, 
         }
         deleted_at.push(Instant::now());
     }
+    let mut cleaning_order: Vec<usize> = (0..runs.len()).collect();
+    cleaning_order.sort_by_key(|&i| (ingestion.partition_for_key(runs[i].as_bytes()), i));
     let mut gone: Vec<Option<Instant>> = vec![None; runs.len()];
     while gone.iter().any(Option::is_none) {
         if Instant::now() > deadline + PHASE_TIMEOUT {
             return Err(ControlBenchError::Timeout(format!("{:?}", control.counters())));
         }
-        // Runs are cleaned in the order they were deleted (one partition, one janitor): look at the
-        // first runs not seen gone, stopping at one that still has objects, so the polling costs
-        // one listing per round rather than competing with the janitor for the disk.
-        for (i, run) in runs.iter().enumerate() {
+        // The janitor cleans runs in the order their run_deleted events reach the one control
+        // partition: the outbox's order, by ingestion partition, then by offset (deletion order).
+        // Look at the first runs in that order not seen gone, stopping at one that still has
+        // objects, so the polling costs one listing per round rather than competing with the
+        // janitor for the disk.
+        for &i in &cleaning_order {
+            let run = &runs[i];
             if gone[i].is_some() {
                 continue;
             }
