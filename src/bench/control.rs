@@ -189,28 +189,29 @@ pub async fn run(dir: &Path, cfg: &ControlBenchConfig) -> Result<ControlReport, 
     let mut cleaning_order: Vec<usize> = (0..runs.len()).collect();
     cleaning_order.sort_by_key(|&i| (ingestion.partition_for_key(runs[i].as_bytes()), i));
     let mut gone: Vec<Option<Instant>> = vec![None; runs.len()];
-    while gone.iter().any(Option::is_none) {
+    let mut seen = 0usize;
+    while seen < runs.len() {
         if Instant::now() > deadline + PHASE_TIMEOUT {
             return Err(ControlBenchError::Timeout(format!("{:?}", control.counters())));
         }
-        // The janitor cleans runs in the order their run_deleted events reach the one control
-        // partition: the outbox's order, by ingestion partition, then by offset (deletion order).
-        // Look at the first runs in that order not seen gone, stopping at one that still has
-        // objects, so the polling costs one listing per round rather than competing with the
-        // janitor for the disk.
-        for &i in &cleaning_order {
-            let run = &runs[i];
-            if gone[i].is_some() {
-                continue;
-            }
-            // A listing racing the janitor's removal of a directory may fail: look again later.
-            let listed = state.blobs.store.list(&format!("{run}/"), None, 1).await;
-            if !listed.is_ok_and(|page| page.objects.is_empty()) {
-                break;
-            }
-            gone[i] = Some(Instant::now());
+        // The janitor cleans runs one at a time in the order their run_deleted events reach the
+        // one control partition: the outbox's order, by ingestion partition, then by offset
+        // (deletion order). A run counts as processed right after its last object is removed, so
+        // the k-th processed event is the k-th run of that order. Reading the counter costs no IO
+        // (listing the directories would compete with the janitor for the disk).
+        let processed = (control.counters().processed as usize).min(runs.len());
+        let now = Instant::now();
+        for &i in &cleaning_order[seen..processed] {
+            gone[i] = Some(now);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = seen.max(processed);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for run in &runs {
+        let left = state.blobs.store.list(&format!("{run}/"), None, 1).await.map_err(setup)?;
+        if !left.objects.is_empty() {
+            return Err(ControlBenchError::Setup(format!("{run} has objects left after its cleanup")));
+        }
     }
     let last = gone.iter().flatten().max().copied().unwrap_or(started);
     let end_to_end_secs = last.duration_since(started).as_secs_f64();
