@@ -63,7 +63,6 @@ REFUSALS = [
     ({"storage": {"backend": "embedded"}}, "mode split needs storage.backend fdb"),
     ({}, "needs storage.fdb.clusterFile"),
     ({**FDB, "s3": {"enabled": True}}, "issue 11"),
-    ({**FDB, "control": {"enabled": True}}, "issue 11"),
     ({"mode": "serve", "storage": {"backend": "embedded"}, "maintenance": {"finishStale": {"enabled": True}}},
      "maintenance.finishStale.enabled needs storage.backend fdb"),
     ({"mode": "serve", "storage": {"backend": "embedded"}, "maintenance": {"cleanupTombstones": {"enabled": True}}},

@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::actors::PipelineHandle;
 use crate::blobs::{Blobs, UriError};
 use crate::config::{Backend, Config, StorageConfig};
+use crate::control::ControlHandle;
 use crate::gateway::{Gateway, RecordSink};
 use crate::http::ui::UiBuild;
 use crate::storage::kv::{Database, KvError, Limits, RetryOptions};
@@ -79,6 +80,8 @@ pub struct AppState {
     pub ui: Option<Arc<UiBuild>>,
     /// Places for heavy requests (`query.max_concurrent_heavy_requests`), see `http::api::heavy`.
     pub heavy: Arc<tokio::sync::Semaphore>,
+    /// The control workers of this process (`matyan serve`, `matyan control`), for the chaos route.
+    pub control: Option<ControlHandle>,
 }
 
 impl AppState {
@@ -117,6 +120,7 @@ impl AppState {
             records: None,
             pipeline: None,
             ui: None,
+            control: None,
         })
     }
 
@@ -131,6 +135,12 @@ impl AppState {
     /// This state with the process's ingest pipeline `pipeline`.
     pub fn with_pipeline(mut self, pipeline: PipelineHandle) -> Self {
         self.pipeline = Some(pipeline);
+        self
+    }
+
+    /// This state with the process's control workers `control`.
+    pub fn with_control(mut self, control: ControlHandle) -> Self {
+        self.control = Some(control);
         self
     }
 

@@ -39,6 +39,7 @@ pub struct Config {
     pub ui: UiConfig,
     pub queue: QueueConfig,
     pub maintenance: MaintenanceConfig,
+    pub control: ControlConfig,
     /// `production` refuses the development defaults of secrets and credentials (env
     /// `MATYAN_ENVIRONMENT`, as the reference).
     pub environment: Environment,
@@ -608,6 +609,51 @@ impl ValidationError {
     }
 }
 
+/// The control workers (`matyan control`, and in process in `matyan serve`): their consumer
+/// group, the janitor's retries and backlog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlConfig {
+    /// Consumer group on `kafka.control_events_topic` (the reference's `control-workers`).
+    pub consumer_group: String,
+    /// Run deletions waiting for the blob janitor at most; the topic is not read meanwhile.
+    pub max_backlog: u64,
+    /// Attempts of one blob store call before the event is given back for a later replay.
+    pub janitor_max_attempts: u32,
+    /// Delay before the first retry of a blob store call.
+    pub janitor_initial_backoff_ms: u64,
+    /// Cap of the delay between retries of a blob store call.
+    pub janitor_max_backoff_ms: u64,
+    /// Cap of the delay before a failed control group restarts and replays.
+    pub restart_backoff_max_ms: u64,
+}
+
+impl ControlConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.consumer_group.trim().is_empty() {
+            errors.push(ValidationError::Empty { key: "control.consumer_group" });
+        }
+        for (key, value) in [
+            ("control.max_backlog", self.max_backlog),
+            ("control.janitor_max_attempts", u64::from(self.janitor_max_attempts)),
+            ("control.janitor_max_backoff_ms", self.janitor_max_backoff_ms),
+            ("control.restart_backoff_max_ms", self.restart_backoff_max_ms),
+        ] {
+            if value == 0 {
+                errors.push(ValidationError::Zero { key });
+            }
+        }
+        if self.janitor_initial_backoff_ms > self.janitor_max_backoff_ms {
+            errors.push(ValidationError::Greater {
+                key: "control.janitor_initial_backoff_ms",
+                value: self.janitor_initial_backoff_ms,
+                other: "control.janitor_max_backoff_ms",
+                other_value: self.janitor_max_backoff_ms,
+            });
+        }
+    }
+}
+
 impl Config {
     /// Loads the defaults, then `file` over them, then the environment as read by `env`. Does not
     /// validate: apply command-line flags, then call [`Config::validate`].
@@ -892,6 +938,7 @@ impl Config {
         }
         self.gateway.validate(&mut errors);
         self.queue.validate(&mut errors);
+        self.control.validate(&mut errors);
         let ui = &self.ui;
         if !ui.api_host_base.is_empty() && !is_host_base(&ui.api_host_base) {
             errors.push(ValidationError::Malformed {
@@ -1529,5 +1576,25 @@ mod tests {
             let c = Config::from_toml_str("f.toml", &format!("[maintenance]\n{toml}\n")).unwrap();
             assert_eq!(invalid_keys(&c), vec![key], "{toml}");
         }
+    }
+
+    #[test]
+    fn control_budgets_default_to_the_documented_values_and_zero_or_inverted_ones_are_rejected() {
+        let c = Config::from_toml_str("f.toml", "").unwrap();
+        assert_eq!(c.control.consumer_group, "control-workers");
+        assert_eq!((c.control.max_backlog, c.control.janitor_max_attempts), (1000, 5));
+        let bad = "[control]\nconsumer_group = \" \"\nmax_backlog = 0\njanitor_max_attempts = 0\n\
+                   janitor_initial_backoff_ms = 9000\nrestart_backoff_max_ms = 0\n";
+        let c = Config::from_toml_str("f.toml", bad).unwrap();
+        assert_eq!(
+            invalid_keys(&c),
+            vec![
+                "control.consumer_group",
+                "control.max_backlog",
+                "control.janitor_max_attempts",
+                "control.restart_backoff_max_ms",
+                "control.janitor_initial_backoff_ms",
+            ]
+        );
     }
 }

@@ -17,6 +17,8 @@
 //!   `RunBatch` flush policy, the handlers that apply a batch (`ingest::apply`), dead letters and
 //!   the outbox publisher;
 //! - [`actors`]: the supervised ingest pipeline (partition and run actors) behind `PipelineHandle`;
+//! - [`control`]: the supervised control actors (consumer of `control-events`, blob janitor) behind
+//!   `ControlHandle`;
 //! - [`gateway`]: the SDK gateway (`WS /api/v1/ws/runs/{run_id}`, artifact presign and upload),
 //!   publishing durably to the embedded queue or Kafka;
 //! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
@@ -32,6 +34,7 @@ pub mod bench;
 pub mod blobs;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod http;
 pub mod ingest;

@@ -74,6 +74,7 @@ pub fn install_prometheus() -> Result<PrometheusHandle, BuildError> {
         .set_buckets_for_metric(Matcher::Full(GATEWAY_FRAME_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INGEST_TXN_BYTES.to_owned()), TXN_BYTES_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INGEST_TXN_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(CONTROL_PROCESSING_DURATION_SECONDS.to_owned()), HTTP_DURATION_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -112,6 +113,7 @@ pub fn describe() {
     describe_gateway();
     describe_run_actors();
     describe_queue();
+    describe_control();
     describe_counter!(HTTP_PANICS_TOTAL, "request handlers that panicked, answered 500, by method and route template");
 }
 
@@ -382,4 +384,85 @@ pub fn describe_queue() {
 pub fn queue_trimmed(topic: &str, records: u64, held: u64) {
     counter!(QUEUE_TRIMMED_RECORDS_TOTAL, "topic" => topic.to_owned()).increment(records);
     gauge!(QUEUE_RECORDS, "topic" => topic.to_owned()).set(held as f64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Control workers (src/control/): the reference's four control metrics, plus the janitor's.
+
+/// `matyan_control_events_consumed_total`: records read from `control-events` (replays included).
+pub const CONTROL_EVENTS_CONSUMED_TOTAL: &str = "matyan_control_events_consumed_total";
+/// `matyan_control_events_processed_total{event_type}`: events handled, by type.
+pub const CONTROL_EVENTS_PROCESSED_TOTAL: &str = "matyan_control_events_processed_total";
+/// `matyan_control_processing_errors_total{error_type}`: failures that restart a control worker
+/// (`blob_storage`, `dead_letter`, `commit`, `mailbox`).
+pub const CONTROL_PROCESSING_ERRORS_TOTAL: &str = "matyan_control_processing_errors_total";
+/// `matyan_control_processing_duration_seconds`: time to remove one deleted run's objects.
+pub const CONTROL_PROCESSING_DURATION_SECONDS: &str = "matyan_control_processing_duration_seconds";
+/// `matyan_control_janitor_backlog`: run deletions waiting for the blob janitor or in its hands.
+pub const CONTROL_JANITOR_BACKLOG: &str = "matyan_control_janitor_backlog";
+/// `matyan_control_janitor_objects_removed_total`: objects the janitor removed.
+pub const CONTROL_JANITOR_OBJECTS_REMOVED_TOTAL: &str = "matyan_control_janitor_objects_removed_total";
+/// `matyan_control_janitor_retries_total`: blob store calls the janitor retried.
+pub const CONTROL_JANITOR_RETRIES_TOTAL: &str = "matyan_control_janitor_retries_total";
+/// `matyan_control_dead_letters_total{reason}`: control records dead-lettered.
+pub const CONTROL_DEAD_LETTERS_TOTAL: &str = "matyan_control_dead_letters_total";
+/// `matyan_control_actor_restarts_total{actor,cause}`: control worker restarts.
+pub const CONTROL_ACTOR_RESTARTS_TOTAL: &str = "matyan_control_actor_restarts_total";
+
+/// Registers the help texts of the control metrics (called by [`describe`]).
+pub fn describe_control() {
+    describe_counter!(CONTROL_EVENTS_CONSUMED_TOTAL, "records read from the control-events topic");
+    describe_counter!(CONTROL_EVENTS_PROCESSED_TOTAL, "control events handled by event type");
+    describe_counter!(CONTROL_PROCESSING_ERRORS_TOTAL, "control failures that restart a worker by error type");
+    describe_histogram!(CONTROL_PROCESSING_DURATION_SECONDS, Unit::Seconds, "time to remove one deleted run's blobs");
+    describe_gauge!(CONTROL_JANITOR_BACKLOG, "run deletions waiting for the blob janitor or in its hands");
+    describe_counter!(CONTROL_JANITOR_OBJECTS_REMOVED_TOTAL, "blob objects the janitor removed");
+    describe_counter!(CONTROL_JANITOR_RETRIES_TOTAL, "blob store calls the janitor retried");
+    describe_counter!(CONTROL_DEAD_LETTERS_TOTAL, "control records dead-lettered by reason");
+    describe_counter!(CONTROL_ACTOR_RESTARTS_TOTAL, "control worker restarts by actor kind and cause");
+}
+
+/// Counts records read from the control topic.
+pub fn control_consumed(records: usize) {
+    counter!(CONTROL_EVENTS_CONSUMED_TOTAL).increment(records as u64);
+}
+
+/// Counts one handled control event; `event_type` is a bounded label.
+pub fn control_processed(event_type: &'static str) {
+    counter!(CONTROL_EVENTS_PROCESSED_TOTAL, "event_type" => event_type).increment(1);
+}
+
+/// Counts one control failure; `error_type` is a bounded label.
+pub fn control_error(error_type: &'static str) {
+    counter!(CONTROL_PROCESSING_ERRORS_TOTAL, "error_type" => error_type).increment(1);
+}
+
+/// Records the time one run's objects took to remove.
+pub fn control_processing_seconds(seconds: f64) {
+    histogram!(CONTROL_PROCESSING_DURATION_SECONDS).record(seconds);
+}
+
+/// Sets the janitor's backlog.
+pub fn control_janitor_backlog(runs: u64) {
+    gauge!(CONTROL_JANITOR_BACKLOG).set(runs as f64);
+}
+
+/// Counts objects the janitor removed.
+pub fn control_objects_removed(objects: usize) {
+    counter!(CONTROL_JANITOR_OBJECTS_REMOVED_TOTAL).increment(objects as u64);
+}
+
+/// Counts one retried blob store call.
+pub fn control_janitor_retry() {
+    counter!(CONTROL_JANITOR_RETRIES_TOTAL).increment(1);
+}
+
+/// Counts one control dead letter; `reason` is a bounded label.
+pub fn control_dead_letter(reason: &'static str) {
+    counter!(CONTROL_DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Counts one control worker restart.
+pub fn control_actor_restart(actor: &'static str, cause: &'static str) {
+    counter!(CONTROL_ACTOR_RESTARTS_TOTAL, "actor" => actor, "cause" => cause).increment(1);
 }

@@ -1,4 +1,4 @@
-//! `matyan bench ingest`, `matyan bench query` and `matyan bench gateway` at tiny scale: the reports' counts match what
+//! `matyan bench ingest`, `matyan bench query`, `matyan bench gateway` and `matyan bench control` at tiny scale: the reports' counts match what
 //! was asked for (no timing is asserted).
 
 use matyan::bench::ingest::{IngestBenchConfig, run as run_ingest};
@@ -55,4 +55,15 @@ async fn gateway_bench_has_every_point_accepted_and_applied_in_each_phase() {
     }
     // 3 frames per client (100, 100, 50): nine latencies, ordered percentiles.
     assert!(rows[1].p50_ms.unwrap() <= rows[1].p99_ms.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_bench_removes_every_blob_of_every_deleted_run_in_both_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = matyan::bench::control::ControlBenchConfig { runs: 3, blobs_per_run: 40 };
+    let report = matyan::bench::control::run(dir.path(), &cfg).await.unwrap();
+    assert_eq!(report.objects, 120);
+    assert_eq!(report.removed, (120, 120), "the janitor removed each object once in each phase");
+    assert_eq!(report.per_run_secs.len(), 3);
+    assert!(report.janitor_secs > 0.0 && report.end_to_end_secs > 0.0);
 }

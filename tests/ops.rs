@@ -227,7 +227,7 @@ fn the_dockerfile_copies_existing_paths_and_runs_a_real_subcommand_on_the_real_p
 #[test]
 fn the_helm_chart_runs_each_role_with_flags_the_binary_has_on_the_default_ports() {
     let templates = root().join("ops/helm/matyan/templates");
-    for role in ["api", "gateway", "ingest", "serve"] {
+    for role in ["api", "gateway", "ingest", "serve", "control"] {
         let path = templates.join(format!("{role}.yaml"));
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let args = container_args(&text);
@@ -249,11 +249,12 @@ fn the_helm_chart_runs_each_role_with_flags_the_binary_has_on_the_default_ports(
     assert_eq!(port_of("serve", "port"), default_port("server", "port"));
     assert_eq!(port_of("gateway", "port"), 53801);
     assert_eq!(port_of("ingest", "metricsPort"), default_port("metrics", "port"));
-    // Roles that do not exist yet are off, and refused when turned on.
+    assert_eq!(port_of("control", "metricsPort"), default_port("metrics", "port"));
+    // The split deployment runs the control role by default, and the chart no longer refuses it.
     let helpers = read("ops/helm/matyan/templates/_helpers.tpl");
-    let out = Command::new(env!("CARGO_BIN_EXE_matyan")).arg("control").arg("--help").output().expect("run matyan");
-    assert!(!out.status.success(), "`matyan control` exists now: add it to the chart");
-    assert!(helpers.contains("control.enabled: `matyan control` does not exist yet (issue 11)"));
+    let control = values.split("\ncontrol:\n").nth(1).expect("values.yaml has control");
+    assert!(control.lines().any(|l| l == "  enabled: true"), "control is on by default");
+    assert!(!helpers.contains("control.enabled"), "the chart does not refuse the control role");
 }
 
 /// The list under `args:` of a template, `{{ … }}` lines and templated values skipped.

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
+use matyan::bench::control::ControlBenchConfig;
 use matyan::bench::gateway::GatewayBenchConfig;
 use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
@@ -40,6 +41,22 @@ enum BenchCommand {
     /// N concurrent SDK-protocol WebSocket clients (100-message frames, stop-and-wait) against the
     /// whole `matyan serve` stack in process, against the embedded queue's append rate.
     Gateway(GatewayArgs),
+    /// Deletes R runs of B blobs each through the REST API of the whole `matyan serve` stack in
+    /// process, until every object is gone, against the janitor alone on the store.
+    Control(ControlArgs),
+}
+
+#[derive(Debug, Args)]
+struct ControlArgs {
+    /// Runs deleted.
+    #[arg(long, default_value_t = 100)]
+    runs: usize,
+    /// Blobs of each run.
+    #[arg(long, default_value_t = 1_000)]
+    blobs: usize,
+    /// Scratch directory for the stores [default: a temporary directory, removed after].
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -133,7 +150,44 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Query(a) => query(a).await,
         BenchCommand::Gateway(a) => gateway(a).await,
+        BenchCommand::Control(a) => control(a).await,
     }
+}
+
+async fn control(args: ControlArgs) -> anyhow::Result<()> {
+    anyhow::ensure!((1..=100_000).contains(&args.runs), "--runs must be between 1 and 100000");
+    anyhow::ensure!((1..=1_000_000).contains(&args.blobs), "--blobs must be between 1 and 1000000");
+    let (dir, scratch) = scratch_dir(args.dir)?;
+    let cfg = ControlBenchConfig { runs: args.runs, blobs_per_run: args.blobs };
+    eprintln!("{} runs x {} blobs under {} ...", cfg.runs, cfg.blobs_per_run, dir.display());
+    let result = matyan::bench::control::run(&dir, &cfg).await;
+    if scratch {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = result.context("benchmark failed")?;
+    let rate = |secs: f64| report.objects as f64 / secs.max(1e-9);
+    println!("{:<36} {:>10} {:>8} {:>14}", "phase", "objects", "secs", "objects_per_s");
+    println!(
+        "{:<36} {:>10} {:>8.3} {:>14.0}",
+        "janitor alone (baseline)",
+        report.objects,
+        report.janitor_secs,
+        rate(report.janitor_secs)
+    );
+    println!(
+        "{:<36} {:>10} {:>8.3} {:>14.0}",
+        "REST DELETE to last object gone",
+        report.objects,
+        report.end_to_end_secs,
+        rate(report.end_to_end_secs)
+    );
+    let q = |p| {
+        matyan::bench::control::percentile(&report.per_run_secs, p)
+            .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+    };
+    println!("per run, DELETE to last object gone (s): p50 {} p99 {} max {}", q(0.5), q(0.99), q(1.0));
+    println!("end to end / baseline: {:.1} %", report.janitor_secs / report.end_to_end_secs.max(1e-9) * 100.0);
+    Ok(())
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {

@@ -3,6 +3,8 @@
 mod api;
 mod bench;
 mod common;
+mod control;
+mod control_workers;
 mod dev;
 mod gateway;
 mod ingest;
@@ -41,6 +43,9 @@ pub enum Commands {
     /// The Kafka → storage role: consumes the ingestion topic into the configured storage, with
     /// health probes and metrics on `metrics.port`.
     Ingest(ingest::IngestArgs),
+    /// The control role alone: consumes the Kafka control-events topic and removes deleted runs'
+    /// blobs, with health probes and metrics on `metrics.port`.
+    Control(control::ControlArgs),
     /// Inspect the store's keys (`kv dump`).
     Kv(kv::KvArgs),
     /// Print benchmark figures against a baseline of the same run (`bench storage|ingest|query|gateway`).
@@ -72,6 +77,7 @@ impl Cli {
             Commands::Gateway(args) => gateway::run(args).await,
             Commands::Api(args) => api::run(args).await,
             Commands::Ingest(args) => ingest::run(args).await,
+            Commands::Control(args) => control::run(args).await,
             Commands::Kv(args) => kv::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
             Commands::Queue(args) => queue::run(args).await,

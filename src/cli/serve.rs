@@ -1,11 +1,13 @@
-//! `matyan serve`: every role in one process on one port: the SDK gateway, ingestion, the REST
-//! API, probes and metrics, on the configured storage (embedded by default), until SIGINT or
+//! `matyan serve`: every role in one process on one port: the SDK gateway, ingestion, the control
+//! workers (blob cleanup of deleted runs), the REST API, probes and metrics, on the configured storage (embedded by default), until SIGINT or
 //! SIGTERM.
 //!
 //! With `ingest.source = "embedded"` (the default) the gateway appends to the embedded durable
 //! queue and the pipeline consumes it; with `"kafka"` (`--source kafka`) the gateway and the REST
 //! deletions produce to `kafka.data_ingestion_topic` and the pipeline consumes that topic instead,
-//! so the process can also sit behind the reference gateway.
+//! so the process can also sit behind the reference gateway. The control workers read the
+//! embedded queue's control topic (fed by the outbox publisher they bring) or, with `"kafka"`,
+//! `kafka.control_events_topic` in the group `control.consumer_group`.
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use matyan::ingest::queue_trim::QueueTrimmer;
 use matyan::ingest::{EmbeddedSource, Queue};
 
 use super::common;
+use super::control_workers::Control;
 use super::kafka_ingest::KafkaIngest;
 use super::{ConfigArgs, ListenArgs};
 
@@ -66,19 +69,23 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let port = config.server.port;
     let ui = matyan::http::ui::UiBuild::load(&config.ui)?;
     let state = common::open_state(config, handle).await?.with_ui(ui);
-    let (state, ingest) = match state.config.ingest.source {
+    let (state, ingest, control) = match state.config.ingest.source {
         IngestSource::Embedded => {
             let queue = ingestion_queue(&state).await?;
             let sink = QueueSink::start(queue.clone(), state.config.gateway.append_batch_bytes);
             let pipeline = start_embedded_ingest(&state, queue).await?;
-            let state = with_gateway(state, Arc::new(sink)).with_pipeline(pipeline.clone());
-            (state, Ingest::Embedded(pipeline))
+            let control = Control::start_embedded(&state).await?;
+            let state =
+                with_gateway(state, Arc::new(sink)).with_pipeline(pipeline.clone()).with_control(control.handle());
+            (state, Ingest::Embedded(pipeline), control)
         }
         IngestSource::Kafka => {
             let sink = common::kafka_sink(&state.config)?;
             let ingest = KafkaIngest::start(&state)?;
-            let state = with_gateway(state, Arc::new(sink)).with_pipeline(ingest.pipeline());
-            (state, Ingest::Kafka(Box::new(ingest)))
+            let control = Control::start_kafka(&state)?;
+            let state =
+                with_gateway(state, Arc::new(sink)).with_pipeline(ingest.pipeline()).with_control(control.handle());
+            (state, Ingest::Kafka(Box::new(ingest)), control)
         }
     };
     let gateway = state.gateway.clone();
@@ -99,11 +106,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Ingest::Embedded(pipeline) => pipeline.shutdown().await.context("ingest pipeline did not shut down cleanly"),
         Ingest::Kafka(ingest) => ingest.shutdown().await,
     };
+    // After ingestion, so the outbox events of its last deletions are published first.
+    let controlled = control.shutdown().await;
     if let Some(trimmer) = trimmer {
         trimmer.stop();
     }
     served?;
     drained?;
+    controlled?;
     // The router (and with it the last handle on the store) was dropped when serving ended: every
     // committed transaction is already synced, so dropping closes the store cleanly.
     tracing::info!("stopped");

@@ -5,7 +5,9 @@
 //!   the command reads a store that a running `matyan serve` holds open.
 //! - `POST /admin/chaos/kill/?target=partition|run|source|random&partition=&run=`: kills an ingest
 //!   actor without flushing (chaos drills), when `[ingest] chaos` or `matyan serve --chaos` enabled
-//!   it; answers what was killed and the pipeline's counters.
+//!   it; answers what was killed and the pipeline's counters. `target=control` (the control
+//!   consumers, mid-batch) and `target=janitor` (the blob janitors, mid-clean) kill the control
+//!   workers instead; they replay from their committed offsets.
 //! - `POST /admin/maintenance/` (body: a `maintenance::JobRequest`): runs a maintenance job in
 //!   this process, on the store it holds, streaming the job's events as JSON lines (the last one
 //!   is `finish`, with the exit status); this is how `matyan reindex` and the other maintenance
@@ -23,6 +25,7 @@ use serde_json::json;
 
 use crate::actors::KillTarget;
 use crate::app::AppState;
+use crate::control::{ControlError, ControlKill};
 use crate::storage::dump::{DumpCursor, DumpRequest};
 use crate::storage::tuple;
 
@@ -73,7 +76,7 @@ pub struct ChaosQuery {
     run: Option<String>,
 }
 
-/// Kills the chosen ingest actor; 404 unless chaos is enabled, 503 without a running pipeline.
+/// Kills the chosen ingest or control actor; 404 unless chaos is enabled, 503 without a running pipeline.
 pub async fn chaos_kill(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -84,6 +87,19 @@ pub async fn chaos_kill(
     }
     if !state.config.ingest.chaos {
         return error(StatusCode::NOT_FOUND, "chaos is disabled: set [ingest] chaos = true or pass --chaos".into());
+    }
+    if let Ok(target) = ControlKill::parse(&q.target) {
+        let Some(control) = state.control.clone() else {
+            return error(StatusCode::SERVICE_UNAVAILABLE, "no control workers run in this process".into());
+        };
+        return match control.kill(target).await {
+            Ok(killed) => {
+                tracing::warn!(killed = %killed, "chaos kill");
+                Json(json!({ "killed": killed, "counters": control.counters() })).into_response()
+            }
+            Err(e @ ControlError::NoSuchTarget(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
+            Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        };
     }
     let target = match KillTarget::parse(&q.target, q.partition, q.run.as_deref()) {
         Ok(t) => t,

@@ -66,7 +66,7 @@ use crate::storage::tuple::Elem;
 use crate::storage::value::{self, Value};
 
 pub use crate::clock::rfc3339_utc;
-pub use crate::storage::layout::ours::{APPLIED, DLQ, OUTBOX};
+pub use crate::storage::layout::ours::{APPLIED, CONTROL_DLQ, DLQ, OUTBOX};
 
 /// Errors that fail a whole batch: the caller retries the transaction or splits the batch.
 #[derive(Debug, thiserror::Error)]
@@ -457,9 +457,36 @@ impl Applier {
         offset: i64,
         letter: &DeadLetter,
     ) -> Result<(), ApplyError> {
+        self.write_letter_at(tx, &self.dead_letter_key(partition, offset), letter)
+    }
+
+    /// Writes a dead letter of the control consumer (a record of `control-events`) under
+    /// `("control_dlq", partition, offset)`, apart from the ingestion's, whose positions are of
+    /// another topic; same format as [`Applier::write_dead_letter`].
+    pub fn write_control_dead_letter(
+        &self,
+        tx: &Transaction,
+        partition: i32,
+        offset: i64,
+        letter: &DeadLetter,
+    ) -> Result<(), ApplyError> {
+        self.write_letter_at(tx, &self.layout.ours.control_dead_letter(partition, offset), letter)
+    }
+
+    /// Lists the control consumer's dead letters in `(partition, offset)` order, at most `limit` (0: all).
+    pub async fn control_dead_letters(
+        &self,
+        tx: &Transaction,
+        limit: usize,
+    ) -> Result<Vec<DeadLetterRecord>, ApplyError> {
+        let rows = self.list_positions(tx, CONTROL_DLQ, limit).await?;
+        Ok(rows.into_iter().map(|(partition, offset, record)| DeadLetterRecord { partition, offset, record }).collect())
+    }
+
+    fn write_letter_at(&self, tx: &Transaction, at: &[u8], letter: &DeadLetter) -> Result<(), ApplyError> {
         let map = dead_letter::stored_value(letter);
         let bytes = value::encode(&map).map_err(|e| ApplyError::Corrupt(format!("dead letter: {e}")))?;
-        tx.set(&self.dead_letter_key(partition, offset), &bytes);
+        tx.set(at, &bytes);
         Ok(())
     }
 

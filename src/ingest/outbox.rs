@@ -19,6 +19,9 @@
 //! duplicates are harmless: the control worker's reaction to `run_deleted` is deleting the run's
 //! blobs by prefix, which is idempotent. A publish that fails leaves the entry for the next pass.
 //!
+//! In `matyan serve` on the embedded queue the same publisher appends to the queue's control topic
+//! ([`OutboxPublisher::to_queue`]) instead of producing to Kafka.
+//!
 //! Departure from the reference: it publishes `run_deleted` with a null key (§1.2); we key it by
 //! run id so a run's events stay in order on a multi-partition control topic. The control worker
 //! reads only the value, so this changes nothing for it.
@@ -37,6 +40,7 @@ use thiserror::Error;
 use crate::config::KafkaConfig;
 use crate::ingest::apply::{Applier, ApplyError, DeadLetter, OutboxEvent};
 use crate::ingest::kafka::client_config;
+use crate::ingest::queue::{AppendRecord, Queue};
 use crate::storage::kv::{Database, RetryOptions};
 use crate::storage::value::ValueError;
 
@@ -58,6 +62,9 @@ pub enum OutboxError {
     /// An entry is not a publishable event (it is left in place and reported).
     #[error("outbox entry {partition}/{offset}: {detail}")]
     Malformed { partition: i32, offset: i64, detail: String },
+    /// The embedded queue refused the append (transient: the pass ends, the entry stays).
+    #[error("outbox append to the embedded queue: {0}")]
+    Queue(String),
     /// The broker did not acknowledge an event.
     #[error("outbox entry {partition}/{offset} not delivered: {source}")]
     Delivery { partition: i32, offset: i64, source: rdkafka::error::KafkaError },
@@ -67,6 +74,9 @@ impl OutboxError {
     /// Whether the broker could not be reached in time (down, unreachable, its queue full): the
     /// entry is not at fault and is retried without counting against it.
     pub fn is_transient(&self) -> bool {
+        if matches!(self, OutboxError::Queue(_)) {
+            return true;
+        }
         matches!(
             self,
             OutboxError::Delivery {
@@ -83,12 +93,20 @@ impl OutboxError {
     }
 }
 
+/// Where the publisher sends events: the Kafka topic, or the embedded queue's control topic
+/// (`matyan serve`, whose control workers read it).
+#[derive(Clone)]
+enum Destination {
+    Kafka(FutureProducer),
+    Queue(Queue),
+}
+
 /// Publishes outbox events to the control-events topic (see the module docs).
 #[derive(Clone)]
 pub struct OutboxPublisher {
     db: Database,
     applier: Applier,
-    producer: FutureProducer,
+    producer: Destination,
     topic: String,
     retry: RetryOptions,
     batch: usize,
@@ -127,12 +145,25 @@ impl OutboxPublisher {
         Ok(Self {
             db,
             applier,
-            producer,
+            producer: Destination::Kafka(producer),
             topic: topic.to_owned(),
             retry,
             batch: 100,
             refusals: Arc::new(Mutex::new(HashMap::new())),
         })
+    }
+
+    /// Creates a publisher appending to `queue`, the embedded queue's control-events topic.
+    pub fn to_queue(db: Database, applier: Applier, queue: Queue, retry: RetryOptions) -> Self {
+        Self {
+            db,
+            applier,
+            topic: queue.topic().to_owned(),
+            producer: Destination::Queue(queue),
+            retry,
+            batch: 100,
+            refusals: Arc::new(Mutex::new(HashMap::new())),
+        }
     }
 
     /// Returns the control-events topic.
@@ -228,17 +259,26 @@ impl OutboxPublisher {
         }
         let run = json.pointer("/payload/run_id").and_then(serde_json::Value::as_str).map(str::to_owned);
         let value = serde_json::to_vec(&json).map_err(|e| malformed(e.to_string()))?;
-        let delivery = match &run {
-            Some(run) => {
-                let record = FutureRecord::to(&self.topic).key(run.as_str()).payload(value.as_slice());
-                self.producer.send(record, DELIVERY_TIMEOUT).await
+        match &self.producer {
+            Destination::Kafka(producer) => {
+                let delivery = match &run {
+                    Some(run) => {
+                        let record = FutureRecord::to(&self.topic).key(run.as_str()).payload(value.as_slice());
+                        producer.send(record, DELIVERY_TIMEOUT).await
+                    }
+                    None => {
+                        let record = FutureRecord::<(), [u8]>::to(&self.topic).payload(value.as_slice());
+                        producer.send(record, DELIVERY_TIMEOUT).await
+                    }
+                };
+                delivery.map_err(|(source, _)| OutboxError::Delivery { partition, offset, source })?;
             }
-            None => {
-                let record = FutureRecord::<(), [u8]>::to(&self.topic).payload(value.as_slice());
-                self.producer.send(record, DELIVERY_TIMEOUT).await
+            Destination::Queue(queue) => {
+                let ts = (crate::clock::now_secs() * 1000.0) as i64;
+                let record: AppendRecord<'_> = (run.as_deref().map(str::as_bytes), value.as_slice(), ts);
+                queue.append(&[record]).await.map_err(|e| OutboxError::Queue(e.to_string()))?;
             }
-        };
-        delivery.map_err(|(source, _)| OutboxError::Delivery { partition, offset, source })?;
+        }
         // Delivered: remove the entry. A failure here only means it is published again later.
         let applier = &self.applier;
         self.db

@@ -11,6 +11,7 @@
 //! | `("applied", run, partition)` | mp(int): the run's highest applied offset in the partition | [`crate::ingest::apply`] |
 //! | `("outbox", partition, offset)` | mp(map): a control event not yet published | [`crate::ingest::outbox`] |
 //! | `("dlq", partition, offset)` | mp(map): a dead letter | [`crate::ingest::dlq`] |
+//! | `("control_dlq", partition, offset)` | mp(map): a dead letter of the control consumer (positions of `control-events`) | [`crate::control`] |
 //! | `("queue_meta", topic, "partitions")` | 8-byte LE: the topic's partition count | [`crate::ingest::queue`] |
 //! | `("queue_end", topic, partition)` | 8-byte LE: the next offset to assign | [`crate::ingest::queue`] |
 //! | `("queue_start", topic, partition)` | 8-byte LE: the first offset not trimmed | [`crate::ingest::queue`] |
@@ -38,6 +39,9 @@ pub const APPLIED: &str = "applied";
 pub const OUTBOX: &str = "outbox";
 /// Tag of dead-letter keys.
 pub const DLQ: &str = "dlq";
+/// Tag of the control consumer's dead letters: positions of another topic than ingestion's, so
+/// they cannot share [`DLQ`]'s keys.
+pub const CONTROL_DLQ: &str = "control_dlq";
 /// Tag of a queue topic's partition count.
 pub const QUEUE_META: &str = "queue_meta";
 /// Tag of a queue partition's end offset.
@@ -159,6 +163,11 @@ impl Ours {
     /// `("dlq", partition, offset)`: the dead letter of the record at `partition`/`offset`.
     pub fn dead_letter(&self, partition: i32, offset: i64) -> Vec<u8> {
         self.key(&[Elem::from(DLQ), Elem::from(partition), Elem::from(offset)])
+    }
+
+    /// `("control_dlq", partition, offset)`: a dead letter of the control consumer.
+    pub fn control_dead_letter(&self, partition: i32, offset: i64) -> Vec<u8> {
+        self.key(&[Elem::from(CONTROL_DLQ), Elem::from(partition), Elem::from(offset)])
     }
 
     /// The range of every key of `tag` ([`OUTBOX`] or [`DLQ`]), in `(partition, offset)` order.

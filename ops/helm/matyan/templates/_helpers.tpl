@@ -57,9 +57,6 @@ app.kubernetes.io/component: {{ .role }}
 {{- if .Values.s3.enabled -}}
 {{- fail "s3.enabled: the S3 blob store does not exist yet (issue 11); use blobs.existingClaim" -}}
 {{- end -}}
-{{- if .Values.control.enabled -}}
-{{- fail "control.enabled: `matyan control` does not exist yet (issue 11)" -}}
-{{- end -}}
 {{- range $name, $job := .Values.maintenance -}}
 {{- if and $job.enabled (ne $.Values.storage.backend "fdb") -}}
 {{- fail (printf "maintenance.%s.enabled needs storage.backend fdb: an embedded store belongs to the serve pod (run the command there with kubectl exec)" $name) -}}

@@ -1,0 +1,69 @@
+//! `matyan control`: the control role alone, until SIGINT or SIGTERM.
+//!
+//! It consumes `kafka.control_events_topic` in the group `control.consumer_group`
+//! (`control-workers`) and removes deleted runs' objects from the blob store (`BlobJanitor`),
+//! committing an event's offset only once its work is done; malformed events go to
+//! `kafka.dead_letter_topic` with their reason. It serves `/health/live/`, `/health/ready/` and
+//! `/metrics/` on `metrics.port` (0 disables the listener). The outbox that feeds the topic is
+//! published by `matyan ingest` (run deletions) and the API processes.
+
+use anyhow::Context as _;
+use clap::Args;
+use tokio::sync::oneshot;
+
+use super::ConfigArgs;
+use super::common;
+use super::control_workers::Control;
+
+/// Flags of `matyan control`.
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    #[command(flatten)]
+    pub common: ConfigArgs,
+    /// Address of the health and metrics listener.
+    #[arg(long, value_name = "HOST", default_value = "0.0.0.0")]
+    pub metrics_host: String,
+    /// Port of the health and metrics listener; 0 disables it [default: metrics.port, i.e. 9090].
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+}
+
+/// Runs the control role until a shutdown signal.
+pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
+    let config = args.common.load(|c| {
+        if let Some(port) = args.metrics_port {
+            c.metrics.port = port;
+        }
+    })?;
+    let handle = common::install_metrics(&config)?;
+    let metrics_port = config.metrics.port;
+    let state = common::open_state(config, handle).await?;
+    let control = Control::start_kafka(&state)?;
+    let state = state.with_control(control.handle());
+
+    let (probes_stop, probes_stopped) = oneshot::channel::<()>();
+    let probes = if metrics_port == 0 {
+        tracing::info!("metrics.port is 0: no health and metrics listener");
+        None
+    } else {
+        let (listener, bound) = common::bind(&args.metrics_host, metrics_port).await?;
+        tracing::info!(addr = %bound, "health and metrics listening");
+        let state = state.clone();
+        Some(tokio::spawn(matyan::http::serve_probes(listener, state, async move {
+            let _ = probes_stopped.await;
+        })))
+    };
+
+    common::shutdown_signal().await;
+
+    let drained = control.shutdown().await;
+    let _ = probes_stop.send(());
+    let served = match probes {
+        Some(task) => task.await.context("health and metrics listener task failed")?,
+        None => Ok(()),
+    };
+    drained?;
+    served.context("health and metrics listener failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
