@@ -250,7 +250,12 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<ObjectInfo>) -> std::io::Result<
         if kind.is_dir() {
             walk(&entry.path(), &format!("{prefix}{name}/"), out)?;
         } else if kind.is_file() && !is_temporary(&name) {
-            out.push(ObjectInfo { key: format!("{prefix}{name}"), size: entry.metadata()?.len() });
+            match entry.metadata() {
+                Ok(meta) => out.push(ObjectInfo { key: format!("{prefix}{name}"), size: meta.len() }),
+                // Deleted between the directory read and the stat (a janitor at work): not an object.
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

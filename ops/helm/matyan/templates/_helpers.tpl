@@ -54,16 +54,19 @@ app.kubernetes.io/component: {{ .role }}
 {{- if not (has .Values.serve.source (list "embedded" "kafka")) -}}
 {{- fail (printf "serve.source must be embedded or kafka, not %q" .Values.serve.source) -}}
 {{- end -}}
-{{- if .Values.s3.enabled -}}
-{{- fail "s3.enabled: the S3 blob store does not exist yet (issue 11); use blobs.existingClaim" -}}
+{{- if and .Values.s3.enabled (not .Values.s3.existingSecret) -}}
+{{- fail "s3.enabled needs s3.existingSecret (the access and secret key)" -}}
+{{- end -}}
+{{- if and .Values.s3.enabled (not .Values.s3.bucket) -}}
+{{- fail "s3.enabled needs s3.bucket" -}}
 {{- end -}}
 {{- range $name, $job := .Values.maintenance -}}
 {{- if and $job.enabled (ne $.Values.storage.backend "fdb") -}}
 {{- fail (printf "maintenance.%s.enabled needs storage.backend fdb: an embedded store belongs to the serve pod (run the command there with kubectl exec)" $name) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.maintenance.cleanupOrphanBlobs.enabled (not .Values.blobs.existingClaim) -}}
-{{- fail "maintenance.cleanupOrphanBlobs.enabled needs blobs.existingClaim: the job must see the blob store the other roles write" -}}
+{{- if and .Values.maintenance.cleanupOrphanBlobs.enabled (not (or .Values.blobs.existingClaim .Values.s3.enabled)) -}}
+{{- fail "maintenance.cleanupOrphanBlobs.enabled needs s3.enabled or blobs.existingClaim: the job must see the blob store the other roles write" -}}
 {{- end -}}
 {{- if and .Values.kafka.sasl.mechanism (not .Values.kafka.sasl.existingSecret) -}}
 {{- fail "kafka.sasl.mechanism needs kafka.sasl.existingSecret (user name and password)" -}}
@@ -166,6 +169,30 @@ embedded store's claim), and for the split roles an emptyDir of each pod. */}}
     secretKeyRef:
       name: {{ .Values.blobs.uriSecret.existingSecret }}
       key: {{ .Values.blobs.uriSecret.key }}
+{{- end }}
+{{- if .Values.s3.enabled }}
+- name: BLOB_BACKEND_TYPE
+  value: s3
+- name: S3_ENDPOINT
+  value: {{ .Values.s3.endpoint | quote }}
+{{- if .Values.s3.publicEndpoint }}
+- name: S3_PUBLIC_ENDPOINT
+  value: {{ .Values.s3.publicEndpoint | quote }}
+{{- end }}
+- name: S3_BUCKET
+  value: {{ .Values.s3.bucket | quote }}
+- name: S3_REGION
+  value: {{ .Values.s3.region | quote }}
+- name: S3_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.s3.existingSecret }}
+      key: {{ .Values.s3.accessKeyKey }}
+- name: S3_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.s3.existingSecret }}
+      key: {{ .Values.s3.secretKeyKey }}
 {{- end }}
 {{- with .Values.extraEnv }}
 {{ toYaml . }}
