@@ -253,11 +253,7 @@ impl PipelineConfig {
     pub fn from_config(config: &Config) -> Self {
         let ingest = &config.ingest;
         Self {
-            budget: BatchBudget {
-                max_bytes: usize::try_from(ingest.max_txn_bytes).unwrap_or(usize::MAX),
-                max_messages: ingest.max_messages_per_txn as usize,
-                max_age: ingest.max_txn_age(),
-            },
+            budget: BatchBudget::from_config(ingest),
             retry: config.storage.retry.options(),
             run_idle_timeout: ingest.run_idle_timeout(),
             topic: config.kafka.data_ingestion_topic.clone(),
