@@ -172,6 +172,11 @@ impl IngestConfig {
     pub fn run_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.run_idle_timeout_ms)
     }
+
+    /// The byte budget of one ingest transaction.
+    pub fn txn_bytes(&self) -> ByteSize {
+        ByteSize(self.max_txn_bytes)
+    }
 }
 
 /// Kafka brokers, topics, group and security, for the roles that use Kafka. `Debug` hides the
@@ -371,6 +376,21 @@ impl GatewayConfig {
         Duration::from_millis(self.send_timeout_ms)
     }
 
+    /// How long Kafka may take to acknowledge a record, as a duration.
+    pub fn kafka_delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_delivery_timeout_ms)
+    }
+
+    /// The Kafka producer's linger as a duration.
+    pub fn kafka_linger(&self) -> Duration {
+        Duration::from_millis(self.kafka_linger_ms)
+    }
+
+    /// The lifetime of a presigned upload URL as a duration.
+    pub fn upload_expiry(&self) -> Duration {
+        Duration::from_secs(self.upload_expiry_secs)
+    }
+
     fn validate(&self, errors: &mut Vec<ValidationError>) {
         let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
         for (key, value, max) in [
@@ -489,6 +509,16 @@ impl MaintenanceConfig {
     pub const MAX_BATCH_SIZE: u32 = 10_000;
     /// A week: a lock that outlives its job longer than this only blocks the next one.
     pub const MAX_LOCK_TTL_SECONDS: u64 = 7 * 24 * 3600;
+
+    /// The byte budget of one batch transaction.
+    pub fn txn_bytes(&self) -> ByteSize {
+        ByteSize(self.max_txn_bytes)
+    }
+
+    /// The storage job lock's time to live as a duration.
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_secs(self.lock_ttl_seconds)
+    }
 
     fn validate(&self, errors: &mut Vec<ValidationError>) {
         if self.batch_size == 0 {
@@ -781,6 +811,30 @@ fn check_txn_bytes(key: &'static str, bytes: u64, errors: &mut Vec<ValidationErr
         errors.push(ValidationError::Zero { key });
     } else if bytes > limit {
         errors.push(ValidationError::AboveFdbLimit { key, value: bytes, limit, unit: "byte" });
+    }
+}
+
+/// A byte count of the configuration, read as the `usize` the code budgets in. Validation keeps
+/// every one of them under FoundationDB's 10,000,000 bytes, so on 64-bit targets nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The count as bytes in memory, saturating on a target whose `usize` is narrower.
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl BlobsConfig {
+    /// The S3 connect timeout as a duration.
+    pub fn s3_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.s3_connect_timeout_ms)
+    }
+
+    /// The limit of one S3 request attempt as a duration.
+    pub fn s3_attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.s3_attempt_timeout_ms)
     }
 }
 
@@ -1108,6 +1162,29 @@ mod tests {
         assert_eq!(pipeline.run_idle_timeout, code.run_idle_timeout);
         assert_eq!(pipeline.topic, code.topic);
         assert_eq!(pipeline.max_run_actors_per_partition, code.max_run_actors_per_partition);
+    }
+
+    #[test]
+    fn typed_budgets_read_the_configured_values() {
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[ingest]\nmax_txn_bytes = 2000000\n[maintenance]\nmax_txn_bytes = 300\nlock_ttl_seconds = 60\n\
+             [gateway]\nkafka_delivery_timeout_ms = 1500\nkafka_linger_ms = 7\nupload_expiry_secs = 90\n\
+             [blobs]\ns3_connect_timeout_ms = 250\ns3_attempt_timeout_ms = 4000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.ingest.txn_bytes().as_usize(), c.maintenance.txn_bytes()), (2_000_000, ByteSize(300)));
+        assert_eq!(c.maintenance.lock_ttl(), Duration::from_secs(60));
+        let g = &c.gateway;
+        assert_eq!(
+            (g.kafka_delivery_timeout(), g.kafka_linger(), g.upload_expiry()),
+            (Duration::from_millis(1500), Duration::from_millis(7), Duration::from_secs(90))
+        );
+        assert_eq!(
+            (c.blobs.s3_connect_timeout(), c.blobs.s3_attempt_timeout()),
+            (Duration::from_millis(250), Duration::from_secs(4))
+        );
     }
 
     #[test]

@@ -117,7 +117,7 @@ impl BatchBudget {
     /// The budgets of a validated `[ingest]` section: the one conversion of its raw keys.
     pub fn from_config(ingest: &IngestConfig) -> Self {
         BatchBudget {
-            max_bytes: usize::try_from(ingest.max_txn_bytes).unwrap_or(usize::MAX),
+            max_bytes: ingest.txn_bytes().as_usize(),
             max_messages: ingest.max_messages_per_txn as usize,
             max_age: ingest.max_txn_age(),
         }
