@@ -227,7 +227,9 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     /// Returns the default budgets, 30 s idle timeout, polls of 500 records or 50 ms, commits every
     /// 100 ms, restart backoff from 50 ms to 5 s, topic `data-ingestion`, staged dead letters
-    /// forwarded, the consumer lag read every second and 1,000 run actors per partition.
+    /// forwarded, the consumer lag read every second and 1,000 run actors per partition. Its
+    /// budgets and retry equal the built-in config (a config test keeps them so); roles build it
+    /// with [`PipelineConfig::from_config`].
     fn default() -> Self {
         Self {
             budget: BatchBudget::default(),
