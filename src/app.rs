@@ -14,7 +14,7 @@ use crate::config::{Backend, Config, StorageConfig};
 use crate::control::ControlHandle;
 use crate::gateway::{Gateway, RecordSink};
 use crate::http::ui::UiBuild;
-use crate::storage::kv::{Database, KvError, Limits, RetryOptions};
+use crate::storage::kv::{Database, KvError, Limits};
 use crate::storage::layout::Layout;
 use crate::storage::layout::ours::SchemaError;
 
@@ -91,7 +91,7 @@ impl AppState {
         let layout = Layout::open_settled(&db, config.storage.sequence_layout).await?;
         // A store written by another layout version of our directory is refused before anything
         // reads it. Read only: a store without the version key is of this layout and stays as is.
-        db.run(&RetryOptions::default(), |tx| {
+        db.run(&config.storage.retry.options(), |tx| {
             let ours = &layout.ours;
             async move { ours.check_schema_version(&tx).await }
         })

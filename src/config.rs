@@ -19,9 +19,6 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 /// The only format version this build reads.
 pub const CONFIG_VERSION: u32 = 1;
 
-/// FoundationDB's transaction lifetime in milliseconds: an ingest batch must flush well before it.
-const FDB_TXN_LIFETIME_MS: u64 = 5_000;
-
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,6 +175,11 @@ impl IngestConfig {
     /// The run actors' idle timeout as a duration.
     pub fn run_idle_timeout(&self) -> Duration {
         Duration::from_millis(self.run_idle_timeout_ms)
+    }
+
+    /// The byte budget of one ingest transaction.
+    pub fn txn_bytes(&self) -> ByteSize {
+        ByteSize(self.max_txn_bytes)
     }
 }
 
@@ -378,6 +380,21 @@ impl GatewayConfig {
         Duration::from_millis(self.send_timeout_ms)
     }
 
+    /// How long Kafka may take to acknowledge a record, as a duration.
+    pub fn kafka_delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.kafka_delivery_timeout_ms)
+    }
+
+    /// The Kafka producer's linger as a duration.
+    pub fn kafka_linger(&self) -> Duration {
+        Duration::from_millis(self.kafka_linger_ms)
+    }
+
+    /// The lifetime of a presigned upload URL as a duration.
+    pub fn upload_expiry(&self) -> Duration {
+        Duration::from_secs(self.upload_expiry_secs)
+    }
+
     fn validate(&self, errors: &mut Vec<ValidationError>) {
         let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
         for (key, value, max) in [
@@ -497,6 +514,16 @@ impl MaintenanceConfig {
     /// A week: a lock that outlives its job longer than this only blocks the next one.
     pub const MAX_LOCK_TTL_SECONDS: u64 = 7 * 24 * 3600;
 
+    /// The byte budget of one batch transaction.
+    pub fn txn_bytes(&self) -> ByteSize {
+        ByteSize(self.max_txn_bytes)
+    }
+
+    /// The storage job lock's time to live as a duration.
+    pub fn lock_ttl(&self) -> Duration {
+        Duration::from_secs(self.lock_ttl_seconds)
+    }
+
     fn validate(&self, errors: &mut Vec<ValidationError>) {
         if self.batch_size == 0 {
             errors.push(ValidationError::Zero { key: "maintenance.batch_size" });
@@ -507,17 +534,7 @@ impl MaintenanceConfig {
                 max: u64::from(Self::MAX_BATCH_SIZE),
             });
         }
-        let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
-        if self.max_txn_bytes == 0 {
-            errors.push(ValidationError::Zero { key: "maintenance.max_txn_bytes" });
-        } else if self.max_txn_bytes > fdb_bytes {
-            errors.push(ValidationError::AboveFdbLimit {
-                key: "maintenance.max_txn_bytes",
-                value: self.max_txn_bytes,
-                limit: fdb_bytes,
-                unit: "byte",
-            });
-        }
+        check_txn_bytes("maintenance.max_txn_bytes", self.max_txn_bytes, errors);
         if self.lock_ttl_seconds == 0 {
             errors.push(ValidationError::Zero { key: "maintenance.lock_ttl_seconds" });
         } else if self.lock_ttl_seconds > Self::MAX_LOCK_TTL_SECONDS {
@@ -802,7 +819,7 @@ impl Config {
     }
 
     /// Checks every value against what the rest of the program and FoundationDB can do, returning
-    /// every problem found. Pure: no IO, no environment.
+    /// every problem found. Pure: no IO, no environment. Each section checks its own keys.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut errors = Vec::new();
         if self.version != CONFIG_VERSION {
@@ -812,195 +829,255 @@ impl Config {
                 supported: CONFIG_VERSION,
             });
         }
-        if self.server.host.trim().is_empty() {
+        self.server.validate(&mut errors);
+        self.storage.validate(&mut errors);
+        self.ingest.validate(&mut errors);
+        self.kafka.validate(&mut errors);
+        self.query.validate(&mut errors);
+        self.gateway.validate(&mut errors);
+        self.queue.validate(&mut errors);
+        self.ui.validate(&mut errors);
+        self.blobs.validate(self.environment, &mut errors);
+        self.maintenance.validate(&mut errors);
+        self.control.validate(&mut errors);
+        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
+    }
+}
+
+/// Pushes `Zero` for 0 and `AboveFdbLimit` for an age FoundationDB's transaction would not outlive.
+fn check_age_ms(key: &'static str, ms: u64, errors: &mut Vec<ValidationError>) {
+    if ms == 0 {
+        errors.push(ValidationError::Zero { key });
+    } else if !Limits::FDB.within_lifetime(Duration::from_millis(ms)) {
+        let limit = Limits::FDB.txn_lifetime.as_millis() as u64;
+        errors.push(ValidationError::AboveFdbLimit { key, value: ms, limit, unit: "ms" });
+    }
+}
+
+/// Pushes `Zero` for 0 and `AboveFdbLimit` for more bytes than one FoundationDB transaction takes.
+fn check_txn_bytes(key: &'static str, bytes: u64, errors: &mut Vec<ValidationError>) {
+    let limit = Limits::FDB.max_txn_bytes as u64;
+    if bytes == 0 {
+        errors.push(ValidationError::Zero { key });
+    } else if bytes > limit {
+        errors.push(ValidationError::AboveFdbLimit { key, value: bytes, limit, unit: "byte" });
+    }
+}
+
+/// A byte count of the configuration, read as the `usize` the code budgets in. Validation keeps
+/// every one of them under FoundationDB's 10,000,000 bytes, so on 64-bit targets nothing is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// The count as bytes in memory, saturating on a target whose `usize` is narrower.
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+impl BlobsConfig {
+    /// The S3 connect timeout as a duration.
+    pub fn s3_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.s3_connect_timeout_ms)
+    }
+
+    /// The limit of one S3 request attempt as a duration.
+    pub fn s3_attempt_timeout(&self) -> Duration {
+        Duration::from_millis(self.s3_attempt_timeout_ms)
+    }
+}
+
+/// Whether `secret` is a blob URI key: URL-safe base64 of 32 bytes (a Fernet key), surrounding
+/// blanks ignored. The format belongs to the configuration; `blobs::uri` uses keys that pass it.
+pub fn is_uri_secret(secret: &str) -> bool {
+    fernet::Fernet::new(secret.trim()).is_some()
+}
+
+impl ServerConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.host.trim().is_empty() {
             errors.push(ValidationError::Empty { key: "server.host" });
         }
-        if self.storage.data_dir.as_os_str().is_empty() {
+    }
+}
+
+impl StorageConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.data_dir.as_os_str().is_empty() {
             errors.push(ValidationError::Empty { key: "storage.data_dir" });
         }
-        if self.storage.backend == Backend::Fdb && !cfg!(feature = "fdb") {
+        if self.backend == Backend::Fdb && !cfg!(feature = "fdb") {
             errors.push(ValidationError::FdbNotBuilt { key: "storage.backend" });
         }
-        let retry = &self.storage.retry;
-        if retry.max_attempts == 0 {
+        self.retry.validate(errors);
+    }
+}
+
+impl RetryConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.max_attempts == 0 {
             errors.push(ValidationError::Zero { key: "storage.retry.max_attempts" });
         }
-        if retry.timeout_ms == 0 {
+        if self.timeout_ms == 0 {
             errors.push(ValidationError::Zero { key: "storage.retry.timeout_ms" });
         }
-        if retry.initial_backoff_ms > retry.max_backoff_ms {
+        if self.initial_backoff_ms > self.max_backoff_ms {
             errors.push(ValidationError::Greater {
                 key: "storage.retry.initial_backoff_ms",
-                value: retry.initial_backoff_ms,
+                value: self.initial_backoff_ms,
                 other: "storage.retry.max_backoff_ms",
-                other_value: retry.max_backoff_ms,
+                other_value: self.max_backoff_ms,
             });
         }
-        let ingest = &self.ingest;
-        let fdb_bytes = Limits::FDB.max_txn_bytes as u64;
-        if ingest.max_txn_bytes == 0 {
-            errors.push(ValidationError::Zero { key: "ingest.max_txn_bytes" });
-        } else if ingest.max_txn_bytes > fdb_bytes {
-            errors.push(ValidationError::AboveFdbLimit {
-                key: "ingest.max_txn_bytes",
-                value: ingest.max_txn_bytes,
-                limit: fdb_bytes,
-                unit: "byte",
-            });
-        }
-        if ingest.max_messages_per_txn == 0 {
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        check_txn_bytes("ingest.max_txn_bytes", self.max_txn_bytes, errors);
+        if self.max_messages_per_txn == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_messages_per_txn" });
         }
-        if ingest.run_idle_timeout_ms == 0 {
+        if self.run_idle_timeout_ms == 0 {
             errors.push(ValidationError::Zero { key: "ingest.run_idle_timeout_ms" });
         }
-        if ingest.max_run_actors_per_partition == 0 {
+        if self.max_run_actors_per_partition == 0 {
             errors.push(ValidationError::Zero { key: "ingest.max_run_actors_per_partition" });
         }
-        if ingest.max_txn_age_ms == 0 {
-            errors.push(ValidationError::Zero { key: "ingest.max_txn_age_ms" });
-        } else if ingest.max_txn_age_ms >= FDB_TXN_LIFETIME_MS {
-            errors.push(ValidationError::AboveFdbLimit {
-                key: "ingest.max_txn_age_ms",
-                value: ingest.max_txn_age_ms,
-                limit: FDB_TXN_LIFETIME_MS,
-                unit: "ms",
-            });
-        }
+        check_age_ms("ingest.max_txn_age_ms", self.max_txn_age_ms, errors);
+    }
+}
+
+impl KafkaConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
         for (key, value) in [
-            ("kafka.bootstrap_servers", &self.kafka.bootstrap_servers),
-            ("kafka.data_ingestion_topic", &self.kafka.data_ingestion_topic),
-            ("kafka.control_events_topic", &self.kafka.control_events_topic),
-            ("kafka.consumer_group", &self.kafka.consumer_group),
-            ("kafka.dead_letter_topic", &self.kafka.dead_letter_topic),
+            ("kafka.bootstrap_servers", &self.bootstrap_servers),
+            ("kafka.data_ingestion_topic", &self.data_ingestion_topic),
+            ("kafka.control_events_topic", &self.control_events_topic),
+            ("kafka.consumer_group", &self.consumer_group),
+            ("kafka.dead_letter_topic", &self.dead_letter_topic),
         ] {
             if value.trim().is_empty() {
                 errors.push(ValidationError::Empty { key });
             }
         }
-        let kafka = &self.kafka;
-        if !KAFKA_SECURITY_PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(kafka.security_protocol.trim())) {
+        if !KAFKA_SECURITY_PROTOCOLS.iter().any(|p| p.eq_ignore_ascii_case(self.security_protocol.trim())) {
             errors.push(ValidationError::NotOneOf {
                 key: "kafka.security_protocol",
-                value: kafka.security_protocol.clone(),
+                value: self.security_protocol.clone(),
                 allowed: &KAFKA_SECURITY_PROTOCOLS,
             });
         }
-        let mechanism = kafka.sasl_mechanism.trim();
+        let mechanism = self.sasl_mechanism.trim();
         if !mechanism.is_empty() && !KAFKA_SASL_MECHANISMS.iter().any(|m| m.eq_ignore_ascii_case(mechanism)) {
             errors.push(ValidationError::NotOneOf {
                 key: "kafka.sasl_mechanism",
-                value: kafka.sasl_mechanism.clone(),
+                value: self.sasl_mechanism.clone(),
                 allowed: &KAFKA_SASL_MECHANISMS,
             });
         }
-        if kafka.sasl_username.is_empty() != kafka.sasl_password.is_empty() {
+        if self.sasl_username.is_empty() != self.sasl_password.is_empty() {
             errors.push(ValidationError::Unpaired { key: "kafka.sasl_username", other: "kafka.sasl_password" });
         }
-        if kafka.session_timeout_ms == 0 {
+        if self.session_timeout_ms == 0 {
             errors.push(ValidationError::Zero { key: "kafka.session_timeout_ms" });
         }
-        if kafka.heartbeat_interval_ms == 0 {
+        if self.heartbeat_interval_ms == 0 {
             errors.push(ValidationError::Zero { key: "kafka.heartbeat_interval_ms" });
-        } else if kafka.heartbeat_interval_ms >= kafka.session_timeout_ms && kafka.session_timeout_ms > 0 {
+        } else if self.heartbeat_interval_ms >= self.session_timeout_ms && self.session_timeout_ms > 0 {
             errors.push(ValidationError::Greater {
                 key: "kafka.heartbeat_interval_ms",
-                value: kafka.heartbeat_interval_ms,
+                value: self.heartbeat_interval_ms,
                 other: "kafka.session_timeout_ms",
-                other_value: kafka.session_timeout_ms,
+                other_value: self.session_timeout_ms,
             });
         }
-        if crate::blobs::uri::check_secret(&self.blobs.uri_secret).is_err() {
-            errors.push(ValidationError::NotAKey { key: "blobs.uri_secret" });
-        }
-        let query = &self.query;
-        if query.max_keys_per_request == 0 {
+    }
+}
+
+impl QueryConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if self.max_keys_per_request == 0 {
             errors.push(ValidationError::Zero { key: "query.max_keys_per_request" });
         }
-        if query.max_request_time_ms == 0 {
+        if self.max_request_time_ms == 0 {
             errors.push(ValidationError::Zero { key: "query.max_request_time_ms" });
         }
-        if query.max_value_bytes == 0 {
+        if self.max_value_bytes == 0 {
             errors.push(ValidationError::Zero { key: "query.max_value_bytes" });
         }
-        if query.max_concurrent_heavy_requests == 0 {
+        if self.max_concurrent_heavy_requests == 0 {
             errors.push(ValidationError::Zero { key: "query.max_concurrent_heavy_requests" });
         }
-        if query.snapshot_max_age_ms == 0 {
-            errors.push(ValidationError::Zero { key: "query.snapshot_max_age_ms" });
-        } else if query.snapshot_max_age_ms >= FDB_TXN_LIFETIME_MS {
-            errors.push(ValidationError::AboveFdbLimit {
-                key: "query.snapshot_max_age_ms",
-                value: query.snapshot_max_age_ms,
-                limit: FDB_TXN_LIFETIME_MS,
-                unit: "ms",
-            });
-        }
-        self.gateway.validate(&mut errors);
-        self.queue.validate(&mut errors);
-        self.control.validate(&mut errors);
-        let ui = &self.ui;
-        if !ui.api_host_base.is_empty() && !is_host_base(&ui.api_host_base) {
+        check_age_ms("query.snapshot_max_age_ms", self.snapshot_max_age_ms, errors);
+    }
+}
+
+impl UiConfig {
+    fn validate(&self, errors: &mut Vec<ValidationError>) {
+        if !self.api_host_base.is_empty() && !is_host_base(&self.api_host_base) {
             errors.push(ValidationError::Malformed {
                 key: "ui.api_host_base",
-                value: ui.api_host_base.clone(),
+                value: self.api_host_base.clone(),
                 expected: "empty or an http:// or https:// url without a trailing /",
             });
         }
-        if ui.api_base_path.is_empty() || !is_url_path(&ui.api_base_path) {
+        if self.api_base_path.is_empty() || !is_url_path(&self.api_base_path) {
             errors.push(ValidationError::Malformed {
                 key: "ui.api_base_path",
-                value: ui.api_base_path.clone(),
+                value: self.api_base_path.clone(),
                 expected: "a path starting with / without a trailing /",
             });
         }
-        if !ui.base_path.is_empty() && !is_url_path(&ui.base_path) {
+        if !self.base_path.is_empty() && !is_url_path(&self.base_path) {
             errors.push(ValidationError::Malformed {
                 key: "ui.base_path",
-                value: ui.base_path.clone(),
+                value: self.base_path.clone(),
                 expected: "empty or a path starting with / without a trailing /",
             });
         }
-        self.validate_blobs(&mut errors);
-        self.maintenance.validate(&mut errors);
-        if errors.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errors)) }
     }
+}
 
-    /// The S3 settings when `blobs.backend = "s3"`, and the development values refused in
-    /// production (the reference's `validate_production_settings`).
-    fn validate_blobs(&self, errors: &mut Vec<ValidationError>) {
-        let blobs = &self.blobs;
-        let production = self.environment == Environment::Production;
-        if production && blobs.uri_secret.trim() == dev_defaults::BLOB_URI_SECRET {
+impl BlobsConfig {
+    /// The URI key, the S3 settings when `blobs.backend = "s3"`, and the development values
+    /// refused in production (the reference's `validate_production_settings`).
+    fn validate(&self, environment: Environment, errors: &mut Vec<ValidationError>) {
+        if !is_uri_secret(&self.uri_secret) {
+            errors.push(ValidationError::NotAKey { key: "blobs.uri_secret" });
+        }
+        let production = environment == Environment::Production;
+        if production && self.uri_secret.trim() == dev_defaults::BLOB_URI_SECRET {
             errors.push(ValidationError::DevelopmentDefaultInProduction {
                 key: "blobs.uri_secret",
                 var: "BLOB_URI_SECRET",
             });
         }
-        if blobs.backend != BlobBackend::S3 {
+        if self.backend != BlobBackend::S3 {
             return;
         }
         for (key, value) in [
-            ("blobs.s3_bucket", &blobs.s3_bucket),
-            ("blobs.s3_region", &blobs.s3_region),
-            ("blobs.s3_access_key", &blobs.s3_access_key),
-            ("blobs.s3_secret_key", &blobs.s3_secret_key),
+            ("blobs.s3_bucket", &self.s3_bucket),
+            ("blobs.s3_region", &self.s3_region),
+            ("blobs.s3_access_key", &self.s3_access_key),
+            ("blobs.s3_secret_key", &self.s3_secret_key),
         ] {
             if value.trim().is_empty() {
                 errors.push(ValidationError::Empty { key });
             }
         }
         for (key, value) in
-            [("blobs.s3_endpoint", &blobs.s3_endpoint), ("blobs.s3_public_endpoint", &blobs.s3_public_endpoint)]
+            [("blobs.s3_endpoint", &self.s3_endpoint), ("blobs.s3_public_endpoint", &self.s3_public_endpoint)]
         {
             if !value.is_empty() && !is_host_base(value) {
                 errors.push(ValidationError::NotAUrl { key });
             }
         }
         for (key, value) in [
-            ("blobs.s3_max_attempts", u64::from(blobs.s3_max_attempts)),
-            ("blobs.s3_connect_timeout_ms", blobs.s3_connect_timeout_ms),
-            ("blobs.s3_attempt_timeout_ms", blobs.s3_attempt_timeout_ms),
+            ("blobs.s3_max_attempts", u64::from(self.s3_max_attempts)),
+            ("blobs.s3_connect_timeout_ms", self.s3_connect_timeout_ms),
+            ("blobs.s3_attempt_timeout_ms", self.s3_attempt_timeout_ms),
         ] {
             if value == 0 {
                 errors.push(ValidationError::Zero { key });
@@ -1008,9 +1085,9 @@ impl Config {
         }
         if production {
             for (key, var, value, dev) in [
-                ("blobs.s3_access_key", "S3_ACCESS_KEY", &blobs.s3_access_key, dev_defaults::S3_CREDENTIAL),
-                ("blobs.s3_secret_key", "S3_SECRET_KEY", &blobs.s3_secret_key, dev_defaults::S3_CREDENTIAL),
-                ("blobs.s3_endpoint", "S3_ENDPOINT", &blobs.s3_endpoint, dev_defaults::S3_ENDPOINT),
+                ("blobs.s3_access_key", "S3_ACCESS_KEY", &self.s3_access_key, dev_defaults::S3_CREDENTIAL),
+                ("blobs.s3_secret_key", "S3_SECRET_KEY", &self.s3_secret_key, dev_defaults::S3_CREDENTIAL),
+                ("blobs.s3_endpoint", "S3_ENDPOINT", &self.s3_endpoint, dev_defaults::S3_ENDPOINT),
             ] {
                 if value.trim() == dev {
                     errors.push(ValidationError::DevelopmentDefaultInProduction { key, var });
@@ -1120,6 +1197,50 @@ mod tests {
         match config.validate() {
             Err(ConfigError::Invalid(errors)) => errors.iter().map(ValidationError::key).collect(),
             other => panic!("expected validation errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_code_defaults_are_the_built_in_configuration() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.storage.retry.options(), RetryOptions::default(), "[storage.retry]");
+        let budget = crate::ingest::BatchBudget::from_config(&c.ingest);
+        assert_eq!(budget, crate::ingest::BatchBudget::default(), "[ingest]");
+        let pipeline = crate::actors::PipelineConfig::from_config(&c);
+        let code = crate::actors::PipelineConfig::default();
+        assert_eq!(pipeline.retry, code.retry);
+        assert_eq!(pipeline.run_idle_timeout, code.run_idle_timeout);
+        assert_eq!(pipeline.topic, code.topic);
+        assert_eq!(pipeline.max_run_actors_per_partition, code.max_run_actors_per_partition);
+    }
+
+    #[test]
+    fn typed_budgets_read_the_configured_values() {
+        let c = Config::from_toml_str(
+            "f.toml",
+            "[ingest]\nmax_txn_bytes = 2000000\n[maintenance]\nmax_txn_bytes = 300\nlock_ttl_seconds = 60\n\
+             [gateway]\nkafka_delivery_timeout_ms = 1500\nkafka_linger_ms = 7\nupload_expiry_secs = 90\n\
+             [blobs]\ns3_connect_timeout_ms = 250\ns3_attempt_timeout_ms = 4000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.ingest.txn_bytes().as_usize(), c.maintenance.txn_bytes()), (2_000_000, ByteSize(300)));
+        assert_eq!(c.maintenance.lock_ttl(), Duration::from_secs(60));
+        let g = &c.gateway;
+        assert_eq!(
+            (g.kafka_delivery_timeout(), g.kafka_linger(), g.upload_expiry()),
+            (Duration::from_millis(1500), Duration::from_millis(7), Duration::from_secs(90))
+        );
+        assert_eq!(
+            (c.blobs.s3_connect_timeout(), c.blobs.s3_attempt_timeout()),
+            (Duration::from_millis(250), Duration::from_secs(4))
+        );
+    }
+
+    #[test]
+    fn the_uri_secret_format_is_the_one_the_blob_uris_accept() {
+        for secret in [dev_defaults::BLOB_URI_SECRET, "short", "", "Juw5-cLlemQI2jAWvceOUB3_CrVfBmI99YIzkpGUXR4"] {
+            assert_eq!(is_uri_secret(secret), crate::blobs::uri::check_secret(secret).is_ok(), "{secret:?}");
         }
     }
 

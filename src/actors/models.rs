@@ -227,7 +227,9 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     /// Returns the default budgets, 30 s idle timeout, polls of 500 records or 50 ms, commits every
     /// 100 ms, restart backoff from 50 ms to 5 s, topic `data-ingestion`, staged dead letters
-    /// forwarded, the consumer lag read every second and 1,000 run actors per partition.
+    /// forwarded, the consumer lag read every second and 1,000 run actors per partition. Its
+    /// budgets and retry equal the built-in config (a config test keeps them so); roles build it
+    /// with [`PipelineConfig::from_config`].
     fn default() -> Self {
         Self {
             budget: BatchBudget::default(),
@@ -253,11 +255,7 @@ impl PipelineConfig {
     pub fn from_config(config: &Config) -> Self {
         let ingest = &config.ingest;
         Self {
-            budget: BatchBudget {
-                max_bytes: usize::try_from(ingest.max_txn_bytes).unwrap_or(usize::MAX),
-                max_messages: ingest.max_messages_per_txn as usize,
-                max_age: ingest.max_txn_age(),
-            },
+            budget: BatchBudget::from_config(ingest),
             retry: config.storage.retry.options(),
             run_idle_timeout: ingest.run_idle_timeout(),
             topic: config.kafka.data_ingestion_topic.clone(),

@@ -72,8 +72,8 @@ impl S3Settings {
             secret_key: blobs.s3_secret_key.clone(),
             force_path_style: blobs.s3_force_path_style,
             max_attempts: blobs.s3_max_attempts.max(1),
-            connect_timeout: Duration::from_millis(blobs.s3_connect_timeout_ms),
-            attempt_timeout: Duration::from_millis(blobs.s3_attempt_timeout_ms),
+            connect_timeout: blobs.s3_connect_timeout(),
+            attempt_timeout: blobs.s3_attempt_timeout(),
         }
     }
 }

@@ -59,8 +59,8 @@ pub fn kafka_sink(config: &Config) -> anyhow::Result<KafkaSink> {
     KafkaSink::new(
         matyan::ingest::kafka::client_config(&config.kafka),
         &config.kafka.data_ingestion_topic,
-        std::time::Duration::from_millis(g.kafka_delivery_timeout_ms),
-        std::time::Duration::from_millis(g.kafka_linger_ms),
+        g.kafka_delivery_timeout(),
+        g.kafka_linger(),
     )
     .context("cannot create the gateway's kafka producer")
 }

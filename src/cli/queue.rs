@@ -124,7 +124,7 @@ async fn import(args: ImportArgs) -> anyhow::Result<()> {
         bail!("storage.backend is memory: records imported there would vanish when the command exits");
     }
     let topic = args.topic.clone().unwrap_or_else(|| config.kafka.data_ingestion_topic.clone());
-    let budget = usize::try_from(config.ingest.max_txn_bytes).unwrap_or(usize::MAX);
+    let budget = config.ingest.txn_bytes().as_usize();
     let reader = open_records(&args.file)?;
 
     let db = match open_database(&config.storage) {

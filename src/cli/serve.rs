@@ -18,6 +18,7 @@ use matyan::actors::{IngestPipeline, PipelineConfig, PipelineHandle};
 use matyan::app::AppState;
 use matyan::config::IngestSource;
 use matyan::gateway::{Gateway, QueueSink, RecordSink};
+use matyan::ingest::queue::append_retry;
 use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
 use matyan::ingest::queue_trim::QueueTrimmer;
 use matyan::ingest::{EmbeddedSource, Queue};
@@ -126,14 +127,16 @@ fn with_gateway(state: AppState, sink: Arc<dyn RecordSink>) -> AppState {
     state.with_gateway(gateway)
 }
 
-/// The embedded queue's ingestion topic, created with 6 partitions if absent.
+/// The embedded queue's ingestion topic, created with 6 partitions if absent, retried within
+/// `[storage.retry]`'s time budget.
 async fn ingestion_queue(state: &AppState) -> anyhow::Result<Queue> {
     let topic = state.config.kafka.data_ingestion_topic.as_str();
     let ours = &state.layout.dirs.ours;
-    Ok(match Queue::open_existing(&state.db, ours, topic).await? {
+    let queue = match Queue::open_existing(&state.db, ours, topic).await? {
         Some(queue) => queue,
         None => Queue::open(&state.db, ours, topic, DEFAULT_PARTITIONS).await?,
-    })
+    };
+    Ok(queue.with_retry(append_retry(&state.config.storage.retry.options())))
 }
 
 /// Starts the ingest pipeline on the embedded `queue` as the consumer group `ingestion-workers`.

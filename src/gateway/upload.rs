@@ -145,7 +145,7 @@ async fn presign_answer(gw: &Gateway, headers: &HeaderMap, body: &[u8]) -> Resul
     check_key(&key).map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, "invalid_key", e.to_string()))?;
     // A store with its own presigned URLs (S3, on blobs.s3_public_endpoint) takes the upload
     // directly, as the reference's frontier hands out; the local store gets this gateway's route.
-    let expiry = std::time::Duration::from_secs(gw.config().upload_expiry_secs);
+    let expiry = gw.config().upload_expiry();
     match gw.blobs().presign_put(&key, &req.content_type, expiry).await {
         Ok(Some(upload_url)) => return Ok(json!({"upload_url": upload_url, "s3_key": key, "headers": null})),
         Ok(None) => {}

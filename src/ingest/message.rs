@@ -53,7 +53,7 @@ pub const MAX_RECORD_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_KEY_PART_BYTES: usize = 4_000;
 
 /// Largest encoded size of a field stored as one FoundationDB value (FoundationDB's value limit).
-pub const MAX_VALUE_BYTES: usize = 100_000;
+pub const MAX_VALUE_BYTES: usize = crate::storage::kv::Limits::FDB.max_value_bytes;
 
 /// Longest `type` string kept in an [`DecodeError::UnknownType`] (the rest is cut).
 const MAX_TYPE_ECHO: usize = 64;

@@ -96,6 +96,13 @@ pub fn default_append_retry() -> RetryOptions {
     }
 }
 
+/// The retry of a queue handle under the configured `[storage.retry]`: its time budget, with the
+/// many quick retries of [`default_append_retry`] (its few slow attempts would fail appenders
+/// that lose a conflict round to each other).
+pub fn append_retry(storage: &RetryOptions) -> RetryOptions {
+    RetryOptions { timeout: storage.timeout, ..default_append_retry() }
+}
+
 struct Inner {
     db: Database,
     ours: Ours,
@@ -204,7 +211,7 @@ impl Queue {
         }
     }
 
-    /// Replaces the retry options of this handle's appends, commits and trims.
+    /// Replaces the retry options of this handle's appends, reads, commits and trims.
     pub fn with_retry(mut self, retry: RetryOptions) -> Self {
         self.retry = retry;
         self
@@ -321,10 +328,7 @@ impl Queue {
             return Ok(Vec::new());
         }
         let this = self;
-        self.inner
-            .db
-            .run(&RetryOptions::default(), move |tx| async move { this.read_in(&tx, partition, from, max).await })
-            .await
+        self.inner.db.run(&self.retry, move |tx| async move { this.read_in(&tx, partition, from, max).await }).await
     }
 
     async fn read_in(
@@ -404,7 +408,7 @@ impl Queue {
         let this = self;
         self.inner
             .db
-            .run(&RetryOptions::default(), move |tx| async move {
+            .run(&self.retry, move |tx| async move {
                 let mut out = Vec::with_capacity(this.inner.partitions as usize);
                 for partition in this.partition_ids() {
                     let end = this.read_counter(&tx, &this.end_key(partition), true).await?;
@@ -459,9 +463,10 @@ impl Queue {
         let key = &key;
         self.inner
             .db
-            .run(&RetryOptions::default(), move |tx| async move {
-                tx.get(key, true).await?.map(|v| decode_i64(key, &v)).transpose()
-            })
+            .run(
+                &self.retry,
+                move |tx| async move { tx.get(key, true).await?.map(|v| decode_i64(key, &v)).transpose() },
+            )
             .await
     }
 
@@ -584,10 +589,7 @@ impl Queue {
 
     async fn read_counter_txn(&self, key: &[u8]) -> Result<i64, QueueError> {
         let this = self;
-        self.inner
-            .db
-            .run(&RetryOptions::default(), move |tx| async move { this.read_counter(&tx, key, true).await })
-            .await
+        self.inner.db.run(&self.retry, move |tx| async move { this.read_counter(&tx, key, true).await }).await
     }
 
     fn record_key(&self, partition: i32, offset: i64, chunk: usize) -> Vec<u8> {
@@ -821,6 +823,14 @@ impl Source for EmbeddedSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queue_handle_retries_within_the_configured_time_budget_with_quick_rounds() {
+        let storage = RetryOptions { timeout: Duration::from_secs(7), ..RetryOptions::default() };
+        let retry = append_retry(&storage);
+        assert_eq!(retry.timeout, Duration::from_secs(7), "[storage.retry] timeout_ms");
+        assert_eq!((retry.retry_limit, retry.max_backoff), (200, Duration::from_millis(50)), "contention rounds");
+    }
 
     #[test]
     fn frames_round_trip_with_and_without_key() {

@@ -25,12 +25,8 @@ use std::time::{Duration, Instant};
 
 use super::estimate::estimated_bytes;
 use super::message::{IngestMessage, MessageType};
-
-/// FoundationDB's hard limit on a transaction's size, in bytes.
-pub const FDB_MAX_TRANSACTION_BYTES: usize = 10_000_000;
-
-/// FoundationDB's hard limit on a transaction's duration.
-pub const FDB_MAX_TRANSACTION_AGE: Duration = Duration::from_secs(5);
+use crate::config::IngestConfig;
+use crate::storage::kv::Limits;
 
 /// Why a batch was flushed; a bounded metric label and a word in logs and test names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,8 +88,8 @@ pub enum BudgetError {
     /// The byte budget is above FoundationDB's transaction limit.
     #[error("batch budget max_bytes {0} exceeds foundationdb's limit of 10000000 bytes")]
     TooManyBytes(usize),
-    /// The age budget is above FoundationDB's transaction time limit.
-    #[error("batch budget max_age {0:?} exceeds foundationdb's limit of 5 s")]
+    /// The age budget is not below FoundationDB's transaction time limit.
+    #[error("batch budget max_age {0:?} is not below foundationdb's limit of 5 s")]
     TooOld(Duration),
 }
 
@@ -118,7 +114,17 @@ impl Default for BatchBudget {
 }
 
 impl BatchBudget {
-    /// Rejects zero budgets and budgets above FoundationDB's 10,000,000 bytes or 5 s.
+    /// The budgets of a validated `[ingest]` section: the one conversion of its raw keys.
+    pub fn from_config(ingest: &IngestConfig) -> Self {
+        BatchBudget {
+            max_bytes: ingest.txn_bytes().as_usize(),
+            max_messages: ingest.max_messages_per_txn as usize,
+            max_age: ingest.max_txn_age(),
+        }
+    }
+
+    /// Rejects zero budgets, budgets above FoundationDB's transaction bytes and ages not below its
+    /// lifetime ([`Limits::FDB`], the same rule as the configuration's).
     pub fn validate(&self) -> Result<(), BudgetError> {
         if self.max_bytes == 0 {
             return Err(BudgetError::Zero { field: "max_bytes" });
@@ -129,10 +135,10 @@ impl BatchBudget {
         if self.max_age.is_zero() {
             return Err(BudgetError::Zero { field: "max_age" });
         }
-        if self.max_bytes > FDB_MAX_TRANSACTION_BYTES {
+        if self.max_bytes > Limits::FDB.max_txn_bytes {
             return Err(BudgetError::TooManyBytes(self.max_bytes));
         }
-        if self.max_age > FDB_MAX_TRANSACTION_AGE {
+        if !Limits::FDB.within_lifetime(self.max_age) {
             return Err(BudgetError::TooOld(self.max_age));
         }
         Ok(())
@@ -553,7 +559,7 @@ mod tests {
     #[test]
     fn budget_validate_accepts_the_default_and_the_limits() {
         assert_eq!(BatchBudget::default().validate(), Ok(()));
-        assert_eq!(budget(10_000_000, 1, 5_000).validate(), Ok(()));
+        assert_eq!(budget(10_000_000, 1, 4_999).validate(), Ok(()));
     }
 
     #[test]
@@ -563,5 +569,15 @@ mod tests {
         assert_eq!(budget(1, 1, 0).validate(), Err(BudgetError::Zero { field: "max_age" }));
         assert_eq!(budget(10_000_001, 1, 1).validate(), Err(BudgetError::TooManyBytes(10_000_001)));
         assert_eq!(budget(1, 1, 5_001).validate(), Err(BudgetError::TooOld(Duration::from_millis(5_001))));
+    }
+
+    #[test]
+    fn an_age_budget_of_five_seconds_is_refused_by_the_batcher_as_by_the_configuration() {
+        assert_eq!(budget(1, 1, 5_000).validate(), Err(BudgetError::TooOld(Duration::from_millis(5_000))));
+        let config = crate::config::Config::from_toml_str("f.toml", "[ingest]\nmax_txn_age_ms = 5000\n").unwrap();
+        assert!(config.validate().is_err(), "the configuration refuses the same age");
+        let config = crate::config::Config::from_toml_str("f.toml", "[ingest]\nmax_txn_age_ms = 4999\n").unwrap();
+        config.validate().unwrap();
+        assert_eq!(BatchBudget::from_config(&config.ingest).validate(), Ok(()));
     }
 }

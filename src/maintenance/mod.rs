@@ -111,8 +111,8 @@ impl Settings {
     pub fn new(config: &MaintenanceConfig, retry: RetryOptions) -> Self {
         Self {
             batch_size: config.batch_size as usize,
-            max_txn_bytes: usize::try_from(config.max_txn_bytes).unwrap_or(usize::MAX),
-            lock_ttl: Duration::from_secs(config.lock_ttl_seconds),
+            max_txn_bytes: config.txn_bytes().as_usize(),
+            lock_ttl: config.lock_ttl(),
             retry,
         }
     }

@@ -24,7 +24,7 @@ use crate::app::AppState;
 use crate::gateway::{OutRecord, RecordSink};
 use crate::ingest::apply::rfc3339_utc;
 use crate::ingest::queue::{AppendRecord, DEFAULT_PARTITIONS, Queue};
-use crate::storage::kv::Database;
+use crate::storage::kv::{Database, RetryOptions};
 
 use super::ApiError;
 
@@ -58,6 +58,7 @@ pub fn sink(state: &AppState) -> Box<dyn ControlSink> {
         db: state.db.clone(),
         ours: state.layout.dirs.ours.clone(),
         topic: state.config.kafka.data_ingestion_topic.clone(),
+        retry: state.config.storage.retry.options(),
     })
 }
 
@@ -67,14 +68,17 @@ pub struct EmbeddedQueueSink {
     db: Database,
     ours: Vec<u8>,
     topic: String,
+    /// `[storage.retry]`'s options, for [`crate::ingest::queue::append_retry`].
+    retry: RetryOptions,
 }
 
 impl EmbeddedQueueSink {
     async fn queue(&self) -> Result<Queue, ApiError> {
-        Ok(match Queue::open_existing(&self.db, &self.ours, &self.topic).await? {
+        let queue = match Queue::open_existing(&self.db, &self.ours, &self.topic).await? {
             Some(q) => q,
             None => Queue::open(&self.db, &self.ours, &self.topic, DEFAULT_PARTITIONS).await?,
-        })
+        };
+        Ok(queue.with_retry(crate::ingest::queue::append_retry(&self.retry)))
     }
 }
 

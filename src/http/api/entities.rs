@@ -27,7 +27,7 @@ use serde_json::{Map, Value as J, json};
 use crate::app::AppState;
 use crate::clock::rfc3339_utc;
 use crate::ingest::apply::control_event;
-use crate::storage::kv::{RetryOptions, Transaction};
+use crate::storage::kv::Transaction;
 use crate::storage::layout::ours::OutboxAt;
 use crate::storage::layout::system::Fields;
 use crate::storage::layout::{EntityKind, LayoutError};
@@ -40,13 +40,13 @@ use super::{ApiError, limits};
 /// The current time in POSIX seconds.
 pub use crate::clock::now_secs as now;
 
-/// Runs `body` in one retried write transaction.
+/// Runs `body` in one write transaction retried as `[storage.retry]` says.
 pub async fn write<T, F, Fut>(state: &AppState, body: F) -> Result<T, ApiError>
 where
     F: FnMut(Transaction) -> Fut,
     Fut: Future<Output = Result<T, ApiError>>,
 {
-    state.db.run(&RetryOptions::default(), body).await
+    state.db.run(&state.config.storage.retry.options(), body).await
 }
 
 /// Records a control event `{"type": kind, "timestamp", "payload": {payload_key: id}}` in the

@@ -35,12 +35,15 @@ pub struct RetryOptions {
 }
 
 impl Default for RetryOptions {
+    /// A test and tool convenience equal to the built-in `[storage.retry]` of
+    /// `config/default.toml` (5 attempts, 50 ms to 2 s backoff, 30 s; a config test keeps them
+    /// equal). The request and ingest paths use `RetryConfig::options` of the loaded config.
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
-            retry_limit: 5,
-            initial_backoff: Duration::from_millis(10),
-            max_backoff: Duration::from_secs(1),
+            retry_limit: 4,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(2),
         }
     }
 }

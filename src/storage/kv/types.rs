@@ -110,7 +110,8 @@ pub fn strinc(prefix: &[u8]) -> Vec<u8> {
     vec![0xff]
 }
 
-/// FoundationDB's limits, enforced identically by every backend.
+/// FoundationDB's limits, enforced identically by every backend. [`Limits::FDB`] is the one place
+/// these numbers are written: the configuration, the batcher and the decoder refer to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Maximum affected data of one transaction (mutations plus conflict ranges).
@@ -131,6 +132,13 @@ impl Limits {
         max_value_bytes: 100_000,
         txn_lifetime: Duration::from_secs(5),
     };
+
+    /// Whether a transaction (or a batch that becomes one) of `age` still commits: strictly below
+    /// the lifetime, since one started at the limit is already too old. The one age rule of
+    /// `ingest.max_txn_age_ms`, `query.snapshot_max_age_ms` and the batcher's `max_age`.
+    pub fn within_lifetime(&self, age: Duration) -> bool {
+        age < self.txn_lifetime
+    }
 }
 
 impl Default for Limits {
