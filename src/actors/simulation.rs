@@ -18,7 +18,8 @@
 //! - more: `MATYAN_SIM_SEEDS=0..5000 cargo test --lib actors::simulation::tests::simulate_the_seeds_of_the_environment -- --ignored --nocapture`.
 //!
 //! A failing seed panics with the command that replays only it. `MATYAN_SIM_VERBOSE=1` prints each
-//! seed's kills and faults; `MATYAN_SIM_DEBUG_DUMP=<dir>` writes each run's event log and store
+//! seed's kills and faults; `MATYAN_SIM_REPLAY=1` runs each seed twice and compares the traces;
+//! `MATYAN_SIM_DEBUG_DUMP=<dir>` writes each run's event log and store
 //! there, to diff two runs of a seed.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -43,7 +44,7 @@ use crate::storage::kv::{Database, RangeOption, RetryOptions};
 use crate::storage::layout::{Columns, Layout, SeqId};
 
 /// Seeds the CI test runs (`0..CI_SEEDS`).
-pub const CI_SEEDS: u64 = 200;
+pub const CI_SEEDS: u64 = 300;
 
 /// The metric every simulated run logs, with automatic steps: a point applied twice would be a
 /// second point, not an overwrite, so duplicates cannot hide.
@@ -336,7 +337,7 @@ fn fault_rates(rng: &mut SimRng) -> FaultRates {
         too_old: rng.below(100) as u32,
         unknown_before: rng.below(100) as u32,
         unknown_after: rng.below(300) as u32,
-        slow: rng.below(300) as u32,
+        slow: rng.below(700) as u32,
         slow_max: Duration::from_millis(1 + rng.below(2_000)),
     }
 }
@@ -561,11 +562,15 @@ fn seed_range(spec: &str) -> Option<std::ops::Range<u64>> {
 fn run_seeds(seeds: std::ops::Range<u64>) -> (u64, u64, u64) {
     let (mut n, mut kills, mut faults) = (0, 0, 0);
     let verbose = std::env::var_os("MATYAN_SIM_VERBOSE").is_some();
+    let replay = std::env::var_os("MATYAN_SIM_REPLAY").is_some();
     for seed in seeds {
         match simulate(seed) {
             Ok(o) => {
                 n += 1;
                 kills += o.kills;
+                if replay && simulate(seed).as_ref() != Ok(&o) {
+                    panic!("simulation seed {seed} replayed differently (MATYAN_SIM_DEBUG_DUMP=<dir> shows how)");
+                }
                 let f = o.faults;
                 faults += f.conflict + f.too_old + f.unknown_before + f.unknown_after + f.slow;
                 if verbose {
