@@ -42,6 +42,7 @@ use crate::storage::context_id::context_to_id;
 use crate::storage::kv::faults::{FaultCounts, FaultRates, Faults, SimRng};
 use crate::storage::kv::{Database, RangeOption, RetryOptions};
 use crate::storage::layout::{Columns, Layout, SeqId};
+use crate::storage::tuple::Elem;
 
 /// Seeds the CI test runs (`0..CI_SEEDS`).
 pub const CI_SEEDS: u64 = 300;
@@ -288,11 +289,20 @@ pub struct Outcome {
     pub faults: FaultCounts,
 }
 
+/// A `log_hparams` record of `run` setting `hparams.last` to `i`.
+fn hparams(run: &str, i: i64) -> Vec<u8> {
+    value(run, serde_json::json!({"type": "log_hparams", "payload": {"value": {"hparams": {"last": i}}}}))
+}
+
 /// One simulated run's workload: per run, its partition and its records in order.
 struct Workload {
     runs: Vec<(String, i32, VecDeque<Vec<u8>>)>,
     /// Points each run logs.
     points: BTreeMap<String, i64>,
+    /// The last `hparams.last` each run logs, if it logs any: later records must win.
+    params: BTreeMap<String, i64>,
+    /// Runs whose last record is a `delete_run`: nothing of them may be left but the checkpoint.
+    deleted: BTreeSet<String>,
 }
 
 impl Workload {
@@ -300,16 +310,28 @@ impl Workload {
         let n_runs = 1 + rng.below(6) as usize;
         let mut runs = Vec::new();
         let mut points = BTreeMap::new();
+        let mut params = BTreeMap::new();
+        let mut deleted = BTreeSet::new();
         for r in 0..n_runs {
             let run = format!("run{r}");
             let partition = (r as i32) % partitions;
             let n = 1 + rng.below(60) as i64;
             let mut records = VecDeque::from([create_run(&run)]);
-            records.extend((0..n).map(|i| auto_step_metric(&run, i)));
+            for i in 0..n {
+                records.push_back(auto_step_metric(&run, i));
+                if rng.chance(150) {
+                    records.push_back(hparams(&run, i));
+                    params.insert(run.clone(), i);
+                }
+            }
+            if rng.chance(150) {
+                records.push_back(value(&run, serde_json::json!({"type": "delete_run", "payload": {}})));
+                deleted.insert(run.clone());
+            }
             points.insert(run.clone(), n);
             runs.push((run, partition, records));
         }
-        Self { runs, points }
+        Self { runs, points, params, deleted }
     }
 
     /// Appends the next record of a random run with records left; false when none is left.
@@ -477,8 +499,6 @@ async fn simulate_paused(seed: u64) -> Result<Outcome, String> {
     task.await.map_err(|e| format!("supervisor task: {e}"))?;
     db.set_faults(None);
 
-    check_oracle(&db, &layout, &applier, &workload.points, &last_offsets).await?;
-
     let tx = db.create_trx().map_err(|e| e.to_string())?;
     let dump = tx.get_range(&RangeOption::new(Vec::new(), vec![0xff]), true).await.map_err(|e| e.to_string())?;
     let mut hasher = std::hash::DefaultHasher::new();
@@ -499,22 +519,35 @@ async fn simulate_paused(seed: u64) -> Result<Outcome, String> {
         let n = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
         let _ = std::fs::write(format!("{path}/{seed}-{n}.txt"), text);
     }
+    // After the dump, so a failing seed's store can be looked at.
+    let dead_letters = stats.snapshot().dead_letters;
+    if dead_letters != 0 {
+        return Err(format!("{dead_letters} records of a well-formed workload were dead-lettered"));
+    }
+    check_oracle(&db, &layout, &applier, &workload, &last_offsets).await?;
     Ok(Outcome { trace: hasher.finish(), events: log.len(), kills, faults: faults.counts() })
 }
 
-/// The conservation oracle: each run's points are `0..n` at steps `0..n` (so none lost, none
-/// twice, in order), its trace ends at the last of them, and its checkpoint in its partition is
+/// The conservation oracle: each run's last `hparams` is the last one logged, its points are
+/// `0..n` at steps `0..n` (so none lost, none twice, in order), its trace ends at the last of them, and its checkpoint in its partition is
 /// the offset of its last record.
 async fn check_oracle(
     db: &Database,
     layout: &Layout,
     applier: &Applier,
-    points: &BTreeMap<String, i64>,
+    workload: &Workload,
     last_offsets: &BTreeMap<String, (i32, i64)>,
 ) -> Result<(), String> {
     let tx = db.create_trx().map_err(|e| e.to_string())?;
     let ctx_id = context_to_id(&serde_json::json!({}));
-    for (run, n) in points {
+    for (run, n) in &workload.points {
+        let path = [Elem::from("attrs"), Elem::from("hparams"), Elem::from("last")];
+        let param = layout.runs.runs.tree_get(&tx, run, &path, true).await.map_err(|e| format!("{run}: {e}"))?;
+        let deleted = workload.deleted.contains(run);
+        let want = if deleted { None } else { workload.params.get(run).copied() };
+        if param.as_ref().and_then(|v| v.as_i64()) != want {
+            return Err(format!("{run}: hparams.last is {param:?}, expected {want:?}"));
+        }
         let id = SeqId { run, ctx_id, name: METRIC };
         let stored = layout
             .seqs
@@ -525,19 +558,21 @@ async fn check_oracle(
             .iter()
             .map(|p| (p.step, crate::storage::value::decode(&p.val).ok().and_then(|v| v.as_i64())))
             .collect();
-        let want: Vec<(i64, Option<i64>)> = (0..*n).map(|i| (i, Some(i))).collect();
+        let want: Vec<(i64, Option<i64>)> = if deleted { Vec::new() } else { (0..*n).map(|i| (i, Some(i))).collect() };
         if got != want {
             return Err(format!("{run}: stored (step, value) {got:?}, expected {want:?}"));
         }
         let (traces, _) = layout.runs.runs.read_traces(&tx, run, true).await.map_err(|e| format!("{run}: {e}"))?;
-        let trace = traces.iter().find(|t| t.name == METRIC).ok_or_else(|| format!("{run}: no trace of {METRIC}"))?;
-        if (trace.last.as_i64(), trace.last_step.as_i64()) != (Some(n - 1), Some(n - 1)) {
-            return Err(format!(
-                "{run}: trace last {:?} last_step {:?}, expected {}",
-                trace.last,
-                trace.last_step,
-                n - 1
-            ));
+        if deleted && !traces.is_empty() {
+            return Err(format!("{run}: deleted, yet traces {traces:?} are left"));
+        }
+        if !deleted {
+            let trace =
+                traces.iter().find(|t| t.name == METRIC).ok_or_else(|| format!("{run}: no trace of {METRIC}"))?;
+            let (last, last_step) = (trace.last.as_i64(), trace.last_step.as_i64());
+            if (last, last_step) != (Some(n - 1), Some(n - 1)) {
+                return Err(format!("{run}: trace last {last:?} last_step {last_step:?}, expected {}", n - 1));
+            }
         }
         let Some((partition, offset)) = last_offsets.get(run) else {
             return Err(format!("{run}: never appended"));
