@@ -18,6 +18,8 @@
 //! - [`stats`]: shared counters behind [`PipelineHandle::counters`] and the live-run registry;
 //! - `testing` (tests only): paused time, a fake source and a probe, to drive one actor or the
 //!   supervisor through its mailbox without a real sleep;
+//! - `simulation` (tests only): a seeded, deterministic simulation of the whole pipeline under
+//!   kills, rebalances, redelivery and KV faults, with a conservation oracle;
 //! - [`lag`]: the consumer-lag gauge, each partition's backlog as the source reports it.
 pub mod flush;
 pub mod lag;
@@ -26,6 +28,8 @@ pub mod partition_actor;
 pub mod pipeline;
 pub mod run_actor;
 pub mod runtime;
+#[cfg(test)]
+pub mod simulation;
 pub mod stats;
 pub mod supervisor;
 #[cfg(test)]

@@ -134,6 +134,27 @@ impl Database {
         }
     }
 
+    /// Installs (or with `None` removes) seeded fault injection on a local database's commits;
+    /// a FoundationDB database ignores it.
+    #[cfg(test)]
+    pub fn set_faults(&self, faults: Option<Arc<super::faults::Faults>>) {
+        match &self.inner {
+            DbInner::Local(db) => db.set_faults(faults),
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => {}
+        }
+    }
+
+    /// The installed fault handle, if any.
+    #[cfg(test)]
+    fn faults(&self) -> Option<Arc<super::faults::Faults>> {
+        match &self.inner {
+            DbInner::Local(db) => db.faults(),
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => None,
+        }
+    }
+
     /// A new transaction. Prefer [`Database::run`], which retries.
     pub fn create_trx(&self) -> Result<Transaction, KvError> {
         Ok(Transaction {
@@ -180,7 +201,12 @@ impl Database {
                 return Err(err);
             }
             crate::metrics::kv_retry(err.kv_error().map_or("other", KvError::name));
-            let backoff = backoff(opts, attempt);
+            #[cfg(not(test))]
+            let backoff = backoff(opts, attempt, None::<fn(u64) -> u64>);
+            // Under fault injection the jitter comes from the seeded handle, so a simulated run
+            // retries at the same virtual instants every time.
+            #[cfg(test)]
+            let backoff = backoff(opts, attempt, self.faults().map(|f| move |max| f.jitter_micros(max)));
             if Instant::now() + backoff >= deadline {
                 return Err(KvError::TransactionTimedOut.into());
             }
@@ -191,10 +217,15 @@ impl Database {
 }
 
 /// `min(initial * 2^attempt + U(0, initial / 4), max)`, the reference's backoff.
-fn backoff(opts: &RetryOptions, attempt: u32) -> Duration {
+/// `jitter` draws a number in `0..=max` instead of the process's generator.
+fn backoff(opts: &RetryOptions, attempt: u32, jitter: Option<impl FnOnce(u64) -> u64>) -> Duration {
     let base = opts.initial_backoff.saturating_mul(1u32 << attempt.min(20));
     let jitter_max = opts.initial_backoff.as_micros() as u64 / 4;
-    let jitter = Duration::from_micros(if jitter_max == 0 { 0 } else { rand::random_range(0..=jitter_max) });
+    let jitter = Duration::from_micros(match jitter {
+        _ if jitter_max == 0 => 0,
+        Some(draw) => draw(jitter_max),
+        None => rand::random_range(0..=jitter_max),
+    });
     (base + jitter).min(opts.max_backoff)
 }
 
@@ -279,6 +310,15 @@ impl Transaction {
     pub async fn commit(&self) -> Result<(), KvError> {
         match &self.inner {
             TxnInner::Local(t) => {
+                // Under fault injection: a slow commit waits in (paused) tokio time, and the commit
+                // runs inline so no thread scheduling can reorder two commits.
+                #[cfg(test)]
+                if let Some(faults) = t.faults() {
+                    if let Some(delay) = faults.commit_delay() {
+                        tokio::time::sleep(delay).await;
+                    }
+                    return t.commit();
+                }
                 let t = Arc::clone(t);
                 // Engines fsync on commit: keep that off the async worker threads.
                 tokio::task::spawn_blocking(move || t.commit())

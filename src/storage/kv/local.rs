@@ -102,6 +102,9 @@ pub struct LocalDb {
     /// Held by the one thread syncing the engine; committers waiting for it are covered by its
     /// sync or run the next one (group commit).
     sync_lock: Mutex<()>,
+    /// Seeded fault injection (tests only): see [`super::faults`].
+    #[cfg(test)]
+    faults: Mutex<Option<Arc<super::faults::Faults>>>,
 }
 
 impl LocalDb {
@@ -115,7 +118,21 @@ impl LocalDb {
             active: Mutex::new(BTreeMap::new()),
             synced: AtomicU64::new(1),
             sync_lock: Mutex::new(()),
+            #[cfg(test)]
+            faults: Mutex::new(None),
         })
+    }
+
+    /// Installs (or with `None` removes) the fault handle every later commit consults.
+    #[cfg(test)]
+    pub fn set_faults(&self, faults: Option<Arc<super::faults::Faults>>) {
+        *self.faults.lock() = faults;
+    }
+
+    /// The installed fault handle.
+    #[cfg(test)]
+    pub fn faults(&self) -> Option<Arc<super::faults::Faults>> {
+        self.faults.lock().clone()
     }
 
     /// The limits this database enforces.
@@ -498,7 +515,26 @@ impl LocalTxn {
         }
         let reads = std::mem::take(&mut st.read_conflicts);
         drop(st);
-        self.db.commit_batch(read, reads, batch)
+        #[cfg(test)]
+        let faults = self.db.faults();
+        #[cfg(test)]
+        if let Some(e) = faults.as_ref().and_then(|f| f.before_commit()) {
+            return Err(e);
+        }
+        self.db.commit_batch(read, reads, batch)?;
+        // Applied and durable, yet reported unknown: what the retry loop's idempotent bodies and
+        // the checkpoints must absorb.
+        #[cfg(test)]
+        if faults.is_some_and(|f| f.after_commit()) {
+            return Err(KvError::CommitUnknownResult);
+        }
+        Ok(())
+    }
+
+    /// The fault handle of this transaction's database.
+    #[cfg(test)]
+    pub fn faults(&self) -> Option<Arc<super::faults::Faults>> {
+        self.db.faults()
     }
 
     /// Abandons the transaction: further operations fail with `transaction_cancelled`.

@@ -5,12 +5,15 @@
 //! - `engine.rs`: the engine interface; `memory.rs`, `fjall_engine.rs`, `redb_engine.rs` implement it;
 //! - `directory.rs`: the FoundationDB directory layer's format for local backends;
 //! - `fdb.rs` (feature `fdb`): FoundationDB itself;
+//! - `faults.rs` (tests only): seeded fault injection into local commits, for the ingest simulation;
 //! - `types.rs`, `error.rs`: value types, limits and typed errors (FoundationDB's codes).
 
 mod database;
 pub mod directory;
 pub mod engine;
 mod error;
+#[cfg(test)]
+pub mod faults;
 #[cfg(feature = "fdb")]
 mod fdb;
 mod fjall_engine;
