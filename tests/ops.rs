@@ -155,6 +155,8 @@ fn every_query_of_the_grafana_dashboard_names_a_metric_of_the_catalogue() {
         "matyan_http_request_duration_seconds_bucket",
         "matyan_gateway_frames_total",
         "matyan_gateway_rejected_total",
+        "matyan_control_janitor_backlog",
+        "matyan_queue_records",
     ] {
         assert!(tokens.contains(needed), "the dashboard has no panel on {needed}");
     }
