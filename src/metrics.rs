@@ -47,6 +47,9 @@ pub const INGEST_DEAD_LETTERS_TOTAL: &str = "matyan_ingest_dead_letters_total";
 /// partition (end offset − the group's committed offset, unread records included: the embedded
 /// queue's end, Kafka's high watermark), read from the source every second.
 pub const INGEST_CONSUMER_LAG: &str = "matyan_ingest_consumer_lag";
+/// `matyan_ingest_commit_age_seconds{partition}`: how long records have waited while the
+/// partition's committed offset did not move (0 when nothing waits).
+pub const INGEST_COMMIT_AGE_SECONDS: &str = "matyan_ingest_commit_age_seconds";
 /// `matyan_ingest_active_run_actors`: live run actors.
 pub const INGEST_ACTIVE_RUN_ACTORS: &str = "matyan_ingest_active_run_actors";
 /// `matyan_ingest_actor_restarts_total{actor,cause}`: supervisor restarts by actor kind and cause.
@@ -105,6 +108,11 @@ pub fn describe() {
     describe_gauge!(
         INGEST_CONSUMER_LAG,
         "records not yet applied (end offset minus committed offset, unread included), by partition"
+    );
+    describe_gauge!(
+        INGEST_COMMIT_AGE_SECONDS,
+        Unit::Seconds,
+        "seconds records have waited while the partition's committed offset did not move, by partition"
     );
     describe_gauge!(INGEST_ACTIVE_RUN_ACTORS, "live run actors");
     describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
@@ -191,6 +199,11 @@ pub fn ingest_dead_letter(reason: &'static str) {
 /// Sets the lag of one partition (the partition count is bounded by the topic).
 pub fn ingest_consumer_lag(partition: i32, lag: i64) {
     gauge!(INGEST_CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// Sets the commit age of one assigned partition (bounded by the topic's partition count).
+pub fn ingest_commit_age(partition: i32, seconds: f64) {
+    gauge!(INGEST_COMMIT_AGE_SECONDS, "partition" => partition.to_string()).set(seconds);
 }
 
 /// Sets the number of live run actors.

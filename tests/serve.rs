@@ -108,6 +108,21 @@ fn serve_trims_the_embedded_queue_once_every_record_is_ingested() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!((trimmed, held), (records, 0.0), "every ingested record is trimmed and none is held");
+    // The worker-health gauge of the lag reporter (set every second): once nothing waits, no
+    // partition has a commit age.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let body = loop {
+        let (_, body) = get(addr, "/metrics/");
+        let age = common::server::metric_sum(&body, "matyan_ingest_commit_age_seconds", "");
+        if (body.contains("matyan_ingest_commit_age_seconds{partition=\"0\"}") && age == 0.0)
+            || std::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(body.contains("matyan_ingest_commit_age_seconds{partition=\"0\"}"), "{body}");
+    assert_eq!(common::server::metric_sum(&body, "matyan_ingest_commit_age_seconds", ""), 0.0, "{body}");
     assert_eq!(terminate(server).code(), Some(0));
 }
 
