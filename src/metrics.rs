@@ -245,6 +245,9 @@ pub const INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL: &str = "matyan_ingest_revoke
 /// `matyan_ingest_outbox_events_total{result}`: outbox events handled by the publisher
 /// (`published`, `failed`).
 pub const INGEST_OUTBOX_EVENTS_TOTAL: &str = "matyan_ingest_outbox_events_total";
+/// `matyan_ingest_outbox_pending_events`: control events recorded and not yet published (counted up
+/// to 10,000).
+pub const INGEST_OUTBOX_PENDING_EVENTS: &str = "matyan_ingest_outbox_pending_events";
 
 /// Registers the help texts of the Kafka, dead-letter, outbox and rebalance metrics (called by
 /// [`describe`]).
@@ -254,6 +257,7 @@ pub fn describe_kafka() {
     describe_histogram!(INGEST_KAFKA_COMMIT_DURATION_SECONDS, Unit::Seconds, "duration of one kafka offset commit");
     describe_counter!(INGEST_DEAD_LETTERS_PUBLISHED_TOTAL, "records sent to a dead-letter sink by sink and reason");
     describe_counter!(INGEST_OUTBOX_EVENTS_TOTAL, "outbox control events handled by result");
+    describe_gauge!(INGEST_OUTBOX_PENDING_EVENTS, "control events recorded and not yet published, counted up to 10000");
     describe_counter!(INGEST_REBALANCE_PARTITIONS_TOTAL, "partitions the pipeline started or stopped on a rebalance");
     describe_counter!(
         INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL,
@@ -286,6 +290,11 @@ pub fn ingest_rebalance(kind: &'static str, partitions: usize) {
 /// Counts records of a revoked partition dropped before their commit.
 pub fn ingest_revoked_uncommitted(records: u64) {
     counter!(INGEST_REVOKED_UNCOMMITTED_RECORDS_TOTAL).increment(records);
+}
+
+/// Sets the outbox events waiting to be published (counted up to a cap).
+pub fn outbox_pending(events: usize) {
+    gauge!(INGEST_OUTBOX_PENDING_EVENTS).set(events as f64);
 }
 
 /// Counts one outbox event by result (`published`, `failed`).

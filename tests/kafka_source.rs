@@ -589,8 +589,10 @@ async fn the_outbox_publisher_delivers_run_deleted_and_empties_the_outbox() {
     assert_eq!(applier.outbox(&db.create_trx().unwrap(), 0).await.unwrap().len(), 2);
 
     let publisher = outbox_publisher(&broker, &db, &applier);
+    assert_eq!(publisher.pending().await.unwrap(), 2, "the backlog the outbox gauge reports");
     assert_eq!(publisher.publish_pending().await.unwrap(), 2);
     assert!(applier.outbox(&db.create_trx().unwrap(), 0).await.unwrap().is_empty(), "the outbox is empty");
+    assert_eq!(publisher.pending().await.unwrap(), 0);
     assert_eq!(publisher.publish_pending().await.unwrap(), 0, "nothing is published twice once removed");
 
     let reader = control_events_reader(&broker);

@@ -50,6 +50,10 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Refusals by the broker (other than timeouts) after which an entry is dead-lettered.
 pub const MAX_DELIVERY_ATTEMPTS: u32 = 5;
 
+/// The most outbox events [`OutboxPublisher::pending`] counts: the gauge says "this many or more"
+/// past it, and a pass never reads more to count.
+pub const PENDING_COUNT_CAP: usize = 10_000;
+
 /// Why a publishing pass stopped.
 #[derive(Debug, Error)]
 pub enum OutboxError {
@@ -169,6 +173,13 @@ impl OutboxPublisher {
     /// Returns the control-events topic.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    /// The events waiting in the outbox, counted up to [`PENDING_COUNT_CAP`] (a larger backlog
+    /// reads as the cap), in one snapshot.
+    pub async fn pending(&self) -> Result<usize, OutboxError> {
+        let tx = self.db.create_trx().map_err(ApplyError::from)?;
+        Ok(self.applier.outbox(&tx, PENDING_COUNT_CAP).await?.len())
     }
 
     /// Publishes every pending event (in `(partition, offset)` order, `batch` at a time) and
@@ -302,6 +313,10 @@ impl OutboxPublisher {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(published = n, "outbox pass done"),
                 Err(e) => tracing::warn!(error = %e, "outbox pass failed; retrying next pass"),
+            }
+            match self.pending().await {
+                Ok(n) => crate::metrics::outbox_pending(n),
+                Err(e) => tracing::debug!(error = %e, "outbox backlog not read; keeping the previous value"),
             }
             tokio::select! {
                 () = &mut shutdown => return,
