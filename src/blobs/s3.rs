@@ -18,6 +18,7 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Delete, ObjectIdentifier};
@@ -149,6 +150,12 @@ impl S3Store {
             Err(e) => Err(sdk_error(&self.bucket, "CreateBucket", e)),
         }
     }
+
+    /// Sends `GetObject` for `key`, checked first; `get` reads the body whole, `open` streams it.
+    async fn get_object(&self, key: &str) -> Result<GetObjectOutput, BlobError> {
+        check_key(key)?;
+        self.client.get_object().bucket(&self.bucket).key(key).send().await.map_err(|e| sdk_error(key, "GetObject", e))
+    }
 }
 
 /// Maps an SDK error of `operation` on `key` through [`classify`].
@@ -203,18 +210,19 @@ pub fn classify(
     BlobError::Remote { key: key.to_owned(), operation, message, retryable }
 }
 
+/// The metadata S3 answers with an object (`HeadObject`, `GetObject`): a missing length reads as 0,
+/// a missing type as [`DEFAULT_CONTENT_TYPE`].
+fn object_meta(content_length: Option<i64>, content_type: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        size: content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+        content_type: content_type.unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
+    }
+}
+
 #[async_trait]
 impl BlobStore for S3Store {
     async fn get(&self, key: &str) -> Result<Blob, BlobError> {
-        check_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(key, "GetObject", e))?;
+        let out = self.get_object(key).await?;
         let content_type = out.content_type().unwrap_or(DEFAULT_CONTENT_TYPE).to_owned();
         let bytes = out.body.collect().await.map_err(|e| BlobError::Remote {
             key: key.to_owned(),
@@ -235,26 +243,12 @@ impl BlobStore for S3Store {
             .send()
             .await
             .map_err(|e| sdk_error(key, "HeadObject", e))?;
-        Ok(ObjectMeta {
-            size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            content_type: out.content_type().unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
-        })
+        Ok(object_meta(out.content_length(), out.content_type()))
     }
 
     async fn open(&self, key: &str) -> Result<BlobReader, BlobError> {
-        check_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| sdk_error(key, "GetObject", e))?;
-        let meta = ObjectMeta {
-            size: out.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            content_type: out.content_type().unwrap_or(DEFAULT_CONTENT_TYPE).to_owned(),
-        };
+        let out = self.get_object(key).await?;
+        let meta = object_meta(out.content_length(), out.content_type());
         let owned = key.to_owned();
         // The state is `None` after an error, so the stream ends there.
         let body = futures_util::stream::unfold(Some(out.body), move |body: Option<ByteStream>| {
