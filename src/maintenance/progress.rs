@@ -203,6 +203,17 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Ends one batch: a dry run (which commits nothing) only reports its progress; a real batch
+    /// is counted by [`Ctx::batch_committed`], whose `Some(outcome)` says to stop here.
+    pub fn batch_done(&self, job: &str, done: u64, dry_run: bool) -> Option<Outcome> {
+        if dry_run {
+            self.advance(done);
+            None
+        } else {
+            self.batch_committed(job, done)
+        }
+    }
+
     /// Announces the job's start.
     pub fn start(&self, job: &str, total: u64, resumed_at: u64) {
         self.reporter.event(Event::Start { job: job.to_owned(), total, resumed_at });

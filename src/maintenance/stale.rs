@@ -71,9 +71,7 @@ pub async fn run(ctx: &Ctx<'_>, timeout_hours: f64, dry_run: bool) -> Result<Out
         if !more {
             break;
         }
-        if dry_run {
-            ctx.advance(p.done);
-        } else if let Some(stop) = ctx.batch_committed(JOB, p.done) {
+        if let Some(stop) = ctx.batch_done(JOB, p.done, dry_run) {
             return Ok(stop);
         }
     }

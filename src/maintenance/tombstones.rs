@@ -69,9 +69,7 @@ pub async fn run(ctx: &Ctx<'_>, older_than_hours: f64, dry_run: bool) -> Result<
         if page < ctx.settings.batch_size {
             break;
         }
-        if dry_run {
-            ctx.advance(p.done);
-        } else if let Some(stop) = ctx.batch_committed(JOB, p.done) {
+        if let Some(stop) = ctx.batch_done(JOB, p.done, dry_run) {
             return Ok(stop);
         }
     }
