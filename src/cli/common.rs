@@ -129,6 +129,44 @@ pub fn write_addr_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The health and metrics listener of a worker role (`matyan ingest`, `matyan control`), which
+/// has no API of its own: `/health/live/`, `/health/ready/` and `/metrics/` on `metrics.port`.
+pub struct ProbeListener {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl ProbeListener {
+    /// Starts serving the probes of `state` on `host:port`; port 0 starts nothing (logged).
+    pub async fn start(host: &str, port: u16, state: &AppState) -> anyhow::Result<Self> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = if port == 0 {
+            tracing::info!("metrics.port is 0: no health and metrics listener");
+            None
+        } else {
+            let (listener, bound) = bind(host, port).await?;
+            tracing::info!(addr = %bound, "health and metrics listening");
+            Some(tokio::spawn(matyan::http::serve_probes(listener, state.clone(), async move {
+                let _ = stopped.await;
+            })))
+        };
+        Ok(Self { stop, task })
+    }
+
+    /// Stops the listener and waits for it; the role stops it after draining, so probes answer
+    /// until then.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match self.task {
+            Some(task) => task
+                .await
+                .context("health and metrics listener task failed")?
+                .context("health and metrics listener failed"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// A future that completes on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when this is
 /// called, not when the future is first polled: a role calls it before it announces its address,
 /// so a signal sent as soon as the address is readable stops it cleanly instead of killing it.

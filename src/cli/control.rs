@@ -7,9 +7,7 @@
 //! `/metrics/` on `metrics.port` (0 disables the listener). The outbox that feeds the topic is
 //! published by `matyan ingest` (run deletions) and the API processes.
 
-use anyhow::Context as _;
 use clap::Args;
-use tokio::sync::oneshot;
 
 use super::ConfigArgs;
 use super::common;
@@ -40,30 +38,14 @@ pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
     let state = common::open_state(config, handle).await?;
     let control = Control::start_kafka(&state)?;
     let state = state.with_control(control.handle());
-
-    let (probes_stop, probes_stopped) = oneshot::channel::<()>();
-    let probes = if metrics_port == 0 {
-        tracing::info!("metrics.port is 0: no health and metrics listener");
-        None
-    } else {
-        let (listener, bound) = common::bind(&args.metrics_host, metrics_port).await?;
-        tracing::info!(addr = %bound, "health and metrics listening");
-        let state = state.clone();
-        Some(tokio::spawn(matyan::http::serve_probes(listener, state, async move {
-            let _ = probes_stopped.await;
-        })))
-    };
+    let probes = common::ProbeListener::start(&args.metrics_host, metrics_port, &state).await?;
 
     common::shutdown_signal().await;
 
     let drained = control.shutdown().await;
-    let _ = probes_stop.send(());
-    let served = match probes {
-        Some(task) => task.await.context("health and metrics listener task failed")?,
-        None => Ok(()),
-    };
+    let served = probes.stop().await;
     drained?;
-    served.context("health and metrics listener failed")?;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

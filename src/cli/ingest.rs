@@ -15,9 +15,7 @@
 //! On a signal the pipeline flushes every run and commits every partition first, then the
 //! consumer leaves the group, the outbox gets a last pass, and the listener stops.
 
-use anyhow::Context as _;
 use clap::Args;
-use tokio::sync::oneshot;
 
 use super::ConfigArgs;
 use super::common;
@@ -48,31 +46,15 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
     let state = common::open_state(config, handle).await?;
     let ingest = KafkaIngest::start(&state)?;
     let state = state.with_pipeline(ingest.pipeline());
-
-    let (probes_stop, probes_stopped) = oneshot::channel::<()>();
-    let probes = if metrics_port == 0 {
-        tracing::info!("metrics.port is 0: no health and metrics listener");
-        None
-    } else {
-        let (listener, bound) = common::bind(&args.metrics_host, metrics_port).await?;
-        tracing::info!(addr = %bound, "health and metrics listening");
-        let state = state.clone();
-        Some(tokio::spawn(matyan::http::serve_probes(listener, state, async move {
-            let _ = probes_stopped.await;
-        })))
-    };
+    let probes = common::ProbeListener::start(&args.metrics_host, metrics_port, &state).await?;
 
     common::shutdown_signal().await;
 
     // The pipeline first: every run flushed, every watermark committed, then leave the group.
     let drained = ingest.shutdown().await;
-    let _ = probes_stop.send(());
-    let served = match probes {
-        Some(task) => task.await.context("health and metrics listener task failed")?,
-        None => Ok(()),
-    };
+    let served = probes.stop().await;
     drained?;
-    served.context("health and metrics listener failed")?;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }
