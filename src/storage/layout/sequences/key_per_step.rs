@@ -83,11 +83,6 @@ impl KeyPerStep {
         last.first().map(|kv| step_of(&prefix, kv)).transpose()
     }
 
-    /// `next_step` of the reference: the highest step plus one, or 0 for an empty sequence.
-    pub async fn next_step(&self, tx: &Transaction, id: SeqId<'_>) -> Result<i64, SeqError> {
-        Ok(self.last_step(tx, id).await?.map_or(0, |s| s + 1))
-    }
-
     /// Reads the points with `start <= step <= end` (inclusive end, as the reference's readers).
     pub async fn read(
         &self,
