@@ -50,6 +50,10 @@ pub const INGEST_CONSUMER_LAG: &str = "matyan_ingest_consumer_lag";
 /// `matyan_ingest_commit_age_seconds{partition}`: how long records have waited while the
 /// partition's committed offset did not move (0 when nothing waits).
 pub const INGEST_COMMIT_AGE_SECONDS: &str = "matyan_ingest_commit_age_seconds";
+/// `matyan_ingest_unflushed_records{partition}`: the partition's mailbox depth, counted in records:
+/// those delivered to its partition actor and not yet flushed (waiting in its run actors' mailboxes
+/// and open batches). actix does not expose a mailbox's length; this is what the mailboxes hold.
+pub const INGEST_UNFLUSHED_RECORDS: &str = "matyan_ingest_unflushed_records";
 /// `matyan_ingest_active_run_actors`: live run actors.
 pub const INGEST_ACTIVE_RUN_ACTORS: &str = "matyan_ingest_active_run_actors";
 /// `matyan_ingest_actor_restarts_total{actor,cause}`: supervisor restarts by actor kind and cause.
@@ -113,6 +117,10 @@ pub fn describe() {
         INGEST_COMMIT_AGE_SECONDS,
         Unit::Seconds,
         "seconds records have waited while the partition's committed offset did not move, by partition"
+    );
+    describe_gauge!(
+        INGEST_UNFLUSHED_RECORDS,
+        "records delivered to the partition's actors and not yet flushed (mailbox depth), by partition"
     );
     describe_gauge!(INGEST_ACTIVE_RUN_ACTORS, "live run actors");
     describe_counter!(INGEST_ACTOR_RESTARTS_TOTAL, "ingest actor restarts by actor kind and cause");
@@ -204,6 +212,11 @@ pub fn ingest_consumer_lag(partition: i32, lag: i64) {
 /// Sets the commit age of one assigned partition (bounded by the topic's partition count).
 pub fn ingest_commit_age(partition: i32, seconds: f64) {
     gauge!(INGEST_COMMIT_AGE_SECONDS, "partition" => partition.to_string()).set(seconds);
+}
+
+/// Sets the mailbox depth of one partition in records (bounded by the topic's partition count).
+pub fn ingest_unflushed_records(partition: i32, records: usize) {
+    gauge!(INGEST_UNFLUSHED_RECORDS, "partition" => partition.to_string()).set(records as f64);
 }
 
 /// Sets the number of live run actors.

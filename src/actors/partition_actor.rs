@@ -368,6 +368,7 @@ impl<S: Source + 'static> PartitionActor<S> {
         let budget = self.setup.run_config.budget;
         evict_flush(flusher, budget, actors).into_actor(self).map(|eviction, act, _ctx| {
             eviction.flushed.into_iter().for_each(|o| act.tracker.done(o));
+            act.note_unflushed();
             let s = &act.setup;
             let mut evicted = 0;
             for run in eviction.emptied {
@@ -393,6 +394,11 @@ impl<S: Source + 'static> PartitionActor<S> {
                 }
             }
         })
+    }
+
+    /// Publishes the partition's mailbox depth: records delivered and not yet flushed.
+    fn note_unflushed(&self) {
+        crate::metrics::ingest_unflushed_records(self.setup.partition, self.tracker.pending());
     }
 
     fn commit_tick(&mut self, ctx: &mut Context<Self>) {
@@ -481,6 +487,8 @@ impl<S: Source + 'static> Actor for PartitionActor<S> {
             s.flusher.stats.runs.unregister(s.partition, &run, s.epoch);
             slot.addr.do_send(Stop);
         }
+        // What it held is redelivered to the next incarnation (or another consumer), which counts it.
+        crate::metrics::ingest_unflushed_records(s.partition, 0);
         tracing::debug!(partition = s.partition, epoch = s.epoch, "partition actor stopped");
     }
 }
@@ -541,6 +549,7 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
         });
         AtomicResponse::new(Box::pin(fut.map(move |closed, act, ctx| {
             crate::metrics::ingest_batch_processed(act.setup.clock.since(started).as_secs_f64());
+            act.note_unflushed();
             if closed && !act.stop_if_killed(ctx) {
                 act.fail(FailureCause::MailboxClosed);
             }
@@ -683,7 +692,10 @@ impl<S: Source + 'static> Handler<DeadLettered> for PartitionActor<S> {
             return;
         }
         match msg.result {
-            Ok(offsets) => offsets.into_iter().for_each(|o| self.tracker.done(o)),
+            Ok(offsets) => {
+                offsets.into_iter().for_each(|o| self.tracker.done(o));
+                self.note_unflushed();
+            }
             Err(e) => {
                 tracing::warn!(partition = self.setup.partition, error = %e, "dead letters could not be written");
                 self.fail(FailureCause::DeadLetter);
@@ -702,6 +714,7 @@ impl<S: Source + 'static> Handler<Flushed> for PartitionActor<S> {
         for offset in msg.offsets {
             self.tracker.done(offset);
         }
+        self.note_unflushed();
     }
 }
 
@@ -750,6 +763,7 @@ impl<S: Source + 'static> Handler<Drain> for PartitionActor<S> {
                     _ => failed += 1,
                 }
             }
+            act.note_unflushed();
             if failed > 0 { Err(ActorExit::RunsNotFlushed(failed)) } else { Ok(()) }
         })))
     }

@@ -666,6 +666,33 @@ mod tests {
     }
 
     #[test]
+    fn the_mailbox_depth_gauge_counts_the_records_delivered_to_a_partition_and_not_yet_flushed() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        // The actix system of the harness runs on this thread, so a thread-local recorder sees it.
+        let _local = metrics::set_default_local_recorder(&recorder);
+        let depth = || {
+            let body = handle.render();
+            body.lines()
+                .find_map(|l| l.strip_prefix("matyan_ingest_unflushed_records{partition=\"0\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        run_paused(async {
+            let source = FakeSource::new(1);
+            // No transaction slot: the records stay in the run actor's batch.
+            let flusher = testing::flusher(0).await;
+            let (control, task) = start(&source, &flusher);
+            source.append(0, create_run("r1"));
+            source.append(0, metric("r1", 1));
+            until("both records wait in the partition's actors", || depth() == Some(2.0)).await;
+            flusher.transactions.add_permits(FLUSH_TRANSACTIONS);
+            until("the flush empties them", || depth() == Some(0.0)).await;
+            assert_eq!(flusher.stats.snapshot().applied, 2);
+            assert_eq!(shutdown(control, task).await.ok(), Some(()));
+        });
+    }
+
+    #[test]
     fn a_partition_killed_midway_seeks_back_to_its_committed_offset_and_replays_only_what_was_not_flushed() {
         run_paused(async {
             let source = FakeSource::new(1);
