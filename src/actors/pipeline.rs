@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::flush::{DeadLetters, Flusher};
 use super::models::{DeadLetterTarget, KillTarget, PipelineConfig, PipelineError};
-use super::runtime;
+use super::runtime::{self, SystemThread};
 use super::stats::{PipelineCounters, Stats};
 use super::supervisor::{Control, Supervisor};
 use crate::ingest::dlq::DeadLetterSink;
@@ -46,7 +45,6 @@ impl IngestPipeline {
         }
         let stats = Stats::new();
         let (control_tx, control_rx) = mpsc::channel(64);
-        let (done_tx, done_rx) = oneshot::channel();
         let applier = Applier::new(layout);
         let mut letters = DeadLetters::embedded(db.clone(), applier.clone(), config.retry, config.topic.clone());
         if let DeadLetterTarget::Kafka(kafka) = dead_letters {
@@ -63,26 +61,17 @@ impl IngestPipeline {
             clock: config.clock,
         };
         let thread_stats = Arc::clone(&stats);
-        let thread = runtime::spawn_system(move || async move {
+        let system = SystemThread::spawn(runtime::THREAD_NAME, move || async move {
             Supervisor::new(source, config, flusher, thread_stats, control_rx).run().await;
-            let _ = done_tx.send(());
         })?;
-        Ok(PipelineHandle {
-            inner: Arc::new(Inner {
-                control: control_tx,
-                stats,
-                done: Mutex::new(Some(done_rx)),
-                thread: Mutex::new(Some(thread)),
-            }),
-        })
+        Ok(PipelineHandle { inner: Arc::new(Inner { control: control_tx, stats, system }) })
     }
 }
 
 struct Inner {
     control: mpsc::Sender<Control>,
     stats: Arc<Stats>,
-    done: Mutex<Option<oneshot::Receiver<()>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    system: SystemThread,
 }
 
 /// The handle of a running pipeline. Cheap to clone; dropping every clone drains and stops it.
@@ -106,14 +95,7 @@ impl PipelineHandle {
             Ok(()) => rx.await.unwrap_or(Err(PipelineError::Stopped)),
             Err(_) => Err(PipelineError::Stopped),
         };
-        let done = self.inner.done.lock().take();
-        if let Some(done) = done {
-            let _ = done.await;
-        }
-        let thread = self.inner.thread.lock().take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        self.inner.system.join().await;
         result
     }
 

@@ -17,19 +17,50 @@
 use std::future::Future;
 use std::thread::JoinHandle;
 
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
 /// Name of the thread that runs the ingest actors.
 pub const THREAD_NAME: &str = "matyan-ingest";
 
-/// Starts an actix system on a new thread and runs the future `make` returns on it until it
-/// completes; the system (and every actor still alive) is dropped then.
-pub fn spawn_system<F, Fut>(make: F) -> std::io::Result<JoinHandle<()>>
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = ()> + 'static,
-{
-    std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
-        let system = actix_rt::System::new();
-        system.block_on(make());
-        tracing::debug!("ingest actor system stopped");
-    })
+/// An actix system running on a thread of its own, as the ingest pipeline and the control
+/// workers each start one; their handles keep it to wait for its end.
+pub struct SystemThread {
+    /// Sent when the future the system ran has completed.
+    done: Mutex<Option<oneshot::Receiver<()>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SystemThread {
+    /// Starts an actix system on a new thread called `name` and runs the future `make` returns on
+    /// it until it completes; the system (and every actor still alive) is dropped then.
+    pub fn spawn<F, Fut>(name: &'static str, make: F) -> std::io::Result<Self>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        let (done_tx, done_rx) = oneshot::channel();
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            let system = actix_rt::System::new();
+            system.block_on(async move {
+                make().await;
+                let _ = done_tx.send(());
+            });
+            tracing::debug!(thread = name, "actor system stopped");
+        })?;
+        Ok(Self { done: Mutex::new(Some(done_rx)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Waits until the system's future has completed and its thread has ended; at once when an
+    /// earlier call already waited.
+    pub async fn join(&self) {
+        let done = self.done.lock().take();
+        if let Some(done) = done {
+            let _ = done.await;
+        }
+        let thread = self.thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
 }

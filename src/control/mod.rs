@@ -25,7 +25,6 @@ pub mod supervisor;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +32,7 @@ pub use dead_letters::ControlDeadLetters;
 pub use janitor::JanitorConfig;
 pub use stats::ControlCounters;
 
+use crate::actors::runtime::SystemThread;
 use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::ingest::Source;
@@ -150,32 +150,19 @@ impl ControlWorkers {
     ) -> Result<ControlHandle, ControlError> {
         let stats = Arc::new(ControlStats::default());
         let (tx, rx) = mpsc::channel(16);
-        let (done_tx, done_rx) = oneshot::channel();
         let thread_stats = Arc::clone(&stats);
         let dead_letters = Arc::new(dead_letters);
-        let thread = std::thread::Builder::new().name(THREAD_NAME.to_owned()).spawn(move || {
-            let system = actix_rt::System::new();
-            system.block_on(async move {
-                ControlSupervisor::new(source, store, dead_letters, config, thread_stats, rx).run().await;
-                let _ = done_tx.send(());
-            });
+        let system = SystemThread::spawn(THREAD_NAME, move || async move {
+            ControlSupervisor::new(source, store, dead_letters, config, thread_stats, rx).run().await;
         })?;
-        Ok(ControlHandle {
-            inner: Arc::new(Inner {
-                commands: tx,
-                stats,
-                done: Mutex::new(Some(done_rx)),
-                thread: Mutex::new(Some(thread)),
-            }),
-        })
+        Ok(ControlHandle { inner: Arc::new(Inner { commands: tx, stats, system }) })
     }
 }
 
 struct Inner {
     commands: mpsc::Sender<Command>,
     stats: Arc<ControlStats>,
-    done: Mutex<Option<oneshot::Receiver<()>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    system: SystemThread,
 }
 
 /// The handle of running control workers. Cheap to clone; dropping every clone stops them.
@@ -199,14 +186,7 @@ impl ControlHandle {
             Ok(()) => rx.await.unwrap_or(Err(ControlError::Stopped)),
             Err(_) => Err(ControlError::Stopped),
         };
-        let done = self.inner.done.lock().take();
-        if let Some(done) = done {
-            let _ = done.await;
-        }
-        let thread = self.inner.thread.lock().take();
-        if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        self.inner.system.join().await;
         result
     }
 
