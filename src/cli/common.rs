@@ -12,6 +12,31 @@ use matyan::gateway::KafkaSink;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+/// Flags of the worker roles (`ingest`, `control`): the configuration and their health and
+/// metrics listener.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub common: super::ConfigArgs,
+    /// Address of the health and metrics listener.
+    #[arg(long, value_name = "HOST", default_value = "0.0.0.0")]
+    pub metrics_host: String,
+    /// Port of the health and metrics listener; 0 disables it [default: metrics.port, i.e. 9090].
+    #[arg(long, value_name = "PORT")]
+    pub metrics_port: Option<u16>,
+}
+
+impl WorkerArgs {
+    /// Loads the configuration (see [`super::ConfigArgs::load`]) with `--metrics-port` applied.
+    pub fn load(&self) -> anyhow::Result<Config> {
+        self.common.load(|c| {
+            if let Some(port) = self.metrics_port {
+                c.metrics.port = port;
+            }
+        })
+    }
+}
+
 /// The file under the data directory holding the address of a running API server.
 pub const ADDR_FILE: &str = "serve.addr";
 

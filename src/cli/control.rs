@@ -7,32 +7,15 @@
 //! `/metrics/` on `metrics.port` (0 disables the listener). The outbox that feeds the topic is
 //! published by `matyan ingest` (run deletions) and the API processes.
 
-use clap::Args;
-
-use super::ConfigArgs;
 use super::common;
 use super::control_workers::Control;
 
 /// Flags of `matyan control`.
-#[derive(Debug, Args)]
-pub struct ControlArgs {
-    #[command(flatten)]
-    pub common: ConfigArgs,
-    /// Address of the health and metrics listener.
-    #[arg(long, value_name = "HOST", default_value = "0.0.0.0")]
-    pub metrics_host: String,
-    /// Port of the health and metrics listener; 0 disables it [default: metrics.port, i.e. 9090].
-    #[arg(long, value_name = "PORT")]
-    pub metrics_port: Option<u16>,
-}
+pub type ControlArgs = common::WorkerArgs;
 
 /// Runs the control role until a shutdown signal.
 pub async fn run(args: ControlArgs) -> anyhow::Result<()> {
-    let config = args.common.load(|c| {
-        if let Some(port) = args.metrics_port {
-            c.metrics.port = port;
-        }
-    })?;
+    let config = args.load()?;
     let handle = common::install_metrics(&config)?;
     let metrics_port = config.metrics.port;
     let state = common::open_state(config, handle).await?;

@@ -15,32 +15,15 @@
 //! On a signal the pipeline flushes every run and commits every partition first, then the
 //! consumer leaves the group, the outbox gets a last pass, and the listener stops.
 
-use clap::Args;
-
-use super::ConfigArgs;
 use super::common;
 use super::kafka_ingest::KafkaIngest;
 
 /// Flags of `matyan ingest`.
-#[derive(Debug, Args)]
-pub struct IngestArgs {
-    #[command(flatten)]
-    pub common: ConfigArgs,
-    /// Address of the health and metrics listener.
-    #[arg(long, value_name = "HOST", default_value = "0.0.0.0")]
-    pub metrics_host: String,
-    /// Port of the health and metrics listener; 0 disables it [default: metrics.port, i.e. 9090].
-    #[arg(long, value_name = "PORT")]
-    pub metrics_port: Option<u16>,
-}
+pub type IngestArgs = common::WorkerArgs;
 
 /// Runs the ingestion role until a shutdown signal.
 pub async fn run(args: IngestArgs) -> anyhow::Result<()> {
-    let config = args.common.load(|c| {
-        if let Some(port) = args.metrics_port {
-            c.metrics.port = port;
-        }
-    })?;
+    let config = args.load()?;
     let handle = common::install_metrics(&config)?;
     let metrics_port = config.metrics.port;
     let state = common::open_state(config, handle).await?;
