@@ -331,25 +331,29 @@ async fn trim_consumed_removes_only_what_every_group_of_the_topic_has_committed(
         let recs: Vec<AppendRecord<'_>> = (0..20).map(|i| (Some(b"k".as_slice()), b"v".as_slice(), i)).collect();
         q.append(&recs).await.unwrap();
         other.append(&recs[..5]).await.unwrap();
-        assert_eq!(q.trim_consumed(0, 0).await.unwrap(), None, "no group has committed: nothing is known consumed");
+        assert_eq!(
+            q.trim_consumed(0, 0).await.unwrap().start,
+            None,
+            "no group has committed: nothing is known consumed"
+        );
         assert_eq!(q.start_offset(0).await.unwrap(), 0);
 
         q.commit("fast", 0, 15).await.unwrap();
         q.commit("slow", 0, 8).await.unwrap();
         // A group of another topic, further behind, does not hold this topic back.
         other.commit("control-workers", 0, 1).await.unwrap();
-        assert_eq!(q.trim_consumed(0, 0).await.unwrap(), Some(8), "{}", store.name);
+        assert_eq!(q.trim_consumed(0, 0).await.unwrap().start, Some(8), "{}", store.name);
         assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(8));
         assert_eq!(read_all(&q, 0).await.len(), 12);
 
         q.commit("slow", 0, 14).await.unwrap();
-        assert_eq!(q.trim_consumed(0, 3).await.unwrap(), Some(11), "three consumed records are kept");
-        assert_eq!(q.trim_consumed(0, 100).await.unwrap(), Some(11), "a larger retain never brings records back");
+        assert_eq!(q.trim_consumed(0, 3).await.unwrap().start, Some(11), "three consumed records are kept");
+        assert_eq!(q.trim_consumed(0, 100).await.unwrap().start, Some(11), "a larger retain never brings records back");
         // The slow group rewinds (a replay) to where records are kept: it reads them all again.
         q.commit("slow", 0, 11).await.unwrap();
         let source = EmbeddedSource::new(q.clone(), "slow").await.unwrap();
         assert_eq!(source.position(0), Some(11));
-        assert_eq!(q.trim_consumed(0, 0).await.unwrap(), Some(11));
+        assert_eq!(q.trim_consumed(0, 0).await.unwrap().start, Some(11));
 
         let report = matyan::ingest::queue_trim::trim_once(&store.db, &dirs.ours, 0).await.unwrap();
         let by_topic: BTreeMap<_, _> = report.iter().map(|t| (t.topic.as_str(), (t.trimmed, t.held))).collect();

@@ -114,6 +114,29 @@ struct Inner {
     next_keyless: AtomicU32,
 }
 
+/// What [`Queue::trim_consumed`] read and did on one partition, all in its one transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionTrim {
+    /// The start offset before the trim.
+    pub before: i64,
+    /// The start offset after it; `None` when no group has committed on the partition.
+    pub start: Option<i64>,
+    /// The end offset.
+    pub end: i64,
+}
+
+impl PartitionTrim {
+    /// Records the trim removed.
+    pub fn trimmed(&self) -> u64 {
+        self.start.map_or(0, |s| u64::try_from(s - self.before).unwrap_or(0))
+    }
+
+    /// Records the partition still holds.
+    pub fn held(&self) -> u64 {
+        u64::try_from(self.end - self.start.unwrap_or(self.before)).unwrap_or(0)
+    }
+}
+
 /// A handle on one topic of the embedded queue. Cheap to clone; clones share the in-process
 /// append notification.
 #[derive(Clone)]
@@ -499,14 +522,15 @@ impl Queue {
     }
 
     /// Trims the records of `partition` that every consumer group of this topic has committed,
-    /// keeping the last `retain` of them, and returns the new start offset, or `None` when no
+    /// keeping the last `retain` of them, and says what it found and did in that one transaction:
+    /// the start offset before and after, and the end offset. The new start is `None` when no
     /// group has committed on the partition (nothing is known to be consumed, so nothing goes).
     ///
     /// The committed offsets are read with conflicting reads in the trimming transaction: a
     /// group rewinding its offset at the same time makes one of the two retry, so a replay never
     /// finds its records trimmed under it. A group that has never committed on this topic is not
     /// known here: start a new group's consumer (which commits its start) before trimming.
-    pub async fn trim_consumed(&self, partition: i32, retain: u64) -> Result<Option<i64>, QueueError> {
+    pub async fn trim_consumed(&self, partition: i32, retain: u64) -> Result<PartitionTrim, QueueError> {
         self.check_partition(partition)?;
         let retain = i64::try_from(retain).unwrap_or(i64::MAX);
         let (start_key, end_key) = (self.start_key(partition), self.end_key(partition));
@@ -514,18 +538,18 @@ impl Queue {
         self.inner
             .db
             .run(&self.retry, move |tx| async move {
-                let Some(consumed) = this.slowest_committed(&tx, partition).await? else {
-                    return Ok(None);
-                };
-                let start = this.read_counter(&tx, start_key, false).await?;
+                let before = this.read_counter(&tx, start_key, false).await?;
                 let end = this.read_counter(&tx, end_key, true).await?;
+                let Some(consumed) = this.slowest_committed(&tx, partition).await? else {
+                    return Ok(PartitionTrim { before, start: None, end });
+                };
                 let new_start = consumed.min(end).saturating_sub(retain);
-                if new_start <= start {
-                    return Ok(Some(start));
+                if new_start <= before {
+                    return Ok(PartitionTrim { before, start: Some(before), end });
                 }
                 this.clear_below(&tx, partition, new_start);
                 tx.set(start_key, &new_start.to_le_bytes());
-                Ok::<_, QueueError>(Some(new_start))
+                Ok::<_, QueueError>(PartitionTrim { before, start: Some(new_start), end })
             })
             .await
     }

@@ -3,8 +3,9 @@
 //! (1M points left ~300 B per point of queue behind them, issue 12).
 //!
 //! One pass visits every topic and partition and calls [`Queue::trim_consumed`], which reads the
-//! groups' committed offsets and clears below the slowest in one transaction. A topic no group has
-//! committed on (the control events before a control consumer ever ran) keeps everything.
+//! groups' committed offsets and the partition's bounds and clears below the slowest, in one
+//! transaction per partition. A topic no group has committed on (the control events before a
+//! control consumer ever ran) keeps everything.
 //! `matyan serve` runs [`QueueTrimmer`] every `queue.trim_interval_ms`.
 
 use std::time::Duration;
@@ -33,11 +34,9 @@ pub async fn trim_once(db: &Database, ours: &[u8], retain: u64) -> Result<Vec<To
         let Some(queue) = Queue::open_existing(db, ours, &topic).await? else { continue };
         let (mut trimmed, mut held) = (0u64, 0u64);
         for partition in queue.partition_ids() {
-            let before = queue.start_offset(partition).await?;
-            let start = queue.trim_consumed(partition, retain).await?.unwrap_or(before);
-            let end = queue.end_offset(partition).await?;
-            trimmed += u64::try_from(start - before).unwrap_or(0);
-            held += u64::try_from(end - start).unwrap_or(0);
+            let trim = queue.trim_consumed(partition, retain).await?;
+            trimmed += trim.trimmed();
+            held += trim.held();
         }
         crate::metrics::queue_trimmed(&topic, trimmed, held);
         report.push(TopicTrim { topic, trimmed, held });
