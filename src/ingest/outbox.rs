@@ -187,13 +187,19 @@ impl OutboxPublisher {
     /// Returns how many were published. A broker timeout ends the pass with an error; the entry
     /// and the ones after it stay for the next pass.
     pub async fn publish_pending(&self) -> Result<usize, OutboxError> {
+        self.pass().await.map(|(published, _)| published)
+    }
+
+    /// One pass of [`publish_pending`](Self::publish_pending); also says whether it ended on an
+    /// empty outbox (then the backlog is known to be 0 without counting it).
+    async fn pass(&self) -> Result<(usize, bool), OutboxError> {
         let mut published = 0;
         loop {
             let tx = self.db.create_trx().map_err(ApplyError::from)?;
             let pending = self.applier.outbox(&tx, self.batch).await?;
             drop(tx);
             if pending.is_empty() {
-                return Ok(published);
+                return Ok((published, true));
             }
             for entry in &pending {
                 match self.publish_one(entry).await {
@@ -227,7 +233,7 @@ impl OutboxPublisher {
             // Entries refused but not yet dead-lettered are still first in the outbox: leave them
             // for the next pass rather than reading them again at once.
             if pending.iter().any(|e| self.refusals.lock().contains_key(&(e.partition, e.offset))) {
-                return Ok(published);
+                return Ok((published, false));
             }
         }
     }
@@ -309,12 +315,20 @@ impl OutboxPublisher {
     pub async fn run(&self, interval: Duration, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
-            match self.publish_pending().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(published = n, "outbox pass done"),
-                Err(e) => tracing::warn!(error = %e, "outbox pass failed; retrying next pass"),
-            }
-            match self.pending().await {
+            let drained = match self.pass().await {
+                Ok((published, drained)) => {
+                    if published > 0 {
+                        tracing::debug!(published, "outbox pass done");
+                    }
+                    drained
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox pass failed; retrying next pass");
+                    false
+                }
+            };
+            // An idle outbox (the usual case) ends its pass on an empty read: nothing to count.
+            match if drained { Ok(0) } else { self.pending().await } {
                 Ok(n) => crate::metrics::outbox_pending(n),
                 Err(e) => tracing::debug!(error = %e, "outbox backlog not read; keeping the previous value"),
             }
