@@ -897,8 +897,7 @@ impl Scope<'_> {
     ) -> Result<(), Fail> {
         self.ensure_run().await?;
         let tag = self.named(EntityKind::Tag, &p.tag_name, entry, ids).await?;
-        self.layout.system.link_tag(self.tx, self.layout.indexes(), self.run, &tag).await?;
-        self.layout.runs.runs.set_tag(self.tx, self.run, &tag)?;
+        self.layout.link_tag(self.tx, self.run, &tag).await?;
         Ok(())
     }
 
@@ -907,8 +906,7 @@ impl Scope<'_> {
             tracing::warn!(run = %self.run, tag = %p.tag_name, "remove_tag of an unknown tag name ignored");
             return Ok(());
         };
-        self.layout.system.unlink_tag(self.tx, self.layout.indexes(), self.run, &tag).await?;
-        self.layout.runs.runs.clear_tag(self.tx, self.run, &tag);
+        self.layout.unlink_tag(self.tx, self.run, &tag).await?;
         Ok(())
     }
 }
