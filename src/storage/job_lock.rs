@@ -453,7 +453,10 @@ mod tests {
         let lock = take(&db, "cleanup-tombstones", 1000.0).await.unwrap();
         assert!(python_try_acquire(&db, "cleanup_tombstones", 1070.0, 600.0).await, "ours expired at 1060");
         let lost = lock.fence(&db.create_trx().unwrap()).await;
-        assert!(matches!(&lost, Err(JobLockError::Lost { holder }) if holder.contains("cleanup_tombstones")), "{lost:?}");
+        assert!(
+            matches!(&lost, Err(JobLockError::Lost { holder }) if holder.contains("cleanup_tombstones")),
+            "{lost:?}"
+        );
         assert!(matches!(lock.renew(1071.0).await, Err(JobLockError::Lost { .. })));
         lock.release().await.unwrap();
         assert_eq!(read_raw(&db, &key).await, Some(mp_float(1670.0)), "the CronJob's lock stays");
