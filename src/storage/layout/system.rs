@@ -227,9 +227,9 @@ impl System {
 
     /// Renames an experiment or tag: moves the by-name key and the index entries of its runs to
     /// the new name. The reference leaves a tag's entries under the old name (§10 quirk 16), so
-    /// `"new" in run.tags` misses the runs tagged before through the index; tags' entries move here
-    /// run by run from `tag_runs`, the links themselves, so an entry left under the same name by
-    /// another tag stays where it is.
+    /// `"new" in run.tags` misses the runs tagged before through the index. The entries move run
+    /// by run from the links (`experiment_runs`, `tag_runs`), not from the index under the old
+    /// name, so a stale entry another entity of that name left behind is not carried along.
     pub async fn rename(
         &self,
         tx: &Transaction,
@@ -244,14 +244,7 @@ impl System {
         let old = self.entity_name(tx, kind, uuid).await?;
         if let Some(old) = &old {
             tx.clear(&self.key(&[Elem::from(by_name), Elem::from(old.as_str())]));
-            let runs = match kind {
-                _ if old == new_name => Vec::new(),
-                EntityKind::Experiment => {
-                    indexes.runs_under(tx, &[Elem::from("experiment"), Elem::from(old.as_str())], false).await?
-                }
-                EntityKind::Tag => self.runs_of(tx, kind, uuid).await?,
-                _ => Vec::new(),
-            };
+            let runs = if old == new_name { Vec::new() } else { self.runs_of(tx, kind, uuid).await? };
             if let Some(index) = kind.index_name() {
                 for run in runs {
                     indexes.remove(tx, &run, &[Elem::from(index), Elem::from(old.as_str()), Elem::from(run.as_str())]);
