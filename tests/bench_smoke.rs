@@ -1,5 +1,8 @@
 //! `matyan bench ingest`, `matyan bench query`, `matyan bench gateway` and `matyan bench control` at tiny scale: the reports' counts match what
-//! was asked for (no timing is asserted).
+//! was asked for (no timing is asserted). `bench control` also runs on S3 (SeaweedFS, see
+//! `tests/common/seaweed.rs`).
+
+mod common;
 
 use matyan::bench::ingest::{IngestBenchConfig, run as run_ingest};
 use matyan::bench::query::{QueryBenchConfig, lr_matches, run as run_query};
@@ -60,10 +63,28 @@ async fn gateway_bench_has_every_point_accepted_and_applied_in_each_phase() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_bench_removes_every_blob_of_every_deleted_run_in_both_phases() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = matyan::bench::control::ControlBenchConfig { runs: 3, blobs_per_run: 40 };
+    let config = matyan::config::Config::from_toml_str("test", "").unwrap();
+    let cfg = matyan::bench::control::ControlBenchConfig { runs: 3, blobs_per_run: 40, config };
     let report = matyan::bench::control::run(dir.path(), &cfg).await.unwrap();
     assert_eq!(report.objects, 120);
     assert_eq!(report.removed, (120, 120), "the janitor removed each object once in each phase");
     assert_eq!(report.per_run_secs.len(), 3);
     assert!(report.janitor_secs > 0.0 && report.end_to_end_secs > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_bench_on_s3_removes_every_blob_of_every_deleted_run_from_the_bucket_in_both_phases() {
+    let Some(seaweed) = common::seaweed::Seaweed::start() else { return };
+    let bucket = seaweed.bucket("bench-control").await;
+    let mut config = matyan::config::Config::from_toml_str("test", "").unwrap();
+    seaweed.configure(&mut config, bucket.bucket());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = matyan::bench::control::ControlBenchConfig { runs: 2, blobs_per_run: 30, config };
+    let report = matyan::bench::control::run(dir.path(), &cfg).await.unwrap();
+    assert_eq!(report.objects, 60);
+    assert_eq!(report.removed, (60, 60), "the janitor removed each object once in each phase");
+    use matyan::blobs::BlobStore as _;
+    let left = bucket.list("", None, 1_000).await.unwrap();
+    assert!(left.objects.is_empty(), "objects left in the bucket: {:?}", left.objects);
+    assert!(!dir.path().join("baseline").exists(), "the baseline ran on the bucket, not a directory");
 }

@@ -746,3 +746,89 @@ fn the_chaos_route_kills_actors_only_when_enabled() {
     });
     assert_eq!(common::server::terminate(server).code(), Some(0));
 }
+
+/// A maintenance reporter that keeps nothing.
+struct Quiet;
+
+impl matyan::maintenance::Reporter for Quiet {
+    fn event(&self, _: matyan::maintenance::Event) {}
+}
+
+/// Runs a maintenance job in process on the pipeline's store, as `POST /admin/maintenance/` does in
+/// `matyan serve`: another writer the pipeline is not told about.
+async fn maintenance(store: &Store, job: matyan::maintenance::Job) {
+    let blobs = tempfile::tempdir().unwrap();
+    let settings = matyan::maintenance::Settings {
+        batch_size: 100,
+        max_txn_bytes: 1_000_000,
+        lock_ttl: Duration::from_secs(60),
+        retry: RetryOptions::default(),
+    };
+    let request = matyan::maintenance::JobRequest { job, max_batches: None, lock_ttl_seconds: None };
+    let stop = AtomicBool::new(false);
+    let store_blobs = matyan::blobs::LocalDirStore::new(blobs.path());
+    matyan::maintenance::run(&store.db, &store.layout, &store_blobs, &settings, &request, &Quiet, &stop).await.unwrap();
+}
+
+async fn tombstoned(store: &Store, run: &str) -> bool {
+    store.layout.indexes().is_deleted(&store.db.create_trx().unwrap(), run).await.unwrap()
+}
+
+async fn has_meta(store: &Store, run: &str) -> bool {
+    store.layout.runs.runs.exists(&store.db.create_trx().unwrap(), run, false).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_restored_or_cleared_while_the_pipeline_runs_is_ingested_again_without_a_restart_unlike_the_reference() {
+    // The reference's ingestion caches deleted runs and keeps dropping a restored run's records
+    // until the worker restarts (ingest-storage §2.2 step 5, §6 quirk 13). Ours reads the tombstone
+    // in each flush transaction, so a restore or a clear-tombstone by anyone counts at once.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let handle = start(&store, common::small_pipeline_config()).await;
+    let (restored, cleared) = ("7e5705ed000000000000000000000001", "c1ea7ed0000000000000000000000002");
+    let mut records = Vec::new();
+    for run in [restored, cleared] {
+        records.push(record(run, json!({"type": "create_run", "payload": {"force_resume": false}})));
+        records.extend((0..3).map(|v| point(run, v)));
+    }
+    append(&store.queue, &records).await;
+    wait_committed(&store, &handle, Duration::from_secs(60)).await;
+    assert_eq!(check_run(&store, restored, 3).await, 3);
+    let archive = dir.path().join("backup.jsonl");
+    maintenance(&store, matyan::maintenance::Job::Backup { runs: vec![restored.to_owned()], out: archive.clone() })
+        .await;
+
+    // Deleted; a late record of each run is dropped while the tombstone stands.
+    let deletes: Vec<Rec> =
+        [restored, cleared].iter().map(|r| record(r, json!({"type": "delete_run", "payload": {}}))).collect();
+    append(&store.queue, &deletes).await;
+    append(&store.queue, &[point(restored, 100), point(cleared, 100)]).await;
+    wait_committed(&store, &handle, Duration::from_secs(60)).await;
+    for run in [restored, cleared] {
+        assert!(tombstoned(&store, run).await, "{run} deleted: {:?}", handle.counters());
+        assert!(!has_meta(&store, run).await);
+        assert_eq!(check_run(&store, run, 0).await, 0, "{run}'s late point dropped");
+    }
+
+    // One run restored from its backup, the other's tombstone cleared through REST; neither
+    // process restarts, and the next records of both are ingested.
+    maintenance(&store, matyan::maintenance::Job::Restore { archive, replace: false, dry_run: false }).await;
+    let state = common::app_state(&store.db, &store.layout);
+    let clear = axum::http::Request::builder()
+        .method("POST")
+        .uri(format!("/api/v1/rest/runs/{cleared}/clear-tombstone/"))
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let answer = tower::ServiceExt::oneshot(matyan::http::service(state), clear).await.unwrap();
+    assert_eq!(answer.status().as_u16(), 204);
+    assert!(!tombstoned(&store, restored).await && !tombstoned(&store, cleared).await);
+    append(&store.queue, &[point(restored, 3), point(restored, 4)]).await;
+    append(&store.queue, &[record(cleared, json!({"type": "create_run", "payload": {"force_resume": false}}))]).await;
+    append(&store.queue, &[point(cleared, 0), point(cleared, 1)]).await;
+    wait_committed(&store, &handle, Duration::from_secs(60)).await;
+    assert_eq!(check_run(&store, restored, 5).await, 5, "the restored run's points, then the new ones");
+    assert_eq!(check_run(&store, cleared, 2).await, 2, "the cleared run starts again");
+    assert_eq!(handle.counters().dead_letters, 0);
+    stop(handle).await;
+}

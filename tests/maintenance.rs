@@ -341,6 +341,37 @@ async fn a_second_job_is_refused_with_exit_status_3_naming_the_holder_and_an_exp
     assert!(tombstones(dir.path()).is_empty(), "a lock that expired is taken over");
 }
 
+/// Writes `⟨system⟩("job_lock", job) = mp(expiry float)` as the reference's `jobs/lock.py` does.
+async fn write_reference_lock(dir: &Path, job: &str, expiry: f64) {
+    let db = open(dir);
+    let system = Layout::open(&db).await.unwrap().dirs.system;
+    let key = matyan::storage::tuple::pack_with_prefix(&system, &[Elem::from("job_lock"), Elem::from(job)]);
+    let expiry = [&[0xcb][..], &expiry.to_be_bytes()].concat();
+    db.run(&RetryOptions::default(), |tx| {
+        tx.set(&key, &expiry);
+        async { Ok::<_, KvError>(()) }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_reference_cronjob_holding_its_lock_refuses_our_job_of_that_name_with_exit_status_3() {
+    let dir = tempfile::tempdir().unwrap();
+    fixture(dir.path(), NOW).await;
+    write_reference_lock(dir.path(), "cleanup_tombstones", matyan::clock::now_secs() + 600.0).await;
+    let refused = matyan(dir.path(), &["cleanup-tombstones", "--older-than-hours", "0"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(status(&refused), 3, "{stderr}");
+    assert!(stderr.contains("reference job (cleanup_tombstones"), "{stderr}");
+    assert_eq!(tombstones(dir.path()), [DELETED_1, DELETED_2], "nothing done");
+    // Another job is not the reference's to lock; and once the CronJob's lock expired, ours runs.
+    ok(&matyan(dir.path(), &["cleanup-orphan-blobs", "--dry-run"]));
+    write_reference_lock(dir.path(), "cleanup_tombstones", matyan::clock::now_secs() - 1.0).await;
+    ok(&matyan(dir.path(), &["cleanup-tombstones", "--older-than-hours", "0"]));
+    assert!(tombstones(dir.path()).is_empty());
+}
+
 #[tokio::test]
 async fn backup_delete_restore_gives_back_the_same_keys_and_clears_the_tombstone() {
     let dir = tempfile::tempdir().unwrap();

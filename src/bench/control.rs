@@ -1,7 +1,12 @@
 //! `matyan bench control`: deletes R runs of B blobs each through the REST API of the whole
 //! `matyan serve` stack in this process (router, embedded ingestion queue and pipeline, outbox
-//! publisher, embedded control topic, control workers, local blob store), and, as the baseline of
-//! the same run, removes the same number of objects with the janitor's cleaning alone.
+//! publisher, embedded control topic, control workers, the configured blob store: a local
+//! directory or an S3 bucket), and, as the baseline of the same run, removes the same number of
+//! objects with the janitor's cleaning alone on that store. The command runs it once per store it
+//! is given, the local one first, so S3's figures print beside the local store's.
+//!
+//! Run ids are random per invocation, so a shared bucket's leftovers of an earlier invocation are
+//! never counted; an S3 bucket is created if missing.
 //!
 //! Figures: objects removed per second (baseline: the janitor alone on the store; end to end: from
 //! the first REST `DELETE` to the last object gone), and per run the time from its `DELETE` to its
@@ -20,8 +25,8 @@ use tower::ServiceExt as _;
 
 use crate::actors::{IngestPipeline, PipelineConfig};
 use crate::app::AppState;
-use crate::blobs::BlobStore;
-use crate::config::{Backend, Config};
+use crate::blobs::{BlobStore, S3Settings, S3Store};
+use crate::config::{Backend, BlobBackend, Config};
 use crate::control::janitor::{Clean, clean};
 use crate::control::stats::ControlStats;
 use crate::control::{ControlDeadLetters, ControlWorkers, WorkersConfig};
@@ -38,6 +43,9 @@ pub struct ControlBenchConfig {
     pub runs: usize,
     /// Blobs of each run.
     pub blobs_per_run: usize,
+    /// The stack's configuration, the blob store (`blobs`) included. Its storage is replaced by an
+    /// embedded store under the bench's directory, and a local blob store goes there too.
+    pub config: Config,
 }
 
 /// The figures.
@@ -68,9 +76,12 @@ fn setup(e: impl std::fmt::Display) -> ControlBenchError {
     ControlBenchError::Setup(e.to_string())
 }
 
-fn run_id(i: usize) -> String {
-    format!("{:032x}", 0xc0de_0000_0000_0000_u64 + i as u64)
+fn run_id(nonce: u64, i: usize) -> String {
+    format!("{nonce:016x}{:016x}", 0xc0de_0000_0000_0000_u64 + i as u64)
 }
+
+/// Blob writes in flight while the runs' objects are put.
+const PUTS_IN_FLIGHT: usize = 64;
 
 /// The `p` quantile of sorted values.
 pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
@@ -82,16 +93,27 @@ pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 const PHASE_TIMEOUT: Duration = Duration::from_secs(600);
 
 async fn put_blobs(store: &Arc<dyn BlobStore>, runs: &[String], per_run: usize) -> Result<(), ControlBenchError> {
-    for run in runs {
-        let puts = (0..per_run).map(|i| {
-            let key = format!("{run}/seq/images/{i}.png");
-            async move { store.put(&key, vec![0u8; 64], None).await }
-        });
-        for result in futures_util::future::join_all(puts).await {
-            result.map_err(setup)?;
-        }
+    use futures_util::StreamExt as _;
+    let keys = runs.iter().flat_map(|run| (0..per_run).map(move |i| format!("{run}/seq/images/{i}.png")));
+    let mut puts = futures_util::stream::iter(keys)
+        .map(|key| async move { store.put(&key, vec![0u8; 64], None).await })
+        .buffer_unordered(PUTS_IN_FLIGHT);
+    while let Some(result) = puts.next().await {
+        result.map_err(setup)?;
     }
     Ok(())
+}
+
+/// The store of the baseline: a directory of its own, or the configured bucket (created if missing).
+async fn baseline_store(dir: &Path, config: &Config) -> Result<Arc<dyn BlobStore>, ControlBenchError> {
+    Ok(match config.blobs.backend {
+        BlobBackend::Local => Arc::new(crate::blobs::LocalDirStore::new(dir.join("baseline"))),
+        BlobBackend::S3 => {
+            let store = S3Store::new(&S3Settings::from_config(&config.blobs));
+            store.create_bucket().await.map_err(setup)?;
+            Arc::new(store)
+        }
+    })
 }
 
 /// Runs the baseline, then the end-to-end phase, under `dir`.
@@ -100,17 +122,22 @@ pub async fn run(dir: &Path, cfg: &ControlBenchConfig) -> Result<ControlReport, 
         return Err(ControlBenchError::Setup("runs and blobs per run must be positive".into()));
     }
     let objects = (cfg.runs * cfg.blobs_per_run) as u64;
-    let mut config = Config::from_toml_str("bench", "").map_err(setup)?;
+    let mut config = cfg.config.clone();
     config.storage.backend = Backend::Embedded;
-    let runs: Vec<String> = (0..cfg.runs).map(run_id).collect();
+    if config.blobs.backend == BlobBackend::Local {
+        config.blobs.dir = dir.join("serve-blobs");
+    }
+    let (baseline_nonce, nonce): (u64, u64) = (rand::random(), rand::random());
+    let baseline_runs: Vec<String> = (0..cfg.runs).map(|i| run_id(baseline_nonce, i)).collect();
+    let runs: Vec<String> = (0..cfg.runs).map(|i| run_id(nonce, i)).collect();
 
-    // Baseline: the janitor's cleaning alone, one run after the other, on a store of its own.
-    let baseline: Arc<dyn BlobStore> = Arc::new(crate::blobs::LocalDirStore::new(dir.join("baseline")));
-    put_blobs(&baseline, &runs, cfg.blobs_per_run).await?;
+    // Baseline: the janitor's cleaning alone, one run after the other, on the same kind of store.
+    let baseline = baseline_store(dir, &config).await?;
+    put_blobs(&baseline, &baseline_runs, cfg.blobs_per_run).await?;
     tracing::info!(objects, "baseline blobs written");
     let stats = Arc::new(ControlStats::default());
     let started = Instant::now();
-    for run in &runs {
+    for run in &baseline_runs {
         let job = Clean { run_id: run.clone(), blob_keys: Vec::new() };
         clean(Arc::clone(&baseline), WorkersConfig::default().janitor, Arc::clone(&stats), job).await.map_err(setup)?;
     }

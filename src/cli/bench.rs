@@ -9,6 +9,7 @@ use matyan::bench::gateway::GatewayBenchConfig;
 use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
+use matyan::config::{BlobBackend, Config};
 use matyan::storage::layout::SequenceLayoutKind;
 
 /// Parses a `--layout` value.
@@ -17,6 +18,15 @@ fn parse_layout(s: &str) -> Result<SequenceLayoutKind, String> {
         "key_per_step" => Ok(SequenceLayoutKind::KeyPerStep),
         "chunked" => Ok(SequenceLayoutKind::Chunked),
         other => Err(format!("unknown layout {other:?}: expected key_per_step or chunked")),
+    }
+}
+
+/// Parses a `--blob-store` value.
+fn parse_blob_store(s: &str) -> Result<BlobBackend, String> {
+    match s {
+        "local" => Ok(BlobBackend::Local),
+        "s3" => Ok(BlobBackend::S3),
+        other => Err(format!("unknown blob store {other:?}: expected local or s3")),
     }
 }
 
@@ -57,6 +67,15 @@ struct ControlArgs {
     /// Scratch directory for the stores [default: a temporary directory, removed after].
     #[arg(long)]
     dir: Option<PathBuf>,
+    /// Blob stores to measure, one after the other, the local one first as the baseline
+    /// (comma-separated: local, s3). S3 is the bucket the configuration names (`BLOB_BACKEND_TYPE`,
+    /// `S3_*` or `--config`), created if missing [default: local, and s3 when the configuration
+    /// selects it].
+    #[arg(long, value_delimiter = ',', value_parser = parse_blob_store)]
+    blob_store: Vec<BlobBackend>,
+    /// Configuration file (TOML); the environment applies over it, as for every role.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -157,37 +176,78 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn control(args: ControlArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=100_000).contains(&args.runs), "--runs must be between 1 and 100000");
     anyhow::ensure!((1..=1_000_000).contains(&args.blobs), "--blobs must be between 1 and 1000000");
+    let config = Config::load(args.config.as_deref(), |var| std::env::var(var).ok())?;
+    config.validate()?;
+    let mut stores = args.blob_store.clone();
+    if stores.is_empty() {
+        stores = vec![BlobBackend::Local, config.blobs.backend];
+    }
+    // The local store first: it is the baseline S3 is read against.
+    stores.sort_by_key(|s| *s != BlobBackend::Local);
+    stores.dedup();
     let (dir, scratch) = scratch_dir(args.dir)?;
-    let cfg = ControlBenchConfig { runs: args.runs, blobs_per_run: args.blobs };
-    eprintln!("{} runs x {} blobs under {} ...", cfg.runs, cfg.blobs_per_run, dir.display());
-    let result = matyan::bench::control::run(&dir, &cfg).await;
+    let mut reports = Vec::new();
+    for store in &stores {
+        let mut config = config.clone();
+        config.blobs.backend = *store;
+        let cfg = ControlBenchConfig { runs: args.runs, blobs_per_run: args.blobs, config };
+        let name = store_name(*store);
+        eprintln!("{name}: {} runs x {} blobs under {} ...", cfg.runs, cfg.blobs_per_run, dir.display());
+        let result = matyan::bench::control::run(&dir.join(name), &cfg).await;
+        match result {
+            Ok(report) => reports.push((name, report)),
+            Err(e) => {
+                if scratch {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                return Err(e).context(format!("benchmark on the {name} store failed"));
+            }
+        }
+    }
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let report = result.context("benchmark failed")?;
-    let rate = |secs: f64| report.objects as f64 / secs.max(1e-9);
-    println!("{:<36} {:>10} {:>8} {:>14}", "phase", "objects", "secs", "objects_per_s");
-    println!(
-        "{:<36} {:>10} {:>8.3} {:>14.0}",
-        "janitor alone (baseline)",
-        report.objects,
-        report.janitor_secs,
-        rate(report.janitor_secs)
-    );
-    println!(
-        "{:<36} {:>10} {:>8.3} {:>14.0}",
-        "REST DELETE to last object gone",
-        report.objects,
-        report.end_to_end_secs,
-        rate(report.end_to_end_secs)
-    );
-    let q = |p| {
-        matyan::bench::control::percentile(&report.per_run_secs, p)
-            .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
-    };
-    println!("per run, DELETE to last object gone (s): p50 {} p99 {} max {}", q(0.5), q(0.99), q(1.0));
-    println!("end to end / baseline: {:.1} %", report.janitor_secs / report.end_to_end_secs.max(1e-9) * 100.0);
+    print_control(&reports);
     Ok(())
+}
+
+fn store_name(store: BlobBackend) -> &'static str {
+    match store {
+        BlobBackend::Local => "local",
+        BlobBackend::S3 => "s3",
+    }
+}
+
+/// One row per store and phase; the local store's rate of the same phase is the baseline column.
+fn print_control(reports: &[(&str, matyan::bench::control::ControlReport)]) {
+    let rate = |objects: u64, secs: f64| objects as f64 / secs.max(1e-9);
+    let local = reports.iter().find(|(name, _)| *name == "local").map(|(_, r)| r);
+    println!(
+        "{:<6} {:<32} {:>10} {:>8} {:>14} {:>9}",
+        "store", "phase", "objects", "secs", "objects_per_s", "vs_local"
+    );
+    for (name, r) in reports {
+        let phases = [
+            ("janitor alone", r.janitor_secs, local.map(|l| rate(l.objects, l.janitor_secs))),
+            ("REST DELETE to last object gone", r.end_to_end_secs, local.map(|l| rate(l.objects, l.end_to_end_secs))),
+        ];
+        for (phase, secs, baseline) in phases {
+            let vs = baseline.map_or_else(|| "-".to_owned(), |b| format!("{:.1} %", rate(r.objects, secs) / b * 100.0));
+            println!("{name:<6} {phase:<32} {:>10} {secs:>8.3} {:>14.0} {vs:>9}", r.objects, rate(r.objects, secs));
+        }
+    }
+    for (name, r) in reports {
+        let q = |p| {
+            matyan::bench::control::percentile(&r.per_run_secs, p).map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"))
+        };
+        println!(
+            "{name}: per run, DELETE to last object gone (s): p50 {} p99 {} max {}; end to end / janitor alone: {:.1} %",
+            q(0.5),
+            q(0.99),
+            q(1.0),
+            r.janitor_secs / r.end_to_end_secs.max(1e-9) * 100.0
+        );
+    }
 }
 
 async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {

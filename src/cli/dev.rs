@@ -96,8 +96,7 @@ async fn write_run(
     system.link_experiment(tx, layout.indexes(), hash, Some(&exp)).await?;
     runs.runs.set_meta(tx, hash, "experiment_id", &Value::from(exp.as_str()))?;
     let tag = system.get_or_create_named(tx, EntityKind::Tag, "ui-check", &seed_uuid(1), created).await?;
-    system.link_tag(tx, layout.indexes(), hash, &tag).await?;
-    runs.runs.set_tag(tx, hash, &tag)?;
+    layout.link_tag(tx, hash, &tag).await?;
 
     let decay = 1.0 + f64::from(i) * 0.5;
     let traces: [(&str, serde_json::Value, Curve); 3] = [

@@ -26,7 +26,9 @@
 //!   transaction and context; no cache outlives a transaction (quirk 7).
 //! - `add_tag`/`remove_tag` are idempotent: `run_count` moves only when the link changes (quirk 8).
 //! - Tombstones win: a run with `("_deleted", R)` gets no data message applied; the messages are
-//!   counted, and the checkpoint still advances.
+//!   counted, and the checkpoint still advances. The tombstone is read in each transaction, never
+//!   cached, so a run restored or cleared by any process is ingested from the next flush on (the
+//!   reference caches deleted runs until its worker restarts, §2.2 step 5, quirk 13).
 //! - `delete_run` records its `run_deleted` control event in the outbox in the same transaction, so
 //!   it is never lost (quirk 11); a publisher sends and removes outbox entries later.
 //! - A message that fails deterministically (a value that cannot be encoded, unreadable stored
@@ -897,8 +899,7 @@ impl Scope<'_> {
     ) -> Result<(), Fail> {
         self.ensure_run().await?;
         let tag = self.named(EntityKind::Tag, &p.tag_name, entry, ids).await?;
-        self.layout.system.link_tag(self.tx, self.layout.indexes(), self.run, &tag).await?;
-        self.layout.runs.runs.set_tag(self.tx, self.run, &tag)?;
+        self.layout.link_tag(self.tx, self.run, &tag).await?;
         Ok(())
     }
 
@@ -907,8 +908,7 @@ impl Scope<'_> {
             tracing::warn!(run = %self.run, tag = %p.tag_name, "remove_tag of an unknown tag name ignored");
             return Ok(());
         };
-        self.layout.system.unlink_tag(self.tx, self.layout.indexes(), self.run, &tag).await?;
-        self.layout.runs.runs.clear_tag(self.tx, self.run, &tag);
+        self.layout.unlink_tag(self.tx, self.run, &tag).await?;
         Ok(())
     }
 }

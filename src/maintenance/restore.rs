@@ -207,7 +207,10 @@ async fn finish_run(
     for tag in tags {
         let fields = entities.get(&("tags", tag.clone())).cloned().unwrap_or_default();
         if ensure_entity(ctx, tx, EntityKind::Tag, &tag, &fields, &mut warnings).await? {
-            sys.link_tag(tx, idx, run, &tag).await?;
+            ctx.layout.link_tag(tx, run, &tag).await?;
+        } else {
+            // The archive's `(R,"tags",tag)`, written with the run's data, goes with the link.
+            ctx.layout.runs.runs.clear_tag(tx, run, &tag);
         }
     }
     idx.clear_tombstone(tx, run);

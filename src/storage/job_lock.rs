@@ -6,12 +6,21 @@
 //! can say who runs, and carries a token: only the holder renews or releases it, and every batch
 //! transaction of the job reads it ([`JobLock::fence`]), so a job whose lock was taken over after
 //! expiring fails its next batch instead of writing beside the new holder.
+//!
+//! The jobs the reference also runs as CronJobs (`cleanup_orphan_blobs`, `cleanup_tombstones`,
+//! `ingest-storage.md` §2.7) hold the reference's key too, so a Python CronJob on the same cluster
+//! and ours exclude each other: taking the lock is refused while that key holds an unexpired
+//! expiry, and otherwise writes it with our expiry in the same transaction; renewals move both
+//! expiries together, release clears both, and the fence also checks that the reference's key
+//! still holds our expiry (a Python job that took it over after it expired writes its own).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::storage::kv::{Database, KvError, RetryOptions, RetryableError, Transaction};
+use crate::storage::layout::dirs::SYSTEM_PATH;
 use crate::storage::layout::ours::Ours;
+use crate::storage::layout::system::System;
 use crate::storage::value::{self, Value};
 
 /// Why the lock could not be taken or kept.
@@ -79,6 +88,46 @@ impl LockInfo {
     }
 }
 
+/// The reference's name of a job it also runs under its own lock (§2.7), `None` for a job only we
+/// run.
+fn reference_job(job: &str) -> Option<&'static str> {
+    match job {
+        "cleanup-orphan-blobs" | "cleanup_orphan_blobs" => Some("cleanup_orphan_blobs"),
+        "cleanup-tombstones" | "cleanup_tombstones" => Some("cleanup_tombstones"),
+        _ => None,
+    }
+}
+
+/// What a refusal or a loss names as the holder of the reference's lock: it records none.
+fn reference_holder(job: &str) -> String {
+    format!("a reference job ({job}, no holder recorded)")
+}
+
+/// The reference's lock of one job: `⟨system⟩("job_lock", job)` = mp(expiry float).
+#[derive(Debug, Clone)]
+struct ReferenceLock {
+    job: &'static str,
+    key: Vec<u8>,
+}
+
+impl ReferenceLock {
+    /// The expiry stored, as the reference reads it: an int or a float; anything else (or
+    /// nothing) counts as no lock.
+    async fn expiry(&self, tx: &Transaction) -> Result<Option<f64>, KvError> {
+        Ok(match tx.get(&self.key, false).await?.map(|b| value::decode(&b)) {
+            Some(Ok(Value::Float(f))) => Some(f),
+            Some(Ok(Value::Int(i))) => Some(i as f64),
+            _ => None,
+        })
+    }
+
+    fn set(&self, tx: &Transaction, expires_at: f64) {
+        let mut buf = Vec::with_capacity(9);
+        value::encode_f64(expires_at, &mut buf);
+        tx.set(&self.key, &buf);
+    }
+}
+
 /// `pid N on HOST`: enough for an operator to find the process.
 pub fn this_process() -> String {
     let host = std::env::var("HOSTNAME")
@@ -93,6 +142,8 @@ pub fn this_process() -> String {
 pub struct JobLock {
     db: Database,
     key: Vec<u8>,
+    /// The reference's key of the same job, held alongside ours (see the module docs).
+    reference: Option<ReferenceLock>,
     info: std::sync::Mutex<LockInfo>,
     ttl: Duration,
     retry: RetryOptions,
@@ -105,7 +156,9 @@ impl std::fmt::Debug for JobLock {
 }
 
 impl JobLock {
-    /// Takes the lock for `job` unless another holder's lock is unexpired at `now`.
+    /// Takes the lock for `job` unless another holder's lock is unexpired at `now`; for a job the
+    /// reference also runs, unless the reference's lock of that job is unexpired too, and that one
+    /// is then written with our expiry in the same transaction.
     pub async fn acquire(
         db: &Database,
         ours: &[u8],
@@ -116,6 +169,13 @@ impl JobLock {
         retry: &RetryOptions,
     ) -> Result<Self, JobLockError> {
         let key = Ours::new(ours).job_lock();
+        let reference = match reference_job(job) {
+            Some(name) => {
+                let system = System::new(&db.open_directory(SYSTEM_PATH).await?);
+                Some(ReferenceLock { job: name, key: system.job_lock_key(name) })
+            }
+            None => None,
+        };
         let info = LockInfo {
             job: job.to_owned(),
             holder: holder.to_owned(),
@@ -123,7 +183,7 @@ impl JobLock {
             expires_at: now + ttl.as_secs_f64(),
         };
         db.run(retry, |tx| {
-            let (key, info) = (&key, &info);
+            let (key, info, reference) = (&key, &info, &reference);
             async move {
                 if let Some(current) = tx.get(key, false).await?.as_deref().and_then(LockInfo::decode)
                     && current.expires_at > now
@@ -135,12 +195,26 @@ impl JobLock {
                         expires_in: current.expires_at - now,
                     });
                 }
+                if let Some(reference) = reference {
+                    // Our own expiry is ours: this body may run again after an unknown commit.
+                    if let Some(expiry) = reference.expiry(&tx).await?
+                        && expiry > now
+                        && expiry != info.expires_at
+                    {
+                        return Err(JobLockError::Held {
+                            job: reference.job.to_owned(),
+                            holder: reference_holder(reference.job),
+                            expires_in: expiry - now,
+                        });
+                    }
+                    reference.set(&tx, info.expires_at);
+                }
                 tx.set(key, &info.encode());
                 Ok(())
             }
         })
         .await?;
-        Ok(Self { db: db.clone(), key, info: std::sync::Mutex::new(info), ttl, retry: *retry })
+        Ok(Self { db: db.clone(), key, reference, info: std::sync::Mutex::new(info), ttl, retry: *retry })
     }
 
     fn token(&self) -> String {
@@ -153,14 +227,24 @@ impl JobLock {
     }
 
     /// Checks in `tx` that the lock is still ours: every batch of a job calls it, so a batch
-    /// commits only while its job holds the lock (a takeover conflicts with it).
+    /// commits only while its job holds the lock (a takeover conflicts with it). With the
+    /// reference's key held too, that key must still hold the expiry our key holds: both are
+    /// written in one transaction, so anything else means another process wrote or cleared it.
     pub async fn fence(&self, tx: &Transaction) -> Result<(), JobLockError> {
         let token = self.token();
-        match tx.get(&self.key, false).await?.as_deref().map(LockInfo::decode) {
-            Some(Some(current)) if current.token == token => Ok(()),
-            Some(Some(current)) => Err(JobLockError::Lost { holder: current.holder }),
-            _ => Err(JobLockError::Lost { holder: "nobody".to_owned() }),
+        let ours = match tx.get(&self.key, false).await?.as_deref().map(LockInfo::decode) {
+            Some(Some(current)) if current.token == token => current,
+            Some(Some(current)) => return Err(JobLockError::Lost { holder: current.holder }),
+            _ => return Err(JobLockError::Lost { holder: "nobody".to_owned() }),
+        };
+        if let Some(reference) = &self.reference {
+            match reference.expiry(tx).await? {
+                Some(expiry) if expiry == ours.expires_at => {}
+                Some(_) => return Err(JobLockError::Lost { holder: reference_holder(reference.job) }),
+                None => return Err(JobLockError::Lost { holder: "nobody".to_owned() }),
+            }
         }
+        Ok(())
     }
 
     /// Pushes the expiry to `now + ttl`; fails with [`JobLockError::Lost`] if the lock is no
@@ -174,6 +258,9 @@ impl JobLock {
                 async move {
                     self.fence(&tx).await?;
                     tx.set(&self.key, &info.encode());
+                    if let Some(reference) = &self.reference {
+                        reference.set(&tx, info.expires_at);
+                    }
                     Ok::<_, JobLockError>(())
                 }
             })
@@ -184,12 +271,18 @@ impl JobLock {
         Ok(())
     }
 
-    /// Removes the lock if it is still ours (a lock taken over is left to its new holder).
+    /// Removes the lock (and the reference's key it holds) if it is still ours (a lock taken over
+    /// is left to its new holder).
     pub async fn release(&self) -> Result<(), JobLockError> {
         self.db
             .run(&self.retry, |tx| async move {
                 match self.fence(&tx).await {
-                    Ok(()) => tx.clear(&self.key),
+                    Ok(()) => {
+                        tx.clear(&self.key);
+                        if let Some(reference) = &self.reference {
+                            tx.clear(&reference.key);
+                        }
+                    }
                     Err(JobLockError::Lost { .. }) => {}
                     Err(e) => return Err(e),
                 }
@@ -230,6 +323,7 @@ impl Drop for KeepAlive {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::tuple::Elem;
 
     const TTL: Duration = Duration::from_secs(60);
 
@@ -279,6 +373,93 @@ mod tests {
         .await
         .unwrap();
         take(&db, "reindex", 1000.0).await.expect("garbage is no lock");
+    }
+
+    /// The reference's key of `job`, packed as its `jobs/lock.py` packs it under ⟨system⟩.
+    async fn reference_key(db: &Database, job: &str) -> Vec<u8> {
+        let system = db.open_directory(SYSTEM_PATH).await.unwrap();
+        crate::storage::tuple::pack_with_prefix(&system, &[Elem::from("job_lock"), Elem::from(job)])
+    }
+
+    /// msgpack float64, as Python's msgpack packs `time.time() + ttl`.
+    fn mp_float(f: f64) -> Vec<u8> {
+        [&[0xcb][..], &f.to_be_bytes()].concat()
+    }
+
+    async fn write_raw(db: &Database, key: &[u8], value: &[u8]) {
+        db.run(&RetryOptions::default(), |tx| async move {
+            tx.set(key, value);
+            Ok::<_, KvError>(())
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn read_raw(db: &Database, key: &[u8]) -> Option<Vec<u8>> {
+        db.create_trx().unwrap().get(key, false).await.unwrap()
+    }
+
+    /// The reference's `try_acquire(job, ttl)`, one transaction.
+    async fn python_try_acquire(db: &Database, job: &str, now: f64, ttl: f64) -> bool {
+        let system = System::new(&db.open_directory(SYSTEM_PATH).await.unwrap());
+        let system = &system;
+        db.run(&RetryOptions::default(), |tx| async move { system.try_acquire_job_lock(&tx, job, now, ttl).await })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_reference_cronjobs_unexpired_lock_refuses_our_job_of_the_same_name_and_only_that_one() {
+        let db = Database::memory();
+        let key = reference_key(&db, "cleanup_tombstones").await;
+        write_raw(&db, &key, &mp_float(1600.0)).await;
+        let err = take(&db, "cleanup-tombstones", 1000.0).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("cleanup_tombstones") && text.contains("reference"), "{text}");
+        assert!(matches!(err, JobLockError::Held { expires_in, .. } if (expires_in - 600.0).abs() < 1e-6));
+        let other = take(&db, "reindex", 1000.0).await.expect("a job the reference does not run ignores its lock");
+        other.release().await.unwrap();
+        assert_eq!(read_raw(&db, &key).await, Some(mp_float(1600.0)), "left as the reference wrote it");
+
+        // An int expiry is a lock too; an expired one is taken over and holds our expiry.
+        write_raw(&db, &key, &[0xcd, 0x07, 0xd0]).await; // mp(2000)
+        assert!(matches!(take(&db, "cleanup-tombstones", 1500.0).await, Err(JobLockError::Held { .. })));
+        let lock = take(&db, "cleanup-tombstones", 2001.0).await.expect("an expired reference lock is free");
+        assert_eq!(read_raw(&db, &key).await, Some(mp_float(2061.0)));
+        lock.release().await.unwrap();
+        assert_eq!(read_raw(&db, &key).await, None);
+    }
+
+    #[tokio::test]
+    async fn our_job_writes_the_reference_key_so_a_reference_cronjob_is_refused_until_we_release_it() {
+        let db = Database::memory();
+        let key = reference_key(&db, "cleanup_orphan_blobs").await;
+        let lock = take(&db, "cleanup-orphan-blobs", 1000.0).await.unwrap();
+        assert_eq!(read_raw(&db, &key).await, Some(mp_float(1060.0)), "mp(expiry float) at the reference's key");
+        assert!(!python_try_acquire(&db, "cleanup_orphan_blobs", 1030.0, 600.0).await, "the CronJob sees our lock");
+        lock.renew(1050.0).await.unwrap();
+        assert_eq!(read_raw(&db, &key).await, Some(mp_float(1110.0)), "renewed with ours");
+        assert!(!python_try_acquire(&db, "cleanup_orphan_blobs", 1100.0, 600.0).await);
+        lock.fence(&db.create_trx().unwrap()).await.expect("still ours");
+        lock.release().await.unwrap();
+        assert_eq!(read_raw(&db, &key).await, None, "released with ours");
+        assert!(python_try_acquire(&db, "cleanup_orphan_blobs", 1100.0, 600.0).await, "free for the CronJob");
+    }
+
+    #[tokio::test]
+    async fn a_reference_cronjob_taking_over_our_expired_lock_fences_our_next_batch_out() {
+        let db = Database::memory();
+        let key = reference_key(&db, "cleanup_tombstones").await;
+        let lock = take(&db, "cleanup-tombstones", 1000.0).await.unwrap();
+        assert!(python_try_acquire(&db, "cleanup_tombstones", 1070.0, 600.0).await, "ours expired at 1060");
+        let lost = lock.fence(&db.create_trx().unwrap()).await;
+        assert!(
+            matches!(&lost, Err(JobLockError::Lost { holder }) if holder.contains("cleanup_tombstones")),
+            "{lost:?}"
+        );
+        assert!(matches!(lock.renew(1071.0).await, Err(JobLockError::Lost { .. })));
+        lock.release().await.unwrap();
+        assert_eq!(read_raw(&db, &key).await, Some(mp_float(1670.0)), "the CronJob's lock stays");
     }
 
     #[tokio::test]

@@ -10,6 +10,14 @@
 //! [`REST_PARTITION`](crate::storage::layout::ours::REST_PARTITION), no source record caused it; offset the
 //! event's time in microseconds, bumped past any key already taken).
 //!
+//! Stale state the reference leaves and this module does not (each named in a test of
+//! `tests/api_stale_state.rs`):
+//! - deleting an experiment removes its runs' `run_experiment` links, `meta.experiment_id` and
+//!   `("experiment", name, R)` index entries (§10 quirk 18); deleting a tag also removes its runs'
+//!   `(R,"tags",tag)` keys;
+//! - renaming a tag moves its runs' `("tag", name, R)` index entries to the new name (quirk 16);
+//! - renaming onto a name another experiment or tag holds is a 400, as creating it is.
+//!
 //! Reference behaviours kept on purpose (§10): `POST experiments`/`POST tags` answer 200 and a
 //! duplicate name 400; `PUT experiments/{id}` without `description` resets it to `""` (quirk 13);
 //! dashboard deletion is soft (quirk 14); `DELETE tags/{id}` answers 200 `null` (quirk 15);
@@ -272,6 +280,7 @@ pub async fn experiments_update(
             if let Some(name) = &name
                 && fstr(&current, "name").as_deref() != Some(name.as_str())
             {
+                refuse_taken(&state, &tx, EntityKind::Experiment, name, &id).await?;
                 system.rename(&tx, state.layout.indexes(), EntityKind::Experiment, &id, name, ts).await?;
             }
             let mut fields: Vec<(&str, Value)> =
@@ -285,6 +294,25 @@ pub async fn experiments_update(
     })
     .await?;
     Ok(ok_id(&id))
+}
+
+/// A rename of `id` to `name` held by another experiment or tag is a 400, with the message of a
+/// create: the reference renames anyway, and the other entity's by-name key then points at the
+/// renamed one while both names' index entries merge.
+async fn refuse_taken(
+    state: &AppState,
+    tx: &Transaction,
+    kind: EntityKind,
+    name: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    match state.layout.system.uuid_by_name(tx, kind, name).await? {
+        Some(other) if other != id => {
+            let what = if kind == EntityKind::Tag { "Tag" } else { "Experiment" };
+            Err(ApiError::BadRequest(format!("{what} with name '{name}' already exists")))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// `DELETE experiments/{id}/`: deletes the entity and records `experiment_deleted`.
@@ -307,7 +335,7 @@ async fn delete_named(state: &AppState, kind: EntityKind, id: &str) -> Result<()
             if system.get(&tx, kind, &id).await?.is_none() {
                 return Err(ApiError::NotFound);
             }
-            system.delete(&tx, state.layout.indexes(), kind, &id).await?;
+            state.layout.delete_entity(&tx, kind, &id).await?;
             record_event(&state, &tx, event, payload_key, &id, ts).await
         }
     })
@@ -511,7 +539,10 @@ async fn note_delete(state: &AppState, owner: Owner<'_>, note_id: &str) -> Resul
     note_of(state, owner, note_id).await?;
     write(state, |tx| {
         let state = state.clone();
-        async move { Ok(state.layout.system.delete(&tx, state.layout.indexes(), EntityKind::Note, note_id).await?) }
+        async move {
+            state.layout.system.delete(&tx, state.layout.indexes(), EntityKind::Note, note_id).await?;
+            Ok(())
+        }
     })
     .await?;
     Ok(Json(json!({"status": "OK"})).into_response())
@@ -670,6 +701,7 @@ pub async fn tags_update(
             if let Some(name) = &name
                 && fstr(&current, "name").as_deref() != Some(name.as_str())
             {
+                refuse_taken(&state, &tx, EntityKind::Tag, name, &id).await?;
                 system.rename(&tx, state.layout.indexes(), EntityKind::Tag, &id, name, ts).await?;
             }
             let mut fields: Vec<(&str, Value)> = vec![("updated_at", Value::Float(ts))];
@@ -818,7 +850,8 @@ async fn hard_delete(state: &AppState, kind: EntityKind, id: &str) -> Result<Res
             if state.layout.system.get(&tx, kind, id).await?.is_none() {
                 return Err(ApiError::NotFound);
             }
-            Ok(state.layout.system.delete(&tx, state.layout.indexes(), kind, id).await?)
+            state.layout.system.delete(&tx, state.layout.indexes(), kind, id).await?;
+            Ok(())
         }
     })
     .await?;

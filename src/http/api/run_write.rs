@@ -10,6 +10,9 @@
 //!   leaves behind; the visible result is the same.
 //! - Adding a tag twice links once and removing a tag that is not linked changes nothing, so
 //!   `run_count` stays exact (§10 item 16).
+//! - Tag links go through [`Layout::link_tag`] / [`Layout::unlink_tag`], as ingestion's do, so
+//!   they also write and remove the run directory's `(R,"tags",tag)`, which the reference's REST
+//!   leaves alone (quirk 9 of `ingest-storage.md` §6).
 //! - An empty `tag_name` (after trimming) is a 422 rather than a tag named `""`.
 
 use axum::Json;
@@ -282,7 +285,7 @@ pub async fn add_tag(
                 return Ok::<_, LayoutError>(None);
             }
             let tag = layout.system.get_or_create_named(&tx, EntityKind::Tag, name, new_uuid, now).await?;
-            layout.system.link_tag(&tx, layout.indexes(), run, &tag).await?;
+            layout.link_tag(&tx, run, &tag).await?;
             Ok(Some(tag))
         })
         .await?
@@ -304,7 +307,7 @@ pub async fn remove_tag(
             if !layout.runs.runs.exists(&tx, run, false).await? {
                 return Ok::<_, LayoutError>(false);
             }
-            layout.system.unlink_tag(&tx, layout.indexes(), run, tag).await?;
+            layout.unlink_tag(&tx, run, tag).await?;
             Ok(true)
         })
         .await?;

@@ -17,6 +17,7 @@ pub mod sequences;
 pub mod system;
 
 use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
+use crate::storage::value::Value;
 
 pub use dirs::Dirs;
 pub use indexes::Indexes;
@@ -119,6 +120,47 @@ impl Layout {
     /// ⟨indexes⟩.
     pub fn indexes(&self) -> &Indexes {
         &self.runs.indexes
+    }
+
+    /// Links a run to a tag on every side: `run_tags`, `tag_runs`, `run_count` and the
+    /// `("tag", name, R)` index entry ([`System::link_tag`]), and the run directory's
+    /// `(R,"tags",tag)`. REST and ingestion both link through here, so a tag attached either way
+    /// leaves the same keys; the reference's REST writes only the system side (quirk 9 of §6).
+    /// Returns whether the link is new.
+    pub async fn link_tag(&self, tx: &Transaction, run: &str, tag: &str) -> Result<bool, LayoutError> {
+        let linked = self.system.link_tag(tx, self.indexes(), run, tag).await?;
+        self.runs.runs.set_tag(tx, run, tag)?;
+        Ok(linked)
+    }
+
+    /// Unlinks a run from a tag on every side [`Layout::link_tag`] writes; returns whether it was
+    /// linked.
+    pub async fn unlink_tag(&self, tx: &Transaction, run: &str, tag: &str) -> Result<bool, LayoutError> {
+        let unlinked = self.system.unlink_tag(tx, self.indexes(), run, tag).await?;
+        self.runs.runs.clear_tag(tx, run, tag);
+        Ok(unlinked)
+    }
+
+    /// Deletes an entity with its links and index entries ([`System::delete`]) and, for the runs
+    /// it was linked to, the run directory's side: a tag's `(R,"tags",tag)` keys, and
+    /// `meta.experiment_id` of an experiment's runs (cleared, so nothing names the deleted
+    /// experiment; a run shows no experiment either way). The reference leaves both behind.
+    pub async fn delete_entity(&self, tx: &Transaction, kind: EntityKind, uuid: &str) -> Result<(), LayoutError> {
+        let runs = self.system.delete(tx, self.indexes(), kind, uuid).await?;
+        for run in &runs {
+            match kind {
+                EntityKind::Tag => self.runs.runs.clear_tag(tx, run, uuid),
+                EntityKind::Experiment => {
+                    // Only a meta that names this experiment: a run without meta gets none.
+                    let field = self.runs.runs.meta_field(tx, run, "experiment_id").await?;
+                    if matches!(&field, Some(Value::Str(u)) if u == uuid) {
+                        self.runs.runs.set_meta(tx, run, "experiment_id", &Value::Nil)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// `delete_run` in one transaction: de-index, remove associations, clear `(R,)`, tombstone.

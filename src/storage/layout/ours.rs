@@ -54,6 +54,7 @@ pub const QUEUE: &str = "queue";
 pub const CONSUMER: &str = "consumer";
 /// Tag of the storage job lock. The reference's lock is per job name in ⟨system⟩ and holds only an
 /// expiry; ours is one key for every job (and `migrate`), so two jobs never rewrite the store at once.
+/// The jobs the reference also runs hold its key too ([`crate::storage::job_lock`]).
 pub const JOB_LOCK: &str = "job_lock";
 /// Tag of the maintenance jobs' saved progress (the reference's jobs do not resume).
 pub const JOB_PROGRESS: &str = "job_progress";

@@ -225,8 +225,11 @@ impl System {
         Ok(new_uuid.to_string())
     }
 
-    /// Renames an experiment or tag: moves the by-name key; experiments also move their index
-    /// entries (tags keep old names in the index, as the reference does).
+    /// Renames an experiment or tag: moves the by-name key and the index entries of its runs to
+    /// the new name. The reference leaves a tag's entries under the old name (§10 quirk 16), so
+    /// `"new" in run.tags` misses the runs tagged before through the index. The entries move run
+    /// by run from the links (`experiment_runs`, `tag_runs`), not from the index under the old
+    /// name, so a stale entry another entity of that name left behind is not carried along.
     pub async fn rename(
         &self,
         tx: &Transaction,
@@ -241,14 +244,11 @@ impl System {
         let old = self.entity_name(tx, kind, uuid).await?;
         if let Some(old) = &old {
             tx.clear(&self.key(&[Elem::from(by_name), Elem::from(old.as_str())]));
-            if kind == EntityKind::Experiment && old != new_name {
-                for run in indexes.runs_under(tx, &[Elem::from("experiment"), Elem::from(old.as_str())], false).await? {
-                    indexes.remove(
-                        tx,
-                        &run,
-                        &[Elem::from("experiment"), Elem::from(old.as_str()), Elem::from(run.as_str())],
-                    );
-                    indexes.add(tx, &run, &[Elem::from("experiment"), Elem::from(new_name), Elem::from(run.as_str())]);
+            let runs = if old == new_name { Vec::new() } else { self.runs_of(tx, kind, uuid).await? };
+            if let Some(index) = kind.index_name() {
+                for run in runs {
+                    indexes.remove(tx, &run, &[Elem::from(index), Elem::from(old.as_str()), Elem::from(run.as_str())]);
+                    indexes.add(tx, &run, &[Elem::from(index), Elem::from(new_name), Elem::from(run.as_str())]);
                 }
             }
         }
@@ -396,40 +396,50 @@ impl System {
         Ok(())
     }
 
-    /// Deletes an entity. Experiments and tags also lose their by-name key and links as in the
-    /// reference (§2.3, §2.4); tags also lose their index entries.
+    /// Deletes an entity (the system side) and returns the runs it was linked to. Experiments and
+    /// tags lose their by-name key, their links on both sides (`experiment_runs` and each run's
+    /// `run_experiment`; `tag_runs` and `run_tags`) and every index entry under their name. The
+    /// reference leaves an experiment's `run_experiment` keys and `("experiment", name, R)` entries
+    /// behind (§10 quirk 18), so a later experiment of the same name finds the old runs; the run
+    /// directory's side is [`Layout::delete_entity`](super::Layout::delete_entity)'s.
     pub async fn delete(
         &self,
         tx: &Transaction,
         indexes: &Indexes,
         kind: EntityKind,
         uuid: &str,
-    ) -> Result<(), LayoutError> {
+    ) -> Result<Vec<String>, LayoutError> {
         let name = self.entity_name(tx, kind, uuid).await?;
         if let (Some(by_name), Some(name)) = (kind.by_name(), &name) {
             tx.clear(&self.key(&[Elem::from(by_name), Elem::from(name.as_str())]));
         }
+        let runs = self.runs_of(tx, kind, uuid).await?;
         match kind {
-            EntityKind::Experiment => self.clear_under(tx, &[Elem::from("experiment_runs"), Elem::from(uuid)]),
+            EntityKind::Experiment => {
+                for run in &runs {
+                    let link = [Elem::from("run_experiment"), Elem::from(run.as_str())];
+                    // A run relinked elsewhere keeps its link; only ours goes.
+                    if matches!(self.get_value(tx, &link).await?, Some(Value::Str(u)) if u == uuid) {
+                        tx.clear(&self.key(&link));
+                    }
+                }
+                self.clear_under(tx, &[Elem::from("experiment_runs"), Elem::from(uuid)]);
+            }
             EntityKind::Tag => {
-                for run in self.runs_of(tx, kind, uuid).await? {
+                for run in &runs {
                     tx.clear(&self.key(&[Elem::from("run_tags"), Elem::from(run.as_str()), Elem::from(uuid)]));
                 }
                 self.clear_under(tx, &[Elem::from("tag_runs"), Elem::from(uuid)]);
-                if let (Some(index), Some(name)) = (kind.index_name(), &name) {
-                    for run in indexes.runs_under(tx, &[Elem::from(index), Elem::from(name.as_str())], false).await? {
-                        indexes.remove(
-                            tx,
-                            &run,
-                            &[Elem::from(index), Elem::from(name.as_str()), Elem::from(run.as_str())],
-                        );
-                    }
-                }
             }
             _ => {}
         }
+        if let (Some(index), Some(name)) = (kind.index_name(), &name) {
+            for run in indexes.runs_under(tx, &[Elem::from(index), Elem::from(name.as_str())], false).await? {
+                indexes.remove(tx, &run, &[Elem::from(index), Elem::from(name.as_str()), Elem::from(run.as_str())]);
+            }
+        }
         self.clear_under(tx, &[Elem::from(kind.key_name()), Elem::from(uuid)]);
-        Ok(())
+        Ok(runs)
     }
 
     /// `("project", key, "__leaf__")`.
@@ -455,6 +465,11 @@ impl System {
         self.set_value(tx, &[Elem::from("pinned_sequences"), Elem::from(LEAF)], list)
     }
 
+    /// `("job_lock", job)`: the reference's lock of one job, holding mp(expiry float).
+    pub fn job_lock_key(&self, job: &str) -> Vec<u8> {
+        self.key(&[Elem::from("job_lock"), Elem::from(job)])
+    }
+
     /// Takes the job lock unless an unexpired one is held (an undecodable value counts as expired).
     pub async fn try_acquire_job_lock(
         &self,
@@ -463,7 +478,7 @@ impl System {
         now: f64,
         ttl: f64,
     ) -> Result<bool, LayoutError> {
-        let key = self.key(&[Elem::from("job_lock"), Elem::from(job)]);
+        let key = self.job_lock_key(job);
         if let Some(bytes) = tx.get(&key, false).await? {
             let expiry = match value::decode(&bytes) {
                 Ok(Value::Float(f)) => Some(f),
@@ -480,6 +495,6 @@ impl System {
 
     /// Releases the job lock (idempotent).
     pub fn release_job_lock(&self, tx: &Transaction, job: &str) {
-        tx.clear(&self.key(&[Elem::from("job_lock"), Elem::from(job)]));
+        tx.clear(&self.job_lock_key(job));
     }
 }
