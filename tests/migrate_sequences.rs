@@ -444,7 +444,7 @@ async fn a_migration_stopped_and_killed_midway_resumes_and_kv_dump_reads_back_ev
 
     // A kill -9 mid-batch; its lock expires after a second.
     let mut killed = Command::new(env!("CARGO_BIN_EXE_matyan"))
-        .args(&migrate)
+        .args(migrate)
         .args(["--lock-ttl-seconds", "1", "--data-dir"])
         .arg(dir.path())
         .stdout(std::process::Stdio::null())
