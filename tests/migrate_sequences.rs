@@ -513,3 +513,43 @@ fn migrate_sequences_help_names_both_layouts_and_the_exit_statuses() {
     let bad = Command::new(env!("CARGO_BIN_EXE_matyan")).args(["migrate", "sequences", "--to", "columnar"]).output();
     assert_eq!(bad.unwrap().status.code(), Some(2));
 }
+
+#[tokio::test]
+async fn a_migration_runs_inside_the_live_serve_that_holds_the_store_and_its_api_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = fjall(dir.path());
+        reference_store(&db, false).await;
+    }
+    let before = dumped_series(dir.path());
+    let mut server = common::server::start(dir.path(), &[]);
+    let addr = common::server::wait_for_addr(&mut server, dir.path());
+    let logs = format!("/api/v1/rest/runs/{RUN_B}/logs/");
+    let body = get_bytes(addr, &logs);
+    assert!(contains(&body, b"200 OK") && contains(&body, b"line 299"), "{}", String::from_utf8_lossy(&body));
+
+    let out = matyan(dir.path(), &["migrate", "sequences", "--to", "chunked"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("the job runs there"), "{stderr}");
+    assert!(ok(&out).contains("migrated the sequences from key_per_step to chunked: 4 series"));
+    let after = get_bytes(addr, &logs);
+    assert!(contains(&after, b"200 OK") && contains(&after, b"line 299"), "the server reads the chunked layout");
+    assert!(common::server::terminate(server).success());
+    assert_eq!(dumped_series(dir.path()), before);
+    assert!(!dump(dir.path(), "runs").iter().any(|l| l["key"][1] == "seqs"));
+}
+
+/// One HTTP/1.1 GET, the whole response as bytes (the log stream is not text).
+fn get_bytes(addr: std::net::SocketAddr, path: &str) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    response
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
