@@ -7,7 +7,9 @@
 //!    source, the same steps from the target (a step a writer put there since wins), writes the
 //!    merge to the target and clears those steps from the source, within `[maintenance]`'s budgets,
 //!    so a long series takes several transactions and reads correctly while half moved;
-//! 3. one transaction records `to` (for key-per-step: removes the key, so the store is again the
+//! 3. a sweep from the start finds nothing left (or moves what a process of an older build, which
+//!    does not follow the key, wrote meanwhile, and sweeps again);
+//! 4. one transaction records `to` (for key-per-step: removes the key, so the store is again the
 //!    reference's, byte for byte) and clears the saved progress.
 //!
 //! The source is found by skipping from run to run and series to series (a few point-sized range
@@ -32,6 +34,11 @@ const PHASE_START: u32 = 0;
 const PHASE_MOVE: u32 = 1;
 /// Every series moved; the version key is set next.
 const PHASE_FINISH: u32 = 2;
+/// A last pass over the store, which finds nothing unless a process that does not read the version
+/// key (an older build) wrote to the source during the migration: the end waits for a clean pass.
+const PHASE_SWEEP: u32 = 3;
+/// The sweep found (and moved) such series: another pass follows.
+const PHASE_SWEEP_FOUND: u32 = 4;
 
 const ALL: Columns = Columns { epoch: true, time: true };
 
@@ -114,7 +121,8 @@ pub async fn run(ctx: &Ctx<'_>, to: SequenceLayoutKind, dry_run: bool) -> Result
         p = next;
     }
     let mut points = 0u64;
-    while p.phase == PHASE_MOVE {
+    while matches!(p.phase, PHASE_MOVE | PHASE_SWEEP | PHASE_SWEEP_FOUND) {
+        let before = p.phase;
         let (next, moved) = ctx
             .txn(|tx| {
                 let p = p.clone();
@@ -123,7 +131,14 @@ pub async fn run(ctx: &Ctx<'_>, to: SequenceLayoutKind, dry_run: bool) -> Result
             .await?;
         p = next;
         points += moved;
-        if p.phase != PHASE_MOVE {
+        if before != PHASE_SWEEP_FOUND && p.phase == PHASE_SWEEP_FOUND {
+            ctx.line(format!(
+                "series were written in {} during the migration: a process of an older build that does not \
+                 follow the version key is writing; moving them, then sweeping again",
+                from.as_str()
+            ));
+        }
+        if p.phase == PHASE_FINISH {
             break;
         }
         if let Some(stop) = ctx.batch_committed(JOB, p.done) {
@@ -169,10 +184,16 @@ async fn move_batch(
         }
         let begin = if next.cursor.is_empty() { ctx.layout.dirs.runs.clone() } else { next.cursor.clone() };
         let Some(series) = next_series(ctx, tx, from, &begin).await? else {
-            next.phase = PHASE_FINISH;
+            next.phase = match next.phase {
+                PHASE_MOVE | PHASE_SWEEP_FOUND => PHASE_SWEEP,
+                _ => PHASE_FINISH,
+            };
             next.cursor.clear();
             break;
         };
+        if next.phase == PHASE_SWEEP {
+            next.phase = PHASE_SWEEP_FOUND;
+        }
         let used = tx.approximate_size().await?;
         let budget = ctx.settings.max_txn_bytes.saturating_sub(used);
         let max_points = (budget / point_bytes(ctx, to, &series)).clamp(1, MAX_PORTION_POINTS);
