@@ -111,7 +111,8 @@ impl Layout {
         Ok(Self::with_state(dirs, state))
     }
 
-    /// The layout on known directory prefixes, key-per-step (the reference's).
+    /// The layout on known directory prefixes, opened as key-per-step (the reference's); its
+    /// sequence operations follow the store's version key.
     pub fn new(dirs: Dirs) -> Self {
         Self::with_sequences(dirs, SequenceLayoutKind::KeyPerStep)
     }
