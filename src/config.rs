@@ -496,7 +496,7 @@ impl std::fmt::Debug for UiConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceConfig {
-    /// Runs, tombstones or entities one batch transaction handles at most.
+    /// Runs, tombstones, entities or series one batch transaction handles at most.
     pub batch_size: u32,
     /// Bytes one batch transaction writes at most (a batch ends early past them).
     pub max_txn_bytes: u64,

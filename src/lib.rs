@@ -22,8 +22,8 @@
 //! - [`gateway`]: the SDK gateway (`WS /api/v1/ws/runs/{run_id}`, artifact presign and upload),
 //!   publishing durably to the embedded queue or Kafka;
 //! - [`query`]: MatyanQL: parser, pipeline, evaluator with Python semantics, index planner;
-//! - [`maintenance`]: the maintenance jobs (reindex, finish-stale, cleanups, backup and restore),
-//!   resumable batches under the storage job lock;
+//! - [`maintenance`]: the maintenance jobs (reindex, finish-stale, cleanups, backup and restore,
+//!   sequence migration), resumable batches under the storage job lock;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`bench`]: benchmarks that print figures.
 //!

@@ -12,8 +12,8 @@ use matyan::bench::storage::{StorageBenchConfig, run_all};
 use matyan::config::{BlobBackend, Config};
 use matyan::storage::layout::SequenceLayoutKind;
 
-/// Parses a `--layout` value.
-fn parse_layout(s: &str) -> Result<SequenceLayoutKind, String> {
+/// Parses a `--layout` value (and `migrate sequences --to`).
+pub(super) fn parse_layout(s: &str) -> Result<SequenceLayoutKind, String> {
     match s {
         "key_per_step" => Ok(SequenceLayoutKind::KeyPerStep),
         "chunked" => Ok(SequenceLayoutKind::Chunked),

@@ -1,5 +1,6 @@
 //! The maintenance commands: `matyan reindex`, `finish-stale`, `cleanup-tombstones`,
-//! `cleanup-orphan-blobs`, `backup` and `restore` (jobs in `matyan::maintenance`).
+//! `cleanup-orphan-blobs`, `backup`, `restore` and `migrate sequences` (jobs in
+//! `matyan::maintenance`).
 //!
 //! Each opens the store itself; when a running `matyan serve` holds the embedded store's lock, it
 //! runs the job in that server through the loopback admin route `POST /admin/maintenance/` (found
@@ -14,14 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
-use clap::Args;
+use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use matyan::app::{AppError, open_database};
 use matyan::blobs::Blobs;
 use matyan::config::Backend;
 use matyan::maintenance::{self, EXIT_FAILED, Event, Job, JobRequest, Reporter, Settings};
 use matyan::storage::kv::KvError;
-use matyan::storage::layout::Layout;
+use matyan::storage::layout::{Layout, SequenceLayoutKind};
 
 use super::ConfigArgs;
 use super::common::ADDR_FILE;
@@ -143,6 +144,36 @@ pub struct RestoreArgs {
     flags: JobFlags,
 }
 
+/// `matyan migrate ...`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    command: MigrateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum MigrateCommand {
+    /// Move every series (run, context, name) to another sequence layout, online: while it runs,
+    /// every reader sees both layouts merged and new points go to the new one; resumable, locked
+    /// (docs/adr/0009-sequence-migration.md).
+    Sequences(MigrateSequencesArgs),
+}
+
+/// `matyan migrate sequences`.
+#[derive(Debug, Args)]
+#[command(after_help = EXIT_CODES_HELP)]
+pub struct MigrateSequencesArgs {
+    /// The layout to move every series to: chunked, or key_per_step (the reference's: at the end
+    /// the store is byte for byte what the Python backend writes).
+    #[arg(long, value_name = "LAYOUT", value_parser = super::bench::parse_layout)]
+    to: SequenceLayoutKind,
+    /// Count the series and points that would move; write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    flags: JobFlags,
+}
+
 /// Absolute, so that a server reading or writing the file on our behalf finds the same one.
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(if path.is_absolute() { path.to_path_buf() } else { std::env::current_dir()?.join(path) })
@@ -181,6 +212,14 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
     let archive = absolute(&args.archive)?;
     run(&args.flags, |_| Ok(Job::Restore { archive: archive.clone(), replace: args.replace, dry_run: args.dry_run }))
         .await
+}
+
+pub async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    match args.command {
+        MigrateCommand::Sequences(args) => {
+            run(&args.flags, |_| Ok(Job::MigrateSequences { to: args.to, dry_run: args.dry_run })).await
+        }
+    }
 }
 
 /// Builds the job from the configuration, runs it here or in the server holding the store, and

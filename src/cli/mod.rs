@@ -67,6 +67,9 @@ pub enum Commands {
     Backup(maintenance::BackupArgs),
     /// Restore the runs of a backup archive and clear their tombstones (resumable, locked).
     Restore(maintenance::RestoreArgs),
+    /// Move the store's data to another layout (`migrate sequences --to chunked|key_per_step`;
+    /// online, resumable, locked).
+    Migrate(maintenance::MigrateArgs),
 }
 
 impl Cli {
@@ -88,6 +91,7 @@ impl Cli {
             Commands::CleanupOrphanBlobs(args) => maintenance::cleanup_orphan_blobs(args).await,
             Commands::Backup(args) => maintenance::backup(args).await,
             Commands::Restore(args) => maintenance::restore(args).await,
+            Commands::Migrate(args) => maintenance::migrate(args).await,
         }
     }
 }

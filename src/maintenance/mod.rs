@@ -1,5 +1,6 @@
 //! The maintenance jobs of `ingest-storage.md` §2.7, run by the `matyan reindex`, `finish-stale`,
-//! `cleanup-tombstones`, `cleanup-orphan-blobs`, `backup` and `restore` commands, in the command's
+//! `cleanup-tombstones`, `cleanup-orphan-blobs`, `backup` and `restore` commands (and ours,
+//! `migrate sequences`), in the command's
 //! process or in a running `matyan serve` (the admin route `POST /admin/maintenance/`).
 //!
 //! Every job holds the storage job lock (`storage::job_lock`) and writes in batches, one
@@ -8,12 +9,13 @@
 //! stops, crashes or is killed resumes at its next start where it stopped.
 //!
 //! - `progress.rs`: the saved progress and the batch context every job runs in;
-//! - `reindex.rs`, `stale.rs`, `tombstones.rs`, `orphans.rs`: one job each;
+//! - `reindex.rs`, `stale.rs`, `tombstones.rs`, `orphans.rs`, `migrate.rs`: one job each;
 //! - `archive.rs`, `backup.rs`, `restore.rs`: the run archive (`docs/backup-format.md`), and
 //!   `backup` and `restore` of runs through it.
 
 mod archive;
 mod backup;
+mod migrate;
 mod orphans;
 mod progress;
 mod reindex;
@@ -32,7 +34,7 @@ use crate::blobs::{BlobError, BlobStore};
 use crate::config::MaintenanceConfig;
 use crate::storage::job_lock::{self, JobLock, JobLockError};
 use crate::storage::kv::{Database, KvError, RetryOptions, RetryableError};
-use crate::storage::layout::{Layout, LayoutError};
+use crate::storage::layout::{Layout, LayoutError, SequenceLayoutKind};
 
 pub use archive::ARCHIVE_FORMAT;
 use progress::Ctx;
@@ -64,6 +66,8 @@ pub enum Job {
     Backup { runs: Vec<String>, out: PathBuf },
     /// Restores the runs of an archive file and clears their tombstones.
     Restore { archive: PathBuf, replace: bool, dry_run: bool },
+    /// Moves every series to the sequence layout `to`, online.
+    MigrateSequences { to: SequenceLayoutKind, dry_run: bool },
 }
 
 impl Job {
@@ -76,6 +80,7 @@ impl Job {
             Job::CleanupOrphanBlobs { .. } => "cleanup-orphan-blobs",
             Job::Backup { .. } => "backup",
             Job::Restore { .. } => "restore",
+            Job::MigrateSequences { .. } => "migrate-sequences",
         }
     }
 }
@@ -201,6 +206,12 @@ impl RetryableError for MaintenanceError {
     }
 }
 
+impl From<crate::storage::layout::sequences::SeqError> for MaintenanceError {
+    fn from(e: crate::storage::layout::sequences::SeqError) -> Self {
+        MaintenanceError::Layout(e.into())
+    }
+}
+
 impl MaintenanceError {
     /// The exit status: [`EXIT_LOCKED`] when another job holds the lock, else [`EXIT_FAILED`].
     pub fn code(&self) -> u8 {
@@ -268,6 +279,7 @@ pub async fn run(
         Job::CleanupOrphanBlobs { limit, dry_run } => orphans::run(&ctx, *limit, *dry_run).await,
         Job::Backup { runs, out } => backup::backup(&ctx, runs, out).await,
         Job::Restore { archive, replace, dry_run } => restore::run(&ctx, archive, *replace, *dry_run).await,
+        Job::MigrateSequences { to, dry_run } => migrate::run(&ctx, *to, *dry_run).await,
     };
     drop(renewals);
     if let Err(e) = lock.release().await {

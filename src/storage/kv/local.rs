@@ -259,6 +259,10 @@ struct TxnState {
     /// Sets and clears not yet merged into `writes`, in call order: a write-only transaction
     /// sorts them once at commit instead of keeping a tree up to date.
     pending: Vec<(Vec<u8>, PointOp)>,
+    /// Indexes in `pending` of its lowest and highest key, so that a point read of a key outside
+    /// them leaves `pending` as it is (the sequence layer reads its version key in ⟨system⟩
+    /// between batches of ⟨runs⟩ writes).
+    pending_bounds: (usize, usize),
     writes: BTreeMap<Vec<u8>, PointOp>,
     /// Disjoint ascending ranges cleared by this transaction (before any later point write).
     cleared: Vec<(Vec<u8>, Vec<u8>)>,
@@ -269,6 +273,29 @@ struct TxnState {
 }
 
 impl TxnState {
+    /// Appends a pending write, keeping [`TxnState::pending_bounds`].
+    fn push_pending(&mut self, key: &[u8], op: PointOp) {
+        let at = self.pending.len();
+        let (lo, hi) = self.pending_bounds;
+        if at == 0 {
+            self.pending_bounds = (0, 0);
+        } else if self.pending.get(lo).is_some_and(|(k, _)| key < k.as_slice()) {
+            self.pending_bounds.0 = at;
+        } else if self.pending.get(hi).is_some_and(|(k, _)| key > k.as_slice()) {
+            self.pending_bounds.1 = at;
+        }
+        self.pending.push((key.to_vec(), op));
+    }
+
+    /// Whether `key` may have a pending write (it lies within their keys' bounds).
+    fn may_be_pending(&self, key: &[u8]) -> bool {
+        let (lo, hi) = self.pending_bounds;
+        match (self.pending.get(lo), self.pending.get(hi)) {
+            (Some((lo, _)), Some((hi, _))) => lo.as_slice() <= key && key <= hi.as_slice(),
+            _ => !self.pending.is_empty(),
+        }
+    }
+
     /// Merges pending writes into the tree, in call order.
     fn flush_pending(&mut self) {
         for (k, op) in self.pending.drain(..) {
@@ -333,7 +360,9 @@ impl LocalTxn {
         if key.len() > self.db.limits.max_key_bytes {
             return Ok(None);
         }
-        st.flush_pending();
+        if st.may_be_pending(key) {
+            st.flush_pending();
+        }
         let committed = match st.writes.get(key) {
             Some(PointOp::Set(v)) => return Ok(Some(v.clone())),
             Some(PointOp::Clear) => return Ok(None),
@@ -413,7 +442,7 @@ impl LocalTxn {
             return;
         }
         st.size += key.len() + value.len() + 2 * key.len() + 1;
-        st.pending.push((key.to_vec(), PointOp::Set(value.to_vec())));
+        st.push_pending(key, PointOp::Set(value.to_vec()));
     }
 
     /// Removes `key`.
@@ -423,7 +452,7 @@ impl LocalTxn {
             return;
         }
         st.size += 2 * (2 * key.len() + 1);
-        st.pending.push((key.to_vec(), PointOp::Clear));
+        st.push_pending(key, PointOp::Clear);
     }
 
     /// Removes every key in `[begin, end)`.
@@ -646,6 +675,26 @@ mod tests {
         // Snapshot reads add nothing.
         tx.get(b"k", true).unwrap();
         assert_eq!(tx.approximate_size(), 21 + 14 + 4 + 3);
+    }
+
+    #[test]
+    fn a_point_read_outside_the_pending_writes_keys_leaves_them_pending_and_reads_right() {
+        let db = memory_db();
+        let tx = db.create_trx();
+        tx.set(b"z", b"0");
+        tx.commit().unwrap();
+        let tx = db.create_trx();
+        for key in [b"m".as_slice(), b"k", b"p", b"n"] {
+            tx.set(key, key);
+        }
+        tx.clear(b"z");
+        assert_eq!(tx.get(b"a", false).unwrap(), None);
+        assert_eq!(tx.state.lock().pending.len(), 5, "a key below them: nothing merged");
+        assert_eq!(tx.get(b"z", false).unwrap(), None, "the pending clear is seen");
+        assert!(tx.state.lock().pending.is_empty(), "a key within them merges them first");
+        tx.set(b"q", b"1");
+        assert_eq!(tx.get(b"k", false).unwrap(), Some(b"k".to_vec()));
+        assert_eq!(tx.get(b"q", false).unwrap(), Some(b"1".to_vec()));
     }
 
     #[test]

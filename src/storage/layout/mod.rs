@@ -23,8 +23,9 @@ pub use dirs::Dirs;
 pub use indexes::Indexes;
 pub use ours::Ours;
 pub use runs::{RunOps, Runs, TraceInfo};
+use sequences::version::{self, VersionState};
 pub use sequences::{
-    Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, sample_indices,
+    Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, Sequences, sample_indices,
 };
 pub use system::{EntityKind, System};
 
@@ -75,8 +76,8 @@ pub struct Layout {
     pub runs: RunOps,
     /// ⟨system⟩.
     pub system: System,
-    /// Sequences, in the store's layout.
-    pub seqs: SequenceLayout,
+    /// Sequences, in the layout the store's version key names at each transaction.
+    pub seqs: Sequences,
     /// The keys of our own directory.
     pub ours: Ours,
 }
@@ -86,32 +87,48 @@ impl Layout {
     /// store records (key-per-step when it records none). Writes nothing.
     pub async fn open(db: &Database) -> Result<Self, LayoutError> {
         let dirs = Dirs::open(db).await?;
-        let kind = sequences::version::recorded(&db.create_trx()?, &dirs).await?;
-        Ok(Self::with_sequences(dirs, kind))
+        let state = version::recorded(&db.create_trx()?, &dirs).await?;
+        Ok(Self::with_state(dirs, state))
     }
 
     /// Opens the layout of `db`, settling its sequence layout: the recorded one, key-per-step for
     /// a store with data and no record, else `wanted` (`storage.sequence_layout`), recorded.
     pub async fn open_settled(db: &Database, wanted: SequenceLayoutKind) -> Result<Self, LayoutError> {
         let dirs = Dirs::open(db).await?;
-        let kind = sequences::version::settle(db, &dirs, wanted).await?;
-        if kind != wanted {
-            tracing::info!(store = kind.as_str(), configured = wanted.as_str(), "the store keeps its sequence layout");
+        let state = version::settle(db, &dirs, wanted).await?;
+        match state {
+            VersionState::Settled(kind) if kind != wanted => {
+                tracing::info!(
+                    store = kind.as_str(),
+                    configured = wanted.as_str(),
+                    "the store keeps its sequence layout"
+                );
+            }
+            VersionState::Migrating { from, to } => {
+                tracing::info!(from = from.as_str(), to = to.as_str(), "the store's sequences are being migrated");
+            }
+            VersionState::Settled(_) => {}
         }
-        Ok(Self::with_sequences(dirs, kind))
+        Ok(Self::with_state(dirs, state))
     }
 
-    /// The layout on known directory prefixes, key-per-step (the reference's).
+    /// The layout on known directory prefixes, opened as key-per-step (the reference's); its
+    /// sequence operations follow the store's version key.
     pub fn new(dirs: Dirs) -> Self {
         Self::with_sequences(dirs, SequenceLayoutKind::KeyPerStep)
     }
 
-    /// The layout on known directory prefixes with sequences in `kind`.
+    /// The layout on known directory prefixes with sequences in `kind` when opened. Sequence
+    /// operations follow the store's version key, whatever `kind` says.
     pub fn with_sequences(dirs: Dirs, kind: SequenceLayoutKind) -> Self {
+        Self::with_state(dirs, VersionState::Settled(kind))
+    }
+
+    fn with_state(dirs: Dirs, state: VersionState) -> Self {
         Self {
             runs: RunOps { runs: Runs::new(&dirs.runs), indexes: Indexes::new(&dirs.indexes) },
             system: System::new(&dirs.system),
-            seqs: SequenceLayout::new(kind, &dirs.runs),
+            seqs: Sequences::new(&dirs.runs, version::key(&dirs), state),
             ours: Ours::new(&dirs.ours),
             dirs,
         }

@@ -5,7 +5,9 @@
 //! - `key_per_step.rs`: [`KeyPerStep`], the reference's layout, byte compatible with a Matyan store;
 //! - `chunked.rs`: [`Chunked`], each series as chunks of consecutive steps (`codec.rs` packs one);
 //! - `sampling.rs`: the density rules of `api.md` §4.9 both layouts sample with;
-//! - `version.rs`: the schema-version key in ⟨system⟩ that names a store's layout.
+//! - `version.rs`: the schema-version key in ⟨system⟩ that names a store's layout;
+//! - `live.rs`: [`Sequences`], what the rest of the code uses: the layout the version key names in
+//!   each transaction, or both merged while `matyan migrate sequences` runs.
 //!
 //! Both layouts keep the reference's semantics: points sort by step, the last write of a step
 //! wins (an epoch absent from a later write leaves the stored one, as the reference's `epoch`
@@ -14,11 +16,13 @@
 pub mod chunked;
 pub mod codec;
 pub mod key_per_step;
+pub mod live;
 pub mod sampling;
 pub mod version;
 
 pub use chunked::{ChunkLimits, Chunked};
 pub use key_per_step::KeyPerStep;
+pub use live::Sequences;
 pub use sampling::{sample_gapless, sample_indices};
 pub use version::SequenceLayoutKind;
 

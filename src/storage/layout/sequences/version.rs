@@ -3,8 +3,11 @@
 //! | Key (under ⟨system⟩) | Value |
 //! |---|---|
 //! | `("matyan_rs_sequences",)` | mp(map) `{"layout": "chunked", "format": 1}` |
+//! | same key, during `matyan migrate sequences` | mp(map) `{"layout": "migrating", "from": L, "to": L, "format": 1}` |
 //!
-//! Only a chunked store has the key. A store without it is key-per-step, the reference's layout:
+//! with `L` one of `"key_per_step"`, `"chunked"` (`docs/adr/0009-sequence-migration.md`). Every
+//! sequence read and write reads the key in its own transaction ([`read_state`]), so a process
+//! sees a migration another process started. Only a chunked or migrating store has the key. A store without it is key-per-step, the reference's layout:
 //! an existing Matyan cluster, or a new store made with `storage.sequence_layout = "key_per_step"`,
 //! which thus stays byte-identical to what the Python backend writes. A new store (nothing under
 //! ⟨runs⟩) takes the configured layout, and the key is written in the transaction that saw it
@@ -76,28 +79,101 @@ pub fn decode(bytes: &[u8]) -> Result<SequenceLayoutKind, LayoutError> {
     }
 }
 
-/// The layout recorded for the store, or key-per-step when no key is stored.
-pub async fn recorded(tx: &Transaction, dirs: &Dirs) -> Result<SequenceLayoutKind, LayoutError> {
-    match tx.get(&key(dirs), false).await? {
-        Some(bytes) => decode(&bytes),
-        None => Ok(SequenceLayoutKind::KeyPerStep),
+/// What the version key records: one layout, or a migration between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionState {
+    /// Every sequence is in this layout.
+    Settled(SequenceLayoutKind),
+    /// `matyan migrate sequences` is moving the series from `from` to `to`: reads merge both
+    /// layouts (a step in `to` wins), writes go to `to`.
+    Migrating {
+        /// The layout the series leave.
+        from: SequenceLayoutKind,
+        /// The layout the series reach, and new points go to.
+        to: SequenceLayoutKind,
+    },
+}
+
+impl VersionState {
+    /// The layout new points are written to.
+    pub fn write_kind(self) -> SequenceLayoutKind {
+        match self {
+            Self::Settled(kind) | Self::Migrating { to: kind, .. } => kind,
+        }
     }
 }
 
-/// Settles the layout of the store: the recorded one; for a store without the key, key-per-step
+/// The value a store migrating from `from` to `to` holds under [`key`].
+pub fn migrating_value(from: SequenceLayoutKind, to: SequenceLayoutKind) -> Result<Vec<u8>, LayoutError> {
+    let v = Value::Map(vec![
+        (Value::from("layout"), Value::from("migrating")),
+        (Value::from("from"), Value::from(from.as_str())),
+        (Value::from("to"), Value::from(to.as_str())),
+        (Value::from("format"), Value::Int(CHUNK_FORMAT)),
+    ]);
+    value::encode(&v).map_err(|e| LayoutError::Encode(e.to_string()))
+}
+
+/// Decodes a stored version value: exactly the chunked value, or a migrating value between the
+/// two different layouts.
+pub fn decode_state(bytes: &[u8]) -> Result<VersionState, LayoutError> {
+    let bad = |why: &str| LayoutError::Corrupt(format!("sequence layout version key: {why}"));
+    let Value::Map(entries) = value::decode(bytes).map_err(|e| bad(&e.to_string()))? else {
+        return Err(bad("not a map"));
+    };
+    if !entries.iter().any(|(k, v)| k.as_str() == Some("layout") && v.as_str() == Some("migrating")) {
+        return decode(bytes).map(VersionState::Settled);
+    }
+    let kind = |s: &str| match s {
+        "key_per_step" => Some(SequenceLayoutKind::KeyPerStep),
+        "chunked" => Some(SequenceLayoutKind::Chunked),
+        _ => None,
+    };
+    let (mut layout, mut from, mut to, mut format) = (false, None, None, None);
+    for (k, v) in entries {
+        match (k.as_str(), v) {
+            (Some("layout"), Value::Str(s)) if !layout && s == "migrating" => layout = true,
+            (Some("from"), Value::Str(s)) if from.is_none() => from = Some(kind(&s).ok_or_else(|| bad(&s))?),
+            (Some("to"), Value::Str(s)) if to.is_none() => to = Some(kind(&s).ok_or_else(|| bad(&s))?),
+            (Some("format"), Value::Int(i)) if format.is_none() => format = Some(i),
+            (k, v) => return Err(bad(&format!("unexpected entry {k:?} = {}", v.type_name()))),
+        }
+    }
+    match (from, to, format) {
+        (Some(from), Some(to), Some(CHUNK_FORMAT)) if from != to => Ok(VersionState::Migrating { from, to }),
+        (_, _, Some(f)) if f != CHUNK_FORMAT => Err(bad(&format!("chunk format {f} is not known to this build"))),
+        (from, to, f) => Err(bad(&format!("migrating from {from:?} to {to:?}, format {f:?}"))),
+    }
+}
+
+/// The state under the version key `key`, in `tx`: key-per-step when no key is stored. A
+/// non-snapshot read makes a write conflict with the migration step that changes the key.
+pub async fn read_state(tx: &Transaction, key: &[u8], snapshot: bool) -> Result<VersionState, LayoutError> {
+    match tx.get(key, snapshot).await? {
+        Some(bytes) => decode_state(&bytes),
+        None => Ok(VersionState::Settled(SequenceLayoutKind::KeyPerStep)),
+    }
+}
+
+/// The state recorded for the store, key-per-step when no key is stored.
+pub async fn recorded(tx: &Transaction, dirs: &Dirs) -> Result<VersionState, LayoutError> {
+    read_state(tx, &key(dirs), false).await
+}
+
+/// Settles the layout of the store: the recorded state; for a store without the key, key-per-step
 /// when ⟨runs⟩ holds anything, else `wanted` (recorded when chunked).
-pub async fn settle(db: &Database, dirs: &Dirs, wanted: SequenceLayoutKind) -> Result<SequenceLayoutKind, LayoutError> {
+pub async fn settle(db: &Database, dirs: &Dirs, wanted: SequenceLayoutKind) -> Result<VersionState, LayoutError> {
     db.run(&RetryOptions::default(), |tx| async move {
         if let Some(bytes) = tx.get(&key(dirs), false).await? {
-            return decode(&bytes);
+            return decode_state(&bytes);
         }
         let (b, e) = tuple::range(&dirs.runs, &[]);
         let used = !tx.get_range(&RangeOption::new(b, e).limit(1), false).await?.is_empty();
         if used || wanted == SequenceLayoutKind::KeyPerStep {
-            return Ok(SequenceLayoutKind::KeyPerStep);
+            return Ok(VersionState::Settled(SequenceLayoutKind::KeyPerStep));
         }
         tx.set(&key(dirs), &chunked_value()?);
-        Ok(SequenceLayoutKind::Chunked)
+        Ok(VersionState::Settled(SequenceLayoutKind::Chunked))
     })
     .await
 }
@@ -122,6 +198,39 @@ mod tests {
             vec![0xc1],
         ] {
             assert!(decode(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_a_migration_between_the_two_layouts_decodes_as_migrating() {
+        use SequenceLayoutKind::{Chunked, KeyPerStep};
+        for (from, to) in [(KeyPerStep, Chunked), (Chunked, KeyPerStep)] {
+            let state = decode_state(&migrating_value(from, to).unwrap()).unwrap();
+            assert_eq!(state, VersionState::Migrating { from, to });
+            assert_eq!(state.write_kind(), to);
+        }
+        assert_eq!(decode_state(&chunked_value().unwrap()).unwrap(), VersionState::Settled(Chunked));
+        let map = |entries: Vec<(&str, Value)>| {
+            value::encode(&Value::Map(entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect())).unwrap()
+        };
+        let migrating = |from: &str, to: &str, format: i128| {
+            vec![
+                ("layout", Value::from("migrating")),
+                ("from", Value::from(from)),
+                ("to", Value::from(to)),
+                ("format", Value::Int(format)),
+            ]
+        };
+        let mut extra = migrating("key_per_step", "chunked", 1);
+        extra.push(("at", Value::Int(3)));
+        for bad in [
+            map(migrating("chunked", "chunked", 1)),
+            map(migrating("key_per_step", "columnar", 1)),
+            map(migrating("key_per_step", "chunked", 2)),
+            map(migrating("key_per_step", "chunked", 1).into_iter().take(3).collect()),
+            map(extra),
+        ] {
+            assert!(decode_state(&bad).is_err(), "{bad:?}");
         }
     }
 }
