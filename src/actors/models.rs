@@ -11,8 +11,8 @@ use thiserror::Error;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::ingest::BatchBudget;
 use crate::ingest::dlq::KafkaDeadLetters;
+use crate::ingest::{BatchBudget, DecodeError, IngestMessage, Record};
 use crate::storage::kv::RetryOptions;
 
 /// The kinds of actor the supervisor restarts; [`as_str`](Self::as_str) is the `actor` label of
@@ -294,4 +294,28 @@ pub struct RunActorConfig {
     pub idle_timeout: Duration,
     /// What the actor reads time from (batch deadlines, idleness).
     pub clock: Clock,
+}
+
+/// A record read from the source and its value decoded, off the actor thread (the source loop
+/// decodes each poll on the offload runtime); the partition actor routes the message or
+/// dead-letters the record with the decoding error.
+#[derive(Debug)]
+pub struct Polled {
+    /// The record as read.
+    pub record: Record,
+    /// Its value decoded.
+    pub message: Result<IngestMessage, DecodeError>,
+}
+
+impl Polled {
+    /// Decodes `records`, in order.
+    pub fn decode_all(records: Vec<Record>) -> Vec<Polled> {
+        records
+            .into_iter()
+            .map(|record| {
+                let message = crate::ingest::decode(&record.value);
+                Polled { record, message }
+            })
+            .collect()
+    }
 }

@@ -1,5 +1,5 @@
-//! The partition actor: one per assigned partition and lease. It decodes the partition's records,
-//! dead-letters those that do not decode (to the pipeline's sink, counted by reason, from a task of
+//! The partition actor: one per assigned partition and lease. It receives the partition's records
+//! decoded (the source loop decodes them off the actor thread), dead-letters those that do not decode (to the pipeline's sink, counted by reason, from a task of
 //! their own so a slow sink holds back only the commit past them; their offsets count as done only
 //! once the sink acknowledged them, and a delivery waits when [`DEAD_LETTER_SLOTS`] deliveries'
 //! letters are in flight), routes the others by run id to run actors
@@ -44,12 +44,12 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::flush::{FlushFailure, Flusher};
-use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, RunActorConfig};
+use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, Polled, RunActorConfig};
 use super::run_actor::{FlushNow, Idle, Push, RunActor, Stop, Surrender, Surrendered};
 use super::stats::Stats;
 use crate::clock::Clock;
 use crate::ingest::dlq::{DeadLetterError, Rejected};
-use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Record, Source, SourceError, decode};
+use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Source, SourceError};
 
 /// Mailbox capacity of a partition actor, in deliveries (each is one poll's records of the partition).
 pub const PARTITION_MAILBOX: usize = 4;
@@ -157,7 +157,7 @@ impl OffsetTracker {
 #[rtype(result = "()")]
 pub struct Deliver {
     /// Records of other partitions, or at or below an offset already received, are ignored.
-    pub records: Vec<Record>,
+    pub records: Vec<Polled>,
 }
 
 /// Flushes every run actor for `reason` and marks their offsets (shutdown, revoke).
@@ -505,11 +505,11 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
         let mut groups: Vec<(String, Vec<Entry>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut dead: Vec<Undecodable> = Vec::new();
-        for record in msg.records {
+        for Polled { record, message } in msg.records {
             if record.partition != partition || !self.tracker.receive(record.offset) {
                 continue;
             }
-            match decode(&record.value) {
+            match message {
                 Ok(message) => {
                     let i = *index.entry(message.run_id.clone()).or_insert_with(|| {
                         groups.push((message.run_id.clone(), Vec::new()));
