@@ -636,3 +636,25 @@ fn naive_client_datetime_is_read_as_utc_deliberate_fix_of_local_time() {
     assert_eq!(parse_client_datetime("2025-01-01T00:00:00"), Some(1_735_689_600.0));
     assert_eq!(parse_client_datetime("2025-01-01T00:00:00"), parse_client_datetime("2025-01-01T00:00:00+00:00"));
 }
+
+#[test]
+fn a_context_decoded_again_from_the_thread_cache_equals_a_fresh_parse_and_the_cache_stays_bounded() {
+    let raw = r#"{"subset": "train", "fold": 3}"#;
+    let fresh = parse_context(raw).expect("parses");
+    let first = context_from_raw(raw).expect("parses");
+    let cached = context_from_raw(raw).expect("parses");
+    assert_eq!((&first, &cached), (&fresh, &fresh));
+    // Another spelling of the same object is its own entry with the same id, as the reference's
+    // id is of the object, not of the text.
+    let spaced = context_from_raw(r#"{"subset":"train","fold":3}"#).expect("parses");
+    assert_eq!(spaced.id, fresh.id);
+    assert_ne!(spaced.raw, fresh.raw);
+    // An error is not kept: the same bad text fails again.
+    assert!(context_from_raw("[1]").is_err());
+    assert!(context_from_raw("[1]").is_err());
+    for i in 0..(3 * CONTEXT_CACHE_ENTRIES) {
+        let raw = format!(r#"{{"i": {i}}}"#);
+        assert_eq!(context_from_raw(&raw).expect("parses"), parse_context(&raw).expect("parses"));
+    }
+    assert!(CONTEXTS.with_borrow(|c| c.len()) <= CONTEXT_CACHE_ENTRIES);
+}
