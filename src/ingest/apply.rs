@@ -231,11 +231,58 @@ fn check_tree(path: &[String], node: &Value) -> Result<(), Fail> {
         .map_err(|e| Fail::Message { reason: "encode_error", detail: e.to_string() })
 }
 
+/// Where the times written for each record come from (`created_at`, `updated_at`,
+/// `finalized_at`, a point's `time`, an entity's `created_at`).
+///
+/// The reference stores `time.time()` of each write (§1.7), so a run's records get their own times.
+/// Ours applies a batch in one transaction: one clock reading for it would give every point of a
+/// backlogged run the same time and a run created and finished in one batch `created_at ==
+/// finalized_at`. So each record is written at its envelope `timestamp`, the gateway's receive
+/// time (µs): a replayed or retried record writes the same bytes whenever and in whichever batch it
+/// is applied, and a backlog does not move the times. Records of one frame share its receive time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordTime {
+    /// Every record at this one time: the golden fixtures and worked examples pin the reference's
+    /// clock so.
+    Pinned(f64),
+    /// Each record at its envelope `timestamp`; `clock` (the worker's, read once per transaction)
+    /// for a record whose timestamp is not a finite number, and for what is about the apply
+    /// itself rather than a record (dead letters, the `run_deleted` event).
+    Received { clock: f64 },
+}
+
+impl From<f64> for RecordTime {
+    fn from(now: f64) -> Self {
+        RecordTime::Pinned(now)
+    }
+}
+
+impl RecordTime {
+    /// The time written for the record `entry`.
+    pub fn of(self, entry: &Entry) -> f64 {
+        match self {
+            RecordTime::Pinned(now) => now,
+            RecordTime::Received { clock } => {
+                let t = entry.message.timestamp;
+                if t.is_finite() { t } else { clock }
+            }
+        }
+    }
+
+    /// The worker clock of the apply (the pinned time when pinned).
+    pub fn clock(self) -> f64 {
+        match self {
+            RecordTime::Pinned(now) | RecordTime::Received { clock: now } => now,
+        }
+    }
+}
+
 /// Per-transaction state of one apply call.
 struct Scope<'a> {
     layout: &'a Layout,
     tx: &'a Transaction,
     run: &'a str,
+    /// The time of the record being handled ([`RecordTime::of`]).
     now: f64,
     /// Context ids whose key this transaction already wrote.
     contexts: HashSet<u32>,
@@ -257,8 +304,8 @@ struct Scope<'a> {
 struct PendingPoints {
     ctx_id: u32,
     name: String,
-    /// `(step, value, epoch)`; the time is the transaction's `now`.
-    rows: Vec<(i64, Vec<u8>, Option<i64>)>,
+    /// `(step, value, epoch, time)`; the time is that of the point's record.
+    rows: Vec<(i64, Vec<u8>, Option<i64>, f64)>,
     /// The highest stored step, read once, when an automatic step first needs it.
     stored_last: Option<Option<i64>>,
     /// The highest step in `rows`.
@@ -307,7 +354,8 @@ impl Applier {
 
     /// Applies `entries` (one run's records, in source order) in `tx`, which the caller commits.
     ///
-    /// `now` is the worker clock stored in every time field; `ids` makes the uuid of an experiment
+    /// `time` gives the time stored in every time field, per record ([`RecordTime`]; a bare `f64`
+    /// pins one time for all); `ids` makes the uuid of an experiment
     /// or tag created on the fly ([`position_uuid`] is the deterministic choice). Entries at or below
     /// their partition's checkpoint are skipped, data messages of a tombstoned run are skipped, and
     /// messages failing deterministically are dead-lettered; KV errors fail the call, and then
@@ -317,9 +365,11 @@ impl Applier {
         tx: &Transaction,
         run: &str,
         entries: &[Entry],
-        now: f64,
+        time: impl Into<RecordTime>,
         ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
     ) -> Result<ApplyOutcome, ApplyError> {
+        let time = time.into();
+        let now = time.clock();
         let mut outcome = ApplyOutcome::default();
         // The running high-water mark per partition: the stored checkpoint, then each entry seen.
         let mut marks: Vec<(i32, Option<i64>, Option<i64>)> = Vec::new(); // (partition, stored, current)
@@ -370,6 +420,7 @@ impl Applier {
                     continue;
                 }
             }
+            scope.now = time.of(entry);
             match scope.handle(entry, ids).await {
                 Ok(()) => {
                     *outcome.applied.entry(msg.kind()).or_insert(0) += 1;
@@ -671,7 +722,7 @@ impl Scope<'_> {
         };
         self.context(ctx_id, ctx_bytes.as_deref());
         let pending = &mut self.points[slot];
-        pending.rows.push((step, val_bytes, epoch));
+        pending.rows.push((step, val_bytes, epoch, self.now));
         pending.max_step = Some(pending.max_step.map_or(step, |m| m.max(step)));
         self.pend_trace(ctx_id, name, dtype, last, step);
         Ok(())
@@ -699,7 +750,7 @@ impl Scope<'_> {
             let writes: Vec<SeqWrite<'_>> = p
                 .rows
                 .iter()
-                .map(|(step, val, epoch)| SeqWrite { step: *step, val, epoch: *epoch, time: self.now })
+                .map(|(step, val, epoch, time)| SeqWrite { step: *step, val, epoch: *epoch, time: *time })
                 .collect();
             self.layout.seqs.write(self.tx, id, &writes).await?;
         }
