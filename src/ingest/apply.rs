@@ -215,6 +215,7 @@ impl From<SeqError> for Fail {
         match e {
             SeqError::Kv(k) => Fail::Kv(k),
             SeqError::Corrupt(c) => Fail::Message { reason: "corrupt_data", detail: c },
+            e @ SeqError::KeyLimit { .. } => Fail::Message { reason: "corrupt_data", detail: e.to_string() },
         }
     }
 }
