@@ -1268,7 +1268,8 @@ mod tests {
 
     #[test]
     fn the_engine_memory_settings_are_read_and_refused_out_of_their_bounds_by_name() {
-        let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 8388608\nmemtable_bytes = 4194304\n").unwrap();
+        let c =
+            Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 8388608\nmemtable_bytes = 4194304\n").unwrap();
         c.validate().unwrap();
         assert_eq!((c.storage.cache(), c.storage.memtable()), (ByteSize(8 << 20), ByteSize(4 << 20)));
         assert_eq!(c.storage.embedded_options(), EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20 });
