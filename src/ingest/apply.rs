@@ -25,6 +25,10 @@
 //! - The context key `(R,"contexts",ctx_id)` is written in the transaction of the points, once per
 //!   transaction and context; no cache outlives a transaction (quirk 7).
 //! - `add_tag`/`remove_tag` are idempotent: `run_count` moves only when the link changes (quirk 8).
+//! - Times (`created_at`, `updated_at`, `finalized_at`, a point's `time`) are each record's
+//!   envelope `timestamp`, the gateway's receive time, where the reference reads the worker clock at
+//!   each write (quirk 1): a batch is one transaction, and a replay must write the same bytes
+//!   ([`RecordTime`]; `tests/ingest_pipeline.rs`).
 //! - Tombstones win: a run with `("_deleted", R)` gets no data message applied; the messages are
 //!   counted, and the checkpoint still advances.
 //! - `delete_run` records its `run_deleted` control event in the outbox in the same transaction, so
