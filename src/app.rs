@@ -48,7 +48,7 @@ pub fn open_database(storage: &StorageConfig) -> Result<Database, AppError> {
         Backend::Embedded => {
             let dir = &storage.data_dir;
             std::fs::create_dir_all(dir).map_err(|source| AppError::DataDir { path: dir.clone(), source })?;
-            Ok(Database::open_embedded(dir, storage.engine, Limits::FDB)?)
+            Ok(Database::open_embedded_with(dir, storage.engine, Limits::FDB, storage.embedded_options())?)
         }
         #[cfg(feature = "fdb")]
         Backend::Fdb => Ok(Database::open_fdb(storage.fdb_cluster_file())?),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::storage::kv::{EmbeddedEngine, Limits, RetryOptions};
+use crate::storage::kv::{EmbeddedEngine, EmbeddedOptions, Limits, RetryOptions};
 
 /// The built-in defaults, which are also the documentation of every option.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -106,12 +106,31 @@ pub struct StorageConfig {
     /// The sequence layout of a new store; a store keeps the layout it has (see
     /// `storage/layout/sequences/version.rs`).
     pub sequence_layout: crate::storage::layout::SequenceLayoutKind,
+    /// The embedded engine's block (fjall) or page (redb) cache.
+    pub cache_bytes: u64,
+    /// fjall's memtable size, for a new store (fjall keeps a store's own).
+    pub memtable_bytes: u64,
 }
 
 impl StorageConfig {
     /// The cluster file, `None` for the client's default.
     pub fn fdb_cluster_file(&self) -> Option<&Path> {
         if self.fdb_cluster_file.as_os_str().is_empty() { None } else { Some(&self.fdb_cluster_file) }
+    }
+
+    /// The embedded engine's cache.
+    pub fn cache(&self) -> ByteSize {
+        ByteSize(self.cache_bytes)
+    }
+
+    /// fjall's memtable size.
+    pub fn memtable(&self) -> ByteSize {
+        ByteSize(self.memtable_bytes)
+    }
+
+    /// The embedded engine's memory settings.
+    pub fn embedded_options(&self) -> EmbeddedOptions {
+        EmbeddedOptions { cache_bytes: self.cache().0, memtable_bytes: self.memtable().0 }
     }
 }
 
@@ -603,6 +622,8 @@ pub enum ValidationError {
     Malformed { key: &'static str, value: String, expected: &'static str },
     #[error("{key}: the development default is refused when environment is production (MATYAN_ENVIRONMENT); set {var}")]
     DevelopmentDefaultInProduction { key: &'static str, var: &'static str },
+    #[error("{key}: {value} is below the smallest supported value {min}")]
+    BelowMin { key: &'static str, value: u64, min: u64 },
 }
 
 impl ValidationError {
@@ -621,7 +642,8 @@ impl ValidationError {
             | ValidationError::AboveMax { key, .. }
             | ValidationError::NotAUrl { key }
             | ValidationError::Malformed { key, .. }
-            | ValidationError::DevelopmentDefaultInProduction { key, .. } => key,
+            | ValidationError::DevelopmentDefaultInProduction { key, .. }
+            | ValidationError::BelowMin { key, .. } => key,
         }
     }
 }
@@ -911,8 +933,37 @@ impl StorageConfig {
             errors.push(ValidationError::FdbNotBuilt { key: "storage.backend" });
         }
         self.retry.validate(errors);
+        if self.cache_bytes < MIN_CACHE_BYTES {
+            errors.push(ValidationError::BelowMin {
+                key: "storage.cache_bytes",
+                value: self.cache_bytes,
+                min: MIN_CACHE_BYTES,
+            });
+        }
+        if self.memtable_bytes < MIN_MEMTABLE_BYTES {
+            errors.push(ValidationError::BelowMin {
+                key: "storage.memtable_bytes",
+                value: self.memtable_bytes,
+                min: MIN_MEMTABLE_BYTES,
+            });
+        } else if self.memtable_bytes > MAX_MEMTABLE_BYTES {
+            errors.push(ValidationError::AboveMax {
+                key: "storage.memtable_bytes",
+                value: self.memtable_bytes,
+                max: MAX_MEMTABLE_BYTES,
+            });
+        }
     }
 }
+
+/// Smallest `storage.cache_bytes`: below it not even the index blocks of a small store stay cached.
+const MIN_CACHE_BYTES: u64 = 1 << 20;
+/// Smallest `storage.memtable_bytes`: a smaller memtable flushes a table file for every few
+/// transactions.
+const MIN_MEMTABLE_BYTES: u64 = 1 << 20;
+/// Largest `storage.memtable_bytes`: writes hold up to five memtables (fjall stalls writes at four
+/// sealed ones waiting for their flush), so this caps them at 1.25 GiB.
+const MAX_MEMTABLE_BYTES: u64 = 256 << 20;
 
 impl RetryConfig {
     fn validate(&self, errors: &mut Vec<ValidationError>) {
@@ -1212,6 +1263,20 @@ mod tests {
         assert_eq!(pipeline.run_idle_timeout, code.run_idle_timeout);
         assert_eq!(pipeline.topic, code.topic);
         assert_eq!(pipeline.max_run_actors_per_partition, code.max_run_actors_per_partition);
+        assert_eq!(c.storage.embedded_options(), EmbeddedOptions::default(), "[storage] caches");
+    }
+
+    #[test]
+    fn the_engine_memory_settings_are_read_and_refused_out_of_their_bounds_by_name() {
+        let c =
+            Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 8388608\nmemtable_bytes = 4194304\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.storage.cache(), c.storage.memtable()), (ByteSize(8 << 20), ByteSize(4 << 20)));
+        assert_eq!(c.storage.embedded_options(), EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20 });
+        let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 1000\nmemtable_bytes = 1000\n").unwrap();
+        assert_eq!(invalid_keys(&c), vec!["storage.cache_bytes", "storage.memtable_bytes"]);
+        let c = Config::from_toml_str("f.toml", "[storage]\nmemtable_bytes = 1073741824\n").unwrap();
+        assert_eq!(invalid_keys(&c), vec!["storage.memtable_bytes"]);
     }
 
     #[test]

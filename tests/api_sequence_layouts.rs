@@ -124,3 +124,39 @@ async fn sequence_routes_answer_the_same_bytes_on_both_layouts() {
         );
     }
 }
+
+/// A get-batch of one train series of the store, with a key budget of `max_keys`: the status.
+async fn get_batch_within(db: &Database, layout: &Layout, name: &str, max_keys: u64) -> u16 {
+    let state = common::app_state_with(db, layout, |c| c.query.max_keys_per_request = max_keys);
+    let body = json!([{"name": name, "context": {"subset": "train"}}]);
+    let req = Request::builder()
+        .method("POST")
+        .uri(format!("{R}/runs/{RUN}/metric/get-batch/"))
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    matyan::http::service(state).oneshot(req).await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_budget_counts_the_chunks_a_read_fetches_and_on_key_per_step_each_key() {
+    let (kps_db, kps) = store(SequenceLayoutKind::KeyPerStep).await;
+    let (chunked_db, chunked) = store(SequenceLayoutKind::Chunked).await;
+    // 3,000 points: a few chunks of up to 1,024 points, or 3,000 keys of the `val` column.
+    assert_eq!(get_batch_within(&chunked_db, &chunked, "gapless", 200).await, 200, "the chunks fit 200 keys");
+    assert_eq!(get_batch_within(&kps_db, &kps, "gapless", 200).await, 400, "3,000 keys do not");
+    assert_eq!(get_batch_within(&kps_db, &kps, "gapless", 4_000).await, 200);
+
+    // The smallest budget for the run's meta, its traces and the one chunk of `short` (35
+    // points): the 3 chunks of `gapless` exceed it, and the read stops there.
+    let mut fits_one_chunk = None;
+    for max_keys in 1..200 {
+        if get_batch_within(&chunked_db, &chunked, "short", max_keys).await == 200 {
+            fits_one_chunk = Some(max_keys);
+            break;
+        }
+    }
+    let max_keys = fits_one_chunk.expect("a budget of under 200 keys reads one chunk");
+    assert_eq!(get_batch_within(&chunked_db, &chunked, "gapless", max_keys).await, 400);
+    assert_eq!(get_batch_within(&chunked_db, &chunked, "gapless", max_keys + 10).await, 200, "a few chunks more");
+}

@@ -33,7 +33,7 @@ async fn ingest_bench_reports_every_point_stored() {
 async fn query_bench_answers_have_the_expected_counts() {
     for layout in [SequenceLayoutKind::KeyPerStep, SequenceLayoutKind::Chunked] {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = QueryBenchConfig { runs: 6, steps: 40, big_steps: 7_000, reps: 2, layout };
+        let cfg = QueryBenchConfig { runs: 6, steps: 40, big_steps: 7_000, reps: 2, layout, ..Default::default() };
         let report = run_query(dir.path(), &cfg).await.unwrap();
         assert_eq!(report.points_written, 6 * 3 * 40 + 7_000);
         let counts: Vec<u64> = report.rows.iter().map(|r| r.count).collect();

@@ -832,3 +832,84 @@ async fn a_run_restored_or_cleared_while_the_pipeline_runs_is_ingested_again_wit
     assert_eq!(handle.counters().dead_letters, 0);
     stop(handle).await;
 }
+
+/// Run `run`'s records, each received at its own time (its envelope `timestamp`, as the gateway
+/// stamps it): create_run at 2026-01-01T00:00:00Z, three points 0.25 s apart, finish_run at 1 s.
+fn records_received_apart(run: &str) -> Vec<Rec> {
+    let at = |quarter: u32, body: serde_json::Value| {
+        let (_, value, _) = record(run, body);
+        let mut m: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        m["timestamp"] = json!(format!("2026-01-01T00:00:0{}.{:06}Z", quarter / 4, (quarter % 4) * 250_000));
+        (Some(run.as_bytes().to_vec()), serde_json::to_vec(&m).unwrap(), 0)
+    };
+    let metric =
+        |v: i64| json!({"type": "log_metric", "payload": {"name": "m", "value": v, "context": {}, "dtype": "int"}});
+    vec![
+        at(0, json!({"type": "create_run", "payload": {"force_resume": false}})),
+        at(1, metric(0)),
+        at(2, metric(1)),
+        at(3, metric(2)),
+        at(4, json!({"type": "finish_run", "payload": {}})),
+    ]
+}
+
+/// Ingests `records` into a fresh store under `dir` through the pipeline; returns the store and
+/// the transactions the pipeline flushed.
+async fn ingest_all(dir: &Path, records: &[Rec]) -> (Store, u64) {
+    let store = open_store(dir).await;
+    append(&store.queue, records).await;
+    let config = PipelineConfig::from_config(&matyan::config::Config::from_toml_str("test", "").unwrap());
+    let handle = start(&store, config).await;
+    wait_committed(&store, &handle, Duration::from_secs(30)).await;
+    let flushes = handle.counters().flushes.values().sum();
+    stop(handle).await;
+    (store, flushes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_created_and_finished_in_one_transaction_is_written_at_each_records_receive_time() {
+    const T0: f64 = 1_767_225_600.0; // 2026-01-01T00:00:00Z
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_id(0);
+    let (store, flushes) = ingest_all(dir.path(), &records_received_apart(&run)).await;
+    assert_eq!(flushes, 1, "create_run, the points and finish_run in one transaction");
+
+    let tx = store.db.create_trx().unwrap();
+    let meta = store.layout.runs.get_run(&tx, &run, true).await.unwrap().unwrap();
+    let time = |field: &str| meta.get(field).and_then(Value::as_f64).unwrap_or_else(|| panic!("{field}: {meta:?}"));
+    assert_eq!(time("created_at"), T0);
+    assert_eq!(time("finalized_at"), T0 + 1.0);
+    assert!(time("finalized_at") > time("created_at"));
+    assert_eq!(time("updated_at"), T0 + 1.0, "the finish_run's update");
+    let id = SeqId { run: &run, ctx_id: context_to_id(&json!({})), name: "m" };
+    let points = store.layout.seqs.read(&tx, id, None, None, Columns { epoch: false, time: true }, true).await.unwrap();
+    let times: Vec<Option<f64>> = points.iter().map(|p| p.time).collect();
+    assert_eq!(times, vec![Some(T0 + 0.25), Some(T0 + 0.5), Some(T0 + 0.75)], "each point at its record's time");
+}
+
+/// Every key and value of the reference's directories, relative to their prefix.
+async fn reference_bytes(store: &Store) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let tx = store.db.create_trx().unwrap();
+    let dirs = &store.layout.dirs;
+    let mut out = Vec::new();
+    for prefix in [&dirs.runs, &dirs.indexes, &dirs.system] {
+        for kv in tx.get_range(&RangeOption::new(prefix.clone(), strinc(prefix)), true).await.unwrap() {
+            out.push((kv.key[prefix.len()..].to_vec(), kv.value.clone()));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_records_ingested_again_later_write_the_same_bytes() {
+    let records: Vec<Rec> = (0..3).flat_map(|r| records_received_apart(&run_id(r))).collect();
+    let first = tempfile::tempdir().unwrap();
+    let (a, _) = ingest_all(first.path(), &records).await;
+    // A later replay of the same records (the worker clock has moved on).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = tempfile::tempdir().unwrap();
+    let (b, _) = ingest_all(second.path(), &records).await;
+    let (a, b) = (reference_bytes(&a).await, reference_bytes(&b).await);
+    assert!(a.len() > 30, "{} keys", a.len());
+    assert!(a == b, "the two stores differ");
+}

@@ -205,3 +205,28 @@ async fn api_with_source_kafka_publishes_a_rest_deletion_as_delete_run_on_the_in
     let status = server::terminate(api);
     assert!(status.success(), "matyan api exited with {status}");
 }
+
+#[test]
+fn dev_seed_writes_a_new_store_in_the_configured_sequence_layout() {
+    use matyan::storage::kv::{Database, EmbeddedEngine, Limits};
+    use matyan::storage::layout::{Layout, SequenceLayoutKind};
+    let layout_of = |dir: &Path| {
+        let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async { Layout::open(&db).await.unwrap().seqs.kind() })
+    };
+    let chunked = tempfile::tempdir().unwrap();
+    let out = matyan(&["dev", "seed", "--data-dir", chunked.path().to_str().unwrap(), "--runs", "1"], &[]);
+    assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layout_of(chunked.path()), SequenceLayoutKind::Chunked, "the default of a new store");
+
+    let kps = tempfile::tempdir().unwrap();
+    let config = kps.path().join("matyan.toml");
+    std::fs::write(&config, "[storage]\nsequence_layout = \"key_per_step\"\n").unwrap();
+    let data = kps.path().join("data");
+    let args =
+        ["dev", "seed", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "--runs", "1"];
+    let out = matyan(&args, &[]);
+    assert!(out.status.success(), "dev seed failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(layout_of(&data), SequenceLayoutKind::KeyPerStep);
+}

@@ -23,7 +23,7 @@ use actix::prelude::*;
 use super::models::{FailureCause, Flushed};
 use super::stats::{FlushNote, Stats};
 use crate::clock::Clock;
-use crate::ingest::apply::DeadLetter;
+use crate::ingest::apply::{DeadLetter, RecordTime};
 use crate::ingest::dlq::{DeadLetterError, DeadLetterSink, EmbeddedDeadLetters};
 use crate::ingest::{Applier, ApplyError, Batch, Entry, FlushReason, position_uuid};
 use crate::storage::kv::{Database, KvError, RetryOptions};
@@ -333,8 +333,9 @@ async fn apply_in_one_transaction(
     // Opened only with a slot: waiting here costs nothing, waiting with an open transaction costs
     // its 5 s. The semaphore is never closed, so an error only means no bound.
     let _slot = flusher.transactions.acquire().await.ok();
-    // The worker clock is read once, before the retry loop, so every attempt writes the same times.
-    let now = flusher.clock.unix_secs();
+    // Each record is written at its own receive time; the worker clock, read once before the retry
+    // loop so every attempt writes the same bytes, only stands in where a record has none.
+    let time = RecordTime::Received { clock: flusher.clock.unix_secs() };
     let mut attempts = 0u64;
     let (outcomes, size) = flusher
         .db
@@ -344,7 +345,7 @@ async fn apply_in_one_transaction(
             async move {
                 let mut outcomes = Vec::with_capacity(runs.len());
                 for (run, entries) in runs {
-                    outcomes.push(applier.apply(&tx, run, entries, now, &mut |req| position_uuid(req)).await?);
+                    outcomes.push(applier.apply(&tx, run, entries, time, &mut |req| position_uuid(req)).await?);
                 }
                 let size = tx.approximate_size().await?;
                 Ok::<_, ApplyError>((outcomes, size))

@@ -39,7 +39,7 @@ use crate::actors::{IngestPipeline, PipelineConfig, PipelineError, PipelineHandl
 use crate::ingest::kafka::{KafkaSource, KafkaSourceError};
 use crate::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, Queue, QueueError};
 use crate::storage::context_id::context_to_id;
-use crate::storage::kv::{Database, EmbeddedEngine, KvError, Limits};
+use crate::storage::kv::{Database, EmbeddedEngine, EmbeddedOptions, KvError, Limits};
 use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SequenceLayoutKind};
 
 /// The benchmark's parameters.
@@ -59,6 +59,8 @@ pub struct IngestBenchConfig {
     pub timeout: Duration,
     /// The sequence layout of the stores written.
     pub layout: SequenceLayoutKind,
+    /// The stores' engine memory (`[storage]` `cache_bytes`, `memtable_bytes`).
+    pub store: EmbeddedOptions,
 }
 
 impl Default for IngestBenchConfig {
@@ -71,6 +73,7 @@ impl Default for IngestBenchConfig {
             kafka: None,
             timeout: Duration::from_secs(600),
             layout: SequenceLayoutKind::Chunked,
+            store: EmbeddedOptions::default(),
         }
     }
 }
@@ -256,9 +259,9 @@ fn pipeline_config() -> PipelineConfig {
     PipelineConfig { run_idle_timeout: Duration::from_secs(120), ..shipped }
 }
 
-async fn open_store(dir: &Path, sequences: SequenceLayoutKind) -> Result<(Database, Layout), IngestBenchError> {
-    let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB)?;
-    let layout = Layout::open_settled(&db, sequences).await?;
+async fn open_store(dir: &Path, cfg: &IngestBenchConfig) -> Result<(Database, Layout), IngestBenchError> {
+    let db = Database::open_embedded_with(dir, EmbeddedEngine::Fjall, Limits::FDB, cfg.store)?;
+    let layout = Layout::open_settled(&db, cfg.layout).await?;
     Ok((db, layout))
 }
 
@@ -336,7 +339,7 @@ async fn embedded(
     recs: &Arc<Workload>,
 ) -> Result<(Vec<IngestRow>, u64), IngestBenchError> {
     let total = recs.len();
-    let (db, layout) = open_store(dir, cfg.layout).await?;
+    let (db, layout) = open_store(dir, cfg).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
@@ -506,7 +509,7 @@ async fn embedded_backlog(
     recs: &Arc<Workload>,
 ) -> Result<IngestRow, IngestBenchError> {
     let total = recs.len();
-    let (db, layout) = open_store(dir, cfg.layout).await?;
+    let (db, layout) = open_store(dir, cfg).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
     let mut from = 0;
     while from < total {
@@ -652,7 +655,7 @@ async fn kafka(
     let bare_start = start;
     let bare_rss = peak_rss_kib();
 
-    let (db, layout) = open_store(dir, cfg.layout).await?;
+    let (db, layout) = open_store(dir, cfg).await?;
     let source = KafkaSource::new(consumer_config(bootstrap), &format!("matyan-bench-{}", unique_suffix()), &topic)?;
     let Drained { secs, rss, first, start, stored } = drain(&db, &layout, source, total, cfg, "kafka pipeline").await?;
     let row = |phase, secs, peak_rss_kib, startup_secs| IngestRow {

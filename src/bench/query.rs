@@ -24,7 +24,7 @@ use crate::app::AppState;
 use crate::config::Config;
 use crate::http::stream::decode_objects;
 use crate::storage::context_id::context_to_id;
-use crate::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOptions, Transaction};
+use crate::storage::kv::{Database, EmbeddedEngine, EmbeddedOptions, KvError, Limits, RetryOptions, Transaction};
 use crate::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo};
 use crate::storage::value::{self, Value};
 
@@ -41,11 +41,20 @@ pub struct QueryBenchConfig {
     pub reps: u32,
     /// The sequence layout of the store written.
     pub layout: SequenceLayoutKind,
+    /// The store's engine memory (`[storage]` `cache_bytes`, `memtable_bytes`).
+    pub store: EmbeddedOptions,
 }
 
 impl Default for QueryBenchConfig {
     fn default() -> Self {
-        Self { runs: 1_000, steps: 10_000, big_steps: 1_000_000, reps: 5, layout: SequenceLayoutKind::Chunked }
+        Self {
+            runs: 1_000,
+            steps: 10_000,
+            big_steps: 1_000_000,
+            reps: 5,
+            layout: SequenceLayoutKind::Chunked,
+            store: EmbeddedOptions::default(),
+        }
     }
 }
 
@@ -320,7 +329,7 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
     if !reused && marker.exists() {
         return Err(QueryBenchError::Invalid(format!("{} holds a data set of another size", dir.display())));
     }
-    let db = Database::open_embedded(dir, EmbeddedEngine::Fjall, Limits::FDB)?;
+    let db = Database::open_embedded_with(dir, EmbeddedEngine::Fjall, Limits::FDB, cfg.store)?;
     let layout = Layout::open_settled(&db, cfg.layout).await?;
     let start = Instant::now();
     let points_written = if reused {

@@ -10,6 +10,7 @@ use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
 use matyan::config::{BlobBackend, Config};
+use matyan::storage::kv::EmbeddedOptions;
 use matyan::storage::layout::SequenceLayoutKind;
 
 /// Parses a `--layout` value (and `migrate sequences --to`).
@@ -27,6 +28,24 @@ fn parse_blob_store(s: &str) -> Result<BlobBackend, String> {
         "local" => Ok(BlobBackend::Local),
         "s3" => Ok(BlobBackend::S3),
         other => Err(format!("unknown blob store {other:?}: expected local or s3")),
+    }
+}
+
+/// The embedded engine's memory for the stores a benchmark writes (`[storage]` `cache_bytes` and
+/// `memtable_bytes`; the defaults are the built-in configuration's).
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// fjall's block cache, bytes.
+    #[arg(long, default_value_t = EmbeddedOptions::default().cache_bytes)]
+    cache_bytes: u64,
+    /// fjall's memtable size, bytes.
+    #[arg(long, default_value_t = EmbeddedOptions::default().memtable_bytes)]
+    memtable_bytes: u64,
+}
+
+impl StoreArgs {
+    fn options(&self) -> EmbeddedOptions {
+        EmbeddedOptions { cache_bytes: self.cache_bytes, memtable_bytes: self.memtable_bytes }
     }
 }
 
@@ -116,6 +135,8 @@ struct IngestArgs {
     /// key_per_step, chunked): a before/after pair in one invocation.
     #[arg(long, value_delimiter = ',', default_value = "key_per_step,chunked", value_parser = parse_layout)]
     layout: Vec<SequenceLayoutKind>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Scratch directory for the stores [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -139,6 +160,8 @@ struct QueryArgs {
     /// key_per_step, chunked): a before/after pair in one invocation.
     #[arg(long, value_delimiter = ',', default_value = "key_per_step,chunked", value_parser = parse_layout)]
     layout: Vec<SequenceLayoutKind>,
+    #[command(flatten)]
+    store: StoreArgs,
     /// Store directory [default: a temporary directory, removed after]; a store there that an
     /// earlier run populated with the same --runs, --steps and --big-steps is reused.
     #[arg(long)]
@@ -360,6 +383,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             append_batch: args.append_batch,
             kafka: args.kafka.clone(),
             layout,
+            store: args.store.options(),
             ..Default::default()
         };
         let sub = dir.join(layout.as_str());
@@ -440,8 +464,14 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
     );
     let (dir, scratch) = scratch_dir(args.dir)?;
     for layout in args.layout {
-        let cfg =
-            QueryBenchConfig { runs: args.runs, steps: args.steps, big_steps: args.big_steps, reps: args.reps, layout };
+        let cfg = QueryBenchConfig {
+            runs: args.runs,
+            steps: args.steps,
+            big_steps: args.big_steps,
+            reps: args.reps,
+            layout,
+            store: args.store.options(),
+        };
         let sub = dir.join(layout.as_str());
         eprintln!(
             "storing {} runs x 3 metrics x {} steps + 1 run x {} steps, {}, under {} ...",

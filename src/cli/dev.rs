@@ -59,7 +59,10 @@ pub fn run_hash(i: u32) -> String {
 async fn seed(args: SeedArgs) -> anyhow::Result<()> {
     let config = args.common.load(|_| {})?;
     let db = open_database(&config.storage).context("cannot open the store")?;
-    let layout = Layout::open(&db).await.context("cannot open the store's directories")?;
+    // Settled as `serve` settles it: a new store takes `storage.sequence_layout` and records it.
+    let layout = Layout::open_settled(&db, config.storage.sequence_layout)
+        .await
+        .context("cannot open the store's directories")?;
     for i in 0..args.runs {
         let hash = run_hash(i);
         let steps = args.steps;

@@ -25,6 +25,10 @@
 //! - The context key `(R,"contexts",ctx_id)` is written in the transaction of the points, once per
 //!   transaction and context; no cache outlives a transaction (quirk 7).
 //! - `add_tag`/`remove_tag` are idempotent: `run_count` moves only when the link changes (quirk 8).
+//! - Times (`created_at`, `updated_at`, `finalized_at`, a point's `time`) are each record's
+//!   envelope `timestamp`, the gateway's receive time, where the reference reads the worker clock at
+//!   each write (quirk 1): a batch is one transaction, and a replay must write the same bytes
+//!   ([`RecordTime`]; `tests/ingest_pipeline.rs`).
 //! - Tombstones win: a run with `("_deleted", R)` gets no data message applied; the messages are
 //!   counted, and the checkpoint still advances. The tombstone is read in each transaction, never
 //!   cached, so a run restored or cleared by any process is ingested from the next flush on (the
@@ -217,6 +221,7 @@ impl From<SeqError> for Fail {
         match e {
             SeqError::Kv(k) => Fail::Kv(k),
             SeqError::Corrupt(c) => Fail::Message { reason: "corrupt_data", detail: c },
+            e @ SeqError::KeyLimit { .. } => Fail::Message { reason: "corrupt_data", detail: e.to_string() },
         }
     }
 }
@@ -233,11 +238,58 @@ fn check_tree(path: &[String], node: &Value) -> Result<(), Fail> {
         .map_err(|e| Fail::Message { reason: "encode_error", detail: e.to_string() })
 }
 
+/// Where the times written for each record come from (`created_at`, `updated_at`,
+/// `finalized_at`, a point's `time`, an entity's `created_at`).
+///
+/// The reference stores `time.time()` of each write (§1.7), so a run's records get their own times.
+/// Ours applies a batch in one transaction: one clock reading for it would give every point of a
+/// backlogged run the same time and a run created and finished in one batch `created_at ==
+/// finalized_at`. So each record is written at its envelope `timestamp`, the gateway's receive
+/// time (µs): a replayed or retried record writes the same bytes whenever and in whichever batch it
+/// is applied, and a backlog does not move the times. Records of one frame share its receive time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RecordTime {
+    /// Every record at this one time: the golden fixtures and worked examples pin the reference's
+    /// clock so.
+    Pinned(f64),
+    /// Each record at its envelope `timestamp`; `clock` (the worker's, read once per transaction)
+    /// for a record whose timestamp is not a finite number, and for what is about the apply
+    /// itself rather than a record (dead letters, the `run_deleted` event).
+    Received { clock: f64 },
+}
+
+impl From<f64> for RecordTime {
+    fn from(now: f64) -> Self {
+        RecordTime::Pinned(now)
+    }
+}
+
+impl RecordTime {
+    /// The time written for the record `entry`.
+    pub fn of(self, entry: &Entry) -> f64 {
+        match self {
+            RecordTime::Pinned(now) => now,
+            RecordTime::Received { clock } => {
+                let t = entry.message.timestamp;
+                if t.is_finite() { t } else { clock }
+            }
+        }
+    }
+
+    /// The worker clock of the apply (the pinned time when pinned).
+    pub fn clock(self) -> f64 {
+        match self {
+            RecordTime::Pinned(now) | RecordTime::Received { clock: now } => now,
+        }
+    }
+}
+
 /// Per-transaction state of one apply call.
 struct Scope<'a> {
     layout: &'a Layout,
     tx: &'a Transaction,
     run: &'a str,
+    /// The time of the record being handled ([`RecordTime::of`]).
     now: f64,
     /// Context ids whose key this transaction already wrote.
     contexts: HashSet<u32>,
@@ -259,8 +311,8 @@ struct Scope<'a> {
 struct PendingPoints {
     ctx_id: u32,
     name: String,
-    /// `(step, value, epoch)`; the time is the transaction's `now`.
-    rows: Vec<(i64, Vec<u8>, Option<i64>)>,
+    /// `(step, value, epoch, time)`; the time is that of the point's record.
+    rows: Vec<(i64, Vec<u8>, Option<i64>, f64)>,
     /// The highest stored step, read once, when an automatic step first needs it.
     stored_last: Option<Option<i64>>,
     /// The highest step in `rows`.
@@ -309,7 +361,8 @@ impl Applier {
 
     /// Applies `entries` (one run's records, in source order) in `tx`, which the caller commits.
     ///
-    /// `now` is the worker clock stored in every time field; `ids` makes the uuid of an experiment
+    /// `time` gives the time stored in every time field, per record ([`RecordTime`]; a bare `f64`
+    /// pins one time for all); `ids` makes the uuid of an experiment
     /// or tag created on the fly ([`position_uuid`] is the deterministic choice). Entries at or below
     /// their partition's checkpoint are skipped, data messages of a tombstoned run are skipped, and
     /// messages failing deterministically are dead-lettered; KV errors fail the call, and then
@@ -319,9 +372,11 @@ impl Applier {
         tx: &Transaction,
         run: &str,
         entries: &[Entry],
-        now: f64,
+        time: impl Into<RecordTime>,
         ids: &mut (dyn FnMut(&IdRequest<'_>) -> String + Send),
     ) -> Result<ApplyOutcome, ApplyError> {
+        let time = time.into();
+        let now = time.clock();
         let mut outcome = ApplyOutcome::default();
         // The running high-water mark per partition: the stored checkpoint, then each entry seen.
         let mut marks: Vec<(i32, Option<i64>, Option<i64>)> = Vec::new(); // (partition, stored, current)
@@ -372,6 +427,7 @@ impl Applier {
                     continue;
                 }
             }
+            scope.now = time.of(entry);
             match scope.handle(entry, ids).await {
                 Ok(()) => {
                     *outcome.applied.entry(msg.kind()).or_insert(0) += 1;
@@ -673,7 +729,7 @@ impl Scope<'_> {
         };
         self.context(ctx_id, ctx_bytes.as_deref());
         let pending = &mut self.points[slot];
-        pending.rows.push((step, val_bytes, epoch));
+        pending.rows.push((step, val_bytes, epoch, self.now));
         pending.max_step = Some(pending.max_step.map_or(step, |m| m.max(step)));
         self.pend_trace(ctx_id, name, dtype, last, step);
         Ok(())
@@ -701,7 +757,7 @@ impl Scope<'_> {
             let writes: Vec<SeqWrite<'_>> = p
                 .rows
                 .iter()
-                .map(|(step, val, epoch)| SeqWrite { step: *step, val, epoch: *epoch, time: self.now })
+                .map(|(step, val, epoch, time)| SeqWrite { step: *step, val, epoch: *epoch, time: *time })
                 .collect();
             self.layout.seqs.write(self.tx, id, &writes).await?;
         }

@@ -19,6 +19,7 @@ use crate::query::plan::{IndexExpr, IndexPred, RangeOp};
 use crate::query::views::{RunView, TraceSummary};
 use crate::query::{EvalLimits, Scope, check_constant_parts, matches_within};
 use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
+use crate::storage::layout::sequences::{KeyAllowance, SeqError};
 use crate::storage::layout::{EntityKind, Layout, SeqId};
 use crate::storage::tuple::Elem;
 use crate::storage::value::Value;
@@ -296,6 +297,27 @@ impl Reader {
     /// Charges keys read to the request's budget.
     pub fn charge(&mut self, keys: usize) -> Result<(), ApiError> {
         self.budget.charge(keys)
+    }
+
+    /// The keys a sequence read may still fetch: what is left of the budget, so a read that
+    /// would exceed it stops as soon as it has fetched one key more, not after reading it all.
+    pub fn key_allowance(&self) -> KeyAllowance {
+        KeyAllowance::new(usize::try_from(self.budget.keys_left).unwrap_or(usize::MAX))
+    }
+
+    /// Charges the keys a sequence read within [`Self::key_allowance`] fetched, and answers a
+    /// read stopped at the allowance with the budget error.
+    pub fn charge_read<T>(&mut self, keys: KeyAllowance, read: Result<T, SeqError>) -> Result<T, ApiError> {
+        match read {
+            Err(SeqError::KeyLimit { .. }) => {
+                self.budget.charge(usize::MAX)?;
+                Err(ApiError::Budget("the keys to read exceed query.max_keys_per_request".into()))
+            }
+            other => {
+                self.budget.charge(keys.used())?;
+                Ok(other?)
+            }
+        }
     }
 
     /// The transaction, for sequence reads.

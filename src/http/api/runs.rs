@@ -384,8 +384,9 @@ pub(super) async fn read_series(
         return Ok(Vec::new());
     }
     let layout = reader.layout().clone();
-    let points = layout.seqs.read(reader.tx(), id, start, end, cols, true).await?;
-    reader.charge(points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time)))?;
+    let mut keys = reader.key_allowance();
+    let read = layout.seqs.read_within(reader.tx(), id, start, end, cols, true, &mut keys).await;
+    let points = reader.charge_read(keys, read)?;
     let density = usize::try_from(density).unwrap_or(0);
     if density == 0 || points.len() <= density {
         return Ok(points);
@@ -406,9 +407,9 @@ async fn read_sampled(
 ) -> Result<Vec<crate::storage::layout::SeqPoint>, ApiError> {
     let layout = reader.layout().clone();
     let p = usize::try_from(p.max(1)).unwrap_or(usize::MAX);
-    let (points, keys) = layout.seqs.read_sampled(reader.tx(), id, p, cols, true).await?;
-    reader.charge(keys)?;
-    Ok(points)
+    let mut keys = reader.key_allowance();
+    let read = layout.seqs.read_sampled_within(reader.tx(), id, p, cols, true, &mut keys).await;
+    reader.charge_read(keys, read)
 }
 
 pub(super) fn point_value(bytes: &[u8]) -> Value {

@@ -21,6 +21,25 @@ pub enum EmbeddedEngine {
     Redb,
 }
 
+/// Memory of an embedded engine (`[storage]` `cache_bytes`, `memtable_bytes`): what it holds in
+/// memory grows up to these and no further, whatever the size of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// Block cache (fjall) or page cache (redb), filled as blocks are read, not up front.
+    pub cache_bytes: u64,
+    /// fjall: size at which the write memtable is sealed and flushed; up to four sealed ones wait
+    /// for their flush beside the active one, so writes hold at most five of these. fjall records
+    /// it when a store is created and keeps it for that store. redb has no memtable.
+    pub memtable_bytes: u64,
+}
+
+impl Default for EmbeddedOptions {
+    /// Equal to the built-in `[storage]` of `config/default.toml` (a config test keeps them equal).
+    fn default() -> Self {
+        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20 }
+    }
+}
+
 /// Settings of the retry loop ([`Database::run`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryOptions {
@@ -76,11 +95,22 @@ impl Database {
         }
     }
 
-    /// Opens (creating if needed) the embedded store in `dir`.
+    /// Opens (creating if needed) the embedded store in `dir`, with the built-in memory settings.
     pub fn open_embedded(dir: &Path, engine: EmbeddedEngine, limits: Limits) -> Result<Self, KvError> {
+        Self::open_embedded_with(dir, engine, limits, EmbeddedOptions::default())
+    }
+
+    /// Opens (creating if needed) the embedded store in `dir` with the engine's memory set by
+    /// `options`.
+    pub fn open_embedded_with(
+        dir: &Path,
+        engine: EmbeddedEngine,
+        limits: Limits,
+        options: EmbeddedOptions,
+    ) -> Result<Self, KvError> {
         let (engine, backend): (Box<dyn super::engine::Engine>, _) = match engine {
-            EmbeddedEngine::Fjall => (Box::new(super::fjall_engine::FjallEngine::open(dir)?), "fjall"),
-            EmbeddedEngine::Redb => (Box::new(super::redb_engine::RedbEngine::open(dir)?), "redb"),
+            EmbeddedEngine::Fjall => (Box::new(super::fjall_engine::FjallEngine::open(dir, options)?), "fjall"),
+            EmbeddedEngine::Redb => (Box::new(super::redb_engine::RedbEngine::open(dir, options)?), "redb"),
         };
         Ok(Self { inner: DbInner::Local(LocalDb::new(engine, limits)), backend })
     }

@@ -6,18 +6,13 @@ use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
+use super::database::EmbeddedOptions;
 use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
 
 fn engine_err(e: impl std::fmt::Display) -> KvError {
     KvError::Engine(e.to_string())
 }
-
-/// Capacity of fjall's block cache (allocated as blocks are read, not up front). fjall's default,
-/// 32 MiB, does not hold the index blocks of a store of a few GB: each point read or range start
-/// then reads and checksums a whole index block from the file again, which made a search over
-/// 1,000 runs (31 M points, 1.4 GB) take 2.6 s instead of 0.1 s (`matyan bench query`).
-const CACHE_BYTES: u64 = 256 << 20;
 
 /// The fjall engine: one database directory, one keyspace.
 pub struct FjallEngine {
@@ -26,14 +21,17 @@ pub struct FjallEngine {
 }
 
 impl FjallEngine {
-    /// Opens or creates the store under `dir/fjall`.
-    pub fn open(dir: &Path) -> Result<Self, KvError> {
+    /// Opens or creates the store under `dir/fjall`. The block cache is `options.cache_bytes`
+    /// (fjall allocates it as blocks are read). The memtable size only applies to a new store:
+    /// fjall records a keyspace's options when it creates it and reopens it with those.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, KvError> {
         let path = dir.join("fjall");
-        let db = Database::builder(&path).cache_size(CACHE_BYTES).open().map_err(|e| match e {
+        let db = Database::builder(&path).cache_size(options.cache_bytes).open().map_err(|e| match e {
             fjall::Error::Locked => KvError::Locked(path.display().to_string()),
             other => engine_err(other),
         })?;
-        let ks = db.keyspace("kv", KeyspaceCreateOptions::default).map_err(engine_err)?;
+        let create = || KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes);
+        let ks = db.keyspace("kv", create).map_err(engine_err)?;
         Ok(Self { db, ks })
     }
 }
@@ -158,7 +156,7 @@ mod tests {
     #[test]
     fn a_store_closed_cleanly_leaves_no_journal_to_replay_at_the_next_open() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = FjallEngine::open(dir.path()).unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         let batch = WriteBatch {
             ops: (0..10_000u32).map(|i| (i.to_be_bytes().to_vec(), PointOp::Set(vec![7; 60]))).collect(),
             ..WriteBatch::default()
@@ -171,10 +169,29 @@ mod tests {
         // The next open replays only what no table holds: with the memtable flushed, nothing (an 85 MB
         // journal took 4–8 s to replay before).
         assert!(bytes_under(&tables) > 300_000, "a clean close writes the memtable into a table");
-        let engine = FjallEngine::open(dir.path()).unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         let snap = engine.snapshot().unwrap();
         assert_eq!(snap.get(&9_999u32.to_be_bytes()).unwrap(), Some(vec![7; 60]));
         assert_eq!(snap.range(&[], &[0xff], false, 0).unwrap().len(), 10_000);
+    }
+
+    #[test]
+    fn a_store_created_with_a_small_memtable_flushes_it_into_tables_while_open() {
+        // 3 MB of writes: a 16 MiB memtable (the default) holds them, a 1 MiB one is flushed.
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions { memtable_bytes: 1 << 20, ..EmbeddedOptions::default() };
+        let engine = FjallEngine::open(dir.path(), options).unwrap();
+        for batch in 0..30u32 {
+            let ops = (0..1_000u32).map(|i| ((batch * 1_000 + i).to_be_bytes().to_vec(), PointOp::Set(vec![7; 100])));
+            engine.apply(&WriteBatch { ops: ops.collect(), ..WriteBatch::default() }).unwrap();
+        }
+        let tables = dir.path().join("fjall/keyspaces");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while bytes_under(&tables) < 1_000_000 {
+            assert!(std::time::Instant::now() < deadline, "no memtable was flushed while open");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert_eq!(engine.snapshot().unwrap().range(&[], &[0xff], false, 0).unwrap().len(), 30_000);
     }
 
     #[test]
@@ -182,7 +199,7 @@ mod tests {
         // A temporary directory removed before the last handle drops (as tests and benchmarks do):
         // the close flush fails and the close gives up after its bounded wait instead of hanging.
         let dir = tempfile::tempdir().unwrap();
-        let engine = FjallEngine::open(dir.path()).unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         let batch = WriteBatch { ops: vec![(b"k".to_vec(), PointOp::Set(b"v".to_vec()))], ..WriteBatch::default() };
         engine.apply(&batch).unwrap();
         std::fs::remove_dir_all(dir.path()).unwrap();

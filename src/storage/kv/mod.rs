@@ -22,6 +22,6 @@ mod memory;
 mod redb_engine;
 mod types;
 
-pub use database::{Database, EmbeddedEngine, RetryOptions, Transaction};
+pub use database::{Database, EmbeddedEngine, EmbeddedOptions, RetryOptions, Transaction};
 pub use error::{KvError, RetryableError};
 pub use types::{KeySelector, KeyValue, Limits, RangeOption, atomic_add, strinc};

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::database::EmbeddedOptions;
 use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
 
@@ -21,11 +22,13 @@ pub struct RedbEngine {
 }
 
 impl RedbEngine {
-    /// Opens or creates the store file `dir/matyan.redb`.
-    pub fn open(dir: &Path) -> Result<Self, KvError> {
+    /// Opens or creates the store file `dir/matyan.redb`, with `options.cache_bytes` of page
+    /// cache (redb's own default is 1 GiB).
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, KvError> {
         std::fs::create_dir_all(dir).map_err(engine_err)?;
         let path = dir.join("matyan.redb");
-        let db = Database::create(&path).map_err(|e| match e {
+        let cache = usize::try_from(options.cache_bytes).unwrap_or(usize::MAX);
+        let db = Database::builder().set_cache_size(cache).create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => KvError::Locked(path.display().to_string()),
             other => engine_err(other),
         })?;

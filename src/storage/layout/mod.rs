@@ -63,6 +63,7 @@ impl From<sequences::SeqError> for LayoutError {
         match e {
             sequences::SeqError::Kv(k) => LayoutError::Kv(k),
             sequences::SeqError::Corrupt(c) => LayoutError::Corrupt(c),
+            e @ sequences::SeqError::KeyLimit { .. } => LayoutError::Invalid(e.to_string()),
         }
     }
 }

@@ -9,7 +9,7 @@
 
 use super::codec::{self, ChunkView, Row};
 use super::sampling::{sample_gapless, sample_indices};
-use super::{Columns, SeqError, SeqId, SeqPoint, SeqWrite};
+use super::{Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite};
 use crate::storage::kv::{KeyValue, RangeOption, Transaction};
 use crate::storage::tuple::{self, Elem};
 
@@ -176,11 +176,28 @@ impl Chunked {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
+        self.read_within(tx, id, start, end, cols, snapshot, &mut KeyAllowance::unlimited()).await
+    }
+
+    /// [`Self::read`] within `keys`: each chunk fetched is one key, the one found for `start`
+    /// included.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        start: Option<i64>,
+        end: Option<i64>,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
         let prefix = self.series_prefix(id);
         let (mut b, e) = Self::up_to(&prefix, end);
         if let Some(s) = start
             && let Some(kv) = self.chunk_at(tx, &prefix, s, snapshot).await?
         {
+            keys.take(1)?;
             b = kv.key;
         } else if let Some(s) = start {
             b = Self::chunk_key(&prefix, s);
@@ -188,7 +205,7 @@ impl Chunked {
         if b >= e {
             return Ok(Vec::new());
         }
-        let chunks = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
+        let chunks = keys.get_range(tx, RangeOption::new(b, e), snapshot).await?;
         let (lo, hi) = (start.unwrap_or(i64::MIN), end.unwrap_or(i64::MAX));
         let mut out = Vec::new();
         for kv in &chunks {
@@ -215,12 +232,26 @@ impl Chunked {
         cols: Columns,
         snapshot: bool,
     ) -> Result<(Vec<SeqPoint>, usize), SeqError> {
+        let mut keys = KeyAllowance::unlimited();
+        let points = self.read_sampled_within(tx, id, p, cols, snapshot, &mut keys).await?;
+        Ok((points, keys.used().max(1)))
+    }
+
+    /// [`Self::read_sampled`] within `keys` (each chunk fetched is one key).
+    pub async fn read_sampled_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        p: usize,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
         let prefix = self.series_prefix(id);
         let (b, e) = tuple::range(&prefix, &[]);
-        let chunks = tx.get_range(&RangeOption::new(b, e), snapshot).await?;
-        let keys = chunks.len().max(1);
+        let chunks = keys.get_range(tx, RangeOption::new(b, e), snapshot).await?;
         let views = chunks.iter().map(|kv| ChunkView::parse(&kv.value)).collect::<Result<Vec<_>, _>>()?;
-        let (Some(head), Some(tail)) = (views.first(), views.last()) else { return Ok((Vec::new(), keys)) };
+        let (Some(head), Some(tail)) = (views.first(), views.last()) else { return Ok(Vec::new()) };
         let contiguous = views.iter().all(ChunkView::gapless)
             && views.windows(2).all(|w| i128::from(w[1].first) == i128::from(w[0].last) + 1);
         // The kept points as (chunk, index in chunk), ascending.
@@ -265,7 +296,7 @@ impl Chunked {
             push_points(view, &steps, &at, cols, &mut out)?;
             i += n;
         }
-        Ok((out, keys))
+        Ok(out)
     }
 
     /// Removes every chunk of the series.

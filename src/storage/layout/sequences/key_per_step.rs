@@ -2,7 +2,7 @@
 //! `⟨runs⟩(R, "seqs", ctx_id, name, col, step)` with `col` ∈ `val`, `step`, `epoch`, `time`.
 
 use super::sampling::{sample_gapless, sample_indices};
-use super::{Columns, SeqError, SeqId, SeqPoint, SeqWrite};
+use super::{Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite};
 use crate::storage::kv::{KeyValue, RangeOption, Transaction};
 use crate::storage::tuple::{self, Elem};
 use crate::storage::value::{self, Value};
@@ -93,22 +93,37 @@ impl KeyPerStep {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
+        self.read_within(tx, id, start, end, cols, snapshot, &mut KeyAllowance::unlimited()).await
+    }
+
+    /// [`Self::read`] within `keys`: one key per step and column read.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        start: Option<i64>,
+        end: Option<i64>,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
         // One pass from the read keys to the points: a series may hold millions.
         let (prefix, range) = self.column_range(id, "val", start, end);
-        let kvs = tx.get_range(&range, snapshot).await?;
+        let kvs = keys.get_range(tx, range, snapshot).await?;
         let mut points = Vec::with_capacity(kvs.len());
         for kv in kvs {
             points.push(SeqPoint { step: step_of(&prefix, &kv)?, val: kv.value, epoch: None, time: None });
         }
         if cols.epoch {
-            let epochs = self.read_column(tx, id, "epoch", start, end, snapshot).await?;
+            let epochs = self.read_column(tx, id, "epoch", (start, end), snapshot, keys).await?;
             merge_column(&mut points, epochs, |p, v| {
                 p.epoch = decode_int(&v)?;
                 Ok(())
             })?;
         }
         if cols.time {
-            let times = self.read_column(tx, id, "time", start, end, snapshot).await?;
+            let times = self.read_column(tx, id, "time", (start, end), snapshot, keys).await?;
             merge_column(&mut points, times, |p, v| {
                 p.time = decode_time(&v)?;
                 Ok(())
@@ -204,31 +219,48 @@ impl KeyPerStep {
         cols: Columns,
         snapshot: bool,
     ) -> Result<(Vec<SeqPoint>, usize), SeqError> {
-        let Some((first, last)) = self.step_bounds(tx, id, snapshot).await? else {
-            return Ok((Vec::new(), 1));
+        let mut keys = KeyAllowance::unlimited();
+        let points = self.read_sampled_within(tx, id, p, cols, snapshot, &mut keys).await?;
+        Ok((points, keys.used()))
+    }
+
+    /// [`Self::read_sampled`] within `keys`: the two bounds, then one key per step and column
+    /// read, point reads counted before they are made.
+    pub async fn read_sampled_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        p: usize,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
+        let bounds = self.step_bounds(tx, id, snapshot).await?;
+        let Some((first, last)) = bounds else {
+            keys.take(1)?;
+            return Ok(Vec::new());
         };
+        keys.take(2)?;
         let width = u64::try_from(i128::from(last) - i128::from(first) + 1).unwrap_or(u64::MAX);
         let few = u64::try_from(p).unwrap_or(u64::MAX).saturating_mul(POINT_READ_RATIO);
         if width <= few || width > MAX_GAPLESS_WIDTH {
-            let mut points = self.read(tx, id, None, None, cols, snapshot).await?;
-            let keys = 2 + points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time));
+            let mut points = self.read_within(tx, id, None, None, cols, snapshot, keys).await?;
             let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
             let keep = sample_indices(&steps, p);
             if keep.len() < points.len() {
                 let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
                 points = keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect();
             }
-            return Ok((points, keys));
+            return Ok(points);
         }
         let steps = sample_gapless(first, last, p);
-        let mut keys = 2 + steps.len();
+        keys.take(steps.len())?;
         let mut points: Vec<SeqPoint> = match self.values_at(tx, id, &steps, snapshot).await? {
             Some(vals) => {
                 steps.into_iter().zip(vals).map(|(step, val)| SeqPoint { step, val, epoch: None, time: None }).collect()
             }
             None => {
-                let all = self.read_column(tx, id, "val", None, None, snapshot).await?;
-                keys += all.len();
+                let all = self.read_column(tx, id, "val", (None, None), snapshot, keys).await?;
                 let all_steps: Vec<i64> = all.iter().map(|(s, _)| *s).collect();
                 let mut all: Vec<Option<(i64, Vec<u8>)>> = all.into_iter().map(Some).collect();
                 sample_indices(&all_steps, p)
@@ -238,8 +270,9 @@ impl KeyPerStep {
                     .collect()
             }
         };
-        keys += self.columns_at(tx, id, &mut points, cols, snapshot).await?;
-        Ok((points, keys))
+        keys.take(points.len() * (usize::from(cols.epoch) + usize::from(cols.time)))?;
+        self.columns_at(tx, id, &mut points, cols, snapshot).await?;
+        Ok(points)
     }
 
     async fn read_column(
@@ -247,12 +280,12 @@ impl KeyPerStep {
         tx: &Transaction,
         id: SeqId<'_>,
         col: &str,
-        start: Option<i64>,
-        end: Option<i64>,
+        (start, end): (Option<i64>, Option<i64>),
         snapshot: bool,
+        keys: &mut KeyAllowance,
     ) -> Result<Vec<(i64, Vec<u8>)>, SeqError> {
         let (prefix, range) = self.column_range(id, col, start, end);
-        let kvs = tx.get_range(&range, snapshot).await?;
+        let kvs = keys.get_range(tx, range, snapshot).await?;
         kvs.into_iter().map(|kv| Ok((step_of(&prefix, &kv)?, kv.value))).collect()
     }
 

@@ -9,7 +9,9 @@
 //! from it keeps the source's); writes go to the target.
 
 use super::version::{self, VersionState};
-use super::{Columns, SeqError, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, sample_indices};
+use super::{
+    Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, sample_indices,
+};
 use crate::storage::kv::Transaction;
 use crate::storage::layout::LayoutError;
 
@@ -116,6 +118,52 @@ impl Sequences {
         }
     }
 
+    /// [`SequenceLayout::read_within`]; during a migration, both layouts merged, each read charged
+    /// to the same `keys`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        start: Option<i64>,
+        end: Option<i64>,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
+        match self.state(tx, snapshot).await? {
+            VersionState::Settled(kind) => {
+                self.layout(kind).read_within(tx, id, start, end, cols, snapshot, keys).await
+            }
+            VersionState::Migrating { from, to } => {
+                let older = self.layout(from).read_within(tx, id, start, end, cols, snapshot, keys).await?;
+                let newer = self.layout(to).read_within(tx, id, start, end, cols, snapshot, keys).await?;
+                Ok(merge_points(older, newer))
+            }
+        }
+    }
+
+    /// [`SequenceLayout::read_sampled_within`]; during a migration the whole series is read from
+    /// both layouts (charged to `keys`), merged and sampled.
+    pub async fn read_sampled_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        p: usize,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
+        match self.state(tx, snapshot).await? {
+            VersionState::Settled(kind) => self.layout(kind).read_sampled_within(tx, id, p, cols, snapshot, keys).await,
+            VersionState::Migrating { from, to } => {
+                let older = self.layout(from).read_within(tx, id, None, None, cols, snapshot, keys).await?;
+                let newer = self.layout(to).read_within(tx, id, None, None, cols, snapshot, keys).await?;
+                Ok(sample_merged(merge_points(older, newer), p))
+            }
+        }
+    }
+
     /// [`SequenceLayout::step_bounds`]; during a migration, the bounds of both layouts together.
     pub async fn step_bounds(
         &self,
@@ -153,13 +201,7 @@ impl Sequences {
                 let newer = self.layout(to).read(tx, id, None, None, cols, snapshot).await?;
                 let points = merge_points(older, newer);
                 let keys = 2 + points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time));
-                let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-                let keep = sample_indices(&steps, p);
-                if keep.len() == points.len() {
-                    return Ok((points, keys));
-                }
-                let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
-                Ok((keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect(), keys))
+                Ok((sample_merged(points, p), keys))
             }
         }
     }
@@ -170,6 +212,17 @@ impl Sequences {
         self.key_per_step.clear(tx, id);
         self.chunked.clear(tx, id);
     }
+}
+
+/// The `p` points [`sample_indices`] keeps of a step-sorted series.
+fn sample_merged(points: Vec<SeqPoint>, p: usize) -> Vec<SeqPoint> {
+    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
+    let keep = sample_indices(&steps, p);
+    if keep.len() == points.len() {
+        return points;
+    }
+    let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
+    keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect()
 }
 
 /// A later write of the same step over an earlier one: value and time replace the earlier ones, the

@@ -26,7 +26,7 @@ pub use live::Sequences;
 pub use sampling::{sample_gapless, sample_indices};
 pub use version::SequenceLayoutKind;
 
-use crate::storage::kv::{KvError, Transaction};
+use crate::storage::kv::{KeyValue, KvError, RangeOption, Transaction};
 
 /// One sequence: run, context id and name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,14 +74,77 @@ pub enum SeqError {
     /// A stored key or value does not decode as the layout says.
     #[error("corrupt sequence data: {0}")]
     Corrupt(String),
+    /// A read needs more keys than its [`KeyAllowance`] (it fetched at most one more).
+    #[error("more than {max} keys to read")]
+    KeyLimit { max: usize },
 }
 
 impl crate::storage::kv::RetryableError for SeqError {
     fn kv_error(&self) -> Option<&KvError> {
         match self {
             SeqError::Kv(e) => Some(e),
-            SeqError::Corrupt(_) => None,
+            SeqError::Corrupt(_) | SeqError::KeyLimit { .. } => None,
         }
+    }
+}
+
+/// The keys a read may fetch, and those it fetched: the work a read does is the keys it fetches
+/// and decodes (one per step and column on [`KeyPerStep`], one per chunk of up to
+/// [`ChunkLimits::max_points`] points on [`Chunked`]). A range read asks for at most one key more
+/// than are left, so a read past its allowance stops with [`SeqError::KeyLimit`] having fetched
+/// that one key more and decoded nothing of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyAllowance {
+    max: usize,
+    used: usize,
+}
+
+/// Above this many keys left, range reads are not limited (a limit is a 32-bit count in
+/// FoundationDB's client).
+const UNLIMITED_KEYS: usize = 1 << 30;
+
+impl KeyAllowance {
+    /// At most `max` keys.
+    pub fn new(max: usize) -> Self {
+        Self { max, used: 0 }
+    }
+
+    /// No bound (reads of our own, tests).
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    /// The keys fetched so far.
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    fn left(&self) -> usize {
+        self.max - self.used
+    }
+
+    /// Counts `n` keys fetched (or about to be, by point reads).
+    pub(crate) fn take(&mut self, n: usize) -> Result<(), SeqError> {
+        if n > self.left() {
+            return Err(SeqError::KeyLimit { max: self.max });
+        }
+        self.used += n;
+        Ok(())
+    }
+
+    /// Reads `range` (its own limit kept) fetching at most one key more than are left.
+    pub(crate) async fn get_range(
+        &mut self,
+        tx: &Transaction,
+        range: RangeOption,
+        snapshot: bool,
+    ) -> Result<Vec<KeyValue>, SeqError> {
+        let cap = self.left().saturating_add(1);
+        let range =
+            if cap < UNLIMITED_KEYS && (range.limit == 0 || range.limit > cap) { range.limit(cap) } else { range };
+        let kvs = tx.get_range(&range, snapshot).await?;
+        self.take(kvs.len())?;
+        Ok(kvs)
     }
 }
 
@@ -162,6 +225,25 @@ impl SequenceLayout {
         }
     }
 
+    /// [`Self::read`] fetching no more keys than `keys` allows ([`SeqError::KeyLimit`] past it);
+    /// `keys` counts what was fetched.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn read_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        start: Option<i64>,
+        end: Option<i64>,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
+        match self {
+            Self::KeyPerStep(l) => l.read_within(tx, id, start, end, cols, snapshot, keys).await,
+            Self::Chunked(l) => l.read_within(tx, id, start, end, cols, snapshot, keys).await,
+        }
+    }
+
     /// The first and last step, `None` when the sequence has no points.
     pub async fn step_bounds(
         &self,
@@ -188,6 +270,23 @@ impl SequenceLayout {
         match self {
             Self::KeyPerStep(l) => l.read_sampled(tx, id, p, cols, snapshot).await,
             Self::Chunked(l) => l.read_sampled(tx, id, p, cols, snapshot).await,
+        }
+    }
+
+    /// [`Self::read_sampled`] fetching no more keys than `keys` allows ([`SeqError::KeyLimit`]
+    /// past it); `keys` counts what was fetched.
+    pub async fn read_sampled_within(
+        &self,
+        tx: &Transaction,
+        id: SeqId<'_>,
+        p: usize,
+        cols: Columns,
+        snapshot: bool,
+        keys: &mut KeyAllowance,
+    ) -> Result<Vec<SeqPoint>, SeqError> {
+        match self {
+            Self::KeyPerStep(l) => l.read_sampled_within(tx, id, p, cols, snapshot, keys).await,
+            Self::Chunked(l) => l.read_sampled_within(tx, id, p, cols, snapshot, keys).await,
         }
     }
 
