@@ -9,7 +9,7 @@
 
 use super::codec::{self, ChunkView, Row};
 use super::sampling::{sample_gapless, sample_indices};
-use super::{Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite};
+use super::{Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite, StepPoint, merge_by_step};
 use crate::storage::kv::{KeyValue, RangeOption, Transaction};
 use crate::storage::tuple::{self, Elem};
 
@@ -111,7 +111,7 @@ impl Chunked {
             let p = &points[i];
             let row = Row { step: p.step, val: p.val.to_vec(), epoch: p.epoch, time: p.time };
             match batch.last_mut() {
-                Some(last) if last.step == row.step => overwrite(last, row),
+                Some(last) if last.step == row.step => last.overwrite(row),
                 _ => batch.push(row),
             }
         }
@@ -131,7 +131,7 @@ impl Chunked {
             while let Some(row) = batch.next_if(|r| upper.is_none_or(|u| r.step < u)) {
                 incoming.push(row);
             }
-            let merged = merge(stored, incoming);
+            let merged = merge_by_step(stored, incoming);
             if let Some(key) = old_key {
                 tx.clear(&key);
             }
@@ -332,37 +332,16 @@ fn push_points(
 
 /// A later write of the same step: value and time replace the stored ones, and the epoch too when
 /// the write has one (the reference writes the `epoch` column only when given).
-fn overwrite(stored: &mut Row, row: Row) {
-    stored.val = row.val;
-    stored.time = row.time;
-    if row.epoch.is_some() {
-        stored.epoch = row.epoch;
+impl StepPoint for Row {
+    fn step(&self) -> i64 {
+        self.step
     }
-}
 
-/// Merges sorted, distinct `incoming` rows into sorted, distinct `stored` rows.
-fn merge(stored: Vec<Row>, incoming: Vec<Row>) -> Vec<Row> {
-    if stored.last().is_none_or(|l| incoming.first().is_none_or(|f| l.step < f.step)) {
-        let mut out = stored;
-        out.extend(incoming);
-        return out;
-    }
-    let mut out = Vec::with_capacity(stored.len() + incoming.len());
-    let mut a = stored.into_iter().peekable();
-    let mut b = incoming.into_iter().peekable();
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x.step < y.step => out.extend(a.next()),
-            (Some(x), Some(y)) if x.step > y.step => out.extend(b.next()),
-            (Some(_), Some(_)) => {
-                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
-                    overwrite(&mut x, y);
-                    out.push(x);
-                }
-            }
-            (Some(_), None) => out.extend(a.next()),
-            (None, Some(_)) => out.extend(b.next()),
-            (None, None) => return out,
+    fn overwrite(&mut self, row: Row) {
+        self.val = row.val;
+        self.time = row.time;
+        if row.epoch.is_some() {
+            self.epoch = row.epoch;
         }
     }
 }

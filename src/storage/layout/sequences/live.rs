@@ -10,7 +10,8 @@
 
 use super::version::{self, VersionState};
 use super::{
-    Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, sample_indices,
+    Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, StepPoint,
+    merge_by_step, sample_indices,
 };
 use crate::storage::kv::Transaction;
 use crate::storage::layout::LayoutError;
@@ -227,43 +228,26 @@ fn sample_merged(points: Vec<SeqPoint>, p: usize) -> Vec<SeqPoint> {
 
 /// A later write of the same step over an earlier one: value and time replace the earlier ones, the
 /// epoch too when the later one has it (the layouts' own rule).
-pub fn overwrite(earlier: &mut SeqPoint, later: SeqPoint) {
-    earlier.val = later.val;
-    if later.time.is_some() {
-        earlier.time = later.time;
+impl StepPoint for SeqPoint {
+    fn step(&self) -> i64 {
+        self.step
     }
-    if later.epoch.is_some() {
-        earlier.epoch = later.epoch;
+
+    fn overwrite(&mut self, later: SeqPoint) {
+        self.val = later.val;
+        if later.time.is_some() {
+            self.time = later.time;
+        }
+        if later.epoch.is_some() {
+            self.epoch = later.epoch;
+        }
     }
 }
 
 /// Merges two step-sorted point lists; on a step in both, `newer`'s point is written over
-/// `older`'s ([`overwrite`]).
+/// `older`'s.
 pub fn merge_points(older: Vec<SeqPoint>, newer: Vec<SeqPoint>) -> Vec<SeqPoint> {
-    if older.is_empty() {
-        return newer;
-    }
-    if newer.is_empty() {
-        return older;
-    }
-    let mut out = Vec::with_capacity(older.len() + newer.len());
-    let mut a = older.into_iter().peekable();
-    let mut b = newer.into_iter().peekable();
-    loop {
-        match (a.peek(), b.peek()) {
-            (Some(x), Some(y)) if x.step < y.step => out.extend(a.next()),
-            (Some(x), Some(y)) if x.step > y.step => out.extend(b.next()),
-            (Some(_), Some(_)) => {
-                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
-                    overwrite(&mut x, y);
-                    out.push(x);
-                }
-            }
-            (Some(_), None) => out.extend(a.next()),
-            (None, Some(_)) => out.extend(b.next()),
-            (None, None) => return out,
-        }
-    }
+    merge_by_step(older, newer)
 }
 
 #[cfg(test)]

@@ -298,3 +298,40 @@ impl SequenceLayout {
         }
     }
 }
+
+/// A point of one step, which a later write of the same step overwrites (the layouts' "last write
+/// of a step wins").
+pub(crate) trait StepPoint {
+    /// The point's step.
+    fn step(&self) -> i64;
+    /// Writes `later`, a later write of the same step, over this one.
+    fn overwrite(&mut self, later: Self);
+}
+
+/// Merges two step-sorted lists of distinct steps; on a step in both, `newer`'s point is written
+/// over `older`'s. Appending past the end (the usual case of a run logging on) only extends.
+pub(crate) fn merge_by_step<P: StepPoint>(older: Vec<P>, newer: Vec<P>) -> Vec<P> {
+    if older.last().is_none_or(|l| newer.first().is_none_or(|f| l.step() < f.step())) {
+        let mut out = older;
+        out.extend(newer);
+        return out;
+    }
+    let mut out = Vec::with_capacity(older.len() + newer.len());
+    let mut a = older.into_iter().peekable();
+    let mut b = newer.into_iter().peekable();
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x.step() < y.step() => out.extend(a.next()),
+            (Some(x), Some(y)) if x.step() > y.step() => out.extend(b.next()),
+            (Some(_), Some(_)) => {
+                if let (Some(mut x), Some(y)) = (a.next(), b.next()) {
+                    x.overwrite(y);
+                    out.push(x);
+                }
+            }
+            (Some(_), None) => out.extend(a.next()),
+            (None, Some(_)) => out.extend(b.next()),
+            (None, None) => return out,
+        }
+    }
+}
