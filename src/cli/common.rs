@@ -1,6 +1,7 @@
 //! Start-up pieces shared by the server roles (`serve`, `api`, `ingest`): metrics, storage, listeners, signals.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,6 +40,49 @@ impl WorkerArgs {
 
 /// The file under the data directory holding the address of a running API server.
 pub const ADDR_FILE: &str = "serve.addr";
+
+/// Sends one admin request to the `matyan serve` that holds the store under `data_dir` (locked by
+/// it, `locked` says how), found by its [`ADDR_FILE`]; returns the server's address and the
+/// answer's body once the server accepted it (200), else an error naming `what` and the server's
+/// answer. `head` is the request line and headers without the blank line; `body` follows them.
+/// HTTP/1.0: the server closes the connection at the end of the body, so no chunked decoding.
+pub fn admin_request(
+    data_dir: &Path,
+    locked: &str,
+    what: &str,
+    missing_hint: &str,
+    head: &str,
+    body: &[u8],
+) -> anyhow::Result<(String, BufReader<TcpStream>)> {
+    let addr_file = data_dir.join(ADDR_FILE);
+    let addr = std::fs::read_to_string(&addr_file).with_context(|| {
+        format!(
+            "the store is locked by another process ({locked}) and {} does not exist: \
+             stop that process, or run `matyan serve` {missing_hint}",
+            addr_file.display()
+        )
+    })?;
+    let addr = addr.trim().to_owned();
+    let mut stream =
+        TcpStream::connect(&addr).with_context(|| format!("store locked and the server at {addr} does not answer"))?;
+    write!(stream, "{head}\r\nHost: {addr}\r\n\r\n")?;
+    stream.write_all(body)?;
+    let mut reader = BufReader::new(stream);
+    let mut status = String::new();
+    reader.read_line(&mut status)?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
+            break;
+        }
+    }
+    if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
+        let mut rest = String::new();
+        reader.read_to_string(&mut rest)?;
+        anyhow::bail!("server at {addr} refused {what}: {} {}", status.trim(), rest.trim());
+    }
+    Ok((addr, reader))
+}
 
 /// How long open requests may run after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

@@ -3,8 +3,7 @@
 //! It opens the store itself; when a running `matyan serve` holds the embedded store's lock, it
 //! reads through that server's loopback admin route instead (found through `serve.addr`).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -17,7 +16,7 @@ use matyan::storage::layout::Dirs;
 use matyan::storage::tuple;
 
 use super::ConfigArgs;
-use super::serve::ADDR_FILE;
+use super::common;
 
 /// `matyan kv ...`.
 #[derive(Debug, Args)]
@@ -94,15 +93,6 @@ fn encode_query(v: &str) -> String {
 }
 
 fn dump_via_server(data_dir: &Path, args: &DumpArgs, locked: &str) -> anyhow::Result<()> {
-    let addr_file = data_dir.join(ADDR_FILE);
-    let addr = std::fs::read_to_string(&addr_file).with_context(|| {
-        format!(
-            "the store is locked by another process ({locked}) and {} does not exist: \
-             stop that process, or run `matyan serve` so the dump can go through it",
-            addr_file.display()
-        )
-    })?;
-    let addr = addr.trim();
     let mut query = vec![format!("raw={}", args.raw)];
     if let Some(d) = &args.dir {
         query.push(format!("dir={}", encode_query(d)));
@@ -110,24 +100,9 @@ fn dump_via_server(data_dir: &Path, args: &DumpArgs, locked: &str) -> anyhow::Re
     if let Some(p) = &args.prefix {
         query.push(format!("prefix={}", encode_query(p)));
     }
-    let mut stream =
-        TcpStream::connect(addr).with_context(|| format!("store locked and the server at {addr} does not answer"))?;
-    // HTTP/1.0: the server closes the connection at the end of the body, so no chunked decoding.
-    write!(stream, "GET /admin/kv/dump/?{} HTTP/1.0\r\nHost: {addr}\r\n\r\n", query.join("&"))?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
-            break;
-        }
-    }
-    if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
-        let mut body = String::new();
-        reader.read_to_string(&mut body)?;
-        bail!("server at {addr} refused the dump: {} {}", status.trim(), body.trim());
-    }
+    let head = format!("GET /admin/kv/dump/?{} HTTP/1.0", query.join("&"));
+    let (_, mut reader) =
+        common::admin_request(data_dir, locked, "the dump", "so the dump can go through it", &head, &[])?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     std::io::copy(&mut reader, &mut out)?;

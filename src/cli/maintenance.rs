@@ -8,8 +8,7 @@
 //! is drawn on a terminal; otherwise progress goes to plain log lines. Dry-run lines and the final
 //! summary go to stdout.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,7 @@ use matyan::storage::kv::KvError;
 use matyan::storage::layout::{Layout, SequenceLayoutKind};
 
 use super::ConfigArgs;
-use super::common::ADDR_FILE;
+use super::common;
 
 /// The exit status of a maintenance command, returned as an error so that `main` exits with it
 /// (after the command has reported why).
@@ -267,39 +266,13 @@ async fn run(flags: &JobFlags, job: impl FnOnce(&matyan::config::Config) -> anyh
 
 /// Runs the job in the `matyan serve` that holds the store; returns the job's exit status.
 fn via_server(data_dir: &Path, request: &JobRequest, locked: &str, reporter: &Console) -> anyhow::Result<u8> {
-    let addr_file = data_dir.join(ADDR_FILE);
-    let addr = std::fs::read_to_string(&addr_file).with_context(|| {
-        format!(
-            "the store is locked by another process ({locked}) and {} does not exist: \
-             stop that process, or run `matyan serve` so the job can run in it",
-            addr_file.display()
-        )
-    })?;
-    let addr = addr.trim();
     let body = serde_json::to_vec(request)?;
-    let mut stream =
-        TcpStream::connect(addr).with_context(|| format!("store locked and the server at {addr} does not answer"))?;
-    write!(
-        stream,
-        "POST /admin/maintenance/ HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+    let head = format!(
+        "POST /admin/maintenance/ HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: {}",
         body.len()
-    )?;
-    stream.write_all(&body)?;
-    let mut reader = BufReader::new(stream);
-    let mut status = String::new();
-    reader.read_line(&mut status)?;
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header == "\r\n" {
-            break;
-        }
-    }
-    if status.split_whitespace().nth(1).is_none_or(|code| code != "200") {
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut rest)?;
-        bail!("server at {addr} refused the job: {} {}", status.trim(), rest.trim());
-    }
-    tracing::info!(server = addr, "the store is held by a running server: the job runs there");
+    );
+    let (addr, reader) = common::admin_request(data_dir, locked, "the job", "so the job can run in it", &head, &body)?;
+    tracing::info!(server = %addr, "the store is held by a running server: the job runs there");
     for line in reader.lines() {
         let line = line?;
         let event: Event = serde_json::from_str(&line)

@@ -28,9 +28,6 @@ use super::control_workers::Control;
 use super::kafka_ingest::KafkaIngest;
 use super::{ConfigArgs, ListenArgs};
 
-/// The file under the data directory holding the address of a running server.
-pub use super::common::ADDR_FILE;
-
 /// Flags of `matyan serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
