@@ -20,7 +20,7 @@ use crate::query::plan::{MetricUsage, Plan, plan};
 use crate::query::views::{run_scope, sequence_scope};
 use crate::query::{CompileOptions, Query, compile};
 use crate::storage::context_id::context_to_id;
-use crate::storage::layout::{Columns, SeqId, sample_indices};
+use crate::storage::layout::{Columns, SeqId, sample_points};
 use crate::storage::value::{self, Value};
 
 use super::ApiError;
@@ -391,10 +391,7 @@ pub(super) async fn read_series(
     if density == 0 || points.len() <= density {
         return Ok(points);
     }
-    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-    let keep = sample_indices(&steps, density);
-    let mut points: Vec<Option<crate::storage::layout::SeqPoint>> = points.into_iter().map(Some).collect();
-    Ok(keep.into_iter().filter_map(|i| points.get_mut(i).and_then(Option::take)).collect())
+    Ok(sample_points(points, density))
 }
 
 /// Reads the whole of one series sampled to at most `p` points (at least one), as

@@ -26,6 +26,7 @@ pub use runs::{RunOps, Runs, TraceInfo};
 use sequences::version::{self, VersionState};
 pub use sequences::{
     Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, Sequences, sample_indices,
+    sample_points,
 };
 pub use system::{EntityKind, System};
 

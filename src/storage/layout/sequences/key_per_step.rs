@@ -1,7 +1,7 @@
 //! The reference's layout, byte compatible with a Matyan store: one key per step and column,
 //! `⟨runs⟩(R, "seqs", ctx_id, name, col, step)` with `col` ∈ `val`, `step`, `epoch`, `time`.
 
-use super::sampling::{sample_gapless, sample_indices};
+use super::sampling::{sample_gapless, sample_indices, sample_points};
 use super::{Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite};
 use crate::storage::kv::{KeyValue, RangeOption, Transaction};
 use crate::storage::tuple::{self, Elem};
@@ -244,14 +244,8 @@ impl KeyPerStep {
         let width = u64::try_from(i128::from(last) - i128::from(first) + 1).unwrap_or(u64::MAX);
         let few = u64::try_from(p).unwrap_or(u64::MAX).saturating_mul(POINT_READ_RATIO);
         if width <= few || width > MAX_GAPLESS_WIDTH {
-            let mut points = self.read_within(tx, id, None, None, cols, snapshot, keys).await?;
-            let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-            let keep = sample_indices(&steps, p);
-            if keep.len() < points.len() {
-                let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
-                points = keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect();
-            }
-            return Ok(points);
+            let points = self.read_within(tx, id, None, None, cols, snapshot, keys).await?;
+            return Ok(sample_points(points, p));
         }
         let steps = sample_gapless(first, last, p);
         keys.take(steps.len())?;

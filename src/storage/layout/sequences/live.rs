@@ -11,7 +11,7 @@
 use super::version::{self, VersionState};
 use super::{
     Columns, KeyAllowance, SeqError, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, StepPoint,
-    merge_by_step, sample_indices,
+    merge_by_step, sample_points,
 };
 use crate::storage::kv::Transaction;
 use crate::storage::layout::LayoutError;
@@ -160,7 +160,7 @@ impl Sequences {
             VersionState::Migrating { from, to } => {
                 let older = self.layout(from).read_within(tx, id, None, None, cols, snapshot, keys).await?;
                 let newer = self.layout(to).read_within(tx, id, None, None, cols, snapshot, keys).await?;
-                Ok(sample_merged(merge_points(older, newer), p))
+                Ok(sample_points(merge_points(older, newer), p))
             }
         }
     }
@@ -202,7 +202,7 @@ impl Sequences {
                 let newer = self.layout(to).read(tx, id, None, None, cols, snapshot).await?;
                 let points = merge_points(older, newer);
                 let keys = 2 + points.len() * (1 + usize::from(cols.epoch) + usize::from(cols.time));
-                Ok((sample_merged(points, p), keys))
+                Ok((sample_points(points, p), keys))
             }
         }
     }
@@ -213,17 +213,6 @@ impl Sequences {
         self.key_per_step.clear(tx, id);
         self.chunked.clear(tx, id);
     }
-}
-
-/// The `p` points [`sample_indices`] keeps of a step-sorted series.
-fn sample_merged(points: Vec<SeqPoint>, p: usize) -> Vec<SeqPoint> {
-    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
-    let keep = sample_indices(&steps, p);
-    if keep.len() == points.len() {
-        return points;
-    }
-    let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
-    keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect()
 }
 
 /// A later write of the same step over an earlier one: value and time replace the earlier ones, the

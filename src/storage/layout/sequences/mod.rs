@@ -23,7 +23,7 @@ pub mod version;
 pub use chunked::{ChunkLimits, Chunked};
 pub use key_per_step::KeyPerStep;
 pub use live::Sequences;
-pub use sampling::{sample_gapless, sample_indices};
+pub use sampling::{sample_gapless, sample_indices, sample_points};
 pub use version::SequenceLayoutKind;
 
 use crate::storage::kv::{KeyValue, KvError, RangeOption, Transaction};

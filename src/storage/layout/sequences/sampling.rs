@@ -1,6 +1,8 @@
 //! The sampling rules of `api.md` §4.9, shared by every sequence layout: which points of a series
 //! a density `p` keeps, and the same computed from the bounds of a gapless series.
 
+use super::SeqPoint;
+
 /// The bucket of `step` in the `p ≥ 128` rule of [`sample_indices`].
 fn bucket(step: i64, first: i64, buckets: usize, span: f64) -> usize {
     ((((step - first) as f64) * buckets as f64 / span) as usize).min(buckets - 1)
@@ -102,6 +104,18 @@ pub fn sample_indices(steps: &[i64], p: usize) -> Vec<usize> {
         out = (0..p).map(|i| ((i * (n - 1)) as f64 / (p - 1) as f64).round_ties_even() as usize).collect();
     }
     out
+}
+
+/// The points of a step-sorted series that [`sample_indices`] keeps for `p`, taken out of
+/// `points` without copying them.
+pub fn sample_points(points: Vec<SeqPoint>, p: usize) -> Vec<SeqPoint> {
+    let steps: Vec<i64> = points.iter().map(|p| p.step).collect();
+    let keep = sample_indices(&steps, p);
+    if keep.len() == points.len() {
+        return points;
+    }
+    let mut all: Vec<Option<SeqPoint>> = points.into_iter().map(Some).collect();
+    keep.into_iter().filter_map(|i| all.get_mut(i).and_then(Option::take)).collect()
 }
 
 #[cfg(test)]
