@@ -110,6 +110,8 @@ pub struct StorageConfig {
     pub cache_bytes: u64,
     /// fjall's memtable size, for a new store (fjall keeps a store's own).
     pub memtable_bytes: u64,
+    /// fjall's background threads (memtable flushes and compaction).
+    pub engine_threads: u32,
 }
 
 impl StorageConfig {
@@ -130,7 +132,11 @@ impl StorageConfig {
 
     /// The embedded engine's memory settings.
     pub fn embedded_options(&self) -> EmbeddedOptions {
-        EmbeddedOptions { cache_bytes: self.cache().0, memtable_bytes: self.memtable().0 }
+        EmbeddedOptions {
+            cache_bytes: self.cache().0,
+            memtable_bytes: self.memtable().0,
+            engine_threads: self.engine_threads,
+        }
     }
 }
 
@@ -953,6 +959,15 @@ impl StorageConfig {
                 max: MAX_MEMTABLE_BYTES,
             });
         }
+        if self.engine_threads == 0 {
+            errors.push(ValidationError::Zero { key: "storage.engine_threads" });
+        } else if u64::from(self.engine_threads) > MAX_ENGINE_THREADS {
+            errors.push(ValidationError::AboveMax {
+                key: "storage.engine_threads",
+                value: u64::from(self.engine_threads),
+                max: MAX_ENGINE_THREADS,
+            });
+        }
     }
 }
 
@@ -964,6 +979,8 @@ const MIN_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Largest `storage.memtable_bytes`: writes hold up to five memtables (fjall stalls writes at four
 /// sealed ones waiting for their flush), so this caps them at 1.25 GiB.
 const MAX_MEMTABLE_BYTES: u64 = 256 << 20;
+/// Most `storage.engine_threads`: fjall's own default is one per core up to four.
+const MAX_ENGINE_THREADS: u64 = 64;
 
 impl RetryConfig {
     fn validate(&self, errors: &mut Vec<ValidationError>) {
@@ -1272,11 +1289,20 @@ mod tests {
             Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 8388608\nmemtable_bytes = 4194304\n").unwrap();
         c.validate().unwrap();
         assert_eq!((c.storage.cache(), c.storage.memtable()), (ByteSize(8 << 20), ByteSize(4 << 20)));
-        assert_eq!(c.storage.embedded_options(), EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20 });
+        assert_eq!(
+            c.storage.embedded_options(),
+            EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20, engine_threads: 1 }
+        );
         let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 1000\nmemtable_bytes = 1000\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["storage.cache_bytes", "storage.memtable_bytes"]);
         let c = Config::from_toml_str("f.toml", "[storage]\nmemtable_bytes = 1073741824\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["storage.memtable_bytes"]);
+        for threads in [0, 65] {
+            let c = Config::from_toml_str("f.toml", &format!("[storage]\nengine_threads = {threads}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["storage.engine_threads"], "{threads} threads");
+        }
+        let c = Config::from_toml_str("f.toml", "[storage]\nengine_threads = 4\n").unwrap();
+        assert_eq!(c.storage.embedded_options().engine_threads, 4);
     }
 
     #[test]

@@ -41,11 +41,18 @@ struct StoreArgs {
     /// fjall's memtable size, bytes.
     #[arg(long, default_value_t = EmbeddedOptions::default().memtable_bytes)]
     memtable_bytes: u64,
+    /// fjall's background threads (memtable flushes and compaction).
+    #[arg(long, default_value_t = EmbeddedOptions::default().engine_threads)]
+    engine_threads: u32,
 }
 
 impl StoreArgs {
     fn options(&self) -> EmbeddedOptions {
-        EmbeddedOptions { cache_bytes: self.cache_bytes, memtable_bytes: self.memtable_bytes }
+        EmbeddedOptions {
+            cache_bytes: self.cache_bytes,
+            memtable_bytes: self.memtable_bytes,
+            engine_threads: self.engine_threads.max(1),
+        }
     }
 }
 

@@ -21,8 +21,9 @@ pub enum EmbeddedEngine {
     Redb,
 }
 
-/// Memory of an embedded engine (`[storage]` `cache_bytes`, `memtable_bytes`): what it holds in
-/// memory grows up to these and no further, whatever the size of the store.
+/// Memory and threads of an embedded engine (`[storage]` `cache_bytes`, `memtable_bytes`,
+/// `engine_threads`): what it holds in memory grows up to these and no further, whatever the size
+/// of the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbeddedOptions {
     /// Block cache (fjall) or page cache (redb), filled as blocks are read, not up front.
@@ -31,12 +32,17 @@ pub struct EmbeddedOptions {
     /// for their flush beside the active one, so writes hold at most five of these. fjall records
     /// it when a store is created and keeps it for that store. redb has no memtable.
     pub memtable_bytes: u64,
+    /// fjall: background threads flushing memtables and compacting tables. With more than one,
+    /// fjall 3's first worker hands every compaction to the others and takes it back from the
+    /// channel at once, spinning a core while they compact; one thread does both in turn. redb has
+    /// none.
+    pub engine_threads: u32,
 }
 
 impl Default for EmbeddedOptions {
     /// Equal to the built-in `[storage]` of `config/default.toml` (a config test keeps them equal).
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20 }
+        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20, engine_threads: 1 }
     }
 }
 

@@ -26,10 +26,13 @@ impl FjallEngine {
     /// fjall records a keyspace's options when it creates it and reopens it with those.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, KvError> {
         let path = dir.join("fjall");
-        let db = Database::builder(&path).cache_size(options.cache_bytes).open().map_err(|e| match e {
-            fjall::Error::Locked => KvError::Locked(path.display().to_string()),
-            other => engine_err(other),
-        })?;
+        let threads = usize::try_from(options.engine_threads).unwrap_or(1).max(1);
+        let db = Database::builder(&path).cache_size(options.cache_bytes).worker_threads(threads).open().map_err(
+            |e| match e {
+                fjall::Error::Locked => KvError::Locked(path.display().to_string()),
+                other => engine_err(other),
+            },
+        )?;
         let create = || KeyspaceCreateOptions::default().max_memtable_size(options.memtable_bytes);
         let ks = db.keyspace("kv", create).map_err(engine_err)?;
         Ok(Self { db, ks })
