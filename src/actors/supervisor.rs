@@ -1,12 +1,13 @@
 //! The supervisor: runs the source loop, owns the partition groups (a partition actor and its run
 //! actors) and restarts them.
 //!
-//! Source loop: each step polls the source once, reacts to the assignment changes that poll saw,
-//! then hands each partition's records to its partition actor with `send().await` on a bounded
-//! mailbox, all partitions concurrently, and waits until every delivery was routed. The next poll starts only then, so a slow store (full run
-//! mailboxes, blocked flushes) stops polling altogether: the source is simply not read, and the
-//! wait is counted as back-pressure. Memory is bounded by one poll plus the bounded mailboxes plus
-//! the runs' batches.
+//! Source loop: each step takes one poll of the source, reacts to the assignment changes that
+//! poll saw, starts the next poll (on the offload runtime, so it reads while this step decodes and
+//! routes), then hands each partition's records to its partition actor with `send().await` on a
+//! bounded mailbox, all partitions concurrently, and waits until every delivery was routed. The
+//! step after takes only that one poll, so a slow store (full run mailboxes, blocked flushes) stops
+//! polling after one poll ahead: the source is simply not read, and the wait is counted as
+//! back-pressure. Memory is bounded by two polls plus the bounded mailboxes plus the runs' batches.
 //!
 //! Supervision (one level, restart policy owned here, not by actix):
 //! - a partition group fails (a storage error after retries, a closed mailbox) or is killed: its
@@ -26,9 +27,12 @@
 //! which every commit of the group presents. A poll never returns records read under a lease it
 //! revoked, so each record reaches the group of the lease it was read under.
 //!
-//! Restarts are applied only between steps, when no delivery is in flight: a step's records were
-//! read with the routes it started with, so no record read before a seek can reach a group started
-//! after it (the fence that keeps per-run order across restarts).
+//! Restarts (a seek to the floor and a fresh group) are applied only when no poll is in flight,
+//! just before the next poll starts, and after the routes of the step's records were taken: a
+//! partition waiting for its restart has no route, so its records read before the seek are dropped
+//! and read again from the floor, and no record read before a seek can reach a group started after
+//! it (the fence that keeps per-run order across restarts). A group killed while the next poll is
+//! in flight loses its route the same way, and its restart waits for that poll to land.
 //!
 //! Why this is exactly once: a committed offset `c` means every record below `c` was applied (its
 //! run's transaction committed with its checkpoint) or dead-lettered. After any restart the
@@ -118,6 +122,20 @@ enum Step {
     Dispatch,
 }
 
+/// A poll of the source in flight.
+type PollTask = tokio::task::JoinHandle<PollOutcome>;
+
+/// What one poll returned, with what it saw of the assignment, both taken in the poll's own task
+/// as it ended: a poll that waits to be joined while the next step's records are routed must not
+/// have its records matched against assignment changes made after it read them.
+struct PollOutcome {
+    records: Result<Vec<Record>, SourceError>,
+    /// The assignment changes the poll saw, oldest first.
+    events: Vec<AssignmentEvent>,
+    /// The lease each partition of `records` was read under (`None`: no longer assigned).
+    leases: BTreeMap<i32, Option<Lease>>,
+}
+
 /// What a shutdown request left to answer: `Some(None)` when every handle was dropped.
 type ShutdownReply = Option<Option<oneshot::Sender<Result<(), PipelineError>>>>;
 
@@ -181,17 +199,30 @@ impl<S: Source + 'static> Supervisor<S> {
         let forwarder = self.spawn_forwarder();
         let (lag_stop, lag_task) = self.spawn_lag_reporter();
         let mut shutdown: ShutdownReply = None;
+        // The poll started while the previous step's records were decoded and routed.
+        let mut next_poll: Option<PollTask> = None;
         while shutdown.is_none() {
-            self.restart_due();
-            let poll = actix_rt::spawn(poll_once(
-                Arc::clone(&self.source),
-                self.config.poll_max_records,
-                self.config.poll_timeout,
-            ));
+            let poll = match next_poll.take() {
+                Some(poll) => poll,
+                None => {
+                    self.restart_due();
+                    self.start_poll()
+                }
+            };
             let (polled, killed) = self.wait(poll, Step::Poll, &mut shutdown).await;
             // Rebalances ran inside the poll: react before routing any of its records, so each
             // record reaches the group of the lease it was read under.
-            self.handle_assignment_events();
+            let (polled, leases) = match polled {
+                Ok(outcome) => {
+                    self.handle_assignment_events(outcome.events);
+                    (Ok(outcome.records), outcome.leases)
+                }
+                Err(e) => {
+                    // The task ended before it took the poll's events: take them here.
+                    self.handle_assignment_events(self.source.take_assignment_events());
+                    (Err(e), BTreeMap::new())
+                }
+            };
             let records = match polled {
                 Ok(Ok(records)) => records,
                 Ok(Err(e)) => {
@@ -226,8 +257,24 @@ impl<S: Source + 'static> Supervisor<S> {
                 self.restart_all(FailureCause::Chaos);
                 continue;
             }
-            let routes: Vec<(i32, Addr<PartitionActor<S>>)> =
-                self.groups.iter().map(|(p, g)| (*p, g.addr.clone())).collect();
+            // Routes are taken before any restart below: a record read before a seek never
+            // reaches a group started after it (a partition waiting for its restart has no route,
+            // and its records are read again from its floor). A group holding another lease than
+            // the one the records were read under has none either: the lease changed after the
+            // poll returned (its new owner reads from the committed offset).
+            let routes: Vec<(i32, Addr<PartitionActor<S>>)> = self
+                .groups
+                .iter()
+                .filter(|(p, g)| leases.get(p) == Some(&Some(g.lease)))
+                .map(|(p, g)| (*p, g.addr.clone()))
+                .collect();
+            // The next poll reads while these records are decoded and routed. Restarts due are
+            // applied first, since a seek must never race a poll in flight; the next step's
+            // records then go to the groups alive when it is joined.
+            if shutdown.is_none() {
+                self.restart_due();
+                next_poll = Some(self.start_poll());
+            }
             let offload = self.flusher.offload.clone();
             let deliveries =
                 actix_rt::spawn(dispatch(by_partition, routes, Arc::clone(&self.stats), self.config.clock, offload));
@@ -245,6 +292,10 @@ impl<S: Source + 'static> Supervisor<S> {
                     self.restart_all(FailureCause::Panic);
                 }
             }
+        }
+        if let Some(poll) = next_poll {
+            // Its records are dropped: they are not committed, so the next consumer reads them.
+            let _ = poll.await;
         }
         let result = self.shutdown().await;
         let _ = lag_stop.send(());
@@ -268,6 +319,17 @@ impl<S: Source + 'static> Supervisor<S> {
         tracing::info!("ingest pipeline stopped");
         if let Some(Some(reply)) = shutdown {
             let _ = reply.send(result);
+        }
+    }
+
+    /// Starts one poll of the source: on the offload runtime when there is one, so the actor thread
+    /// routes one step's records while the next is read (the embedded queue's read is synchronous
+    /// and took as long as decoding and routing together, issue 12); in place otherwise.
+    fn start_poll(&self) -> PollTask {
+        let poll = poll_once(Arc::clone(&self.source), self.config.poll_max_records, self.config.poll_timeout);
+        match &self.flusher.offload {
+            Some(rt) => rt.spawn(poll),
+            None => actix_rt::spawn(poll),
         }
     }
 
@@ -489,8 +551,8 @@ impl<S: Source + 'static> Supervisor<S> {
     /// Reacts to the rebalances of the last poll, in order: a revoked partition's actors stop at
     /// once, an assigned partition gets a fresh group under its new lease. Then checks that every
     /// group holds its partition's current lease (a safety net for sources without events).
-    fn handle_assignment_events(&mut self) {
-        for event in self.source.take_assignment_events() {
+    fn handle_assignment_events(&mut self, events: Vec<AssignmentEvent>) {
+        for event in events {
             match event {
                 AssignmentEvent::Revoked(partitions) => {
                     for p in partitions {
@@ -590,13 +652,17 @@ async fn drain_group<S: Source + 'static>(group: &Group<S>, reason: FlushReason)
     group.addr.send(CommitNow).await?.map(|_| ())
 }
 
-/// The first step of the source loop: one poll.
-async fn poll_once<S: Source + 'static>(
-    source: Arc<S>,
-    max_records: usize,
-    timeout: Duration,
-) -> Result<Vec<Record>, SourceError> {
-    source.poll(max_records, timeout).await
+/// The first step of the source loop: one poll, and what it saw of the assignment, taken at once
+/// (a source changes leases only inside a poll, so these are the leases its records were read
+/// under).
+async fn poll_once<S: Source + 'static>(source: Arc<S>, max_records: usize, timeout: Duration) -> PollOutcome {
+    let records = source.poll(max_records, timeout).await;
+    let events = source.take_assignment_events();
+    let mut leases = BTreeMap::new();
+    for record in records.iter().flatten() {
+        leases.entry(record.partition).or_insert_with(|| source.lease(record.partition));
+    }
+    PollOutcome { records, events, leases }
 }
 
 /// The second step: decodes each partition's records, then delivers them to its actor and waits
@@ -657,9 +723,19 @@ mod tests {
     /// Starts a supervisor over `source` (counts flushes at 2 messages or 3 s); returns its control
     /// channel and its task.
     fn start(source: &Arc<FakeSource>, flusher: &Flusher) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
+        start_polling(source, flusher, PipelineConfig::default().poll_max_records)
+    }
+
+    /// [`start`] with polls of at most `poll_max_records` records.
+    fn start_polling(
+        source: &Arc<FakeSource>,
+        flusher: &Flusher,
+        poll_max_records: usize,
+    ) -> (mpsc::Sender<Control>, tokio::task::JoinHandle<()>) {
         let config = PipelineConfig {
             budget: BatchBudget { max_bytes: 1 << 20, max_messages: 2, max_age: Duration::from_secs(3) },
             clock: flusher.clock,
+            poll_max_records,
             ..PipelineConfig::default()
         };
         let (control, control_rx) = mpsc::channel(8);
@@ -751,6 +827,42 @@ mod tests {
             let counters = flusher.stats.snapshot();
             assert_eq!((counters.applied, counters.replayed), (3, 0), "each record applied once: {counters:?}");
             assert_eq!(counters.restarts.get("partition/chaos"), Some(&1));
+        });
+    }
+
+    #[test]
+    fn a_partition_killed_while_the_next_poll_holds_its_records_replays_them_from_its_floor_once() {
+        run_paused(async {
+            let source = FakeSource::new(2);
+            // No transaction slot: the first flight of partition 0's run waits, and the run holds
+            // the next delivery behind it.
+            let flusher = testing::flusher(0).await;
+            source.append(0, create_run("r0"));
+            for step in 1..8 {
+                source.append(0, metric("r0", step));
+            }
+            source.append(1, create_run("r1"));
+            source.append(1, metric("r1", 1));
+            // Polls of four: partition 0's first four records (one flight), its next four (held
+            // behind that flight), then partition 1's two while those wait to be routed.
+            let (control, task) = start_polling(&source, &flusher, 4);
+            until("the next poll reads partition 1 while partition 0's delivery waits", || source.position(1) == 2)
+                .await;
+            assert_eq!(flusher.stats.snapshot().applied, 0, "nothing landed yet");
+
+            let (reply, answer) = oneshot::channel();
+            control.send(Control::Kill(KillTarget::Partition(1), reply)).await.expect("the supervisor listens");
+            assert_eq!(answer.await.expect("answered").ok().as_deref(), Some("partition 1"));
+            flusher.transactions.add_permits(FLUSH_TRANSACTIONS);
+            until("every record lands", || flusher.stats.snapshot().applied == 10).await;
+            assert_eq!(source.seeks(), [(1, 0)], "partition 1 replays from its floor after the poll that held it");
+            assert_eq!(shutdown(control, task).await.ok(), Some(()));
+
+            assert_eq!(testing::checkpoint(&flusher, "r0", 0).await, Some(7));
+            assert_eq!(testing::checkpoint(&flusher, "r1", 1).await, Some(1));
+            assert_eq!((source.committed(0), source.committed(1)), (Some(8), Some(2)));
+            let counters = flusher.stats.snapshot();
+            assert_eq!((counters.applied, counters.replayed), (10, 0), "each record applied once: {counters:?}");
         });
     }
 
