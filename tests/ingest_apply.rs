@@ -393,7 +393,7 @@ async fn malformed_at_apply_message_is_dead_lettered_with_neighbours_applied() {
             value: Value::Int(i128::MAX),
             step: Some(7),
             epoch: None,
-            context: matyan::ingest::message::Context::empty(),
+            context: matyan::ingest::message::Context::empty().into(),
             dtype: "int".into(),
         }),
     );

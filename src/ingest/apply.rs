@@ -298,13 +298,32 @@ struct Scope<'a> {
     /// fewer writes (a point costs four keys instead of nine).
     traces: Vec<PendingTrace>,
     /// Index in `traces` of each `(ctx_id, name)`.
-    trace_slots: HashMap<(u32, String), usize>,
+    trace_slots: SeriesSlots,
     /// Points of the sequences written so far, written as one batch per sequence by
     /// [`Scope::flush_points`]: the chunked layout rewrites a tail chunk once per transaction
     /// rather than once per point.
     points: Vec<PendingPoints>,
     /// Index in `points` of each `(ctx_id, name)`.
-    point_slots: HashMap<(u32, String), usize>,
+    point_slots: SeriesSlots,
+}
+
+/// Slots of a transaction's sequences by `(ctx_id, name)`, looked up without building a key: a
+/// lookup per point used to allocate the name twice.
+#[derive(Default)]
+struct SeriesSlots(HashMap<u32, HashMap<Box<str>, usize>>);
+
+impl SeriesSlots {
+    fn get(&self, ctx_id: u32, name: &str) -> Option<usize> {
+        self.0.get(&ctx_id)?.get(name).copied()
+    }
+
+    fn insert(&mut self, ctx_id: u32, name: &str, slot: usize) {
+        self.0.entry(ctx_id).or_default().insert(name.into(), slot);
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// The points of one sequence in this transaction, in message order.
@@ -387,9 +406,9 @@ impl Applier {
             now,
             contexts: HashSet::new(),
             traces: Vec::new(),
-            trace_slots: HashMap::new(),
+            trace_slots: SeriesSlots::default(),
             points: Vec::new(),
-            point_slots: HashMap::new(),
+            point_slots: SeriesSlots::default(),
         };
         let mut deleted: Option<bool> = None;
         for (index, entry) in entries.iter().enumerate() {
@@ -705,14 +724,15 @@ impl Scope<'_> {
         last: Option<&Value>,
     ) -> Result<(), Fail> {
         let val_bytes = encode(val)?;
-        if let Some(last) = last {
+        // `last` is checked to encode before any write; a metric's is its value, encoded above.
+        if let Some(last) = last.filter(|l| !std::ptr::eq(*l, val)) {
             encode(last)?;
         }
         let ctx_bytes = self.context_bytes(ctx_id, ctx)?;
-        let slot = match self.point_slots.get(&(ctx_id, name.to_string())) {
-            Some(&i) => i,
+        let slot = match self.point_slots.get(ctx_id, name) {
+            Some(i) => i,
             None => {
-                self.point_slots.insert((ctx_id, name.to_string()), self.points.len());
+                self.point_slots.insert(ctx_id, name, self.points.len());
                 self.points.push(PendingPoints {
                     ctx_id,
                     name: name.to_string(),
@@ -766,8 +786,8 @@ impl Scope<'_> {
     }
 
     fn pend_trace(&mut self, ctx_id: u32, name: &str, dtype: &str, last: Option<&Value>, step: i64) {
-        match self.trace_slots.get(&(ctx_id, name.to_string())) {
-            Some(&i) => {
+        match self.trace_slots.get(ctx_id, name) {
+            Some(i) => {
                 let t = &mut self.traces[i];
                 dtype.clone_into(&mut t.dtype);
                 if let Some(last) = last {
@@ -776,7 +796,7 @@ impl Scope<'_> {
                 t.last_step = step;
             }
             None => {
-                self.trace_slots.insert((ctx_id, name.to_string()), self.traces.len());
+                self.trace_slots.insert(ctx_id, name, self.traces.len());
                 self.traces.push(PendingTrace {
                     ctx_id,
                     name: name.to_string(),

@@ -134,7 +134,7 @@ mod tests {
             value,
             step: Some(0),
             epoch: None,
-            context: Context::empty(),
+            context: Context::empty().into(),
             dtype: "float".into(),
         })
     }
@@ -145,7 +145,7 @@ mod tests {
             value: Value::Map(Vec::new()),
             step: None,
             epoch: None,
-            context: Context::empty(),
+            context: Context::empty().into(),
             dtype: "image".into(),
             data,
         })

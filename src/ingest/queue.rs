@@ -363,24 +363,33 @@ impl Queue {
     ) -> Result<Vec<Record>, QueueError> {
         let ours = &self.inner.ours;
         let (_, end) = ours.queue_partition(&self.inner.topic, partition);
+        let base = ours.queue_partition_prefix(&self.inner.topic, partition);
         let mut cursor = ours.queue_offset(&self.inner.topic, partition, from);
         let mut records = Vec::new();
         let mut bytes = 0usize;
-        // The record being assembled: its offset and its chunks so far.
-        let mut current: Option<(i64, Vec<u8>, Vec<u8>)> = None;
+        // The record being assembled: its offset and its frame so far (a one-chunk record's frame
+        // is its value, moved, not copied).
+        let mut current: Option<(i64, Vec<u8>)> = None;
         let mut next_chunk = 0i64;
+        let finish = |offset: i64, frame: Vec<u8>| {
+            decode_frame(frame, partition, offset)
+                .map_err(|reason| corrupt(&self.record_key(partition, offset, 0), reason))
+        };
         'pages: loop {
             let limit = (max - records.len()).clamp(16, 1000);
             let page = tx.get_range(&RangeOption::new(cursor.clone(), end.clone()).limit(limit), true).await?;
             let full = page.len() == limit;
-            for kv in &page {
-                let (offset, chunk) = ours
-                    .decode_queue_record(&self.inner.topic, partition, &kv.key)
-                    .map_err(|e| corrupt(&kv.key, e.to_string()))?;
-                let same = current.as_ref().is_some_and(|(o, _, _)| *o == offset);
+            if let Some(last) = page.last().filter(|_| full) {
+                cursor.clone_from(&last.key);
+                cursor.push(0);
+            }
+            for kv in page {
+                let (offset, chunk) =
+                    ours.decode_queue_record(&base, &kv.key).map_err(|e| corrupt(&kv.key, e.to_string()))?;
+                let same = current.as_ref().is_some_and(|(o, _)| *o == offset);
                 if !same {
-                    if let Some((o, first_key, frame)) = current.take() {
-                        let record = decode_frame(&first_key, partition, o, &frame)?;
+                    if let Some((o, frame)) = current.take() {
+                        let record = finish(o, frame)?;
                         bytes += record.value.len();
                         records.push(record);
                     }
@@ -390,28 +399,23 @@ impl Queue {
                     if chunk != 0 {
                         return Err(corrupt(&kv.key, "record does not start at chunk 0"));
                     }
-                    current = Some((offset, kv.key.clone(), Vec::new()));
-                    next_chunk = 0;
+                    current = Some((offset, kv.value));
+                    next_chunk = 1;
+                    continue;
                 }
                 if chunk != next_chunk {
                     return Err(corrupt(&kv.key, format!("expected chunk {next_chunk}")));
                 }
                 next_chunk += 1;
-                if let Some((_, _, frame)) = current.as_mut() {
+                if let Some((_, frame)) = current.as_mut() {
                     frame.extend_from_slice(&kv.value);
                 }
             }
-            match page.last() {
-                Some(last) if full => {
-                    cursor = last.key.clone();
-                    cursor.push(0);
+            if !full {
+                if let Some((o, frame)) = current.take() {
+                    records.push(finish(o, frame)?);
                 }
-                _ => {
-                    if let Some((o, first_key, frame)) = current.take() {
-                        records.push(decode_frame(&first_key, partition, o, &frame)?);
-                    }
-                    break;
-                }
+                break;
             }
         }
         Ok(records)
@@ -647,8 +651,10 @@ fn encode_frame(key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) -> Vec<u8> 
     frame
 }
 
-fn decode_frame(first_key: &[u8], partition: i32, offset: i64, frame: &[u8]) -> Result<Record, QueueError> {
-    let bad = |reason: &str| corrupt(first_key, format!("bad record frame: {reason}"));
+/// Decodes a record's whole frame; the value keeps the frame's allocation (the header and key
+/// are shifted out). Errors are the reason, for the caller to name the record's key.
+fn decode_frame(mut frame: Vec<u8>, partition: i32, offset: i64) -> Result<Record, String> {
+    let bad = |reason: &str| format!("bad record frame: {reason}");
     let header: &[u8; FRAME_HEADER] =
         frame.get(..FRAME_HEADER).and_then(|h| h.try_into().ok()).ok_or_else(|| bad("shorter than its header"))?;
     if header[0] != FRAME_VERSION {
@@ -665,21 +671,15 @@ fn decode_frame(first_key: &[u8], partition: i32, offset: i64, frame: &[u8]) -> 
     let mut vl = [0u8; 4];
     vl.copy_from_slice(&header[14..18]);
     let (key_len, value_len) = (u32::from_be_bytes(kl) as usize, u32::from_be_bytes(vl) as usize);
-    let body = &frame[FRAME_HEADER..];
-    if body.len() != key_len + value_len {
+    if frame.len() - FRAME_HEADER != key_len + value_len {
         return Err(bad("lengths do not match its size"));
     }
     if flags & FLAG_KEY == 0 && key_len != 0 {
         return Err(bad("a null key with a length"));
     }
-    let (key, value) = body.split_at(key_len);
-    Ok(Record {
-        partition,
-        offset,
-        key: (flags & FLAG_KEY != 0).then(|| key.to_vec()),
-        value: value.to_vec(),
-        timestamp_ms: i64::from_be_bytes(ts),
-    })
+    let key = (flags & FLAG_KEY != 0).then(|| frame[FRAME_HEADER..FRAME_HEADER + key_len].to_vec());
+    frame.drain(..FRAME_HEADER + key_len);
+    Ok(Record { partition, offset, key, value: frame, timestamp_ms: i64::from_be_bytes(ts) })
 }
 
 /// Read positions and paused partitions of an [`EmbeddedSource`].
@@ -859,7 +859,7 @@ mod tests {
     #[test]
     fn frames_round_trip_with_and_without_key() {
         let f = encode_frame(Some(b"run"), b"{\"a\":1}", -5);
-        let r = decode_frame(b"k", 2, 7, &f).unwrap();
+        let r = decode_frame(f, 2, 7).unwrap();
         assert_eq!(
             r,
             Record {
@@ -871,21 +871,21 @@ mod tests {
             }
         );
         let f = encode_frame(None, b"", 1);
-        assert_eq!(decode_frame(b"k", 0, 0, &f).unwrap().key, None);
+        assert_eq!(decode_frame(f, 0, 0).unwrap().key, None);
         let f = encode_frame(Some(b""), b"v", 1);
-        assert_eq!(decode_frame(b"k", 0, 0, &f).unwrap().key, Some(Vec::new()));
+        assert_eq!(decode_frame(f, 0, 0).unwrap().key, Some(Vec::new()));
     }
 
     #[test]
     fn frames_are_decoded_strictly() {
         let f = encode_frame(Some(b"run"), b"value", 0);
-        assert!(decode_frame(b"k", 0, 0, &f[..f.len() - 1]).is_err());
-        assert!(decode_frame(b"k", 0, 0, &f[..5]).is_err());
+        assert!(decode_frame(f[..f.len() - 1].to_vec(), 0, 0).is_err());
+        assert!(decode_frame(f[..5].to_vec(), 0, 0).is_err());
         let mut bad = f.clone();
         bad[0] = 9;
-        assert!(decode_frame(b"k", 0, 0, &bad).is_err());
+        assert!(decode_frame(bad, 0, 0).is_err());
         let mut bad = f;
         bad[1] = 2;
-        assert!(decode_frame(b"k", 0, 0, &bad).is_err());
+        assert!(decode_frame(bad, 0, 0).is_err());
     }
 }

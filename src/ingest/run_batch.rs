@@ -338,7 +338,7 @@ mod tests {
                 value: Value::Float(0.5),
                 step: Some(step),
                 epoch: None,
-                context: Context::empty(),
+                context: Context::empty().into(),
                 dtype: "float".into(),
             }),
         )

@@ -290,6 +290,26 @@ pub fn unpack_with_prefix(prefix: &[u8], key: &[u8]) -> Option<Result<Vec<Elem>,
     key.strip_prefix(prefix).map(unpack)
 }
 
+/// Decodes a tuple made of exactly `N` integers without allocating (hot keys such as the queue's
+/// `(offset, chunk)`); `None` when it holds anything else, fewer or more elements, or an integer
+/// beyond 128 bits.
+pub fn unpack_ints<const N: usize>(bytes: &[u8]) -> Option<[i128; N]> {
+    let mut d = Decoder { data: bytes, pos: 0 };
+    let mut out = [0i128; N];
+    for slot in &mut out {
+        let offset = d.pos;
+        let code = d.byte().ok()?;
+        if !(NEG_INT_START..=POS_INT_END).contains(&code) {
+            return None;
+        }
+        match d.int(code, offset).ok()? {
+            Elem::Int(i) => *slot = i,
+            _ => return None,
+        }
+    }
+    (d.pos == bytes.len()).then_some(out)
+}
+
 struct Decoder<'a> {
     data: &'a [u8],
     pos: usize,
@@ -384,15 +404,19 @@ impl Decoder<'_> {
         };
         let digits = self.take(n)?;
         // Leading zero bytes (non-minimal encodings) are tolerated, as Python does.
-        let significant: Vec<u8> = if negative {
-            digits.iter().map(|b| !b).skip_while(|b| *b == 0).collect()
-        } else {
-            digits.iter().copied().skip_while(|b| *b == 0).collect()
-        };
-        if significant.len() > 16 {
-            return Err(TupleError::IntTooLarge(offset));
+        let mut magnitude = 0u128;
+        let mut significant = 0usize;
+        for &b in digits {
+            let b = if negative { !b } else { b };
+            if significant == 0 && b == 0 {
+                continue;
+            }
+            significant += 1;
+            if significant > 16 {
+                return Err(TupleError::IntTooLarge(offset));
+            }
+            magnitude = (magnitude << 8) | u128::from(b);
         }
-        let magnitude = significant.iter().fold(0u128, |acc, b| (acc << 8) | u128::from(*b));
         let value = if negative {
             0i128.checked_sub_unsigned(magnitude).ok_or(TupleError::IntTooLarge(offset))?
         } else {
@@ -587,6 +611,26 @@ mod tests {
         edge.extend([0u8; 15]);
         assert_eq!(unpack(&edge), Err(TupleError::IntTooLarge(0)));
         assert_eq!(unpack(&[]).unwrap(), vec![]);
+    }
+
+    #[test]
+    fn unpack_ints_reads_exactly_n_integers_as_unpack_does_and_refuses_anything_else() {
+        for (a, b) in [(0i128, 0i128), (7, -1), (i128::from(i64::MAX), i128::from(i64::MIN)), (1 << 100, -(1 << 90))] {
+            let key = pack(&[Elem::Int(a), Elem::Int(b)]);
+            assert_eq!(unpack_ints::<2>(&key), Some([a, b]), "{a}, {b}");
+            assert_eq!(unpack(&key).unwrap(), vec![Elem::Int(a), Elem::Int(b)]);
+        }
+        // A non-minimal encoding (leading zero bytes) is tolerated, as by unpack.
+        assert_eq!(unpack_ints::<1>(&[0x16, 0x00, 0x05]), Some([5]));
+        assert_eq!(unpack(&[0x16, 0x00, 0x05]).unwrap(), vec![Elem::Int(5)]);
+        let two = pack(&[Elem::Int(1), Elem::Int(2)]);
+        assert_eq!(unpack_ints::<1>(&two), None, "an element too many");
+        assert_eq!(unpack_ints::<3>(&two), None, "an element too few");
+        assert_eq!(unpack_ints::<2>(&pack(&[Elem::Int(1), Elem::Str("x".into())])), None);
+        assert_eq!(unpack_ints::<1>(&[0x15]), None, "truncated");
+        let mut wide = vec![0x1d, 17];
+        wide.extend([1u8; 17]);
+        assert_eq!(unpack_ints::<1>(&wide), None, "beyond 128 bits");
     }
 
     #[test]

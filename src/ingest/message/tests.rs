@@ -87,7 +87,7 @@ fn example_log_custom_object_fields() {
         map(vec![("type", Value::Str("text".into())), ("data", Value::Str("epoch 0: sample prediction = cat".into()))])
     );
     assert_eq!((p.step, p.epoch), (Some(0), None));
-    assert_eq!(p.context, Context::empty());
+    assert_eq!(*p.context, Context::empty());
     assert_eq!(p.dtype, "text");
     assert_eq!(p.data, None);
 }
@@ -230,7 +230,7 @@ fn nan_metric_value_arrives_as_null() {
     let Payload::LogMetric(m) = msg.payload else { panic!() };
     assert_eq!(m.value, Value::Nil);
     assert_eq!(m.dtype, "float");
-    assert_eq!(m.context, Context::empty());
+    assert_eq!(*m.context, Context::empty());
 }
 
 #[test]
@@ -643,7 +643,8 @@ fn a_context_decoded_again_from_the_thread_cache_equals_a_fresh_parse_and_the_ca
     let fresh = parse_context(raw).expect("parses");
     let first = context_from_raw(raw).expect("parses");
     let cached = context_from_raw(raw).expect("parses");
-    assert_eq!((&first, &cached), (&fresh, &fresh));
+    assert_eq!((&*first, &*cached), (&fresh, &fresh));
+    assert!(Arc::ptr_eq(&first, &cached), "a hit shares the cached context");
     // Another spelling of the same object is its own entry with the same id, as the reference's
     // id is of the object, not of the text.
     let spaced = context_from_raw(r#"{"subset":"train","fold":3}"#).expect("parses");
@@ -654,7 +655,21 @@ fn a_context_decoded_again_from_the_thread_cache_equals_a_fresh_parse_and_the_ca
     assert!(context_from_raw("[1]").is_err());
     for i in 0..(3 * CONTEXT_CACHE_ENTRIES) {
         let raw = format!(r#"{{"i": {i}}}"#);
-        assert_eq!(context_from_raw(&raw).expect("parses"), parse_context(&raw).expect("parses"));
+        assert_eq!(*context_from_raw(&raw).expect("parses"), parse_context(&raw).expect("parses"));
     }
     assert!(CONTEXTS.with_borrow(|c| c.len()) <= CONTEXT_CACHE_ENTRIES);
+}
+
+#[test]
+fn string_fields_with_escapes_decode_like_the_same_text_without_them() {
+    let payload = r#"{"name":"loss","value":1.5,"step":3,"context":{"subset":"train"}}"#;
+    let plain = decode(&envelope("log_metric", payload)).expect("plain decodes");
+    let escaped = format!(
+        r#"{{"type":"log\u005fmetric","run_id":"{RUN}","timestamp":"2025-01-01T00:00:00\u005a","payload":{payload}}}"#
+    );
+    assert_eq!(decode(escaped.as_bytes()).expect("escaped decodes"), plain);
+    let run = r#"{"type":"finish_run","run_id":"a\u0062c","timestamp":"2025-01-01T00:00:00Z","payload":{}}"#;
+    assert_eq!(decode(run.as_bytes()).expect("decodes").run_id, "abc");
+    let bad = r#"{"type":"log_metric\ud800","run_id":"r","timestamp":"2025-01-01T00:00:00Z","payload":{}}"#;
+    assert_eq!(reason_of(bad.as_bytes()), DecodeError::InvalidString { field: "type" }.reason());
 }

@@ -237,18 +237,21 @@ impl Ours {
         self.key(&[Elem::from(QUEUE), Elem::from(topic), Elem::from(partition), Elem::from(offset)])
     }
 
-    /// Decodes a record chunk key of a queue partition strictly into its `(offset, chunk)`.
-    pub fn decode_queue_record(&self, topic: &str, partition: i32, key: &[u8]) -> Result<(i64, i64), OursError> {
-        let bad = |detail: String| OursError::NotAPosition { tag: QUEUE, detail };
-        let base = self.key(&[Elem::from(QUEUE), Elem::from(topic), Elem::from(partition)]);
-        let rest = key.strip_prefix(base.as_slice()).ok_or_else(|| bad("outside partition".to_owned()))?;
-        match tuple::unpack(rest).map_err(|e| bad(e.to_string()))?.as_slice() {
-            [Elem::Int(o), Elem::Int(c)] => Ok((
-                i64::try_from(*o).map_err(|_| bad("offset out of range".to_owned()))?,
-                i64::try_from(*c).map_err(|_| bad("chunk out of range".to_owned()))?,
-            )),
-            _ => Err(bad("expected (offset, chunk)".to_owned())),
-        }
+    /// The key prefix of a queue partition's record chunks, for [`Ours::decode_queue_record`].
+    pub fn queue_partition_prefix(&self, topic: &str, partition: i32) -> Vec<u8> {
+        self.key(&[Elem::from(QUEUE), Elem::from(topic), Elem::from(partition)])
+    }
+
+    /// Decodes a record chunk key of the queue partition whose prefix is `base`
+    /// ([`Ours::queue_partition_prefix`]) strictly into its `(offset, chunk)`, without allocating.
+    pub fn decode_queue_record(&self, base: &[u8], key: &[u8]) -> Result<(i64, i64), OursError> {
+        let bad = |detail: &str| OursError::NotAPosition { tag: QUEUE, detail: detail.to_owned() };
+        let rest = key.strip_prefix(base).ok_or_else(|| bad("outside partition"))?;
+        let [o, c] = tuple::unpack_ints::<2>(rest).ok_or_else(|| bad("expected (offset, chunk)"))?;
+        Ok((
+            i64::try_from(o).map_err(|_| bad("offset out of range"))?,
+            i64::try_from(c).map_err(|_| bad("chunk out of range"))?,
+        ))
     }
 
     /// The range of every record chunk of a queue partition.
