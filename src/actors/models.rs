@@ -298,13 +298,27 @@ pub struct RunActorConfig {
 
 /// A record read from the source and its value decoded, off the actor thread (the source loop
 /// decodes each poll on the offload runtime); the partition actor routes the message or
-/// dead-letters the record with the decoding error.
+/// dead-letters the record with the decoding error. A decoded record's bytes are dropped where it
+/// was decoded, so the actor thread frees none of them.
 #[derive(Debug)]
 pub struct Polled {
-    /// The record as read.
-    pub record: Record,
-    /// Its value decoded.
-    pub message: Result<IngestMessage, DecodeError>,
+    /// The record's partition.
+    pub partition: i32,
+    /// The record's offset.
+    pub offset: i64,
+    /// Its value decoded, or the record's bytes with why they do not decode.
+    pub message: Result<IngestMessage, Undecoded>,
+}
+
+/// A record whose value does not decode: what its dead letter keeps.
+#[derive(Debug)]
+pub struct Undecoded {
+    /// Why it does not decode.
+    pub error: DecodeError,
+    /// The record's key.
+    pub key: Option<Vec<u8>>,
+    /// The record's value.
+    pub value: Vec<u8>,
 }
 
 impl Polled {
@@ -313,8 +327,12 @@ impl Polled {
         records
             .into_iter()
             .map(|record| {
-                let message = crate::ingest::decode(&record.value);
-                Polled { record, message }
+                let message = crate::ingest::decode(&record.value).map_err(|error| Undecoded {
+                    error,
+                    key: record.key,
+                    value: record.value,
+                });
+                Polled { partition: record.partition, offset: record.offset, message }
             })
             .collect()
     }

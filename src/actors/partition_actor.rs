@@ -44,7 +44,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::flush::{FlushFailure, Flusher};
-use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, Polled, RunActorConfig};
+use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, Polled, RunActorConfig, Undecoded};
 use super::run_actor::{FlushNow, Idle, Push, RunActor, Stop, Surrender, Surrendered};
 use super::stats::Stats;
 use crate::clock::Clock;
@@ -505,28 +505,26 @@ impl<S: Source + 'static> Handler<Deliver> for PartitionActor<S> {
         let mut groups: Vec<(String, Vec<Entry>)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut dead: Vec<Undecodable> = Vec::new();
-        for Polled { record, message } in msg.records {
-            if record.partition != partition || !self.tracker.receive(record.offset) {
+        for Polled { partition: from, offset, message } in msg.records {
+            if from != partition || !self.tracker.receive(offset) {
                 continue;
             }
             match message {
                 Ok(message) => {
-                    let i = *index.entry(message.run_id.clone()).or_insert_with(|| {
-                        groups.push((message.run_id.clone(), Vec::new()));
-                        groups.len() - 1
-                    });
-                    groups[i].1.push(Entry { partition, offset: record.offset, message });
+                    let i = match index.get(message.run_id.as_str()) {
+                        Some(&i) => i,
+                        None => {
+                            index.insert(message.run_id.clone(), groups.len());
+                            groups.push((message.run_id.clone(), Vec::new()));
+                            groups.len() - 1
+                        }
+                    };
+                    groups[i].1.push(Entry { partition, offset, message });
                 }
-                Err(e) => {
-                    let reason = e.reason();
-                    tracing::warn!(partition, offset = record.offset, reason, error = %e, "record does not decode");
-                    dead.push(Undecodable {
-                        offset: record.offset,
-                        key: record.key,
-                        value: record.value,
-                        reason,
-                        detail: e.to_string(),
-                    });
+                Err(Undecoded { error, key, value }) => {
+                    let reason = error.reason();
+                    tracing::warn!(partition, offset, reason, error = %error, "record does not decode");
+                    dead.push(Undecodable { offset, key, value, reason, detail: error.to_string() });
                 }
             }
         }

@@ -41,6 +41,7 @@ use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::clock::{days_from_civil, days_in_month};
 use crate::storage::context_id::{ContextIdError, PyJson, id_of, parse_python_json};
@@ -674,8 +675,12 @@ fn decode_payload(kind: MessageType, p: &RawObject<'_>) -> Result<Payload, Decod
 // ---------------------------------------------------------------------------------------------
 // Raw objects and typed field readers
 
-/// A JSON object split into its keys and raw value slices, in order.
-struct RawObject<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+/// A JSON object split into its keys and raw value slices, in order; the envelope's and a
+/// payload's few keys stay on the stack.
+struct RawObject<'a>(SmallVec<[(Cow<'a, str>, &'a RawValue); RAW_OBJECT_INLINE]>);
+
+/// Keys a [`RawObject`] holds without allocating (a `log_metric` payload has seven).
+const RAW_OBJECT_INLINE: usize = 8;
 
 impl<'a> RawObject<'a> {
     /// Returns the raw value of a key; a repeated key gives its last value, as in a Python dict.
@@ -715,7 +720,7 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
                 f.write_str("a json object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(8);
+                let mut entries = SmallVec::new();
                 while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
                     let v: &'de RawValue = map.next_value()?;
                     entries.push((k, v));

@@ -327,7 +327,8 @@ impl From<String> for Value {
 
 /// Encodes a value exactly as `msgpack.packb(value, use_bin_type=True, default=ext)` does.
 pub fn encode(value: &Value) -> Result<Vec<u8>, ValueError> {
-    let mut out = Vec::new();
+    // Room for a float or a short string at once (a growing `Vec` allocated twice for a float).
+    let mut out = Vec::with_capacity(16);
     encode_into(value, &mut out)?;
     Ok(out)
 }
