@@ -344,9 +344,16 @@ pub struct QueryConfig {
     /// Requests that evaluate queries or read run by run (searches, streams) running at once, each
     /// on a blocking thread; one more is answered 503 with `Retry-After`.
     pub max_concurrent_heavy_requests: u32,
+    /// Bytes of run attributes and traces a run search keeps from evaluating its query, so the
+    /// runs of its answer are not read twice; runs past it are read again when streamed.
+    pub run_search_kept_bytes: u64,
 }
 
 impl QueryConfig {
+    /// The largest `run_search_kept_bytes`: one request's share of memory, well above what a
+    /// page of runs holds, so that a stray digit fails rather than lets searches hold gigabytes.
+    pub const MAX_RUN_SEARCH_KEPT_BYTES: u64 = 1 << 30;
+
     /// The time budget as a duration.
     pub fn max_request_time(&self) -> Duration {
         Duration::from_millis(self.max_request_time_ms)
@@ -1079,6 +1086,13 @@ impl QueryConfig {
             errors.push(ValidationError::Zero { key: "query.max_concurrent_heavy_requests" });
         }
         check_age_ms("query.snapshot_max_age_ms", self.snapshot_max_age_ms, errors);
+        if self.run_search_kept_bytes > Self::MAX_RUN_SEARCH_KEPT_BYTES {
+            errors.push(ValidationError::AboveMax {
+                key: "query.run_search_kept_bytes",
+                value: self.run_search_kept_bytes,
+                max: Self::MAX_RUN_SEARCH_KEPT_BYTES,
+            });
+        }
     }
 }
 
@@ -1515,6 +1529,15 @@ mod tests {
         let c = Config::from_toml_str("f.toml", "[query]\nmax_value_bytes = 0\nmax_concurrent_heavy_requests = 0\n")
             .unwrap();
         assert_eq!(invalid_keys(&c), vec!["query.max_value_bytes", "query.max_concurrent_heavy_requests"]);
+    }
+
+    #[test]
+    fn run_search_kept_bytes_defaults_to_16_mib_and_may_be_zero_but_not_above_1_gib() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.run_search_kept_bytes, 16 << 20);
+        Config::from_toml_str("f.toml", "[query]\nrun_search_kept_bytes = 0\n").unwrap().validate().unwrap();
+        let c = Config::from_toml_str("f.toml", "[query]\nrun_search_kept_bytes = 1073741825\n").unwrap();
+        assert_eq!(invalid_keys(&c), vec!["query.run_search_kept_bytes"]);
     }
 
     #[test]

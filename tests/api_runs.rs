@@ -755,3 +755,49 @@ async fn a_request_past_its_key_budget_is_a_400_budget_error_not_a_500() {
     // The same requests within the default budget.
     assert_eq!(get(&fx.state(), &search("", "")).await.status, 200);
 }
+
+/// The least `query.max_keys_per_request` within which `uri` answers `want` (under `[query]`
+/// changed by `configure` otherwise), by bisection: fewer keys cut the answer short.
+async fn least_key_budget(
+    fx: &Fixture,
+    uri: &str,
+    want: &[u8],
+    configure: impl Fn(&mut matyan::config::QueryConfig),
+) -> u64 {
+    let (mut low, mut high) = (0u64, 1_000_000u64);
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        let state = fx.state_with(|q| {
+            configure(q);
+            q.max_keys_per_request = mid;
+        });
+        let req = Request::builder().uri(uri).header("x-timezone-offset", "-180").body(Body::empty()).unwrap();
+        let resp = matyan::http::service(state).oneshot(req).await.unwrap();
+        // A stream cut off by the budget ends in a body error.
+        let body = axum::body::to_bytes(resp.into_body(), 64 << 20).await;
+        if body.is_ok_and(|b| b == want) { high = mid } else { low = mid }
+    }
+    high
+}
+
+#[tokio::test]
+async fn a_run_search_reads_what_it_evaluated_once_and_answers_the_same_past_its_kept_bytes() {
+    let fx = Fixture::new().await;
+    twelve_runs(&fx).await;
+    // Neither query is answered by an index alone; only the second reads traces.
+    for q in ["run.hparams.lr != 0.5", "run.metrics['loss'].last > 2"] {
+        let uri = search(q, "");
+        let kept = get(&fx.state(), &uri).await;
+        assert_eq!(kept.status, 200);
+        assert!(kept.keys().len() >= 12, "{q}: {:?}", kept.keys());
+        // Keeping nothing, or less than one run holds, reads every run again: the same bytes.
+        for bytes in [0, 100] {
+            let again = get(&fx.state_with(|c| c.run_search_kept_bytes = bytes), &uri).await;
+            assert_eq!(again.body, kept.body, "{q} with {bytes} kept bytes");
+        }
+        // What was kept is not read twice: the keys that suffice then do not when nothing is.
+        let least = least_key_budget(&fx, &uri, &kept.body, |_| {}).await;
+        let unkept = least_key_budget(&fx, &uri, &kept.body, |c| c.run_search_kept_bytes = 0).await;
+        assert!(least < unkept, "{q}: {least} keys when kept, {unkept} when not");
+    }
+}

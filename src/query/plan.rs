@@ -101,6 +101,10 @@ pub struct Plan {
     /// reference evaluates it. Dropping the indexed conjuncts would be faster but would change
     /// results where the typed hparam index and Python disagree (`lr >= 5` matching 0.01).
     pub residual: Option<Expr>,
+    /// Tells whether evaluating the query may read a run's traces: only `run.metrics` reaches
+    /// them (an attribute named `metrics` on any object counts), so without it a run search
+    /// need not load them to evaluate.
+    pub reads_run_traces: bool,
 }
 
 /// Plans a compiled query (after [`super::pipeline::compile`]; chained comparisons are also
@@ -114,6 +118,7 @@ pub fn plan(expr: &Expr) -> Plan {
         trace_names: trace_names(expr),
         metric_usage: metric_usage(expr),
         residual: if exact { None } else { Some(expr.clone()) },
+        reads_run_traces: reads_run_traces(expr),
     }
 }
 
@@ -298,6 +303,12 @@ fn metric_usage(expr: &Expr) -> MetricUsage {
     }
 }
 
+fn reads_run_traces(expr: &Expr) -> bool {
+    let mut reads = false;
+    expr.walk(&mut |e| reads |= matches!(&e.kind, ExprKind::Attr(_, name) if name == "metrics"));
+    reads
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,5 +470,18 @@ mod tests {
         assert_eq!(plan.trace_names, Some(BTreeSet::from(["loss".to_string()])));
         assert!(!plan.exact);
         assert_eq!(plan.index, Some(IndexExpr::And(vec![not_archived(), p(IndexPred::TraceName("loss".into()))])));
+    }
+
+    #[test]
+    fn only_queries_naming_metrics_read_run_traces() {
+        for q in
+            ["run.metrics['loss'].last < 1", "metric.run.metrics['x'].last_step > 0", "(run if True else 1).metrics"]
+        {
+            assert!(planned(q).reads_run_traces, "{q}");
+        }
+        for q in ["", "run.hparams.lr > 0.01", "run.name == 'metrics'", "run['metrics'] == 1", "metric.name == 'loss'"]
+        {
+            assert!(!planned(q).reads_run_traces, "{q}");
+        }
     }
 }

@@ -27,6 +27,7 @@ mod body;
 mod control;
 mod entities;
 pub mod heavy;
+mod kept;
 mod limits;
 mod logs;
 mod objects;

@@ -25,6 +25,7 @@ use crate::storage::value::{self, Value};
 
 use super::ApiError;
 use super::heavy::{HeavyPermit, admit, offload};
+use super::kept::{Keeper, Match};
 use super::params::{Params, tz_offset};
 use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
@@ -217,11 +218,13 @@ async fn search_run_offloaded(
     let mut reader = Reader::open(&state)?;
     preflight(&reader, &query)?;
     let (hashes, exact) = candidates(&mut reader, &plan).await?;
-    // Each match with the snapshot generation it was read in.
-    let mut matched: Vec<(RunData, u64)> = Vec::new();
+    // Evaluation needs attributes, and traces only when the query reaches them; exact candidates
+    // only need what sorting reads. What it read is kept for the answer, within a budget.
+    let (attrs, traces) = (!exact, !exact && plan.reads_run_traces);
+    let mut keeper = Keeper::new(state.config.query.run_search_kept_bytes);
+    let mut matched: Vec<Match> = Vec::new();
     for hash in hashes {
-        // Evaluation needs attributes and traces; exact candidates only need what sorting reads.
-        let loaded = per_run!(&mut reader, |r| RunData::load(r, &hash, !exact, !exact))?;
+        let loaded = per_run!(&mut reader, |r| RunData::load(r, &hash, attrs, traces))?;
         let Some(run) = loaded else { continue };
         if run.meta.pending_deletion {
             continue;
@@ -229,10 +232,10 @@ async fn search_run_offloaded(
         if !exact && !reader.matches(&query.expr, &run_scope(&Arc::new(run.view())))? {
             continue;
         }
-        matched.push((RunData { attrs: Value::Nil, traces: Vec::new(), ..run }, reader.snapshot_generation()));
+        matched.push(keeper.keep(run, reader.snapshot_generation(), attrs, traces));
     }
     let now = now();
-    matched.sort_by(|(a, _), (b, _)| {
+    matched.sort_by(|Match { run: a, .. }, Match { run: b, .. }| {
         sort.iter()
             .map(|(field, desc)| {
                 let o = compare(a, b, *field, now);
@@ -244,11 +247,11 @@ async fn search_run_offloaded(
     let total = matched.len();
     let start = match &offset {
         None => 0,
-        Some(o) => matched.iter().position(|(r, _)| &r.hash == o).map_or(total, |i| i + 1),
+        Some(o) => matched.iter().position(|m| m.run.hash == *o).map_or(total, |i| i + 1),
     };
     let end =
         if limit > 0 { start.saturating_add(usize::try_from(limit).unwrap_or(usize::MAX)).min(total) } else { total };
-    let page: Vec<(usize, (RunData, u64))> = matched.into_iter().enumerate().take(end).skip(start).collect();
+    let page: Vec<(usize, Match)> = matched.into_iter().enumerate().take(end).skip(start).collect();
     Ok(heavy_stream_response(permit, move |out| async move { stream_runs(reader, page, total, opts, out).await }))
 }
 
@@ -261,31 +264,51 @@ struct RunSearch {
     exclude_traces: bool,
 }
 
-/// The rest of a sorted run (attributes and traces, as `opts` asks), from the snapshot its meta
-/// came from (`generation`), or read again whole from the current one when that has changed; `None`
-/// when the run is gone or pending deletion by then.
-async fn complete_run(
-    reader: &mut Reader,
-    run: &RunData,
-    generation: u64,
-    opts: RunSearch,
-) -> Result<Option<RunData>, ApiError> {
-    let mut run = if reader.snapshot_generation() == generation {
-        run.clone()
+/// The rest of a sorted run (attributes and traces, as `opts` asks): what evaluation kept of it
+/// (taken out of `sorted`) while the snapshot its meta came from (`generation`) is still the
+/// reader's, the rest read from that snapshot; or the whole run read again from the current one
+/// when that has changed. `None` when the run is gone or pending deletion by then.
+///
+/// Taking is safe under [`per_run!`]: a read repeated after `transaction_too_old` runs on a fresh
+/// snapshot, whose generation differs, so it never looks at what the first attempt took.
+async fn complete_run(reader: &mut Reader, sorted: &mut Match, opts: RunSearch) -> Result<Option<RunData>, ApiError> {
+    let same = reader.snapshot_generation() == sorted.generation;
+    let kept = &mut sorted.run;
+    let mut run = if same {
+        RunData {
+            hash: kept.hash.clone(),
+            meta: kept.meta.clone(),
+            experiment: kept.experiment.clone(),
+            tags: kept.tags.clone(),
+            attrs: std::mem::replace(&mut kept.attrs, Value::Nil),
+            traces: std::mem::take(&mut kept.traces),
+        }
     } else {
-        match RunData::load(reader, &run.hash, false, false).await? {
+        match RunData::load(reader, &kept.hash, false, false).await? {
             Some(fresh) if !fresh.meta.pending_deletion => fresh,
             _ => return Ok(None),
         }
     };
-    run.attrs = if opts.exclude_params { Value::Map(Vec::new()) } else { reader.attrs(&run.hash).await? };
-    run.traces = if opts.exclude_traces { Vec::new() } else { reader.traces(&run.hash).await? };
+    run.attrs = if opts.exclude_params {
+        Value::Map(Vec::new())
+    } else if same && sorted.attrs {
+        run.attrs
+    } else {
+        reader.attrs(&run.hash).await?
+    };
+    run.traces = if opts.exclude_traces {
+        Vec::new()
+    } else if same && sorted.traces {
+        run.traces
+    } else {
+        reader.traces(&run.hash).await?
+    };
     Ok(Some(run))
 }
 
 async fn stream_runs(
     mut reader: Reader,
-    page: Vec<(usize, (RunData, u64))>,
+    page: Vec<(usize, Match)>,
     total: usize,
     opts: RunSearch,
     out: Out,
@@ -294,8 +317,8 @@ async fn stream_runs(
     if total > 0 {
         s.progress(0, total);
     }
-    for (position, (sorted, generation)) in page {
-        if let Some(run) = per_run!(&mut reader, |r| complete_run(r, &sorted, generation, opts))? {
+    for (position, mut sorted) in page {
+        if let Some(run) = per_run!(&mut reader, |r| complete_run(r, &mut sorted, opts))? {
             s.object(run.hash.as_str(), &run_search_object(&run, opts))?;
         }
         s.progress(position + 1, total);
