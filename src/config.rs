@@ -338,6 +338,9 @@ pub struct QueryConfig {
     /// Requests that evaluate queries or read run by run (searches, streams) running at once, each
     /// on a blocking thread; one more is answered 503 with `Retry-After`.
     pub max_concurrent_heavy_requests: u32,
+    /// Series of one run a request reads at once (get-batch, metric search); results keep their
+    /// order and are charged to the budget in it.
+    pub max_concurrent_series_reads: u32,
 }
 
 impl QueryConfig {
@@ -1047,6 +1050,10 @@ impl KafkaConfig {
     }
 }
 
+/// The most series of one run a request may read at once: each holds its points in memory until
+/// its turn to be answered.
+const MAX_CONCURRENT_SERIES_READS: u32 = 256;
+
 impl QueryConfig {
     fn validate(&self, errors: &mut Vec<ValidationError>) {
         if self.max_keys_per_request == 0 {
@@ -1060,6 +1067,15 @@ impl QueryConfig {
         }
         if self.max_concurrent_heavy_requests == 0 {
             errors.push(ValidationError::Zero { key: "query.max_concurrent_heavy_requests" });
+        }
+        if self.max_concurrent_series_reads == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_concurrent_series_reads" });
+        } else if self.max_concurrent_series_reads > MAX_CONCURRENT_SERIES_READS {
+            errors.push(ValidationError::AboveMax {
+                key: "query.max_concurrent_series_reads",
+                value: u64::from(self.max_concurrent_series_reads),
+                max: u64::from(MAX_CONCURRENT_SERIES_READS),
+            });
         }
         check_age_ms("query.snapshot_max_age_ms", self.snapshot_max_age_ms, errors);
     }
@@ -1489,6 +1505,18 @@ mod tests {
         let c = Config::from_toml_str("f.toml", "[query]\nmax_value_bytes = 0\nmax_concurrent_heavy_requests = 0\n")
             .unwrap();
         assert_eq!(invalid_keys(&c), vec!["query.max_value_bytes", "query.max_concurrent_heavy_requests"]);
+    }
+
+    #[test]
+    fn concurrent_series_reads_default_to_eight_and_must_be_between_one_and_256() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.max_concurrent_series_reads, 8);
+        for bad in [0, 257] {
+            let c =
+                Config::from_toml_str("f.toml", &format!("[query]\nmax_concurrent_series_reads = {bad}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["query.max_concurrent_series_reads"], "{bad}");
+        }
+        Config::from_toml_str("f.toml", "[query]\nmax_concurrent_series_reads = 256\n").unwrap().validate().unwrap();
     }
 
     #[test]
