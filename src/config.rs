@@ -347,6 +347,9 @@ pub struct QueryConfig {
     /// Bytes of run attributes and traces a run search keeps from evaluating its query, so the
     /// runs of its answer are not read twice; runs past it are read again when streamed.
     pub run_search_kept_bytes: u64,
+    /// Series of one run a request reads at once (get-batch, metric search); results keep their
+    /// order and are charged to the budget in it.
+    pub max_concurrent_series_reads: u32,
 }
 
 impl QueryConfig {
@@ -1071,6 +1074,10 @@ impl KafkaConfig {
     }
 }
 
+/// The most series of one run a request may read at once: each holds its points in memory until
+/// its turn to be answered.
+const MAX_CONCURRENT_SERIES_READS: u32 = 256;
+
 impl QueryConfig {
     fn validate(&self, errors: &mut Vec<ValidationError>) {
         if self.max_keys_per_request == 0 {
@@ -1084,6 +1091,15 @@ impl QueryConfig {
         }
         if self.max_concurrent_heavy_requests == 0 {
             errors.push(ValidationError::Zero { key: "query.max_concurrent_heavy_requests" });
+        }
+        if self.max_concurrent_series_reads == 0 {
+            errors.push(ValidationError::Zero { key: "query.max_concurrent_series_reads" });
+        } else if self.max_concurrent_series_reads > MAX_CONCURRENT_SERIES_READS {
+            errors.push(ValidationError::AboveMax {
+                key: "query.max_concurrent_series_reads",
+                value: u64::from(self.max_concurrent_series_reads),
+                max: u64::from(MAX_CONCURRENT_SERIES_READS),
+            });
         }
         check_age_ms("query.snapshot_max_age_ms", self.snapshot_max_age_ms, errors);
         if self.run_search_kept_bytes > Self::MAX_RUN_SEARCH_KEPT_BYTES {
@@ -1538,6 +1554,18 @@ mod tests {
         Config::from_toml_str("f.toml", "[query]\nrun_search_kept_bytes = 0\n").unwrap().validate().unwrap();
         let c = Config::from_toml_str("f.toml", "[query]\nrun_search_kept_bytes = 1073741825\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["query.run_search_kept_bytes"]);
+    }
+
+    #[test]
+    fn concurrent_series_reads_default_to_eight_and_must_be_between_one_and_256() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.query.max_concurrent_series_reads, 8);
+        for bad in [0, 257] {
+            let c =
+                Config::from_toml_str("f.toml", &format!("[query]\nmax_concurrent_series_reads = {bad}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["query.max_concurrent_series_reads"], "{bad}");
+        }
+        Config::from_toml_str("f.toml", "[query]\nmax_concurrent_series_reads = 256\n").unwrap().validate().unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::Request;
+use futures_util::StreamExt as _;
 use matyan::storage::context_id::context_to_id;
 use matyan::storage::kv::{Database, RetryOptions};
 use matyan::storage::layout::{Layout, LayoutError, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo};
@@ -159,4 +160,78 @@ async fn the_key_budget_counts_the_chunks_a_read_fetches_and_on_key_per_step_eac
     let max_keys = fits_one_chunk.expect("a budget of under 200 keys reads one chunk");
     assert_eq!(get_batch_within(&chunked_db, &chunked, "gapless", max_keys).await, 400);
     assert_eq!(get_batch_within(&chunked_db, &chunked, "gapless", max_keys + 10).await, 200, "a few chunks more");
+}
+
+/// One request with `query.max_concurrent_series_reads = at_once` and a key budget of `max_keys`:
+/// the status and the body (for a stream cut off by the budget, what was sent and the error).
+async fn call_at_once(
+    db: &Database,
+    layout: &Layout,
+    (at_once, max_keys): (u32, u64),
+    (method, uri, body): (&str, &str, Option<&serde_json::Value>),
+) -> (u16, Vec<u8>) {
+    let state = common::app_state_with(db, layout, |c| {
+        c.query.max_concurrent_series_reads = at_once;
+        c.query.max_keys_per_request = max_keys;
+    });
+    let req = Request::builder().method(method).uri(uri).header("content-type", "application/json");
+    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+    let resp = matyan::http::service(state).oneshot(req.body(body).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    let mut body = Vec::new();
+    let mut stream = resp.into_body().into_data_stream();
+    while let Some(frame) = stream.next().await {
+        match frame {
+            Ok(bytes) => body.extend_from_slice(&bytes),
+            Err(e) => {
+                body.extend_from_slice(format!("<cut off: {e}>").as_bytes());
+                break;
+            }
+        }
+    }
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_read_at_once_answer_the_same_bytes_and_need_the_same_key_budget_as_read_one_by_one() {
+    let names = ["gapless", "one_gap", "sparse", "short", "gapless"];
+    let batch = json!(names.iter().map(|n| json!({"name": n, "context": {"subset": "train"}})).collect::<Vec<_>>());
+    let q = common::enc("metric.name != \"\"");
+    let requests = [
+        ("POST", format!("{R}/runs/{RUN}/metric/get-batch/"), Some(&batch)),
+        ("POST", format!("{R}/runs/{RUN}/metric/get-batch/?record_range=100:2000&record_density=100"), Some(&batch)),
+        ("GET", format!("{R}/runs/search/metric?q={q}&p=50&report_progress=false"), None),
+        ("GET", format!("{R}/runs/search/metric?q={q}&p=500&x_axis=short&report_progress=false"), None),
+    ];
+    for kind in [SequenceLayoutKind::KeyPerStep, SequenceLayoutKind::Chunked] {
+        let (db, layout) = store(kind).await;
+        for (method, uri, body) in &requests {
+            let request = (*method, uri.as_str(), *body);
+            let one_by_one = call_at_once(&db, &layout, (1, 50_000_000), request).await;
+            assert_eq!(one_by_one.0, 200, "{kind:?} {uri}: {}", String::from_utf8_lossy(&one_by_one.1));
+            for at_once in [2, 8] {
+                let answer = call_at_once(&db, &layout, (at_once, 50_000_000), request).await;
+                assert!(answer == one_by_one, "{kind:?} {uri}: {at_once} at once answers otherwise");
+            }
+            // The smallest key budget the request fits read one by one (the budget is charged
+            // for each series in turn), and the answers just below and at it read at once.
+            let (mut lo, mut hi) = (1, 1 << 20);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if call_at_once(&db, &layout, (1, mid), request).await.0 == 200 { hi = mid } else { lo = mid + 1 }
+            }
+            for max_keys in [lo - 1, lo] {
+                let one = call_at_once(&db, &layout, (1, max_keys), request).await;
+                let many = call_at_once(&db, &layout, (8, max_keys), request).await;
+                assert!(
+                    one == many,
+                    "{kind:?} {uri} within {max_keys} keys: {} {} read one by one, {} {} at once",
+                    one.0,
+                    String::from_utf8_lossy(&one.1),
+                    many.0,
+                    String::from_utf8_lossy(&many.1)
+                );
+            }
+        }
+    }
 }

@@ -35,9 +35,9 @@ async fn query_bench_answers_have_the_expected_counts() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = QueryBenchConfig { runs: 6, steps: 40, big_steps: 7_000, reps: 2, layout, ..Default::default() };
         let report = run_query(dir.path(), &cfg).await.unwrap();
-        assert_eq!(report.points_written, 6 * 3 * 40 + 7_000);
+        assert_eq!(report.points_written, (6 * 3 + 16) * 40 + 7_000);
         let counts: Vec<u64> = report.rows.iter().map(|r| r.count).collect();
-        assert_eq!(counts, [7, lr_matches(6), 6, 7_000], "{layout:?}");
+        assert_eq!(counts, [8, lr_matches(6), 6, 7_000, 16 * 40], "{layout:?}");
         for r in &report.rows {
             assert!(r.error.is_none() && r.median_secs <= r.p95_secs && r.bytes > 0, "{r:?}");
         }

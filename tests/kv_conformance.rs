@@ -453,6 +453,34 @@ pub async fn random_ops_match_model(db: Database, p: Vec<u8>) {
     }
 }
 
+/// Two reads of one transaction at once (on two tasks, so on two threads where the runtime has
+/// them): both read the transaction's one snapshot, and each records its read conflict, so a later
+/// commit inside either range fails the transaction's commit.
+pub async fn concurrent_reads_share_one_snapshot_and_both_conflict(db: Database, p: Vec<u8>) {
+    for changed in ["a/2", "b"] {
+        clean(&db, &p).await;
+        commit_pairs(&db, &[(k(&p, "a/1"), b"0"), (k(&p, "b"), b"0")]).await;
+        let tx = db.create_trx().unwrap();
+        let range = RangeOption::prefix(&k(&p, "a/"));
+        let point = k(&p, "b");
+        let both = |tx: Transaction| {
+            let (range, point, p) = (range.clone(), point.clone(), p.clone());
+            async move {
+                let t = tx.clone();
+                let r = tokio::spawn(async move { t.get_range(&range, false).await.unwrap() });
+                let g = tokio::spawn(async move { tx.get(&point, false).await.unwrap() });
+                (keys(&r.await.unwrap(), &p), g.await.unwrap())
+            }
+        };
+        let first = both(tx.clone()).await;
+        assert_eq!(first, (vec!["a/1".to_owned()], Some(b"0".to_vec())));
+        commit_pairs(&db, &[(k(&p, changed), b"1")]).await;
+        assert_eq!(both(tx.clone()).await, first, "a later commit is not seen: one snapshot");
+        tx.set(&k(&p, "w"), b"w");
+        assert_eq!(tx.commit().await.unwrap_err(), KvError::NotCommitted, "a write to {changed} conflicts");
+    }
+}
+
 macro_rules! kv_conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -493,6 +521,7 @@ macro_rules! kv_conformance_suite {
             case!(directories_are_stable);
             case!(random_ops_match_model);
             case!(keys_past_the_limit_are_absent_when_read_and_cut_in_ranges);
+            case!(concurrent_reads_share_one_snapshot_and_both_conflict);
         }
     };
 }

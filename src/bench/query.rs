@@ -1,7 +1,9 @@
 //! `matyan bench query`: stores R runs × 3 metrics × S steps plus one run with a B-step metric in
 //! a fresh fjall store, then times four reads through the in-process router (tower `oneshot`, the
 //! whole response body consumed): run search without a query, run search on an indexed hparam,
-//! metric search with `p=500`, and the big run's whole series through metric get-batch.
+//! metric search with `p=500`, the big run's whole series through metric get-batch, and the whole
+//! of [`WIDE_SERIES`] series of one more run through one get-batch (reads of many series of one
+//! run, which the API makes at once).
 //!
 //! A store that already holds the data set of the same size (named by the marker file
 //! `bench-query.json` in its directory, written once populating has finished) is reused, so a
@@ -119,6 +121,10 @@ const T0: f64 = 1_735_689_600.0;
 pub const BIG_RUN: &str = "b16b16b16b16b16b";
 /// The big run's metric.
 pub const BIG_METRIC: &str = "throughput";
+/// The wide run's hash: [`WIDE_SERIES`] metrics of the runs' steps each.
+pub const WIDE_RUN: &str = "w1de00000000w1de";
+/// Metrics of the wide run.
+pub const WIDE_SERIES: u32 = 16;
 /// Points per transaction when writing a series (about 650 bytes each in FoundationDB's accounting
 /// with the epoch and time columns, so about 3.3 MB per transaction).
 const CHUNK: u32 = 5_000;
@@ -223,7 +229,25 @@ pub async fn populate(db: &Database, layout: &Layout, cfg: &QueryBenchConfig) ->
     .await?;
     let ctx = json!({"subset": "train"});
     write_chunked(db, layout, BIG_RUN, BIG_METRIC, &ctx, cfg.big_steps, T0 - 3600.0, |x| x.sin()).await?;
-    Ok(u64::from(cfg.runs) * 3 * u64::from(cfg.steps) + u64::from(cfg.big_steps))
+    db.run(&retry, |tx| {
+        let layout = layout.clone();
+        async move { create_run(&layout, &tx, WIDE_RUN, T0 - 7200.0, 0.0005).await }
+    })
+    .await?;
+    for m in 0..WIDE_SERIES {
+        write_chunked(db, layout, WIDE_RUN, &wide_metric(m), &ctx, cfg.steps, T0 - 7200.0, |x| x.cos()).await?;
+    }
+    Ok(points(cfg))
+}
+
+/// The points of the data set.
+fn points(cfg: &QueryBenchConfig) -> u64 {
+    (u64::from(cfg.runs) * 3 + u64::from(WIDE_SERIES)) * u64::from(cfg.steps) + u64::from(cfg.big_steps)
+}
+
+/// The name of the wide run's metric `m`.
+fn wide_metric(m: u32) -> String {
+    format!("m{m:02}")
 }
 
 /// Writes steps `0..steps` of one trace in transactions of [`CHUNK`] points.
@@ -290,11 +314,12 @@ fn stream_count(uri: &str, body: &[u8]) -> Result<u64, QueryBenchError> {
     Ok(objects.iter().filter(|(k, _)| !k.is_progress()).count() as u64)
 }
 
-/// Counts the points of a get-batch answer.
+/// Counts the points of a get-batch answer, over all its traces.
 fn batch_count(uri: &str, body: &[u8]) -> Result<u64, QueryBenchError> {
     let v: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| QueryBenchError::Request(format!("{uri}: json: {e}")))?;
-    let n = v.get(0).and_then(|t| t.get("iters")).and_then(|i| i.as_array()).map_or(0, Vec::len);
+    let traces = v.as_array().map_or(&[][..], Vec::as_slice);
+    let n: usize = traces.iter().map(|t| t.get("iters").and_then(|i| i.as_array()).map_or(0, Vec::len)).sum();
     Ok(n as u64)
 }
 
@@ -323,7 +348,7 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
     }
     let marker = dir.join(MARKER);
     let shape =
-        json!({"runs": cfg.runs, "steps": cfg.steps, "big_steps": cfg.big_steps, "layout": cfg.layout.as_str()})
+        json!({"runs": cfg.runs, "steps": cfg.steps, "big_steps": cfg.big_steps, "wide_series": WIDE_SERIES, "layout": cfg.layout.as_str()})
             .to_string();
     let reused = std::fs::read_to_string(&marker).is_ok_and(|m| m == shape);
     if !reused && marker.exists() {
@@ -333,7 +358,7 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
     let layout = Layout::open_settled(&db, cfg.layout).await?;
     let start = Instant::now();
     let points_written = if reused {
-        u64::from(cfg.runs) * 3 * u64::from(cfg.steps) + u64::from(cfg.big_steps)
+        points(cfg)
     } else {
         let points = populate(&db, &layout, cfg).await?;
         std::fs::write(&marker, &shape).map_err(|e| QueryBenchError::Invalid(format!("{}: {e}", marker.display())))?;
@@ -351,7 +376,8 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
             uri: format!("{R}/runs/search/run/"),
             body: None,
             unit: "runs",
-            want: u64::from(cfg.runs) + 1,
+            // The runs, the big run and the wide run.
+            want: u64::from(cfg.runs) + 2,
             streamed: true,
         },
         Case {
@@ -379,6 +405,20 @@ pub async fn run(dir: &Path, cfg: &QueryBenchConfig) -> Result<QueryReport, Quer
             body: Some(json!([{"name": BIG_METRIC, "context": {"subset": "train"}}]).to_string()),
             unit: "points",
             want: u64::from(cfg.big_steps),
+            streamed: false,
+        },
+        Case {
+            name: "(e) get-batch 16 series of a run",
+            method: "POST",
+            uri: format!("{R}/runs/{WIDE_RUN}/metric/get-batch/?record_density={}", cfg.steps),
+            body: Some(
+                serde_json::Value::Array(
+                    (0..WIDE_SERIES).map(|m| json!({"name": wide_metric(m), "context": {"subset": "train"}})).collect(),
+                )
+                .to_string(),
+            ),
+            unit: "points",
+            want: u64::from(WIDE_SERIES) * u64::from(cfg.steps),
             streamed: false,
         },
     ];

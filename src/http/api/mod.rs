@@ -5,6 +5,7 @@
 //! - `read.rs`: one snapshot per request, a work budget, and run data loaded from storage;
 //! - `shape.rs`: props, params trees and value conversions shared by the routes;
 //! - `runs.rs`: run info, run search, metric get-batch and metric search (§4.1, §4.2, §4.5, §4.6);
+//! - `series.rs`: many series of one run read at once, answered and charged in order;
 //! - `projects.rs`: project info, activity, params, pinned sequences and status (§6.6);
 //! - `entities.rs`: experiments, tags, dashboards, apps, reports, notes and `version` (§6.3–§6.8);
 //! - `body.rs`: JSON request bodies (a 415 unless sent as JSON, a 422 for anything malformed);
@@ -36,6 +37,7 @@ mod projects;
 mod read;
 mod run_write;
 mod runs;
+mod series;
 mod shape;
 mod streaming;
 

@@ -170,6 +170,8 @@ pub struct Reader {
     budget: Budget,
     /// `query.max_value_bytes`, the memory budget of each evaluation of the request's query.
     max_value_bytes: u64,
+    /// `query.max_concurrent_series_reads`.
+    series_reads_at_once: usize,
     experiments: HashMap<String, Option<Entity>>,
     tags: HashMap<String, Option<Entity>>,
 }
@@ -231,6 +233,7 @@ impl Reader {
             layout,
             budget: Budget::new(config.max_keys_per_request, config.max_request_time()),
             max_value_bytes: config.max_value_bytes,
+            series_reads_at_once: usize::try_from(config.max_concurrent_series_reads).unwrap_or(1).max(1),
             experiments: HashMap::new(),
             tags: HashMap::new(),
         })
@@ -306,7 +309,9 @@ impl Reader {
     }
 
     /// Charges the keys a sequence read within [`Self::key_allowance`] fetched, and answers a
-    /// read stopped at the allowance with the budget error.
+    /// read stopped at the allowance with the budget error. A read given the allowance of before
+    /// other reads were charged (`series.rs`) may have fetched more keys than are left now: its
+    /// charge fails with the same budget error.
     pub fn charge_read<T>(&mut self, keys: KeyAllowance, read: Result<T, SeqError>) -> Result<T, ApiError> {
         match read {
             Err(SeqError::KeyLimit { .. }) => {
@@ -323,6 +328,16 @@ impl Reader {
     /// The transaction, for sequence reads.
     pub fn tx(&self) -> &Transaction {
         &self.tx
+    }
+
+    /// The layout, shared, for reads that own what they read through.
+    pub fn shared_layout(&self) -> Arc<Layout> {
+        self.layout.clone()
+    }
+
+    /// How many series of one run a read may have in flight (`query.max_concurrent_series_reads`).
+    pub fn series_reads_at_once(&self) -> usize {
+        self.series_reads_at_once
     }
 
     /// The layout.
@@ -353,9 +368,13 @@ impl Reader {
     pub async fn traces(&mut self, run: &str) -> Result<Vec<Trace>, ApiError> {
         let layout = self.layout.clone();
         let runs = &layout.runs.runs;
-        let (contexts, keys) = runs.read_contexts(&self.tx, run, true).await?;
+        // Both reads at once (FoundationDB serves them in parallel), charged in order.
+        let (contexts, stored) =
+            futures_util::future::join(runs.read_contexts(&self.tx, run, true), runs.read_traces(&self.tx, run, true))
+                .await;
+        let (contexts, keys) = contexts?;
         self.charge(keys)?;
-        let (stored, keys) = runs.read_traces(&self.tx, run, true).await?;
+        let (stored, keys) = stored?;
         self.charge(keys)?;
         Ok(stored
             .into_iter()

@@ -20,7 +20,7 @@ use crate::query::plan::{MetricUsage, Plan, plan};
 use crate::query::views::{run_scope, sequence_scope};
 use crate::query::{CompileOptions, Query, compile};
 use crate::storage::context_id::context_to_id;
-use crate::storage::layout::{Columns, SeqId, sample_points};
+use crate::storage::layout::{Columns, SeqId, SeqPoint, sample_points};
 use crate::storage::value::{self, Value};
 
 use super::ApiError;
@@ -28,6 +28,7 @@ use super::heavy::{HeavyPermit, admit, offload};
 use super::kept::{Keeper, Match};
 use super::params::{Params, tz_offset};
 use super::read::{BUCKETS, Reader, RunData, Trace, bucket_of, per_run};
+use super::series::{SeriesRead, SeriesRef, read_many};
 use super::shape::{info_props, number, params as params_tree, stream_props, to_json, to_stream};
 use super::streaming::{Out, Streamer, heavy_stream_response};
 
@@ -388,6 +389,19 @@ pub(super) fn parse_range(raw: Option<&str>) -> Result<(Option<i64>, Option<i64>
     Ok((side(a)?, side(b)?))
 }
 
+/// The inclusive steps `start..=end` of the half-open `start..stop`, `None` when it is empty.
+fn step_range((start, stop): (Option<i64>, Option<i64>)) -> Option<(Option<i64>, Option<i64>)> {
+    let end = match stop {
+        Some(s) if s <= i64::MIN + 1 => return None,
+        Some(s) => Some(s - 1),
+        None => None,
+    };
+    match (start, end) {
+        (Some(a), Some(b)) if a > b => None,
+        _ => Some((start, end)),
+    }
+}
+
 /// Reads one series with `start <= step < stop`, sampled to at most `density` points (≤ 0: all).
 pub(super) async fn read_series(
     reader: &mut Reader,
@@ -396,16 +410,7 @@ pub(super) async fn read_series(
     density: i64,
     cols: Columns,
 ) -> Result<Vec<crate::storage::layout::SeqPoint>, ApiError> {
-    let end = match stop {
-        Some(s) if s <= i64::MIN + 1 => return Ok(Vec::new()),
-        Some(s) => Some(s - 1),
-        None => None,
-    };
-    if let (Some(a), Some(b)) = (start, end)
-        && a > b
-    {
-        return Ok(Vec::new());
-    }
+    let Some((start, end)) = step_range((start, stop)) else { return Ok(Vec::new()) };
     let layout = reader.layout().clone();
     let mut keys = reader.key_allowance();
     let read = layout.seqs.read_within(reader.tx(), id, start, end, cols, true, &mut keys).await;
@@ -415,21 +420,6 @@ pub(super) async fn read_series(
         return Ok(points);
     }
     Ok(sample_points(points, density))
-}
-
-/// Reads the whole of one series sampled to at most `p` points (at least one), as
-/// [`read_series`] would with density `p`, reading only the kept points when it can.
-async fn read_sampled(
-    reader: &mut Reader,
-    id: SeqId<'_>,
-    p: i64,
-    cols: Columns,
-) -> Result<Vec<crate::storage::layout::SeqPoint>, ApiError> {
-    let layout = reader.layout().clone();
-    let p = usize::try_from(p.max(1)).unwrap_or(usize::MAX);
-    let mut keys = reader.key_allowance();
-    let read = layout.seqs.read_sampled_within(reader.tx(), id, p, cols, true, &mut keys).await;
-    reader.charge_read(keys, read)
 }
 
 pub(super) fn point_value(bytes: &[u8]) -> Value {
@@ -492,12 +482,26 @@ async fn get_batch(
         return Err(ApiError::NotFound);
     }
     let traces = reader.traces(run_id).await?;
-    let mut out = Vec::new();
-    for r in requested {
-        let ctx_id = context_to_id(&r.context);
-        let Some(trace) = traces.iter().find(|t| t.ctx_id == ctx_id && t.name == r.name) else { continue };
-        let id = SeqId { run: run_id, ctx_id, name: &trace.name };
-        let points = read_series(reader, id, range, density, Columns::default()).await?;
+    let found: Vec<&Trace> = requested
+        .iter()
+        .filter_map(|r| {
+            let ctx_id = context_to_id(&r.context);
+            traces.iter().find(|t| t.ctx_id == ctx_id && t.name == r.name)
+        })
+        .collect();
+    // The series are read at once (see `series.rs`); an empty range reads nothing.
+    let read: Vec<Vec<SeqPoint>> = match step_range(range) {
+        None => found.iter().map(|_| Vec::new()).collect(),
+        Some((start, end)) => {
+            let how = SeriesRead::Range { start, end, cols: Columns::default() };
+            let series = found.iter().map(|t| SeriesRef { ctx_id: t.ctx_id, name: t.name.clone(), read: how });
+            read_many(reader, run_id, series.collect()).await?
+        }
+    };
+    let density = usize::try_from(density).unwrap_or(0);
+    let mut out = Vec::with_capacity(found.len());
+    for (trace, points) in found.into_iter().zip(read) {
+        let points = if density == 0 || points.len() <= density { points } else { sample_points(points, density) };
         out.push(BatchTrace {
             name: trace.name.clone(),
             context: to_json(&to_stream(&trace.context)),
@@ -626,11 +630,24 @@ async fn metric_object(
     if selected.is_empty() {
         return Ok(None);
     }
-    let cols = Columns { epoch: true, time: true };
+    // Each selected trace's series, then its x-axis series when the run has one in its context,
+    // read at once (see `series.rs`).
+    let p = usize::try_from(opts.p.max(1)).unwrap_or(usize::MAX);
+    let with_x_axis =
+        |t: &Trace| opts.x_axis.as_ref().filter(|x| run.traces.iter().any(|o| o.ctx_id == t.ctx_id && &o.name == *x));
+    let mut series = Vec::with_capacity(selected.len());
+    for t in &selected {
+        let cols = Columns { epoch: true, time: true };
+        series.push(SeriesRef { ctx_id: t.ctx_id, name: t.name.clone(), read: SeriesRead::Sampled { p, cols } });
+        if let Some(x) = with_x_axis(t) {
+            let cols = Columns::default();
+            series.push(SeriesRef { ctx_id: t.ctx_id, name: x.clone(), read: SeriesRead::Sampled { p, cols } });
+        }
+    }
+    let mut read = read_many(reader, hash, series).await?.into_iter();
     let mut traces = Vec::with_capacity(selected.len());
     for t in selected {
-        let id = SeqId { run: hash, ctx_id: t.ctx_id, name: &t.name };
-        let points = read_sampled(reader, id, opts.p, cols).await?;
+        let points = read.next().unwrap_or_default();
         let values: Float64Array = points.iter().map(|p| number(&point_value(&p.val))).collect();
         let iters: Float64Array = points.iter().map(|p| p.step as f64).collect();
         // Epochs are sent only when every sampled point has one; timestamps always (§10 item 1).
@@ -650,10 +667,9 @@ async fn metric_object(
             ("epochs", StreamValue::from(epochs)),
             ("timestamps", StreamValue::from(timestamps)),
         ];
-        if let Some(x_axis) = &opts.x_axis {
-            let (xv, xi) = if run.traces.iter().any(|x| x.ctx_id == t.ctx_id && &x.name == x_axis) {
-                let id = SeqId { run: hash, ctx_id: t.ctx_id, name: x_axis };
-                let xs = read_sampled(reader, id, opts.p, Columns::default()).await?;
+        if opts.x_axis.is_some() {
+            let (xv, xi) = if with_x_axis(t).is_some() {
+                let xs = read.next().unwrap_or_default();
                 (xs.iter().map(|p| number(&point_value(&p.val))).collect(), xs.iter().map(|p| p.step as f64).collect())
             } else {
                 (Float64Array::new(), Float64Array::new())

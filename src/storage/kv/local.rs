@@ -2,7 +2,9 @@
 //! serializable commits (read-conflict ranges checked against later commits' write ranges, as
 //! FoundationDB's resolvers do), snapshot reads, atomic add, size accounting and limits.
 //!
-//! Commits are serialised by one lock; readers never block writers. A transaction's read version is
+//! Commits are serialised by one lock; readers never block writers, nor each other: a read holds
+//! its transaction's lock only to take the snapshot and the writes it must merge, so reads of one
+//! transaction on different threads run in the engine at once. A transaction's read version is
 //! taken at its first read (as FoundationDB does), and it fails with `transaction_too_old` once that
 //! version is older than the lifetime limit.
 
@@ -352,53 +354,71 @@ impl LocalTxn {
     }
 
     /// Reads `key`, seeing this transaction's own writes; a non-snapshot read adds a read conflict.
+    ///
+    /// The transaction's lock is held only to take the snapshot and this key's own write, not while
+    /// the engine reads: reads of one transaction run at once, as FoundationDB's futures do.
     pub fn get(&self, key: &[u8], snapshot: bool) -> Result<Option<Vec<u8>>, KvError> {
-        let mut st = self.state.lock();
-        let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
-        // No key longer than the limit can be stored, so it is absent (FoundationDB answers the
-        // same) and needs no read conflict.
-        if key.len() > self.db.limits.max_key_bytes {
-            return Ok(None);
-        }
-        if st.may_be_pending(key) {
-            st.flush_pending();
-        }
-        let committed = match st.writes.get(key) {
-            Some(PointOp::Set(v)) => return Ok(Some(v.clone())),
-            Some(PointOp::Clear) => return Ok(None),
-            Some(PointOp::Add(ps)) => {
-                let ps = ps.clone();
-                let base = snap.get(key)?;
-                Some(resolve_add(base, &ps))
+        let (snap, adds) = {
+            let mut st = self.state.lock();
+            let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
+            // No key longer than the limit can be stored, so it is absent (FoundationDB answers the
+            // same) and needs no read conflict.
+            if key.len() > self.db.limits.max_key_bytes {
+                return Ok(None);
             }
-            None if in_ranges(&st.cleared, key) => return Ok(None),
-            None => snap.get(key)?,
+            if st.may_be_pending(key) {
+                st.flush_pending();
+            }
+            let adds = match st.writes.get(key) {
+                Some(PointOp::Set(v)) => return Ok(Some(v.clone())),
+                Some(PointOp::Clear) => return Ok(None),
+                Some(PointOp::Add(ps)) => Some(ps.clone()),
+                None if in_ranges(&st.cleared, key) => return Ok(None),
+                None => None,
+            };
+            (snap, adds)
+        };
+        let stored = snap.get(key)?;
+        let committed = match adds {
+            Some(ps) => Some(resolve_add(stored, &ps)),
+            None => stored,
         };
         if !snapshot {
             let end = key_after(key);
+            let mut st = self.state.lock();
             st.size += key.len() + end.len();
             st.read_conflicts.push((key.to_vec(), end));
         }
         Ok(committed)
     }
 
-    /// Reads a range, merging this transaction's writes over the snapshot.
+    /// Reads a range, merging this transaction's writes over the snapshot. The lock is held only
+    /// to take the snapshot and the writes within the range (see [`LocalTxn::get`]).
     pub fn get_range(&self, opt: &RangeOption, snapshot: bool) -> Result<Vec<KeyValue>, KvError> {
         let (begin, end) = opt.bounds();
         let limit = self.db.limits.max_key_bytes;
         let (begin, end) = (clamp_bound(begin, limit), clamp_bound(end, limit));
-        let mut st = self.state.lock();
-        let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
-        if begin >= end {
-            return Ok(Vec::new());
-        }
-        let (out, limited) = if st.has_writes() {
-            st.flush_pending();
-            merged_range(&st, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?
-        } else {
-            let pairs = snap.range(&begin, &end, opt.reverse, opt.limit)?;
-            let limited = opt.limit != 0 && pairs.len() == opt.limit;
-            (pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(), limited)
+        let (snap, overlay) = {
+            let mut st = self.state.lock();
+            let snap = Arc::clone(&self.read_view(&mut st)?.snapshot);
+            if begin >= end {
+                return Ok(Vec::new());
+            }
+            let overlay = if st.has_writes() {
+                st.flush_pending();
+                Some(Overlay::within(&st, &begin, &end))
+            } else {
+                None
+            };
+            (snap, overlay)
+        };
+        let (out, limited) = match overlay {
+            Some(overlay) => merged_range(&overlay, snap.as_ref(), &begin, &end, opt.reverse, opt.limit)?,
+            None => {
+                let pairs = snap.range(&begin, &end, opt.reverse, opt.limit)?;
+                let limited = opt.limit != 0 && pairs.len() == opt.limit;
+                (pairs.into_iter().map(|(key, value)| KeyValue { key, value }).collect(), limited)
+            }
         };
         if !snapshot {
             let range = match (limited, out.last()) {
@@ -406,6 +426,7 @@ impl LocalTxn {
                 (true, Some(last)) => (last.key.clone(), end),
                 _ => (begin, end),
             };
+            let mut st = self.state.lock();
             st.size += range.0.len() + range.1.len();
             st.read_conflicts.push(range);
         }
@@ -574,10 +595,32 @@ impl LocalTxn {
     }
 }
 
+/// A transaction's writes within one read range, copied out of its state so that the read merges
+/// them without holding the transaction's lock.
+struct Overlay {
+    /// Point writes with keys in the range.
+    writes: BTreeMap<Vec<u8>, PointOp>,
+    /// The cleared ranges that meet the range (disjoint, ascending).
+    cleared: Ranges,
+}
+
+impl Overlay {
+    /// The writes of `st` (pending ones already merged) within `[begin, end)`.
+    fn within(st: &TxnState, begin: &[u8], end: &[u8]) -> Self {
+        let writes = st
+            .writes
+            .range::<[u8], _>((Bound::Included(begin), Bound::Excluded(end)))
+            .map(|(k, op)| (k.clone(), op.clone()))
+            .collect();
+        let cleared = st.cleared.iter().filter(|(b, e)| b.as_slice() < end && e.as_slice() > begin).cloned().collect();
+        Self { writes, cleared }
+    }
+}
+
 /// Reads `[begin, end)` from the snapshot in chunks and merges the transaction's point writes and
 /// cleared ranges over it. Returns the pairs and whether the limit cut the result short.
 fn merged_range(
-    st: &TxnState,
+    st: &Overlay,
     snap: &dyn EngineSnapshot,
     begin: &[u8],
     end: &[u8],
@@ -695,6 +738,76 @@ mod tests {
         tx.set(b"q", b"1");
         assert_eq!(tx.get(b"k", false).unwrap(), Some(b"k".to_vec()));
         assert_eq!(tx.get(b"q", false).unwrap(), Some(b"1".to_vec()));
+    }
+
+    /// An engine over memory whose snapshot reads each wait (up to 2 s) until two reads are in
+    /// the engine at once, and record the most that ever were.
+    #[derive(Default)]
+    struct Rendezvous {
+        inner: crate::storage::kv::memory::MemoryEngine,
+        inside: Arc<(Mutex<(usize, usize)>, parking_lot::Condvar)>,
+    }
+
+    struct RendezvousSnapshot {
+        inner: Arc<dyn EngineSnapshot>,
+        inside: Arc<(Mutex<(usize, usize)>, parking_lot::Condvar)>,
+    }
+
+    impl RendezvousSnapshot {
+        fn meet(&self) {
+            let (lock, cvar) = &*self.inside;
+            let mut g = lock.lock();
+            g.0 += 1;
+            g.1 = g.1.max(g.0);
+            cvar.notify_all();
+            let deadline = Instant::now() + std::time::Duration::from_secs(2);
+            while g.1 < 2 && !cvar.wait_until(&mut g, deadline).timed_out() {}
+            g.0 -= 1;
+        }
+    }
+
+    impl EngineSnapshot for RendezvousSnapshot {
+        fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+            self.meet();
+            self.inner.get(key)
+        }
+        fn range(
+            &self,
+            begin: &[u8],
+            end: &[u8],
+            reverse: bool,
+            limit: usize,
+        ) -> Result<crate::storage::kv::engine::Pairs, KvError> {
+            self.meet();
+            self.inner.range(begin, end, reverse, limit)
+        }
+    }
+
+    impl Engine for Arc<Rendezvous> {
+        fn snapshot(&self) -> Result<Arc<dyn EngineSnapshot>, KvError> {
+            Ok(Arc::new(RendezvousSnapshot { inner: self.inner.snapshot()?, inside: Arc::clone(&self.inside) }))
+        }
+        fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
+            self.inner.apply(batch)
+        }
+    }
+
+    #[test]
+    fn two_reads_of_one_transaction_on_two_threads_are_in_the_engine_at_once() {
+        let engine = Arc::new(Rendezvous::default());
+        let db = LocalDb::new(Box::new(Arc::clone(&engine)), Limits::FDB);
+        let tx = Arc::new(db.create_trx());
+        // A pending write within the range read: the range read merges it, outside the lock too.
+        tx.set(b"b1", b"mine");
+        let point = {
+            let tx = Arc::clone(&tx);
+            std::thread::spawn(move || tx.get(b"a", false).unwrap())
+        };
+        let range = tx.get_range(&RangeOption::new(b"b".to_vec(), b"c".to_vec()), false).unwrap();
+        assert_eq!(point.join().unwrap(), None);
+        assert_eq!(range, vec![KeyValue { key: b"b1".to_vec(), value: b"mine".to_vec() }]);
+        assert_eq!(engine.inside.0.lock().1, 2, "the second read waited for the first one's lock");
+        assert_eq!(tx.state.lock().read_conflicts.len(), 2, "both reads recorded their conflict range");
     }
 
     #[test]
