@@ -1321,7 +1321,7 @@ mod tests {
         assert_eq!((c.storage.cache(), c.storage.memtable()), (ByteSize(8 << 20), ByteSize(4 << 20)));
         assert_eq!(
             c.storage.embedded_options(),
-            EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20, engine_threads: 1 }
+            EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20, engine_threads: 2 }
         );
         let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 1000\nmemtable_bytes = 1000\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["storage.cache_bytes", "storage.memtable_bytes"]);

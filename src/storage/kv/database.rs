@@ -34,15 +34,16 @@ pub struct EmbeddedOptions {
     pub memtable_bytes: u64,
     /// fjall: background threads flushing memtables and compacting tables. With more than one,
     /// fjall 3's first worker hands every compaction to the others and takes it back from the
-    /// channel at once, spinning a core while they compact; one thread does both in turn. redb has
-    /// none.
+    /// channel at once, spinning a core while they compact; one thread does both in turn, faster
+    /// on two cores but holding more memory while flushes wait (`config/default.toml` has the
+    /// figures). redb has none.
     pub engine_threads: u32,
 }
 
 impl Default for EmbeddedOptions {
     /// Equal to the built-in `[storage]` of `config/default.toml` (a config test keeps them equal).
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20, engine_threads: 1 }
+        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20, engine_threads: 2 }
     }
 }
 
