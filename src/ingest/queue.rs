@@ -372,8 +372,9 @@ impl Queue {
         let mut current: Option<(i64, Vec<u8>)> = None;
         let mut next_chunk = 0i64;
         let finish = |offset: i64, frame: Vec<u8>| {
-            decode_frame(frame, partition, offset)
-                .map_err(|reason| corrupt(&self.record_key(partition, offset, 0), reason))
+            decode_frame(frame, partition, offset).map_err(|reason| {
+                corrupt(&self.record_key(partition, offset, 0), format!("bad record frame: {reason}"))
+            })
         };
         'pages: loop {
             let limit = (max - records.len()).clamp(16, 1000);
@@ -652,17 +653,17 @@ fn encode_frame(key: Option<&[u8]>, value: &[u8], timestamp_ms: i64) -> Vec<u8> 
 }
 
 /// Decodes a record's whole frame; the value keeps the frame's allocation (the header and key
-/// are shifted out). Errors are the reason, for the caller to name the record's key.
-fn decode_frame(mut frame: Vec<u8>, partition: i32, offset: i64) -> Result<Record, String> {
-    let bad = |reason: &str| format!("bad record frame: {reason}");
+/// are shifted out). An error is what is wrong with the frame, for the caller to name the
+/// record's key.
+fn decode_frame(mut frame: Vec<u8>, partition: i32, offset: i64) -> Result<Record, &'static str> {
     let header: &[u8; FRAME_HEADER] =
-        frame.get(..FRAME_HEADER).and_then(|h| h.try_into().ok()).ok_or_else(|| bad("shorter than its header"))?;
+        frame.get(..FRAME_HEADER).and_then(|h| h.try_into().ok()).ok_or("shorter than its header")?;
     if header[0] != FRAME_VERSION {
-        return Err(bad("unknown version"));
+        return Err("unknown version");
     }
     let flags = header[1];
     if flags & !FLAG_KEY != 0 {
-        return Err(bad("unknown flags"));
+        return Err("unknown flags");
     }
     let mut ts = [0u8; 8];
     ts.copy_from_slice(&header[2..10]);
@@ -672,10 +673,10 @@ fn decode_frame(mut frame: Vec<u8>, partition: i32, offset: i64) -> Result<Recor
     vl.copy_from_slice(&header[14..18]);
     let (key_len, value_len) = (u32::from_be_bytes(kl) as usize, u32::from_be_bytes(vl) as usize);
     if frame.len() - FRAME_HEADER != key_len + value_len {
-        return Err(bad("lengths do not match its size"));
+        return Err("lengths do not match its size");
     }
     if flags & FLAG_KEY == 0 && key_len != 0 {
-        return Err(bad("a null key with a length"));
+        return Err("a null key with a length");
     }
     let key = (flags & FLAG_KEY != 0).then(|| frame[FRAME_HEADER..FRAME_HEADER + key_len].to_vec());
     frame.drain(..FRAME_HEADER + key_len);
