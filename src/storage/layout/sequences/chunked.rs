@@ -166,21 +166,8 @@ impl Chunked {
         Ok(Some((ChunkView::parse(&first.value)?.first, ChunkView::parse(&last.value)?.last)))
     }
 
-    /// Reads the points with `start <= step <= end`.
-    pub async fn read(
-        &self,
-        tx: &Transaction,
-        id: SeqId<'_>,
-        start: Option<i64>,
-        end: Option<i64>,
-        cols: Columns,
-        snapshot: bool,
-    ) -> Result<Vec<SeqPoint>, SeqError> {
-        self.read_within(tx, id, start, end, cols, snapshot, &mut KeyAllowance::unlimited()).await
-    }
-
-    /// [`Self::read`] within `keys`: each chunk fetched is one key, the one found for `start`
-    /// included.
+    /// Reads the points with `start <= step <= end` within `keys`: each chunk fetched is one key,
+    /// the one found for `start` included.
     #[allow(clippy::too_many_arguments)]
     pub async fn read_within(
         &self,

@@ -109,14 +109,7 @@ impl Sequences {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
-        match self.state(tx, snapshot).await? {
-            VersionState::Settled(kind) => self.layout(kind).read(tx, id, start, end, cols, snapshot).await,
-            VersionState::Migrating { from, to } => {
-                let older = self.layout(from).read(tx, id, start, end, cols, snapshot).await?;
-                let newer = self.layout(to).read(tx, id, start, end, cols, snapshot).await?;
-                Ok(merge_points(older, newer))
-            }
-        }
+        self.read_within(tx, id, start, end, cols, snapshot, &mut KeyAllowance::unlimited()).await
     }
 
     /// [`SequenceLayout::read_within`]; during a migration, both layouts merged, each read charged

@@ -219,10 +219,7 @@ impl SequenceLayout {
         cols: Columns,
         snapshot: bool,
     ) -> Result<Vec<SeqPoint>, SeqError> {
-        match self {
-            Self::KeyPerStep(l) => l.read(tx, id, start, end, cols, snapshot).await,
-            Self::Chunked(l) => l.read(tx, id, start, end, cols, snapshot).await,
-        }
+        self.read_within(tx, id, start, end, cols, snapshot, &mut KeyAllowance::unlimited()).await
     }
 
     /// [`Self::read`] fetching no more keys than `keys` allows ([`SeqError::KeyLimit`] past it);
