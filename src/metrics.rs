@@ -129,6 +129,7 @@ pub fn describe() {
     describe_gateway();
     describe_run_actors();
     describe_queue();
+    describe_storage_engine();
     describe_control();
     describe_counter!(HTTP_PANICS_TOTAL, "request handlers that panicked, answered 500, by method and route template");
 }
@@ -401,6 +402,37 @@ pub fn ingest_run_actor_evictions(count: usize) {
 pub const QUEUE_TRIMMED_RECORDS_TOTAL: &str = "matyan_queue_trimmed_records_total";
 /// Records the embedded queue holds (end offset minus start offset, summed over partitions), by topic.
 pub const QUEUE_RECORDS: &str = "matyan_queue_records";
+
+/// `matyan_storage_engine_memory_bytes{part}`: what the embedded engine holds in memory, by part
+/// (`memtables`, `block_cache`, `pinned_filters`, `pinned_indexes`), read at each scrape.
+pub const STORAGE_ENGINE_MEMORY_BYTES: &str = "matyan_storage_engine_memory_bytes";
+/// `matyan_storage_engine_tables{level}`: the embedded engine's table files (`level` is `0` or
+/// `all`), read at each scrape: level 0 piling up means compaction is behind.
+pub const STORAGE_ENGINE_TABLES: &str = "matyan_storage_engine_tables";
+
+/// Registers the embedded engine's metrics.
+pub fn describe_storage_engine() {
+    describe_gauge!(
+        STORAGE_ENGINE_MEMORY_BYTES,
+        Unit::Bytes,
+        "memory the embedded engine holds, by part (memtables, block_cache, pinned_filters, pinned_indexes)"
+    );
+    describe_gauge!(STORAGE_ENGINE_TABLES, "table files of the embedded engine, level 0 and all levels");
+}
+
+/// Sets the embedded engine's gauges from its own account.
+pub fn storage_engine_memory(m: &crate::storage::kv::engine::EngineMemory) {
+    for (part, bytes) in [
+        ("memtables", m.write_buffer_bytes),
+        ("block_cache", m.cache_bytes),
+        ("pinned_filters", m.pinned_filter_bytes),
+        ("pinned_indexes", m.pinned_index_bytes),
+    ] {
+        gauge!(STORAGE_ENGINE_MEMORY_BYTES, "part" => part).set(bytes as f64);
+    }
+    gauge!(STORAGE_ENGINE_TABLES, "level" => "0").set(m.l0_tables as f64);
+    gauge!(STORAGE_ENGINE_TABLES, "level" => "all").set(m.tables as f64);
+}
 
 /// Registers the embedded queue's metrics.
 pub fn describe_queue() {

@@ -24,6 +24,13 @@ async fn ingest_bench_reports_every_point_stored() {
         assert_eq!((r.records, r.points), (1_203, 1_200), "{r:?}");
         assert!(r.secs > 0.0, "{r:?}");
     }
+    // Every phase after the append is sampled: the process is resident, and the store's memtable
+    // holds what was appended and applied.
+    for r in &report.rows[1..] {
+        let m = r.memory.unwrap_or_else(|| panic!("{} has no memory samples", r.phase));
+        assert!(m.rss_kib >= m.first_rss_kib && m.first_rss_kib > 0, "{r:?}");
+        assert!(m.engine.write_buffer_bytes > 0 && m.engine.total_bytes() >= m.engine.write_buffer_bytes, "{r:?}");
+    }
     let pipeline = &report.rows[1];
     assert_eq!(pipeline.samples, 13, "one sample per append batch holding a point");
     assert!(pipeline.p50_ms.unwrap() <= pipeline.p99_ms.unwrap());
@@ -56,6 +63,9 @@ async fn gateway_bench_has_every_point_accepted_and_applied_in_each_phase() {
         assert_eq!(r.points, 750, "{r:?}");
         assert!(r.secs > 0.0, "{r:?}");
     }
+    // The stack's memory is sampled over its accepting and storing together, on the stored row.
+    let sampled: Vec<bool> = rows.iter().map(|r| r.memory.is_some()).collect();
+    assert_eq!(sampled, [true, true, false, true]);
     // 3 frames per client (100, 100, 50): nine latencies, ordered percentiles.
     assert!(rows[1].p50_ms.unwrap() <= rows[1].p99_ms.unwrap());
 }

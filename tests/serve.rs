@@ -108,6 +108,12 @@ fn serve_trims_the_embedded_queue_once_every_record_is_ingested() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!((trimmed, held), (records, 0.0), "every ingested record is trimmed and none is held");
+    // The embedded engine's own account, read at the scrape: 10,000 records went through its
+    // memtable and were read back through its block cache.
+    let (_, body) = get(addr, "/metrics/");
+    let part = |p: &str| common::server::metric_sum(&body, "matyan_storage_engine_memory_bytes", &format!("\"{p}\""));
+    assert!(part("memtables") > 0.0 && part("block_cache") >= 0.0, "{body}");
+    assert!(common::server::metric_sum(&body, "matyan_storage_engine_tables", "\"all\"") >= 1.0, "{body}");
     // The worker-health gauge of the lag reporter (set every second): once nothing waits, no
     // partition has a commit age.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

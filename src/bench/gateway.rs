@@ -16,6 +16,7 @@ use futures_util::{SinkExt as _, StreamExt as _};
 use thiserror::Error;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::memory::{MemoryPeaks, MemorySampler, stop as stop_sampler};
 use crate::actors::{IngestPipeline, PipelineConfig};
 use crate::app::AppState;
 use crate::config::{Backend, Config};
@@ -43,6 +44,8 @@ pub struct GatewayRow {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub peak_rss_kib: Option<u64>,
+    /// The embedded engine's memory during the phase, each part's largest sample.
+    pub memory: Option<MemoryPeaks>,
 }
 
 impl GatewayRow {
@@ -104,11 +107,14 @@ pub async fn run(dir: &Path, cfg: &GatewayBenchConfig) -> Result<Vec<GatewayRow>
     }
     let mut config = Config::from_toml_str("bench", "").map_err(setup)?;
     config.storage.backend = Backend::Embedded;
+    // The whole stack runs first, so that its peak is that of a fresh process (an allocator keeps
+    // what earlier phases freed); the baselines follow and are printed first.
+    config.storage.data_dir = dir.join("serve");
+    let serve = gateway_phases(config.clone(), cfg, true).await?;
     let mut rows = vec![append_ceiling(&dir.join("ceiling"), &config, cfg).await?];
     config.storage.data_dir = dir.join("gateway-only");
-    rows.extend(gateway_phases(config.clone(), cfg, false).await?);
-    config.storage.data_dir = dir.join("serve");
-    rows.extend(gateway_phases(config, cfg, true).await?);
+    rows.extend(gateway_phases(config, cfg, false).await?);
+    rows.extend(serve);
     Ok(rows)
 }
 
@@ -128,6 +134,7 @@ async fn append_ceiling(
     let stamp = datetime::receive_timestamp(crate::clock::now_micros());
     let budget = state.config.gateway.append_batch_bytes;
     crate::bench::ingest::reset_peak_rss();
+    let sampler = MemorySampler::start(&state.db);
     let start = Instant::now();
     let mut points = 0;
     for client in 0..cfg.clients {
@@ -151,13 +158,15 @@ async fn append_ceiling(
             points += records.len() as u64;
         }
     }
+    let secs = start.elapsed().as_secs_f64();
     Ok(GatewayRow {
         phase: "queue append, 1 task",
         points,
-        secs: start.elapsed().as_secs_f64(),
+        secs,
         p50_ms: None,
         p99_ms: None,
         peak_rss_kib: crate::bench::ingest::peak_rss_kib(),
+        memory: stop_sampler(sampler).await,
     })
 }
 
@@ -186,6 +195,7 @@ async fn gateway_phases(
     };
     let gateway = Gateway::new(&state.config, Arc::new(sink), Arc::clone(&state.blobs.store));
     let state = state.with_gateway(gateway);
+    let db = state.db.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(setup)?;
     let addr = listener.local_addr().map_err(setup)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -194,6 +204,7 @@ async fn gateway_phases(
     }));
 
     crate::bench::ingest::reset_peak_rss();
+    let sampler = MemorySampler::start(&db);
     let total = cfg.clients as u64 * cfg.points_per_client;
     let start = Instant::now();
     let mut clients = tokio::task::JoinSet::new();
@@ -215,11 +226,12 @@ async fn gateway_phases(
         p50_ms: percentile(&latencies, 0.5),
         p99_ms: percentile(&latencies, 0.99),
         peak_rss_kib: accepted_rss,
+        memory: None,
     };
     let Some(pipeline) = pipeline else {
         let _ = stop.send(());
         let _ = server.await;
-        return Ok(vec![accepted]);
+        return Ok(vec![GatewayRow { memory: stop_sampler(sampler).await, ..accepted }]);
     };
     let deadline = Instant::now() + Duration::from_secs(600);
     while pipeline.counters().applied < total {
@@ -230,6 +242,7 @@ async fn gateway_phases(
     }
     let stored_secs = start.elapsed().as_secs_f64();
     let stored_rss = crate::bench::ingest::peak_rss_kib();
+    let memory = stop_sampler(sampler).await;
     let _ = stop.send(());
     let _ = server.await;
     pipeline.shutdown().await.map_err(setup)?;
@@ -242,6 +255,7 @@ async fn gateway_phases(
             p50_ms: None,
             p99_ms: None,
             peak_rss_kib: stored_rss,
+            memory,
         },
     ])
 }

@@ -35,6 +35,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::memory::{MemoryPeaks, MemorySampler, stop};
 use crate::actors::{IngestPipeline, PipelineConfig, PipelineError, PipelineHandle};
 use crate::ingest::kafka::{KafkaSource, KafkaSourceError};
 use crate::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, Queue, QueueError};
@@ -97,6 +98,9 @@ pub struct IngestRow {
     pub samples: usize,
     /// Peak resident set during the phase, KiB.
     pub peak_rss_kib: Option<u64>,
+    /// The embedded engine's memory during the phase, each part's largest sample (embedded
+    /// phases on fjall).
+    pub memory: Option<MemoryPeaks>,
     /// Seconds from start until the first record arrived (Kafka consumers: the group join), when
     /// measured.
     pub startup_secs: Option<f64>,
@@ -382,6 +386,7 @@ async fn embedded(
     });
 
     reset_peak_rss();
+    let sampler = MemorySampler::start(&db);
     let start = Instant::now();
     let (aq, arecs, batch) = (queue.clone(), Arc::clone(recs), cfg.append_batch);
     let producer = tokio::spawn(async move {
@@ -403,6 +408,7 @@ async fn embedded(
     let first = wait_applied(&handle, total, cfg.timeout, "embedded pipeline").await?;
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
+    let memory = stop(sampler).await;
     let mut lat = poller.await.map_err(|e| IngestBenchError::Invalid(format!("poller task: {e}")))??;
     handle.shutdown().await?;
     lat.sort_by(f64::total_cmp);
@@ -413,6 +419,7 @@ async fn embedded(
 
     // Ceiling: the queue read back without applying.
     reset_peak_rss();
+    let sampler = MemorySampler::start(&db);
     let start = Instant::now();
     let mut read = 0u64;
     for p in queue.partition_ids() {
@@ -426,6 +433,7 @@ async fn embedded(
     }
     let read_secs = start.elapsed().as_secs_f64();
     let read_rss = peak_rss_kib();
+    let read_memory = stop(sampler).await;
     if read != total {
         return Err(IngestBenchError::Mismatch { got: read, want: total });
     }
@@ -440,6 +448,7 @@ async fn embedded(
             p99_ms: None,
             samples: 0,
             peak_rss_kib: None,
+            memory: None,
             startup_secs: None,
         },
         IngestRow {
@@ -451,6 +460,7 @@ async fn embedded(
             p99_ms: percentile(&lat, 0.99),
             samples: lat.len(),
             peak_rss_kib: rss,
+            memory,
             startup_secs: Some(since(first, start)),
         },
         IngestRow {
@@ -462,6 +472,7 @@ async fn embedded(
             p99_ms: None,
             samples: 0,
             peak_rss_kib: read_rss,
+            memory: read_memory,
             startup_secs: None,
         },
     ];
@@ -472,6 +483,7 @@ async fn embedded(
 struct Drained {
     secs: f64,
     rss: Option<u64>,
+    memory: Option<MemoryPeaks>,
     first: Instant,
     start: Instant,
     stored: u64,
@@ -488,17 +500,19 @@ async fn drain<S: crate::ingest::Source + 'static>(
     what: &str,
 ) -> Result<Drained, IngestBenchError> {
     reset_peak_rss();
+    let sampler = MemorySampler::start(db);
     let start = Instant::now();
     let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
     let first = wait_applied(&handle, total, cfg.timeout, what).await?;
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
+    let memory = stop(sampler).await;
     handle.shutdown().await?;
     let stored = stored_points(db, layout, cfg.runs as usize).await?;
     if stored != cfg.records {
         return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
     }
-    Ok(Drained { secs, rss, first, start, stored })
+    Ok(Drained { secs, rss, memory, first, start, stored })
 }
 
 /// The pipeline alone: the queue is filled first, then a pipeline drains it (the live phase is
@@ -522,7 +536,7 @@ async fn embedded_backlog(
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
     let drained = drain(&db, &layout, source, total, cfg, "embedded pipeline on a backlog").await?;
-    let (secs, rss, first, start) = (drained.secs, drained.rss, drained.first, drained.start);
+    let Drained { secs, rss, memory, first, start, .. } = drained;
     Ok(IngestRow {
         phase: "embedded pipeline (backlog)",
         records: total,
@@ -532,6 +546,7 @@ async fn embedded_backlog(
         p99_ms: None,
         samples: 0,
         peak_rss_kib: rss,
+        memory,
         startup_secs: Some(since(first, start)),
     })
 }
@@ -657,8 +672,9 @@ async fn kafka(
 
     let (db, layout) = open_store(dir, cfg).await?;
     let source = KafkaSource::new(consumer_config(bootstrap), &format!("matyan-bench-{}", unique_suffix()), &topic)?;
-    let Drained { secs, rss, first, start, stored } = drain(&db, &layout, source, total, cfg, "kafka pipeline").await?;
-    let row = |phase, secs, peak_rss_kib, startup_secs| IngestRow {
+    let Drained { secs, rss, memory, first, start, stored } =
+        drain(&db, &layout, source, total, cfg, "kafka pipeline").await?;
+    let row = |phase, secs, peak_rss_kib, memory, startup_secs| IngestRow {
         phase,
         records: total,
         points: cfg.records,
@@ -667,13 +683,14 @@ async fn kafka(
         p99_ms: None,
         samples: 0,
         peak_rss_kib,
+        memory,
         startup_secs,
     };
     Ok((
         vec![
-            row("kafka produce", produce_secs, produce_rss, None),
-            row("kafka bare consumer (ceiling)", bare_secs, bare_rss, Some(since(bare_first, bare_start))),
-            row("kafka pipeline", secs, rss, Some(since(first, start))),
+            row("kafka produce", produce_secs, produce_rss, None, None),
+            row("kafka bare consumer (ceiling)", bare_secs, bare_rss, None, Some(since(bare_first, bare_start))),
+            row("kafka pipeline", secs, rss, memory, Some(since(first, start))),
         ],
         stored,
     ))

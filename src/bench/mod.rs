@@ -3,5 +3,6 @@
 pub mod control;
 pub mod gateway;
 pub mod ingest;
+pub mod memory;
 pub mod query;
 pub mod storage;

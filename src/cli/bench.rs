@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use matyan::bench::control::ControlBenchConfig;
 use matyan::bench::gateway::GatewayBenchConfig;
 use matyan::bench::ingest::{IngestBenchConfig, IngestReport};
+use matyan::bench::memory::MemoryPeaks;
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
 use matyan::config::{BlobBackend, Config};
@@ -315,6 +316,7 @@ async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             r.peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
         );
     }
+    print_engine_memory(rows.iter().filter_map(|r| Some((r.phase, r.memory?))));
     let find = |p: &str| rows.iter().find(|r| r.phase == p);
     for (a, b) in [("gateway alone accepted", "queue append, 1 task"), ("gateway stored", "gateway alone accepted")] {
         if let (Some(x), Some(y)) = (find(a), find(b)) {
@@ -448,6 +450,7 @@ fn print_ingest(report: &IngestReport) {
             r.peak_rss_kib.map_or_else(|| "-".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
         );
     }
+    print_engine_memory(report.rows.iter().filter_map(|r| Some((r.phase, r.memory?))));
     let find = |p: &str| report.rows.iter().find(|r| r.phase == p);
     for (a, b, label) in [
         ("embedded pipeline", "embedded queue read (ceiling)", "embedded pipeline / queue read"),
@@ -462,6 +465,54 @@ fn print_ingest(report: &IngestReport) {
     }
     let kafka = report.kafka_stored_points.map_or_else(String::new, |n| format!(", kafka {n}"));
     println!("stored points read back: embedded {}{kafka}", report.stored_points);
+}
+
+/// The engine's parts of each phase's memory (their largest samples; they need not peak together).
+fn print_engine_memory<'a>(rows: impl Iterator<Item = (&'a str, MemoryPeaks)>) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let sampled: Vec<_> = rows.collect();
+    if sampled.is_empty() {
+        return;
+    }
+    println!(
+        "{:<30} {:>9} {:>8} {:>9} {:>9} {:>11} {:>6} {:>9} {:>10} {:>9} {:>10} {:>6} {:>4} {:>8} {:>10}",
+        "memory (largest samples)",
+        "rss0_MiB",
+        "rss_MiB",
+        "heap_MiB",
+        "free_MiB",
+        "memtab_MiB",
+        "sealed",
+        "cache_MiB",
+        "filter_MiB",
+        "index_MiB",
+        "parts_MiB",
+        "tables",
+        "l0",
+        "versions",
+        "vmemt_MiB"
+    );
+    for (phase, m) in sampled {
+        let e = m.engine;
+        println!(
+            "{:<30} {:>9.1} {:>8.1} {:>9.1} {:>9.1} {:>11.1} {:>6} {:>9.1} {:>10.1} {:>9.1} {:>10.1} {:>6} {:>4} {:>8} {:>10.1}",
+            phase,
+            m.first_rss_kib as f64 / 1024.0,
+            m.rss_kib as f64 / 1024.0,
+            mib(m.heap_in_use_bytes),
+            mib(m.heap_free_bytes),
+            mib(e.write_buffer_bytes),
+            e.sealed_memtables,
+            mib(e.cache_bytes),
+            mib(e.pinned_filter_bytes),
+            mib(e.pinned_index_bytes),
+            mib(e.total_bytes()),
+            e.tables,
+            e.l0_tables,
+            e.versions,
+            mib(e.version_memtable_bytes)
+        );
+    }
 }
 
 async fn query(args: QueryArgs) -> anyhow::Result<()> {

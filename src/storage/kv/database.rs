@@ -151,6 +151,16 @@ impl Database {
         }
     }
 
+    /// What the embedded engine holds in memory, by part (`None` for memory, redb and
+    /// FoundationDB, whose memory is not this process's or is not reported).
+    pub fn engine_memory(&self) -> Option<super::engine::EngineMemory> {
+        match &self.inner {
+            DbInner::Local(db) => db.engine_memory(),
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => None,
+        }
+    }
+
     /// Opens (creating if needed) the directory at `path` through the directory layer and returns
     /// its raw key prefix.
     pub async fn open_directory(&self, path: &[&str]) -> Result<Vec<u8>, KvError> {

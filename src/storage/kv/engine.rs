@@ -62,6 +62,44 @@ pub trait Engine: Send + Sync + 'static {
     fn disk_bytes(&self) -> u64 {
         0
     }
+    /// What the engine holds in memory now, by part (`None`: the engine does not say).
+    fn memory(&self) -> Option<EngineMemory> {
+        None
+    }
+}
+
+/// Where an engine's memory goes, read from the engine's own counters: the parts it bounds by
+/// configuration (`cache_bytes`, `memtable_bytes`) and the parts that follow the number of table
+/// files (pinned filter and index blocks). The rest of a process's RSS is everything else: the
+/// allocator's free lists, decoded records in flight, the runtime.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineMemory {
+    /// Memtables being written and sealed ones waiting for their flush.
+    pub write_buffer_bytes: u64,
+    /// Sealed memtables waiting for their flush.
+    pub sealed_memtables: u64,
+    /// Blocks in the block cache.
+    pub cache_bytes: u64,
+    /// Filter blocks held outside the cache (fjall pins level 0's).
+    pub pinned_filter_bytes: u64,
+    /// Index blocks held outside the cache (fjall pins levels 0 and 1's).
+    pub pinned_index_bytes: u64,
+    /// Table files, all levels.
+    pub tables: u64,
+    /// Table files in level 0.
+    pub l0_tables: u64,
+    /// Versions of the tree kept for snapshots that may still read them (fjall frees one only
+    /// once no snapshot older than its successor is open); each holds its memtables.
+    pub versions: u64,
+    /// Memtables the kept versions hold, flushed or not (fjall's own sum, an upper bound).
+    pub version_memtable_bytes: u64,
+}
+
+impl EngineMemory {
+    /// The parts that hold bytes, together.
+    pub fn total_bytes(&self) -> u64 {
+        self.write_buffer_bytes + self.cache_bytes + self.pinned_filter_bytes + self.pinned_index_bytes
+    }
 }
 
 /// Applies `ops` to a value resolved by `current`: shared by engines for `PointOp::Add`.

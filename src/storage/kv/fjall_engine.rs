@@ -7,7 +7,7 @@ use std::sync::Arc;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
 
 use super::database::EmbeddedOptions;
-use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
+use super::engine::{Engine, EngineMemory, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
 
 fn engine_err(e: impl std::fmt::Display) -> KvError {
@@ -131,6 +131,26 @@ impl Engine for FjallEngine {
 
     fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    fn memory(&self) -> Option<EngineMemory> {
+        use fjall::AbstractTree as _;
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let (versions, version_memtable_bytes) = {
+            let history = self.ks.tree.get_version_history_lock();
+            (count(history.len()), history.memtable_size_sum())
+        };
+        Some(EngineMemory {
+            versions,
+            version_memtable_bytes,
+            write_buffer_bytes: self.db.write_buffer_size(),
+            sealed_memtables: count(self.ks.sealed_memtable_count()),
+            cache_bytes: self.db.cache_size(),
+            pinned_filter_bytes: count(self.ks.tree.pinned_filter_size()),
+            pinned_index_bytes: count(self.ks.tree.pinned_block_index_size()),
+            tables: count(self.ks.table_count()),
+            l0_tables: count(self.ks.l0_table_count()),
+        })
     }
 }
 

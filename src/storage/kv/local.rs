@@ -147,6 +147,11 @@ impl LocalDb {
         self.engine.disk_bytes()
     }
 
+    /// What the engine holds in memory, by part.
+    pub fn engine_memory(&self) -> Option<super::engine::EngineMemory> {
+        self.engine.memory()
+    }
+
     /// A new transaction.
     pub fn create_trx(self: &Arc<Self>) -> LocalTxn {
         LocalTxn { db: Arc::clone(self), state: Mutex::new(TxnState::default()) }

@@ -1,0 +1,168 @@
+//! Where a benchmark phase's memory went: a task samples the process's resident set and the
+//! embedded engine's own counters ([`EngineMemory`]) at a fixed interval, and keeps the largest
+//! value of each part. The kernel's peak mark (`VmHWM`) stays the phase's peak; the samples say
+//! how much of it the engine's parts explain.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::storage::kv::Database;
+use crate::storage::kv::engine::EngineMemory;
+
+/// How often a phase is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// The largest value each part reached during a phase (the parts need not peak together).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryPeaks {
+    /// Resident set at the first sample, KiB: what the phase started from (an allocator keeps
+    /// what earlier phases freed).
+    pub first_rss_kib: u64,
+    /// Resident set, KiB, the largest sampled.
+    pub rss_kib: u64,
+    /// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`; 0 elsewhere),
+    /// the largest sampled: the live heap.
+    pub heap_in_use_bytes: u64,
+    /// Bytes freed to the allocator and kept by it, the largest sampled: resident memory that
+    /// holds nothing.
+    pub heap_free_bytes: u64,
+    /// The engine's parts, each its own largest.
+    pub engine: EngineMemory,
+}
+
+impl MemoryPeaks {
+    fn take(&mut self, rss_kib: u64, heap: Heap, e: EngineMemory) {
+        if self.first_rss_kib == 0 {
+            self.first_rss_kib = rss_kib;
+        }
+        let m = &mut self.engine;
+        self.rss_kib = self.rss_kib.max(rss_kib);
+        self.heap_in_use_bytes = self.heap_in_use_bytes.max(heap.in_use_bytes);
+        self.heap_free_bytes = self.heap_free_bytes.max(heap.free_bytes);
+        m.write_buffer_bytes = m.write_buffer_bytes.max(e.write_buffer_bytes);
+        m.sealed_memtables = m.sealed_memtables.max(e.sealed_memtables);
+        m.cache_bytes = m.cache_bytes.max(e.cache_bytes);
+        m.pinned_filter_bytes = m.pinned_filter_bytes.max(e.pinned_filter_bytes);
+        m.pinned_index_bytes = m.pinned_index_bytes.max(e.pinned_index_bytes);
+        m.tables = m.tables.max(e.tables);
+        m.l0_tables = m.l0_tables.max(e.l0_tables);
+        m.versions = m.versions.max(e.versions);
+        m.version_memtable_bytes = m.version_memtable_bytes.max(e.version_memtable_bytes);
+    }
+}
+
+/// A running sampler; [`MemorySampler::stop`] ends it and answers the peaks.
+pub struct MemorySampler {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<MemoryPeaks>,
+}
+
+impl MemorySampler {
+    /// Starts sampling `db`'s engine (`None` when the backend reports nothing: then nothing runs).
+    pub fn start(db: &Database) -> Option<Self> {
+        db.engine_memory()?;
+        let db = db.clone();
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut peaks = MemoryPeaks::default();
+            loop {
+                if let (Some(rss), Some(e)) = (current_rss_kib(), db.engine_memory()) {
+                    peaks.take(rss, heap(), e);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                    _ = stopped.changed() => return peaks,
+                }
+            }
+        });
+        Some(Self { stop, task })
+    }
+
+    /// Stops sampling: the peaks seen (`None` if the task failed).
+    pub async fn stop(self) -> Option<MemoryPeaks> {
+        let _ = self.stop.send(true);
+        self.task.await.ok()
+    }
+}
+
+/// Stops `sampler` if one runs: the peaks it saw.
+pub async fn stop(sampler: Option<MemorySampler>) -> Option<MemoryPeaks> {
+    match sampler {
+        Some(s) => s.stop().await,
+        None => None,
+    }
+}
+
+/// The allocator's own account.
+#[derive(Debug, Clone, Copy, Default)]
+struct Heap {
+    in_use_bytes: u64,
+    free_bytes: u64,
+}
+
+/// glibc's account of its heap, all arenas together.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn heap() -> Heap {
+    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own statistics.
+    let info = unsafe { libc::mallinfo2() };
+    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+    Heap { in_use_bytes: n(info.uordblks) + n(info.hblkhd), free_bytes: n(info.fordblks) }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> Heap {
+    Heap::default()
+}
+
+/// Resident set of this process now, KiB.
+fn current_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peaks_keep_each_part_s_own_largest_value() {
+        let mut p = MemoryPeaks::default();
+        let a = EngineMemory { write_buffer_bytes: 10, cache_bytes: 1, tables: 3, ..Default::default() };
+        let b = EngineMemory { write_buffer_bytes: 2, cache_bytes: 7, pinned_index_bytes: 5, ..Default::default() };
+        let h = |in_use_bytes, free_bytes| Heap { in_use_bytes, free_bytes };
+        p.take(100, h(5, 1), a);
+        p.take(90, h(3, 4), b);
+        assert_eq!((p.heap_in_use_bytes, p.heap_free_bytes), (5, 4));
+        assert_eq!((p.first_rss_kib, p.rss_kib), (100, 100));
+        p.take(120, h(0, 0), b);
+        assert_eq!((p.first_rss_kib, p.rss_kib), (100, 120));
+        assert_eq!(
+            p.engine,
+            EngineMemory {
+                write_buffer_bytes: 10,
+                cache_bytes: 7,
+                pinned_index_bytes: 5,
+                tables: 3,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fjall_store_reports_its_memtable_while_it_is_written() {
+        use crate::storage::kv::{EmbeddedEngine, Limits};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+        let sampler = MemorySampler::start(&db).expect("fjall reports its memory");
+        let tx = db.create_trx().unwrap();
+        tx.set(b"k", &[7u8; 4096]);
+        tx.commit().await.unwrap();
+        tokio::time::sleep(SAMPLE_EVERY * 2).await;
+        let peaks = sampler.stop().await.unwrap();
+        assert!(peaks.engine.write_buffer_bytes >= 4096, "{peaks:?}");
+        assert!(peaks.rss_kib > 0);
+    }
+}
