@@ -112,6 +112,8 @@ pub struct StorageConfig {
     pub memtable_bytes: u64,
     /// fjall's background threads (memtable flushes and compaction).
     pub engine_threads: u32,
+    /// How often freed memory goes back to the system (0: never).
+    pub memory_trim_ms: u64,
 }
 
 impl StorageConfig {
@@ -136,6 +138,7 @@ impl StorageConfig {
             cache_bytes: self.cache().0,
             memtable_bytes: self.memtable().0,
             engine_threads: self.engine_threads,
+            memory_trim_ms: self.memory_trim_ms,
         }
     }
 }
@@ -978,6 +981,19 @@ impl StorageConfig {
                 max: MAX_ENGINE_THREADS,
             });
         }
+        if self.memory_trim_ms != 0 && self.memory_trim_ms < MIN_MEMORY_TRIM_MS {
+            errors.push(ValidationError::BelowMin {
+                key: "storage.memory_trim_ms",
+                value: self.memory_trim_ms,
+                min: MIN_MEMORY_TRIM_MS,
+            });
+        } else if self.memory_trim_ms > MAX_MEMORY_TRIM_MS {
+            errors.push(ValidationError::AboveMax {
+                key: "storage.memory_trim_ms",
+                value: self.memory_trim_ms,
+                max: MAX_MEMORY_TRIM_MS,
+            });
+        }
     }
 }
 
@@ -991,6 +1007,11 @@ const MIN_MEMTABLE_BYTES: u64 = 1 << 20;
 const MAX_MEMTABLE_BYTES: u64 = 256 << 20;
 /// Most `storage.engine_threads`: fjall's own default is one per core up to four.
 const MAX_ENGINE_THREADS: u64 = 64;
+/// Shortest nonzero `storage.memory_trim_ms`: a trim locks each of the allocator's arenas in
+/// turn and takes milliseconds on a large heap.
+const MIN_MEMORY_TRIM_MS: u64 = 100;
+/// Longest `storage.memory_trim_ms` (an hour).
+const MAX_MEMORY_TRIM_MS: u64 = 3_600_000;
 
 impl RetryConfig {
     fn validate(&self, errors: &mut Vec<ValidationError>) {
@@ -1321,7 +1342,7 @@ mod tests {
         assert_eq!((c.storage.cache(), c.storage.memtable()), (ByteSize(8 << 20), ByteSize(4 << 20)));
         assert_eq!(
             c.storage.embedded_options(),
-            EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20, engine_threads: 2 }
+            EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20, engine_threads: 2, memory_trim_ms: 1000 }
         );
         let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 1000\nmemtable_bytes = 1000\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["storage.cache_bytes", "storage.memtable_bytes"]);
@@ -1333,6 +1354,15 @@ mod tests {
         }
         let c = Config::from_toml_str("f.toml", "[storage]\nengine_threads = 4\n").unwrap();
         assert_eq!(c.storage.embedded_options().engine_threads, 4);
+        for trim in [1, 99, 3_600_001] {
+            let c = Config::from_toml_str("f.toml", &format!("[storage]\nmemory_trim_ms = {trim}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["storage.memory_trim_ms"], "{trim} ms");
+        }
+        for trim in [0, 100, 3_600_000] {
+            let c = Config::from_toml_str("f.toml", &format!("[storage]\nmemory_trim_ms = {trim}\n")).unwrap();
+            c.validate().unwrap();
+            assert_eq!(c.storage.embedded_options().memory_trim_ms, trim);
+        }
     }
 
     #[test]

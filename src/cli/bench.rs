@@ -45,6 +45,9 @@ struct StoreArgs {
     /// fjall's background threads (memtable flushes and compaction).
     #[arg(long, default_value_t = EmbeddedOptions::default().engine_threads)]
     engine_threads: u32,
+    /// How often freed memory goes back to the system, ms (0: never; one trimmer per process).
+    #[arg(long, default_value_t = EmbeddedOptions::default().memory_trim_ms)]
+    memory_trim_ms: u64,
 }
 
 impl StoreArgs {
@@ -53,6 +56,7 @@ impl StoreArgs {
             cache_bytes: self.cache_bytes,
             memtable_bytes: self.memtable_bytes,
             engine_threads: self.engine_threads.max(1),
+            memory_trim_ms: self.memory_trim_ms,
         }
     }
 }

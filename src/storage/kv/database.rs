@@ -38,12 +38,15 @@ pub struct EmbeddedOptions {
     /// on two cores but holding more memory while flushes wait (`config/default.toml` has the
     /// figures). redb has none.
     pub engine_threads: u32,
+    /// How often the process gives memory its allocator holds free back to the system, in
+    /// milliseconds; 0: never (see [`super::trim`]). One trimmer serves the whole process.
+    pub memory_trim_ms: u64,
 }
 
 impl Default for EmbeddedOptions {
     /// Equal to the built-in `[storage]` of `config/default.toml` (a config test keeps them equal).
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20, engine_threads: 2 }
+        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20, engine_threads: 2, memory_trim_ms: 1000 }
     }
 }
 
@@ -115,6 +118,7 @@ impl Database {
         limits: Limits,
         options: EmbeddedOptions,
     ) -> Result<Self, KvError> {
+        super::trim::trim_every(std::time::Duration::from_millis(options.memory_trim_ms));
         let (engine, backend): (Box<dyn super::engine::Engine>, _) = match engine {
             EmbeddedEngine::Fjall => (Box::new(super::fjall_engine::FjallEngine::open(dir, options)?), "fjall"),
             EmbeddedEngine::Redb => (Box::new(super::redb_engine::RedbEngine::open(dir, options)?), "redb"),

@@ -20,6 +20,7 @@ mod fjall_engine;
 mod local;
 mod memory;
 mod redb_engine;
+pub mod trim;
 mod types;
 
 pub use database::{Database, EmbeddedEngine, EmbeddedOptions, RetryOptions, Transaction};
