@@ -51,13 +51,21 @@ struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn options(&self) -> EmbeddedOptions {
-        EmbeddedOptions {
-            cache_bytes: self.cache_bytes,
-            memtable_bytes: self.memtable_bytes,
-            engine_threads: self.engine_threads.max(1),
-            memory_trim_ms: self.memory_trim_ms,
-        }
+    /// The flags as the embedded store's settings, held to `[storage]`'s bounds.
+    fn options(&self) -> anyhow::Result<EmbeddedOptions> {
+        let mut config = Config::from_toml_str("bench", "")?;
+        let storage = &mut config.storage;
+        storage.cache_bytes = self.cache_bytes;
+        storage.memtable_bytes = self.memtable_bytes;
+        storage.engine_threads = self.engine_threads;
+        storage.memory_trim_ms = self.memory_trim_ms;
+        config.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "{e} (--cache-bytes, --memtable-bytes, --engine-threads and --memory-trim-ms are [storage]'s \
+                 cache_bytes, memtable_bytes, engine_threads and memory_trim_ms)"
+            )
+        })?;
+        Ok(config.storage.embedded_options())
     }
 }
 
@@ -387,6 +395,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.records > 0 && args.runs > 0, "--records and --runs must be positive");
     anyhow::ensure!((1..=256).contains(&args.partitions), "--partitions must be between 1 and 256");
     anyhow::ensure!((1..=10_000).contains(&args.append_batch), "--append-batch must be between 1 and 10000");
+    let store = args.store.options()?;
     let (dir, scratch) = scratch_dir(args.dir)?;
     for layout in args.layout {
         let cfg = IngestBenchConfig {
@@ -396,7 +405,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             append_batch: args.append_batch,
             kafka: args.kafka.clone(),
             layout,
-            store: args.store.options(),
+            store,
             ..Default::default()
         };
         let sub = dir.join(layout.as_str());
@@ -524,6 +533,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
         args.runs > 0 && args.steps > 0 && args.big_steps > 0 && args.reps > 0,
         "--runs, --steps, --big-steps and --reps must be positive"
     );
+    let store = args.store.options()?;
     let (dir, scratch) = scratch_dir(args.dir)?;
     for layout in args.layout {
         let cfg = QueryBenchConfig {
@@ -532,7 +542,7 @@ async fn query(args: QueryArgs) -> anyhow::Result<()> {
             big_steps: args.big_steps,
             reps: args.reps,
             layout,
-            store: args.store.options(),
+            store,
         };
         let sub = dir.join(layout.as_str());
         eprintln!(
@@ -604,4 +614,24 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("matyan-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(memory_trim_ms: u64, engine_threads: u32) -> StoreArgs {
+        let d = EmbeddedOptions::default();
+        StoreArgs { cache_bytes: d.cache_bytes, memtable_bytes: d.memtable_bytes, engine_threads, memory_trim_ms }
+    }
+
+    #[test]
+    fn store_flags_are_held_to_the_storage_bounds_and_named_in_the_error() {
+        assert_eq!(store(1000, 2).options().unwrap(), EmbeddedOptions::default());
+        assert_eq!(store(0, 1).options().unwrap().memory_trim_ms, 0, "0 turns the trim off");
+        let e = store(5, 2).options().unwrap_err().to_string();
+        assert!(e.contains("storage.memory_trim_ms") && e.contains("--memory-trim-ms"), "{e}");
+        let e = store(1000, 0).options().unwrap_err().to_string();
+        assert!(e.contains("storage.engine_threads") && !e.contains("storage.memory_trim_ms"), "{e}");
+    }
 }
