@@ -895,6 +895,15 @@ fn check_age_ms(key: &'static str, ms: u64, errors: &mut Vec<ValidationError>) {
     }
 }
 
+/// Pushes `BelowMin` for a value under `min` and `AboveMax` for one over `max`.
+fn check_between(key: &'static str, value: u64, min: u64, max: u64, errors: &mut Vec<ValidationError>) {
+    if value < min {
+        errors.push(ValidationError::BelowMin { key, value, min });
+    } else if value > max {
+        errors.push(ValidationError::AboveMax { key, value, max });
+    }
+}
+
 /// Pushes `Zero` for 0 and `AboveFdbLimit` for more bytes than one FoundationDB transaction takes.
 fn check_txn_bytes(key: &'static str, bytes: u64, errors: &mut Vec<ValidationError>) {
     let limit = Limits::FDB.max_txn_bytes as u64;
@@ -959,19 +968,7 @@ impl StorageConfig {
                 min: MIN_CACHE_BYTES,
             });
         }
-        if self.memtable_bytes < MIN_MEMTABLE_BYTES {
-            errors.push(ValidationError::BelowMin {
-                key: "storage.memtable_bytes",
-                value: self.memtable_bytes,
-                min: MIN_MEMTABLE_BYTES,
-            });
-        } else if self.memtable_bytes > MAX_MEMTABLE_BYTES {
-            errors.push(ValidationError::AboveMax {
-                key: "storage.memtable_bytes",
-                value: self.memtable_bytes,
-                max: MAX_MEMTABLE_BYTES,
-            });
-        }
+        check_between("storage.memtable_bytes", self.memtable_bytes, MIN_MEMTABLE_BYTES, MAX_MEMTABLE_BYTES, errors);
         if self.engine_threads == 0 {
             errors.push(ValidationError::Zero { key: "storage.engine_threads" });
         } else if u64::from(self.engine_threads) > MAX_ENGINE_THREADS {
@@ -981,18 +978,15 @@ impl StorageConfig {
                 max: MAX_ENGINE_THREADS,
             });
         }
-        if self.memory_trim_ms != 0 && self.memory_trim_ms < MIN_MEMORY_TRIM_MS {
-            errors.push(ValidationError::BelowMin {
-                key: "storage.memory_trim_ms",
-                value: self.memory_trim_ms,
-                min: MIN_MEMORY_TRIM_MS,
-            });
-        } else if self.memory_trim_ms > MAX_MEMORY_TRIM_MS {
-            errors.push(ValidationError::AboveMax {
-                key: "storage.memory_trim_ms",
-                value: self.memory_trim_ms,
-                max: MAX_MEMORY_TRIM_MS,
-            });
+        // 0 turns the trim off.
+        if self.memory_trim_ms != 0 {
+            check_between(
+                "storage.memory_trim_ms",
+                self.memory_trim_ms,
+                MIN_MEMORY_TRIM_MS,
+                MAX_MEMORY_TRIM_MS,
+                errors,
+            );
         }
     }
 }

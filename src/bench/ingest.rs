@@ -240,9 +240,7 @@ pub fn reset_peak_rss() {
 
 /// Peak resident set of this process since the last reset, KiB.
 pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    super::memory::status_kib("VmHWM:")
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {

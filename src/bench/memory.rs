@@ -118,8 +118,13 @@ fn heap() -> Heap {
 
 /// Resident set of this process now, KiB.
 fn current_rss_kib() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// A KiB field of `/proc/self/status` (`field` with its colon, e.g. `VmHWM:`).
+pub fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 

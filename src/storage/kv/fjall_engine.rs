@@ -89,8 +89,8 @@ impl Drop for FjallEngine {
 /// with a full index and 16 MiB tables, 98 MiB with this policy. Reads pay one more block lookup
 /// per table they seek (`matyan bench query --runs 1000 --layout chunked`, run search with
 /// `lr > 0.01`: 22.7 / 23.2 ms with fjall's default, 23.8–26.3 ms with this policy, in runs on the
-/// same store). docs/operations.md has the process's figures. Level 0's tables come from memtable flushes, whose keys are the
-/// memtable's own, so they keep the full index and its one lookup.
+/// same store). docs/operations.md has the process's figures. Level 0's tables come from memtable
+/// flushes, whose keys are the memtable's own, so they keep the full index and its one lookup.
 fn index_partitioning() -> fjall::config::PartitioningPolicy {
     fjall::config::PartitioningPolicy::new([false, true])
 }

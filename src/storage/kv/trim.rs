@@ -15,25 +15,27 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The interval of the one trimmer this process runs, once started.
-static STARTED: OnceLock<Duration> = OnceLock::new();
+/// The first start of the trimmer: the interval it runs at, `None` if its thread could not start
+/// (then none is tried again).
+static STARTED: OnceLock<Option<Duration>> = OnceLock::new();
 
-/// Starts the process's trimmer with `interval` unless one runs (the first interval holds; a
-/// later, different one is logged and ignored). `Duration::ZERO` starts nothing. Answers whether a
-/// trimmer runs at the end of the call.
+/// Starts the process's trimmer with `interval` unless one was started (the first interval holds;
+/// a later, different one is logged and ignored). `Duration::ZERO` starts nothing. Answers whether
+/// a trimmer runs at the end of the call.
 pub fn trim_every(interval: Duration) -> bool {
     if interval.is_zero() || !SUPPORTED {
-        return STARTED.get().is_some();
+        return running().is_some();
     }
-    let mut started_now = false;
-    let running = *STARTED.get_or_init(|| {
-        started_now = spawn(interval);
-        interval
-    });
-    if !started_now && running != interval {
+    let running = *STARTED.get_or_init(|| spawn(interval).then_some(interval));
+    if running.is_some_and(|r| r != interval) {
         tracing::debug!(?running, ?interval, "the allocator trimmer already runs; its interval stays");
     }
-    true
+    running.is_some()
+}
+
+/// The interval of the running trimmer.
+fn running() -> Option<Duration> {
+    STARTED.get().copied().flatten()
 }
 
 /// Whether this build's allocator can be trimmed.
@@ -72,11 +74,8 @@ pub fn trim_now() {}
 mod tests {
     use super::*;
 
-    /// Resident set of this process, KiB.
     fn rss_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+        crate::bench::memory::status_kib("VmRSS:").unwrap()
     }
 
     #[test]
@@ -102,9 +101,9 @@ mod tests {
     fn one_trimmer_runs_whatever_the_later_intervals() {
         // Other tests of this process open stores, which start it too: whichever came first holds.
         assert!(trim_every(Duration::from_secs(3600)));
-        let running = *STARTED.get().unwrap();
+        let first = running().unwrap();
         assert!(trim_every(Duration::from_secs(7)));
         assert!(trim_every(Duration::ZERO), "zero starts nothing, and one runs");
-        assert_eq!(STARTED.get(), Some(&running));
+        assert_eq!(running(), Some(first));
     }
 }
