@@ -353,12 +353,22 @@ pub struct QueryConfig {
     /// Series of one run a request reads at once (get-batch, metric search); results keep their
     /// order and are charged to the budget in it.
     pub max_concurrent_series_reads: u32,
+    /// Encoded bytes past which a streamed answer sends what it holds as one chunk.
+    pub stream_chunk_bytes: u64,
+    /// Time after a streamed answer's last chunk past which it sends what it holds, however little.
+    pub stream_chunk_max_age_ms: u64,
 }
 
 impl QueryConfig {
     /// The largest `run_search_kept_bytes`: one request's share of memory, well above what a
     /// page of runs holds, so that a stray digit fails rather than lets searches hold gigabytes.
     pub const MAX_RUN_SEARCH_KEPT_BYTES: u64 = 1 << 30;
+
+    /// The largest `stream_chunk_bytes`: what one answer may hold unsent.
+    pub const MAX_STREAM_CHUNK_BYTES: u64 = 16 << 20;
+
+    /// The largest `stream_chunk_max_age_ms`: how long a client may see nothing of a live answer.
+    pub const MAX_STREAM_CHUNK_MAX_AGE_MS: u64 = 10_000;
 
     /// The time budget as a duration.
     pub fn max_request_time(&self) -> Duration {
@@ -1117,6 +1127,14 @@ impl QueryConfig {
             });
         }
         check_age_ms("query.snapshot_max_age_ms", self.snapshot_max_age_ms, errors);
+        check_between("query.stream_chunk_bytes", self.stream_chunk_bytes, 1, Self::MAX_STREAM_CHUNK_BYTES, errors);
+        check_between(
+            "query.stream_chunk_max_age_ms",
+            self.stream_chunk_max_age_ms,
+            1,
+            Self::MAX_STREAM_CHUNK_MAX_AGE_MS,
+            errors,
+        );
         if self.run_search_kept_bytes > Self::MAX_RUN_SEARCH_KEPT_BYTES {
             errors.push(ValidationError::AboveMax {
                 key: "query.run_search_kept_bytes",
@@ -1559,6 +1577,21 @@ mod tests {
             assert!(err.contains(message), "{fixture}: {err}");
         }
         Config::from_toml_str("f.toml", "[query]\nsnapshot_max_age_ms = 4999\n").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn stream_chunks_default_to_64_kib_or_20_ms_and_are_held_to_their_bounds() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!((c.query.stream_chunk_bytes, c.query.stream_chunk_max_age_ms), (65_536, 20));
+        let low = Config::from_toml_str("f.toml", "[query]\nstream_chunk_bytes = 0\nstream_chunk_max_age_ms = 0\n");
+        assert_eq!(invalid_keys(&low.unwrap()), vec!["query.stream_chunk_bytes", "query.stream_chunk_max_age_ms"]);
+        let high = "[query]\nstream_chunk_bytes = 16777217\nstream_chunk_max_age_ms = 10001\n";
+        assert_eq!(
+            invalid_keys(&Config::from_toml_str("f.toml", high).unwrap()),
+            vec!["query.stream_chunk_bytes", "query.stream_chunk_max_age_ms"]
+        );
+        let edges = "[query]\nstream_chunk_bytes = 1\nstream_chunk_max_age_ms = 10000\n";
+        Config::from_toml_str("f.toml", edges).unwrap().validate().unwrap();
     }
 
     #[test]

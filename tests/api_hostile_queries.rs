@@ -167,9 +167,11 @@ async fn a_client_that_stops_reading_a_search_frees_its_place_at_the_time_limit_
     let state = state_with(|c| {
         c.query.max_concurrent_heavy_requests = 1;
         c.query.max_request_time_ms = 300;
+        c.query.stream_chunk_bytes = 1;
     })
     .await;
-    // Twelve more runs: twelve flushes, more than the body channel holds.
+    // Twelve more runs: twelve chunks (one per run, as `stream_chunk_bytes = 1` sends them), more
+    // than the body channel holds.
     state
         .db
         .run(&RetryOptions::default(), |tx| {

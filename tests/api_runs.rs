@@ -606,22 +606,24 @@ async fn metric_search_bad_query_is_a_400() {
 }
 
 #[tokio::test]
-async fn run_search_flushes_each_run_as_its_own_chunk() {
+async fn run_search_sends_runs_in_chunks_of_stream_chunk_bytes() {
     use futures_util::StreamExt as _;
     let fx = Fixture::new().await;
     fx.run("b", "b", NOW + 1.0, json!(1)).await;
     fx.run("c", "c", NOW + 2.0, json!(2)).await;
-    let req = Request::builder().uri(search("", "&report_progress=false")).body(Body::empty()).unwrap();
-    let resp = matyan::http::service(fx.state()).oneshot(req).await.unwrap();
-    assert!(resp.headers().get("content-length").is_none());
-    let mut chunks = Vec::new();
-    let mut body = resp.into_body().into_data_stream();
-    while let Some(chunk) = body.next().await {
-        chunks.push(chunk.unwrap());
-    }
-    assert_eq!(chunks.len(), 3);
-    for chunk in &chunks {
-        assert_eq!(decode_objects(chunk).unwrap().len(), 1);
+    // One byte: each run its own chunk; the default: three small runs leave together.
+    for (chunk_bytes, objects_per_chunk) in [(1, vec![1, 1, 1]), (65_536, vec![3])] {
+        let state = fx.state_with(|q| q.stream_chunk_bytes = chunk_bytes);
+        let req = Request::builder().uri(search("", "&report_progress=false")).body(Body::empty()).unwrap();
+        let resp = matyan::http::service(state).oneshot(req).await.unwrap();
+        assert!(resp.headers().get("content-length").is_none());
+        let mut chunks = Vec::new();
+        let mut body = resp.into_body().into_data_stream();
+        while let Some(chunk) = body.next().await {
+            chunks.push(chunk.unwrap());
+        }
+        let got: Vec<usize> = chunks.iter().map(|c| decode_objects(c).unwrap().len()).collect();
+        assert_eq!(got, objects_per_chunk, "stream_chunk_bytes = {chunk_bytes}");
     }
 }
 
@@ -670,7 +672,11 @@ async fn a_metric_search_outliving_a_snapshot_renews_it_between_runs_and_answers
     // they would fail with transaction_too_old.
     let fx = Fixture::short_lived(Duration::from_secs(1)).await;
     let hashes = twelve_runs(&fx).await;
-    let state = fx.state_with(|q| q.snapshot_max_age_ms = 200);
+    // One chunk per run, so that the first leaves with most runs unread.
+    let state = fx.state_with(|q| {
+        q.snapshot_max_age_ms = 200;
+        q.stream_chunk_bytes = 1;
+    });
     let uri = format!("{R}/runs/search/metric?q={}&report_progress=false", common::enc("metric.name == \"loss\""));
     let body = open_stream(&state, &uri).await;
     // Meanwhile the last run in the answer (hash order) grows a point and is renamed, in one
@@ -722,7 +728,11 @@ async fn a_run_search_outliving_a_snapshot_reads_each_later_run_whole_from_the_f
     // run deleted meanwhile is left out.
     let fx = Fixture::short_lived(Duration::from_secs(1)).await;
     let hashes = twelve_runs(&fx).await;
-    let state = fx.state_with(|q| q.snapshot_max_age_ms = 200);
+    // One chunk per run, so that the first leaves with most runs unread.
+    let state = fx.state_with(|q| {
+        q.snapshot_max_age_ms = 200;
+        q.stream_chunk_bytes = 1;
+    });
     let body = open_stream(&state, &search("", "&report_progress=false")).await;
     // Newest first: r11 .. r00, then the worked example's run.
     let change = async {

@@ -2,8 +2,10 @@
 //! run against the layout on the memory backend. Item 27 (rebuild) belongs to the `reindex`
 //! maintenance job; items about message handlers belong to the ingestion tests.
 
-use matyan::storage::kv::{Database, Transaction};
-use matyan::storage::layout::{Columns, EntityKind, Layout, SeqId, SeqWrite, TraceInfo, sample_indices};
+use matyan::storage::kv::{Database, RangeOption, Transaction};
+use matyan::storage::layout::{
+    Columns, EntityKind, Layout, SeqId, SeqWrite, SequenceLayoutKind, TraceInfo, sample_indices,
+};
 use matyan::storage::tuple::Elem;
 use matyan::storage::value::{self, Value};
 use serde_json::json;
@@ -425,4 +427,73 @@ fn item_30_sampling_keeps_first_and_last_and_handles_small_inputs() {
     // Targets that resolve to distinct steps are kept as resolved.
     let tens: Vec<i64> = (0..=10).map(|i| i * 10).collect();
     assert_eq!(sample_indices(&tens, 3), vec![0, 5, 10]);
+}
+
+/// Writes a run with something under every run-level name: attributes, meta, two contexts, a
+/// sequence (the layout's own keys, `chunks` or `seqs`), its trace and a tag.
+async fn full_run(layout: &Layout, t: &Transaction, run: &str, tag: &str) {
+    layout.runs.create_run(t, run, 1.0, None).await.unwrap();
+    layout.runs.runs.tree_set(t, run, &[Elem::from("attrs")], &v(json!({"hparams": {"lr": 0.1}}))).unwrap();
+    layout.runs.runs.set_context(t, run, 0, &v(json!({}))).unwrap();
+    layout.runs.runs.set_context(t, run, 7, &v(json!({"subset": "train"}))).unwrap();
+    let val = value::encode(&Value::Float(0.5)).unwrap();
+    let points: Vec<SeqWrite<'_>> = (0..50).map(|step| SeqWrite { step, val: &val, epoch: None, time: 1.0 }).collect();
+    layout.seqs.write(t, SeqId { run, ctx_id: 7, name: "loss" }, &points).await.unwrap();
+    let info = TraceInfo { ctx_id: 7, name: "loss", dtype: "float", last: Some(&Value::Float(0.5)), last_step: 49 };
+    layout.runs.runs.set_trace_info(t, run, &info).unwrap();
+    layout.link_tag(t, run, tag).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_runs_head_is_its_meta_and_contexts_alone_from_one_read_in_both_sequence_layouts() {
+    for kind in [SequenceLayoutKind::KeyPerStep, SequenceLayoutKind::Chunked] {
+        let db = Database::memory();
+        let layout = Layout::open_settled(&db, kind).await.unwrap();
+        tx(&db, |t| {
+            let l = layout.clone();
+            async move {
+                for run in ["r0", "r1", "r2"] {
+                    full_run(&l, &t, run, "t-uuid").await;
+                }
+            }
+        })
+        .await;
+        let t = db.create_trx().unwrap();
+        let runs = &layout.runs.runs;
+        let head = runs.read_head(&t, "r1", true).await.unwrap();
+        let meta = runs.tree_get(&t, "r1", &[Elem::from("meta")], true).await.unwrap();
+        let (contexts, context_keys) = runs.read_contexts(&t, "r1", true).await.unwrap();
+        let (b, e) = runs.range("r1", &[Elem::from("meta")]);
+        let meta_keys = t.get_range(&RangeOption::new(b, e), true).await.unwrap().len();
+        assert!(meta.is_some() && contexts.len() == 2, "{kind:?}");
+        assert_eq!((head.meta, head.contexts), (meta, contexts), "{kind:?}");
+        assert_eq!(head.keys, context_keys + meta_keys, "{kind:?}: nothing else is read");
+        let none = runs.read_head(&t, "r9", true).await.unwrap();
+        assert_eq!((none.meta, none.contexts.len(), none.keys), (None, 0, 0), "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn every_runs_tags_read_at_once_are_each_runs_own_and_none_past_the_cap() {
+    let (db, layout) = setup().await;
+    tx(&db, |t| {
+        let l = layout.clone();
+        async move {
+            for (run, tag) in [("r0", "a"), ("r1", "b"), ("r2", "a")] {
+                full_run(&l, &t, run, tag).await;
+            }
+            l.link_tag(&t, "r1", "a").await.unwrap();
+            l.runs.create_run(&t, "r3", 1.0, None).await.unwrap();
+        }
+    })
+    .await;
+    let t = db.create_trx().unwrap();
+    let (links, keys) = layout.system.all_run_tags(&t, 4, true).await.unwrap().unwrap();
+    assert_eq!(keys, 4);
+    for run in ["r0", "r1", "r2", "r3"] {
+        let one = layout.system.tags_of_run(&t, run).await.unwrap();
+        assert_eq!(links.get(run).cloned().unwrap_or_default(), one, "{run}");
+    }
+    assert_eq!(links.get("r1").map(Vec::len), Some(2));
+    assert!(layout.system.all_run_tags(&t, 3, true).await.unwrap().is_none(), "four links, three allowed");
 }

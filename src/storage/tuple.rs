@@ -383,10 +383,14 @@ impl Decoder<'_> {
     fn escaped(&mut self) -> Result<Vec<u8>, TupleError> {
         let mut out = Vec::new();
         loop {
-            let b = self.byte()?;
-            if b != 0x00 {
-                out.push(b);
-            } else if self.data.get(self.pos) == Some(&ESCAPE) {
+            // Copies up to the next `00` at once: key strings rarely hold one.
+            let rest = self.data.get(self.pos..).unwrap_or_default();
+            let Some(zero) = rest.iter().position(|&b| b == 0x00) else {
+                return Err(TupleError::UnexpectedEof(self.data.len()));
+            };
+            out.extend_from_slice(&rest[..zero]);
+            self.pos += zero + 1;
+            if self.data.get(self.pos) == Some(&ESCAPE) {
                 self.pos += 1;
                 out.push(0x00);
             } else {

@@ -35,7 +35,7 @@ async fn stream_active(
     report_progress: bool,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, report_progress);
+    let mut s = Streamer::new(out, report_progress, reader.chunking());
     let total = hashes.len();
     for (i, hash) in hashes.iter().enumerate() {
         let run = per_run!(&mut reader, |r| RunData::load(r, hash, false, true))?;

@@ -57,7 +57,7 @@ pub async fn align(State(state): State<AppState>, bytes: Bytes) -> Result<Respon
 }
 
 async fn stream_align(mut reader: Reader, request: AlignRequest, out: Out) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, false);
+    let mut s = Streamer::new(out, false, reader.chunking());
     for run in &request.runs {
         let entries = per_run!(&mut reader, |r| align_run(r, run, &request.align_by))?;
         s.object(run.run_id.as_str(), &StreamValue::List(entries))?;
@@ -65,6 +65,7 @@ async fn stream_align(mut reader: Reader, request: AlignRequest, out: Out) -> Re
             return Ok(());
         }
     }
+    s.finish(false).await;
     Ok(())
 }
 

@@ -27,7 +27,7 @@ use crate::storage::value::Value;
 
 use super::read::Reader;
 use super::runs::{point_value, read_series};
-use super::streaming::{Out, Streamer, stream_response};
+use super::streaming::{Chunking, Out, Streamer, stream_response};
 use super::{ApiError, body};
 
 /// One requested URI and the object key it resolved to (`None`: it points to nothing).
@@ -60,7 +60,8 @@ pub async fn blob_batch(State(state): State<AppState>, bytes: Bytes) -> Result<R
         resolved.push((token, key));
     }
     let blobs = state.blobs.clone();
-    Ok(stream_response(move |out| stream_blobs(blobs, resolved, out)))
+    let chunking = Chunking::of(&state.config.query);
+    Ok(stream_response(move |out| stream_blobs(blobs, resolved, chunking, out)))
 }
 
 /// The stored value of the URI's step, `None` when the step does not exist.
@@ -86,8 +87,8 @@ fn object_key(value: &Value, index: i64) -> Option<String> {
 }
 
 /// Fetches and sends each blob in order; a failing store aborts the stream.
-async fn stream_blobs(blobs: Blobs, resolved: Vec<Resolved>, out: Out) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, false);
+async fn stream_blobs(blobs: Blobs, resolved: Vec<Resolved>, chunking: Chunking, out: Out) -> Result<(), ApiError> {
+    let mut s = Streamer::new(out, false, chunking);
     for (token, key) in resolved {
         let bytes = match key {
             None => Vec::new(),
@@ -109,6 +110,7 @@ async fn stream_blobs(blobs: Blobs, resolved: Vec<Resolved>, out: Out) -> Result
             return Ok(());
         }
     }
+    s.finish(false).await;
     Ok(())
 }
 

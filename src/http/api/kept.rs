@@ -35,8 +35,22 @@ impl Keeper {
     }
 
     /// The match of `run`, read in `generation` with its attributes (`attrs`) and traces
-    /// (`traces`) loaded: kept while they fit what is left of the budget, else dropped whole.
+    /// (`traces`) loaded: kept while they fit what is left of the budget, else dropped whole;
+    /// then its contexts, kept while they fit what is left.
     pub fn keep(&mut self, mut run: RunData, generation: u64, attrs: bool, traces: bool) -> Match {
+        let contexts = run.contexts.take();
+        let mut kept = self.keep_read(run, generation, attrs, traces);
+        if let Some(contexts) = contexts {
+            let bytes = contexts.values().map(value_bytes).fold(0u64, |a, b| a.saturating_add(b).saturating_add(16));
+            if bytes <= self.left {
+                self.left -= bytes;
+                kept.run.contexts = Some(contexts);
+            }
+        }
+        kept
+    }
+
+    fn keep_read(&mut self, mut run: RunData, generation: u64, attrs: bool, traces: bool) -> Match {
         let mut bytes = 0u64;
         if attrs {
             bytes = bytes.saturating_add(value_bytes(&run.attrs));
@@ -88,6 +102,7 @@ mod tests {
             tags: Vec::new(),
             attrs,
             traces: Vec::new(),
+            contexts: None,
         }
     }
 
@@ -104,6 +119,21 @@ mod tests {
         let m = keeper.keep(run(attrs.clone()), 7, true, true);
         assert!(!m.attrs && !m.traces);
         assert_eq!(m.run.attrs, Value::Nil);
+    }
+
+    #[test]
+    fn contexts_are_kept_while_they_fit_what_is_left_even_when_nothing_else_was_loaded() {
+        let contexts: super::super::read::Contexts =
+            [(7, Value::Map(vec![(Value::from("subset"), Value::from("train"))]))].into_iter().collect();
+        let with =
+            |contexts: &super::super::read::Contexts| RunData { contexts: Some(contexts.clone()), ..run(Value::Nil) };
+        let one = contexts.values().map(value_bytes).sum::<u64>() + 16;
+        let mut keeper = Keeper::new(one);
+        let m = keeper.keep(with(&contexts), 0, false, false);
+        assert_eq!(m.run.contexts.as_ref(), Some(&contexts));
+        assert!(!m.attrs && !m.traces);
+        let m = keeper.keep(with(&contexts), 0, false, false);
+        assert_eq!(m.run.contexts, None, "the budget is spent: read again when streamed");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use super::params::Params;
 use super::read::{Reader, per_run};
 use super::runs::{parse_range, point_value, read_series};
 use super::shape::to_stream;
-use super::streaming::{Out, Streamer, stream_response};
+use super::streaming::{Chunking, Out, Streamer, stream_response};
 
 /// Lines sent when no range is given: the last 200.
 const DEFAULT_TAIL: i64 = 200;
@@ -56,9 +56,10 @@ async fn stream_points(
     points: Vec<SeqPoint>,
     head: Option<(&'static str, StreamValue)>,
     render: fn(Value) -> StreamValue,
+    chunking: Chunking,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, false);
+    let mut s = Streamer::new(out, false, chunking);
     if let Some((key, value)) = head {
         s.object(key, &value)?;
     }
@@ -82,7 +83,8 @@ pub async fn logs(
     let range = parse_range(Params::parse(raw.as_deref()).str("record_range"))?;
     let mut reader = Reader::open(&state)?;
     let (points, _) = per_run!(&mut reader, |r| select(r, &run_id, LOGS, range))?;
-    Ok(stream_response(move |out| stream_points(points, None, |v| to_stream(&v), out)))
+    let chunking = reader.chunking();
+    Ok(stream_response(move |out| stream_points(points, None, |v| to_stream(&v), chunking, out)))
 }
 
 /// The level names of Python's `logging`.
@@ -143,7 +145,8 @@ pub async fn log_records(
     let (points, bounds) = per_run!(&mut reader, |r| select(r, &run_id, LOG_RECORDS, range))?;
     let total = bounds.map_or(0, |(first, last)| last.saturating_sub(first).saturating_add(1));
     let head = Some(("log_records_count", StreamValue::Int(total)));
-    Ok(stream_response(move |out| stream_points(points, head, render_record, out)))
+    let chunking = reader.chunking();
+    Ok(stream_response(move |out| stream_points(points, head, render_record, chunking, out)))
 }
 
 #[cfg(test)]

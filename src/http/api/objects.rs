@@ -38,7 +38,7 @@ use super::read::per_run;
 use super::read::{Reader, RunData, Trace, bucket_of};
 use super::runs::{TraceRef, candidates, compile_query, parse_range, point_value, preflight, read_series};
 use super::shape::{number, params as params_tree, stream_props, to_json, to_stream};
-use super::streaming::{Out, Streamer, heavy_stream_response, stream_response};
+use super::streaming::{Chunking, Out, Streamer, heavy_stream_response, stream_response};
 use super::{ApiError, body};
 
 /// A custom-object sequence type served here.
@@ -344,7 +344,7 @@ async fn stream_search(
     opts: SearchOpts,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, opts.report_progress);
+    let mut s = Streamer::new(out, opts.report_progress, reader.chunking());
     let total = hashes.len();
     let mut seen = std::collections::HashSet::new();
     let mut emitted = false;
@@ -478,14 +478,15 @@ fn index_ranges(kind: Kind, window: &Window, items: usize) -> (StreamValue, Stre
 }
 
 /// Encodes each trace view at the root of the stream (no wrapping key).
-async fn stream_views(views: Vec<StreamValue>, out: Out) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, false);
+async fn stream_views(views: Vec<StreamValue>, chunking: Chunking, out: Out) -> Result<(), ApiError> {
+    let mut s = Streamer::new(out, false, chunking);
     for view in &views {
         s.at_root(view)?;
         if !s.flush().await {
             return Ok(());
         }
     }
+    s.finish(false).await;
     Ok(())
 }
 
@@ -525,7 +526,8 @@ async fn get_batch(
             .collect();
         views.push(view(kind, &r, values, &points, bounds, &window, max_items.max(1), None));
     }
-    Ok(stream_response(move |out| stream_views(views, out)))
+    let chunking = Chunking::of(&state.config.query);
+    Ok(stream_response(move |out| stream_views(views, chunking, out)))
 }
 
 /// One trace view; `step` set for get-step (`iters = [step]`, used range `[step, step]`).
@@ -599,7 +601,8 @@ async fn get_step(
         };
         views.push(view(kind, &r, values, &points, bounds, &window, n, Some(step)));
     }
-    Ok(stream_response(move |out| stream_views(views, out)))
+    let chunking = Chunking::of(&state.config.query);
+    Ok(stream_response(move |out| stream_views(views, chunking, out)))
 }
 
 #[cfg(test)]

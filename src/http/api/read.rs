@@ -20,11 +20,12 @@ use crate::query::views::{RunView, TraceSummary};
 use crate::query::{EvalLimits, Scope, check_constant_parts, matches_within};
 use crate::storage::kv::{Database, KvError, RetryableError, Transaction};
 use crate::storage::layout::sequences::{KeyAllowance, SeqError};
-use crate::storage::layout::{EntityKind, Layout, SeqId};
+use crate::storage::layout::{EntityKind, Layout, SeqId, StoredTrace};
 use crate::storage::tuple::Elem;
 use crate::storage::value::Value;
 
 use super::ApiError;
+use super::streaming::Chunking;
 
 /// The work a request may still do: keys read and wall time (`[query]` `max_keys_per_request`
 /// and `max_request_time_ms`).
@@ -172,9 +173,27 @@ pub struct Reader {
     max_value_bytes: u64,
     /// `query.max_concurrent_series_reads`.
     series_reads_at_once: usize,
+    /// `query.stream_chunk_*`, for the answer the reads go to.
+    chunking: Chunking,
     experiments: HashMap<String, Option<Entity>>,
     tags: HashMap<String, Option<Entity>>,
+    tag_links: TagLinks,
 }
+
+/// How a reader finds a run's tag uuids: run by run, or from every run's, read at once
+/// ([`Reader::read_tag_links_at_once`]).
+#[derive(Debug, Clone)]
+enum TagLinks {
+    /// One range read per run.
+    PerRun,
+    /// Every run's, from one read of at most this many links at the next run.
+    Wanted(usize),
+    /// Every run's, as read through the current snapshot, and the cap they were read with.
+    Read(HashMap<String, Vec<String>>, usize),
+}
+
+/// The contexts of a run by id.
+pub type Contexts = HashMap<i128, Value>;
 
 /// Reads one run's data through one snapshot: `per_run!(reader, |r| read(r, ...))`, where
 /// `reader: &mut Reader` and the expression is a future using `r` for every read of that run,
@@ -234,8 +253,10 @@ impl Reader {
             budget: Budget::new(config.max_keys_per_request, config.max_request_time()),
             max_value_bytes: config.max_value_bytes,
             series_reads_at_once: usize::try_from(config.max_concurrent_series_reads).unwrap_or(1).max(1),
+            chunking: Chunking::of(config),
             experiments: HashMap::new(),
             tags: HashMap::new(),
+            tag_links: TagLinks::PerRun,
         })
     }
 
@@ -253,6 +274,9 @@ impl Reader {
         self.renewals += 1;
         self.experiments.clear();
         self.tags.clear();
+        if let TagLinks::Read(_, cap) = self.tag_links {
+            self.tag_links = TagLinks::Wanted(cap);
+        }
         Ok(())
     }
 
@@ -340,6 +364,11 @@ impl Reader {
         self.series_reads_at_once
     }
 
+    /// How the answer these reads go to is sent in chunks.
+    pub fn chunking(&self) -> Chunking {
+        self.chunking
+    }
+
     /// The layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -362,6 +391,22 @@ impl Reader {
         })
     }
 
+    /// The run's meta (`None` when it has none) and its contexts, from one range read
+    /// ([`Runs::read_head`](crate::storage::layout::Runs::read_head)).
+    pub async fn head(&mut self, run: &str) -> Result<(Option<Meta>, Contexts), ApiError> {
+        let head = self.layout.runs.runs.read_head(&self.tx, run, true).await?;
+        self.charge(head.keys.max(1))?;
+        Ok((head.meta.as_ref().map(Meta::from_value), head.contexts))
+    }
+
+    /// The run's traces, each with its context from `contexts` (as [`Reader::head`] read them),
+    /// in storage order.
+    pub async fn traces_with(&mut self, run: &str, contexts: &Contexts) -> Result<Vec<Trace>, ApiError> {
+        let (stored, keys) = self.layout.runs.runs.read_traces(&self.tx, run, true).await?;
+        self.charge(keys)?;
+        Ok(with_contexts(stored, contexts))
+    }
+
     /// The run's traces with their contexts, in storage order (read by
     /// [`Runs::read_contexts`](crate::storage::layout::Runs::read_contexts) and
     /// [`Runs::read_traces`](crate::storage::layout::Runs::read_traces)).
@@ -376,23 +421,39 @@ impl Reader {
         self.charge(keys)?;
         let (stored, keys) = stored?;
         self.charge(keys)?;
-        Ok(stored
-            .into_iter()
-            .map(|t| Trace {
-                context: contexts.get(&i128::from(t.ctx_id)).cloned().unwrap_or(Value::Map(Vec::new())),
-                ctx_id: t.ctx_id,
-                name: t.name,
-                dtype: t.dtype,
-                last: t.last,
-                last_step: t.last_step,
-            })
-            .collect())
+        Ok(with_contexts(stored, &contexts))
+    }
+
+    /// From the next run on, reads every run's tag links at once, with one range read per
+    /// snapshot, instead of one read per run: for routes about to read `runs` runs. Capped at
+    /// four links a run (and at least 1,024), beyond which it goes on run by run, so a request
+    /// for a few runs of a store with many tagged runs does not read every link.
+    pub fn read_tag_links_at_once(&mut self, runs: usize) {
+        self.tag_links = TagLinks::Wanted(runs.saturating_mul(4).max(1024));
+    }
+
+    /// The run's tag uuids (uuid order), from the links read at once when they were.
+    async fn tag_uuids(&mut self, run: &str) -> Result<Vec<String>, ApiError> {
+        if let TagLinks::Wanted(cap) = self.tag_links {
+            self.tag_links = match self.layout.system.all_run_tags(&self.tx, cap, true).await? {
+                Some((links, keys)) => {
+                    self.charge(keys)?;
+                    TagLinks::Read(links, cap)
+                }
+                None => TagLinks::PerRun,
+            };
+        }
+        if let TagLinks::Read(links, _) = &self.tag_links {
+            return Ok(links.get(run).cloned().unwrap_or_default());
+        }
+        let uuids = self.layout.system.tags_of_run(&self.tx, run).await?;
+        self.charge(uuids.len())?;
+        Ok(uuids)
     }
 
     /// The run's tags (uuid order), each as the tag entity (name etc. `None` for a vanished tag).
     pub async fn tags(&mut self, run: &str) -> Result<Vec<Entity>, ApiError> {
-        let uuids = self.layout.system.tags_of_run(&self.tx, run).await?;
-        self.charge(uuids.len())?;
+        let uuids = self.tag_uuids(run).await?;
         let mut out = Vec::with_capacity(uuids.len());
         for uuid in uuids {
             if let Some(tag) = self.entity(EntityKind::Tag, &uuid).await? {
@@ -527,6 +588,21 @@ impl Reader {
     }
 }
 
+/// The stored traces of a run, each with its context from `contexts` (`{}` when not stored).
+fn with_contexts(stored: Vec<StoredTrace>, contexts: &Contexts) -> Vec<Trace> {
+    stored
+        .into_iter()
+        .map(|t| Trace {
+            context: contexts.get(&i128::from(t.ctx_id)).cloned().unwrap_or(Value::Map(Vec::new())),
+            ctx_id: t.ctx_id,
+            name: t.name,
+            dtype: t.dtype,
+            last: t.last,
+            last_step: t.last_step,
+        })
+        .collect()
+}
+
 /// A run as the routes show it: meta plus what the request needed of the rest.
 #[derive(Debug, Clone)]
 pub struct RunData {
@@ -542,20 +618,23 @@ pub struct RunData {
     pub attrs: Value,
     /// Traces (empty when not loaded).
     pub traces: Vec<Trace>,
+    /// The contexts, read with meta so that traces read later need not read them again; `None`
+    /// when not kept (see [`super::kept`]).
+    pub contexts: Option<Contexts>,
 }
 
 impl RunData {
     /// Loads meta, experiment and tags, and attributes and traces when asked; `None` when the
     /// run has no meta.
     pub async fn load(reader: &mut Reader, hash: &str, attrs: bool, traces: bool) -> Result<Option<Self>, ApiError> {
-        let Some(meta) = reader.meta(hash).await? else {
+        let (Some(meta), contexts) = reader.head(hash).await? else {
             return Ok(None);
         };
         let experiment = reader.experiment(meta.experiment_id.as_deref()).await?;
         let tags = reader.tags(hash).await?;
         let attrs = if attrs { reader.attrs(hash).await? } else { Value::Map(Vec::new()) };
-        let traces = if traces { reader.traces(hash).await? } else { Vec::new() };
-        Ok(Some(RunData { hash: hash.to_owned(), meta, experiment, tags, attrs, traces }))
+        let traces = if traces { reader.traces_with(hash, &contexts).await? } else { Vec::new() };
+        Ok(Some(RunData { hash: hash.to_owned(), meta, experiment, tags, attrs, traces, contexts: Some(contexts) }))
     }
 
     /// The view the query evaluator sees.
@@ -688,6 +767,57 @@ mod tests {
         old.run_boundary().unwrap();
         assert_eq!(old.snapshot_generation(), 1);
         assert_eq!(old.meta("r").await.unwrap().unwrap().name.as_deref(), Some("new"));
+    }
+
+    async fn tag(db: &Database, layout: &Layout, run: &str, uuid: &str) {
+        db.run(&RetryOptions::default(), |tx| async move {
+            if layout.system.get(&tx, EntityKind::Tag, uuid).await?.is_none() {
+                layout.system.create_named(&tx, EntityKind::Tag, uuid, &format!("name-{uuid}"), 1.0, &[]).await?;
+            }
+            layout.runs.create_run(&tx, run, 1.0, None).await?;
+            layout.link_tag(&tx, run, uuid).await
+        })
+        .await
+        .unwrap();
+    }
+
+    fn names(tags: Vec<Entity>) -> Vec<String> {
+        tags.into_iter().filter_map(|t| t.name).collect()
+    }
+
+    #[tokio::test]
+    async fn tag_links_read_at_once_are_read_again_through_each_new_snapshot() {
+        let (db, layout) = short_lived_store("old").await;
+        tag(&db, &layout, "other", "a").await;
+        let mut r = reader(&db, &layout, 0);
+        r.read_tag_links_at_once(2);
+        assert!(r.tags("r").await.unwrap().is_empty());
+        assert_eq!(names(r.tags("other").await.unwrap()), ["name-a"]);
+        tag(&db, &layout, "r", "b").await;
+        assert!(r.tags("r").await.unwrap().is_empty(), "the same snapshot");
+        r.run_boundary().unwrap();
+        assert_eq!(names(r.tags("r").await.unwrap()), ["name-b"], "read again through the fresh one");
+    }
+
+    #[tokio::test]
+    async fn past_the_cap_tag_links_are_read_run_by_run() {
+        let (db, layout) = short_lived_store("old").await;
+        db.run(&RetryOptions::default(), |tx| {
+            let layout = layout.clone();
+            async move {
+                layout.system.create_named(&tx, EntityKind::Tag, "a", "name-a", 1.0, &[]).await?;
+                for i in 0..1025 {
+                    layout.system.link_tag(&tx, layout.indexes(), &format!("run-{i:04}"), "a").await?;
+                }
+                layout.link_tag(&tx, "r", "a").await
+            }
+        })
+        .await
+        .unwrap();
+        let mut r = reader(&db, &layout, 3_000);
+        r.read_tag_links_at_once(1);
+        assert_eq!(names(r.tags("r").await.unwrap()), ["name-a"]);
+        assert!(matches!(r.tag_links, TagLinks::PerRun), "1,026 links, 1,024 allowed: {:?}", r.tag_links);
     }
 
     #[test]

@@ -172,12 +172,15 @@ pub(super) fn compile_query(params: &Params, headers: &HeaderMap) -> Result<Quer
     Ok(compile(params.str("q").unwrap_or(""), &options)?)
 }
 
-/// The candidate runs of a plan (all runs when nothing is indexed) and whether they are exact.
+/// The candidate runs of a plan (all runs when nothing is indexed) and whether they are exact;
+/// the reader will read their tag links at once.
 pub(super) async fn candidates(reader: &mut Reader, plan: &Plan) -> Result<(Vec<String>, bool), ApiError> {
-    match &plan.index {
-        Some(index) => Ok((reader.candidates(index).await?, plan.exact)),
-        None => Ok((reader.all_runs().await?, false)),
-    }
+    let (hashes, exact) = match &plan.index {
+        Some(index) => (reader.candidates(index).await?, plan.exact),
+        None => (reader.all_runs().await?, false),
+    };
+    reader.read_tag_links_at_once(hashes.len());
+    Ok((hashes, exact))
 }
 
 /// Evaluates the query's constant parts once, before any candidate, so that one exceeding a
@@ -283,6 +286,7 @@ async fn complete_run(reader: &mut Reader, sorted: &mut Match, opts: RunSearch) 
             tags: kept.tags.clone(),
             attrs: std::mem::replace(&mut kept.attrs, Value::Nil),
             traces: std::mem::take(&mut kept.traces),
+            contexts: std::mem::take(&mut kept.contexts),
         }
     } else {
         match RunData::load(reader, &kept.hash, false, false).await? {
@@ -302,7 +306,10 @@ async fn complete_run(reader: &mut Reader, sorted: &mut Match, opts: RunSearch) 
     } else if same && sorted.traces {
         run.traces
     } else {
-        reader.traces(&run.hash).await?
+        match &run.contexts {
+            Some(contexts) => reader.traces_with(&run.hash, contexts).await?,
+            None => reader.traces(&run.hash).await?,
+        }
     };
     Ok(Some(run))
 }
@@ -314,7 +321,7 @@ async fn stream_runs(
     opts: RunSearch,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, opts.report_progress);
+    let mut s = Streamer::new(out, opts.report_progress, reader.chunking());
     if total > 0 {
         s.progress(0, total);
     }
@@ -552,7 +559,9 @@ async fn search_metric_offloaded(
     let mut reader = Reader::open(&state)?;
     preflight(&reader, &query)?;
     let (hashes, exact) = if plan.metric_usage == MetricUsage::Other {
-        (reader.all_runs().await?, false)
+        let hashes = reader.all_runs().await?;
+        reader.read_tag_links_at_once(hashes.len());
+        (hashes, false)
     } else {
         candidates(&mut reader, &plan).await?
     };
@@ -570,7 +579,7 @@ async fn stream_metrics(
     opts: MetricSearch,
     out: Out,
 ) -> Result<(), ApiError> {
-    let mut s = Streamer::new(out, opts.report_progress);
+    let mut s = Streamer::new(out, opts.report_progress, reader.chunking());
     let total = hashes.len();
     s.progress(0, total);
     let mut seen = HashSet::new();

@@ -22,7 +22,7 @@ use crate::storage::value::Value;
 pub use dirs::Dirs;
 pub use indexes::Indexes;
 pub use ours::Ours;
-pub use runs::{RunOps, Runs, TraceInfo};
+pub use runs::{RunHead, RunOps, Runs, StoredTrace, TraceInfo};
 use sequences::version::{self, VersionState};
 pub use sequences::{
     Columns, KeyPerStep, SeqId, SeqPoint, SeqWrite, SequenceLayout, SequenceLayoutKind, Sequences, sample_indices,

@@ -64,6 +64,17 @@ pub struct StoredTrace {
     pub last_step: Value,
 }
 
+/// A run's meta and contexts, read together by [`Runs::read_head`].
+#[derive(Debug, Clone, Default)]
+pub struct RunHead {
+    /// The meta tree, `None` when the run has no meta.
+    pub meta: Option<Value>,
+    /// The contexts by id.
+    pub contexts: std::collections::HashMap<i128, Value>,
+    /// The keys read.
+    pub keys: usize,
+}
+
 /// Key-level access to ⟨runs⟩.
 #[derive(Debug, Clone)]
 pub struct Runs {
@@ -156,6 +167,36 @@ impl Runs {
             rows.push((rel, v));
         }
         tree::unflatten(rows).map_err(|e| LayoutError::Corrupt(e.to_string()))
+    }
+
+    /// Reads the run's meta tree and its contexts with one range read (`snapshot`: without read
+    /// conflicts): `(R,"contexts",…)` and `(R,"meta",…)` are neighbours in every store, since no
+    /// run-level name sorts between them in either sequence layout (`chunks` and `seqs` sort outside
+    /// them), so a run's reads cost one seek less. Keys of another shape within the range are
+    /// skipped, as [`Runs::read_contexts`] skips them.
+    pub async fn read_head(&self, tx: &Transaction, run: &str, snapshot: bool) -> Result<RunHead, LayoutError> {
+        let (begin, _) = self.range(run, &[Elem::from("contexts")]);
+        let (_, end) = self.range(run, &[Elem::from("meta")]);
+        let base = self.key(run, &[]);
+        let kvs = tx.get_range(&RangeOption::new(begin, end), snapshot).await?;
+        let mut contexts = std::collections::HashMap::new();
+        let mut meta_rows = Vec::new();
+        for kv in &kvs {
+            let mut rel = tuple::unpack(&kv.key[base.len()..]).map_err(corrupt)?;
+            match rel.first() {
+                Some(Elem::Str(scope)) if scope == "contexts" => {
+                    if let [_, Elem::Int(id)] = rel.as_slice() {
+                        contexts.insert(*id, value::decode(&kv.value).map_err(corrupt)?);
+                    }
+                }
+                Some(Elem::Str(scope)) if scope == "meta" => {
+                    rel.remove(0);
+                    meta_rows.push((rel, value::decode(&kv.value).map_err(corrupt)?));
+                }
+                _ => {}
+            }
+        }
+        Ok(RunHead { meta: tree::unflatten(meta_rows).map_err(corrupt)?, contexts, keys: kvs.len() })
     }
 
     /// `(R,"contexts",ctx_id) = mp(ctx)`.

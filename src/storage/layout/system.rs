@@ -361,6 +361,35 @@ impl System {
         self.third_elems(tx, &[Elem::from("run_tags"), Elem::from(run)]).await
     }
 
+    /// Every run's tag uuids, from one range read over `("run_tags",…)` of at most `max_links`
+    /// keys (`snapshot`: without read conflicts): `None` when there are more, so that a caller
+    /// reading a few runs of a store with many tag links reads them run by run instead. Runs
+    /// without tags are absent; keys of another shape are skipped, as [`System::tags_of_run`]
+    /// skips them.
+    pub async fn all_run_tags(
+        &self,
+        tx: &Transaction,
+        max_links: usize,
+        snapshot: bool,
+    ) -> Result<Option<(std::collections::HashMap<String, Vec<String>>, usize)>, LayoutError> {
+        let scope = [Elem::from("run_tags")];
+        let (b, e) = tuple::range(&self.prefix, &scope);
+        let base = self.key(&scope);
+        let kvs = tx.get_range(&RangeOption::new(b, e).limit(max_links.saturating_add(1)), snapshot).await?;
+        if kvs.len() > max_links {
+            return Ok(None);
+        }
+        let mut out: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        for kv in &kvs {
+            if let [Elem::Str(run), Elem::Str(tag)] =
+                tuple::unpack(&kv.key[base.len()..]).map_err(|e| LayoutError::Corrupt(e.to_string()))?.as_slice()
+            {
+                out.entry(run.clone()).or_default().push(tag.clone());
+            }
+        }
+        Ok(Some((out, kvs.len())))
+    }
+
     /// Runs of a tag or experiment (`tag_runs` / `experiment_runs`).
     pub async fn runs_of(&self, tx: &Transaction, kind: EntityKind, uuid: &str) -> Result<Vec<String>, LayoutError> {
         let link = match kind {
