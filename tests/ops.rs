@@ -198,6 +198,7 @@ fn the_dockerfile_copies_existing_paths_and_runs_a_real_subcommand_on_the_real_p
     let dockerfile = read("ops/Dockerfile");
     let mut exposed = BTreeSet::new();
     let mut cmd = None;
+    let mut copied = BTreeSet::new();
     for line in dockerfile.lines() {
         if let Some(rest) = line.strip_prefix("COPY ") {
             if rest.starts_with("--from") {
@@ -206,6 +207,7 @@ fn the_dockerfile_copies_existing_paths_and_runs_a_real_subcommand_on_the_real_p
             let parts: Vec<&str> = rest.split_whitespace().collect();
             for source in &parts[..parts.len() - 1] {
                 assert!(root().join(source).exists(), "the Dockerfile copies {source}, which does not exist");
+                copied.insert(source.to_string());
             }
         } else if let Some(rest) = line.strip_prefix("EXPOSE ") {
             exposed.extend(rest.split_whitespace().map(|p| p.parse::<i64>().expect("numeric EXPOSE")));
@@ -223,7 +225,14 @@ fn the_dockerfile_copies_existing_paths_and_runs_a_real_subcommand_on_the_real_p
     let expected: BTreeSet<i64> = [default_port("server", "port"), 53801, default_port("metrics", "port")].into();
     assert_eq!(exposed, expected, "EXPOSE is server.port, the gateway's port and metrics.port");
     // The features the build arg selects exist.
-    assert!(read("Cargo.toml").contains("\nfdb = "), "Cargo.toml has the `fdb` feature");
+    let manifest = read("Cargo.toml");
+    assert!(manifest.contains("\nfdb = "), "Cargo.toml has the `fdb` feature");
+    // Every crate patched in from a path is in the build context (`vendor/fjall`).
+    for line in manifest.lines().filter(|l| l.contains("{ path = \"")) {
+        let path = line.split('"').nth(1).unwrap();
+        let top = path.split('/').next().unwrap();
+        assert!(copied.contains(top), "the Dockerfile does not copy {top}/, where Cargo.toml finds {path}");
+    }
 }
 
 #[test]
