@@ -25,6 +25,7 @@
 //! - [`maintenance`]: the maintenance jobs (reindex, finish-stale, cleanups, backup and restore,
 //!   sequence migration), resumable batches under the storage job lock;
 //! - [`metrics`]: the metrics catalogue;
+//! - [`fast_hash`]: the hash maps of the ingest path (a faster seeded hasher);
 //! - [`bench`]: benchmarks that print figures.
 //!
 //! The binary's command-line glue lives in `src/main.rs` and `src/cli/`.
@@ -35,6 +36,7 @@ pub mod blobs;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod fast_hash;
 pub mod gateway;
 pub mod http;
 pub mod ingest;

@@ -48,6 +48,7 @@ use super::models::{ActorExit, ActorKind, Failure, FailureCause, Flushed, Polled
 use super::run_actor::{FlushNow, Idle, Push, RunActor, Stop, Surrender, Surrendered};
 use super::stats::Stats;
 use crate::clock::Clock;
+use crate::fast_hash::FastMap;
 use crate::ingest::dlq::{DeadLetterError, Rejected};
 use crate::ingest::{Batch, BatchBudget, Entry, FlushReason, Lease, Source, SourceError};
 
@@ -66,7 +67,7 @@ pub const FLUSH_CONCURRENCY: usize = 32;
 #[derive(Debug, Default)]
 pub struct RunLru {
     by_tick: BTreeMap<u64, String>,
-    ticks: HashMap<String, u64>,
+    ticks: FastMap<String, u64>,
     next: u64,
 }
 
@@ -238,7 +239,7 @@ pub struct PartitionSetup<S> {
 /// One partition's actor (see the module docs).
 pub struct PartitionActor<S: Source + 'static> {
     setup: PartitionSetup<S>,
-    runs: HashMap<String, RunSlot>,
+    runs: FastMap<String, RunSlot>,
     /// The live runs by last delivery, for evictions.
     lru: RunLru,
     /// Run actors started so far (the next one's incarnation).
@@ -254,7 +255,7 @@ impl<S: Source + 'static> PartitionActor<S> {
     pub fn new(setup: PartitionSetup<S>) -> Self {
         Self {
             setup,
-            runs: HashMap::new(),
+            runs: FastMap::default(),
             lru: RunLru::default(),
             incarnations: 0,
             tracker: OffsetTracker::default(),

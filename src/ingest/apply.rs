@@ -63,6 +63,7 @@ use super::message::{
     Payload, SetRunProperty, TagChange,
 };
 use super::run_batch::Entry;
+use crate::fast_hash::FastMap;
 use crate::storage::kv::{KvError, RangeOption, RetryableError, Transaction};
 use crate::storage::layout::ours::OutboxAt;
 use crate::storage::layout::sequences::SeqError;
@@ -310,7 +311,7 @@ struct Scope<'a> {
 /// Slots of a transaction's sequences by `(ctx_id, name)`, looked up without building a key: a
 /// lookup per point used to allocate the name twice.
 #[derive(Default)]
-struct SeriesSlots(HashMap<u32, HashMap<Box<str>, usize>>);
+struct SeriesSlots(FastMap<u32, FastMap<Box<str>, usize>>);
 
 impl SeriesSlots {
     fn get(&self, ctx_id: u32, name: &str) -> Option<usize> {

@@ -35,7 +35,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -44,6 +43,7 @@ use serde_json::value::RawValue;
 use smallvec::SmallVec;
 
 use crate::clock::{days_from_civil, days_in_month};
+use crate::fast_hash::FastMap;
 use crate::storage::context_id::{ContextIdError, PyJson, id_of, parse_python_json};
 use crate::storage::value::{self as mp, Value};
 
@@ -874,7 +874,7 @@ const CONTEXT_CACHE_ENTRIES: usize = 256;
 const CONTEXT_CACHE_MAX_RAW_BYTES: usize = 512;
 
 thread_local! {
-    static CONTEXTS: RefCell<HashMap<Box<str>, Arc<Context>>> = RefCell::new(HashMap::new());
+    static CONTEXTS: RefCell<FastMap<Box<str>, Arc<Context>>> = RefCell::new(FastMap::default());
 }
 
 /// [`parse_context`], through the thread's cache of recent contexts. Decoding is a pure function

@@ -79,6 +79,8 @@
 #![warn(clippy::expect_used)]
 #![allow(clippy::missing_const_for_fn, clippy::significant_drop_tightening)]
 #![warn(clippy::multiple_crate_versions)]
+// matyan: the build of this vendored copy prints no warnings (docs/adr/0011-vendored-fjall.md).
+#![allow(dead_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 macro_rules! fail_iter {
