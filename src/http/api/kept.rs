@@ -6,7 +6,7 @@ use std::mem::size_of;
 
 use crate::storage::value::Value;
 
-use super::read::{RunData, Trace};
+use super::read::{Contexts, RunData, Trace};
 
 /// A matched run: its data, the snapshot generation it was read in, and which of its attributes
 /// and traces were kept from that read (the others are empty and are read when streamed).
@@ -41,7 +41,7 @@ impl Keeper {
         let contexts = run.contexts.take();
         let mut kept = self.keep_read(run, generation, attrs, traces);
         if let Some(contexts) = contexts {
-            let bytes = contexts.values().map(value_bytes).fold(0u64, |a, b| a.saturating_add(b).saturating_add(16));
+            let bytes = contexts_bytes(&contexts);
             if bytes <= self.left {
                 self.left -= bytes;
                 kept.run.contexts = Some(contexts);
@@ -81,6 +81,12 @@ fn value_bytes(v: &Value) -> u64 {
         Value::Nil | Value::Bool(_) | Value::Int(_) | Value::Float(_) | Value::DateTime(_) => 0,
     };
     own.saturating_add(heap)
+}
+
+/// The memory a run's contexts hold: each context and its id.
+fn contexts_bytes(contexts: &Contexts) -> u64 {
+    let id = size_of::<i128>() as u64;
+    contexts.values().map(value_bytes).fold(0, |a, b| a.saturating_add(b).saturating_add(id))
 }
 
 fn trace_bytes(t: &Trace) -> u64 {
@@ -123,11 +129,10 @@ mod tests {
 
     #[test]
     fn contexts_are_kept_while_they_fit_what_is_left_even_when_nothing_else_was_loaded() {
-        let contexts: super::super::read::Contexts =
+        let contexts: Contexts =
             [(7, Value::Map(vec![(Value::from("subset"), Value::from("train"))]))].into_iter().collect();
-        let with =
-            |contexts: &super::super::read::Contexts| RunData { contexts: Some(contexts.clone()), ..run(Value::Nil) };
-        let one = contexts.values().map(value_bytes).sum::<u64>() + 16;
+        let with = |contexts: &Contexts| RunData { contexts: Some(contexts.clone()), ..run(Value::Nil) };
+        let one = contexts_bytes(&contexts);
         let mut keeper = Keeper::new(one);
         let m = keeper.keep(with(&contexts), 0, false, false);
         assert_eq!(m.run.contexts.as_ref(), Some(&contexts));
