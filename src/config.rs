@@ -487,11 +487,17 @@ pub struct QueueConfig {
     pub trim_interval_ms: u64,
     /// Consumed records kept per partition below the slowest group's committed offset.
     pub retain_consumed_records: u64,
+    /// Records one trim transaction removes at most (a pass runs as many as it needs).
+    pub trim_batch_records: u64,
 }
 
 impl QueueConfig {
     /// The shortest interval between trim passes: each pass reads every group's offsets.
     pub const MIN_TRIM_INTERVAL_MS: u64 = 100;
+
+    /// The most records one trim transaction may remove: an embedded store removes them key by
+    /// key while every other commit waits.
+    pub const MAX_TRIM_BATCH_RECORDS: u64 = 1_000_000;
 
     /// The interval between trim passes, `None` when trimming is off.
     pub fn trim_interval(&self) -> Option<Duration> {
@@ -506,6 +512,7 @@ impl QueueConfig {
                 expected: "0 (never trim) or at least 100",
             });
         }
+        check_between("queue.trim_batch_records", self.trim_batch_records, 1, Self::MAX_TRIM_BATCH_RECORDS, errors);
     }
 }
 
@@ -1577,6 +1584,23 @@ mod tests {
             assert!(err.contains(message), "{fixture}: {err}");
         }
         Config::from_toml_str("f.toml", "[query]\nsnapshot_max_age_ms = 4999\n").unwrap().validate().unwrap();
+    }
+
+    #[test]
+    fn trim_batches_default_to_10000_records_and_are_held_to_their_bounds() {
+        let c = Config::load(None, no_env).unwrap();
+        assert_eq!(c.queue.trim_batch_records, 10_000);
+        for bad in ["0", "1000001"] {
+            let text = format!("[queue]\ntrim_batch_records = {bad}\n");
+            assert_eq!(
+                invalid_keys(&Config::from_toml_str("f.toml", &text).unwrap()),
+                vec!["queue.trim_batch_records"]
+            );
+        }
+        for edge in ["1", "1000000"] {
+            let text = format!("[queue]\ntrim_batch_records = {edge}\n");
+            Config::from_toml_str("f.toml", &text).unwrap().validate().unwrap();
+        }
     }
 
     #[test]

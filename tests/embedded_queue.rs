@@ -332,7 +332,7 @@ async fn trim_consumed_removes_only_what_every_group_of_the_topic_has_committed(
         q.append(&recs).await.unwrap();
         other.append(&recs[..5]).await.unwrap();
         assert_eq!(
-            q.trim_consumed(0, 0).await.unwrap().start,
+            q.trim_consumed(0, 0, 1000).await.unwrap().start,
             None,
             "no group has committed: nothing is known consumed"
         );
@@ -342,24 +342,56 @@ async fn trim_consumed_removes_only_what_every_group_of_the_topic_has_committed(
         q.commit("slow", 0, 8).await.unwrap();
         // A group of another topic, further behind, does not hold this topic back.
         other.commit("control-workers", 0, 1).await.unwrap();
-        assert_eq!(q.trim_consumed(0, 0).await.unwrap().start, Some(8), "{}", store.name);
+        assert_eq!(q.trim_consumed(0, 0, 1000).await.unwrap().start, Some(8), "{}", store.name);
         assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(8));
         assert_eq!(read_all(&q, 0).await.len(), 12);
 
         q.commit("slow", 0, 14).await.unwrap();
-        assert_eq!(q.trim_consumed(0, 3).await.unwrap().start, Some(11), "three consumed records are kept");
-        assert_eq!(q.trim_consumed(0, 100).await.unwrap().start, Some(11), "a larger retain never brings records back");
+        assert_eq!(q.trim_consumed(0, 3, 1000).await.unwrap().start, Some(11), "three consumed records are kept");
+        assert_eq!(
+            q.trim_consumed(0, 100, 1000).await.unwrap().start,
+            Some(11),
+            "a larger retain never brings records back"
+        );
         // The slow group rewinds (a replay) to where records are kept: it reads them all again.
         q.commit("slow", 0, 11).await.unwrap();
         let source = EmbeddedSource::new(q.clone(), "slow").await.unwrap();
         assert_eq!(source.position(0), Some(11));
-        assert_eq!(q.trim_consumed(0, 0).await.unwrap().start, Some(11));
+        assert_eq!(q.trim_consumed(0, 0, 1000).await.unwrap().start, Some(11));
 
-        let report = matyan::ingest::queue_trim::trim_once(&store.db, &dirs.ours, 0).await.unwrap();
+        let settings = matyan::ingest::queue_trim::TrimSettings { retain: 0, batch: 1000 };
+        let report = matyan::ingest::queue_trim::trim_once(&store.db, &dirs.ours, settings).await.unwrap();
         let by_topic: BTreeMap<_, _> = report.iter().map(|t| (t.topic.as_str(), (t.trimmed, t.held))).collect();
         assert_eq!(by_topic.get("control-events"), Some(&(1, 4)), "{}: {report:?}", store.name);
         assert_eq!(by_topic.get(TOPIC), Some(&(0, 9)));
         assert_eq!(other.start_offset(0).await.unwrap(), 1);
+    }
+}
+
+#[tokio::test]
+async fn a_trim_removes_at_most_its_record_budget_and_a_pass_runs_as_many_as_it_needs() {
+    for store in stores() {
+        let q = queue(&store.db, 1).await;
+        let dirs = Dirs::open(&store.db).await.unwrap();
+        let recs: Vec<AppendRecord<'_>> = (0..25).map(|i| (Some(b"k".as_slice()), b"v".as_slice(), i)).collect();
+        q.append(&recs).await.unwrap();
+        q.commit("only", 0, 23).await.unwrap();
+        let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+        assert_eq!((trim.before, trim.start, trim.complete), (0, Some(10), false), "{}", store.name);
+        assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(10));
+        let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+        assert_eq!((trim.start, trim.complete), (Some(20), false));
+        let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+        assert_eq!((trim.start, trim.complete, trim.held()), (Some(23), true, 2), "the last step stops at the commit");
+
+        // A pass with a budget of 4 takes the next records to the commit in steps, all counted.
+        q.append(&recs[..10]).await.unwrap();
+        q.commit("only", 0, 33).await.unwrap();
+        let settings = matyan::ingest::queue_trim::TrimSettings { retain: 0, batch: 4 };
+        let report = matyan::ingest::queue_trim::trim_once(&store.db, &dirs.ours, settings).await.unwrap();
+        let by_topic: BTreeMap<_, _> = report.iter().map(|t| (t.topic.as_str(), (t.trimmed, t.held))).collect();
+        assert_eq!(by_topic.get(TOPIC), Some(&(10, 2)), "{}: {report:?}", store.name);
+        assert_eq!(q.start_offset(0).await.unwrap(), 33);
     }
 }
 

@@ -20,7 +20,7 @@ use matyan::config::IngestSource;
 use matyan::gateway::{Gateway, QueueSink, RecordSink};
 use matyan::ingest::queue::append_retry;
 use matyan::ingest::queue::{DEFAULT_PARTITIONS, INGESTION_GROUP};
-use matyan::ingest::queue_trim::QueueTrimmer;
+use matyan::ingest::queue_trim::{QueueTrimmer, TrimSettings};
 use matyan::ingest::{EmbeddedSource, Queue};
 
 use super::common;
@@ -89,7 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let gateway = state.gateway.clone();
     let trimmer = state.config.queue.trim_interval().map(|interval| {
         let ours = state.layout.dirs.ours.clone();
-        QueueTrimmer::spawn(state.db.clone(), ours, interval, state.config.queue.retain_consumed_records)
+        QueueTrimmer::spawn(state.db.clone(), ours, interval, TrimSettings::from_config(&state.config.queue))
     });
 
     let (listener, _) = common::bind(&host, port).await?;

@@ -21,6 +21,10 @@
 //! store's value limit (100,000 bytes), so a record up to [`MAX_RECORD_BYTES`] fits under one
 //! offset. Chunks of one record are written in one transaction, so a reader sees all or none.
 //!
+//! The record chunks are written, read once and trimmed, unlike the store's data: the queue asks
+//! the store to keep them apart ([`Database::keep_apart`]; fjall gives them a keyspace of their own
+//! in a store created since, so they are not compacted and cached with the runs' data).
+//!
 //! # Concurrency
 //!
 //! An append reads each touched partition's end key with a conflicting read, so two concurrent
@@ -123,6 +127,9 @@ pub struct PartitionTrim {
     pub start: Option<i64>,
     /// The end offset.
     pub end: i64,
+    /// Whether the trim went as far as the groups' offsets and the retention allow (else it
+    /// stopped at its record budget and another trim goes further).
+    pub complete: bool,
 }
 
 impl PartitionTrim {
@@ -160,6 +167,7 @@ impl Queue {
         if partitions == 0 || partitions > i32::MAX as u32 {
             return Err(QueueError::InvalidPartitionCount { topic: topic.to_owned(), requested: partitions });
         }
+        Self::keep_records_apart(db, ours)?;
         let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
@@ -186,6 +194,7 @@ impl Queue {
 
     /// Opens `topic` if it exists, with its stored partition count.
     pub async fn open_existing(db: &Database, ours: &[u8], topic: &str) -> Result<Option<Self>, QueueError> {
+        Self::keep_records_apart(db, ours)?;
         let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
@@ -218,6 +227,13 @@ impl Queue {
                 .collect::<Result<Vec<_>, _>>()
         })
         .await
+    }
+
+    /// Asks the store to keep the record chunks apart before the first of them is written (a
+    /// no-op once done, or where the store cannot).
+    fn keep_records_apart(db: &Database, ours: &[u8]) -> Result<(), QueueError> {
+        db.keep_apart(&Ours::new(ours).queue_records())?;
+        Ok(())
     }
 
     fn handle(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Self {
@@ -527,17 +543,29 @@ impl Queue {
     }
 
     /// Trims the records of `partition` that every consumer group of this topic has committed,
-    /// keeping the last `retain` of them, and says what it found and did in that one transaction:
-    /// the start offset before and after, and the end offset. The new start is `None` when no
-    /// group has committed on the partition (nothing is known to be consumed, so nothing goes).
+    /// keeping the last `retain` of them and removing at most `max_records` (at least 1), and says
+    /// what it found and did in that one transaction: the start offset before and after, the end
+    /// offset, and whether it went all the way. The new start is `None` when no group has
+    /// committed on the partition (nothing is known to be consumed, so nothing goes).
+    ///
+    /// The budget keeps each trim's transaction short: an embedded store removes a cleared range
+    /// key by key while it holds the commit order, and a trim of 200,000 records held every other
+    /// commit back for seconds (the ingest pipeline's records in flight then piled up to 650 MiB,
+    /// `matyan bench ingest --records 3000000`).
     ///
     /// The committed offsets are read with conflicting reads in the trimming transaction: a
     /// group rewinding its offset at the same time makes one of the two retry, so a replay never
     /// finds its records trimmed under it. A group that has never committed on this topic is not
     /// known here: start a new group's consumer (which commits its start) before trimming.
-    pub async fn trim_consumed(&self, partition: i32, retain: u64) -> Result<PartitionTrim, QueueError> {
+    pub async fn trim_consumed(
+        &self,
+        partition: i32,
+        retain: u64,
+        max_records: u64,
+    ) -> Result<PartitionTrim, QueueError> {
         self.check_partition(partition)?;
         let retain = i64::try_from(retain).unwrap_or(i64::MAX);
+        let step = i64::try_from(max_records.max(1)).unwrap_or(i64::MAX);
         let (start_key, end_key) = (self.start_key(partition), self.end_key(partition));
         let (this, start_key, end_key) = (self, &start_key, &end_key);
         self.inner
@@ -546,15 +574,21 @@ impl Queue {
                 let before = this.read_counter(&tx, start_key, false).await?;
                 let end = this.read_counter(&tx, end_key, true).await?;
                 let Some(consumed) = this.slowest_committed(&tx, partition).await? else {
-                    return Ok(PartitionTrim { before, start: None, end });
+                    return Ok(PartitionTrim { before, start: None, end, complete: true });
                 };
-                let new_start = consumed.min(end).saturating_sub(retain);
-                if new_start <= before {
-                    return Ok(PartitionTrim { before, start: Some(before), end });
+                let wanted = consumed.min(end).saturating_sub(retain);
+                if wanted <= before {
+                    return Ok(PartitionTrim { before, start: Some(before), end, complete: true });
                 }
+                let new_start = wanted.min(before.saturating_add(step));
                 this.clear_below(&tx, partition, new_start);
                 tx.set(start_key, &new_start.to_le_bytes());
-                Ok::<_, QueueError>(PartitionTrim { before, start: Some(new_start), end })
+                Ok::<_, QueueError>(PartitionTrim {
+                    before,
+                    start: Some(new_start),
+                    end,
+                    complete: new_start == wanted,
+                })
             })
             .await
     }

@@ -165,6 +165,19 @@ impl Database {
         }
     }
 
+    /// Asks the engine to keep the keys starting with `prefix` apart from the others (a tree of
+    /// their own in fjall): for data written once, read once and trimmed, such as the embedded
+    /// queue's records, which would otherwise be compacted and cached with the store's data.
+    /// Returns whether they are kept apart; `false` where the engine has no such thing (memory,
+    /// redb, FoundationDB) or keys under the prefix are already stored with the others.
+    pub fn keep_apart(&self, prefix: &[u8]) -> Result<bool, KvError> {
+        match &self.inner {
+            DbInner::Local(db) => db.keep_apart(prefix),
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => Ok(false),
+        }
+    }
+
     /// Opens (creating if needed) the directory at `path` through the directory layer and returns
     /// its raw key prefix.
     pub async fn open_directory(&self, path: &[&str]) -> Result<Vec<u8>, KvError> {

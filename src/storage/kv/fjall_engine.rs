@@ -1,23 +1,41 @@
 //! Embedded engine on fjall: an LSM tree with a write-ahead journal; batches are written to the
 //! journal unsynced and [`Engine::sync`] fsyncs it for a whole group of commits.
+//!
+//! One keyspace (`kv`) holds every key, except the prefixes kept apart ([`Engine::keep_apart`]):
+//! each of those has a keyspace of its own, named `apart:` and the prefix in hex, so fjall
+//! recovers the routing with the keyspaces at the next open. A batch spanning keyspaces is
+//! written atomically (one journal), and a snapshot reads every keyspace at one sequence number.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable, Snapshot};
+use parking_lot::RwLock;
 
 use super::database::EmbeddedOptions;
 use super::engine::{Engine, EngineMemory, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
+use super::prefix_routes::{Route, Routes};
 
 fn engine_err(e: impl std::fmt::Display) -> KvError {
     KvError::Engine(e.to_string())
 }
 
-/// The fjall engine: one database directory, one keyspace.
+/// The start of the name of a keyspace holding a prefix kept apart; the prefix follows in hex.
+const APART: &str = "apart:";
+
+/// The longest prefix kept apart: its keyspace's name (`apart:` and two hex digits a byte) must
+/// fit fjall's 255 bytes.
+const MAX_APART_PREFIX: usize = (255 - APART.len()) / 2;
+
+/// The fjall engine: one database directory, the main keyspace and one per prefix kept apart.
 pub struct FjallEngine {
     db: Database,
     ks: Keyspace,
+    /// Replaced whole when a prefix is kept apart: a snapshot reads with the routes it was taken
+    /// with.
+    routes: RwLock<Arc<Routes<Keyspace>>>,
+    memtable_bytes: u64,
 }
 
 impl FjallEngine {
@@ -33,14 +51,32 @@ impl FjallEngine {
                 other => engine_err(other),
             },
         )?;
-        let create = || {
-            KeyspaceCreateOptions::default()
-                .max_memtable_size(options.memtable_bytes)
-                .index_block_partitioning_policy(index_partitioning())
-        };
-        let ks = db.keyspace("kv", create).map_err(engine_err)?;
-        Ok(Self { db, ks })
+        let memtable_bytes = options.memtable_bytes;
+        let ks = db.keyspace("kv", || keyspace_options(memtable_bytes)).map_err(engine_err)?;
+        let mut routes = Routes::default();
+        for name in db.list_keyspace_names() {
+            let Some(hex_prefix) = name.strip_prefix(APART) else { continue };
+            let corrupt = || KvError::Engine(format!("keyspace {name:?} does not name a prefix"));
+            let prefix = hex::decode(hex_prefix).map_err(|_| corrupt())?;
+            let apart = db.keyspace(&name, || keyspace_options(memtable_bytes)).map_err(engine_err)?;
+            let route = Route::new(&prefix, apart).ok_or_else(corrupt)?;
+            routes.add(route).map_err(|_| corrupt())?;
+        }
+        Ok(Self { db, ks, routes: RwLock::new(Arc::new(routes)), memtable_bytes })
     }
+
+    /// The main keyspace and every keyspace kept apart.
+    fn keyspaces(&self) -> Vec<Keyspace> {
+        let routes = Arc::clone(&self.routes.read());
+        std::iter::once(self.ks.clone()).chain(routes.iter().map(|r| r.tree().clone())).collect()
+    }
+}
+
+/// The options of a new keyspace: the memtable size and the index partitioning policy.
+fn keyspace_options(memtable_bytes: u64) -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(memtable_bytes)
+        .index_block_partitioning_policy(index_partitioning())
 }
 
 impl Drop for FjallEngine {
@@ -54,10 +90,12 @@ impl Drop for FjallEngine {
     /// `rotate_memtable_and_wait` waits without a bound, and hung a process whose store directory
     /// was deleted before the last handle dropped.
     fn drop(&mut self) {
-        match self.ks.rotate_memtable() {
+        let keyspaces = self.keyspaces();
+        let rotated: Result<Vec<_>, _> = keyspaces.iter().map(Keyspace::rotate_memtable).collect();
+        match rotated {
             Ok(_) => {
                 let deadline = std::time::Instant::now() + CLOSE_FLUSH_WAIT;
-                while self.ks.sealed_memtable_count() > 0 {
+                while keyspaces.iter().any(|ks| ks.sealed_memtable_count() > 0) {
                     // A removed directory fails every flush: do not wait for one.
                     if std::time::Instant::now() >= deadline || !self.ks.path().exists() {
                         tracing::warn!(
@@ -102,51 +140,112 @@ const CLOSE_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(10)
 struct FjallSnapshot {
     snap: Snapshot,
     ks: Keyspace,
+    routes: Arc<Routes<Keyspace>>,
+}
+
+impl FjallSnapshot {
+    fn keyspace_of(&self, key: &[u8]) -> &Keyspace {
+        self.routes.tree_of(key).unwrap_or(&self.ks)
+    }
 }
 
 impl EngineSnapshot for FjallSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        Ok(self.snap.get(&self.ks, key).map_err(engine_err)?.map(|v| v.to_vec()))
+        Ok(self.snap.get(self.keyspace_of(key), key).map_err(engine_err)?.map(|v| v.to_vec()))
     }
 
     fn range(&self, begin: &[u8], end: &[u8], reverse: bool, limit: usize) -> Result<Pairs, KvError> {
-        let it = self.snap.range(&self.ks, begin..end);
         let take = if limit == 0 { usize::MAX } else { limit };
         let pair = |g: fjall::Guard| g.into_inner().map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(engine_err);
-        if reverse { it.rev().take(take).map(pair).collect() } else { it.take(take).map(pair).collect() }
+        let mut pieces = self.routes.pieces(begin, end);
+        if reverse {
+            pieces.reverse();
+        }
+        let mut out = Vec::new();
+        for piece in pieces {
+            let left = take - out.len();
+            if left == 0 {
+                break;
+            }
+            let it = self.snap.range(piece.tree.unwrap_or(&self.ks), piece.begin..piece.end);
+            let got: Result<Pairs, KvError> =
+                if reverse { it.rev().take(left).map(pair).collect() } else { it.take(left).map(pair).collect() };
+            let got = got?;
+            if out.is_empty() {
+                out = got;
+            } else {
+                out.extend(got);
+            }
+        }
+        Ok(out)
     }
 }
 
 impl Engine for FjallEngine {
     fn snapshot(&self) -> Result<Arc<dyn EngineSnapshot>, KvError> {
-        Ok(Arc::new(FjallSnapshot { snap: self.db.snapshot(), ks: self.ks.clone() }))
+        let routes = Arc::clone(&self.routes.read());
+        Ok(Arc::new(FjallSnapshot { snap: self.db.snapshot(), ks: self.ks.clone(), routes }))
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
         // Commits are serialised by the caller, so reading the latest state here is race-free.
         let snap = self.db.snapshot();
+        let routes = Arc::clone(&self.routes.read());
+        let keyspace_of = |key: &[u8]| routes.tree_of(key).unwrap_or(&self.ks);
         let mut wb = self.db.batch().durability(None);
         for (b, e) in &batch.cleared {
-            for g in snap.range(&self.ks, b.as_slice()..e.as_slice()) {
-                let key = g.key().map_err(engine_err)?;
-                // Entries of one batch share a sequence number: never remove and insert one key.
-                let rewritten = batch.ops.binary_search_by(|(k, _)| k.as_slice().cmp(&key)).is_ok();
-                if !rewritten {
-                    wb.remove(&self.ks, key);
+            for piece in routes.pieces(b, e) {
+                let ks = piece.tree.unwrap_or(&self.ks);
+                for g in snap.range(ks, piece.begin..piece.end) {
+                    let key = g.key().map_err(engine_err)?;
+                    // Entries of one batch share a sequence number: never remove and insert one key.
+                    let rewritten = batch.ops.binary_search_by(|(k, _)| k.as_slice().cmp(&key)).is_ok();
+                    if !rewritten {
+                        wb.remove(ks, key);
+                    }
                 }
             }
         }
         for (k, op) in &batch.ops {
+            let ks = keyspace_of(k);
             match op {
-                PointOp::Set(v) => wb.insert(&self.ks, k.as_slice(), v.as_slice()),
-                PointOp::Clear => wb.remove(&self.ks, k.as_slice()),
+                PointOp::Set(v) => wb.insert(ks, k.as_slice(), v.as_slice()),
+                PointOp::Clear => wb.remove(ks, k.as_slice()),
                 PointOp::Add(ps) => {
-                    let cur = snap.get(&self.ks, k).map_err(engine_err)?.map(|v| v.to_vec());
-                    wb.insert(&self.ks, k.as_slice(), resolve_add(cur, ps));
+                    let cur = snap.get(ks, k).map_err(engine_err)?.map(|v| v.to_vec());
+                    wb.insert(ks, k.as_slice(), resolve_add(cur, ps));
                 }
             }
         }
         wb.commit().map_err(engine_err)
+    }
+
+    /// Creates the prefix's keyspace when the main keyspace holds none of its keys (a store
+    /// created before keeps them there: moving them is not this call's job). The caller
+    /// serialises this with [`Engine::apply`], so no commit writes under the prefix meanwhile.
+    fn keep_apart(&self, prefix: &[u8]) -> Result<bool, KvError> {
+        if self.routes.read().iter().any(|r| r.prefix() == prefix) {
+            return Ok(true);
+        }
+        let mut routes = self.routes.write();
+        if routes.iter().any(|r| r.prefix() == prefix) {
+            return Ok(true);
+        }
+        let Some(probe) = Route::new(prefix, ()) else { return Ok(false) };
+        let overlaps = routes.iter().any(|r| r.prefix() < probe.end() && probe.prefix() < r.end());
+        if prefix.len() > MAX_APART_PREFIX || overlaps {
+            return Ok(false);
+        }
+        if self.ks.range(probe.prefix()..probe.end()).next().is_some() {
+            return Ok(false);
+        }
+        let name = format!("{APART}{}", hex::encode(prefix));
+        let apart = self.db.keyspace(&name, || keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
+        let mut next = Routes::clone(&routes);
+        let route = Route::new(prefix, apart).ok_or_else(|| KvError::Engine("prefix without an end".into()))?;
+        next.add(route).map_err(|_| KvError::Engine(format!("prefix {} overlaps another", hex::encode(prefix))))?;
+        *routes = Arc::new(next);
+        Ok(true)
     }
 
     fn sync(&self) -> Result<(), KvError> {
@@ -160,21 +259,23 @@ impl Engine for FjallEngine {
     fn memory(&self) -> Option<EngineMemory> {
         use fjall::AbstractTree as _;
         let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        let (versions, version_memtable_bytes) = {
-            let history = self.ks.tree.get_version_history_lock();
-            (count(history.len()), history.memtable_size_sum())
-        };
-        Some(EngineMemory {
-            versions,
-            version_memtable_bytes,
+        let mut memory = EngineMemory {
             write_buffer_bytes: self.db.write_buffer_size(),
-            sealed_memtables: count(self.ks.sealed_memtable_count()),
             cache_bytes: self.db.cache_size(),
-            pinned_filter_bytes: count(self.ks.tree.pinned_filter_size()),
-            pinned_index_bytes: count(self.ks.tree.pinned_block_index_size()),
-            tables: count(self.ks.table_count()),
-            l0_tables: count(self.ks.l0_table_count()),
-        })
+            ..EngineMemory::default()
+        };
+        for ks in self.keyspaces() {
+            let history = ks.tree.get_version_history_lock();
+            memory.versions += count(history.len());
+            memory.version_memtable_bytes += history.memtable_size_sum();
+            drop(history);
+            memory.sealed_memtables += count(ks.sealed_memtable_count());
+            memory.pinned_filter_bytes += count(ks.tree.pinned_filter_size());
+            memory.pinned_index_bytes += count(ks.tree.pinned_block_index_size());
+            memory.tables += count(ks.table_count());
+            memory.l0_tables += count(ks.l0_table_count());
+        }
+        Some(memory)
     }
 }
 
@@ -253,6 +354,97 @@ mod tests {
         drop(engine);
         let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         assert_eq!(policy(&engine), vec![false, true]);
+    }
+
+    /// Keys over a small alphabet, so that random ranges often cross the kept-apart prefixes (never
+    /// empty: fjall refuses an empty key).
+    fn random_key(rng: &mut impl rand::Rng) -> Vec<u8> {
+        let alphabet = [0x00u8, b'a', b'b', b'q', 0xff];
+        (0..rng.random_range(1..4)).map(|_| alphabet[rng.random_range(0..alphabet.len())]).collect()
+    }
+
+    fn random_range(rng: &mut impl rand::Rng) -> (Vec<u8>, Vec<u8>) {
+        let (a, b) = (random_key(rng), random_key(rng));
+        if a <= b { (a, b) } else { (b, a) }
+    }
+
+    #[test]
+    fn keys_kept_apart_are_read_and_written_as_if_they_were_not() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let model = super::super::memory::MemoryEngine::default();
+        assert!(engine.keep_apart(b"q").unwrap());
+        assert!(engine.keep_apart(b"a\x00").unwrap());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+        for round in 0..300 {
+            let mut batch = WriteBatch::default();
+            for _ in 0..rng.random_range(0..3) {
+                batch.cleared.push(random_range(&mut rng));
+            }
+            let mut ops = std::collections::BTreeMap::new();
+            for _ in 0..rng.random_range(0..8) {
+                let key = random_key(&mut rng);
+                // The transaction layer turns an add to a key it cleared into a set.
+                let cleared = batch.cleared.iter().any(|(b, e)| b <= &key && &key < e);
+                let op = match rng.random_range(0..4) {
+                    0 => PointOp::Clear,
+                    1 if !cleared => PointOp::Add(vec![vec![1, 0, 0, 0]]),
+                    _ => PointOp::Set(vec![round as u8; rng.random_range(0..5)]),
+                };
+                ops.insert(key, op);
+            }
+            batch.ops = ops.into_iter().collect();
+            engine.apply(&batch).unwrap();
+            model.apply(&batch).unwrap();
+            let (got, want) = (engine.snapshot().unwrap(), model.snapshot().unwrap());
+            for _ in 0..10 {
+                let key = random_key(&mut rng);
+                assert_eq!(got.get(&key).unwrap(), want.get(&key).unwrap(), "get {key:?} at round {round}");
+                let (b, e) = random_range(&mut rng);
+                let (reverse, limit) = (rng.random_bool(0.5), rng.random_range(0..4));
+                assert_eq!(
+                    got.range(&b, &e, reverse, limit).unwrap(),
+                    want.range(&b, &e, reverse, limit).unwrap(),
+                    "range {b:?}..{e:?} reverse {reverse} limit {limit} at round {round}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefix_kept_apart_keeps_its_own_keyspace_and_keys_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        assert!(engine.keep_apart(b"q").unwrap());
+        assert!(engine.keep_apart(b"q").unwrap(), "asking again is a no-op");
+        let ops = vec![(b"a".to_vec(), PointOp::Set(b"1".to_vec())), (b"q1".to_vec(), PointOp::Set(b"2".to_vec()))];
+        engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
+        let apart = engine.routes.read().iter().next().unwrap().tree().clone();
+        assert_eq!(apart.approximate_len(), 1, "the prefix's key is in its own keyspace");
+        assert_eq!(engine.ks.approximate_len(), 1);
+        drop((apart, engine));
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let names: Vec<String> = engine.db.list_keyspace_names().iter().map(|n| n.to_string()).collect();
+        assert!(names.contains(&"apart:71".to_owned()), "{names:?}");
+        assert_eq!(engine.routes.read().iter().map(|r| r.prefix().to_vec()).collect::<Vec<_>>(), vec![b"q".to_vec()]);
+        let snap = engine.snapshot().unwrap();
+        assert_eq!(snap.get(b"q1").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(snap.range(b"", b"\xff", false, 0).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_prefix_whose_keys_are_already_stored_stays_with_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let ops = vec![(b"q1".to_vec(), PointOp::Set(b"2".to_vec()))];
+        engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
+        assert!(!engine.keep_apart(b"q").unwrap(), "its key would be hidden");
+        assert!(!engine.keep_apart(b"").unwrap(), "an empty prefix would take every key");
+        assert!(!engine.keep_apart(&[b'x'; 200]).unwrap(), "too long to name a keyspace");
+        assert!(engine.keep_apart(b"r").unwrap());
+        assert!(!engine.keep_apart(b"r\x01").unwrap(), "inside a prefix kept apart");
+        assert_eq!(engine.snapshot().unwrap().get(b"q1").unwrap(), Some(b"2".to_vec()));
     }
 
     #[test]

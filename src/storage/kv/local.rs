@@ -152,6 +152,14 @@ impl LocalDb {
         self.engine.memory()
     }
 
+    /// [`Engine::keep_apart`], serialised with commits.
+    ///
+    /// [`Engine::keep_apart`]: super::engine::Engine::keep_apart
+    pub fn keep_apart(&self, prefix: &[u8]) -> Result<bool, KvError> {
+        let _log = self.log.lock();
+        self.engine.keep_apart(prefix)
+    }
+
     /// A new transaction.
     pub fn create_trx(self: &Arc<Self>) -> LocalTxn {
         LocalTxn { db: Arc::clone(self), state: Mutex::new(TxnState::default()) }

@@ -3,6 +3,7 @@
 //! - `database.rs`: [`Database`] / [`Transaction`], the API the rest of the crate uses, and the retry loop;
 //! - `local.rs`: FoundationDB semantics (read-your-writes, conflicts, limits) over a local engine;
 //! - `engine.rs`: the engine interface; `memory.rs`, `fjall_engine.rs`, `redb_engine.rs` implement it;
+//!   `prefix_routes.rs`: which of fjall's keyspaces holds a key (prefixes kept apart);
 //! - `directory.rs`: the FoundationDB directory layer's format for local backends;
 //! - `fdb.rs` (feature `fdb`): FoundationDB itself;
 //! - `faults.rs` (tests only): seeded fault injection into local commits, for the ingest simulation;
@@ -19,6 +20,7 @@ mod fdb;
 mod fjall_engine;
 mod local;
 mod memory;
+mod prefix_routes;
 mod redb_engine;
 pub mod trim;
 mod types;

@@ -231,6 +231,12 @@ impl Ours {
         self.key(&elems)
     }
 
+    /// `("queue",)`: the prefix of every record chunk of every topic (and of nothing else: the
+    /// packed string ends with its terminator), which the store keeps apart from its other keys.
+    pub fn queue_records(&self) -> Vec<u8> {
+        self.key(&[Elem::from(QUEUE)])
+    }
+
     /// `("queue", topic, partition, offset)`: where the chunks of the record at `offset` start (the
     /// first key at or after every chunk of earlier offsets).
     pub fn queue_offset(&self, topic: &str, partition: i32, offset: i64) -> Vec<u8> {
