@@ -19,11 +19,8 @@
 //!   no visibility figure is taken there.
 //! - **Peak RSS**: `VmHWM` of `/proc/self/status`, reset before each phase by writing `5` to
 //!   `/proc/self/clear_refs` (when the kernel allows it; otherwise the figure is the process peak).
-//! - **Ceilings**: the embedded queue read back page by page (500 records per read, no apply) on
-//!   the backlog's store once filled, before its pipeline starts, and a bare rdkafka consumer
-//!   subscribed in a fresh group reading the whole topic (no apply).
-//! - **Trimming**: the live phase trims consumed records as `matyan serve` does (the shipped
-//!   `[queue]` interval and retention), so its memory follows the live data, not everything sent.
+//! - **Ceilings**: the embedded queue read back page by page (500 records per read, no apply), and
+//!   a bare rdkafka consumer subscribed in a fresh group reading the whole topic (no apply).
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -42,7 +39,6 @@ use super::memory::{MemoryPeaks, MemorySampler, stop};
 use crate::actors::{IngestPipeline, PipelineConfig, PipelineError, PipelineHandle};
 use crate::ingest::kafka::{KafkaSource, KafkaSourceError};
 use crate::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, Queue, QueueError};
-use crate::ingest::queue_trim::{QueueTrimmer, TrimSettings};
 use crate::storage::context_id::context_to_id;
 use crate::storage::kv::{Database, EmbeddedEngine, EmbeddedOptions, KvError, Limits};
 use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SequenceLayoutKind};
@@ -257,15 +253,12 @@ fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
 
 /// The pipeline of `matyan serve` on the shipped `[ingest]` defaults, with run actors kept for
 /// the whole benchmark.
-fn pipeline_config() -> Result<PipelineConfig, IngestBenchError> {
-    let shipped = PipelineConfig::from_config(&shipped_config()?);
-    Ok(PipelineConfig { run_idle_timeout: Duration::from_secs(120), ..shipped })
-}
-
-/// The built-in configuration (`config/default.toml`).
-fn shipped_config() -> Result<crate::config::Config, IngestBenchError> {
-    crate::config::Config::from_toml_str("defaults", "")
-        .map_err(|e| IngestBenchError::Invalid(format!("built-in configuration: {e}")))
+fn pipeline_config() -> PipelineConfig {
+    let shipped = match crate::config::Config::from_toml_str("defaults", "") {
+        Ok(config) => PipelineConfig::from_config(&config),
+        Err(_) => PipelineConfig::default(),
+    };
+    PipelineConfig { run_idle_timeout: Duration::from_secs(120), ..shipped }
 }
 
 async fn open_store(dir: &Path, cfg: &IngestBenchConfig) -> Result<(Database, Layout), IngestBenchError> {
@@ -332,7 +325,7 @@ pub async fn run(dir: &Path, cfg: &IngestBenchConfig) -> Result<IngestReport, In
     let mut rows = Vec::new();
     let (embedded_rows, stored) = embedded(&dir.join("embedded"), cfg, &recs).await?;
     rows.extend(embedded_rows);
-    rows.extend(embedded_backlog(&dir.join("embedded-backlog"), cfg, &recs).await?);
+    rows.push(embedded_backlog(&dir.join("embedded-backlog"), cfg, &recs).await?);
     let mut kafka_stored = None;
     if let Some(bootstrap) = &cfg.kafka {
         let (kafka_rows, stored) = kafka(&dir.join("kafka"), cfg, bootstrap, &recs).await?;
@@ -352,7 +345,7 @@ async fn embedded(
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
-    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config()?)?;
+    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
 
     // The poller: samples arrive as (run, step, append-committed instant).
     let (sample_tx, mut sample_rx) = mpsc::unbounded_channel::<(usize, i64, Instant)>();
@@ -390,11 +383,6 @@ async fn embedded(
         Ok::<_, IngestBenchError>(lat)
     });
 
-    // As `matyan serve` does: consumed records are trimmed, so the queue holds the live data only.
-    let shipped = shipped_config()?.queue;
-    let trimmer = shipped.trim_interval().map(|interval| {
-        QueueTrimmer::spawn(db.clone(), layout.dirs.ours.clone(), interval, TrimSettings::from_config(&shipped))
-    });
     reset_peak_rss();
     let sampler = MemorySampler::start(&db);
     let start = Instant::now();
@@ -422,15 +410,34 @@ async fn embedded(
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
     let memory = stop(sampler).await;
+    let live_start = start;
     let mut lat = poller.await.map_err(|e| IngestBenchError::Invalid(format!("poller task: {e}")))??;
     handle.shutdown().await?;
-    if let Some(trimmer) = trimmer {
-        trimmer.stop();
-    }
     lat.sort_by(f64::total_cmp);
     let stored = stored_points(&db, &layout, cfg.runs as usize).await?;
     if stored != cfg.records {
         return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
+    }
+
+    // Ceiling: the queue read back without applying.
+    reset_peak_rss();
+    let sampler = MemorySampler::start(&db);
+    let start = Instant::now();
+    let mut read = 0u64;
+    for p in queue.partition_ids() {
+        let mut from = 0i64;
+        loop {
+            let page = queue.read(p, from, 500).await?;
+            let Some(last) = page.last() else { break };
+            from = last.offset + 1;
+            read += page.len() as u64;
+        }
+    }
+    let read_secs = start.elapsed().as_secs_f64();
+    let read_rss = peak_rss_kib();
+    let read_memory = stop(sampler).await;
+    if read != total {
+        return Err(IngestBenchError::Mismatch { got: read, want: total });
     }
     let points = cfg.records;
     let rows = vec![
@@ -456,7 +463,19 @@ async fn embedded(
             samples: lat.len(),
             peak_rss_kib: rss,
             memory,
-            startup_secs: Some(since(first, start)),
+            startup_secs: Some(since(first, live_start)),
+        },
+        IngestRow {
+            phase: "embedded queue read (ceiling)",
+            records: total,
+            points,
+            secs: read_secs,
+            p50_ms: None,
+            p99_ms: None,
+            samples: 0,
+            peak_rss_kib: read_rss,
+            memory: read_memory,
+            startup_secs: None,
         },
     ];
     Ok((rows, stored))
@@ -485,7 +504,7 @@ async fn drain<S: crate::ingest::Source + 'static>(
     reset_peak_rss();
     let sampler = MemorySampler::start(db);
     let start = Instant::now();
-    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config()?)?;
+    let handle = IngestPipeline::start(db.clone(), layout.clone(), Arc::new(source), pipeline_config())?;
     let first = wait_applied(&handle, total, cfg.timeout, what).await?;
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
@@ -504,7 +523,7 @@ async fn embedded_backlog(
     dir: &Path,
     cfg: &IngestBenchConfig,
     recs: &Arc<Workload>,
-) -> Result<[IngestRow; 2], IngestBenchError> {
+) -> Result<IngestRow, IngestBenchError> {
     let total = recs.len();
     let (db, layout) = open_store(dir, cfg).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
@@ -516,61 +535,21 @@ async fn embedded_backlog(
             chunk.iter().map(|r| (Some(r.key.as_slice()), r.value.as_slice(), 0)).collect();
         queue.append(&batch).await?;
     }
-    let ceiling = read_back(&db, &queue, total).await?;
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
     let drained = drain(&db, &layout, source, total, cfg, "embedded pipeline on a backlog").await?;
     let Drained { secs, rss, memory, first, start, .. } = drained;
-    Ok([
-        ceiling,
-        IngestRow {
-            phase: "embedded pipeline (backlog)",
-            records: total,
-            points: cfg.records,
-            secs,
-            p50_ms: None,
-            p99_ms: None,
-            samples: 0,
-            peak_rss_kib: rss,
-            memory,
-            startup_secs: Some(since(first, start)),
-        },
-    ])
-}
-
-/// The ceiling: every record of `queue` read back page by page (500 records a read, as the source
-/// reads), without applying.
-async fn read_back(db: &Database, queue: &Queue, total: u64) -> Result<IngestRow, IngestBenchError> {
-    reset_peak_rss();
-    let sampler = MemorySampler::start(db);
-    let start = Instant::now();
-    let mut read = 0u64;
-    for p in queue.partition_ids() {
-        let mut from = 0i64;
-        loop {
-            let page = queue.read(p, from, 500).await?;
-            let Some(last) = page.last() else { break };
-            from = last.offset + 1;
-            read += page.len() as u64;
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    let rss = peak_rss_kib();
-    let memory = stop(sampler).await;
-    if read != total {
-        return Err(IngestBenchError::Mismatch { got: read, want: total });
-    }
     Ok(IngestRow {
-        phase: "embedded queue read (ceiling)",
+        phase: "embedded pipeline (backlog)",
         records: total,
-        points: total,
+        points: cfg.records,
         secs,
         p50_ms: None,
         p99_ms: None,
         samples: 0,
         peak_rss_kib: rss,
         memory,
-        startup_secs: None,
+        startup_secs: Some(since(first, start)),
     })
 }
 
