@@ -213,6 +213,12 @@ impl Engine for FjallEngine {
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
+        // FoundationDB allows the empty key; fjall asserts against it when a batch is built, which
+        // would panic the committing task. Refuse the batch before anything is written (the ops are
+        // in key order: an empty key comes first).
+        if batch.ops.first().is_some_and(|(k, _)| k.is_empty()) {
+            return Err(KvError::Engine("the embedded store cannot hold the empty key".into()));
+        }
         // Commits are serialised by the caller, so reading the latest state here is race-free.
         let snap = self.db.snapshot();
         let routes = Arc::clone(&self.routes.read());
@@ -479,6 +485,19 @@ mod tests {
         assert!(engine.keep_apart(b"r").unwrap());
         assert!(!engine.keep_apart(b"r\x01").unwrap(), "inside a prefix kept apart");
         assert_eq!(engine.snapshot().unwrap().get(b"q1").unwrap(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn a_batch_writing_the_empty_key_is_refused_whole_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let ops = vec![(Vec::new(), PointOp::Set(b"v".to_vec())), (b"k".to_vec(), PointOp::Set(b"v".to_vec()))];
+        let err = engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap_err();
+        assert!(err.to_string().contains("empty key"), "{err}");
+        assert_eq!(engine.snapshot().unwrap().get(b"k").unwrap(), None, "nothing of the batch is written");
+        let ops = vec![(b"k".to_vec(), PointOp::Set(b"v".to_vec()))];
+        engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
+        assert_eq!(engine.snapshot().unwrap().get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 
     #[test]
