@@ -35,6 +35,11 @@ pub struct FjallEngine {
     /// Replaced whole when a prefix is kept apart: a snapshot reads with the routes it was taken
     /// with.
     routes: RwLock<Arc<Routes<Keyspace>>>,
+    /// Prefixes refused since the store was opened: asked again (the queue asks at every open),
+    /// they are refused at once, without looking for their keys again. Looking means reading the
+    /// main keyspace from the prefix on under the commit order, through every tombstone a trimmed
+    /// queue left there.
+    refused: parking_lot::Mutex<std::collections::BTreeSet<Vec<u8>>>,
     memtable_bytes: u64,
 }
 
@@ -62,7 +67,7 @@ impl FjallEngine {
             let route = Route::new(&prefix, apart).ok_or_else(corrupt)?;
             routes.add(route).map_err(|_| corrupt())?;
         }
-        Ok(Self { db, ks, routes: RwLock::new(Arc::new(routes)), memtable_bytes })
+        Ok(Self { db, ks, routes: RwLock::new(Arc::new(routes)), refused: Default::default(), memtable_bytes })
     }
 
     /// The main keyspace and every keyspace kept apart.
@@ -258,17 +263,24 @@ impl Engine for FjallEngine {
         if self.routes.read().iter().any(|r| r.prefix() == prefix) {
             return Ok(true);
         }
+        if self.refused.lock().contains(prefix) {
+            return Ok(false);
+        }
         let mut routes = self.routes.write();
         if routes.iter().any(|r| r.prefix() == prefix) {
             return Ok(true);
         }
-        let Some(probe) = Route::new(prefix, ()) else { return Ok(false) };
+        let refuse = || {
+            self.refused.lock().insert(prefix.to_vec());
+            Ok(false)
+        };
+        let Some(probe) = Route::new(prefix, ()) else { return refuse() };
         let overlaps = routes.iter().any(|r| r.prefix() < probe.end() && probe.prefix() < r.end());
         if prefix.len() > MAX_APART_PREFIX || overlaps {
-            return Ok(false);
+            return refuse();
         }
         if self.ks.range(probe.prefix()..probe.end()).next().is_some() {
-            return Ok(false);
+            return refuse();
         }
         let name = format!("{APART}{}", hex::encode(prefix));
         let apart = self.db.keyspace(&name, || keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
@@ -485,6 +497,13 @@ mod tests {
         assert!(engine.keep_apart(b"r").unwrap());
         assert!(!engine.keep_apart(b"r\x01").unwrap(), "inside a prefix kept apart");
         assert_eq!(engine.snapshot().unwrap().get(b"q1").unwrap(), Some(b"2".to_vec()));
+        // Refused once, refused until the store is opened again, even with its keys gone.
+        let ops = vec![(b"q1".to_vec(), PointOp::Clear)];
+        engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
+        assert!(!engine.keep_apart(b"q").unwrap());
+        drop(engine);
+        let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        assert!(engine.keep_apart(b"q").unwrap(), "no key left under it at this open");
     }
 
     #[test]
