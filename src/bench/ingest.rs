@@ -410,7 +410,6 @@ async fn embedded(
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
     let memory = stop(sampler).await;
-    let live_start = start;
     let mut lat = poller.await.map_err(|e| IngestBenchError::Invalid(format!("poller task: {e}")))??;
     handle.shutdown().await?;
     lat.sort_by(f64::total_cmp);
@@ -422,7 +421,7 @@ async fn embedded(
     // Ceiling: the queue read back without applying.
     reset_peak_rss();
     let sampler = MemorySampler::start(&db);
-    let start = Instant::now();
+    let read_start = Instant::now();
     let mut read = 0u64;
     for p in queue.partition_ids() {
         let mut from = 0i64;
@@ -433,7 +432,7 @@ async fn embedded(
             read += page.len() as u64;
         }
     }
-    let read_secs = start.elapsed().as_secs_f64();
+    let read_secs = read_start.elapsed().as_secs_f64();
     let read_rss = peak_rss_kib();
     let read_memory = stop(sampler).await;
     if read != total {
@@ -463,7 +462,7 @@ async fn embedded(
             samples: lat.len(),
             peak_rss_kib: rss,
             memory,
-            startup_secs: Some(since(first, live_start)),
+            startup_secs: Some(since(first, start)),
         },
         IngestRow {
             phase: "embedded queue read (ceiling)",

@@ -4,8 +4,8 @@
 //!
 //! One pass visits every topic and partition and calls [`Queue::trim_consumed`], which reads the
 //! groups' committed offsets and the partition's bounds and clears below the slowest, in
-//! transactions of at most `queue.trim_batch_records` records each. A topic no group has committed on (the control events before a
-//! control consumer ever ran) keeps everything.
+//! transactions of at most `queue.trim_batch_records` records each. A topic no group has
+//! committed on (the control events before a control consumer ever ran) keeps everything.
 //! `matyan serve` runs [`QueueTrimmer`] every `queue.trim_interval_ms`.
 
 use std::time::Duration;

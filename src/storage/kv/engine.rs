@@ -61,8 +61,9 @@ pub trait Engine: Send + Sync + 'static {
     /// Keeps the keys starting with `prefix` apart from the others where the engine can (fjall: a
     /// tree of their own, flushed, compacted and cached apart), and says whether they are now.
     /// Only a prefix none of whose keys is stored yet is moved; once kept apart it stays so
-    /// across reopens, and once refused it stays refused until the store is opened again. Reads, writes and transactions see no difference. The caller serialises
-    /// this with [`Engine::apply`].
+    /// across reopens, and once refused it stays refused until the store is opened again. Reads,
+    /// writes and transactions see no difference. The caller serialises this with
+    /// [`Engine::apply`].
     fn keep_apart(&self, _prefix: &[u8]) -> Result<bool, KvError> {
         Ok(false)
     }

@@ -275,8 +275,7 @@ impl Engine for FjallEngine {
             Ok(false)
         };
         let Some(probe) = Route::new(prefix, ()) else { return refuse() };
-        let overlaps = routes.iter().any(|r| r.prefix() < probe.end() && probe.prefix() < r.end());
-        if prefix.len() > MAX_APART_PREFIX || overlaps {
+        if prefix.len() > MAX_APART_PREFIX || routes.overlaps(&probe) {
             return refuse();
         }
         if self.ks.range(probe.prefix()..probe.end()).next().is_some() {
@@ -285,8 +284,8 @@ impl Engine for FjallEngine {
         let name = format!("{APART}{}", hex::encode(prefix));
         let apart = self.db.keyspace(&name, || keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
         let mut next = Routes::clone(&routes);
-        let route = Route::new(prefix, apart).ok_or_else(|| KvError::Engine("prefix without an end".into()))?;
-        next.add(route).map_err(|_| KvError::Engine(format!("prefix {} overlaps another", hex::encode(prefix))))?;
+        next.add(probe.with_tree(apart))
+            .map_err(|_| KvError::Engine(format!("prefix {} overlaps another", hex::encode(prefix))))?;
         *routes = Arc::new(next);
         Ok(true)
     }

@@ -38,6 +38,11 @@ impl<T> Route<T> {
     pub fn tree(&self) -> &T {
         &self.tree
     }
+
+    /// The same prefix with another tree.
+    pub fn with_tree<U>(self, tree: U) -> Route<U> {
+        Route { prefix: self.prefix, end: self.end, tree }
+    }
 }
 
 /// The first key greater than every key starting with `prefix` (FoundationDB's `strinc`).
@@ -77,14 +82,19 @@ impl<T> Routes<T> {
         self.routes.iter()
     }
 
-    /// Adds `route`; refused (given back) when its keys overlap another route's.
-    pub fn add(&mut self, route: Route<T>) -> Result<(), Route<T>> {
+    /// Whether `route`'s keys overlap those of a route already here.
+    pub fn overlaps<U>(&self, route: &Route<U>) -> bool {
         let at = self.routes.partition_point(|r| r.prefix < route.prefix);
         let overlaps_before = at > 0 && self.routes[at - 1].end > route.prefix;
-        let overlaps_after = self.routes.get(at).is_some_and(|r| r.prefix < route.end);
-        if overlaps_before || overlaps_after {
+        overlaps_before || self.routes.get(at).is_some_and(|r| r.prefix < route.end)
+    }
+
+    /// Adds `route`; refused (given back) when its keys overlap another route's.
+    pub fn add(&mut self, route: Route<T>) -> Result<(), Route<T>> {
+        if self.overlaps(&route) {
             return Err(route);
         }
+        let at = self.routes.partition_point(|r| r.prefix < route.prefix);
         self.routes.insert(at, route);
         Ok(())
     }
