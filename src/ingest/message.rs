@@ -12,8 +12,9 @@
 //! missing optional key, an unparsable `client_datetime`, `NaN`/`Infinity` literals) is accepted.
 //!
 //! How the JSON is read:
-//! - The envelope and the payload are split into raw JSON slices (serde_json's `raw_value`
-//!   feature) without building a tree; a repeated key keeps its last value, as a Python dict does.
+//! - The envelope and the payload are split into their keys and raw JSON texts in one pass, without
+//!   building a tree ([`scan`]; records outside its strict subset of JSON are split by serde_json's
+//!   `raw_value` instead); a repeated key keeps its last value, as a Python dict does.
 //! - Typed fields (strings, ints, bools) are read from their slices with serde_json.
 //! - Free-form fields (metric values, contexts, hparams, custom objects, log record extras) are
 //!   parsed with the Python-rules parser of [`crate::storage::context_id`] and converted to the
@@ -38,14 +39,11 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
-use smallvec::SmallVec;
-
 use crate::clock::{days_from_civil, days_in_month};
 use crate::fast_hash::FastMap;
 use crate::storage::context_id::{ContextIdError, PyJson, id_of, parse_python_json};
 use crate::storage::value::{self as mp, Value};
+use scan::Members;
 
 /// Largest record value accepted, in bytes. It bounds the decoder's memory and sits well above
 /// the gateway's 1 MiB producer request limit, so no genuine gateway record comes near it.
@@ -442,13 +440,17 @@ pub fn decode(bytes: &[u8]) -> Result<IngestMessage, DecodeError> {
         return Err(DecodeError::TooLarge { field: "record", len: bytes.len(), limit: MAX_RECORD_BYTES });
     }
     let text = std::str::from_utf8(bytes).map_err(|e| DecodeError::InvalidUtf8 { valid_up_to: e.valid_up_to() })?;
-    match serde_json::from_str::<RawObject<'_>>(text) {
-        Ok(envelope) => decode_envelope(&envelope),
+    let (mut envelope, mut payload) = (Members::default(), Members::default());
+    if let Some(split) = scan::envelope(text, &mut envelope, &mut payload) {
+        return decode_envelope(&envelope, split.then_some(&payload));
+    }
+    match scan::object(text) {
+        Ok(members) => decode_envelope(&members, None),
         Err(err) => {
             // The strict parser failed: maybe Python-only literals, else a real syntax error.
             let normalized = normalize_python_json(text, &err)?;
-            let envelope = serde_json::from_str::<RawObject<'_>>(&normalized).map_err(|e| json_error(&e))?;
-            decode_envelope(&envelope)
+            let members = scan::object(&normalized).map_err(|e| json_error(&e))?;
+            decode_envelope(&members, None)
         }
     }
 }
@@ -526,12 +528,17 @@ fn json_error(err: &serde_json::Error) -> DecodeError {
     DecodeError::InvalidJson { detail: err.to_string() }
 }
 
-fn decode_envelope(envelope: &RawObject<'_>) -> Result<IngestMessage, DecodeError> {
+/// Decodes a split envelope; `split_payload` is its payload's members when the fast path already
+/// split them.
+fn decode_envelope<'a>(
+    envelope: &Members<'a>,
+    split_payload: Option<&Members<'a>>,
+) -> Result<IngestMessage, DecodeError> {
     let type_raw = envelope.get("type").ok_or(DecodeError::MissingField { field: "type" })?;
     let type_name = read_str(type_raw, "type")?;
     let run_id = match envelope.get("run_id") {
         None => return Err(DecodeError::MissingRunId),
-        Some(raw) if raw.get() == "null" => return Err(DecodeError::MissingRunId),
+        Some("null") => return Err(DecodeError::MissingRunId),
         Some(raw) => read_string(raw, "run_id")?,
     };
     if run_id.is_empty() {
@@ -540,7 +547,14 @@ fn decode_envelope(envelope: &RawObject<'_>) -> Result<IngestMessage, DecodeErro
     check_key_part(&run_id, "run_id")?;
     let timestamp = read_envelope_timestamp(envelope.get("timestamp"))?;
     let payload_raw = envelope.get("payload").ok_or(DecodeError::MissingField { field: "payload" })?;
-    let payload = read_object(payload_raw, "payload")?;
+    let read;
+    let payload = match split_payload {
+        Some(members) => members,
+        None => {
+            read = read_object(payload_raw, "payload")?;
+            &read
+        }
+    };
     let Some(kind) = MessageType::from_wire(&type_name) else {
         let mut echo: String = type_name.chars().take(MAX_TYPE_ECHO).collect();
         if echo.len() < type_name.len() {
@@ -548,11 +562,11 @@ fn decode_envelope(envelope: &RawObject<'_>) -> Result<IngestMessage, DecodeErro
         }
         return Err(DecodeError::UnknownType { type_name: echo });
     };
-    let payload = decode_payload(kind, &payload)?;
+    let payload = decode_payload(kind, payload)?;
     Ok(IngestMessage { run_id, timestamp, payload })
 }
 
-fn decode_payload(kind: MessageType, p: &RawObject<'_>) -> Result<Payload, DecodeError> {
+fn decode_payload(kind: MessageType, p: &Members<'_>) -> Result<Payload, DecodeError> {
     Ok(match kind {
         MessageType::CreateRun => Payload::CreateRun(CreateRun {
             client_datetime: read_client_datetime(p.get("client_datetime")),
@@ -675,72 +689,15 @@ fn decode_payload(kind: MessageType, p: &RawObject<'_>) -> Result<Payload, Decod
 // ---------------------------------------------------------------------------------------------
 // Raw objects and typed field readers
 
-/// A JSON object split into its keys and raw value slices, in order; the envelope's and a
-/// payload's few keys stay on the stack.
-struct RawObject<'a>(SmallVec<[(Cow<'a, str>, &'a RawValue); RAW_OBJECT_INLINE]>);
-
-/// Keys a [`RawObject`] holds without allocating (a `log_metric` payload has seven).
-const RAW_OBJECT_INLINE: usize = 8;
-
-impl<'a> RawObject<'a> {
-    /// Returns the raw value of a key; a repeated key gives its last value, as in a Python dict.
-    fn get(&self, key: &str) -> Option<&'a RawValue> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, v)| *v)
-    }
+fn first_byte(raw: &str) -> u8 {
+    raw.as_bytes().first().copied().unwrap_or(b' ')
 }
 
-/// A map key that borrows from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for RawObject<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ObjectVisitor;
-        impl<'de> Visitor<'de> for ObjectVisitor {
-            type Value = RawObject<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a json object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = SmallVec::new();
-                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
-                    let v: &'de RawValue = map.next_value()?;
-                    entries.push((k, v));
-                }
-                Ok(RawObject(entries))
-            }
-        }
-        d.deserialize_map(ObjectVisitor)
-    }
-}
-
-fn first_byte(raw: &RawValue) -> u8 {
-    raw.get().as_bytes().first().copied().unwrap_or(b' ')
-}
-
-fn read_object<'a>(raw: &'a RawValue, field: &'static str) -> Result<RawObject<'a>, DecodeError> {
+fn read_object<'a>(raw: &'a str, field: &'static str) -> Result<Members<'a>, DecodeError> {
     if first_byte(raw) != b'{' {
         return Err(DecodeError::WrongType { field, expected: "an object" });
     }
-    serde_json::from_str::<RawObject<'a>>(raw.get()).map_err(|e| {
+    scan::object(raw).map_err(|e| {
         if e.to_string().contains("recursion limit") {
             DecodeError::TooDeep { field }
         } else {
@@ -749,17 +706,17 @@ fn read_object<'a>(raw: &'a RawValue, field: &'static str) -> Result<RawObject<'
     })
 }
 
-fn read_string(raw: &RawValue, field: &'static str) -> Result<String, DecodeError> {
+fn read_string(raw: &str, field: &'static str) -> Result<String, DecodeError> {
     read_str(raw, field).map(Cow::into_owned)
 }
 
 /// A JSON string's text, borrowed from the record when it has no escape (the common case: field
 /// names, types and timestamps), decoded otherwise.
-fn read_str<'a>(raw: &'a RawValue, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+fn read_str<'a>(raw: &'a str, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
     if first_byte(raw) != b'"' {
         return Err(DecodeError::WrongType { field, expected: "a string" });
     }
-    let text = raw.get();
+    let text = raw;
     // A raw value is valid JSON: a string without a backslash is its text between the quotes.
     if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
         && !inner.contains('\\')
@@ -769,24 +726,24 @@ fn read_str<'a>(raw: &'a RawValue, field: &'static str) -> Result<Cow<'a, str>, 
     serde_json::from_str::<String>(text).map(Cow::Owned).map_err(|_| DecodeError::InvalidString { field })
 }
 
-fn required_string(p: &RawObject<'_>, field: &'static str) -> Result<String, DecodeError> {
+fn required_string(p: &Members<'_>, field: &'static str) -> Result<String, DecodeError> {
     match p.get(field) {
         None => Err(DecodeError::MissingField { field }),
-        Some(raw) if raw.get() == "null" => Err(DecodeError::WrongType { field, expected: "a string" }),
+        Some("null") => Err(DecodeError::WrongType { field, expected: "a string" }),
         Some(raw) => read_string(raw, field),
     }
 }
 
-fn optional_string(raw: Option<&RawValue>, field: &'static str) -> Result<Option<String>, DecodeError> {
+fn optional_string(raw: Option<&str>, field: &'static str) -> Result<Option<String>, DecodeError> {
     match raw {
         None => Ok(None),
-        Some(r) if r.get() == "null" => Ok(None),
+        Some("null") => Ok(None),
         Some(r) => read_string(r, field).map(Some),
     }
 }
 
-fn optional_bool(raw: Option<&RawValue>, field: &'static str) -> Result<Option<bool>, DecodeError> {
-    match raw.map(RawValue::get) {
+fn optional_bool(raw: Option<&str>, field: &'static str) -> Result<Option<bool>, DecodeError> {
+    match raw {
         None | Some("null") => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
@@ -795,13 +752,15 @@ fn optional_bool(raw: Option<&RawValue>, field: &'static str) -> Result<Option<b
 }
 
 /// Reads an int or null; an integral float is read as its int, as pydantic's lax mode would.
-fn optional_int(raw: Option<&RawValue>, field: &'static str) -> Result<Option<i64>, DecodeError> {
+fn optional_int(raw: Option<&str>, field: &'static str) -> Result<Option<i64>, DecodeError> {
     let Some(raw) = raw else { return Ok(None) };
-    let text = raw.get();
+    let text = raw;
     if text == "null" {
         return Ok(None);
     }
-    if let Ok(i) = serde_json::from_str::<i64>(text) {
+    // The text is a valid JSON value, so when it parses as an i64 it is that integer (JSON has no
+    // `+` and no leading zeros for `str::parse` to read differently).
+    if let Ok(i) = text.parse::<i64>() {
         return Ok(Some(i));
     }
     match read_value(raw, field)? {
@@ -817,17 +776,17 @@ fn optional_int(raw: Option<&RawValue>, field: &'static str) -> Result<Option<i6
     }
 }
 
-fn optional_value(raw: Option<&RawValue>, field: &'static str) -> Result<Option<Value>, DecodeError> {
+fn optional_value(raw: Option<&str>, field: &'static str) -> Result<Option<Value>, DecodeError> {
     match raw {
         None => Ok(None),
-        Some(r) if r.get() == "null" => Ok(None),
+        Some("null") => Ok(None),
         Some(r) => read_value(r, field).map(Some),
     }
 }
 
 /// Reads a free-form JSON value with Python's rules into the msgpack model.
-fn read_value(raw: &RawValue, field: &'static str) -> Result<Value, DecodeError> {
-    let py = parse_python_json(raw.get()).map_err(|e| py_error(e, field))?;
+fn read_value(raw: &str, field: &'static str) -> Result<Value, DecodeError> {
+    let py = parse_python_json(raw).map_err(|e| py_error(e, field))?;
     py_to_value(py, field)
 }
 
@@ -912,20 +871,20 @@ fn parse_context(raw: &str) -> Result<Context, DecodeError> {
     Ok(Context { id, value, raw: raw.into() })
 }
 
-fn read_context(raw: Option<&RawValue>) -> Result<Arc<Context>, DecodeError> {
+fn read_context(raw: Option<&str>) -> Result<Arc<Context>, DecodeError> {
     match raw {
         None => Ok(Arc::new(Context::empty())),
-        Some(r) => context_from_raw(r.get()),
+        Some(r) => context_from_raw(r),
     }
 }
 
-fn read_client_datetime(raw: Option<&RawValue>) -> Option<f64> {
+fn read_client_datetime(raw: Option<&str>) -> Option<f64> {
     // Only a string can parse; anything else is "absent", as an unparsable string is (§8 item 1).
-    let text = serde_json::from_str::<String>(raw?.get()).ok()?;
+    let text = serde_json::from_str::<String>(raw?).ok()?;
     parse_client_datetime(&text)
 }
 
-fn read_envelope_timestamp(raw: Option<&RawValue>) -> Result<f64, DecodeError> {
+fn read_envelope_timestamp(raw: Option<&str>) -> Result<f64, DecodeError> {
     let raw = raw.ok_or(DecodeError::MissingField { field: "timestamp" })?;
     match first_byte(raw) {
         b'"' => {
@@ -1126,6 +1085,8 @@ fn num(digits: &[u8]) -> Option<i64> {
     }
     digits.iter().try_fold(0i64, |acc, d| acc.checked_mul(10)?.checked_add(i64::from(d - b'0')))
 }
+
+mod scan;
 
 #[cfg(test)]
 mod tests;
