@@ -1,4 +1,4 @@
-//! `matyan bench ingest`, `matyan bench query`, `matyan bench gateway` and `matyan bench control` at tiny scale: the reports' counts match what
+//! `matyan bench ingest`, `matyan bench query`, `matyan bench gateway`, `matyan bench decode` and `matyan bench control` at tiny scale: the reports' counts match what
 //! was asked for (no timing is asserted). `bench control` also runs on S3 (SeaweedFS, see
 //! `tests/common/seaweed.rs`).
 
@@ -34,6 +34,18 @@ async fn ingest_bench_reports_every_point_stored() {
     let pipeline = &report.rows[1];
     assert_eq!(pipeline.samples, 13, "one sample per append batch holding a point");
     assert!(pipeline.p50_ms.unwrap() <= pipeline.p99_ms.unwrap());
+}
+
+#[test]
+fn decode_bench_times_both_paths_alternated_on_the_records_asked_for() {
+    use matyan::bench::decode::{DecodeBenchConfig, DecodePath, run};
+    let rounds = run(&DecodeBenchConfig { records: 2_000, rounds: 2 }).unwrap();
+    let paths: Vec<DecodePath> = rounds.iter().map(|r| r.path).collect();
+    assert_eq!(paths, [DecodePath::Serde, DecodePath::OnePass, DecodePath::Serde, DecodePath::OnePass]);
+    for r in &rounds {
+        assert_eq!(r.records, 2_000, "{r:?}");
+        assert!(r.secs > 0.0 && r.ns_per_record() > 0.0, "{r:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

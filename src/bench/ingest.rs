@@ -220,17 +220,27 @@ impl Workload {
         let m = i - runs;
         let r = (m % runs) as usize;
         let step = i64::try_from(m / runs).unwrap_or(i64::MAX);
-        let v = json!({"type": "log_metric", "run_id": self.hashes[r], "timestamp": "2026-11-21T20:50:04.177691Z",
-            "payload": {"name": METRIC, "value": 2.01 / (1.0 + step as f64 * 1e-3), "step": step, "epoch": 0,
-                "context": {"subset": "train"}, "dtype": "float",
-                "client_datetime": "2026-11-21T20:50:04.164296+00:00"}});
-        Rec { key: self.hashes[r].as_bytes().to_vec(), value: v.to_string().into_bytes(), point: Some((r, step)) }
+        Rec {
+            key: self.hashes[r].as_bytes().to_vec(),
+            value: metric_record(&self.hashes[r], step),
+            point: Some((r, step)),
+        }
     }
 
     /// Records `[from, from + n)`, clipped to the input.
     fn chunk(&self, from: u64, n: usize) -> Vec<Rec> {
         (from..(from + n as u64).min(self.len())).map(|i| self.record(i)).collect()
     }
+}
+
+/// A `log_metric` record of the golden shape (what the gateway produces for `run.track(loss,
+/// step=…, epoch=0, context={"subset": "train"})`), as bytes: `METRIC` of run `hash` at `step`.
+pub fn metric_record(hash: &str, step: i64) -> Vec<u8> {
+    let v = json!({"type": "log_metric", "run_id": hash, "timestamp": "2026-11-21T20:50:04.177691Z",
+        "payload": {"name": METRIC, "value": 2.01 / (1.0 + step as f64 * 1e-3), "step": step, "epoch": 0,
+            "context": {"subset": "train"}, "dtype": "float",
+            "client_datetime": "2026-11-21T20:50:04.164296+00:00"}});
+    v.to_string().into_bytes()
 }
 
 /// Resets the kernel's peak-RSS mark of this process (best effort).

@@ -90,9 +90,22 @@ enum BenchCommand {
     /// N concurrent SDK-protocol WebSocket clients (100-message frames, stop-and-wait) against the
     /// whole `matyan serve` stack in process, against the embedded queue's append rate.
     Gateway(GatewayArgs),
+    /// Decode N `log_metric` records of the golden shape with the decoder's one-pass path, against
+    /// its serde_json path (the path before, still the fallback), rounds alternated on one thread.
+    Decode(DecodeArgs),
     /// Deletes R runs of B blobs each through the REST API of the whole `matyan serve` stack in
     /// process, until every object is gone, against the janitor alone on the store.
     Control(ControlArgs),
+}
+
+#[derive(Debug, Args)]
+struct DecodeArgs {
+    /// Records decoded per path and round.
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Timed rounds per path, alternated.
+    #[arg(long, default_value_t = 3)]
+    rounds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -212,8 +225,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Ingest(a) => ingest(a).await,
         BenchCommand::Query(a) => query(a).await,
         BenchCommand::Gateway(a) => gateway(a).await,
+        BenchCommand::Decode(a) => decode(&a),
         BenchCommand::Control(a) => control(a).await,
     }
+}
+
+fn decode(args: &DecodeArgs) -> anyhow::Result<()> {
+    use matyan::bench::decode::{DecodeBenchConfig, DecodePath, DecodeRound};
+    anyhow::ensure!((1..=1_000_000_000).contains(&args.records), "--records must be between 1 and 1000000000");
+    anyhow::ensure!((1..=100).contains(&args.rounds), "--rounds must be between 1 and 100");
+    let cfg = DecodeBenchConfig { records: args.records, rounds: args.rounds };
+    eprintln!("{} records per path, {} rounds alternated ...", cfg.records, cfg.rounds);
+    let rounds = matyan::bench::decode::run(&cfg).context("benchmark failed")?;
+    println!(
+        "{:<22} {:>5} {:>10} {:>8} {:>10} {:>14}",
+        "path", "round", "records", "secs", "ns_per_rec", "records_per_s"
+    );
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "{:<22} {:>5} {:>10} {:>8.3} {:>10.1} {:>14.0}",
+            r.path.name(),
+            i / 2 + 1,
+            r.records,
+            r.secs,
+            r.ns_per_record(),
+            r.records as f64 / r.secs.max(1e-9)
+        );
+    }
+    let best = |path: DecodePath| {
+        rounds.iter().filter(|r| r.path == path).map(DecodeRound::ns_per_record).fold(f64::INFINITY, f64::min)
+    };
+    let (one_pass, serde) = (best(DecodePath::OnePass), best(DecodePath::Serde));
+    println!(
+        "best round: one pass {one_pass:.1} ns/record, serde_json raw values {serde:.1} ns/record: {:.2}x",
+        serde / one_pass
+    );
+    Ok(())
 }
 
 async fn control(args: ControlArgs) -> anyhow::Result<()> {

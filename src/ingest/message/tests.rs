@@ -673,3 +673,46 @@ fn string_fields_with_escapes_decode_like_the_same_text_without_them() {
     let bad = r#"{"type":"log_metric\ud800","run_id":"r","timestamp":"2025-01-01T00:00:00Z","payload":{}}"#;
     assert_eq!(reason_of(bad.as_bytes()), DecodeError::InvalidString { field: "type" }.reason());
 }
+
+/// Every golden record and example, and many random mutations of them: the one-pass path and the
+/// serde_json path give the same message or the same error (including the error's detail).
+#[test]
+fn the_one_pass_path_decodes_every_record_as_the_serde_json_path_does() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let all: serde_json::Value = serde_json::from_str(EXAMPLES).expect("examples parse");
+    let mut records: Vec<Vec<u8>> = all["examples"]
+        .as_object()
+        .expect("examples by type")
+        .values()
+        .map(|e| e["value_utf8"].as_str().expect("value_utf8").as_bytes().to_vec())
+        .collect();
+    let file = std::fs::File::open(GOLDEN_GZ).expect("golden gz present");
+    records
+        .extend(BufReader::new(flate2::read::GzDecoder::new(file)).lines().map(|l| golden_value(&l.expect("gz line"))));
+    for record in &records {
+        let message = decode(record).expect("recorded records decode");
+        assert_eq!(Ok(message), decode_with_serde(record));
+    }
+    let mut rng = StdRng::seed_from_u64(0xDEC0);
+    let alphabet = b"{}[]\",:\\ u0123456789.eE+-tfnalrsNI\x01\t";
+    let (mut same_ok, mut same_err) = (0, 0);
+    for _ in 0..20_000 {
+        let mut bytes = records[rng.random_range(0..records.len())].clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(0..bytes.len());
+            match rng.random_range(0..3) {
+                0 => bytes[at] = alphabet[rng.random_range(0..alphabet.len())],
+                1 => bytes.insert(at, alphabet[rng.random_range(0..alphabet.len())]),
+                _ => {
+                    bytes.remove(at);
+                }
+            }
+        }
+        let one_pass = decode(&bytes);
+        assert_eq!(one_pass, decode_with_serde(&bytes), "{}", String::from_utf8_lossy(&bytes));
+        if one_pass.is_ok() { same_ok += 1 } else { same_err += 1 }
+    }
+    assert!(same_ok > 1_000 && same_err > 1_000, "mutations made both outcomes ({same_ok} ok, {same_err} errors)");
+}
