@@ -290,6 +290,17 @@ impl Engine for FjallEngine {
         Ok(true)
     }
 
+    /// Drops the tables lying wholly inside the range, in every keyspace it crosses, without the
+    /// commit order (fjall orders a drop with its own writes, and a snapshot taken before still
+    /// reads what it drops).
+    fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        let routes = Arc::clone(&self.routes.read());
+        for piece in routes.pieces(begin, end) {
+            piece.tree.unwrap_or(&self.ks).drop_tables_within(piece.begin, piece.end).map_err(engine_err)?;
+        }
+        Ok(())
+    }
+
     fn sync(&self) -> Result<(), KvError> {
         self.db.persist(PersistMode::SyncData).map_err(engine_err)
     }
@@ -325,18 +336,17 @@ impl Engine for FjallEngine {
 mod tests {
     use super::*;
 
-    /// Bytes of the files under `dir` (recursively).
+    /// Bytes of the files under `dir` (recursively); a file removed while they are counted (by a
+    /// flush or a compaction running meanwhile) counts 0.
     fn bytes_under(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .map(|entries| {
                 entries
-                    .map(|e| e.unwrap())
-                    .map(|e| {
-                        if e.file_type().unwrap().is_dir() {
-                            bytes_under(&e.path())
-                        } else {
-                            e.metadata().unwrap().len()
-                        }
+                    .filter_map(Result::ok)
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => bytes_under(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
                     })
                     .sum()
             })
@@ -503,6 +513,66 @@ mod tests {
         drop(engine);
         let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         assert!(engine.keep_apart(b"q").unwrap(), "no key left under it at this open");
+    }
+
+    #[test]
+    fn forgetting_a_range_kept_apart_drops_its_whole_tables_and_their_files_and_nothing_else() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        // Memtables of 1 MiB: 8 MB of writes make several tables.
+        let options = EmbeddedOptions { memtable_bytes: 1 << 20, ..EmbeddedOptions::default() };
+        let engine = FjallEngine::open(dir.path(), options).unwrap();
+        assert!(engine.keep_apart(b"q").unwrap());
+        let key = |i: u32| [b"q".as_slice(), &i.to_be_bytes()].concat();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let value = |i: u32, rng: &mut rand::rngs::StdRng| {
+            let mut v = i.to_be_bytes().to_vec();
+            v.extend((0..1000).map(|_| rng.random::<u8>()));
+            v
+        };
+        let mut values = Vec::new();
+        for batch in 0..80u32 {
+            let ops: Vec<_> =
+                (batch * 100..(batch + 1) * 100).map(|i| (key(i), PointOp::Set(value(i, &mut rng)))).collect();
+            values.extend(ops.iter().map(|(_, op)| match op {
+                PointOp::Set(v) => v.clone(),
+                _ => unreachable!(),
+            }));
+            engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
+        }
+        let outside = vec![(b"a".to_vec(), PointOp::Set(b"kept".to_vec()))];
+        engine.apply(&WriteBatch { ops: outside, ..WriteBatch::default() }).unwrap();
+        let apart = engine.routes.read().iter().next().unwrap().tree().clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while apart.sealed_memtable_count() > 0 || apart.table_count() < 4 {
+            assert!(std::time::Instant::now() < deadline, "the writes were not flushed into tables");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (tables, bytes) = (apart.table_count(), bytes_under(apart.path()));
+        let before = engine.snapshot().unwrap();
+
+        engine.forget_range(&key(0), &key(6_000)).unwrap();
+        assert!(apart.table_count() < tables, "tables {tables} -> {}", apart.table_count());
+        // Every key past the range and outside the keyspace is there; a forgotten one shows its
+        // value or nothing; a snapshot taken before reads them all.
+        let snap = engine.snapshot().unwrap();
+        assert_eq!(snap.get(b"a").unwrap(), Some(b"kept".to_vec()));
+        let left = snap.range(&key(0), &key(8_000), false, 0).unwrap();
+        assert!(left.len() < 8_000, "some of the range went");
+        for (k, v) in &left {
+            let i = u32::from_be_bytes(k[1..].try_into().unwrap());
+            assert_eq!(v, &values[i as usize]);
+        }
+        let kept: Vec<u32> = left.iter().map(|(k, _)| u32::from_be_bytes(k[1..].try_into().unwrap())).collect();
+        assert!((6_000..8_000).all(|i| kept.binary_search(&i).is_ok()), "a key past the range went");
+        assert_eq!(before.range(&key(0), &key(8_000), false, 0).unwrap().len(), 8_000);
+        drop((before, snap));
+        // Again over the same range, with no snapshot open: nothing more to drop, and the dropped
+        // tables' files are gone with the last version holding them, which the old snapshot read.
+        let now = apart.table_count();
+        engine.forget_range(&key(0), &key(6_000)).unwrap();
+        assert_eq!(apart.table_count(), now);
+        assert!(bytes_under(apart.path()) < bytes * 3 / 4, "files {bytes} -> {} bytes", bytes_under(apart.path()));
     }
 
     #[test]
