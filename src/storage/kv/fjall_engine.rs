@@ -63,7 +63,7 @@ impl FjallEngine {
             let Some(hex_prefix) = name.strip_prefix(APART) else { continue };
             let corrupt = || KvError::Engine(format!("keyspace {name:?} does not name a prefix"));
             let prefix = hex::decode(hex_prefix).map_err(|_| corrupt())?;
-            let apart = db.keyspace(&name, || keyspace_options(memtable_bytes)).map_err(engine_err)?;
+            let apart = db.keyspace(&name, || apart_keyspace_options(memtable_bytes)).map_err(engine_err)?;
             let route = Route::new(&prefix, apart).ok_or_else(corrupt)?;
             routes.add(route).map_err(|_| corrupt())?;
         }
@@ -119,6 +119,27 @@ impl Drop for FjallEngine {
         }
     }
 }
+
+/// The options of a new keyspace for a prefix kept apart. Its keys are written in key order, read
+/// in ranges and forgotten from the front ([`Engine::forget_range`] drops its tables whole), as a
+/// queue partition's records are: its tables are moved down the levels without being rewritten
+/// (the leveled strategy moves tables whose keys overlap no other's), so they are compressed when
+/// flushed, not at a deeper level; they get no bloom filter (no point read looks there) and a
+/// partitioned index at every level (a flushed table keeps what it was written with wherever it is
+/// moved, and a full index is held in memory whole while the table lives). Its memtable is a
+/// quarter of the others': a store keeps one per queue partition (7 for `matyan serve`'s two
+/// topics), where before it kept one for all of them.
+fn apart_keyspace_options(memtable_bytes: u64) -> KeyspaceCreateOptions {
+    use fjall::config::{CompressionPolicy, FilterPolicy, PartitioningPolicy};
+    KeyspaceCreateOptions::default()
+        .max_memtable_size((memtable_bytes / 4).max(MIN_APART_MEMTABLE_BYTES))
+        .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
+        .filter_policy(FilterPolicy::disabled())
+        .index_block_partitioning_policy(PartitioningPolicy::all(true))
+}
+
+/// The smallest memtable of a keyspace kept apart.
+const MIN_APART_MEMTABLE_BYTES: u64 = 1 << 20;
 
 /// Which levels' tables get a partitioned block index (level 0 first; the last entry holds for
 /// every deeper level): all but level 0. Only a new store takes it; fjall records a keyspace's
@@ -282,7 +303,7 @@ impl Engine for FjallEngine {
             return refuse();
         }
         let name = format!("{APART}{}", hex::encode(prefix));
-        let apart = self.db.keyspace(&name, || keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
+        let apart = self.db.keyspace(&name, || apart_keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
         let mut next = Routes::clone(&routes);
         next.add(probe.with_tree(apart))
             .map_err(|_| KvError::Engine(format!("prefix {} overlaps another", hex::encode(prefix))))?;
@@ -395,7 +416,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_store_partitions_the_index_and_filter_of_every_level_below_0_and_keeps_them_at_reopen() {
+    fn a_new_store_partitions_index_and_filter_below_level_0_and_tunes_keyspaces_kept_apart_across_reopens() {
         use fjall::AbstractTree as _;
         let dir = tempfile::tempdir().unwrap();
         let policies = |e: &FjallEngine| {
@@ -412,9 +433,16 @@ mod tests {
         drop(engine);
         let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         assert_eq!(policies(&engine), want);
+        // A keyspace kept apart, written in key order and dropped table by table, compresses what it
+        // flushes, builds no bloom filter and partitions its index at every level, across reopens.
         let routes = Arc::clone(&engine.routes.read());
-        let apart = routes.iter().next().unwrap().tree().tree.tree_config().filter_block_partitioning_policy.to_vec();
-        assert_eq!(apart, vec![false, true]);
+        let apart = routes.iter().next().unwrap().tree().tree.tree_config();
+        assert_eq!(
+            apart.data_block_compression_policy,
+            fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4)
+        );
+        assert_eq!(apart.filter_policy, fjall::config::FilterPolicy::disabled());
+        assert_eq!(apart.index_block_partitioning_policy.to_vec(), vec![true]);
     }
 
     /// Keys over a small alphabet, so that random ranges often cross the kept-apart prefixes (never
