@@ -583,6 +583,9 @@ impl Queue {
     /// group rewinding its offset at the same time makes one of the two retry, so a replay never
     /// finds its records trimmed under it. A group that has never committed on this topic is not
     /// known here: start a new group's consumer (which commits its start) before trimming.
+    ///
+    /// An error after the transaction committed (the store failed to forget the records below the
+    /// start) leaves the start moved and the records for the next trim to forget.
     pub async fn trim_consumed(
         &self,
         partition: i32,

@@ -5,6 +5,8 @@
 //! each of those has a keyspace of its own, named `apart:` and the prefix in hex, so fjall
 //! recovers the routing with the keyspaces at the next open. A batch spanning keyspaces is
 //! written atomically (one journal), and a snapshot reads every keyspace at one sequence number.
+//! A forgotten range ([`Engine::forget_range`]) loses the tables lying wholly inside it, outside
+//! the commit order, with no read and no tombstone.
 
 use std::path::Path;
 use std::sync::Arc;
