@@ -26,9 +26,10 @@
 //! - **Trimming** (`trim`, off by default so figures stay comparable with earlier ones): the live
 //!   phase runs the queue trimmer as `matyan serve` does (`QueueTrimmer` every interval, the
 //!   shipped `[queue]` retention and batch), and says how many records it removed. After the
-//!   phase's clock stops, one more pass (timed on its own) trims what the phase's last interval
-//!   left, so that the store's size on disk after it does not depend on where the phase ended
-//!   between two passes.
+//!   phase's clock stops, one more pass (timed on its own) trims what the group had committed by
+//!   then and the phase's last interval left, so that the store's size on disk after it does not
+//!   depend on where the phase ended between two passes. The records applied since the pipeline's
+//!   last commit of offsets stay.
 
 use std::collections::VecDeque;
 use std::path::Path;
