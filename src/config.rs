@@ -487,7 +487,9 @@ pub struct QueueConfig {
     pub trim_interval_ms: u64,
     /// Consumed records kept per partition below the slowest group's committed offset.
     pub retain_consumed_records: u64,
-    /// Records one trim transaction removes at most (a pass runs as many as it needs).
+    /// Records one trim transaction removes at most where it clears them itself (a pass runs as
+    /// many as it needs); a partition whose records the store keeps apart is trimmed in one
+    /// transaction that writes only its start offset.
     pub trim_batch_records: u64,
 }
 
@@ -495,8 +497,8 @@ impl QueueConfig {
     /// The shortest interval between trim passes: each pass reads every group's offsets.
     pub const MIN_TRIM_INTERVAL_MS: u64 = 100;
 
-    /// The most records one trim transaction may remove: an embedded store removes them key by
-    /// key while every other commit waits.
+    /// The most records one trim transaction may remove where it clears them: an embedded store
+    /// removes them key by key while every other commit waits.
     pub const MAX_TRIM_BATCH_RECORDS: u64 = 1_000_000;
 
     /// The interval between trim passes, `None` when trimming is off.

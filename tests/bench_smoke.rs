@@ -49,6 +49,25 @@ fn decode_bench_times_both_paths_alternated_on_the_records_asked_for() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_bench_with_the_trimmer_stores_every_point_and_reads_the_ceiling_on_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = matyan::ingest::queue_trim::TrimSettings { retain: 0, batch: 100 };
+    let trim = Some((std::time::Duration::from_millis(100), settings));
+    let cfg = IngestBenchConfig { records: 1_200, runs: 3, append_batch: 100, trim, ..Default::default() };
+    let report = run_ingest(dir.path(), &cfg).await.unwrap();
+    assert_eq!(report.stored_points, 1_200);
+    let phases: Vec<&str> = report.rows.iter().map(|r| r.phase).collect();
+    assert_eq!(
+        phases,
+        ["embedded append", "embedded pipeline", "embedded queue read (ceiling)", "embedded pipeline (backlog)"]
+    );
+    // What it trimmed depends on when the pipeline committed its offsets; never more than was sent.
+    let trimmed = report.live_trim.expect("the trimmer ran");
+    assert!(trimmed.during + trimmed.after <= 1_203, "{trimmed:?}");
+    assert!(report.live_disk_bytes > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_bench_answers_have_the_expected_counts() {
     for layout in [SequenceLayoutKind::KeyPerStep, SequenceLayoutKind::Chunked] {
         let dir = tempfile::tempdir().unwrap();

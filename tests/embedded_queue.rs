@@ -16,8 +16,8 @@ use matyan::actors::{IngestPipeline, PipelineConfig};
 use matyan::ingest::partitioner::partition_for_key;
 use matyan::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, MAX_RECORD_BYTES, Queue, QueueError};
 use matyan::ingest::source::{Backlog, Record, Source, SourceError};
-use matyan::storage::kv::{Database, EmbeddedEngine, KvError, Limits, RetryOptions};
-use matyan::storage::layout::{Dirs, Layout};
+use matyan::storage::kv::{Database, EmbeddedEngine, EmbeddedOptions, KvError, Limits, RetryOptions};
+use matyan::storage::layout::{Dirs, Layout, Ours};
 use tempfile::TempDir;
 
 const GOLDEN: &str = common::GOLDEN_10K;
@@ -31,12 +31,27 @@ struct Store {
     _dir: Option<TempDir>,
 }
 
-fn stores() -> Vec<Store> {
-    let dir = tempfile::tempdir().unwrap();
-    let fjall = Database::open_embedded(dir.path(), EmbeddedEngine::Fjall, Limits::FDB).unwrap();
+/// Memory, fjall, and fjall as stores created between ADR 0012 and ADR 0013 are: the queue's
+/// records kept apart whole, so that no partition gets a keyspace of its own and trims clear their
+/// records in their transaction.
+async fn stores() -> Vec<Store> {
+    stores_with(EmbeddedOptions::default()).await
+}
+
+async fn stores_with(options: EmbeddedOptions) -> Vec<Store> {
+    let open = || {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open_embedded_with(dir.path(), EmbeddedEngine::Fjall, Limits::FDB, options).unwrap();
+        (db, dir)
+    };
+    let (fjall, dir) = open();
+    let (whole, whole_dir) = open();
+    let ours = Dirs::open(&whole).await.unwrap().ours;
+    assert!(whole.keep_apart(&Ours::new(&ours).queue_records()).unwrap());
     vec![
         Store { name: "memory", db: Database::memory(), _dir: None },
         Store { name: "fjall", db: fjall, _dir: Some(dir) },
+        Store { name: "fjall-0012", db: whole, _dir: Some(whole_dir) },
     ]
 }
 
@@ -67,7 +82,7 @@ fn golden_records() -> Vec<GoldenRecord> {
 
 #[tokio::test]
 async fn offsets_are_contiguous_per_partition_and_records_read_back_in_order() {
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 4).await;
         type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
         let mut expected: BTreeMap<i32, KeyValues> = BTreeMap::new();
@@ -109,7 +124,7 @@ async fn the_golden_run_lands_on_kafkas_partition_and_stays_there() {
     let records = golden_records();
     assert_eq!(records.len(), 10_003);
     assert!(records.iter().all(|r| r.3 == 3 && r.0.as_deref() == Some(GOLDEN_RUN)));
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 6).await;
         assert_eq!(q.partition_for_key(GOLDEN_RUN), 3);
         let mut placed = Vec::new();
@@ -133,7 +148,7 @@ async fn the_golden_run_lands_on_kafkas_partition_and_stays_there() {
 
 #[tokio::test]
 async fn records_above_the_value_limit_are_chunked_under_one_offset() {
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 2).await;
         let one_mb: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let four_mib: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 239) as u8).collect();
@@ -203,7 +218,7 @@ async fn committed_offsets_and_records_survive_reopen() {
 async fn concurrent_appenders_neither_lose_nor_duplicate_offsets() {
     const TASKS: usize = 8;
     const PER_TASK: usize = 200;
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 3).await;
         let started = Instant::now();
         let mut handles = Vec::new();
@@ -287,7 +302,7 @@ async fn without_retries_concurrent_appenders_conflict_and_the_losers_write_noth
 
 #[tokio::test]
 async fn trim_removes_only_records_below_the_offset() {
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 2).await;
         let key = b"trim-me".as_slice();
         let other = (0..100u32)
@@ -324,7 +339,7 @@ async fn trim_removes_only_records_below_the_offset() {
 
 #[tokio::test]
 async fn trim_consumed_removes_only_what_every_group_of_the_topic_has_committed() {
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 1).await;
         let dirs = Dirs::open(&store.db).await.unwrap();
         let other = Queue::open(&store.db, &dirs.ours, "control-events", 1).await.unwrap();
@@ -369,20 +384,32 @@ async fn trim_consumed_removes_only_what_every_group_of_the_topic_has_committed(
 }
 
 #[tokio::test]
-async fn a_trim_removes_at_most_its_record_budget_and_a_pass_runs_as_many_as_it_needs() {
-    for store in stores() {
+async fn a_trim_clearing_records_removes_at_most_its_record_budget_and_a_pass_runs_as_many_as_it_needs() {
+    for store in stores().await {
         let q = queue(&store.db, 1).await;
         let dirs = Dirs::open(&store.db).await.unwrap();
         let recs: Vec<AppendRecord<'_>> = (0..25).map(|i| (Some(b"k".as_slice()), b"v".as_slice(), i)).collect();
         q.append(&recs).await.unwrap();
         q.commit("only", 0, 23).await.unwrap();
-        let trim = q.trim_consumed(0, 0, 10).await.unwrap();
-        assert_eq!((trim.before, trim.start, trim.complete), (0, Some(10), false), "{}", store.name);
-        assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(10));
-        let trim = q.trim_consumed(0, 0, 10).await.unwrap();
-        assert_eq!((trim.start, trim.complete), (Some(20), false));
-        let trim = q.trim_consumed(0, 0, 10).await.unwrap();
-        assert_eq!((trim.start, trim.complete, trim.held()), (Some(23), true, 2), "the last step stops at the commit");
+        if store.name == "fjall" {
+            // Its partitions are kept apart: a trim writes the start offset only and forgets the
+            // records after its transaction, so it goes all the way at once.
+            let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+            assert_eq!((trim.before, trim.start, trim.complete, trim.held()), (0, Some(23), true, 2));
+        } else {
+            let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+            assert_eq!((trim.before, trim.start, trim.complete), (0, Some(10), false), "{}", store.name);
+            assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(10));
+            let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+            assert_eq!((trim.start, trim.complete), (Some(20), false));
+            let trim = q.trim_consumed(0, 0, 10).await.unwrap();
+            assert_eq!(
+                (trim.start, trim.complete, trim.held()),
+                (Some(23), true, 2),
+                "the last step stops at the commit"
+            );
+        }
+        assert_eq!(read_all(&q, 0).await.first().map(|r| r.offset), Some(23), "{}", store.name);
 
         // A pass with a budget of 4 takes the next records to the commit in steps, all counted.
         q.append(&recs[..10]).await.unwrap();
@@ -395,9 +422,254 @@ async fn a_trim_removes_at_most_its_record_budget_and_a_pass_runs_as_many_as_it_
     }
 }
 
+/// fjall stores whose memtables are small (1 MiB), so that a few MB of records are flushed into
+/// several tables while a test runs.
+fn small_memtables() -> EmbeddedOptions {
+    EmbeddedOptions { memtable_bytes: 1 << 20, ..EmbeddedOptions::default() }
+}
+
+/// Bytes of the files under `dir`, recursively (0 when it does not exist); a file removed while
+/// they are counted (by a flush or compaction meanwhile) counts 0.
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => bytes_under(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Bytes of the fjall store's tables (its journal aside) under `dir`.
+fn table_bytes(dir: &Path) -> u64 {
+    bytes_under(&dir.join("fjall/keyspaces"))
+}
+
+/// A value of about 1 KB that names record `i` and does not compress.
+fn numbered_value(i: usize) -> Vec<u8> {
+    let mut v = format!("{i:08}:").into_bytes();
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while v.len() < 1024 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(x as u8);
+    }
+    v
+}
+
+fn number_of(value: &[u8]) -> usize {
+    std::str::from_utf8(&value[..8]).unwrap().parse().unwrap()
+}
+
+/// Waits until the engine has flushed every sealed memtable.
+async fn wait_flushed(db: &Database) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.engine_memory().is_some_and(|m| m.sealed_memtables > 0) {
+        assert!(Instant::now() < deadline, "memtables were not flushed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_trim_concurrent_with_appends_and_reads_loses_and_duplicates_nothing() {
+    const RECORDS: usize = 12_000;
+    for store in stores_with(small_memtables()).await {
+        let q = queue(&store.db, 3).await;
+        let ours = Dirs::open(&store.db).await.unwrap().ours;
+        let done = Arc::new(AtomicBool::new(false));
+        let appender = {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut placed = BTreeMap::new();
+                for batch in 0..RECORDS / 100 {
+                    let owned: Vec<(Vec<u8>, Vec<u8>)> = (batch * 100..(batch + 1) * 100)
+                        .map(|i| (format!("run-{}", i % 5).into_bytes(), numbered_value(i)))
+                        .collect();
+                    let records: Vec<AppendRecord<'_>> =
+                        owned.iter().map(|(k, v)| (Some(k.as_slice()), v.as_slice(), 0)).collect();
+                    for ((_, v), at) in owned.iter().zip(q.append(&records).await.unwrap()) {
+                        placed.insert(at, number_of(v));
+                    }
+                }
+                placed
+            })
+        };
+        // Trims as often as it can, as far as the group has committed, a few records at a time where
+        // the trim clears them itself.
+        let trimmer = {
+            let (db, ours, done) = (store.db.clone(), ours.clone(), Arc::clone(&done));
+            let settings = matyan::ingest::queue_trim::TrimSettings { retain: 0, batch: 50 };
+            tokio::spawn(async move {
+                let mut trimmed = 0;
+                while !done.load(Ordering::SeqCst) {
+                    let report = matyan::ingest::queue_trim::trim_once(&db, &ours, settings).await.unwrap();
+                    trimmed += report.iter().map(|t| t.trimmed).sum::<u64>();
+                    tokio::task::yield_now().await;
+                }
+                trimmed
+            })
+        };
+        // A reader outside the group reads each partition from offset 0 again and again: whatever a
+        // trim has removed or not yet freed, it gets consecutive records from the start offset on.
+        let reader = {
+            let (q, done) = (q.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    for p in q.partition_ids() {
+                        let page = q.read(p, 0, 300).await.unwrap();
+                        assert!(page.windows(2).all(|w| w[1].offset == w[0].offset + 1), "a gap in {p}");
+                        seen.extend(page.into_iter().map(|r| ((p, r.offset), number_of(&r.value))));
+                    }
+                    tokio::task::yield_now().await;
+                }
+                seen
+            })
+        };
+        let source =
+            EmbeddedSource::new(q.clone(), "group").await.unwrap().with_poll_interval(Duration::from_millis(5));
+        let mut got: Vec<Record> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while got.len() < RECORDS {
+            assert!(Instant::now() < deadline, "{}: {} of {RECORDS} records read", store.name, got.len());
+            let batch = source.poll(500, Duration::from_millis(50)).await.unwrap();
+            let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+            for r in &batch {
+                next.insert(r.partition, r.offset + 1);
+            }
+            for (p, offset) in next {
+                source.commit(p, offset).await.unwrap();
+            }
+            got.extend(batch);
+        }
+        let placed = appender.await.unwrap();
+        done.store(true, Ordering::SeqCst);
+        let trimmed = trimmer.await.unwrap();
+        let seen = reader.await.unwrap();
+
+        let mut numbers: Vec<usize> = got.iter().map(|r| number_of(&r.value)).collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, (0..RECORDS).collect::<Vec<_>>(), "{}: every record read once", store.name);
+        for r in &got {
+            assert_eq!(placed.get(&(r.partition, r.offset)), Some(&number_of(&r.value)), "{}", store.name);
+        }
+        for (at, number) in seen {
+            assert_eq!(placed.get(&at), Some(&number), "{}: a read outside the group at {at:?}", store.name);
+        }
+        assert!(trimmed > 0, "{}: the trims ran while records were read", store.name);
+    }
+}
+
+/// Polls `future` `polls` times, letting the runtime run in between, then drops it.
+async fn poll_then_drop<F: std::future::Future>(future: F, polls: usize) {
+    let mut future = std::pin::pin!(future);
+    for _ in 0..polls {
+        let ready = std::future::poll_fn(|cx| std::task::Poll::Ready(future.as_mut().poll(cx).is_ready())).await;
+        if ready {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Checks that partition 0 of `q` holds exactly the records from its start offset to `end`,
+/// numbered by offset, read from offset 0 in one snapshot, and that the group drains it from its
+/// committed offset. A trim dropped while its commit was in flight may still move the start
+/// meanwhile: each read sees one start.
+async fn assert_drains_exactly(q: &Queue, name: &str, end: i64) {
+    let committed = q.committed("group", 0).await.unwrap().unwrap();
+    let all = q.read(0, 0, 100_000).await.unwrap();
+    let start = all.first().map_or(end, |r| r.offset);
+    let offsets: Vec<i64> = all.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (start..end).collect::<Vec<_>>(), "{name}: read from 0");
+    assert!(all.iter().all(|r| number_of(&r.value) as i64 == r.offset), "{name}");
+    assert!(start <= committed, "{name}: nothing the group has not committed is trimmed");
+    let source = EmbeddedSource::new(q.clone(), "group").await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < (end - committed) as usize {
+        let batch = source.poll(1000, Duration::from_millis(100)).await.unwrap();
+        assert!(!batch.is_empty(), "{name}: {} of {} records left", got.len(), end - committed);
+        got.extend(batch.into_iter().map(|r| r.offset));
+    }
+    assert_eq!(got, (committed..end).collect::<Vec<_>>(), "{name}: the group drains from its offset");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_stopped_midway_or_by_a_reopen_leaves_a_queue_that_drains_exactly() {
+    const RECORDS: usize = 4_000;
+    let values: Vec<Vec<u8>> = (0..RECORDS).map(numbered_value).collect();
+    let records: Vec<AppendRecord<'_>> = values.iter().map(|v| (Some(b"k".as_slice()), v.as_slice(), 0)).collect();
+    for store in stores_with(small_memtables()).await {
+        let Store { name, db, _dir: dir } = store;
+        let q = queue(&db, 1).await;
+        for chunk in records.chunks(200) {
+            q.append(chunk).await.unwrap();
+        }
+        q.commit("group", 0, 3_000).await.unwrap();
+        // Stopped at every point its first few polls reach: before its transaction, with its
+        // transaction committing (the commit runs on, the forget that follows it does not).
+        for polls in 0..4 {
+            poll_then_drop(q.trim_consumed(0, 0, 700), polls).await;
+            assert_drains_exactly(&q, name, RECORDS as i64).await;
+        }
+        q.commit("group", 0, 3_500).await.unwrap();
+        poll_then_drop(q.trim_consumed(0, 0, 10_000), 1).await;
+        assert_drains_exactly(&q, name, RECORDS as i64).await;
+        let Some(dir) = dir else { continue };
+        // The store closed and opened again (once a commit still in flight lets go of it), the
+        // queue still drains exactly, and trims go on from where the stopped ones left.
+        drop(q);
+        drop(db);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let db = loop {
+            match Database::open_embedded_with(dir.path(), EmbeddedEngine::Fjall, Limits::FDB, small_memtables()) {
+                Err(KvError::Locked(_)) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
+                opened => break opened.unwrap(),
+            }
+        };
+        let q = queue(&db, 1).await;
+        assert_drains_exactly(&q, name, RECORDS as i64).await;
+        q.commit("group", 0, 3_900).await.unwrap();
+        assert_eq!(q.trim_consumed(0, 0, 10_000).await.unwrap().start, Some(3_900), "{name}");
+        assert_eq!(q.start_offset(0).await.unwrap(), 3_900);
+        assert_drains_exactly(&q, name, RECORDS as i64).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trim_frees_the_disk_the_trimmed_records_took_on_fjall() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Database::open_embedded_with(dir.path(), EmbeddedEngine::Fjall, Limits::FDB, small_memtables()).unwrap();
+    let q = queue(&db, 1).await;
+    let values: Vec<Vec<u8>> = (0..8_000).map(numbered_value).collect();
+    for chunk in values.chunks(200) {
+        let records: Vec<AppendRecord<'_>> = chunk.iter().map(|v| (Some(b"k".as_slice()), v.as_slice(), 0)).collect();
+        q.append(&records).await.unwrap();
+    }
+    wait_flushed(&db).await;
+    let (tables, bytes) = (db.engine_memory().unwrap().tables, table_bytes(dir.path()));
+    assert!(tables >= 4 && bytes > 6_000_000, "8 MB of records were flushed into tables: {tables}, {bytes} B");
+    q.commit("group", 0, 8_000).await.unwrap();
+    let ours = Dirs::open(&db).await.unwrap().ours;
+    let settings = matyan::ingest::queue_trim::TrimSettings { retain: 0, batch: 10_000 };
+    let report = matyan::ingest::queue_trim::trim_once(&db, &ours, settings).await.unwrap();
+    assert_eq!(report.iter().map(|t| t.trimmed).sum::<u64>(), 8_000);
+    let (tables_after, bytes_after) = (db.engine_memory().unwrap().tables, table_bytes(dir.path()));
+    assert!(tables_after < tables, "tables {tables} -> {tables_after}");
+    assert!(bytes_after < bytes / 4, "table bytes {bytes} -> {bytes_after}");
+    assert!(read_all(&q, 0).await.is_empty());
+    q.append(&[(Some(b"k".as_slice()), b"later".as_slice(), 0)]).await.unwrap();
+    assert_eq!(read_all(&q, 0).await.iter().map(|r| r.offset).collect::<Vec<_>>(), vec![8_000]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_source_polls_in_offset_order_and_wakes_on_append() {
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 3).await;
         // A long fallback interval: only the append notification can wake the poll quickly.
         let source = EmbeddedSource::new(q.clone(), "ingestion-workers")
@@ -472,7 +744,7 @@ fn keys_on_two_partitions(q: &Queue) -> (Vec<u8>, Vec<u8>) {
 
 #[tokio::test]
 async fn the_backlog_is_the_end_minus_the_committed_offset_unread_records_included() {
-    for store in stores() {
+    for store in stores().await {
         let q = queue(&store.db, 3).await;
         let (a, b) = keys_on_two_partitions(&q);
         let (pa, pb) = (q.partition_for_key(&a), q.partition_for_key(&b));

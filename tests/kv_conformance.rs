@@ -481,6 +481,44 @@ pub async fn concurrent_reads_share_one_snapshot_and_both_conflict(db: Database,
     }
 }
 
+/// Forgetting a range touches no key outside it and loses no commit made meanwhile; afterwards a
+/// read of the range sees, for each of its keys, the value it had or nothing (an engine frees a
+/// forgotten range its own way: at once, in part or later). An empty or inverted range is a no-op.
+pub async fn forget_range_touches_nothing_outside_it_and_loses_no_concurrent_commit(db: Database, p: Vec<u8>) {
+    clean(&db, &p).await;
+    let inside = ["c", "d", "d/1", "e"];
+    let pairs: Vec<(Vec<u8>, &[u8])> =
+        ["a", "b", "c", "d", "d/1", "e", "f", "g"].iter().map(|s| (k(&p, s), &b"v"[..])).collect();
+    commit_pairs(&db, &pairs).await;
+    let writer = {
+        let (db, p) = (db.clone(), p.clone());
+        tokio::spawn(async move {
+            for i in 0..40 {
+                commit_pairs(&db, &[(k(&p, &format!("x{i:02}")), b"w"), (k(&p, "a"), format!("{i}").as_bytes())]).await;
+            }
+        })
+    };
+    db.forget_range(&k(&p, "c"), &k(&p, "f")).await.unwrap();
+    db.forget_range(&k(&p, "f"), &k(&p, "c")).await.unwrap();
+    db.forget_range(&k(&p, "c"), &k(&p, "c")).await.unwrap();
+    writer.await.unwrap();
+    let tx = db.create_trx().unwrap();
+    let all = tx.get_range(&RangeOption::prefix(&p), false).await.unwrap();
+    let got: BTreeMap<String, Vec<u8>> =
+        all.into_iter().map(|kv| (String::from_utf8(kv.key[p.len()..].to_vec()).unwrap(), kv.value)).collect();
+    let mut want: BTreeMap<String, Vec<u8>> =
+        ["b", "f", "g"].iter().map(|s| ((*s).to_owned(), b"v".to_vec())).collect();
+    want.insert("a".to_owned(), b"39".to_vec());
+    want.extend((0..40).map(|i| (format!("x{i:02}"), b"w".to_vec())));
+    for key in inside {
+        if let Some(v) = got.get(key) {
+            assert_eq!(v, b"v", "a forgotten key shows only a value it had");
+            want.insert(key.to_owned(), v.clone());
+        }
+    }
+    assert_eq!(got, want, "keys outside the forgotten range are exactly as committed");
+}
+
 macro_rules! kv_conformance_suite {
     ($backend:ident, $make:expr) => {
         mod $backend {
@@ -522,6 +560,7 @@ macro_rules! kv_conformance_suite {
             case!(random_ops_match_model);
             case!(keys_past_the_limit_are_absent_when_read_and_cut_in_ranges);
             case!(concurrent_reads_share_one_snapshot_and_both_conflict);
+            case!(forget_range_touches_nothing_outside_it_and_loses_no_concurrent_commit);
         }
     };
 }

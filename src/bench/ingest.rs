@@ -20,7 +20,16 @@
 //! - **Peak RSS**: `VmHWM` of `/proc/self/status`, reset before each phase by writing `5` to
 //!   `/proc/self/clear_refs` (when the kernel allows it; otherwise the figure is the process peak).
 //! - **Ceilings**: the embedded queue read back page by page (500 records per read, no apply), and
-//!   a bare rdkafka consumer subscribed in a fresh group reading the whole topic (no apply).
+//!   a bare rdkafka consumer subscribed in a fresh group reading the whole topic (no apply). With
+//!   the trimmer on, the live queue is trimmed under the pipeline, so the queue's ceiling is read
+//!   on the backlog phase's store once filled, before its pipeline starts.
+//! - **Trimming** (`trim`, off by default so figures stay comparable with earlier ones): the live
+//!   phase runs the queue trimmer as `matyan serve` does (`QueueTrimmer` every interval, the
+//!   shipped `[queue]` retention and batch), and says how many records it removed. After the
+//!   phase's clock stops, one more pass (timed on its own) trims what the group had committed by
+//!   then and the phase's last interval left, so that the store's size on disk after it does not
+//!   depend on where the phase ended between two passes. The records applied since the pipeline's
+//!   last commit of offsets stay.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -39,6 +48,7 @@ use super::memory::{MemoryPeaks, MemorySampler, stop};
 use crate::actors::{IngestPipeline, PipelineConfig, PipelineError, PipelineHandle};
 use crate::ingest::kafka::{KafkaSource, KafkaSourceError};
 use crate::ingest::queue::{AppendRecord, EmbeddedSource, INGESTION_GROUP, Queue, QueueError};
+use crate::ingest::queue_trim::{QueueTrimmer, TrimSettings};
 use crate::storage::context_id::context_to_id;
 use crate::storage::kv::{Database, EmbeddedEngine, EmbeddedOptions, KvError, Limits};
 use crate::storage::layout::{Columns, Layout, LayoutError, SeqId, SequenceLayoutKind};
@@ -62,6 +72,9 @@ pub struct IngestBenchConfig {
     pub layout: SequenceLayoutKind,
     /// The stores' engine memory (`[storage]` `cache_bytes`, `memtable_bytes`).
     pub store: EmbeddedOptions,
+    /// The queue trimmer of the live phase: its interval and settings (`[queue]`), `None` to run
+    /// the live phase without it.
+    pub trim: Option<(Duration, TrimSettings)>,
 }
 
 impl Default for IngestBenchConfig {
@@ -75,6 +88,7 @@ impl Default for IngestBenchConfig {
             timeout: Duration::from_secs(600),
             layout: SequenceLayoutKind::Chunked,
             store: EmbeddedOptions::default(),
+            trim: None,
         }
     }
 }
@@ -132,6 +146,11 @@ pub struct IngestReport {
     pub stored_points: u64,
     /// Points read back from the Kafka phase's store, when it ran.
     pub kafka_stored_points: Option<u64>,
+    /// What the live phase's trimmer did (`None`: no trimmer).
+    pub live_trim: Option<LiveTrim>,
+    /// Bytes the live phase's store occupies on disk at the end of the phase (after the trimmer's
+    /// last pass, when it ran), as the engine counts them (tables and journal).
+    pub live_disk_bytes: u64,
 }
 
 /// Errors of the benchmark.
@@ -333,23 +352,44 @@ pub async fn run(dir: &Path, cfg: &IngestBenchConfig) -> Result<IngestReport, In
     }
     let recs = Arc::new(Workload::new(cfg));
     let mut rows = Vec::new();
-    let (embedded_rows, stored) = embedded(&dir.join("embedded"), cfg, &recs).await?;
-    rows.extend(embedded_rows);
-    rows.push(embedded_backlog(&dir.join("embedded-backlog"), cfg, &recs).await?);
+    let live = embedded(&dir.join("embedded"), cfg, &recs).await?;
+    rows.extend(live.rows);
+    rows.extend(embedded_backlog(&dir.join("embedded-backlog"), cfg, &recs).await?);
     let mut kafka_stored = None;
     if let Some(bootstrap) = &cfg.kafka {
         let (kafka_rows, stored) = kafka(&dir.join("kafka"), cfg, bootstrap, &recs).await?;
         rows.extend(kafka_rows);
         kafka_stored = Some(stored);
     }
-    Ok(IngestReport { rows, stored_points: stored, kafka_stored_points: kafka_stored })
+    Ok(IngestReport {
+        rows,
+        stored_points: live.stored,
+        kafka_stored_points: kafka_stored,
+        live_trim: live.trim,
+        live_disk_bytes: live.disk_bytes,
+    })
 }
 
-async fn embedded(
-    dir: &Path,
-    cfg: &IngestBenchConfig,
-    recs: &Arc<Workload>,
-) -> Result<(Vec<IngestRow>, u64), IngestBenchError> {
+/// What the live phase measured.
+struct Live {
+    rows: Vec<IngestRow>,
+    stored: u64,
+    trim: Option<LiveTrim>,
+    disk_bytes: u64,
+}
+
+/// What the live phase's trimmer did.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveTrim {
+    /// Records trimmed by the end of the phase.
+    pub during: u64,
+    /// Records the pass after the phase trimmed.
+    pub after: u64,
+    /// Seconds that pass took.
+    pub after_secs: f64,
+}
+
+async fn embedded(dir: &Path, cfg: &IngestBenchConfig, recs: &Arc<Workload>) -> Result<Live, IngestBenchError> {
     let total = recs.len();
     let (db, layout) = open_store(dir, cfg).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
@@ -393,6 +433,10 @@ async fn embedded(
         Ok::<_, IngestBenchError>(lat)
     });
 
+    // As `matyan serve` does, when asked: consumed records are trimmed while the pipeline runs.
+    let trimmer = cfg
+        .trim
+        .map(|(interval, settings)| QueueTrimmer::spawn(db.clone(), layout.dirs.ours.clone(), interval, settings));
     reset_peak_rss();
     let sampler = MemorySampler::start(&db);
     let start = Instant::now();
@@ -420,6 +464,18 @@ async fn embedded(
     let secs = start.elapsed().as_secs_f64();
     let rss = peak_rss_kib();
     let memory = stop(sampler).await;
+    let trim = match (trimmer, cfg.trim) {
+        (Some(trimmer), Some((_, settings))) => {
+            trimmer.stop();
+            let during = trimmed(&queue).await?;
+            let pass = Instant::now();
+            crate::ingest::queue_trim::trim_once(&db, &layout.dirs.ours, settings).await?;
+            let after_secs = pass.elapsed().as_secs_f64();
+            Some(LiveTrim { during, after: trimmed(&queue).await? - during, after_secs })
+        }
+        _ => None,
+    };
+    let disk_bytes = db.disk_bytes();
     let mut lat = poller.await.map_err(|e| IngestBenchError::Invalid(format!("poller task: {e}")))??;
     handle.shutdown().await?;
     lat.sort_by(f64::total_cmp);
@@ -427,29 +483,8 @@ async fn embedded(
     if stored != cfg.records {
         return Err(IngestBenchError::Mismatch { got: stored, want: cfg.records });
     }
-
-    // Ceiling: the queue read back without applying.
-    reset_peak_rss();
-    let sampler = MemorySampler::start(&db);
-    let read_start = Instant::now();
-    let mut read = 0u64;
-    for p in queue.partition_ids() {
-        let mut from = 0i64;
-        loop {
-            let page = queue.read(p, from, 500).await?;
-            let Some(last) = page.last() else { break };
-            from = last.offset + 1;
-            read += page.len() as u64;
-        }
-    }
-    let read_secs = read_start.elapsed().as_secs_f64();
-    let read_rss = peak_rss_kib();
-    let read_memory = stop(sampler).await;
-    if read != total {
-        return Err(IngestBenchError::Mismatch { got: read, want: total });
-    }
     let points = cfg.records;
-    let rows = vec![
+    let mut rows = vec![
         IngestRow {
             phase: "embedded append",
             records: total,
@@ -474,20 +509,58 @@ async fn embedded(
             memory,
             startup_secs: Some(since(first, start)),
         },
-        IngestRow {
-            phase: "embedded queue read (ceiling)",
-            records: total,
-            points,
-            secs: read_secs,
-            p50_ms: None,
-            p99_ms: None,
-            samples: 0,
-            peak_rss_kib: read_rss,
-            memory: read_memory,
-            startup_secs: None,
-        },
     ];
-    Ok((rows, stored))
+    // Trimmed under the pipeline, the queue no longer holds every record: the backlog phase reads
+    // the ceiling instead.
+    if trim.is_none() {
+        rows.push(read_back(&db, &queue, total, points).await?);
+    }
+    Ok(Live { rows, stored, trim, disk_bytes })
+}
+
+/// Records trimmed from `queue`: its partitions' start offsets together.
+async fn trimmed(queue: &Queue) -> Result<u64, IngestBenchError> {
+    let mut trimmed = 0u64;
+    for p in queue.partition_ids() {
+        trimmed += u64::try_from(queue.start_offset(p).await?).unwrap_or(0);
+    }
+    Ok(trimmed)
+}
+
+/// The ceiling: every record of `queue` read back page by page (500 records a read, as the source
+/// reads), without applying.
+async fn read_back(db: &Database, queue: &Queue, total: u64, points: u64) -> Result<IngestRow, IngestBenchError> {
+    reset_peak_rss();
+    let sampler = MemorySampler::start(db);
+    let read_start = Instant::now();
+    let mut read = 0u64;
+    for p in queue.partition_ids() {
+        let mut from = 0i64;
+        loop {
+            let page = queue.read(p, from, 500).await?;
+            let Some(last) = page.last() else { break };
+            from = last.offset + 1;
+            read += page.len() as u64;
+        }
+    }
+    let read_secs = read_start.elapsed().as_secs_f64();
+    let read_rss = peak_rss_kib();
+    let read_memory = stop(sampler).await;
+    if read != total {
+        return Err(IngestBenchError::Mismatch { got: read, want: total });
+    }
+    Ok(IngestRow {
+        phase: "embedded queue read (ceiling)",
+        records: total,
+        points,
+        secs: read_secs,
+        p50_ms: None,
+        p99_ms: None,
+        samples: 0,
+        peak_rss_kib: read_rss,
+        memory: read_memory,
+        startup_secs: None,
+    })
 }
 
 /// What [`drain`] measured.
@@ -527,12 +600,13 @@ async fn drain<S: crate::ingest::Source + 'static>(
 }
 
 /// The pipeline alone: the queue is filled first, then a pipeline drains it (the live phase is
-/// bounded by the appender's rate when the pipeline keeps up).
+/// bounded by the appender's rate when the pipeline keeps up). With the live phase's trimmer on,
+/// the queue's ceiling is read here first, once the queue is filled.
 async fn embedded_backlog(
     dir: &Path,
     cfg: &IngestBenchConfig,
     recs: &Arc<Workload>,
-) -> Result<IngestRow, IngestBenchError> {
+) -> Result<Vec<IngestRow>, IngestBenchError> {
     let total = recs.len();
     let (db, layout) = open_store(dir, cfg).await?;
     let queue = Queue::open(&db, &layout.dirs.ours, TOPIC, cfg.partitions).await?;
@@ -544,11 +618,15 @@ async fn embedded_backlog(
             chunk.iter().map(|r| (Some(r.key.as_slice()), r.value.as_slice(), 0)).collect();
         queue.append(&batch).await?;
     }
+    let mut rows = Vec::new();
+    if cfg.trim.is_some() {
+        rows.push(read_back(&db, &queue, total, cfg.records).await?);
+    }
     let source =
         EmbeddedSource::new(queue.clone(), INGESTION_GROUP).await?.with_poll_interval(Duration::from_millis(10));
     let drained = drain(&db, &layout, source, total, cfg, "embedded pipeline on a backlog").await?;
     let Drained { secs, rss, memory, first, start, .. } = drained;
-    Ok(IngestRow {
+    rows.push(IngestRow {
         phase: "embedded pipeline (backlog)",
         records: total,
         points: cfg.records,
@@ -559,7 +637,8 @@ async fn embedded_backlog(
         peak_rss_kib: rss,
         memory,
         startup_secs: Some(since(first, start)),
-    })
+    });
+    Ok(rows)
 }
 
 fn since(later: Instant, earlier: Instant) -> f64 {

@@ -11,6 +11,7 @@ use matyan::bench::memory::MemoryPeaks;
 use matyan::bench::query::{QueryBenchConfig, QueryReport};
 use matyan::bench::storage::{StorageBenchConfig, run_all};
 use matyan::config::{BlobBackend, Config};
+use matyan::ingest::queue_trim::TrimSettings;
 use matyan::storage::kv::EmbeddedOptions;
 use matyan::storage::layout::SequenceLayoutKind;
 
@@ -170,6 +171,10 @@ struct IngestArgs {
     layout: Vec<SequenceLayoutKind>,
     #[command(flatten)]
     store: StoreArgs,
+    /// Run the live phase with the queue trimmer of `matyan serve` every this many ms (`[queue]`
+    /// trim_interval_ms, with the built-in retention and batch); 0 runs it without.
+    #[arg(long, default_value_t = 0)]
+    trim_interval_ms: u64,
     /// Scratch directory for the stores [default: a temporary directory].
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -443,6 +448,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=256).contains(&args.partitions), "--partitions must be between 1 and 256");
     anyhow::ensure!((1..=10_000).contains(&args.append_batch), "--append-batch must be between 1 and 10000");
     let store = args.store.options()?;
+    let trim = trim_settings(args.trim_interval_ms)?;
     let (dir, scratch) = scratch_dir(args.dir)?;
     for layout in args.layout {
         let cfg = IngestBenchConfig {
@@ -453,6 +459,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             kafka: args.kafka.clone(),
             layout,
             store,
+            trim,
             ..Default::default()
         };
         let sub = dir.join(layout.as_str());
@@ -468,7 +475,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
             let _ = std::fs::remove_dir_all(&sub);
         }
         println!("layout: {}", layout.as_str());
-        print_ingest(&result.context("benchmark failed")?);
+        print_ingest(&result.context("benchmark failed")?, trim);
     }
     if scratch {
         let _ = std::fs::remove_dir_all(&dir);
@@ -476,7 +483,32 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_ingest(report: &IngestReport) {
+/// The live phase's trimmer for `--trim-interval-ms`: the built-in `[queue]` with that interval,
+/// held to its bounds; `None` for 0.
+fn trim_settings(interval_ms: u64) -> anyhow::Result<Option<(std::time::Duration, TrimSettings)>> {
+    let mut config = Config::from_toml_str("bench", "")?;
+    config.queue.trim_interval_ms = interval_ms;
+    config.validate().map_err(|e| anyhow::anyhow!("{e} (--trim-interval-ms is [queue]'s trim_interval_ms)"))?;
+    Ok(config.queue.trim_interval().map(|interval| (interval, TrimSettings::from_config(&config.queue))))
+}
+
+fn print_ingest(report: &IngestReport, trim: Option<(std::time::Duration, TrimSettings)>) {
+    match trim {
+        Some((interval, settings)) => {
+            let t = report.live_trim;
+            println!(
+                "live phase trimmer: every {} ms, {} records a transaction, {} kept; trimmed {} records in the \
+                 phase, {} more by a pass after it ({:.3} s)",
+                interval.as_millis(),
+                settings.batch,
+                settings.retain,
+                t.map_or(0, |t| t.during),
+                t.map_or(0, |t| t.after),
+                t.map_or(0.0, |t| t.after_secs),
+            )
+        }
+        None => println!("live phase trimmer: off"),
+    }
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
     println!(
         "{:<30} {:>8} {:>8} {:>8} {:>9} {:>12} {:>13} {:>12} {:>8} {:>8} {:>7} {:>8}",
@@ -525,6 +557,11 @@ fn print_ingest(report: &IngestReport) {
     }
     let kafka = report.kafka_stored_points.map_or_else(String::new, |n| format!(", kafka {n}"));
     println!("stored points read back: embedded {}{kafka}", report.stored_points);
+    println!(
+        "live store on disk at the end of its phase{}, tables and journal: {:.1} MiB",
+        if trim.is_some() { " (after the trimmer's last pass)" } else { "" },
+        report.live_disk_bytes as f64 / (1024.0 * 1024.0)
+    );
 }
 
 /// The engine's parts of each phase's memory (their largest samples; they need not peak together).

@@ -22,8 +22,21 @@
 //! offset. Chunks of one record are written in one transaction, so a reader sees all or none.
 //!
 //! The record chunks are written, read once and trimmed, unlike the store's data: the queue asks
-//! the store to keep them apart ([`Database::keep_apart`]; fjall gives them a keyspace of their own
-//! in a store created since, so they are not compacted and cached with the runs' data).
+//! the store to keep each partition's chunks apart ([`Database::keep_apart`]; fjall gives every
+//! partition a keyspace of its own in a store created since, so they are not compacted and cached
+//! with the runs' data, and a partition's tables hold consecutive offsets).
+//!
+//! # Trimming
+//!
+//! A trim moves the partition's start offset in a transaction; reads never return offsets below
+//! the start. Where the partition is kept apart, that transaction is all the trim does under the
+//! order of commits: the chunks below the start are then forgotten ([`Database::forget_range`]),
+//! which fjall does by dropping the partition's tables that lie wholly below the start, with no
+//! read and no tombstone; what it cannot drop yet (the memtable, the table the start falls in)
+//! goes at a later trim. Elsewhere (memory, redb, FoundationDB, and fjall stores whose queue
+//! records were not kept apart per partition) the trim's transaction clears the chunks itself.
+//! A trim stopped between the two leaves records below the start, which no read returns and the
+//! next trim forgets.
 //!
 //! # Concurrency
 //!
@@ -112,6 +125,9 @@ struct Inner {
     ours: Ours,
     topic: String,
     partitions: u32,
+    /// Per partition: whether the store keeps its record chunks apart, so that a trim forgets them
+    /// after its transaction instead of clearing them in it.
+    apart: Vec<bool>,
     /// Signalled after every committed append of this process, to wake waiting polls.
     appended: Notify,
     /// Round-robin counter for keyless appends.
@@ -167,7 +183,6 @@ impl Queue {
         if partitions == 0 || partitions > i32::MAX as u32 {
             return Err(QueueError::InvalidPartitionCount { topic: topic.to_owned(), requested: partitions });
         }
-        Self::keep_records_apart(db, ours)?;
         let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
@@ -189,12 +204,11 @@ impl Queue {
                 return Err(QueueError::PartitionMismatch { topic: topic.to_owned(), stored, requested: partitions });
             }
         }
-        Ok(Self::handle(db, ours, topic, partitions))
+        Self::handle(db, ours, topic, partitions)
     }
 
     /// Opens `topic` if it exists, with its stored partition count.
     pub async fn open_existing(db: &Database, ours: &[u8], topic: &str) -> Result<Option<Self>, QueueError> {
-        Self::keep_records_apart(db, ours)?;
         let key = Ours::new(ours).queue_meta(topic);
         let key_ref = &key;
         let stored = db
@@ -209,7 +223,7 @@ impl Queue {
                     .ok()
                     .filter(|p| (1..=i32::MAX as u32).contains(p))
                     .ok_or_else(|| corrupt(&key, format!("partition count {n}")))?;
-                Ok(Some(Self::handle(db, ours, topic, partitions)))
+                Ok(Some(Self::handle(db, ours, topic, partitions)?))
             }
         }
     }
@@ -229,25 +243,29 @@ impl Queue {
         .await
     }
 
-    /// Asks the store to keep the record chunks apart before the first of them is written (a
-    /// no-op once done, or where the store cannot).
-    fn keep_records_apart(db: &Database, ours: &[u8]) -> Result<(), QueueError> {
-        db.keep_apart(&Ours::new(ours).queue_records())?;
-        Ok(())
-    }
-
-    fn handle(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Self {
-        Self {
+    /// The handle, once the store was asked to keep each partition's record chunks apart (before
+    /// the first of them is written; a no-op once done, refused where the store cannot or already
+    /// holds them with other keys, as a store created before does).
+    fn handle(db: &Database, ours: &[u8], topic: &str, partitions: u32) -> Result<Self, QueueError> {
+        let ours = Ours::new(ours);
+        let apart = (0..partitions)
+            .map(|p| {
+                let p = i32::try_from(p).unwrap_or(i32::MAX);
+                db.keep_apart(&ours.queue_partition_prefix(topic, p))
+            })
+            .collect::<Result<Vec<bool>, _>>()?;
+        Ok(Self {
             inner: Arc::new(Inner {
                 db: db.clone(),
-                ours: Ours::new(ours),
+                ours,
                 topic: topic.to_owned(),
                 partitions,
+                apart,
                 appended: Notify::new(),
                 next_keyless: AtomicU32::new(0),
             }),
             retry: default_append_retry(),
-        }
+        })
     }
 
     /// Replaces the retry options of this handle's appends, reads, commits and trims.
@@ -357,7 +375,9 @@ impl Queue {
 
     /// Reads up to `max` records of `partition` from offset `from`, in offset order, in one
     /// snapshot. Stops early after [`READ_BYTE_BUDGET`] bytes of values (never before the first
-    /// record). Offsets below the partition's start (trimmed) are skipped.
+    /// record). Offsets below the partition's start (trimmed) are skipped: the read starts at the
+    /// start offset of its snapshot, so it never meets records a trim has forgotten but the store
+    /// has not freed yet.
     pub async fn read(&self, partition: i32, from: i64, max: usize) -> Result<Vec<Record>, QueueError> {
         self.check_partition(partition)?;
         if from < 0 {
@@ -378,6 +398,7 @@ impl Queue {
         max: usize,
     ) -> Result<Vec<Record>, QueueError> {
         let ours = &self.inner.ours;
+        let from = from.max(self.read_counter(tx, &self.start_key(partition), true).await?);
         let (_, end) = ours.queue_partition(&self.inner.topic, partition);
         let base = ours.queue_partition_prefix(&self.inner.topic, partition);
         let mut cursor = ours.queue_offset(&self.inner.topic, partition, from);
@@ -514,9 +535,9 @@ impl Queue {
             .await
     }
 
-    /// Deletes the records of `partition` below offset `below` (clamped to the end offset) with
-    /// one range clear, and returns the new start offset. Offsets are never reused: the end
-    /// offset is unchanged. Trimming below the current start does nothing.
+    /// Deletes the records of `partition` below offset `below` (clamped to the end offset) in one
+    /// transaction (see the module's Trimming), and returns the new start offset. Offsets are
+    /// never reused: the end offset is unchanged. Trimming below the current start does nothing.
     pub async fn trim(&self, partition: i32, below: i64) -> Result<i64, QueueError> {
         self.check_partition(partition)?;
         if below < 0 {
@@ -524,7 +545,8 @@ impl Queue {
         }
         let (start_key, end_key) = (self.start_key(partition), self.end_key(partition));
         let (this, start_key, end_key) = (self, &start_key, &end_key);
-        self.inner
+        let start = self
+            .inner
             .db
             .run(&self.retry, move |tx| async move {
                 let start = this.read_counter(&tx, start_key, false).await?;
@@ -535,11 +557,13 @@ impl Queue {
                 if new_start <= start {
                     return Ok(start);
                 }
-                this.clear_below(&tx, partition, new_start);
+                this.clear_between(&tx, partition, start, new_start);
                 tx.set(start_key, &new_start.to_le_bytes());
                 Ok::<_, QueueError>(new_start)
             })
-            .await
+            .await?;
+        self.forget_below(partition, start).await?;
+        Ok(start)
     }
 
     /// Trims the records of `partition` that every consumer group of this topic has committed,
@@ -548,15 +572,20 @@ impl Queue {
     /// offset, and whether it went all the way. The new start is `None` when no group has
     /// committed on the partition (nothing is known to be consumed, so nothing goes).
     ///
-    /// The budget keeps each trim's transaction short: an embedded store removes a cleared range
-    /// key by key while it holds the commit order, and a trim of 200,000 records held every other
-    /// commit back for seconds (the ingest pipeline's records in flight then piled up to 650 MiB,
-    /// `matyan bench ingest --records 3000000`).
+    /// The budget keeps each trim's transaction short where it clears the records itself (a
+    /// partition not kept apart, see the module's Trimming): an embedded store removes a cleared
+    /// range key by key while it holds the commit order, and a trim of 200,000 records held every
+    /// other commit back for seconds (the ingest pipeline's records in flight then piled up to
+    /// 650 MiB, `matyan bench ingest --records 3000000`). A partition kept apart is trimmed as far
+    /// as allowed in one transaction, which writes only the start offset.
     ///
     /// The committed offsets are read with conflicting reads in the trimming transaction: a
     /// group rewinding its offset at the same time makes one of the two retry, so a replay never
     /// finds its records trimmed under it. A group that has never committed on this topic is not
     /// known here: start a new group's consumer (which commits its start) before trimming.
+    ///
+    /// An error after the transaction committed (the store failed to forget the records below the
+    /// start) leaves the start moved and the records for the next trim to forget.
     pub async fn trim_consumed(
         &self,
         partition: i32,
@@ -565,10 +594,12 @@ impl Queue {
     ) -> Result<PartitionTrim, QueueError> {
         self.check_partition(partition)?;
         let retain = i64::try_from(retain).unwrap_or(i64::MAX);
-        let step = i64::try_from(max_records.max(1)).unwrap_or(i64::MAX);
+        let step =
+            if self.is_apart(partition) { i64::MAX } else { i64::try_from(max_records.max(1)).unwrap_or(i64::MAX) };
         let (start_key, end_key) = (self.start_key(partition), self.end_key(partition));
         let (this, start_key, end_key) = (self, &start_key, &end_key);
-        self.inner
+        let trim = self
+            .inner
             .db
             .run(&self.retry, move |tx| async move {
                 let before = this.read_counter(&tx, start_key, false).await?;
@@ -581,7 +612,7 @@ impl Queue {
                     return Ok(PartitionTrim { before, start: Some(before), end, complete: true });
                 }
                 let new_start = wanted.min(before.saturating_add(step));
-                this.clear_below(&tx, partition, new_start);
+                this.clear_between(&tx, partition, before, new_start);
                 tx.set(start_key, &new_start.to_le_bytes());
                 Ok::<_, QueueError>(PartitionTrim {
                     before,
@@ -590,7 +621,9 @@ impl Queue {
                     complete: new_start == wanted,
                 })
             })
-            .await
+            .await?;
+        self.forget_below(partition, trim.start.unwrap_or(trim.before)).await?;
+        Ok(trim)
     }
 
     /// The smallest offset any group has committed on `partition` of this topic, read with
@@ -618,11 +651,42 @@ impl Queue {
         }
     }
 
-    /// Clears every record of `partition` below offset `below`.
-    fn clear_below(&self, tx: &Transaction, partition: i32, below: i64) {
+    /// Whether the store keeps the record chunks of `partition` (checked) apart.
+    fn is_apart(&self, partition: i32) -> bool {
+        usize::try_from(partition).ok().and_then(|p| self.inner.apart.get(p)).copied().unwrap_or(false)
+    }
+
+    /// Forgets every record chunk of `partition` below offset `start`, its start offset, where the
+    /// partition is kept apart (elsewhere the trim's transaction cleared them). From the
+    /// partition's first key every time: what an earlier forget could not free yet, or a trim
+    /// stopped before its forget left, goes as soon as the store can drop it, and a drop reads
+    /// nothing, so the range's length costs nothing.
+    async fn forget_below(&self, partition: i32, start: i64) -> Result<(), QueueError> {
+        if !self.is_apart(partition) || start <= 0 {
+            return Ok(());
+        }
         let ours = &self.inner.ours;
         let (begin, _) = ours.queue_partition(&self.inner.topic, partition);
-        tx.clear_range(&begin, &ours.queue_offset(&self.inner.topic, partition, below));
+        let end = ours.queue_offset(&self.inner.topic, partition, start);
+        Ok(self.inner.db.forget_range(&begin, &end).await?)
+    }
+
+    /// Clears the records of `partition` from offset `start` (the partition's start offset: every
+    /// trim cleared what lies below it in the transaction that moved it) to offset `below`, unless
+    /// the partition is kept apart (its records are forgotten after the transaction).
+    ///
+    /// Not from the partition's first key: an embedded store reads a cleared range key by key under
+    /// the commit order, and from the first key that read went through the tombstones of every
+    /// earlier trim not yet compacted away. Measured (`perf record` of `matyan bench ingest
+    /// --records 3000000 --layout chunked --trim-interval-ms 10000`): half of the process's
+    /// samples were in that read.
+    fn clear_between(&self, tx: &Transaction, partition: i32, start: i64, below: i64) {
+        if self.is_apart(partition) {
+            return;
+        }
+        let ours = &self.inner.ours;
+        let topic = &self.inner.topic;
+        tx.clear_range(&ours.queue_offset(topic, partition, start), &ours.queue_offset(topic, partition, below));
     }
 
     /// Resolves when a record is appended through a handle of this queue in this process.

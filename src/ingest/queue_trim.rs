@@ -3,10 +3,13 @@
 //! (1M points left ~300 B per point of queue behind them, issue 12).
 //!
 //! One pass visits every topic and partition and calls [`Queue::trim_consumed`], which reads the
-//! groups' committed offsets and the partition's bounds and clears below the slowest, in
-//! transactions of at most `queue.trim_batch_records` records each. A topic no group has
-//! committed on (the control events before a control consumer ever ran) keeps everything.
-//! `matyan serve` runs [`QueueTrimmer`] every `queue.trim_interval_ms`.
+//! groups' committed offsets and the partition's bounds and moves the start offset up to the
+//! slowest. Where the store keeps the partition's records apart (fjall stores created since ADR
+//! 0013) that one small transaction is all, and the records below the start are forgotten after it
+//! (fjall drops their tables whole); elsewhere the transactions clear the records themselves, at
+//! most `queue.trim_batch_records` records each. A topic no group has committed on (the control
+//! events before a control consumer ever ran) keeps everything. `matyan serve` runs
+//! [`QueueTrimmer`] every `queue.trim_interval_ms`.
 
 use std::time::Duration;
 

@@ -178,6 +178,37 @@ impl Database {
         }
     }
 
+    /// Forgets the keys in `[begin, end)`, which the caller reads and writes no more: the store
+    /// frees their space its cheapest way, outside the order of commits, now or at a later call
+    /// over them; reads of the range may see any value its keys held, or none
+    /// ([`Engine::forget_range`]). fjall drops the tables lying wholly inside the range, which
+    /// frees space where the keys are kept apart ([`Database::keep_apart`]) and written in key
+    /// order; memory and redb clear the range, FoundationDB clears it in a transaction of its own.
+    ///
+    /// [`Engine::forget_range`]: super::engine::Engine::forget_range
+    pub async fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        if begin >= end {
+            return Ok(());
+        }
+        match &self.inner {
+            DbInner::Local(db) => {
+                let (db, begin, end) = (Arc::clone(db), begin.to_vec(), end.to_vec());
+                // A drop writes a version file and may wait for the tree's running compaction.
+                tokio::task::spawn_blocking(move || db.forget_range(&begin, &end))
+                    .await
+                    .map_err(|e| KvError::Engine(format!("forget task failed: {e}")))?
+            }
+            #[cfg(feature = "fdb")]
+            DbInner::Fdb(_) => {
+                self.run(&RetryOptions::default(), |tx| async move {
+                    tx.clear_range(begin, end);
+                    Ok::<_, KvError>(())
+                })
+                .await
+            }
+        }
+    }
+
     /// Opens (creating if needed) the directory at `path` through the directory layer and returns
     /// its raw key prefix.
     pub async fn open_directory(&self, path: &[&str]) -> Result<Vec<u8>, KvError> {

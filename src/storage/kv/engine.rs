@@ -67,6 +67,19 @@ pub trait Engine: Send + Sync + 'static {
     fn keep_apart(&self, _prefix: &[u8]) -> Result<bool, KvError> {
         Ok(false)
     }
+    /// Forgets the keys in `[begin, end)`: the caller reads and writes none of them again (it keeps
+    /// its own record of what is gone, as the embedded queue's start offset does), so the engine
+    /// frees their space the cheapest way it has, outside the commit order: at once, in part, or
+    /// at a later call over the same keys. Afterwards a read of the range may see any value its
+    /// keys ever held, or none; keys outside it are untouched, and nothing is logged for conflicts.
+    /// The caller does not serialise this with [`Engine::apply`]: an engine that must, does.
+    ///
+    /// Memory and redb clear the range. fjall drops the tables lying wholly inside it, without a
+    /// read or a tombstone, and leaves the rest (memtables, tables reaching past its ends) to a
+    /// later call that covers their whole table: it frees space where the range's keys have a
+    /// tree of their own ([`Engine::keep_apart`]) written in key order, as a queue partition's
+    /// records are, and next to nothing where they share tables with other keys.
+    fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError>;
     /// Bytes the engine occupies on disk (0 for memory).
     fn disk_bytes(&self) -> u64 {
         0

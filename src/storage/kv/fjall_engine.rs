@@ -5,6 +5,8 @@
 //! each of those has a keyspace of its own, named `apart:` and the prefix in hex, so fjall
 //! recovers the routing with the keyspaces at the next open. A batch spanning keyspaces is
 //! written atomically (one journal), and a snapshot reads every keyspace at one sequence number.
+//! A forgotten range ([`Engine::forget_range`]) loses the tables lying wholly inside it, outside
+//! the commit order, with no read and no tombstone.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -63,7 +65,7 @@ impl FjallEngine {
             let Some(hex_prefix) = name.strip_prefix(APART) else { continue };
             let corrupt = || KvError::Engine(format!("keyspace {name:?} does not name a prefix"));
             let prefix = hex::decode(hex_prefix).map_err(|_| corrupt())?;
-            let apart = db.keyspace(&name, || keyspace_options(memtable_bytes)).map_err(engine_err)?;
+            let apart = db.keyspace(&name, || apart_keyspace_options(memtable_bytes)).map_err(engine_err)?;
             let route = Route::new(&prefix, apart).ok_or_else(corrupt)?;
             routes.add(route).map_err(|_| corrupt())?;
         }
@@ -119,6 +121,27 @@ impl Drop for FjallEngine {
         }
     }
 }
+
+/// The options of a new keyspace for a prefix kept apart. Its keys are written in key order, read
+/// in ranges and forgotten from the front ([`Engine::forget_range`] drops its tables whole), as a
+/// queue partition's records are: its tables are moved down the levels without being rewritten
+/// (the leveled strategy moves tables whose keys overlap no other's), so they are compressed when
+/// flushed, not at a deeper level; they get no bloom filter (no point read looks there) and a
+/// partitioned index at every level (a flushed table keeps what it was written with wherever it is
+/// moved, and a full index is held in memory whole while the table lives). Its memtable is a
+/// quarter of the others': a store keeps one per queue partition (7 for `matyan serve`'s two
+/// topics), where before it kept one for all of them.
+fn apart_keyspace_options(memtable_bytes: u64) -> KeyspaceCreateOptions {
+    use fjall::config::{CompressionPolicy, FilterPolicy, PartitioningPolicy};
+    KeyspaceCreateOptions::default()
+        .max_memtable_size((memtable_bytes / 4).max(MIN_APART_MEMTABLE_BYTES))
+        .data_block_compression_policy(CompressionPolicy::all(fjall::CompressionType::Lz4))
+        .filter_policy(FilterPolicy::disabled())
+        .index_block_partitioning_policy(PartitioningPolicy::all(true))
+}
+
+/// The smallest memtable of a keyspace kept apart.
+const MIN_APART_MEMTABLE_BYTES: u64 = 1 << 20;
 
 /// Which levels' tables get a partitioned block index (level 0 first; the last entry holds for
 /// every deeper level): all but level 0. Only a new store takes it; fjall records a keyspace's
@@ -282,12 +305,23 @@ impl Engine for FjallEngine {
             return refuse();
         }
         let name = format!("{APART}{}", hex::encode(prefix));
-        let apart = self.db.keyspace(&name, || keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
+        let apart = self.db.keyspace(&name, || apart_keyspace_options(self.memtable_bytes)).map_err(engine_err)?;
         let mut next = Routes::clone(&routes);
         next.add(probe.with_tree(apart))
             .map_err(|_| KvError::Engine(format!("prefix {} overlaps another", hex::encode(prefix))))?;
         *routes = Arc::new(next);
         Ok(true)
+    }
+
+    /// Drops the tables lying wholly inside the range, in every keyspace it crosses, without the
+    /// commit order (fjall orders a drop with its own writes, and a snapshot taken before still
+    /// reads what it drops).
+    fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        let routes = Arc::clone(&self.routes.read());
+        for piece in routes.pieces(begin, end) {
+            piece.tree.unwrap_or(&self.ks).drop_tables_within(piece.begin, piece.end).map_err(engine_err)?;
+        }
+        Ok(())
     }
 
     fn sync(&self) -> Result<(), KvError> {
@@ -325,18 +359,17 @@ impl Engine for FjallEngine {
 mod tests {
     use super::*;
 
-    /// Bytes of the files under `dir` (recursively).
+    /// Bytes of the files under `dir` (recursively); a file removed while they are counted (by a
+    /// flush or a compaction running meanwhile) counts 0.
     fn bytes_under(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .map(|entries| {
                 entries
-                    .map(|e| e.unwrap())
-                    .map(|e| {
-                        if e.file_type().unwrap().is_dir() {
-                            bytes_under(&e.path())
-                        } else {
-                            e.metadata().unwrap().len()
-                        }
+                    .filter_map(Result::ok)
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => bytes_under(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
                     })
                     .sum()
             })
@@ -385,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn a_new_store_partitions_the_index_and_filter_of_every_level_below_0_and_keeps_them_at_reopen() {
+    fn a_new_store_partitions_index_and_filter_below_level_0_and_tunes_keyspaces_kept_apart_across_reopens() {
         use fjall::AbstractTree as _;
         let dir = tempfile::tempdir().unwrap();
         let policies = |e: &FjallEngine| {
@@ -402,9 +435,16 @@ mod tests {
         drop(engine);
         let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         assert_eq!(policies(&engine), want);
+        // A keyspace kept apart, written in key order and dropped table by table, compresses what it
+        // flushes, builds no bloom filter and partitions its index at every level, across reopens.
         let routes = Arc::clone(&engine.routes.read());
-        let apart = routes.iter().next().unwrap().tree().tree.tree_config().filter_block_partitioning_policy.to_vec();
-        assert_eq!(apart, vec![false, true]);
+        let apart = routes.iter().next().unwrap().tree().tree.tree_config();
+        assert_eq!(
+            apart.data_block_compression_policy,
+            fjall::config::CompressionPolicy::all(fjall::CompressionType::Lz4)
+        );
+        assert_eq!(apart.filter_policy, fjall::config::FilterPolicy::disabled());
+        assert_eq!(apart.index_block_partitioning_policy.to_vec(), vec![true]);
     }
 
     /// Keys over a small alphabet, so that random ranges often cross the kept-apart prefixes (never
@@ -503,6 +543,66 @@ mod tests {
         drop(engine);
         let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
         assert!(engine.keep_apart(b"q").unwrap(), "no key left under it at this open");
+    }
+
+    #[test]
+    fn forgetting_a_range_kept_apart_drops_its_whole_tables_and_their_files_and_nothing_else() {
+        use rand::{Rng, SeedableRng};
+        let dir = tempfile::tempdir().unwrap();
+        // Memtables of 1 MiB: 8 MB of writes make several tables.
+        let options = EmbeddedOptions { memtable_bytes: 1 << 20, ..EmbeddedOptions::default() };
+        let engine = FjallEngine::open(dir.path(), options).unwrap();
+        assert!(engine.keep_apart(b"q").unwrap());
+        let key = |i: u32| [b"q".as_slice(), &i.to_be_bytes()].concat();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let value = |i: u32, rng: &mut rand::rngs::StdRng| {
+            let mut v = i.to_be_bytes().to_vec();
+            v.extend((0..1000).map(|_| rng.random::<u8>()));
+            v
+        };
+        let mut values = Vec::new();
+        for batch in 0..80u32 {
+            let ops: Vec<_> =
+                (batch * 100..(batch + 1) * 100).map(|i| (key(i), PointOp::Set(value(i, &mut rng)))).collect();
+            values.extend(ops.iter().map(|(_, op)| match op {
+                PointOp::Set(v) => v.clone(),
+                _ => unreachable!(),
+            }));
+            engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
+        }
+        let outside = vec![(b"a".to_vec(), PointOp::Set(b"kept".to_vec()))];
+        engine.apply(&WriteBatch { ops: outside, ..WriteBatch::default() }).unwrap();
+        let apart = engine.routes.read().iter().next().unwrap().tree().clone();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while apart.sealed_memtable_count() > 0 || apart.table_count() < 4 {
+            assert!(std::time::Instant::now() < deadline, "the writes were not flushed into tables");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let (tables, bytes) = (apart.table_count(), bytes_under(apart.path()));
+        let before = engine.snapshot().unwrap();
+
+        engine.forget_range(&key(0), &key(6_000)).unwrap();
+        assert!(apart.table_count() < tables, "tables {tables} -> {}", apart.table_count());
+        // Every key past the range and outside the keyspace is there; a forgotten one shows its
+        // value or nothing; a snapshot taken before reads them all.
+        let snap = engine.snapshot().unwrap();
+        assert_eq!(snap.get(b"a").unwrap(), Some(b"kept".to_vec()));
+        let left = snap.range(&key(0), &key(8_000), false, 0).unwrap();
+        assert!(left.len() < 8_000, "some of the range went");
+        for (k, v) in &left {
+            let i = u32::from_be_bytes(k[1..].try_into().unwrap());
+            assert_eq!(v, &values[i as usize]);
+        }
+        let kept: Vec<u32> = left.iter().map(|(k, _)| u32::from_be_bytes(k[1..].try_into().unwrap())).collect();
+        assert!((6_000..8_000).all(|i| kept.binary_search(&i).is_ok()), "a key past the range went");
+        assert_eq!(before.range(&key(0), &key(8_000), false, 0).unwrap().len(), 8_000);
+        drop((before, snap));
+        // Again over the same range, with no snapshot open: nothing more to drop, and the dropped
+        // tables' files are gone with the last version holding them, which the old snapshot read.
+        let now = apart.table_count();
+        engine.forget_range(&key(0), &key(6_000)).unwrap();
+        assert_eq!(apart.table_count(), now);
+        assert!(bytes_under(apart.path()) < bytes * 3 / 4, "files {bytes} -> {} bytes", bytes_under(apart.path()));
     }
 
     #[test]

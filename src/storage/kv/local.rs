@@ -160,6 +160,14 @@ impl LocalDb {
         self.engine.keep_apart(prefix)
     }
 
+    /// [`Engine::forget_range`], outside the commit order.
+    ///
+    /// [`Engine::forget_range`]: super::engine::Engine::forget_range
+    pub fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        let limit = self.limits.max_key_bytes;
+        self.engine.forget_range(&clamp_bound(begin.to_vec(), limit), &clamp_bound(end.to_vec(), limit))
+    }
+
     /// A new transaction.
     pub fn create_trx(self: &Arc<Self>) -> LocalTxn {
         LocalTxn { db: Arc::clone(self), state: Mutex::new(TxnState::default()) }
@@ -803,6 +811,9 @@ mod tests {
         fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
             self.inner.apply(batch)
         }
+        fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+            self.inner.forget_range(begin, end)
+        }
     }
 
     #[test]
@@ -866,6 +877,9 @@ mod tests {
                 self.0.applied.lock().insert(u64::from_be_bytes(k[..8].try_into().unwrap()));
             }
             Ok(())
+        }
+        fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+            self.0.inner.forget_range(begin, end)
         }
         fn sync(&self) -> Result<(), KvError> {
             let before = self.0.applied.lock().clone();

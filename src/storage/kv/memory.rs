@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use imbl::OrdMap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use super::engine::{Engine, EngineSnapshot, Pairs, PointOp, WriteBatch, resolve_add};
 use super::error::KvError;
@@ -14,6 +14,9 @@ type Map = OrdMap<Vec<u8>, Vec<u8>>;
 #[derive(Default)]
 pub struct MemoryEngine {
     map: RwLock<Map>,
+    /// Held by whoever changes the map (a commit, a forget) from its copy to the new one, so that
+    /// neither replaces the map with a copy missing the other's change.
+    writer: Mutex<()>,
 }
 
 struct MemorySnapshot(Map);
@@ -37,12 +40,10 @@ impl Engine for MemoryEngine {
     }
 
     fn apply(&self, batch: &WriteBatch) -> Result<(), KvError> {
+        let _writer = self.writer.lock();
         let mut map = self.map.read().clone();
         for (b, e) in &batch.cleared {
-            let doomed: Vec<Vec<u8>> = map.range(b.clone()..e.clone()).map(|(k, _)| k.clone()).collect();
-            for k in doomed {
-                map.remove(&k);
-            }
+            clear(&mut map, b, e);
         }
         for (k, op) in &batch.ops {
             match op {
@@ -60,5 +61,24 @@ impl Engine for MemoryEngine {
         }
         *self.map.write() = map;
         Ok(())
+    }
+
+    /// Clears the range.
+    fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        let _writer = self.writer.lock();
+        let mut map = self.map.read().clone();
+        clear(&mut map, begin, end);
+        *self.map.write() = map;
+        Ok(())
+    }
+}
+
+fn clear(map: &mut Map, begin: &[u8], end: &[u8]) {
+    if begin >= end {
+        return;
+    }
+    let doomed: Vec<Vec<u8>> = map.range(begin.to_vec()..end.to_vec()).map(|(k, _)| k.clone()).collect();
+    for k in doomed {
+        map.remove(&k);
     }
 }

@@ -93,6 +93,21 @@ impl Engine for RedbEngine {
         tx.commit().map_err(engine_err)
     }
 
+    /// Clears the range in a write transaction of its own (redb runs one at a time, so it waits for
+    /// a commit's), durable with the next synced commit.
+    fn forget_range(&self, begin: &[u8], end: &[u8]) -> Result<(), KvError> {
+        if begin >= end {
+            return Ok(());
+        }
+        let mut tx = self.db.begin_write().map_err(engine_err)?;
+        tx.set_durability(Durability::None).map_err(engine_err)?;
+        {
+            let mut table = tx.open_table(TABLE).map_err(engine_err)?;
+            table.retain_in::<&[u8], _>(begin..end, |_, _| false).map_err(engine_err)?;
+        }
+        tx.commit().map_err(engine_err)
+    }
+
     fn sync(&self) -> Result<(), KvError> {
         let mut tx = self.db.begin_write().map_err(engine_err)?;
         tx.set_durability(Durability::Immediate).map_err(engine_err)?;

@@ -232,7 +232,8 @@ impl Ours {
     }
 
     /// `("queue",)`: the prefix of every record chunk of every topic (and of nothing else: the
-    /// packed string ends with its terminator), which the store keeps apart from its other keys.
+    /// packed string ends with its terminator). Stores created between ADR 0012 and ADR 0013 keep
+    /// it apart whole; newer ones keep each partition's prefix apart.
     pub fn queue_records(&self) -> Vec<u8> {
         self.key(&[Elem::from(QUEUE)])
     }
@@ -243,7 +244,8 @@ impl Ours {
         self.key(&[Elem::from(QUEUE), Elem::from(topic), Elem::from(partition), Elem::from(offset)])
     }
 
-    /// The key prefix of a queue partition's record chunks, for [`Ours::decode_queue_record`].
+    /// The key prefix of a queue partition's record chunks, for [`Ours::decode_queue_record`], and
+    /// what the store keeps apart for the partition.
     pub fn queue_partition_prefix(&self, topic: &str, partition: i32) -> Vec<u8> {
         self.key(&[Elem::from(QUEUE), Elem::from(topic), Elem::from(partition)])
     }

@@ -882,6 +882,48 @@ impl Keyspace {
         Ok(())
     }
 
+    /// matyan: drops the tables all of whose keys lie in `[begin, end)`, and returns how many it
+    /// dropped. Keys in memtables and in tables reaching past either end stay. A snapshot taken
+    /// before still reads the dropped tables; one taken after sees none of their keys, so a key
+    /// whose newest version was in a dropped table may show an older one from another table. Only
+    /// for keys nobody reads or writes again.
+    ///
+    /// The dropped tables' files go with the last version holding them, once no open snapshot
+    /// reads it: every call frees such versions, as a flush or a compaction does after its work,
+    /// so the files go at once when no snapshot is open and at a later call otherwise, even if the
+    /// keyspace is neither flushed nor compacted again. lsm-tree's `drop_range` writes a new
+    /// version even when no table lies inside; this does not call it then, or an idle keyspace
+    /// would keep one version per call.
+    ///
+    /// # Errors
+    ///
+    /// Will return `Err` if an IO error occurs.
+    #[doc(hidden)]
+    pub fn drop_tables_within(&self, begin: &[u8], end: &[u8]) -> crate::Result<usize> {
+        let inside = |t: &&lsm_tree::Table| {
+            let range = &t.metadata.key_range;
+            begin <= range.min().as_ref() && range.max().as_ref() < end
+        };
+        let before = self.tree.current_version().iter_tables().filter(inside).count();
+        if before > 0 {
+            self.tree.drop_range(begin..end)?;
+            // The watermark below stays one sequence number behind the newest: with nothing
+            // written after the drop, it would keep the version before the drop, and its tables.
+            // Take one more number, with no write, as `clear` does, under the journal's lock so
+            // that no batch is being applied meanwhile.
+            let _journal = self.supervisor.journal.get_writer()?;
+            let seqno = self.supervisor.seqno.next();
+            self.supervisor.snapshot_tracker.publish(seqno);
+        }
+        // As a journal rotation does: the watermark is otherwise moved every 10,000 snapshots.
+        self.supervisor.snapshot_tracker.gc();
+        self.tree
+            .get_version_history_lock()
+            .maintenance(self.path(), self.supervisor.snapshot_tracker.get_seqno_safe_to_gc())?;
+        let after = self.tree.current_version().iter_tables().filter(inside).count();
+        Ok(before.saturating_sub(after))
+    }
+
     /// Inserts a key-value pair into the keyspace.
     ///
     /// Keys may be up to 65536 bytes long, values up to 2^32 bytes.
