@@ -67,6 +67,13 @@ pub trait Engine: Send + Sync + 'static {
     fn keep_apart(&self, _prefix: &[u8]) -> Result<bool, KvError> {
         Ok(false)
     }
+    /// What [`Engine::keep_apart`] would answer for `prefix` when the answer is already settled
+    /// (kept apart, or refused until the store is opened again), found without changing anything;
+    /// `None` when only `keep_apart` can tell. A settled answer does not depend on the writes in
+    /// flight, so the caller asks this before taking the commit order.
+    fn kept_apart(&self, _prefix: &[u8]) -> Option<bool> {
+        None
+    }
     /// Forgets the keys in `[begin, end)`: the caller reads and writes none of them again (it keeps
     /// its own record of what is gone, as the embedded queue's start offset does), so the engine
     /// frees their space the cheapest way it has, outside the commit order: at once, in part, or

@@ -283,11 +283,8 @@ impl Engine for FjallEngine {
     /// created before keeps them there: moving them is not this call's job). The caller
     /// serialises this with [`Engine::apply`], so no commit writes under the prefix meanwhile.
     fn keep_apart(&self, prefix: &[u8]) -> Result<bool, KvError> {
-        if self.routes.read().iter().any(|r| r.prefix() == prefix) {
-            return Ok(true);
-        }
-        if self.refused.lock().contains(prefix) {
-            return Ok(false);
+        if let Some(settled) = self.kept_apart(prefix) {
+            return Ok(settled);
         }
         let mut routes = self.routes.write();
         if routes.iter().any(|r| r.prefix() == prefix) {
@@ -311,6 +308,13 @@ impl Engine for FjallEngine {
             .map_err(|_| KvError::Engine(format!("prefix {} overlaps another", hex::encode(prefix))))?;
         *routes = Arc::new(next);
         Ok(true)
+    }
+
+    fn kept_apart(&self, prefix: &[u8]) -> Option<bool> {
+        if self.routes.read().iter().any(|r| r.prefix() == prefix) {
+            return Some(true);
+        }
+        self.refused.lock().contains(prefix).then_some(false)
     }
 
     /// Drops the tables lying wholly inside the range, in every keyspace it crosses, without the
@@ -507,7 +511,9 @@ mod tests {
     fn a_prefix_kept_apart_keeps_its_own_keyspace_and_keys_across_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let engine = FjallEngine::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        assert_eq!(engine.kept_apart(b"q"), None, "not settled before it is asked for");
         assert!(engine.keep_apart(b"q").unwrap());
+        assert_eq!(engine.kept_apart(b"q"), Some(true));
         assert!(engine.keep_apart(b"q").unwrap(), "asking again is a no-op");
         let ops = vec![(b"a".to_vec(), PointOp::Set(b"1".to_vec())), (b"q1".to_vec(), PointOp::Set(b"2".to_vec()))];
         engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
@@ -531,6 +537,7 @@ mod tests {
         let ops = vec![(b"q1".to_vec(), PointOp::Set(b"2".to_vec()))];
         engine.apply(&WriteBatch { ops, ..WriteBatch::default() }).unwrap();
         assert!(!engine.keep_apart(b"q").unwrap(), "its key would be hidden");
+        assert_eq!(engine.kept_apart(b"q"), Some(false), "a refusal is settled");
         assert!(!engine.keep_apart(b"").unwrap(), "an empty prefix would take every key");
         assert!(!engine.keep_apart(&[b'x'; 200]).unwrap(), "too long to name a keyspace");
         assert!(engine.keep_apart(b"r").unwrap());

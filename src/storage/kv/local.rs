@@ -152,10 +152,16 @@ impl LocalDb {
         self.engine.memory()
     }
 
-    /// [`Engine::keep_apart`], serialised with commits.
+    /// [`Engine::keep_apart`], serialised with commits unless the engine's answer is settled
+    /// ([`Engine::kept_apart`]): the queue asks at every open, for each partition, and would
+    /// otherwise wait behind a commit in progress each time.
     ///
     /// [`Engine::keep_apart`]: super::engine::Engine::keep_apart
+    /// [`Engine::kept_apart`]: super::engine::Engine::kept_apart
     pub fn keep_apart(&self, prefix: &[u8]) -> Result<bool, KvError> {
+        if let Some(settled) = self.engine.kept_apart(prefix) {
+            return Ok(settled);
+        }
         let _log = self.log.lock();
         self.engine.keep_apart(prefix)
     }
