@@ -26,10 +26,12 @@
 //!   sequence migration), resumable batches under the storage job lock;
 //! - [`metrics`]: the metrics catalogue;
 //! - [`fast_hash`]: the hash maps of the ingest path (a faster seeded hasher);
+//! - [`alloc`]: the process's allocator (jemalloc by default), its account and giving free pages back;
 //! - [`bench`]: benchmarks that print figures.
 //!
 //! The binary's command-line glue lives in `src/main.rs` and `src/cli/`.
 pub mod actors;
+pub mod alloc;
 pub mod app;
 pub mod bench;
 pub mod blobs;

@@ -8,6 +8,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc unless built without the `jemalloc` feature (`matyan::alloc`).
+#[global_allocator]
+static GLOBAL: matyan::alloc::Global = matyan::alloc::GLOBAL;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     tracing_subscriber::fmt()

@@ -8,14 +8,15 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::alloc::HeapAccount;
 use crate::storage::kv::Database;
 use crate::storage::kv::engine::EngineMemory;
 
 /// How often a phase is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
-/// The allocator's account is read at every this many samples only (once a second): glibc's
-/// `mallinfo2` walks every free chunk of every arena under its lock, and with a few hundred MiB of
+/// The allocator's account is read at every this many samples only (once a second): without
+/// jemalloc, glibc's `mallinfo2` walks every free chunk of every arena under its lock, and with a few hundred MiB of
 /// fragmented free heap it took 3.9 % of a backlog drain's samples at every sample (`perf record`
 /// of `matyan bench ingest --records 3000000`), stalling the measured pipeline's allocations.
 const HEAP_SAMPLE_EVERY: u32 = 10;
@@ -28,7 +29,7 @@ pub struct MemoryPeaks {
     pub first_rss_kib: u64,
     /// Resident set, KiB, the largest sampled.
     pub rss_kib: u64,
-    /// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`; 0 elsewhere),
+    /// Bytes the allocator has handed out and not had back ([`crate::alloc::account`]; 0 where it keeps none),
     /// the largest sampled: the live heap.
     pub heap_in_use_bytes: u64,
     /// Bytes freed to the allocator and kept by it, the largest sampled: resident memory that
@@ -39,7 +40,7 @@ pub struct MemoryPeaks {
 }
 
 impl MemoryPeaks {
-    fn take(&mut self, rss_kib: u64, heap: Option<Heap>, e: EngineMemory) {
+    fn take(&mut self, rss_kib: u64, heap: Option<HeapAccount>, e: EngineMemory) {
         if self.first_rss_kib == 0 {
             self.first_rss_kib = rss_kib;
         }
@@ -77,7 +78,8 @@ impl MemorySampler {
             let mut peaks = MemoryPeaks::default();
             for n in 0u32.. {
                 if let (Some(rss), Some(e)) = (current_rss_kib(), db.engine_memory()) {
-                    peaks.take(rss, (n % HEAP_SAMPLE_EVERY == 0).then(heap), e);
+                    let heap = if n % HEAP_SAMPLE_EVERY == 0 { crate::alloc::account() } else { None };
+                    peaks.take(rss, heap, e);
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(SAMPLE_EVERY) => {}
@@ -104,27 +106,6 @@ pub async fn stop(sampler: Option<MemorySampler>) -> Option<MemoryPeaks> {
     }
 }
 
-/// The allocator's own account.
-#[derive(Debug, Clone, Copy, Default)]
-struct Heap {
-    in_use_bytes: u64,
-    free_bytes: u64,
-}
-
-/// glibc's account of its heap, all arenas together.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn heap() -> Heap {
-    // SAFETY: mallinfo2 takes no arguments and only reads the allocator's own statistics.
-    let info = unsafe { libc::mallinfo2() };
-    let n = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
-    Heap { in_use_bytes: n(info.uordblks) + n(info.hblkhd), free_bytes: n(info.fordblks) }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn heap() -> Heap {
-    Heap::default()
-}
-
 /// Resident set of this process now, KiB.
 fn current_rss_kib() -> Option<u64> {
     status_kib("VmRSS:")
@@ -146,7 +127,7 @@ mod tests {
         let mut p = MemoryPeaks::default();
         let a = EngineMemory { write_buffer_bytes: 10, cache_bytes: 1, tables: 3, ..Default::default() };
         let b = EngineMemory { write_buffer_bytes: 2, cache_bytes: 7, pinned_index_bytes: 5, ..Default::default() };
-        let h = |in_use_bytes, free_bytes| Some(Heap { in_use_bytes, free_bytes });
+        let h = |in_use_bytes, free_bytes| Some(HeapAccount { in_use_bytes, free_bytes });
         p.take(100, h(5, 1), a);
         p.take(90, h(3, 4), b);
         assert_eq!((p.heap_in_use_bytes, p.heap_free_bytes), (5, 4));

@@ -474,7 +474,7 @@ async fn ingest(args: IngestArgs) -> anyhow::Result<()> {
         if scratch {
             let _ = std::fs::remove_dir_all(&sub);
         }
-        println!("layout: {}", layout.as_str());
+        println!("layout: {}, allocator: {}", layout.as_str(), matyan::alloc::describe());
         print_ingest(&result.context("benchmark failed")?, trim);
     }
     if scratch {

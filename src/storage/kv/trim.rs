@@ -1,16 +1,16 @@
 //! Hands memory that the allocator holds free back to the operating system, at a fixed interval,
-//! on one thread per process.
+//! on one thread per process ([`crate::alloc::release_free`]).
 //!
-//! glibc's malloc keeps freed memory in its arenas and returns it to the kernel only from the top
-//! of each heap. An embedded store frees a great deal from the middle: compactions read whole
-//! tables block by block, the block cache evicts, decoded records come and go on several threads.
-//! Measured (`matyan bench ingest --records 3000000 --layout chunked`, memory rows): the allocator
-//! held 207 MiB free against 111 MiB in use at the backlog phase's largest, all of it resident.
-//! `malloc_trim(0)` gives back every free page of every arena (`madvise(MADV_DONTNEED)`); on that
-//! heap it takes 1–9 ms. The interval is `[storage] memory_trim_ms`.
+//! An embedded store frees a great deal in bursts and from the middle of the heap: compactions read
+//! whole tables block by block, the block cache evicts, decoded records come and go on several
+//! threads. glibc's malloc returns memory to the kernel only from the top of each heap: measured
+//! (`matyan bench ingest --records 3000000 --layout chunked`, memory rows, glibc) it held 207 MiB
+//! free against 111 MiB in use at the backlog phase's largest, all of it resident, and
+//! `malloc_trim(0)` took 1–9 ms on that heap. jemalloc returns freed pages on its own after a decay
+//! time; a purge returns them at once. The interval is `[storage] memory_trim_ms`.
 //!
-//! Other allocators (musl, or a build with a global allocator of its own) need nothing here: the
-//! trimmer does not start.
+//! With an allocator that has no such call ([`crate::alloc::CAN_RELEASE`]) the trimmer does not
+//! start.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -39,7 +39,7 @@ fn running() -> Option<Duration> {
 }
 
 /// Whether this build's allocator can be trimmed.
-const SUPPORTED: bool = cfg!(all(target_os = "linux", target_env = "gnu"));
+const SUPPORTED: bool = crate::alloc::CAN_RELEASE;
 
 fn spawn(interval: Duration) -> bool {
     let thread = std::thread::Builder::new().name("matyan-malloc-trim".into()).spawn(move || {
@@ -58,19 +58,11 @@ fn spawn(interval: Duration) -> bool {
 }
 
 /// Gives the allocator's free pages back now.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn trim_now() {
-    // SAFETY: malloc_trim takes no pointers; glibc locks each arena while it trims it.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::alloc::release_free();
 }
 
-/// Gives the allocator's free pages back now (nothing to do with this allocator).
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn trim_now() {}
-
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
@@ -80,6 +72,9 @@ mod tests {
 
     #[test]
     fn a_trim_gives_back_memory_freed_below_memory_still_in_use() {
+        if !SUPPORTED {
+            return;
+        }
         // 64 MiB in 4 KiB blocks, then every block but the last freed: the last one keeps the
         // heap's top in place, so the allocator cannot give the freed pages back on its own.
         let mut blocks: Vec<Vec<u8>> = (0..16_384).map(|i| vec![(i % 251) as u8 + 1; 4096]).collect();
