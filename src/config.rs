@@ -114,6 +114,9 @@ pub struct StorageConfig {
     pub engine_threads: u32,
     /// How often freed memory goes back to the system (0: never).
     pub memory_trim_ms: u64,
+    /// fjall's journals together at most: past it, the memtables holding the oldest journal back
+    /// are flushed.
+    pub journal_bytes: u64,
 }
 
 impl StorageConfig {
@@ -139,6 +142,7 @@ impl StorageConfig {
             memtable_bytes: self.memtable().0,
             engine_threads: self.engine_threads,
             memory_trim_ms: self.memory_trim_ms,
+            journal_bytes: self.journal_bytes,
         }
     }
 }
@@ -997,6 +1001,7 @@ impl StorageConfig {
                 max: MAX_ENGINE_THREADS,
             });
         }
+        check_between("storage.journal_bytes", self.journal_bytes, MIN_JOURNAL_BYTES, MAX_JOURNAL_BYTES, errors);
         // 0 turns the trim off.
         if self.memory_trim_ms != 0 {
             check_between(
@@ -1018,6 +1023,11 @@ const MIN_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Largest `storage.memtable_bytes`: writes hold up to five memtables (fjall stalls writes at four
 /// sealed ones waiting for their flush), so this caps them at 1.25 GiB.
 const MAX_MEMTABLE_BYTES: u64 = 256 << 20;
+/// Smallest `storage.journal_bytes`: fjall's own floor.
+const MIN_JOURNAL_BYTES: u64 = 64 << 20;
+/// Largest `storage.journal_bytes`: a crash replays up to this much at the next open (an 85 MB
+/// journal took 4–8 s).
+const MAX_JOURNAL_BYTES: u64 = 4 << 30;
 /// Most `storage.engine_threads`: fjall's own default is one per core up to four.
 const MAX_ENGINE_THREADS: u64 = 64;
 /// Shortest nonzero `storage.memory_trim_ms`: a trim locks each of the allocator's arenas in
@@ -1363,12 +1373,23 @@ mod tests {
         assert_eq!((c.storage.cache(), c.storage.memtable()), (ByteSize(8 << 20), ByteSize(4 << 20)));
         assert_eq!(
             c.storage.embedded_options(),
-            EmbeddedOptions { cache_bytes: 8 << 20, memtable_bytes: 4 << 20, engine_threads: 2, memory_trim_ms: 1000 }
+            EmbeddedOptions {
+                cache_bytes: 8 << 20,
+                memtable_bytes: 4 << 20,
+                engine_threads: 2,
+                memory_trim_ms: 1000,
+                journal_bytes: 64 << 20
+            }
         );
         let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 1000\nmemtable_bytes = 1000\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["storage.cache_bytes", "storage.memtable_bytes"]);
         let c = Config::from_toml_str("f.toml", "[storage]\nmemtable_bytes = 1073741824\n").unwrap();
         assert_eq!(invalid_keys(&c), vec!["storage.memtable_bytes"]);
+        // fjall panics below 64 MiB of journal; past 4 GiB a crash replays too much.
+        for journal in [(64 << 20) - 1, (4u64 << 30) + 1] {
+            let c = Config::from_toml_str("f.toml", &format!("[storage]\njournal_bytes = {journal}\n")).unwrap();
+            assert_eq!(invalid_keys(&c), vec!["storage.journal_bytes"], "{journal}");
+        }
         for threads in [0, 65] {
             let c = Config::from_toml_str("f.toml", &format!("[storage]\nengine_threads = {threads}\n")).unwrap();
             assert_eq!(invalid_keys(&c), vec!["storage.engine_threads"], "{threads} threads");

@@ -49,6 +49,9 @@ struct StoreArgs {
     /// How often freed memory goes back to the system, ms (0: never; one trimmer per process).
     #[arg(long, default_value_t = EmbeddedOptions::default().memory_trim_ms)]
     memory_trim_ms: u64,
+    /// fjall's journals together at most, bytes.
+    #[arg(long, default_value_t = EmbeddedOptions::default().journal_bytes)]
+    journal_bytes: u64,
 }
 
 impl StoreArgs {
@@ -60,10 +63,11 @@ impl StoreArgs {
         storage.memtable_bytes = self.memtable_bytes;
         storage.engine_threads = self.engine_threads;
         storage.memory_trim_ms = self.memory_trim_ms;
+        storage.journal_bytes = self.journal_bytes;
         config.validate().map_err(|e| {
             anyhow::anyhow!(
-                "{e} (--cache-bytes, --memtable-bytes, --engine-threads and --memory-trim-ms are [storage]'s \
-                 cache_bytes, memtable_bytes, engine_threads and memory_trim_ms)"
+                "{e} (--cache-bytes, --memtable-bytes, --engine-threads, --memory-trim-ms and --journal-bytes are \
+                 [storage]'s cache_bytes, memtable_bytes, engine_threads, memory_trim_ms and journal_bytes)"
             )
         })?;
         Ok(config.storage.embedded_options())
@@ -706,7 +710,13 @@ mod tests {
 
     fn store(memory_trim_ms: u64, engine_threads: u32) -> StoreArgs {
         let d = EmbeddedOptions::default();
-        StoreArgs { cache_bytes: d.cache_bytes, memtable_bytes: d.memtable_bytes, engine_threads, memory_trim_ms }
+        StoreArgs {
+            cache_bytes: d.cache_bytes,
+            memtable_bytes: d.memtable_bytes,
+            engine_threads,
+            memory_trim_ms,
+            journal_bytes: d.journal_bytes,
+        }
     }
 
     #[test]

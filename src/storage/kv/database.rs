@@ -41,12 +41,23 @@ pub struct EmbeddedOptions {
     /// How often the process gives memory its allocator holds free back to the system, in
     /// milliseconds; 0: never (see [`super::trim`]). One trimmer serves the whole process.
     pub memory_trim_ms: u64,
+    /// fjall: its journals together at most. Past it, fjall flushes the memtables that hold the
+    /// oldest journal back, so the journal (the disk a running store holds beyond its tables, and
+    /// what a crash replays at the next open) stays under it. fjall's own default is 512 MiB.
+    /// redb has none.
+    pub journal_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
     /// Equal to the built-in `[storage]` of `config/default.toml` (a config test keeps them equal).
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, memtable_bytes: 16 << 20, engine_threads: 2, memory_trim_ms: 1000 }
+        Self {
+            cache_bytes: 64 << 20,
+            memtable_bytes: 16 << 20,
+            engine_threads: 2,
+            memory_trim_ms: 1000,
+            journal_bytes: 64 << 20,
+        }
     }
 }
 

@@ -52,12 +52,16 @@ impl FjallEngine {
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Self, KvError> {
         let path = dir.join("fjall");
         let threads = usize::try_from(options.engine_threads).unwrap_or(1).max(1);
-        let db = Database::builder(&path).cache_size(options.cache_bytes).worker_threads(threads).open().map_err(
-            |e| match e {
+        let db = Database::builder(&path)
+            .cache_size(options.cache_bytes)
+            .worker_threads(threads)
+            // fjall panics below its floor; the config holds it there.
+            .max_journaling_size(options.journal_bytes.max(64 << 20))
+            .open()
+            .map_err(|e| match e {
                 fjall::Error::Locked => KvError::Locked(path.display().to_string()),
                 other => engine_err(other),
-            },
-        )?;
+            })?;
         let memtable_bytes = options.memtable_bytes;
         let ks = db.keyspace("kv", || keyspace_options(memtable_bytes)).map_err(engine_err)?;
         let mut routes = Routes::default();
