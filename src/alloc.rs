@@ -37,10 +37,10 @@ static TEST_GLOBAL: Global = GLOBAL;
 
 /// jemalloc's options, read once at its first allocation (the environment variable
 /// `_RJEM_MALLOC_CONF` overrides them): one arena per CPU instead of four, and thread caches of
-/// objects up to 4 KiB instead of 32 KiB. Measured (`matyan bench gateway`, `matyan bench ingest
-/// --records 3000000 --layout chunked`, each option set through the variable, alternated): peak RSS
-/// draining 1M points through the gateway 102–105 MiB with jemalloc's defaults, 86–94 MiB with
-/// these; the ingest phases within their spread (live peak 99 → 85–89 MiB).
+/// objects up to 4 KiB instead of 32 KiB. Measured (`matyan bench ingest --records 3000000 --layout
+/// chunked`, option sets through the variable, alternated; ADR 0015 has every set): live phase peak
+/// 99–107 MiB with jemalloc's defaults, 88–90 MiB with these (the shipped build), drain rates within
+/// their spread; `matyan bench gateway` 102–105 MiB with the defaults, 93–97 MiB with these.
 #[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
