@@ -1378,7 +1378,7 @@ mod tests {
                 memtable_bytes: 4 << 20,
                 engine_threads: 2,
                 memory_trim_ms: 1000,
-                journal_bytes: 64 << 20
+                journal_bytes: 256 << 20
             }
         );
         let c = Config::from_toml_str("f.toml", "[storage]\ncache_bytes = 1000\nmemtable_bytes = 1000\n").unwrap();

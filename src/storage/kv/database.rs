@@ -43,8 +43,8 @@ pub struct EmbeddedOptions {
     pub memory_trim_ms: u64,
     /// fjall: its journals together at most. Past it, fjall flushes the memtables that hold the
     /// oldest journal back, so the journal (the disk a running store holds beyond its tables, and
-    /// what a crash replays at the next open) stays under it. fjall's own default is 512 MiB.
-    /// redb has none.
+    /// what a crash replays at the next open) stays under it; lower, memtables are flushed before
+    /// they are full (`config/default.toml` has the figures). redb has none.
     pub journal_bytes: u64,
 }
 
@@ -56,7 +56,7 @@ impl Default for EmbeddedOptions {
             memtable_bytes: 16 << 20,
             engine_threads: 2,
             memory_trim_ms: 1000,
-            journal_bytes: 64 << 20,
+            journal_bytes: 256 << 20,
         }
     }
 }
