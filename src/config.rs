@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::storage::kv::{EmbeddedEngine, EmbeddedOptions, Limits, RetryOptions};
+use crate::storage::kv::{EmbeddedEngine, EmbeddedOptions, Limits, MIN_JOURNAL_BYTES, RetryOptions};
 
 /// The built-in defaults, which are also the documentation of every option.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -1023,8 +1023,6 @@ const MIN_MEMTABLE_BYTES: u64 = 1 << 20;
 /// Largest `storage.memtable_bytes`: writes hold up to five memtables (fjall stalls writes at four
 /// sealed ones waiting for their flush), so this caps them at 1.25 GiB.
 const MAX_MEMTABLE_BYTES: u64 = 256 << 20;
-/// Smallest `storage.journal_bytes`: fjall's own floor.
-const MIN_JOURNAL_BYTES: u64 = 64 << 20;
 /// Largest `storage.journal_bytes`: a crash replays up to this much at the next open (an 85 MB
 /// journal took 4–8 s).
 const MAX_JOURNAL_BYTES: u64 = 4 << 30;

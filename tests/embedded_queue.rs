@@ -428,23 +428,9 @@ fn small_memtables() -> EmbeddedOptions {
     EmbeddedOptions { memtable_bytes: 1 << 20, ..EmbeddedOptions::default() }
 }
 
-/// Bytes of the files under `dir`, recursively (0 when it does not exist); a file removed while
-/// they are counted (by a flush or compaction meanwhile) counts 0.
-fn bytes_under(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .filter_map(Result::ok)
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => bytes_under(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 /// Bytes of the fjall store's tables (its journal aside) under `dir`.
 fn table_bytes(dir: &Path) -> u64 {
-    bytes_under(&dir.join("fjall/keyspaces"))
+    matyan::bench::disk::bytes_under(&dir.join("fjall/keyspaces"), matyan::bench::disk::apparent)
 }
 
 /// A value of about 1 KB that names record `i` and does not compress.

@@ -16,9 +16,10 @@ use crate::storage::kv::engine::EngineMemory;
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 /// The allocator's account is read at every this many samples only (once a second): without
-/// jemalloc, glibc's `mallinfo2` walks every free chunk of every arena under its lock, and with a few hundred MiB of
-/// fragmented free heap it took 3.9 % of a backlog drain's samples at every sample (`perf record`
-/// of `matyan bench ingest --records 3000000`), stalling the measured pipeline's allocations.
+/// jemalloc, glibc's `mallinfo2` walks every free chunk of every arena under its lock, and with a
+/// few hundred MiB of fragmented free heap it took 3.9 % of a backlog drain's samples at every
+/// sample (`perf record` of `matyan bench ingest --records 3000000`), stalling the measured
+/// pipeline's allocations.
 const HEAP_SAMPLE_EVERY: u32 = 10;
 
 /// The largest value each part reached during a phase (the parts need not peak together).
@@ -29,8 +30,8 @@ pub struct MemoryPeaks {
     pub first_rss_kib: u64,
     /// Resident set, KiB, the largest sampled.
     pub rss_kib: u64,
-    /// Bytes the allocator has handed out and not had back ([`crate::alloc::account`]; 0 where it keeps none),
-    /// the largest sampled: the live heap.
+    /// Bytes the allocator has handed out and not had back ([`crate::alloc::account`]; 0 where it
+    /// keeps none), the largest sampled: the live heap.
     pub heap_in_use_bytes: u64,
     /// Bytes freed to the allocator and kept by it, the largest sampled: resident memory that
     /// holds nothing.

@@ -2,6 +2,7 @@
 //! never asserted by timed tests.
 pub mod control;
 pub mod decode;
+pub mod disk;
 pub mod gateway;
 pub mod ingest;
 pub mod memory;

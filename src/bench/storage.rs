@@ -154,31 +154,8 @@ pub async fn run_all(dir: &Path, cfg: &StorageBenchConfig) -> Result<Vec<Storage
         let sub = dir.join(format!("{engine:?}").to_lowercase());
         let db = Database::open_embedded(&sub, engine, Limits::FDB)?;
         let mut report = run(&db, cfg).await?;
-        report.allocated_bytes = allocated_bytes(&sub);
+        report.allocated_bytes = super::disk::bytes_under(&sub, super::disk::allocated);
         reports.push(report);
     }
     Ok(reports)
-}
-
-/// The bytes the files under `dir` occupy on disk (their allocated blocks), 0 where unknown.
-fn allocated_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let mut total = 0;
-    for entry in entries.flatten() {
-        let Ok(meta) = entry.metadata() else { continue };
-        if meta.is_dir() {
-            total += allocated_bytes(&entry.path());
-        } else {
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::MetadataExt;
-                total += meta.blocks() * 512;
-            }
-            #[cfg(not(unix))]
-            {
-                total += meta.len();
-            }
-        }
-    }
-    total
 }

@@ -48,6 +48,10 @@ pub struct EmbeddedOptions {
     pub journal_bytes: u64,
 }
 
+/// fjall's smallest journal limit (its builder panics below it): the floor of
+/// [`EmbeddedOptions::journal_bytes`] and of `storage.journal_bytes`.
+pub const MIN_JOURNAL_BYTES: u64 = 64 << 20;
+
 impl Default for EmbeddedOptions {
     /// Equal to the built-in `[storage]` of `config/default.toml` (a config test keeps them equal).
     fn default() -> Self {

@@ -56,7 +56,7 @@ impl FjallEngine {
             .cache_size(options.cache_bytes)
             .worker_threads(threads)
             // fjall panics below its floor; the config holds it there.
-            .max_journaling_size(options.journal_bytes.max(64 << 20))
+            .max_journaling_size(options.journal_bytes.max(super::MIN_JOURNAL_BYTES))
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => KvError::Locked(path.display().to_string()),
@@ -367,21 +367,9 @@ impl Engine for FjallEngine {
 mod tests {
     use super::*;
 
-    /// Bytes of the files under `dir` (recursively); a file removed while they are counted (by a
-    /// flush or a compaction running meanwhile) counts 0.
+    /// Bytes of the files under `dir`.
     fn bytes_under(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .map(|entries| {
-                entries
-                    .filter_map(Result::ok)
-                    .map(|e| match e.metadata() {
-                        Ok(m) if m.is_dir() => bytes_under(&e.path()),
-                        Ok(m) => m.len(),
-                        Err(_) => 0,
-                    })
-                    .sum()
-            })
-            .unwrap_or(0)
+        crate::bench::disk::bytes_under(dir, crate::bench::disk::apparent)
     }
 
     #[test]

@@ -25,6 +25,6 @@ mod redb_engine;
 pub mod trim;
 mod types;
 
-pub use database::{Database, EmbeddedEngine, EmbeddedOptions, RetryOptions, Transaction};
+pub use database::{Database, EmbeddedEngine, EmbeddedOptions, MIN_JOURNAL_BYTES, RetryOptions, Transaction};
 pub use error::{KvError, RetryableError};
 pub use types::{KeySelector, KeyValue, Limits, RangeOption, atomic_add, strinc};

@@ -23,7 +23,7 @@ static STARTED: OnceLock<Option<Duration>> = OnceLock::new();
 /// a later, different one is logged and ignored). `Duration::ZERO` starts nothing. Answers whether
 /// a trimmer runs at the end of the call.
 pub fn trim_every(interval: Duration) -> bool {
-    if interval.is_zero() || !SUPPORTED {
+    if interval.is_zero() || !crate::alloc::CAN_RELEASE {
         return running().is_some();
     }
     let running = *STARTED.get_or_init(|| spawn(interval).then_some(interval));
@@ -38,14 +38,11 @@ fn running() -> Option<Duration> {
     STARTED.get().copied().flatten()
 }
 
-/// Whether this build's allocator can be trimmed.
-const SUPPORTED: bool = crate::alloc::CAN_RELEASE;
-
 fn spawn(interval: Duration) -> bool {
     let thread = std::thread::Builder::new().name("matyan-malloc-trim".into()).spawn(move || {
         loop {
             std::thread::sleep(interval);
-            trim_now();
+            crate::alloc::release_free();
         }
     });
     match thread {
@@ -55,11 +52,6 @@ fn spawn(interval: Duration) -> bool {
             false
         }
     }
-}
-
-/// Gives the allocator's free pages back now.
-pub fn trim_now() {
-    crate::alloc::release_free();
 }
 
 #[cfg(all(test, target_os = "linux"))]
@@ -72,7 +64,7 @@ mod tests {
 
     #[test]
     fn a_trim_gives_back_memory_freed_below_memory_still_in_use() {
-        if !SUPPORTED {
+        if !crate::alloc::CAN_RELEASE {
             return;
         }
         // 64 MiB in 4 KiB blocks, then every block but the last freed: the last one keeps the
@@ -82,7 +74,7 @@ mod tests {
         let before = rss_kib();
         drop(blocks);
         let freed = rss_kib();
-        trim_now();
+        crate::alloc::release_free();
         let trimmed = rss_kib();
         assert!(std::hint::black_box(&last)[0] > 0);
         // Other tests run on other threads of this process: compare with a wide margin.
