@@ -19,7 +19,13 @@ cleanup() {
     local rc=$?
     if [ -n "$serve_pid" ] && kill -0 "$serve_pid" 2>/dev/null; then
         kill -INT "$serve_pid" 2>/dev/null || true
-        wait "$serve_pid" 2>/dev/null || true
+        # The README's commands started it, not this shell, so `wait` cannot wait for it: poll
+        # until it has exited (its clean stop still writes its memtables into the data directory,
+        # which `rm -rf` below would race), 30 s at most.
+        for _ in $(seq 300); do
+            kill -0 "$serve_pid" 2>/dev/null || break
+            sleep 0.1
+        done
     fi
     if [ "$rc" -ne 0 ] && [ -f "$work/serve.log" ]; then
         echo "----- last lines of the server's log -----"
